@@ -1,0 +1,26 @@
+//! Errors the engine reports to its callers. Each names what is wrong and what to do; the gRPC layer maps them to
+//! status codes in one place (`grpc::status`).
+
+/// Data that fails a JSON Schema. `path` names the offending field from the request's point of view, e.g.
+/// `input.value` or `resume_data.approved` (`input` alone for the root).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct SchemaViolation {
+    pub path: String,
+    pub message: String,
+}
+
+/// Why a resume request cannot be carried out.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ResumeError {
+    #[error("step '{step}' is not suspended; suspended steps: [{}]", suspended.join(", "))]
+    StepNotSuspended { step: String, suspended: Vec<String> },
+    #[error("{} steps are suspended ([{}]); name the one to resume in `step`", suspended.len(), suspended.join(", "))]
+    AmbiguousStep { suspended: Vec<String> },
+    #[error("no suspended step registered resume label '{label}'; labels: [{}]", labels.join(", "))]
+    UnknownLabel { label: String, labels: Vec<String> },
+    #[error("foreach step '{step}' has no suspended iteration {index}; suspended iterations: {suspended:?}")]
+    ForEachIndexNotSuspended { step: String, index: u32, suspended: Vec<u32> },
+    #[error("{0}")]
+    InvalidResumeData(SchemaViolation),
+}

@@ -1,0 +1,219 @@
+//! The events a run emits, in the engine's own terms (no protobuf here: the gRPC layer translates).
+//!
+//! The engine hands each event to an [`EventSink`]; the sink (the run registry's event log) gives it its `seq` and
+//! timestamp. Emitting never blocks and never fails: the log is append-only and readers catch up at their own pace,
+//! so a slow reader can never stall a step.
+
+use std::{sync::Arc, time::SystemTime};
+
+use serde_json::Value;
+
+/// Who produced an event (Mastra's `from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventSource {
+    /// The workflow engine: lifecycle and step events.
+    Workflow,
+    /// Step code: writer output and custom data.
+    User,
+    /// An agent's chunks.
+    Agent,
+    /// An agent network's routing events.
+    Network,
+    /// runstream itself.
+    System,
+}
+
+/// Lifecycle state of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RunStatus {
+    Pending,
+    Running,
+    Suspended,
+    Waiting,
+    Success,
+    Failed,
+    Canceled,
+    Tripwire,
+    Paused,
+}
+
+impl RunStatus {
+    /// True for the states a run never leaves.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Success | Self::Failed | Self::Canceled | Self::Tripwire)
+    }
+
+    /// Lower-case name, as Mastra spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Running => "running",
+            Self::Suspended => "suspended",
+            Self::Waiting => "waiting",
+            Self::Success => "success",
+            Self::Failed => "failed",
+            Self::Canceled => "canceled",
+            Self::Tripwire => "tripwire",
+            Self::Paused => "paused",
+        }
+    }
+}
+
+/// Outcome of one step or one foreach iteration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StepStatus {
+    Running,
+    Success,
+    Failed,
+    Suspended,
+    Waiting,
+    Bailed,
+    Canceled,
+    Paused,
+    Skipped,
+}
+
+/// A serialized error (Mastra's SerializedError).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ErrorInfo {
+    /// Error class, e.g. "StepError".
+    pub name: String,
+    pub message: String,
+    pub details: Option<Value>,
+}
+
+impl ErrorInfo {
+    pub fn new(name: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { name: name.into(), message: message.into(), details: None }
+    }
+}
+
+/// Token usage, summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub cached_input_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: &Usage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.total_tokens += other.total_tokens;
+        self.reasoning_tokens += other.reasoning_tokens;
+        self.cached_input_tokens += other.cached_input_tokens;
+        self.cache_creation_input_tokens += other.cache_creation_input_tokens;
+    }
+}
+
+/// One event of a run, before the log numbers it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub source: EventSource,
+    pub kind: EventKind,
+}
+
+/// What happened. One variant per proto `RunEvent.event` variant; see docs/events.md.
+///
+/// Step paths (`step_id`) are dotted: a step `s` of nested workflow `child` is `child.s`. They are `Arc<str>` because
+/// one step emits many events (a writer can emit millions) and each should not copy the path.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventKind {
+    /// A phase begins: phase 1 is the first execution, each resume starts the next phase.
+    WorkflowStart {
+        workflow_id: Arc<str>,
+        phase: u32,
+        resumed: bool,
+    },
+    StepStart {
+        step_id: Arc<str>,
+        step_call_id: String,
+        input: Value,
+        resume_data: Option<Value>,
+        /// 1-based loop iteration inside dowhile/dountil, 0 elsewhere.
+        iteration_count: u32,
+    },
+    /// `writer.write(value)`.
+    StepOutput {
+        step_id: Arc<str>,
+        output: Value,
+    },
+    /// One finished foreach iteration.
+    StepProgress {
+        step_id: Arc<str>,
+        completed_count: u32,
+        total_count: u32,
+        current_index: u32,
+        iteration_status: StepStatus,
+        iteration_output: Option<Value>,
+    },
+    StepSuspended {
+        step_id: Arc<str>,
+        step_call_id: String,
+        suspend_payload: Value,
+        resume_schema: Option<Value>,
+        resume_label: Option<String>,
+        for_each_index: Option<u32>,
+    },
+    StepWaiting {
+        step_id: Arc<str>,
+        wake_at: SystemTime,
+    },
+    StepResult {
+        step_id: Arc<str>,
+        step_call_id: String,
+        status: StepStatus,
+        output: Option<Value>,
+        error: Option<ErrorInfo>,
+        attempts: u32,
+        started_at: SystemTime,
+        ended_at: SystemTime,
+    },
+    WorkflowPaused,
+    WorkflowCanceled {
+        reason: String,
+    },
+    /// A phase ends. Emitted by the run registry, never by the executor, so that the run's state and its log change
+    /// together.
+    WorkflowFinish {
+        status: RunStatus,
+        result: Option<Value>,
+        error: Option<ErrorInfo>,
+        usage: Usage,
+    },
+    /// `writer.custom(...)`: Mastra's `data-*` chunks.
+    Custom {
+        step_id: Arc<str>,
+        kind: String,
+        data: Value,
+        id: Option<String>,
+        transient: bool,
+    },
+}
+
+impl EventKind {
+    /// The dotted step path this event belongs to, if any.
+    pub fn step_id(&self) -> Option<&Arc<str>> {
+        match self {
+            Self::StepStart { step_id, .. }
+            | Self::StepOutput { step_id, .. }
+            | Self::StepProgress { step_id, .. }
+            | Self::StepSuspended { step_id, .. }
+            | Self::StepWaiting { step_id, .. }
+            | Self::StepResult { step_id, .. }
+            | Self::Custom { step_id, .. } => Some(step_id),
+            _ => None,
+        }
+    }
+}
+
+/// Where the engine puts the events it emits. Implemented by the run registry's event log.
+///
+/// `emit` must not block: it is called from step code (the writer), possibly millions of times per run.
+pub trait EventSink: Send + Sync + 'static {
+    fn emit(&self, event: Event);
+}

@@ -1,0 +1,28 @@
+//! The workflow engine: how workflows are defined and how one phase of a run executes.
+//!
+//! The engine knows nothing of gRPC, protobuf or the run registry. It receives a [`Phase`] (the workflow, the
+//! input, the snapshot of earlier phases, what to resume) and an [`EventSink`], emits events into the sink while it
+//! runs, and returns a [`PhaseOutcome`]. Everything about runs outliving a phase (numbering, storage, readers,
+//! claims) is the registry's job.
+//!
+//! - [`workflow`]: the builder (`then`, `parallel`, `branch`, loops, `foreach`, `sleep`, `map`, nesting).
+//! - [`step`]: what step code sees (input, writer, suspend, bail, cancel).
+//! - [`executor`]: walks the graph for one phase.
+//! - [`schema`]: JSON Schema checks at the boundaries.
+
+pub mod catalog;
+pub mod error;
+pub mod event;
+pub mod executor;
+pub mod schema;
+pub mod snapshot;
+pub mod step;
+pub mod workflow;
+
+pub use catalog::WorkflowCatalog;
+pub use error::{ResumeError, SchemaViolation};
+pub use event::{ErrorInfo, Event, EventKind, EventSink, EventSource, RunStatus, StepStatus, Usage};
+pub use executor::{Phase, PhaseOutcome, execute_phase};
+pub use snapshot::{ResumeRequest, ResumeTarget, RunSnapshot, StepRecord, SuspendedStep};
+pub use step::{Step, StepContext, StepError, StepOutcome, Writer};
+pub use workflow::{StepInfo, Workflow};

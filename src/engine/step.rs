@@ -1,0 +1,464 @@
+//! What workflow authors write: a [`Step`] is an id, some options and an async function of a [`StepContext`].
+//!
+//! Step code ends in one of three ways ([`StepOutcome`]): it produces an output, it suspends (the run waits for a
+//! resume with data), or it bails (the run ends successfully at once). It fails by returning a [`StepError`].
+//! While it runs it can stream values through its [`Writer`], which never blocks.
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    event::{Event, EventKind, EventSink, EventSource},
+    schema::Schema,
+};
+use crate::clock::Clock;
+
+/// The boxed future a step function returns once type-erased.
+pub(crate) type StepFuture = Pin<Box<dyn Future<Output = Result<StepOutcome, StepError>> + Send + 'static>>;
+pub(crate) type StepFn = Arc<dyn Fn(StepContext) -> StepFuture + Send + Sync + 'static>;
+pub(crate) type AttemptsFn = Arc<dyn Fn(&Value) -> u32 + Send + Sync + 'static>;
+
+/// How often a step is tried, and how long to wait between tries.
+#[derive(Clone)]
+pub(crate) enum RetrySpec {
+    /// `attempts` tries in total (at least 1).
+    Fixed { attempts: u32, delay: Duration },
+    /// Attempts computed from the run input, for steps whose retry budget is a parameter of the run.
+    FromInput { attempts: AttemptsFn, delay: Duration },
+}
+
+impl RetrySpec {
+    /// Total attempts and delay for a run with input `run_input`.
+    pub(crate) fn resolve(&self, run_input: &Value) -> (u32, Duration) {
+        match self {
+            Self::Fixed { attempts, delay } => ((*attempts).max(1), *delay),
+            Self::FromInput { attempts, delay } => (attempts(run_input).max(1), *delay),
+        }
+    }
+}
+
+/// A unit of work in a workflow. Cheap to clone: the function and schemas are shared.
+#[derive(Clone)]
+pub struct Step {
+    pub(crate) id: Arc<str>,
+    pub(crate) description: String,
+    pub(crate) input_schema: Option<Schema>,
+    pub(crate) output_schema: Option<Schema>,
+    pub(crate) resume_schema: Option<Schema>,
+    pub(crate) suspend_schema: Option<Schema>,
+    /// `None`: the workflow's default applies.
+    pub(crate) retry: Option<RetrySpec>,
+    pub(crate) func: StepFn,
+}
+
+impl fmt::Debug for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Step").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl Step {
+    /// A step with id `id` (unique within its workflow; no dots, which separate nested paths) running `f`.
+    ///
+    /// # Panics
+    /// If `id` is empty or contains a dot: ids are written in code, so this is a programming error.
+    pub fn new<F, Fut>(id: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(StepContext) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<StepOutcome, StepError>> + Send + 'static,
+    {
+        let id: String = id.into();
+        check_id(&id);
+        Self {
+            id: id.into(),
+            description: String::new(),
+            input_schema: None,
+            output_schema: None,
+            resume_schema: None,
+            suspend_schema: None,
+            retry: None,
+            func: Arc::new(move |ctx| Box::pin(f(ctx))),
+        }
+    }
+
+    /// The step's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// Schema the step's input must satisfy; a violation fails the step with a `SchemaError`.
+    ///
+    /// # Panics
+    /// If `schema` is not a valid JSON Schema.
+    pub fn input_schema(mut self, schema: Value) -> Self {
+        self.input_schema = Some(Schema::compile_or_panic(schema, &format!("step '{}' input schema", self.id)));
+        self
+    }
+
+    /// Schema the step's output must satisfy; a violation fails the step with a `SchemaError`.
+    ///
+    /// # Panics
+    /// If `schema` is not a valid JSON Schema.
+    pub fn output_schema(mut self, schema: Value) -> Self {
+        self.output_schema = Some(Schema::compile_or_panic(schema, &format!("step '{}' output schema", self.id)));
+        self
+    }
+
+    /// Schema the resume data must satisfy; checked by `Workflow::resolve_resume` before the run is resumed.
+    ///
+    /// # Panics
+    /// If `schema` is not a valid JSON Schema.
+    pub fn resume_schema(mut self, schema: Value) -> Self {
+        self.resume_schema = Some(Schema::compile_or_panic(schema, &format!("step '{}' resume schema", self.id)));
+        self
+    }
+
+    /// Schema the suspend payload must satisfy; a violation fails the step with a `SchemaError`.
+    ///
+    /// # Panics
+    /// If `schema` is not a valid JSON Schema.
+    pub fn suspend_schema(mut self, schema: Value) -> Self {
+        self.suspend_schema = Some(Schema::compile_or_panic(schema, &format!("step '{}' suspend schema", self.id)));
+        self
+    }
+
+    /// Try the step up to `attempts` times in total (0 counts as 1), waiting `delay` between tries. Overrides the
+    /// workflow's default. Failed tries emit no events; the step result reports how many tries were made.
+    pub fn retries(mut self, attempts: u32, delay: Duration) -> Self {
+        self.retry = Some(RetrySpec::Fixed { attempts, delay });
+        self
+    }
+
+    /// Like [`Step::retries`], but the number of attempts is computed from the run input, for runs whose retry
+    /// budget is a parameter.
+    pub fn retries_from_input(
+        mut self,
+        attempts: impl Fn(&Value) -> u32 + Send + Sync + 'static,
+        delay: Duration,
+    ) -> Self {
+        self.retry = Some(RetrySpec::FromInput { attempts: Arc::new(attempts), delay });
+        self
+    }
+}
+
+/// Rejects ids the engine cannot address: empty ones and dotted ones (dots separate nested paths).
+pub(crate) fn check_id(id: &str) {
+    assert!(!id.is_empty(), "step id must not be empty");
+    assert!(!id.contains('.'), "step id '{id}' must not contain '.', which separates nested step paths");
+}
+
+/// How a step invocation ended, when it did not fail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StepOutcome {
+    /// The step's output, the next step's input.
+    Done(Value),
+    /// Wait for a resume. `payload` tells the resumer what is needed; `resume_label` lets it resume by label.
+    Suspend { payload: Value, resume_label: Option<String> },
+    /// End the run now, successfully, with this value as its result.
+    Bail(Value),
+}
+
+impl StepOutcome {
+    pub fn done(output: Value) -> Self {
+        Self::Done(output)
+    }
+
+    pub fn suspend(payload: Value) -> Self {
+        Self::Suspend { payload, resume_label: None }
+    }
+
+    /// Attaches a resume label to a `Suspend` (no effect on other outcomes).
+    pub fn with_label(self, label: impl Into<String>) -> Self {
+        match self {
+            Self::Suspend { payload, .. } => Self::Suspend { payload, resume_label: Some(label.into()) },
+            other => other,
+        }
+    }
+
+    pub fn bail(value: Value) -> Self {
+        Self::Bail(value)
+    }
+}
+
+impl From<Value> for StepOutcome {
+    fn from(output: Value) -> Self {
+        Self::Done(output)
+    }
+}
+
+/// A step failure. Retryable by default; mark it [`StepError::non_retryable`] when trying again cannot help.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    message: String,
+    details: Option<Value>,
+    retryable: bool,
+}
+
+impl StepError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { message: message.into(), details: None, retryable: true }
+    }
+
+    /// Structured details, reported with the error (under `details.details`).
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    /// Skip the remaining attempts (Mastra's `MastraNonRetryableError`).
+    pub fn non_retryable(mut self) -> Self {
+        self.retryable = false;
+        self
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn details(&self) -> Option<&Value> {
+        self.details.as_ref()
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+}
+
+impl From<String> for StepError {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for StepError {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
+}
+
+/// Everything one step invocation sees. Owned and cheap to clone (one `Arc`), so step code can move it into
+/// spawned tasks.
+#[derive(Clone)]
+pub struct StepContext {
+    pub(crate) shared: Arc<ContextShared>,
+    pub(crate) attempt: u32,
+}
+
+/// The part of a [`StepContext`] that does not change between attempts.
+pub(crate) struct ContextShared {
+    pub(crate) run_id: Arc<str>,
+    pub(crate) step_id: Arc<str>,
+    pub(crate) input: Value,
+    pub(crate) run_input: Arc<Value>,
+    pub(crate) resume_data: Option<Value>,
+    pub(crate) request_context: Arc<Map<String, Value>>,
+    pub(crate) for_each_index: Option<u32>,
+    pub(crate) iteration: u32,
+    pub(crate) writer: Writer,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for StepContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepContext")
+            .field("run_id", &self.shared.run_id)
+            .field("step_id", &self.shared.step_id)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StepContext {
+    pub fn run_id(&self) -> &str {
+        &self.shared.run_id
+    }
+
+    /// Dotted path of the step (`child.step` inside nested workflow `child`).
+    pub fn step_id(&self) -> &str {
+        &self.shared.step_id
+    }
+
+    /// The step's input: the previous step's output (the run input for the first step, the item in a foreach).
+    pub fn input(&self) -> &Value {
+        &self.shared.input
+    }
+
+    /// The run's input, whatever step this is.
+    pub fn run_input(&self) -> &Value {
+        &self.shared.run_input
+    }
+
+    /// The resume data, only when this invocation resumes the step after it suspended.
+    pub fn resume_data(&self) -> Option<&Value> {
+        self.shared.resume_data.as_ref()
+    }
+
+    /// 0-based attempt number (retries).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    pub fn request_context(&self) -> &Map<String, Value> {
+        &self.shared.request_context
+    }
+
+    /// The item's index when the step runs inside a foreach.
+    pub fn for_each_index(&self) -> Option<u32> {
+        self.shared.for_each_index
+    }
+
+    /// 1-based iteration inside dowhile/dountil, 0 elsewhere.
+    pub fn iteration(&self) -> u32 {
+        self.shared.iteration
+    }
+
+    /// Streams values and custom data to the run's event log.
+    pub fn writer(&self) -> &Writer {
+        &self.shared.writer
+    }
+
+    /// True once the run is canceled. Long synchronous loops should check it.
+    pub fn is_canceled(&self) -> bool {
+        self.shared.cancel.is_cancelled()
+    }
+
+    /// Completes when the run is canceled (the engine also drops the step's future then).
+    pub async fn cancelled(&self) {
+        self.shared.cancel.cancelled().await
+    }
+
+    /// The run's cancellation token, for step code that spawns its own tasks.
+    pub fn cancellation_token(&self) -> &CancellationToken {
+        &self.shared.cancel
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.shared.clock
+    }
+
+    /// The current time on the run's clock.
+    pub fn now(&self) -> SystemTime {
+        self.shared.clock.now()
+    }
+}
+
+/// Streams step output into the run's event log. Never blocks: the log is append-only. Cheap to clone.
+///
+/// Every writer, wherever its step runs (nested workflow, loop, foreach, parallel), writes to the one sink of the
+/// run, tagged with the step's full dotted path.
+#[derive(Clone)]
+pub struct Writer {
+    sink: Arc<dyn EventSink>,
+    step_id: Arc<str>,
+}
+
+impl fmt::Debug for Writer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Writer").field("step_id", &self.step_id).finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    pub(crate) fn new(sink: Arc<dyn EventSink>, step_id: Arc<str>) -> Self {
+        Self { sink, step_id }
+    }
+
+    /// Emits a `StepOutput` event carrying `output` (Mastra's `writer.write`).
+    #[inline]
+    pub fn write(&self, output: Value) {
+        self.sink.emit(Event {
+            source: EventSource::User,
+            kind: EventKind::StepOutput { step_id: Arc::clone(&self.step_id), output },
+        });
+    }
+
+    /// Emits a `Custom` event (Mastra's `data-*` chunk). `kind` is prefixed with `data-` unless it already is.
+    pub fn custom(&self, kind: impl Into<String>, data: Value) {
+        self.custom_with(kind, data, None, false);
+    }
+
+    /// [`Writer::custom`] with an id and the transient flag (transient chunks are for live display only).
+    pub fn custom_with(&self, kind: impl Into<String>, data: Value, id: Option<String>, transient: bool) {
+        let mut kind: String = kind.into();
+        if !kind.starts_with("data-") {
+            kind.insert_str(0, "data-");
+        }
+        self.sink.emit(Event {
+            source: EventSource::User,
+            kind: EventKind::Custom { step_id: Arc::clone(&self.step_id), kind, data, id, transient },
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use serde_json::json;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect(Mutex<Vec<Event>>);
+    impl EventSink for Collect {
+        fn emit(&self, event: Event) {
+            self.0.lock().unwrap().push(event);
+        }
+    }
+
+    #[test]
+    fn custom_kind_gets_data_prefix_once() {
+        let sink = Arc::new(Collect::default());
+        let w = Writer::new(sink.clone(), Arc::from("s"));
+        w.custom("progress", json!(1));
+        w.custom("data-progress", json!(2));
+        let events = sink.0.lock().unwrap();
+        for e in events.iter() {
+            match &e.kind {
+                EventKind::Custom { kind, .. } => assert_eq!(kind, "data-progress"),
+                other => panic!("unexpected {other:?}"),
+            }
+            assert_eq!(e.source, EventSource::User);
+        }
+        assert_eq!(events.len(), 2);
+    }
+
+    #[test]
+    fn outcome_constructors() {
+        assert_eq!(StepOutcome::from(json!(1)), StepOutcome::Done(json!(1)));
+        assert_eq!(
+            StepOutcome::suspend(json!({"a": 1})).with_label("l"),
+            StepOutcome::Suspend { payload: json!({"a": 1}), resume_label: Some("l".into()) }
+        );
+        assert_eq!(StepOutcome::bail(json!(2)).with_label("x"), StepOutcome::Bail(json!(2)));
+    }
+
+    #[test]
+    fn errors_are_retryable_unless_marked() {
+        let e: StepError = "boom".into();
+        assert!(e.is_retryable());
+        assert_eq!(e.to_string(), "boom");
+        assert!(!StepError::new("x").non_retryable().is_retryable());
+    }
+
+    #[test]
+    #[should_panic(expected = "must not contain '.'")]
+    fn dotted_ids_are_rejected() {
+        let _ = Step::new("a.b", |_ctx| async { Ok(StepOutcome::Done(Value::Null)) });
+    }
+}

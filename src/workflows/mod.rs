@@ -1,0 +1,36 @@
+//! The built-in workflows every runstream server offers: demos, the throughput benchmark and end-to-end fixtures
+//! for each streaming feature (plain chain, writer output, foreach progress, suspend/resume, sleep, retries).
+
+use crate::engine::WorkflowCatalog;
+
+pub mod batch_foreach;
+pub mod chain;
+pub mod flaky;
+pub mod order_approval;
+pub mod timer;
+pub mod writer_flood;
+
+/// A catalog holding every built-in workflow.
+pub fn builtin_catalog() -> WorkflowCatalog {
+    let mut catalog = WorkflowCatalog::new();
+    catalog.register(chain::workflow());
+    catalog.register(writer_flood::workflow());
+    catalog.register(batch_foreach::workflow());
+    catalog.register(order_approval::workflow());
+    catalog.register(timer::workflow());
+    catalog.register(flaky::workflow());
+    catalog
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_lists_builtins_sorted() {
+        let ids: Vec<String> = builtin_catalog().list().iter().map(|w| w.id().to_string()).collect();
+        assert_eq!(ids, ["batch-foreach", "chain", "flaky", "order-approval", "timer", "writer-flood"]);
+        assert!(builtin_catalog().get("chain").is_some());
+        assert!(builtin_catalog().get("nope").is_none());
+    }
+}
