@@ -1,0 +1,337 @@
+//! The gRPC layer: a thin translation between `runstream.v1.RunService` and the run registry.
+//!
+//! Each handler checks and converts its request, calls the registry, and converts the answer back. No run logic
+//! lives here; errors become status codes in one place (`status.rs`).
+
+pub mod convert;
+pub mod status;
+pub mod wire;
+
+/// The generated server (streams typed as [`wire::EncodedRunEvent`]); see build.rs.
+pub mod server {
+    include!(concat!(env!("OUT_DIR"), "/server/runstream.v1.rs"));
+}
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use futures_util::{Stream, stream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+
+use self::{status::invalid_field, wire::EncodedRunEvent};
+use crate::{
+    engine::{ResumeRequest, RunStatus},
+    pb,
+    registry::{LogReader, ReadUntil, RunFilter, RunRegistry, StartRequest, Started, validate_run_id},
+};
+
+/// Limits of the service, with the defaults `runstream serve` uses.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    /// The longest a `GetResult(wait = true)` waits, whatever the caller's deadline.
+    pub max_result_wait: Duration,
+    /// How long CancelRun waits for a running run to stop before answering with its status then.
+    pub cancel_settle: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self { max_result_wait: Duration::from_secs(60), cancel_settle: Duration::from_secs(5) }
+    }
+}
+
+/// The RunService implementation.
+#[derive(Debug, Clone)]
+pub struct RunService {
+    registry: Arc<RunRegistry>,
+    config: ServiceConfig,
+    /// Cancelled when the server shuts down: open streams end with UNAVAILABLE and a cursor to re-attach with.
+    shutdown: CancellationToken,
+}
+
+impl RunService {
+    pub fn new(registry: Arc<RunRegistry>, config: ServiceConfig, shutdown: CancellationToken) -> Self {
+        Self { registry, config, shutdown }
+    }
+
+    /// Turns a log reader into a response stream. Events are encoded once per event, not per reader.
+    fn event_stream(&self, run_id: Arc<str>, reader: LogReader) -> EventStream {
+        struct State {
+            reader: LogReader,
+            run_id: Arc<str>,
+            shutdown: CancellationToken,
+            ended: bool,
+        }
+        let state = State { reader, run_id, shutdown: self.shutdown.clone(), ended: false };
+        Box::pin(stream::unfold(state, |mut state| async move {
+            if state.ended {
+                return None;
+            }
+            // Fast path: events already buffered need no waiting, hence no select.
+            let entry = match state.reader.next_buffered() {
+                Some(entry) => Some(entry),
+                None => tokio::select! {
+                    entry = state.reader.next() => entry,
+                    () = state.shutdown.cancelled() => {
+                        state.ended = true;
+                        let status = Status::unavailable(format!(
+                            "the server is shutting down; re-attach with ObserveStream(run_id = \"{}\", after_seq = {})",
+                            state.run_id,
+                            state.reader.cursor()
+                        ));
+                        return Some((Err(status), state));
+                    }
+                },
+            };
+            let entry = entry?;
+            let event = EncodedRunEvent::of(&state.run_id, &entry);
+            Some((Ok(event), state))
+        }))
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedRunEvent, Status>> + Send>>;
+
+fn start_request(
+    workflow_id: String,
+    run_id: String,
+    input: Option<prost_types::Value>,
+    request_context: Option<prost_types::Struct>,
+    tracing: Option<pb::TracingOptions>,
+    resource_id: String,
+) -> StartRequest {
+    StartRequest {
+        workflow_id,
+        run_id,
+        input: input.map(convert::pb_to_json).unwrap_or_default(),
+        request_context: request_context.map(convert::struct_to_map).unwrap_or_default(),
+        resource_id,
+        tracing: tracing.map(|t| {
+            serde_json::json!({
+                "traceId": t.trace_id,
+                "parentSpanId": t.parent_span_id,
+                "tags": t.tags,
+                "metadata": t.metadata.map(convert::struct_to_map),
+            })
+        }),
+    }
+}
+
+/// Reads the caller's deadline from the `grpc-timeout` header (e.g. "100m" = 100 ms).
+fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// How long a result wait may last: answer before the caller's deadline, leaving it time to receive the answer
+/// (a tenth of the deadline, at least 20 ms), and never longer than the caller's `max_wait` or the server's limit.
+fn result_wait(deadline: Option<Duration>, max_wait: Option<Duration>, limit: Duration) -> Duration {
+    let mut wait = limit;
+    if let Some(max_wait) = max_wait {
+        wait = wait.min(max_wait);
+    }
+    if let Some(deadline) = deadline {
+        let margin = (deadline / 10).max(Duration::from_millis(20));
+        wait = wait.min(deadline.saturating_sub(margin));
+    }
+    wait
+}
+
+#[tonic::async_trait]
+impl server::run_service_server::RunService for RunService {
+    async fn list_workflows(
+        &self,
+        _request: Request<pb::ListWorkflowsRequest>,
+    ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
+        let workflows = self
+            .registry
+            .workflows()
+            .iter()
+            .map(|wf| pb::WorkflowInfo {
+                id: wf.id().to_string(),
+                description: wf.description().to_string(),
+                input_schema: wf.input_schema().map(convert::json_to_pb),
+                output_schema: wf.output_schema().map(convert::json_to_pb),
+                steps: wf
+                    .steps()
+                    .into_iter()
+                    .map(|step| pb::StepInfo {
+                        id: step.id,
+                        description: step.description,
+                        resume_schema: step.resume_schema.as_ref().map(convert::json_to_pb),
+                        suspend_schema: step.suspend_schema.as_ref().map(convert::json_to_pb),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListWorkflowsResponse { workflows }))
+    }
+
+    async fn start_run(&self, request: Request<pb::StartRunRequest>) -> Result<Response<pb::StartRunResponse>, Status> {
+        let r = request.into_inner();
+        let start =
+            start_request(r.workflow_id, r.run_id, r.input, r.request_context, r.tracing_options, r.resource_id);
+        let (run, started) = self.registry.start(start)?;
+        Ok(Response::new(pb::StartRunResponse {
+            run_id: run.id().to_string(),
+            created: started == Started::Created,
+            status: convert::run_status(run.status()) as i32,
+        }))
+    }
+
+    type StreamRunStream = EventStream;
+
+    async fn stream_run(&self, request: Request<pb::StreamRunRequest>) -> Result<Response<EventStream>, Status> {
+        let r = request.into_inner();
+        let close_on_suspend = r.close_on_suspend.unwrap_or(true);
+        let start =
+            start_request(r.workflow_id, r.run_id, r.input, r.request_context, r.tracing_options, r.resource_id);
+        let (run, started) = self.registry.start(start)?;
+        let until = match started {
+            Started::Created => ReadUntil::Phase { close_on_suspend },
+            // Attaching to an existing run is ObserveStream from the start.
+            Started::Existing => ReadUntil::Run { close_on_suspend },
+        };
+        let reader = run.reader(0, until)?;
+        Ok(Response::new(self.event_stream(run.id().clone(), reader)))
+    }
+
+    type ResumeStreamStream = EventStream;
+
+    async fn resume_stream(&self, request: Request<pb::ResumeStreamRequest>) -> Result<Response<EventStream>, Status> {
+        let r = request.into_inner();
+        validate_run_id("run_id", &r.run_id)?;
+        if r.step.iter().any(String::is_empty) {
+            return Err(invalid_field("step", "path segments must not be empty"));
+        }
+        let resume = ResumeRequest {
+            step: r.step,
+            label: (!r.label.is_empty()).then_some(r.label),
+            for_each_index: r.for_each_index,
+            resume_data: r.resume_data.map(convert::pb_to_json).unwrap_or_default(),
+        };
+        let (run, start_seq) = self.registry.resume(&r.run_id, resume)?;
+        let reader =
+            run.reader(start_seq, ReadUntil::Phase { close_on_suspend: r.close_on_suspend.unwrap_or(true) })?;
+        Ok(Response::new(self.event_stream(run.id().clone(), reader)))
+    }
+
+    type ObserveStreamStream = EventStream;
+
+    async fn observe_stream(
+        &self,
+        request: Request<pb::ObserveStreamRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let r = request.into_inner();
+        let run = self.registry.get(&r.run_id)?;
+        let reader =
+            run.reader(r.after_seq, ReadUntil::Run { close_on_suspend: r.close_on_suspend.unwrap_or(true) })?;
+        Ok(Response::new(self.event_stream(run.id().clone(), reader)))
+    }
+
+    async fn get_result(&self, request: Request<pb::GetResultRequest>) -> Result<Response<pb::RunResult>, Status> {
+        let deadline = grpc_timeout(request.metadata());
+        let r = request.into_inner();
+        let run = self.registry.get(&r.run_id)?;
+        let mut wait_expired = false;
+        if r.wait {
+            let max_wait = match r.max_wait {
+                Some(d) => Some(
+                    Duration::try_from(d)
+                        .map_err(|e| invalid_field("max_wait", format!("{e}; pass a positive duration")))?,
+                ),
+                None => None,
+            };
+            let wait = result_wait(deadline, max_wait, self.config.max_result_wait);
+            let settled =
+                |status: RunStatus| status.is_terminal() || matches!(status, RunStatus::Suspended | RunStatus::Paused);
+            tokio::select! {
+                reached = run.wait_for(wait, settled) => wait_expired = !reached,
+                () = self.shutdown.cancelled() => wait_expired = true,
+            }
+        }
+        Ok(Response::new(convert::run_result(&run.view(), wait_expired)))
+    }
+
+    async fn get_run(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::RunInfo>, Status> {
+        let run = self.registry.get(&request.get_ref().run_id)?;
+        Ok(Response::new(convert::run_info(&run.view())))
+    }
+
+    async fn list_runs(&self, request: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
+        const DEFAULT_PAGE: usize = 50;
+        const MAX_PAGE: u32 = 1000;
+        let r = request.into_inner();
+        if r.page_size > MAX_PAGE {
+            return Err(invalid_field(
+                "page_size",
+                format!("{} is over the limit; ask for at most {MAX_PAGE}", r.page_size),
+            ));
+        }
+        let limit = if r.page_size == 0 { DEFAULT_PAGE } else { r.page_size as usize };
+        let after = if r.page_token.is_empty() {
+            0
+        } else {
+            r.page_token.parse::<u64>().ok().filter(|order| *order > 0).ok_or_else(|| {
+                invalid_field("page_token", "not a token this server issued; pass next_page_token unchanged")
+            })?
+        };
+        let status = pb::RunStatus::try_from(r.status)
+            .map_err(|_| invalid_field("status", format!("{} is not a RunStatus value", r.status)))?;
+        let filter = RunFilter {
+            workflow_id: (!r.workflow_id.is_empty()).then_some(r.workflow_id),
+            status: convert::run_status_from_pb(status),
+            resource_id: (!r.resource_id.is_empty()).then_some(r.resource_id),
+        };
+        let (runs, next) = self.registry.list(&filter, after, limit);
+        Ok(Response::new(pb::ListRunsResponse {
+            runs: runs.iter().map(|run| convert::run_info(&run.view())).collect(),
+            next_page_token: next.map(|order| order.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel_run(
+        &self,
+        request: Request<pb::CancelRunRequest>,
+    ) -> Result<Response<pb::CancelRunResponse>, Status> {
+        let (run, canceled) = self.registry.cancel(&request.get_ref().run_id, self.config.cancel_settle).await?;
+        Ok(Response::new(pb::CancelRunResponse { run: Some(convert::run_info(&run.view())), canceled }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_wait_ends_before_the_deadline() {
+        let limit = Duration::from_secs(60);
+        assert_eq!(result_wait(None, None, limit), limit);
+        assert_eq!(result_wait(Some(Duration::from_secs(10)), None, limit), Duration::from_secs(9));
+        assert_eq!(result_wait(Some(Duration::from_millis(100)), None, limit), Duration::from_millis(80));
+        assert_eq!(result_wait(Some(Duration::from_millis(10)), None, limit), Duration::ZERO);
+        assert_eq!(result_wait(None, Some(Duration::from_secs(1)), limit), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn grpc_timeout_header_parses() {
+        let mut metadata = MetadataMap::new();
+        assert_eq!(grpc_timeout(&metadata), None);
+        metadata.insert("grpc-timeout", "250m".parse().unwrap());
+        assert_eq!(grpc_timeout(&metadata), Some(Duration::from_millis(250)));
+        metadata.insert("grpc-timeout", "3S".parse().unwrap());
+        assert_eq!(grpc_timeout(&metadata), Some(Duration::from_secs(3)));
+        metadata.insert("grpc-timeout", "x".parse().unwrap());
+        assert_eq!(grpc_timeout(&metadata), None);
+    }
+}

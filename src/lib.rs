@@ -1,0 +1,19 @@
+//! runstream: runs workflows and streams every event of every run, live, over gRPC.
+//!
+//! Layers, each knowing only the one below it (see ARCHITECTURE.md):
+//! - [`grpc`]: RunService, a thin translation of requests into registry calls;
+//! - [`registry`]: every run, its numbered event log, readers, claims and cancels;
+//! - [`engine`]: workflow definitions and the executor of one phase of a run;
+//! - [`workflows`]: the built-in workflows.
+
+pub mod clock;
+pub mod engine;
+pub mod grpc;
+pub mod registry;
+pub mod server;
+pub mod workflows;
+
+/// Generated protobuf messages and the client of `runstream.v1`.
+pub mod pb {
+    include!(concat!(env!("OUT_DIR"), "/pb/runstream.v1.rs"));
+}

@@ -1,0 +1,39 @@
+//! Errors of registry operations. Every message tells the caller what to do; `grpc::status` maps each variant to a
+//! gRPC status code, in that one place.
+
+use crate::engine::{ResumeError, RunStatus, SchemaViolation};
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum RegistryError {
+    #[error("workflow '{id}' does not exist; call ListWorkflows for the available ids ({})", available.join(", "))]
+    WorkflowNotFound { id: String, available: Vec<String> },
+
+    #[error("run '{id}' does not exist; check the run_id (ListRuns lists known runs)")]
+    RunNotFound { id: String },
+
+    /// A malformed identifier; `field` is the request field.
+    #[error("{field}: {reason}")]
+    InvalidId { field: &'static str, reason: String },
+
+    /// Input failing the workflow's input schema (the violation names the field).
+    #[error("{0}; send input that matches the workflow's input_schema (see ListWorkflows)")]
+    InvalidInput(SchemaViolation),
+
+    /// StreamRun/StartRun with the id of an existing run of another workflow.
+    #[error("run '{run_id}' already exists for workflow '{existing}', not '{requested}'; pick another run_id")]
+    RunIdTaken { run_id: String, existing: String, requested: String },
+
+    #[error("run '{run_id}' is {} and cannot be resumed; only a suspended run can (GetRun shows its status)", status.as_str())]
+    NotSuspended { run_id: String, status: RunStatus },
+
+    #[error("cannot resume run '{run_id}': {source}")]
+    Resume { run_id: String, source: ResumeError },
+
+    #[error(
+        "after_seq {after_seq} is beyond the last event of run '{run_id}' (seq {last_seq}); pass the seq of the last event you received, or 0 to replay from the start"
+    )]
+    CursorAhead { run_id: String, after_seq: u64, last_seq: u64 },
+
+    #[error("the server is shutting down; retry against another replica or after restart")]
+    ShuttingDown,
+}

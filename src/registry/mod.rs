@@ -1,0 +1,212 @@
+//! The run registry: every run this server knows, shared by every RPC.
+//!
+//! The registry creates runs, hands out readers of their logs, claims resumes and cancels. It knows workflows and
+//! runs, not gRPC: the gRPC layer translates requests into these calls and their errors into status codes.
+
+mod error;
+mod log;
+mod run;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+pub use error::RegistryError;
+pub use log::{LogEntry, LogReader, ReadUntil};
+pub use run::{Run, RunSpec, RunState, RunView};
+use serde_json::{Map, Value};
+
+use crate::{
+    clock::Clock,
+    engine::{ResumeRequest, RunStatus, Workflow, WorkflowCatalog},
+};
+
+/// The longest client-chosen run id.
+pub const MAX_RUN_ID_LEN: usize = 128;
+
+/// What a caller asks for when starting a run (StartRun, StreamRun), before it is checked.
+#[derive(Debug, Clone, Default)]
+pub struct StartRequest {
+    pub workflow_id: String,
+    /// Empty: the registry assigns a UUIDv7.
+    pub run_id: String,
+    pub input: Value,
+    pub request_context: Map<String, Value>,
+    pub resource_id: String,
+    pub tracing: Option<Value>,
+}
+
+/// Whether a start created a run or found an existing one with that id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    Created,
+    Existing,
+}
+
+/// Filters for [`RunRegistry::list`].
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub workflow_id: Option<String>,
+    pub status: Option<RunStatus>,
+    pub resource_id: Option<String>,
+}
+
+pub struct RunRegistry {
+    catalog: WorkflowCatalog,
+    runs: RwLock<HashMap<Arc<str>, Arc<Run>>>,
+    next_order: AtomicU64,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for RunRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunRegistry").finish_non_exhaustive()
+    }
+}
+
+impl RunRegistry {
+    pub fn new(catalog: WorkflowCatalog, clock: Arc<dyn Clock>) -> Arc<Self> {
+        Arc::new(Self { catalog, runs: RwLock::new(HashMap::new()), next_order: AtomicU64::new(1), clock })
+    }
+
+    /// The workflows runs can be started of, sorted by id.
+    pub fn workflows(&self) -> Vec<Arc<Workflow>> {
+        self.catalog.list()
+    }
+
+    /// Starts a run, or returns the existing run with the requested id (which is then not started again).
+    pub fn start(&self, request: StartRequest) -> Result<(Arc<Run>, Started), RegistryError> {
+        let workflow = self.catalog.get(&request.workflow_id).ok_or_else(|| {
+            if request.workflow_id.is_empty() {
+                return RegistryError::InvalidId {
+                    field: "workflow_id",
+                    reason: "required; call ListWorkflows for the available ids".into(),
+                };
+            }
+            RegistryError::WorkflowNotFound {
+                id: request.workflow_id.clone(),
+                available: self.catalog.list().iter().map(|wf| wf.id().to_string()).collect(),
+            }
+        })?;
+        let run_id: Arc<str> = if request.run_id.is_empty() {
+            uuid::Uuid::now_v7().to_string().into()
+        } else {
+            validate_run_id("run_id", &request.run_id)?;
+            if let Some(existing) = self.find(&request.run_id) {
+                return attach(existing, &request.workflow_id);
+            }
+            request.run_id.as_str().into()
+        };
+        workflow.validate_input(&request.input).map_err(RegistryError::InvalidInput)?;
+
+        let spec = RunSpec {
+            run_id: run_id.clone(),
+            workflow,
+            input: request.input,
+            request_context: Arc::new(request.request_context),
+            resource_id: request.resource_id,
+            tracing: request.tracing,
+        };
+        let run = Run::new(spec, self.next_order.fetch_add(1, Ordering::Relaxed), self.clock.clone());
+        {
+            let mut runs = self.runs.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            // Re-check under the write lock: two callers may race to create the same client-chosen id.
+            if let Some(existing) = runs.get(&run_id) {
+                let existing = existing.clone();
+                drop(runs);
+                return attach(existing, &request.workflow_id);
+            }
+            runs.insert(run_id, run.clone());
+        }
+        run.start();
+        Ok((run, Started::Created))
+    }
+
+    /// The run with this id.
+    pub fn get(&self, run_id: &str) -> Result<Arc<Run>, RegistryError> {
+        validate_run_id("run_id", run_id)?;
+        self.find(run_id).ok_or_else(|| RegistryError::RunNotFound { id: run_id.to_string() })
+    }
+
+    fn find(&self, run_id: &str) -> Option<Arc<Run>> {
+        self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(run_id).cloned()
+    }
+
+    /// Resumes a suspended run; returns it and the seq after which the resumed phase's events appear.
+    pub fn resume(&self, run_id: &str, request: ResumeRequest) -> Result<(Arc<Run>, u64), RegistryError> {
+        let run = self.get(run_id)?;
+        let start_seq = run.resume(request)?;
+        Ok((run, start_seq))
+    }
+
+    /// Cancels a run; returns whether anything was canceled (false when it had already ended). Waits up to
+    /// `settle` for a running run's executor to stop, so the caller usually sees the final status.
+    pub async fn cancel(&self, run_id: &str, settle: Duration) -> Result<(Arc<Run>, bool), RegistryError> {
+        let run = self.get(run_id)?;
+        let canceled = run.cancel();
+        if canceled {
+            run.wait_for(settle, RunStatus::is_terminal).await;
+        }
+        Ok((run, canceled))
+    }
+
+    /// Runs matching `filter`, newest first, starting after the run with creation order `after_order` (0: from the
+    /// newest); at most `limit`. Returns the page and the order to continue after, if there is more.
+    pub fn list(&self, filter: &RunFilter, after_order: u64, limit: usize) -> (Vec<Arc<Run>>, Option<u64>) {
+        let mut matching: Vec<Arc<Run>> = {
+            let runs = self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            runs.values()
+                .filter(|run| after_order == 0 || run.created_order < after_order)
+                .filter(|run| filter.workflow_id.as_deref().is_none_or(|id| &**run.workflow().id() == id))
+                .filter(|run| filter.resource_id.as_deref().is_none_or(|id| run.resource_id() == id))
+                .cloned()
+                .collect()
+        };
+        if let Some(status) = filter.status {
+            matching.retain(|run| run.status() == status);
+        }
+        matching.sort_unstable_by_key(|run| std::cmp::Reverse(run.created_order));
+        let more = matching.len() > limit;
+        matching.truncate(limit);
+        let next = if more { matching.last().map(|run| run.created_order) } else { None };
+        (matching, next)
+    }
+}
+
+/// Attaching to an existing run by id is only allowed for the same workflow: a different one means the caller
+/// reused an id by mistake.
+fn attach(existing: Arc<Run>, workflow_id: &str) -> Result<(Arc<Run>, Started), RegistryError> {
+    if &**existing.workflow().id() != workflow_id {
+        return Err(RegistryError::RunIdTaken {
+            run_id: existing.id().to_string(),
+            existing: existing.workflow().id().to_string(),
+            requested: workflow_id.to_string(),
+        });
+    }
+    Ok((existing, Started::Existing))
+}
+
+/// Run ids travel in URLs, logs and metrics labels: keep them short and plain.
+pub fn validate_run_id(field: &'static str, run_id: &str) -> Result<(), RegistryError> {
+    if run_id.is_empty() {
+        return Err(RegistryError::InvalidId { field, reason: "required".into() });
+    }
+    if run_id.len() > MAX_RUN_ID_LEN {
+        return Err(RegistryError::InvalidId {
+            field,
+            reason: format!("{} characters long; at most {MAX_RUN_ID_LEN} are allowed", run_id.len()),
+        });
+    }
+    if let Some(bad) = run_id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))) {
+        return Err(RegistryError::InvalidId {
+            field,
+            reason: format!("character {bad:?} is not allowed; use letters, digits and . _ : -"),
+        });
+    }
+    Ok(())
+}

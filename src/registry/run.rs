@@ -1,0 +1,326 @@
+//! One run: its metadata, its state machine, its event log, and the task that drives its phases.
+//!
+//! State and log change together: the registry appends `workflow_finish` while holding the state lock, so anyone
+//! who has seen a run's finish event and then asks for its status gets the status that event announced.
+
+use std::{
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, SystemTime},
+};
+
+use serde_json::{Map, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::{
+    error::RegistryError,
+    log::{EventLog, LogReader, ReadUntil},
+};
+use crate::{
+    clock::Clock,
+    engine::{
+        ErrorInfo, Event, EventKind, EventSink, EventSource, Phase, PhaseOutcome, ResumeRequest, ResumeTarget,
+        RunSnapshot, RunStatus, Workflow, execute_phase,
+    },
+};
+
+/// What a run was started with.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    pub run_id: Arc<str>,
+    pub workflow: Arc<Workflow>,
+    pub input: Value,
+    pub request_context: Arc<Map<String, Value>>,
+    pub resource_id: String,
+    /// Trace propagation as the caller sent it (trace_id, parent_span_id, tags, metadata).
+    pub tracing: Option<Value>,
+}
+
+/// The mutable part of a run.
+#[derive(Debug, Clone)]
+pub struct RunState {
+    pub status: RunStatus,
+    /// 1 + the number of resumes so far.
+    pub phase: u32,
+    pub snapshot: RunSnapshot,
+    pub result: Option<Value>,
+    pub error: Option<ErrorInfo>,
+    pub updated_at: SystemTime,
+}
+
+/// A point-in-time copy of a run, for GetRun, GetResult and ListRuns.
+#[derive(Debug, Clone)]
+pub struct RunView {
+    pub run_id: Arc<str>,
+    pub workflow_id: Arc<str>,
+    pub resource_id: String,
+    pub input: Value,
+    pub created_at: SystemTime,
+    pub state: RunState,
+    pub last_seq: u64,
+}
+
+pub struct Run {
+    spec: RunSpec,
+    created_at: SystemTime,
+    /// Creation order within this process, for newest-first listing independent of id format.
+    pub(super) created_order: u64,
+    log: Arc<EventLog>,
+    state: Mutex<RunState>,
+    /// Broadcasts every status change, for result waiters.
+    status_tx: watch::Sender<RunStatus>,
+    /// Cancels the run for good: one token for the whole run, since a canceled run never runs again.
+    cancel: CancellationToken,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run").field("run_id", &self.spec.run_id).field("workflow", self.spec.workflow.id()).finish()
+    }
+}
+
+impl Run {
+    pub(super) fn new(spec: RunSpec, created_order: u64, clock: Arc<dyn Clock>) -> Arc<Self> {
+        let now = clock.now();
+        let state = RunState {
+            status: RunStatus::Pending,
+            phase: 1,
+            snapshot: RunSnapshot::default(),
+            result: None,
+            error: None,
+            updated_at: now,
+        };
+        Arc::new(Self {
+            spec,
+            created_at: now,
+            created_order,
+            log: Arc::new(EventLog::new()),
+            state: Mutex::new(state),
+            status_tx: watch::Sender::new(RunStatus::Pending),
+            cancel: CancellationToken::new(),
+            clock,
+        })
+    }
+
+    pub fn id(&self) -> &Arc<str> {
+        &self.spec.run_id
+    }
+
+    pub fn workflow(&self) -> &Arc<Workflow> {
+        &self.spec.workflow
+    }
+
+    pub fn resource_id(&self) -> &str {
+        &self.spec.resource_id
+    }
+
+    pub fn status(&self) -> RunStatus {
+        self.lock_state().status
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.log.last_seq()
+    }
+
+    fn lock_state(&self) -> MutexGuard<'_, RunState> {
+        // Every mutation of RunState is a plain field assignment, so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn view(&self) -> RunView {
+        let state = self.lock_state().clone();
+        RunView {
+            run_id: self.spec.run_id.clone(),
+            workflow_id: self.spec.workflow.id().clone(),
+            resource_id: self.spec.resource_id.clone(),
+            input: self.spec.input.clone(),
+            created_at: self.created_at,
+            last_seq: self.log.last_seq(),
+            state,
+        }
+    }
+
+    /// A reader of this run's events after `after_seq`.
+    pub fn reader(&self, after_seq: u64, until: ReadUntil) -> Result<LogReader, RegistryError> {
+        let last_seq = self.log.last_seq();
+        if after_seq > last_seq {
+            return Err(RegistryError::CursorAhead { run_id: self.spec.run_id.to_string(), after_seq, last_seq });
+        }
+        Ok(LogReader::new(self.log.clone(), after_seq, until))
+    }
+
+    /// Starts the first phase. Called once, right after the run is registered.
+    pub(super) fn start(self: &Arc<Self>) {
+        {
+            let mut state = self.lock_state();
+            state.status = RunStatus::Running;
+            state.updated_at = self.clock.now();
+        }
+        self.status_tx.send_replace(RunStatus::Running);
+        self.spawn_phase(None);
+    }
+
+    /// Claims a suspended run for a resume and starts the resume phase. Exactly one of several concurrent callers
+    /// wins: the claim (suspended -> running) happens under the state lock. Returns the seq after which the new
+    /// phase's events will appear.
+    pub(super) fn resume(self: &Arc<Self>, request: ResumeRequest) -> Result<u64, RegistryError> {
+        let (target, start_seq) = {
+            let mut state = self.lock_state();
+            if state.status != RunStatus::Suspended {
+                return Err(RegistryError::NotSuspended { run_id: self.spec.run_id.to_string(), status: state.status });
+            }
+            let target = self
+                .spec
+                .workflow
+                .resolve_resume(&state.snapshot, request)
+                .map_err(|source| RegistryError::Resume { run_id: self.spec.run_id.to_string(), source })?;
+            state.status = RunStatus::Running;
+            state.phase += 1;
+            state.updated_at = self.clock.now();
+            // Nothing appends while the run is suspended, so this is where the resume phase's events begin.
+            (target, self.log.last_seq())
+        };
+        self.status_tx.send_replace(RunStatus::Running);
+        self.spawn_phase(Some(target));
+        Ok(start_seq)
+    }
+
+    /// Runs one phase on its own task and records its outcome. Step code that panics fails the run instead of
+    /// leaving it "running" forever.
+    fn spawn_phase(self: &Arc<Self>, resume: Option<ResumeTarget>) {
+        let (snapshot, phase) = {
+            let state = self.lock_state();
+            (state.snapshot.clone(), state.phase)
+        };
+        let phase = Phase {
+            run_id: self.spec.run_id.clone(),
+            workflow: self.spec.workflow.clone(),
+            input: self.spec.input.clone(),
+            request_context: self.spec.request_context.clone(),
+            phase,
+            snapshot,
+            resume,
+            sink: self.clone(),
+            clock: self.clock.clone(),
+            cancel: self.cancel.clone(),
+        };
+        let run = self.clone();
+        tokio::spawn(async move {
+            let outcome = match tokio::spawn(execute_phase(phase)).await {
+                Ok(outcome) => outcome,
+                Err(join_error) => {
+                    warn!(run_id = %run.spec.run_id, error = %join_error, "phase task failed");
+                    let snapshot = run.lock_state().snapshot.clone();
+                    PhaseOutcome {
+                        status: RunStatus::Failed,
+                        result: None,
+                        error: Some(ErrorInfo::new("InternalError", format!("the workflow task failed: {join_error}"))),
+                        snapshot,
+                    }
+                }
+            };
+            run.finish_phase(outcome);
+        });
+    }
+
+    /// Records a phase's outcome and appends its `workflow_finish`, atomically with respect to readers of the
+    /// state.
+    fn finish_phase(&self, outcome: PhaseOutcome) {
+        let PhaseOutcome { mut status, result, mut error, snapshot } = outcome;
+        let mut state = self.lock_state();
+        let now = self.clock.now();
+        // A cancel that arrived while the phase was ending must not leave the run suspended.
+        if self.cancel.is_cancelled() && !status.is_terminal() {
+            self.log.append(canceled_event(), now);
+            status = RunStatus::Canceled;
+            error = Some(canceled_error());
+        }
+        state.status = status;
+        state.snapshot = snapshot;
+        state.result = result;
+        state.error = error;
+        state.updated_at = now;
+        let finish = EventKind::WorkflowFinish {
+            status,
+            result: state.result.clone(),
+            error: state.error.clone(),
+            usage: state.snapshot.usage,
+        };
+        self.log.append(Event { source: EventSource::Workflow, kind: finish }, now);
+        drop(state);
+        debug!(run_id = %self.spec.run_id, status = status.as_str(), "phase finished");
+        self.status_tx.send_replace(status);
+    }
+
+    /// Cancels the run. A running or sleeping run is canceled by its executor (which emits `workflow_canceled`);
+    /// a suspended one is ended here. Returns false when the run had already ended.
+    pub(super) fn cancel(&self) -> bool {
+        let mut state = self.lock_state();
+        if state.status.is_terminal() {
+            return false;
+        }
+        self.cancel.cancel();
+        if matches!(state.status, RunStatus::Suspended | RunStatus::Paused) {
+            let now = self.clock.now();
+            self.log.append(canceled_event(), now);
+            state.status = RunStatus::Canceled;
+            state.error = Some(canceled_error());
+            state.updated_at = now;
+            state.snapshot.suspended.clear();
+            let finish = EventKind::WorkflowFinish {
+                status: RunStatus::Canceled,
+                result: None,
+                error: state.error.clone(),
+                usage: state.snapshot.usage,
+            };
+            self.log.append(Event { source: EventSource::Workflow, kind: finish }, now);
+            drop(state);
+            self.status_tx.send_replace(RunStatus::Canceled);
+        }
+        true
+    }
+
+    /// Waits until the run's status satisfies `done`, or `timeout` passes. Returns whether it did.
+    pub async fn wait_for(&self, timeout: Duration, done: impl Fn(RunStatus) -> bool) -> bool {
+        let mut status_rx = self.status_tx.subscribe();
+        let wait = status_rx.wait_for(|status| done(*status));
+        matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(_)))
+    }
+}
+
+fn canceled_event() -> Event {
+    Event {
+        source: EventSource::Workflow,
+        kind: EventKind::WorkflowCanceled { reason: "canceled by CancelRun".into() },
+    }
+}
+
+fn canceled_error() -> ErrorInfo {
+    ErrorInfo::new("Canceled", "the run was canceled by CancelRun")
+}
+
+/// The engine emits into the run: the log numbers the event, and sleep events move the status to and from WAITING.
+impl EventSink for Run {
+    fn emit(&self, event: Event) {
+        match &event.kind {
+            EventKind::StepWaiting { .. } => self.set_status_if(RunStatus::Running, RunStatus::Waiting),
+            EventKind::StepResult { .. } => self.set_status_if(RunStatus::Waiting, RunStatus::Running),
+            _ => {}
+        }
+        self.log.append(event, self.clock.now());
+    }
+}
+
+impl Run {
+    fn set_status_if(&self, from: RunStatus, to: RunStatus) {
+        let mut state = self.lock_state();
+        if state.status == from {
+            state.status = to;
+            state.updated_at = self.clock.now();
+            drop(state);
+            self.status_tx.send_replace(to);
+        }
+    }
+}

@@ -1,0 +1,67 @@
+//! Serving: the tonic server with RunService, server reflection (v1 and v1alpha, since grpcurl 1.8.6 speaks only
+//! v1alpha) and grpc.health.v1, on a listener the caller bound.
+//!
+//! Shutdown is graceful: when `shutdown` is cancelled the server stops accepting calls, open streams end with
+//! UNAVAILABLE carrying the cursor to re-attach with (an endless stream would otherwise keep the server from
+//! ever draining), and in-flight unary calls finish.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+
+use crate::{
+    grpc::{RunService, ServiceConfig, server::run_service_server::RunServiceServer},
+    registry::RunRegistry,
+};
+
+/// The encoded descriptor set of proto/, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/runstream_descriptor.bin"));
+
+/// How often the server pings idle connections. Proxies and meshes cut connections that look dead; a stream
+/// waiting for a long step is quiet, not dead.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("building the reflection service failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves until `shutdown` is cancelled and every connection has drained.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<RunRegistry>,
+    config: ServiceConfig,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<RunServiceServer<RunService>>().await;
+
+    let service = RunService::new(registry, config, shutdown.clone());
+    Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(RunServiceServer::new(service))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
+        .await?;
+    Ok(())
+}
