@@ -498,6 +498,17 @@ async fn errors_name_the_problem() {
         Code::InvalidArgument,
         &["run_id", "128"],
     );
+    let mut traced = stream_request("chain", "", json!({"value": 1}));
+    traced.tracing_options = Some(pb::TracingOptions { trace_id: "not-hex".into(), ..Default::default() });
+    assert_status(client.stream_run(traced).await, Code::InvalidArgument, &["tracing_options.trace_id", "hexadecimal"]);
+    let mut traced = stream_request("chain", "traced", json!({"value": 1}));
+    traced.tracing_options = Some(pb::TracingOptions {
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        parent_span_id: "00f067aa0ba902b7".into(),
+        tags: vec!["test".into()],
+        metadata: None,
+    });
+    assert_eq!(stream_run(&mut client, traced).await.len(), 8);
     assert_status(
         client.get_result(pb::GetResultRequest { run_id: "nope".into(), wait: false, max_wait: None }).await,
         Code::NotFound,

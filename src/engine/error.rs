@@ -13,7 +13,7 @@ pub struct SchemaViolation {
 /// Why a resume request cannot be carried out.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ResumeError {
-    #[error("step '{step}' is not suspended; suspended steps: [{}]", suspended.join(", "))]
+    #[error("step '{step}' is not suspended; name one of the suspended steps: [{}]", suspended.join(", "))]
     StepNotSuspended { step: String, suspended: Vec<String> },
     #[error("{} steps are suspended ([{}]); name the one to resume in `step`", suspended.len(), suspended.join(", "))]
     AmbiguousStep { suspended: Vec<String> },
@@ -21,6 +21,8 @@ pub enum ResumeError {
     UnknownLabel { label: String, labels: Vec<String> },
     #[error("foreach step '{step}' has no suspended iteration {index}; suspended iterations: {suspended:?}")]
     ForEachIndexNotSuspended { step: String, index: u32, suspended: Vec<u32> },
-    #[error("{0}")]
+    #[error(
+        "{0}; send resume_data that matches the step's resume_schema (in its step_suspended event and ListWorkflows)"
+    )]
     InvalidResumeData(SchemaViolation),
 }

@@ -22,7 +22,7 @@ use self::{status::invalid_field, wire::EncodedRunEvent};
 use crate::{
     engine::{ResumeRequest, RunStatus},
     pb,
-    registry::{LogReader, ReadUntil, RunFilter, RunRegistry, StartRequest, Started, validate_run_id},
+    registry::{LogReader, ReadUntil, RunFilter, RunRegistry, StartRequest, Started, TraceContext, validate_run_id},
 };
 
 /// Limits of the service, with the defaults `runstream serve` uses.
@@ -99,22 +99,34 @@ fn start_request(
     request_context: Option<prost_types::Struct>,
     tracing: Option<pb::TracingOptions>,
     resource_id: String,
-) -> StartRequest {
-    StartRequest {
+) -> Result<StartRequest, Status> {
+    Ok(StartRequest {
         workflow_id,
         run_id,
         input: input.map(convert::pb_to_json).unwrap_or_default(),
         request_context: request_context.map(convert::struct_to_map).unwrap_or_default(),
         resource_id,
-        tracing: tracing.map(|t| {
-            serde_json::json!({
-                "traceId": t.trace_id,
-                "parentSpanId": t.parent_span_id,
-                "tags": t.tags,
-                "metadata": t.metadata.map(convert::struct_to_map),
-            })
-        }),
-    }
+        tracing: tracing.map(trace_context).transpose()?,
+    })
+}
+
+/// Checks trace propagation ids as W3C trace context defines them (hex, at most 32 and 16 digits), so a bad id is
+/// reported to the caller instead of silently breaking their trace.
+fn trace_context(options: pb::TracingOptions) -> Result<TraceContext, Status> {
+    let check = |field: &str, value: &str, max: usize| {
+        if value.len() > max || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(invalid_field(field, format!("must be 1-{max} hexadecimal digits, got {value:?}")));
+        }
+        Ok(())
+    };
+    check("tracing_options.trace_id", &options.trace_id, 32)?;
+    check("tracing_options.parent_span_id", &options.parent_span_id, 16)?;
+    Ok(TraceContext {
+        trace_id: options.trace_id,
+        parent_span_id: options.parent_span_id,
+        tags: options.tags,
+        metadata: options.metadata.map(convert::struct_to_map).unwrap_or_default(),
+    })
 }
 
 /// Reads the caller's deadline from the `grpc-timeout` header (e.g. "100m" = 100 ms).
@@ -180,7 +192,7 @@ impl server::run_service_server::RunService for RunService {
     async fn start_run(&self, request: Request<pb::StartRunRequest>) -> Result<Response<pb::StartRunResponse>, Status> {
         let r = request.into_inner();
         let start =
-            start_request(r.workflow_id, r.run_id, r.input, r.request_context, r.tracing_options, r.resource_id);
+            start_request(r.workflow_id, r.run_id, r.input, r.request_context, r.tracing_options, r.resource_id)?;
         let (run, started) = self.registry.start(start)?;
         Ok(Response::new(pb::StartRunResponse {
             run_id: run.id().to_string(),
@@ -195,7 +207,7 @@ impl server::run_service_server::RunService for RunService {
         let r = request.into_inner();
         let close_on_suspend = r.close_on_suspend.unwrap_or(true);
         let start =
-            start_request(r.workflow_id, r.run_id, r.input, r.request_context, r.tracing_options, r.resource_id);
+            start_request(r.workflow_id, r.run_id, r.input, r.request_context, r.tracing_options, r.resource_id)?;
         let (run, started) = self.registry.start(start)?;
         let until = match started {
             Started::Created => ReadUntil::Phase { close_on_suspend },

@@ -38,7 +38,16 @@ pub struct StartRequest {
     pub input: Value,
     pub request_context: Map<String, Value>,
     pub resource_id: String,
-    pub tracing: Option<Value>,
+    pub tracing: Option<TraceContext>,
+}
+
+/// Trace propagation a caller sent with a run (Mastra's tracingOptions): the run's log lines carry the trace id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TraceContext {
+    pub trace_id: String,
+    pub parent_span_id: String,
+    pub tags: Vec<String>,
+    pub metadata: Map<String, Value>,
 }
 
 /// Whether a start created a run or found an existing one with that id.

@@ -11,9 +11,10 @@ use std::{
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 use super::{
+    TraceContext,
     error::RegistryError,
     log::{EventLog, LogReader, ReadUntil},
 };
@@ -33,8 +34,8 @@ pub struct RunSpec {
     pub input: Value,
     pub request_context: Arc<Map<String, Value>>,
     pub resource_id: String,
-    /// Trace propagation as the caller sent it (trace_id, parent_span_id, tags, metadata).
-    pub tracing: Option<Value>,
+    /// Trace propagation as the caller sent it.
+    pub tracing: Option<TraceContext>,
 }
 
 /// The mutable part of a run.
@@ -207,22 +208,36 @@ impl Run {
             cancel: self.cancel.clone(),
         };
         let run = self.clone();
-        tokio::spawn(async move {
-            let outcome = match tokio::spawn(execute_phase(phase)).await {
-                Ok(outcome) => outcome,
-                Err(join_error) => {
-                    warn!(run_id = %run.spec.run_id, error = %join_error, "phase task failed");
-                    let snapshot = run.lock_state().snapshot.clone();
-                    PhaseOutcome {
-                        status: RunStatus::Failed,
-                        result: None,
-                        error: Some(ErrorInfo::new("InternalError", format!("the workflow task failed: {join_error}"))),
-                        snapshot,
+        let trace_id = self.spec.tracing.as_ref().map(|t| t.trace_id.as_str()).unwrap_or_default();
+        let span = tracing::info_span!(
+            "run",
+            run_id = %self.spec.run_id,
+            workflow = %self.spec.workflow.id(),
+            phase = phase.phase,
+            trace_id,
+        );
+        tokio::spawn(
+            async move {
+                let outcome = match tokio::spawn(execute_phase(phase).in_current_span()).await {
+                    Ok(outcome) => outcome,
+                    Err(join_error) => {
+                        warn!(run_id = %run.spec.run_id, error = %join_error, "phase task failed");
+                        let snapshot = run.lock_state().snapshot.clone();
+                        PhaseOutcome {
+                            status: RunStatus::Failed,
+                            result: None,
+                            error: Some(ErrorInfo::new(
+                                "InternalError",
+                                format!("the workflow task failed: {join_error}"),
+                            )),
+                            snapshot,
+                        }
                     }
-                }
-            };
-            run.finish_phase(outcome);
-        });
+                };
+                run.finish_phase(outcome);
+            }
+            .instrument(span),
+        );
     }
 
     /// Records a phase's outcome and appends its `workflow_finish`, atomically with respect to readers of the
