@@ -3,7 +3,8 @@
 //!
 //! Shutdown is graceful: when `shutdown` is cancelled the server stops accepting calls, open streams end with
 //! UNAVAILABLE carrying the cursor to re-attach with (an endless stream would otherwise keep the server from
-//! ever draining), and in-flight unary calls finish.
+//! ever draining), and in-flight unary calls finish. Connections still open after a grace period (a client that
+//! stopped reading) are closed.
 
 use std::{sync::Arc, time::Duration};
 
@@ -52,8 +53,9 @@ pub async fn serve(
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<RunServiceServer<RunService>>().await;
 
+    let grace = config.shutdown_grace;
     let service = RunService::new(registry, config, shutdown.clone());
-    Server::builder()
+    let server = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
@@ -61,7 +63,14 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(RunServiceServer::new(service))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+    let forced = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = forced => tracing::warn!(?grace, "connections still open after the shutdown grace period; closing them"),
+    }
     Ok(())
 }

@@ -578,3 +578,25 @@ async fn shutdown_ends_open_streams_with_a_cursor() {
     assert!(status.message().contains(&cursor), "{}", status.message());
     server.stop().await;
 }
+
+// A client that stopped reading holds its stream open through HTTP/2 flow control; shutdown still completes,
+// after the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_completes_despite_a_reader_that_stopped_reading() {
+    let config = runstream::grpc::ServiceConfig { shutdown_grace: Duration::from_millis(300), ..Default::default() };
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    let mut stalled = client
+        .stream_run(stream_request("writer-flood", "stalled-at-shutdown", json!({"count": 200_000})))
+        .await
+        .expect("stream")
+        .into_inner();
+    stalled.message().await.expect("first event");
+    let result = get_result(&mut client, "stalled-at-shutdown", true).await;
+    assert_eq!(status_of(&result), pb::RunStatus::Success);
+    // `stalled` is not read again: its server-side stream is blocked on flow control.
+    let started = std::time::Instant::now();
+    server.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped after {:?}", started.elapsed());
+    drop(stalled);
+}

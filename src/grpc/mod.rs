@@ -32,11 +32,18 @@ pub struct ServiceConfig {
     pub max_result_wait: Duration,
     /// How long CancelRun waits for a running run to stop before answering with its status then.
     pub cancel_settle: Duration,
+    /// After shutdown begins, how long connections get to drain before the server closes them anyway. A client
+    /// that stopped reading holds its stream open (HTTP/2 flow control), and must not keep the server alive.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        Self { max_result_wait: Duration::from_secs(60), cancel_settle: Duration::from_secs(5) }
+        Self {
+            max_result_wait: Duration::from_secs(60),
+            cancel_settle: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(5),
+        }
     }
 }
 
