@@ -4,11 +4,13 @@
 //! - [`grpc`]: RunService, a thin translation of requests into registry calls;
 //! - [`registry`]: every run, its numbered event log, readers, claims and cancels;
 //! - [`engine`]: workflow definitions and the executor of one phase of a run;
+//! - [`model`]: language-model providers (OpenAI-compatible streaming client, offline stand-in);
 //! - [`workflows`]: the built-in workflows.
 
 pub mod clock;
 pub mod engine;
 pub mod grpc;
+pub mod model;
 pub mod registry;
 pub mod server;
 pub mod workflows;

@@ -1,0 +1,376 @@
+//! Language models behind one streaming trait, for the agent loop.
+//!
+//! - [`ModelProvider`]: the trait an agent calls. One call streams one model response ("step") as
+//!   [`ModelChunk`]s; the contract below is what the agent loop may rely on, whatever the provider.
+//! - [`OpenAiModel`]: an OpenAI-compatible Chat Completions client (OpenAI, vLLM, Ollama, llama.cpp's server,
+//!   LM Studio, ...), streaming over server-sent events.
+//! - [`OfflineModel`]: a deterministic, scripted stand-in that needs no network, so that the service and its
+//!   built-in agents work out of the box. It is not a language model.
+//! - [`RetryingModel`]: wraps any provider and re-issues a call after a transient failure, per [`RetryPolicy`].
+//! - [`model_from_env`]: picks one of these from the environment (see there for the variables).
+//!
+//! # The stream contract
+//!
+//! [`ModelProvider::stream`] returns a lazy stream: nothing is sent until it is first polled, and dropping it
+//! abandons the call (the HTTP connection is closed). A successful stream yields, in this order:
+//!
+//! 1. at most one [`ModelChunk::ResponseMetadata`], before any content;
+//! 2. any interleaving of [`ModelChunk::TextDelta`], [`ModelChunk::ReasoningDelta`],
+//!    [`ModelChunk::ToolCallStart`] and [`ModelChunk::ToolCallDelta`]. For each tool-call `index`, its
+//!    `ToolCallStart` comes before its deltas; the concatenated deltas of one index are the call's arguments as
+//!    JSON text, complete only once `Finish` arrives (parse them then, not before: the text may be invalid JSON if
+//!    the model erred, which is the agent's to report as a tool error);
+//! 3. exactly one [`ModelChunk::Finish`], held back until the response is known to be complete;
+//! 4. at most one [`ModelChunk::Usage`], the response's total (never a running count);
+//!
+//! and then ends. A failed stream yields one `Err(ModelError)` and ends; chunks yielded before it are a partial
+//! response the agent should treat as unfinished. Canceling the token ends the stream with
+//! [`ModelError::Canceled`] promptly, even mid-response.
+//!
+//! Only [`RetryingModel`] yields [`ModelChunk::Restart`]: it means "everything since the start of this call is
+//! void; the call is being issued again", and the contract above starts over after it.
+
+mod offline;
+mod openai;
+mod retry;
+mod sse;
+#[cfg(test)]
+mod tests;
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use futures_util::Stream;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::engine::event::Usage;
+pub use offline::OfflineModel;
+pub use openai::{OpenAiConfig, OpenAiModel};
+pub use retry::{RetryPolicy, RetryingModel};
+
+/// The stream one model call returns; see the [module docs](self) for its contract.
+pub type ModelStream = Pin<Box<dyn Stream<Item = Result<ModelChunk, ModelError>> + Send + 'static>>;
+
+/// A language model (or a stand-in for one) that streams responses.
+///
+/// Object-safe, used as `Arc<dyn ModelProvider>`. Implementations must honour the stream contract in the
+/// [module docs](self): the agent loop is written against it, not against any one provider.
+pub trait ModelProvider: Send + Sync + 'static {
+    /// The model's name as the provider knows it (e.g. `gpt-4o-mini`, `offline`): for events and logs.
+    fn model_id(&self) -> &str;
+
+    /// Which kind of provider this is (`openai-compatible`, `offline`): for events and logs.
+    fn provider(&self) -> &str;
+
+    /// Streams one response to `request`. Lazy: nothing happens until the stream is polled. `cancel` ends the
+    /// stream with [`ModelError::Canceled`].
+    fn stream(&self, request: ModelRequest, cancel: CancellationToken) -> ModelStream;
+}
+
+/// What to ask the model: the conversation so far, the tools it may call, and how to answer.
+///
+/// `Clone` because a retry re-issues the same request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelRequest {
+    pub messages: Vec<Message>,
+    /// Tools the model may call. Empty: the model can only answer in text.
+    pub tools: Vec<ToolSpec>,
+    pub tool_choice: ToolChoice,
+    /// Ask for a JSON answer that satisfies this schema (structured output).
+    pub response_schema: Option<ResponseSchema>,
+    /// Sent as `max_tokens`, or as `max_completion_tokens` when `reasoning_effort` is set (OpenAI's reasoning
+    /// models accept only that name; other servers do not all know it).
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    /// Ask for reasoning. The OpenAI-compatible client sends it as `reasoning_effort` (only reasoning models accept
+    /// it; leave `None` for others); the offline model streams a short scripted reasoning section.
+    pub reasoning_effort: Option<ReasoningEffort>,
+}
+
+impl ModelRequest {
+    pub fn new(messages: Vec<Message>) -> Self {
+        Self { messages, ..Self::default() }
+    }
+
+    pub fn with_tools(mut self, tools: Vec<ToolSpec>) -> Self {
+        self.tools = tools;
+        self
+    }
+}
+
+/// One message of the conversation, in Chat Completions' roles.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    System {
+        content: String,
+    },
+    User {
+        content: String,
+    },
+    /// A previous model response: its text (if any) and the tool calls it made (if any).
+    Assistant {
+        content: Option<String>,
+        tool_calls: Vec<ToolCall>,
+    },
+    /// The result of one tool call, answering the assistant's call with id `tool_call_id`.
+    Tool {
+        tool_call_id: String,
+        /// The tool's name. Chat Completions does not need it; other providers (and the offline model) do.
+        tool_name: String,
+        /// The result as the model should read it, usually JSON text.
+        content: String,
+    },
+}
+
+impl Message {
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::System { content: content.into() }
+    }
+
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::User { content: content.into() }
+    }
+
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::Assistant { content: Some(content.into()), tool_calls: Vec::new() }
+    }
+
+    pub fn tool_result(
+        tool_call_id: impl Into<String>,
+        tool_name: impl Into<String>,
+        content: impl Into<String>,
+    ) -> Self {
+        Self::Tool { tool_call_id: tool_call_id.into(), tool_name: tool_name.into(), content: content.into() }
+    }
+}
+
+/// A tool call the model made, as it goes back into the conversation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments exactly as the model streamed them (JSON text), so the conversation replays verbatim.
+    pub arguments: String,
+}
+
+/// A tool the model may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolSpec {
+    /// OpenAI accepts `^[a-zA-Z0-9_-]{1,64}$`.
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments object.
+    pub parameters: Value,
+}
+
+/// Whether and which tool the model must call.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum ToolChoice {
+    /// The model decides. Not sent on the wire: it is every server's default.
+    #[default]
+    Auto,
+    None,
+    Required,
+    Tool(String),
+}
+
+/// A JSON Schema the answer must satisfy (Chat Completions' `response_format: json_schema`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResponseSchema {
+    /// OpenAI requires `^[a-zA-Z0-9_-]{1,64}$`.
+    pub name: String,
+    pub schema: Value,
+    /// OpenAI's strict mode: guaranteed conformance, but only for a subset of JSON Schema.
+    pub strict: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReasoningEffort {
+    Low,
+    Medium,
+    High,
+}
+
+impl ReasoningEffort {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Low => "low",
+            Self::Medium => "medium",
+            Self::High => "high",
+        }
+    }
+}
+
+/// One piece of a streamed model response. See the [module docs](self) for the order they come in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelChunk {
+    /// The provider's id for the response and the model that actually answered (may differ from the one asked).
+    ResponseMetadata {
+        id: Option<String>,
+        model: Option<String>,
+    },
+    TextDelta {
+        text: String,
+    },
+    ReasoningDelta {
+        text: String,
+    },
+    /// The model begins tool call number `index` (0-based, in the order the model made them).
+    ToolCallStart {
+        index: u32,
+        id: String,
+        name: String,
+    },
+    /// More of the arguments (JSON text) of tool call `index`.
+    ToolCallDelta {
+        index: u32,
+        arguments: String,
+    },
+    /// The response is complete. `raw` is the provider's own word for why it stopped.
+    Finish {
+        reason: FinishReason,
+        raw: String,
+    },
+    /// Tokens the whole response used.
+    Usage {
+        usage: Usage,
+    },
+    /// From [`RetryingModel`] only: the previous attempt failed after yielding chunks; discard them, because the
+    /// call is re-issued (attempt number `attempt`, 2 for the first retry) after `delay`.
+    Restart {
+        attempt: u32,
+        reason: String,
+        delay: Duration,
+    },
+}
+
+/// Why the model stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// It finished its answer (or hit a stop sequence).
+    Stop,
+    /// It hit `max_tokens` or the context limit: the answer is cut short.
+    Length,
+    /// The provider's content filter withheld (part of) the answer.
+    ContentFilter,
+    /// It wants the tool calls it made executed, and their results sent back.
+    ToolCalls,
+    /// Anything else; see the `raw` reason.
+    Other,
+}
+
+impl FinishReason {
+    /// Maps a Chat Completions `finish_reason`.
+    pub fn from_openai(raw: &str) -> Self {
+        match raw {
+            "stop" | "eos" | "end_turn" | "stop_sequence" => Self::Stop,
+            "length" | "max_tokens" => Self::Length,
+            "content_filter" => Self::ContentFilter,
+            // `function_call` is the deprecated single-function form of `tool_calls`.
+            "tool_calls" | "function_call" | "tool_use" => Self::ToolCalls,
+            _ => Self::Other,
+        }
+    }
+
+    /// Lower-case name, as Mastra spells it (`tool-calls`, `content-filter`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::ContentFilter => "content-filter",
+            Self::ToolCalls => "tool-calls",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Why a model call failed. [`is_retryable`](Self::is_retryable) splits transient failures (worth re-issuing the
+/// same request) from permanent ones (the same request would fail again). Messages name what to check.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ModelError {
+    #[error("the model server at {url} is rate-limiting requests (HTTP 429{}): {message}", retry_after_text(*retry_after))]
+    RateLimited { url: String, message: String, retry_after: Option<Duration> },
+    #[error("the model server at {url} failed (HTTP {status}): {message}")]
+    Server { url: String, status: u16, message: String },
+    #[error(
+        "could not reach the model server at {url}: {message}; check RUNSTREAM_MODEL_BASE_URL and that the server is up"
+    )]
+    Connect { url: String, message: String },
+    #[error("the model server at {url} sent nothing for {}s; it may be overloaded", after.as_secs_f32())]
+    Timeout { url: String, after: Duration },
+    #[error("the model's response stream from {url} ended before the response was complete: {message}")]
+    StreamDropped { url: String, message: String },
+    #[error("the model server at {url} reported an error mid-stream: {message}")]
+    StreamError { url: String, message: String, retryable: bool },
+    #[error("the model server at {url} rejected the request (HTTP {status}): {message}{hint}")]
+    Rejected { url: String, status: u16, message: String, hint: String },
+    #[error("the model server at {url} sent a response runstream cannot read: {message}")]
+    InvalidResponse { url: String, message: String },
+    #[error("model configuration: {0}")]
+    Config(String),
+    #[error("the model call was canceled")]
+    Canceled,
+    #[error("the model call failed {attempts} times, giving up; last error: {last}")]
+    RetriesExhausted { attempts: u32, last: Box<ModelError> },
+}
+
+fn retry_after_text(retry_after: Option<Duration>) -> String {
+    retry_after.map(|d| format!(", retry after {}s", d.as_secs_f32())).unwrap_or_default()
+}
+
+impl ModelError {
+    /// True when re-issuing the same request may succeed: rate limits, server errors, network failures, timeouts
+    /// and streams cut short. Rejected requests, unreadable responses, configuration errors and cancellation are
+    /// permanent.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::RateLimited { .. }
+            | Self::Server { .. }
+            | Self::Connect { .. }
+            | Self::Timeout { .. }
+            | Self::StreamDropped { .. } => true,
+            Self::StreamError { retryable, .. } => *retryable,
+            Self::Rejected { .. }
+            | Self::InvalidResponse { .. }
+            | Self::Config(_)
+            | Self::Canceled
+            | Self::RetriesExhausted { .. } => false,
+        }
+    }
+
+    /// How long the server asked us to wait before retrying, if it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// The model the service uses, chosen from the environment:
+///
+/// - `RUNSTREAM_MODEL`: the model name to ask an OpenAI-compatible server for (e.g. `gpt-4o-mini`,
+///   `Qwen/Qwen3-8B`, `llama3.2`). Unset, empty or `offline`: the built-in [`OfflineModel`], no network.
+/// - `RUNSTREAM_MODEL_BASE_URL`: the server's API root, up to and including `/v1` (default
+///   `https://api.openai.com/v1`; e.g. `http://127.0.0.1:8000/v1` for vLLM, `http://127.0.0.1:11434/v1` for Ollama,
+///   `http://127.0.0.1:8080/v1` for llama.cpp, `http://127.0.0.1:1234/v1` for LM Studio).
+/// - `RUNSTREAM_MODEL_API_KEY`, else `OPENAI_API_KEY`: sent as `Authorization: Bearer`; local servers need none.
+///
+/// A networked model is wrapped in a [`RetryingModel`] with the default [`RetryPolicy`]. The offline model is the
+/// default (rather than OpenAI whenever `OPENAI_API_KEY` happens to be set) so that nothing calls a paid API
+/// unless asked to by name.
+pub fn model_from_env() -> Result<Arc<dyn ModelProvider>, ModelError> {
+    model_from_vars(|name| std::env::var(name).ok())
+}
+
+/// [`model_from_env`] over any variable lookup, so tests need not touch the process environment.
+pub fn model_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Arc<dyn ModelProvider>, ModelError> {
+    match var(openai::ENV_MODEL).map(|m| m.trim().to_owned()) {
+        None => Ok(Arc::new(OfflineModel::new())),
+        Some(m) if m.is_empty() || m == OfflineModel::MODEL_ID => Ok(Arc::new(OfflineModel::new())),
+        Some(_) => {
+            let model = OpenAiModel::new(OpenAiConfig::from_vars(var)?)?;
+            Ok(Arc::new(RetryingModel::new(Arc::new(model), RetryPolicy::default())))
+        }
+    }
+}
