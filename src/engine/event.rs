@@ -8,6 +8,8 @@ use std::{sync::Arc, time::SystemTime};
 
 use serde_json::Value;
 
+use super::agent_event::{AgentChunk, NetworkEvent};
+
 /// Who produced an event (Mastra's `from`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EventSource {
@@ -193,6 +195,16 @@ pub enum EventKind {
         id: Option<String>,
         transient: bool,
     },
+    /// A chunk an agent streams; `step_id` is set when the agent runs as a workflow step.
+    Agent {
+        step_id: Option<Arc<str>>,
+        chunk: AgentChunk,
+    },
+    /// An event of an agent network; `step_id` is set when the network runs as a workflow step.
+    Network {
+        step_id: Option<Arc<str>>,
+        event: NetworkEvent,
+    },
 }
 
 impl EventKind {
@@ -206,6 +218,7 @@ impl EventKind {
             | Self::StepWaiting { step_id, .. }
             | Self::StepResult { step_id, .. }
             | Self::Custom { step_id, .. } => Some(step_id),
+            Self::Agent { step_id, .. } | Self::Network { step_id, .. } => step_id.as_ref(),
             _ => None,
         }
     }

@@ -1341,6 +1341,8 @@ pub(crate) mod test_support {
             EventKind::WorkflowCanceled { reason } => format!("canceled {reason}"),
             EventKind::WorkflowFinish { status, .. } => format!("finish {}", status.as_str()),
             EventKind::Custom { step_id, kind, data, .. } => format!("custom {step_id} {kind} {data}"),
+            EventKind::Agent { chunk, .. } => format!("agent {chunk:?}"),
+            EventKind::Network { event, .. } => format!("network {event:?}"),
         }
     }
 

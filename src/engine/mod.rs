@@ -9,7 +9,9 @@
 //! - [`step`]: what step code sees (input, writer, suspend, bail, cancel).
 //! - [`executor`]: walks the graph for one phase.
 //! - [`schema`]: JSON Schema checks at the boundaries.
+//! - [`agent_event`]: the chunks agents and agent networks emit (no agent loop yet).
 
+pub mod agent_event;
 pub mod catalog;
 pub mod error;
 pub mod event;
@@ -19,6 +21,9 @@ pub mod snapshot;
 pub mod step;
 pub mod workflow;
 
+pub use agent_event::{
+    AgentChunk, Delegation, FinishReason, NetworkEvent, PrimitiveType, ToolCallApproval, ToolCallSuspended,
+};
 pub use catalog::WorkflowCatalog;
 pub use error::{ResumeError, SchemaViolation};
 pub use event::{ErrorInfo, Event, EventKind, EventSink, EventSource, RunStatus, StepStatus, Usage};

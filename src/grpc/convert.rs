@@ -5,10 +5,11 @@ use std::time::SystemTime;
 use prost_types::{ListValue, Struct, Timestamp, value::Kind};
 use serde_json::{Map, Number, Value};
 
+use super::convert_agent;
 use crate::{
     engine::{self, ErrorInfo, EventKind, EventSource, RunStatus, StepRecord, StepStatus, Usage},
     pb,
-    registry::{LogEntry, RunView},
+    registry::RunView,
 };
 
 // ---- JSON <-> google.protobuf.Value ----
@@ -57,7 +58,7 @@ pub fn struct_to_map(s: Struct) -> Map<String, Value> {
     s.fields.into_iter().map(|(key, value)| (key, pb_to_json(value))).collect()
 }
 
-fn opt_json(value: &Option<Value>) -> Option<prost_types::Value> {
+pub fn opt_json(value: &Option<Value>) -> Option<prost_types::Value> {
     value.as_ref().map(json_to_pb)
 }
 
@@ -111,7 +112,7 @@ pub fn step_status(status: StepStatus) -> pb::StepStatus {
     }
 }
 
-fn source(source: EventSource) -> pb::EventSource {
+pub fn event_source(source: EventSource) -> pb::EventSource {
     match source {
         EventSource::Workflow => pb::EventSource::Workflow,
         EventSource::User => pb::EventSource::User,
@@ -121,11 +122,11 @@ fn source(source: EventSource) -> pb::EventSource {
     }
 }
 
-fn error_info(error: &ErrorInfo) -> pb::ErrorInfo {
+pub fn error_info(error: &ErrorInfo) -> pb::ErrorInfo {
     pb::ErrorInfo { name: error.name.clone(), message: error.message.clone(), details: opt_json(&error.details) }
 }
 
-fn usage(usage: &Usage) -> pb::Usage {
+pub fn usage(usage: &Usage) -> pb::Usage {
     pb::Usage {
         input_tokens: usage.input_tokens,
         output_tokens: usage.output_tokens,
@@ -138,11 +139,29 @@ fn usage(usage: &Usage) -> pb::Usage {
 
 // ---- events ----
 
-/// A log entry as the protobuf `RunEvent` clients receive.
-pub fn run_event(run_id: &str, entry: &LogEntry) -> pb::RunEvent {
-    use pb::run_event::Event as E;
-    let event = &entry.event;
+/// A log entry (`seq`, `time`, `event`) as the protobuf `RunEvent` clients receive. The server writes this
+/// encoding directly (`wire::encode`); this is its reference.
+pub fn run_event(run_id: &str, seq: u64, at: SystemTime, event: &engine::Event) -> pb::RunEvent {
     let kind = match &event.kind {
+        EventKind::Agent { chunk, .. } => Some(convert_agent::agent_run_event(chunk)),
+        EventKind::Network { event, .. } => Some(convert_agent::network_run_event(event)),
+        workflow => workflow_event(workflow).map(Into::into),
+    };
+    pb::RunEvent {
+        run_id: run_id.to_string(),
+        seq,
+        time: time(at),
+        source: event_source(event.source) as i32,
+        step_id: event.kind.step_id().map(|id| id.to_string()).unwrap_or_default(),
+        event: kind,
+    }
+}
+
+/// The message of a workflow event, in the `WorkflowEvent` oneof (`run_event` moves it to the `RunEvent` oneof,
+/// `convert_agent` nests it in network events); `None` for agent and network events.
+pub fn workflow_event(kind: &EventKind) -> Option<pb::workflow_event::Event> {
+    use pb::workflow_event::Event as E;
+    Some(match kind {
         EventKind::WorkflowStart { workflow_id, phase, resumed } => E::WorkflowStart(pb::WorkflowStart {
             workflow_id: workflow_id.to_string(),
             phase: *phase,
@@ -219,15 +238,8 @@ pub fn run_event(run_id: &str, entry: &LogEntry) -> pb::RunEvent {
             id: id.clone().unwrap_or_default(),
             transient: *transient,
         }),
-    };
-    pb::RunEvent {
-        run_id: run_id.to_string(),
-        seq: entry.seq,
-        time: time(entry.time),
-        source: source(event.source) as i32,
-        step_id: event.kind.step_id().map(|id| id.to_string()).unwrap_or_default(),
-        event: Some(kind),
-    }
+        EventKind::Agent { .. } | EventKind::Network { .. } => return None,
+    })
 }
 
 // ---- runs ----

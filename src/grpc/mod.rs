@@ -4,6 +4,7 @@
 //! lives here; errors become status codes in one place (`status.rs`).
 
 pub mod convert;
+pub mod convert_agent;
 pub mod status;
 pub mod wire;
 

@@ -29,28 +29,50 @@ use crate::engine::{Event, EventKind, RunStatus};
 const READ_BATCH: usize = 512;
 
 /// One numbered event in a run's log.
+///
+/// The structured event is kept only until the transport has cached its encoded form: from then on the encoded
+/// bytes are all any reader needs, and they are several times smaller than the event's JSON values (a run's log
+/// is its replay buffer, kept as long as the run). What the log itself needs to decide when streams end, the status
+/// of a `workflow_finish`, is kept apart.
 #[derive(Debug)]
 pub struct LogEntry {
     pub seq: u64,
     pub time: SystemTime,
-    pub event: Event,
+    finish: Option<RunStatus>,
+    /// `None` once `wire` is filled. Boxed, so that releasing it also releases its room.
+    event: Mutex<Option<Box<Event>>>,
     /// The event's encoded wire form, filled by the transport layer on first use. The log does not know the
     /// encoding; it only guarantees that every reader sees the same cache.
     wire: OnceLock<Bytes>,
 }
 
 impl LogEntry {
-    /// The cache slot for this entry's encoded form.
-    pub fn wire_cache(&self) -> &OnceLock<Bytes> {
-        &self.wire
+    pub fn new(seq: u64, time: SystemTime, event: Event) -> Self {
+        let finish = match &event.kind {
+            EventKind::WorkflowFinish { status, .. } => Some(*status),
+            _ => None,
+        };
+        Self { seq, time, finish, event: Mutex::new(Some(Box::new(event))), wire: OnceLock::new() }
+    }
+
+    /// The entry's encoded form: made by `encode(seq, time, event)` for the first caller, shared with every later
+    /// one. The structured event is released once it is encoded.
+    pub fn wire_or_init(&self, encode: impl FnOnce(u64, SystemTime, &Event) -> Bytes) -> &Bytes {
+        self.wire.get_or_init(|| {
+            let event = self.event.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
+            // Only this initializer takes the event, and it runs once, so the event is always still there.
+            event.map_or_else(Bytes::new, |event| encode(self.seq, self.time, &event))
+        })
+    }
+
+    /// A copy of the structured event, if it has not been encoded (and released) yet.
+    pub fn event(&self) -> Option<Event> {
+        self.event.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_deref().cloned()
     }
 
     /// The status of a `WorkflowFinish` entry, `None` for any other event.
     pub fn finish_status(&self) -> Option<RunStatus> {
-        match &self.event.kind {
-            EventKind::WorkflowFinish { status, .. } => Some(*status),
-            _ => None,
-        }
+        self.finish
     }
 }
 
@@ -82,7 +104,7 @@ impl EventLog {
         let seq = {
             let mut inner = self.lock();
             let seq = inner.entries.len() as u64 + 1;
-            inner.entries.push(Arc::new(LogEntry { seq, time, event, wire: OnceLock::new() }));
+            inner.entries.push(Arc::new(LogEntry::new(seq, time, event)));
             seq
         };
         self.appended.notify_waiters();

@@ -11,7 +11,13 @@ pub const ID: &str = "writer-flood";
 
 /// Writes between cancellation checks and scheduler yields: rare enough to cost nothing, frequent enough that a
 /// flood of millions can be canceled and does not monopolize a runtime thread.
-const CHECK_EVERY: u64 = 1 << 14;
+///
+/// It also bounds how long this run's readers wait for their first (and every next) batch: each write wakes the
+/// stream tasks that wait for the log, and tokio puts a task woken from a worker into that worker's LIFO slot, which
+/// no other worker may steal. The woken stream therefore runs only when this loop yields; at 16,384 writes between
+/// yields that was 10-50 ms before the first event reached the client (docs/performance.md). A yield costs about as
+/// much as one write, so every 256 writes it is noise.
+const CHECK_EVERY: u64 = 256;
 
 pub fn workflow() -> Arc<Workflow> {
     Workflow::builder(ID)

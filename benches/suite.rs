@@ -1,0 +1,352 @@
+//! runstream's benchmark suite: `cargo bench --bench suite -- [--quick] [--addr HOST:PORT] [--runs N]
+//! [--json PATH] [--only SCENARIO,...] [--server-bin PATH]`.
+//!
+//! Starts `runstream serve` as its own process (a fresh one per scenario repetition, so memory figures are per
+//! scenario) unless `--addr` names a running server, drives it over real gRPC with the generated Rust client,
+//! and prints a Markdown table of medians over `--runs` repetitions with each figure's goal (issue 3) and its
+//! ratio to the goal; the same figures, with every sample, go to a JSON file (default target/bench/suite.json).
+//! The raw ceiling runs in a separate process too: this binary re-executed with `--raw-server`.
+//!
+//! Scenarios: raw, b (writer-flood), a (chain), c (batch-foreach), d (order-approval), e (10k concurrent runs),
+//! e-held (suspended runs held), f (fan-out), g (reconnect storm), latency. See docs/performance.md.
+
+#[path = "suite/client.rs"]
+mod client;
+#[path = "suite/procs.rs"]
+mod procs;
+#[path = "suite/raw.rs"]
+mod raw;
+#[path = "suite/scenarios.rs"]
+mod scenarios;
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Instant};
+
+use procs::Server;
+use scenarios::{Figures, Sizes};
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Goal {
+    /// Passes at or above; ratio = measured / goal.
+    AtLeast(f64),
+    /// Passes below; ratio = goal / measured.
+    Under(f64),
+    /// Must be exactly zero.
+    Zero,
+    /// Reported, no goal.
+    Info,
+}
+
+struct Row {
+    key: &'static str,
+    label: &'static str,
+    unit: &'static str,
+    goal: Goal,
+}
+
+const ROWS: &[Row] = &[
+    Row { key: "raw.events_per_s", label: "raw ceiling: events/s, one stream", unit: "ev/s", goal: Goal::Info },
+    Row { key: "raw.first_event_ms", label: "raw ceiling: first event", unit: "ms", goal: Goal::Info },
+    Row { key: "b.events_per_s", label: "B writer-flood: events/s to one client", unit: "ev/s", goal: Goal::Info },
+    Row { key: "b.ratio_to_raw", label: "B writer-flood: ÷ raw ceiling", unit: "×", goal: Goal::AtLeast(0.5) },
+    Row { key: "b.first_event_ms", label: "B writer-flood: first event", unit: "ms", goal: Goal::Under(1.0) },
+    Row { key: "a.seq_p50_ms", label: "A chain sequential: p50 per run", unit: "ms", goal: Goal::Info },
+    Row { key: "a.seq_p99_ms", label: "A chain sequential: p99 per run", unit: "ms", goal: Goal::Under(1.0) },
+    Row { key: "a.runs_per_s", label: "A chain, 64 callers: runs/s", unit: "runs/s", goal: Goal::AtLeast(20_000.0) },
+    Row { key: "c.wall_ms", label: "C batch-foreach (conc. 8): wall", unit: "ms", goal: Goal::Under(50.0) },
+    Row {
+        key: "d.cycles_per_s",
+        label: "D order-approval, 64 callers: cycles/s",
+        unit: "cyc/s",
+        goal: Goal::AtLeast(10_000.0),
+    },
+    Row { key: "e.wall_ms", label: "E concurrent runs streamed at once: wall", unit: "ms", goal: Goal::Info },
+    Row { key: "e.peak_rss_mb", label: "E concurrent runs: server peak RSS", unit: "MB", goal: Goal::Under(150.0) },
+    Row { key: "e.idle_rss_mb", label: "E: idle server RSS (baseline)", unit: "MB", goal: Goal::Info },
+    Row {
+        key: "e.bytes_per_suspended_run",
+        label: "E held suspended runs: RSS per run",
+        unit: "B",
+        goal: Goal::Under(2048.0),
+    },
+    Row { key: "e.suspend_runs_per_s", label: "E held suspended runs: started/s", unit: "runs/s", goal: Goal::Info },
+    Row {
+        key: "f.deliveries_per_s",
+        label: "F fan-out: deliveries/s in all",
+        unit: "ev/s",
+        goal: Goal::AtLeast(5_000_000.0),
+    },
+    Row {
+        key: "f.observers_not_exactly_once",
+        label: "F fan-out: observers missing/repeating",
+        unit: "",
+        goal: Goal::Zero,
+    },
+    Row { key: "g.events_per_s", label: "G reconnect storm: events/s", unit: "ev/s", goal: Goal::Info },
+    Row { key: "g.ratio_to_b", label: "G reconnect storm: ÷ B events/s", unit: "×", goal: Goal::AtLeast(0.8) },
+    Row { key: "g.lost", label: "G reconnect storm: lost", unit: "", goal: Goal::Zero },
+    Row { key: "g.duplicated", label: "G reconnect storm: duplicated", unit: "", goal: Goal::Zero },
+    Row { key: "latency.p50_ms", label: "latency append→client, under B: p50", unit: "ms", goal: Goal::Info },
+    Row { key: "latency.p99_ms", label: "latency append→client, under B: p99", unit: "ms", goal: Goal::Under(1.0) },
+];
+
+/// The scenarios, in run order. `raw` always runs on a local raw server process, even with `--addr`.
+const SCENARIOS: &[&str] = &["raw", "b", "a", "c", "d", "e", "e-held", "f", "g", "latency"];
+
+struct Options {
+    quick: bool,
+    addr: Option<SocketAddr>,
+    runs: usize,
+    json: PathBuf,
+    only: Option<Vec<String>>,
+    server_bin: Option<PathBuf>,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: cargo bench --bench suite -- [--quick] [--addr HOST:PORT] [--runs N] [--json PATH] \
+         [--only {}] [--server-bin PATH]",
+        SCENARIOS.join(",")
+    );
+    std::process::exit(2)
+}
+
+fn parse_args() -> Options {
+    let mut options = Options {
+        quick: false,
+        addr: None,
+        runs: 0,
+        json: PathBuf::from("target/bench/suite.json"),
+        only: None,
+        server_bin: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            // cargo bench passes --bench to harness = false targets.
+            "--bench" => {}
+            "--addr" => options.addr = Some(args.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| usage())),
+            "--runs" => options.runs = args.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| usage()),
+            "--server-bin" => options.server_bin = Some(args.next().map(PathBuf::from).unwrap_or_else(|| usage())),
+            "--json" => options.json = args.next().map(PathBuf::from).unwrap_or_else(|| usage()),
+            "--only" => {
+                let list: Vec<String> =
+                    args.next().unwrap_or_else(|| usage()).split(',').map(|s| s.trim().to_string()).collect();
+                if let Some(bad) = list.iter().find(|s| !SCENARIOS.contains(&s.as_str())) {
+                    eprintln!("unknown scenario {bad:?}");
+                    usage();
+                }
+                options.only = Some(list);
+            }
+            _ => usage(),
+        }
+    }
+    if options.runs == 0 {
+        options.runs = if options.quick { 1 } else { 3 };
+    }
+    options
+}
+
+fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--raw-server") {
+        raw::serve();
+        return;
+    }
+    let options = parse_args();
+    let sizes = if options.quick { Sizes::quick() } else { Sizes::full() };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    let started = Instant::now();
+    let report = runtime.block_on(run(&options, &sizes));
+    runtime.shutdown_background();
+    print_and_save(&options, &sizes, &report, started.elapsed().as_secs_f64());
+}
+
+/// A server's peak RSS (MB) and CPU seconds over one scenario repetition, when readable.
+type ServerUse = (Option<f64>, Option<f64>);
+
+#[derive(Default)]
+struct Report {
+    /// Every sample of every figure, in repetition order.
+    samples: BTreeMap<&'static str, Vec<f64>>,
+    /// Per scenario: the server's peak RSS (MB) and CPU seconds, per repetition.
+    servers: BTreeMap<&'static str, Vec<ServerUse>>,
+}
+
+async fn run(options: &Options, sizes: &Sizes) -> Report {
+    let mut report = Report::default();
+    for &name in SCENARIOS {
+        if options.only.as_ref().is_some_and(|only| !only.iter().any(|s| s == name)) {
+            continue;
+        }
+        for rep in 1..=options.runs {
+            let server = match (name, options.addr) {
+                ("raw", _) => Server::raw(),
+                (_, Some(addr)) => Server::external(addr),
+                _ => Server::runstream(options.server_bin.as_deref()),
+            };
+            procs::settle().await;
+            let cpu_before = server.cpu_seconds();
+            let t = Instant::now();
+            let figures: Figures = match name {
+                "raw" => scenarios::raw(&server, sizes).await,
+                "b" => scenarios::writer_flood(&server, sizes).await,
+                "a" => scenarios::chain(&server, sizes).await,
+                "c" => scenarios::batch_foreach(&server, sizes).await,
+                "d" => scenarios::order_approval(&server, sizes).await,
+                "e" => scenarios::concurrent_runs(&server, sizes).await,
+                "e-held" => scenarios::suspended_runs(&server, sizes).await,
+                "f" => scenarios::fan_out(&server, sizes).await,
+                "g" => scenarios::reconnect_storm(&server, sizes).await,
+                "latency" => scenarios::latency(&server, sizes).await,
+                _ => unreachable!("scenario names are checked"),
+            };
+            let cpu = server.cpu_seconds().zip(cpu_before).map(|(after, before)| after - before);
+            let peak = server.peak_rss().map(|b| b / 1e6);
+            eprintln!(
+                "[{name} {rep}/{}] {:.1} s: {}",
+                options.runs,
+                t.elapsed().as_secs_f64(),
+                figures.iter().map(|(k, v)| format!("{k}={v:.4}")).collect::<Vec<_>>().join(" ")
+            );
+            for (key, value) in figures {
+                report.samples.entry(key).or_default().push(value);
+            }
+            report.servers.entry(name).or_default().push((peak, cpu));
+        }
+    }
+    report
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 }
+}
+
+fn fmt_num(v: f64) -> String {
+    if !v.is_finite() {
+        return "n/a".into();
+    }
+    let a = v.abs();
+    if a >= 1e6 {
+        format!("{:.2} M", v / 1e6)
+    } else if a >= 10_000.0 {
+        let s = format!("{:.0}", v);
+        // thousands separators
+        let (sign, digits) = s.split_at(if v < 0.0 { 1 } else { 0 });
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        format!("{sign}{out}")
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn print_and_save(options: &Options, sizes: &Sizes, report: &Report, seconds: f64) {
+    let mut medians: BTreeMap<&str, f64> = report.samples.iter().map(|(k, v)| (*k, median(v))).collect();
+    // Ratios of medians measured in this one run, side by side.
+    if let (Some(b), Some(raw)) = (medians.get("b.events_per_s"), medians.get("raw.events_per_s")) {
+        medians.insert("b.ratio_to_raw", b / raw);
+    }
+    if let (Some(g), Some(b)) = (medians.get("g.events_per_s"), medians.get("b.events_per_s")) {
+        medians.insert("g.ratio_to_b", g / b);
+    }
+    let mode = if options.quick { "quick (scaled-down sizes; goals apply to full runs)" } else { "full" };
+    println!("\n## runstream benchmark suite ({mode}, medians of {} runs, {seconds:.0} s)\n", options.runs);
+    println!("| figure | measured | goal | ratio to goal | pass |");
+    println!("|---|---:|---|---:|:---:|");
+    let mut figures = serde_json::Map::new();
+    for row in ROWS {
+        let Some(&value) = medians.get(row.key) else { continue };
+        let (goal, ratio, pass) = match row.goal {
+            Goal::AtLeast(g) => (format!("≥ {} {}", fmt_num(g), row.unit), Some(value / g), Some(value >= g)),
+            Goal::Under(g) => (format!("< {} {}", fmt_num(g), row.unit), Some(g / value), Some(value < g)),
+            Goal::Zero => ("0".to_string(), None, Some(value == 0.0)),
+            Goal::Info => ("—".to_string(), None, None),
+        };
+        println!(
+            "| {} | {} {} | {} | {} | {} |",
+            row.label,
+            fmt_num(value),
+            row.unit,
+            goal,
+            ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "—".into()),
+            match pass {
+                Some(true) => "yes",
+                Some(false) => "**no**",
+                None => "",
+            }
+        );
+        figures.insert(
+            row.key.to_string(),
+            json!({
+                "label": row.label,
+                "unit": row.unit,
+                "median": value,
+                "samples": report.samples.get(row.key),
+                "goal": match row.goal {
+                    Goal::AtLeast(g) => json!({ "at_least": g }),
+                    Goal::Under(g) => json!({ "under": g }),
+                    Goal::Zero => json!({ "equals": 0 }),
+                    Goal::Info => Value::Null,
+                },
+                "ratio_to_goal": ratio,
+                "pass": pass,
+            }),
+        );
+    }
+    let extra: serde_json::Map<String, Value> = report
+        .samples
+        .iter()
+        .filter(|(k, _)| !ROWS.iter().any(|r| r.key == **k))
+        .map(|(k, v)| (k.to_string(), json!({ "median": median(v), "samples": v })))
+        .collect();
+
+    println!("\n| scenario | server peak RSS (MB) | server CPU (s) |");
+    println!("|---|---:|---:|");
+    let mut servers = serde_json::Map::new();
+    for (name, reps) in &report.servers {
+        let peaks: Vec<f64> = reps.iter().filter_map(|r| r.0).collect();
+        let cpus: Vec<f64> = reps.iter().filter_map(|r| r.1).collect();
+        println!("| {name} | {} | {} |", fmt_num(median(&peaks)), fmt_num(median(&cpus)));
+        servers.insert(
+            name.to_string(),
+            json!({ "peak_rss_mb": peaks, "cpu_seconds": cpus, "peak_rss_mb_median": median(&peaks).is_finite().then(|| median(&peaks)), "cpu_seconds_median": median(&cpus).is_finite().then(|| median(&cpus)) }),
+        );
+    }
+    if options.addr.is_some() {
+        println!("\n(--addr: the server's memory and CPU are not readable from here; raw ran locally)");
+    }
+
+    let doc = json!({
+        "mode": if options.quick { "quick" } else { "full" },
+        "runs": options.runs,
+        "addr": options.addr.map(|a| a.to_string()),
+        "server_bin": options.server_bin.as_ref().map(|p| p.display().to_string()),
+        "seconds": seconds,
+        "sizes": sizes.to_json(),
+        "figures": figures,
+        "other": extra,
+        "servers": servers,
+    });
+    if let Some(dir) = options.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    }
+    let text = serde_json::to_string_pretty(&doc).expect("the report serializes");
+    std::fs::write(&options.json, text).unwrap_or_else(|e| panic!("cannot write {}: {e}", options.json.display()));
+    println!("\nJSON: {}", options.json.display());
+}
