@@ -492,15 +492,7 @@ impl Exec {
             }
         }
 
-        let started_at = self.clock.now();
-        let call_id = new_call_id();
-        self.emit(EventKind::StepStart {
-            step_id: Arc::clone(&path),
-            step_call_id: call_id.clone(),
-            input: input.clone(),
-            resume_data: resumed.as_ref().map(|(_, d)| d.clone()),
-            iteration_count: 0,
-        });
+        let (started_at, call_id) = self.start_step(&path, &input, resumed.as_ref().map(|(_, d)| d.clone()), 0);
         let Some(items) = input.as_array() else {
             let error = ErrorInfo {
                 name: "StepError".to_owned(),
@@ -744,15 +736,7 @@ impl Exec {
                 None => {}
             }
         }
-        let started_at = self.clock.now();
-        let call_id = new_call_id();
-        self.emit(EventKind::StepStart {
-            step_id: Arc::clone(&path),
-            step_call_id: call_id.clone(),
-            input: input.clone(),
-            resume_data,
-            iteration_count: 0,
-        });
+        let (started_at, call_id) = self.start_step(&path, &input, resume_data, 0);
         if let Err(error) = check_schema(child.input_schema.as_ref(), &input, "input", Some(&path)) {
             self.finish_plain(&path, call_id, input, started_at, StepStatus::Failed, None, Some(error.clone()));
             return Flow::Failed(error);
@@ -851,21 +835,33 @@ impl Exec {
         }
     }
 
+    /// Stamps a step's start, gives the invocation a fresh call id and emits `step_start`.
+    fn start_step(
+        &self,
+        path: &Arc<str>,
+        input: &Value,
+        resume_data: Option<Value>,
+        iteration_count: u32,
+    ) -> (SystemTime, String) {
+        let started_at = self.clock.now();
+        let call_id = new_call_id();
+        self.emit(EventKind::StepStart {
+            step_id: Arc::clone(path),
+            step_call_id: call_id.clone(),
+            input: input.clone(),
+            resume_data,
+            iteration_count,
+        });
+        (started_at, call_id)
+    }
+
     fn run_map(&self, path: Arc<str>, f: &MapFn, input: Value, replay: bool) -> Flow {
         match self.decide(&path, replay) {
             Decision::Skip(output) => return Flow::Done(output),
             Decision::StaySuspended => return Flow::Suspended,
             Decision::Resume(_) | Decision::Run => {}
         }
-        let started_at = self.clock.now();
-        let call_id = new_call_id();
-        self.emit(EventKind::StepStart {
-            step_id: Arc::clone(&path),
-            step_call_id: call_id.clone(),
-            input: input.clone(),
-            resume_data: None,
-            iteration_count: 0,
-        });
+        let (started_at, call_id) = self.start_step(&path, &input, None, 0);
         match std::panic::catch_unwind(AssertUnwindSafe(|| f(&input, &self.run_input))) {
             Ok(output) => {
                 self.finish_plain(&path, call_id, input, started_at, StepStatus::Success, Some(output.clone()), None);
@@ -883,17 +879,12 @@ impl Exec {
     /// cancellation, then the result or suspended event and the step record.
     async fn run_leaf(&self, call: Call<'_>) -> LeafResult {
         let Call { step, path, input, default_retry, iteration, for_each_index, hidden, resume_data } = call;
-        let started_at = self.clock.now();
-        let call_id = if hidden { String::new() } else { new_call_id() };
-        if !hidden {
-            self.emit(EventKind::StepStart {
-                step_id: Arc::clone(&path),
-                step_call_id: call_id.clone(),
-                input: input.clone(),
-                resume_data: resume_data.clone(),
-                iteration_count: iteration,
-            });
-        }
+        // Foreach iterations are hidden: no step_start, no call id (Mastra emits none for them either).
+        let (started_at, call_id) = if hidden {
+            (self.clock.now(), String::new())
+        } else {
+            self.start_step(&path, &input, resume_data.clone(), iteration)
+        };
         let resumed_at = resume_data.as_ref().map(|_| started_at);
         let resume_record = resume_data.clone();
         let finish =
