@@ -4,9 +4,11 @@
 //! - [`grpc`]: RunService, a thin translation of requests into registry calls;
 //! - [`registry`]: every run, its numbered event log, readers, claims and cancels;
 //! - [`engine`]: workflow definitions and the executor of one phase of a run;
+//! - [`agent`]: agents (instructions, a model, tools) and the loop that runs them, alone or as a workflow step;
 //! - [`model`]: language-model providers (OpenAI-compatible streaming client, offline stand-in);
 //! - [`workflows`]: the built-in workflows.
 
+pub mod agent;
 pub mod clock;
 pub mod engine;
 pub mod grpc;

@@ -220,3 +220,21 @@ async fn start_get_and_list_runs() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weather_activities_streams_agent_chunks_as_a_step() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let events = stream_run(&mut client, stream_request("weather-activities", "", json!({"city": "Lisbon"}))).await;
+    assert_seqs(&events, 1, events.len() as u64);
+    let agent: Vec<&pb::RunEvent> = events.iter().filter(|e| kind(e) == "agent_or_network").collect();
+    assert!(!agent.is_empty(), "the agent step streams its chunks");
+    assert!(agent.iter().all(|e| e.step_id == "plan-activities" && e.source == pb::EventSource::Agent as i32));
+    assert!(matches!(agent.first().and_then(|e| e.event.as_ref()), Some(Event::AgentStart(_))));
+    assert!(matches!(agent.last().and_then(|e| e.event.as_ref()), Some(Event::AgentFinish(_))));
+    assert!(agent.iter().any(|e| matches!(e.event, Some(Event::TextDelta(_)))));
+    let finish = events.last().expect("finish");
+    assert_eq!(finish_status(finish), Some(pb::RunStatus::Success));
+    assert!(finish_result(finish)["text"].is_string());
+    server.stop().await;
+}

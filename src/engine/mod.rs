@@ -9,7 +9,7 @@
 //! - [`step`]: what step code sees (input, writer, suspend, bail, cancel).
 //! - [`executor`]: walks the graph for one phase.
 //! - [`schema`]: JSON Schema checks at the boundaries.
-//! - [`agent_event`]: the chunks agents and agent networks emit (no agent loop yet).
+//! - [`agent_event`]: the chunks agents and agent networks emit (the loop that emits them is `crate::agent`).
 
 pub mod agent_event;
 pub mod catalog;

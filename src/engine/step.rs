@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{
+    agent_event::AgentChunk,
     event::{Event, EventKind, EventSink, EventSource},
     schema::Schema,
 };
@@ -401,6 +402,15 @@ impl Writer {
         self.sink.emit(Event {
             source: EventSource::User,
             kind: EventKind::Custom { step_id: Arc::clone(&self.step_id), kind, data, id, transient },
+        });
+    }
+
+    /// Emits one chunk of an agent running as this step, tagged with the step's path so that clients can tell
+    /// which step's agent is talking. Sync and never blocks, like every emit.
+    pub fn agent(&self, chunk: AgentChunk) {
+        self.sink.emit(Event {
+            source: EventSource::Agent,
+            kind: EventKind::Agent { step_id: Some(Arc::clone(&self.step_id)), chunk },
         });
     }
 }

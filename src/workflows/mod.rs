@@ -1,5 +1,5 @@
 //! The built-in workflows every runstream server offers: demos, the throughput benchmark and end-to-end fixtures
-//! for each streaming feature (plain chain, writer output, foreach progress, suspend/resume, sleep, retries).
+//! for each streaming feature (plain chain, writer output, foreach progress, suspend/resume, sleep, retries, agent chunks).
 
 use crate::engine::WorkflowCatalog;
 
@@ -8,6 +8,7 @@ pub mod chain;
 pub mod flaky;
 pub mod order_approval;
 pub mod timer;
+pub mod weather_activities;
 pub mod writer_flood;
 
 /// A catalog holding every built-in workflow.
@@ -19,6 +20,7 @@ pub fn builtin_catalog() -> WorkflowCatalog {
     catalog.register(order_approval::workflow());
     catalog.register(timer::workflow());
     catalog.register(flaky::workflow());
+    catalog.register(weather_activities::workflow());
     catalog
 }
 
@@ -29,7 +31,10 @@ mod tests {
     #[test]
     fn catalog_lists_builtins_sorted() {
         let ids: Vec<String> = builtin_catalog().list().iter().map(|w| w.id().to_string()).collect();
-        assert_eq!(ids, ["batch-foreach", "chain", "flaky", "order-approval", "timer", "writer-flood"]);
+        assert_eq!(
+            ids,
+            ["batch-foreach", "chain", "flaky", "order-approval", "timer", "weather-activities", "writer-flood"]
+        );
         assert!(builtin_catalog().get("chain").is_some());
         assert!(builtin_catalog().get("nope").is_none());
     }

@@ -1,0 +1,302 @@
+//! Agents: instructions, a model and tools, run in a loop that streams every step as [`AgentChunk`]s.
+//!
+//! - [`Agent`] and [`Tool`]: what an agent is. Tools check their arguments against their JSON Schema before they
+//!   run, because the arguments come from a model and may be anything.
+//! - [`run_agent`]: the loop. It emits chunks through a callback, so that it knows nothing of the engine; run as a
+//!   workflow step ([`agent_step`]) the callback is the step's [`Writer::agent`](crate::engine::Writer::agent).
+//! - [`tools`]: the built-in tools (`get-weather`, `calculator`); [`assistant`]: the built-in agent using them.
+//!
+//! # The loop and the chunks it emits
+//!
+//! `AgentStart`, then per model call ("step"): `AgentStepStart`, the model's response mapped to chunks
+//! (`ResponseMetadata`; `TextStart`/`TextDelta`/`TextEnd`; `ReasoningStart`/`ReasoningDelta`/`ReasoningEnd`;
+//! per tool call `ToolCallInputStreamingStart`, `ToolCallDelta`s, and once the response is complete
+//! `ToolCallInputStreamingEnd` and `ToolCall` with the parsed arguments), then the tools' `ToolResult`s or
+//! `ToolError`s, then `AgentStepFinish`. As in Mastra (and the AI SDK it builds on) a step is a model call *and* the
+//! tool executions it asked for, so tool results come before the step's finish. A tool's failure (bad JSON, schema
+//! violation, unknown tool, the tool's own error) is reported to the model as that tool's result and the loop goes
+//! on: the model may correct itself. The loop ends when a response makes no tool calls (finish reason stop,
+//! length, ...) or after `max_steps` model calls, with `AgentFinish` (usage summed over all calls, the last call's
+//! text).
+//!
+//! A text or reasoning part is closed (`TextEnd`/`ReasoningEnd`) when the response switches to another kind of
+//! content or ends, so parts never interleave.
+//!
+//! **Retries** ([`ModelChunk::Restart`](crate::model::ModelChunk::Restart), from `RetryingModel`): the chunks
+//! already emitted for the failed attempt stay in the log (they were streamed live and cannot be taken back), so
+//! the loop closes whatever part is open (`TextEnd`, `ReasoningEnd`, `ToolCallInputStreamingEnd` for calls whose
+//! input was streaming), forgets the attempt's text, tool calls, finish and usage, and maps the re-streamed attempt
+//! as if it were the first, in fresh parts with new ids. Clients that render text should therefore drop a part
+//! that ends without its step's `AgentStepFinish` counting it: the step's `text` is the authoritative answer.
+//!
+//! **Errors**: a model error (retries spent, or a permanent one) closes what is open (as for a retry) and ends the
+//! loop with `AgentError` and a failed [`AgentOutcome`]. **Cancellation** ends it with `AgentAbort`, also when the loop's future is dropped before it
+//! ends (the engine drops a canceled step's future), so that the stream always says why the agent stopped.
+//!
+//! Not yet: tool approval and suspension, tripwires (guardrails), structured output, memory.
+
+mod run;
+#[cfg(test)]
+mod tests;
+pub mod tools;
+
+use std::{fmt, future::Future, pin::Pin, sync::Arc};
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub use run::{AgentEnd, AgentOutcome, run_agent};
+
+use crate::{
+    engine::{Step, StepError, StepOutcome, Usage, schema::Schema},
+    model::{Message, ModelProvider, OfflineModel, ToolSpec, model_from_env},
+};
+
+/// Default bound on model calls per run: enough for a few rounds of tool use, small enough that a model stuck
+/// calling tools stops soon.
+pub const DEFAULT_MAX_STEPS: u32 = 5;
+
+/// An agent: a model, instructions (sent as the system message) and the tools the model may call. Cheap to share
+/// as `Arc<Agent>`.
+#[derive(Clone)]
+pub struct Agent {
+    pub id: Arc<str>,
+    pub description: String,
+    pub instructions: String,
+    pub model: Arc<dyn ModelProvider>,
+    pub tools: Vec<Tool>,
+    /// Most model calls one run makes (at least 1).
+    pub max_steps: u32,
+}
+
+impl fmt::Debug for Agent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Agent")
+            .field("id", &self.id)
+            .field("model", &self.model.model_id())
+            .field("tools", &self.tools.iter().map(|t| t.name()).collect::<Vec<_>>())
+            .field("max_steps", &self.max_steps)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Agent {
+    pub fn new(id: impl Into<String>, instructions: impl Into<String>, model: Arc<dyn ModelProvider>) -> Self {
+        Self {
+            id: Arc::from(id.into()),
+            description: String::new(),
+            instructions: instructions.into(),
+            model,
+            tools: Vec::new(),
+            max_steps: DEFAULT_MAX_STEPS,
+        }
+    }
+
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    pub fn tool(mut self, tool: Tool) -> Self {
+        self.tools.push(tool);
+        self
+    }
+
+    pub fn max_steps(mut self, max_steps: u32) -> Self {
+        self.max_steps = max_steps.max(1);
+        self
+    }
+
+    /// The tool named `name`, if the agent has it.
+    pub fn find_tool(&self, name: &str) -> Option<&Tool> {
+        self.tools.iter().find(|t| t.name() == name)
+    }
+}
+
+/// What a tool sees besides its arguments.
+#[derive(Debug, Clone)]
+pub struct ToolContext {
+    pub agent_id: Arc<str>,
+    pub tool_call_id: Arc<str>,
+    /// Fired when the run is canceled; long-running tools should stop then (the loop also stops waiting).
+    pub cancel: CancellationToken,
+}
+
+/// A tool's failure. Reported to the model as the tool's result (so it can correct itself) and streamed as
+/// `ToolError`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ToolError {
+    /// Error class for the `ToolError` chunk, e.g. `ToolError`, `ToolArgsError`.
+    pub name: String,
+    pub message: String,
+}
+
+impl ToolError {
+    pub fn new(message: impl Into<String>) -> Self {
+        Self { name: "ToolError".to_owned(), message: message.into() }
+    }
+
+    /// The arguments are unusable (invalid JSON, schema violation): the model's mistake, not the tool's.
+    pub fn args(message: impl Into<String>) -> Self {
+        Self { name: "ToolArgsError".to_owned(), message: message.into() }
+    }
+}
+
+impl From<String> for ToolError {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for ToolError {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
+}
+
+/// The boxed future a tool function returns.
+pub type ToolFuture = Pin<Box<dyn Future<Output = Result<Value, ToolError>> + Send + 'static>>;
+type ToolFn = Arc<dyn Fn(ToolContext, Value) -> ToolFuture + Send + Sync + 'static>;
+
+/// A function the model may call, with a JSON Schema for its arguments. Cheap to clone.
+#[derive(Clone)]
+pub struct Tool {
+    name: Arc<str>,
+    description: String,
+    parameters: Schema,
+    func: ToolFn,
+}
+
+impl fmt::Debug for Tool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tool").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl Tool {
+    /// A tool named `name` (OpenAI accepts `^[a-zA-Z0-9_-]{1,64}$`) whose arguments satisfy `parameters`.
+    ///
+    /// # Panics
+    /// If `parameters` is not a valid JSON Schema: tools are defined in code, so this is a programming error.
+    pub fn new<F, Fut>(name: impl Into<String>, description: impl Into<String>, parameters: Value, f: F) -> Self
+    where
+        F: Fn(ToolContext, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, ToolError>> + Send + 'static,
+    {
+        let name: String = name.into();
+        let parameters = Schema::compile_or_panic(parameters, &format!("tool '{name}' parameters"));
+        Self {
+            name: Arc::from(name),
+            description: description.into(),
+            parameters,
+            func: Arc::new(move |ctx, args| Box::pin(f(ctx, args))),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn name_arc(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// JSON Schema of the arguments.
+    pub fn parameters(&self) -> &Value {
+        self.parameters.raw()
+    }
+
+    /// How the tool is offered to a model.
+    pub fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: self.name.to_string(),
+            description: self.description.clone(),
+            parameters: self.parameters.raw().clone(),
+        }
+    }
+
+    /// Checks `args` against the schema, then runs the tool.
+    pub async fn call(&self, ctx: ToolContext, args: Value) -> Result<Value, ToolError> {
+        self.parameters
+            .validate(&args, "args")
+            .map_err(|v| ToolError::args(format!("invalid arguments for tool '{}': {v}", self.name)))?;
+        (self.func)(ctx, args).await
+    }
+}
+
+/// A workflow step that runs `agent` on the prompt `prompt` builds from the step's input.
+///
+/// Every chunk goes to the run's log through the step's writer (source `Agent`, tagged with the step path). The
+/// step's output is `{"text": final text, "usage": {...}}`. A failed agent fails the step with the agent's error
+/// message; a canceled one returns an error that the executor, seeing the cancel, reports as a canceled step.
+pub fn agent_step(
+    id: impl Into<String>,
+    agent: Arc<Agent>,
+    prompt: impl Fn(&Value) -> String + Send + Sync + 'static,
+) -> Step {
+    let description = format!("Runs agent '{}'.", agent.id);
+    Step::new(id, move |ctx| {
+        let agent = Arc::clone(&agent);
+        let prompt = prompt(ctx.input());
+        async move {
+            let writer = ctx.writer().clone();
+            let cancel = ctx.cancellation_token().clone();
+            let outcome =
+                run_agent(&agent, vec![Message::user(prompt)], move |chunk| writer.agent(chunk), cancel).await;
+            match outcome.end {
+                AgentEnd::Finished(_) => {
+                    Ok(StepOutcome::Done(json!({ "text": outcome.text, "usage": usage_json(&outcome.usage) })))
+                }
+                AgentEnd::Failed(error) => Err(StepError::new(error.message)),
+                AgentEnd::Aborted => Err(StepError::new(format!("agent '{}' was canceled", agent.id))),
+            }
+        }
+    })
+    .description(description)
+}
+
+/// Usage as JSON, with the proto's field names.
+pub fn usage_json(usage: &Usage) -> Value {
+    json!({
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "total_tokens": usage.total_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "cache_creation_input_tokens": usage.cache_creation_input_tokens,
+    })
+}
+
+/// Id of the built-in [`assistant`] agent.
+pub const ASSISTANT_ID: &str = "assistant";
+
+/// The built-in assistant: answers questions, using `get-weather` and `calculator`. Its model comes from the
+/// environment ([`model_from_env`]); a broken model configuration falls back to the offline model (with a warning)
+/// rather than making the built-in workflows unusable.
+pub fn assistant() -> Arc<Agent> {
+    let model = model_from_env().unwrap_or_else(|e| {
+        tracing::warn!("{e}; the assistant agent uses the offline model instead");
+        Arc::new(OfflineModel::new())
+    });
+    assistant_with(model)
+}
+
+/// The [`assistant`] with a given model (tests use the offline model whatever the environment says).
+pub fn assistant_with(model: Arc<dyn ModelProvider>) -> Arc<Agent> {
+    Arc::new(
+        Agent::new(
+            ASSISTANT_ID,
+            "You are a helpful assistant. Use the get-weather tool for current weather and the calculator tool for \
+             arithmetic; never guess either. Answer briefly and concretely.",
+            model,
+        )
+        .description("A helpful assistant with weather and calculator tools.")
+        .tool(tools::get_weather_tool())
+        .tool(tools::calculator_tool()),
+    )
+}

@@ -1,0 +1,592 @@
+//! The loop's chunk order, against a scripted model.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::{
+    engine::{AgentChunk, FinishReason},
+    model::{self, ModelChunk, ModelError, ModelRequest, ModelStream},
+};
+
+/// One model call's script: its items, then (with `hang`) a stream that never ends.
+#[derive(Default)]
+struct Script {
+    items: Vec<Result<ModelChunk, ModelError>>,
+    hang: bool,
+}
+
+/// Returns pre-set chunk lists, one per call, and records the requests.
+#[derive(Default)]
+struct Scripted {
+    calls: Mutex<VecDeque<Script>>,
+    requests: Mutex<Vec<ModelRequest>>,
+}
+
+impl Scripted {
+    fn new(calls: Vec<Vec<ModelChunk>>) -> Arc<Self> {
+        Self::with(calls.into_iter().map(|c| Script { items: c.into_iter().map(Ok).collect(), hang: false }).collect())
+    }
+
+    fn with(calls: Vec<Script>) -> Arc<Self> {
+        Arc::new(Self { calls: Mutex::new(calls.into()), requests: Mutex::default() })
+    }
+
+    fn requests(&self) -> Vec<ModelRequest> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+impl ModelProvider for Scripted {
+    fn model_id(&self) -> &str {
+        "scripted"
+    }
+
+    fn provider(&self) -> &str {
+        "test"
+    }
+
+    fn stream(&self, request: ModelRequest, _cancel: CancellationToken) -> ModelStream {
+        self.requests.lock().unwrap().push(request);
+        let script =
+            self.calls.lock().unwrap().pop_front().unwrap_or_else(|| Script {
+                items: vec![Err(ModelError::Config("script exhausted".into()))],
+                hang: false,
+            });
+        let items = futures_util::stream::iter(script.items);
+        if script.hang { Box::pin(items.chain(futures_util::stream::pending())) } else { Box::pin(items) }
+    }
+}
+
+fn meta(id: &str) -> ModelChunk {
+    ModelChunk::ResponseMetadata { id: Some(id.into()), model: Some("scripted-1".into()) }
+}
+
+fn text(t: &str) -> ModelChunk {
+    ModelChunk::TextDelta { text: t.into() }
+}
+
+fn reasoning(t: &str) -> ModelChunk {
+    ModelChunk::ReasoningDelta { text: t.into() }
+}
+
+fn call_start(index: u32, id: &str, name: &str) -> ModelChunk {
+    ModelChunk::ToolCallStart { index, id: id.into(), name: name.into() }
+}
+
+fn call_delta(index: u32, arguments: &str) -> ModelChunk {
+    ModelChunk::ToolCallDelta { index, arguments: arguments.into() }
+}
+
+fn finish(reason: model::FinishReason) -> ModelChunk {
+    let raw = match reason {
+        model::FinishReason::ToolCalls => "tool_calls",
+        model::FinishReason::Length => "length",
+        _ => "stop",
+    };
+    ModelChunk::Finish { reason, raw: raw.into() }
+}
+
+fn usage(input: u64, output: u64) -> ModelChunk {
+    ModelChunk::Usage {
+        usage: Usage { input_tokens: input, output_tokens: output, total_tokens: input + output, ..Usage::default() },
+    }
+}
+
+fn failing_tool() -> Tool {
+    Tool::new("fails", "Always fails.", json!({"type": "object"}), |_ctx, _args| async {
+        Err(ToolError::new("out of order"))
+    })
+}
+
+fn agent(model: Arc<dyn ModelProvider>) -> Agent {
+    Agent::new("test-agent", "Be brief.", model).tool(tools::calculator_tool()).tool(failing_tool())
+}
+
+/// One line per chunk; ids that are random (message ids) are left out.
+fn describe(chunk: &AgentChunk) -> String {
+    match chunk {
+        AgentChunk::AgentStart { agent_id, .. } => format!("start {agent_id}"),
+        AgentChunk::AgentStepStart { step_number, .. } => format!("step-start {step_number}"),
+        AgentChunk::ResponseMetadata { id, .. } => format!("metadata {}", id.as_deref().unwrap_or("")),
+        AgentChunk::TextStart { id } => format!("text-start {id}"),
+        AgentChunk::TextDelta { id, text } => format!("text-delta {id} {text}"),
+        AgentChunk::TextEnd { id } => format!("text-end {id}"),
+        AgentChunk::ReasoningStart { id, .. } => format!("reasoning-start {id}"),
+        AgentChunk::ReasoningDelta { id, text } => format!("reasoning-delta {id} {text}"),
+        AgentChunk::ReasoningEnd { id, .. } => format!("reasoning-end {id}"),
+        AgentChunk::ToolCallInputStreamingStart { tool_call_id, tool_name, .. } => {
+            format!("input-start {tool_call_id} {tool_name}")
+        }
+        AgentChunk::ToolCallDelta { tool_call_id, args_text_delta, .. } => {
+            format!("input-delta {tool_call_id} {args_text_delta}")
+        }
+        AgentChunk::ToolCallInputStreamingEnd { tool_call_id } => format!("input-end {tool_call_id}"),
+        AgentChunk::ToolCall { tool_call_id, tool_name, args, .. } => {
+            format!("tool-call {tool_call_id} {tool_name} {args}")
+        }
+        AgentChunk::ToolResult { tool_call_id, result, .. } => format!("tool-result {tool_call_id} {result}"),
+        AgentChunk::ToolError { tool_call_id, error, .. } => {
+            format!("tool-error {tool_call_id} {}: {}", error.name, error.message)
+        }
+        AgentChunk::AgentStepFinish { step_number, reason, text, is_continued, .. } => {
+            format!("step-finish {step_number} {reason:?} {text:?}{}", if *is_continued { " continued" } else { "" })
+        }
+        AgentChunk::AgentFinish { reason, text, steps, .. } => format!("finish {reason:?} {text:?} steps={steps}"),
+        AgentChunk::AgentError { error } => format!("error {}: {}", error.name, error.message),
+        AgentChunk::AgentAbort { reason } => format!("abort {reason}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Runs `agent` on one user message, collecting every chunk.
+async fn run(agent: &Agent, prompt: &str) -> (AgentOutcome, Vec<AgentChunk>) {
+    let chunks = Mutex::new(Vec::new());
+    let outcome =
+        run_agent(agent, vec![Message::user(prompt)], |c| chunks.lock().unwrap().push(c), CancellationToken::new())
+            .await;
+    (outcome, chunks.into_inner().unwrap())
+}
+
+fn lines(chunks: &[AgentChunk]) -> Vec<String> {
+    chunks.iter().map(describe).collect()
+}
+
+#[tokio::test]
+async fn plain_text_answer() {
+    let model = Scripted::new(vec![vec![
+        meta("r1"),
+        text("Hello"),
+        text(" there"),
+        finish(model::FinishReason::Stop),
+        usage(5, 2),
+    ]]);
+    let (outcome, chunks) = run(&agent(model.clone()), "Hi").await;
+    assert_eq!(
+        lines(&chunks),
+        [
+            "start test-agent",
+            "step-start 1",
+            "metadata r1",
+            "text-start text-1",
+            "text-delta text-1 Hello",
+            "text-delta text-1  there",
+            "text-end text-1",
+            "step-finish 1 Stop \"Hello there\"",
+            "finish Stop \"Hello there\" steps=1",
+        ]
+    );
+    assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
+    assert_eq!(outcome.text, "Hello there");
+    assert_eq!((outcome.usage.input_tokens, outcome.usage.output_tokens, outcome.usage.total_tokens), (5, 2, 7));
+    match &chunks[7] {
+        AgentChunk::AgentStepFinish { usage, raw_reason, .. } => {
+            assert_eq!(usage.total_tokens, 7);
+            assert_eq!(raw_reason.as_deref(), Some("stop"));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The instructions go first, as the system message; the tools are offered.
+    let request = &model.requests()[0];
+    assert_eq!(request.messages, [Message::system("Be brief."), Message::user("Hi")]);
+    assert_eq!(request.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["calculator", "fails"]);
+}
+
+#[tokio::test]
+async fn reasoning_then_text_are_separate_parts() {
+    let model = Scripted::new(vec![vec![
+        meta("r1"),
+        reasoning("Think"),
+        reasoning("ing."),
+        text("Done"),
+        finish(model::FinishReason::Stop),
+        usage(1, 1),
+    ]]);
+    let (_, chunks) = run(&agent(model), "Hi").await;
+    assert_eq!(
+        lines(&chunks)[2..],
+        [
+            "metadata r1",
+            "reasoning-start reasoning-1",
+            "reasoning-delta reasoning-1 Think",
+            "reasoning-delta reasoning-1 ing.",
+            "reasoning-end reasoning-1",
+            "text-start text-1",
+            "text-delta text-1 Done",
+            "text-end text-1",
+            "step-finish 1 Stop \"Done\"",
+            "finish Stop \"Done\" steps=1",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn tool_call_streams_runs_and_feeds_the_next_call() {
+    let model = Scripted::new(vec![
+        vec![
+            meta("r1"),
+            call_start(0, "call_1", "calculator"),
+            call_delta(0, r#"{"expre"#),
+            call_delta(0, r#"ssion": "6"#),
+            call_delta(0, r#" * 7"}"#),
+            finish(model::FinishReason::ToolCalls),
+            usage(10, 5),
+        ],
+        vec![meta("r2"), text("It is 42."), finish(model::FinishReason::Stop), usage(20, 3)],
+    ]);
+    let (outcome, chunks) = run(&agent(model.clone()), "What is 6 * 7?").await;
+    assert_eq!(
+        lines(&chunks),
+        [
+            "start test-agent",
+            "step-start 1",
+            "metadata r1",
+            "input-start call_1 calculator",
+            "input-delta call_1 {\"expre",
+            "input-delta call_1 ssion\": \"6",
+            "input-delta call_1  * 7\"}",
+            "input-end call_1",
+            "tool-call call_1 calculator {\"expression\":\"6 * 7\"}",
+            "tool-result call_1 {\"expression\":\"6 * 7\",\"result\":42}",
+            "step-finish 1 ToolCalls \"\" continued",
+            "step-start 2",
+            "metadata r2",
+            "text-start text-1",
+            "text-delta text-1 It is 42.",
+            "text-end text-1",
+            "step-finish 2 Stop \"It is 42.\"",
+            "finish Stop \"It is 42.\" steps=2",
+        ]
+    );
+    match chunks.last() {
+        Some(AgentChunk::AgentFinish { usage, .. }) => {
+            assert_eq!((usage.input_tokens, usage.output_tokens, usage.total_tokens), (30, 8, 38));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(outcome.usage.total_tokens, 38);
+    assert_eq!(outcome.steps, 2);
+    // The second call sees the assistant's call (arguments verbatim) and the tool's result.
+    let second = &model.requests()[1];
+    assert_eq!(
+        second.messages[2..],
+        [
+            Message::Assistant {
+                content: None,
+                tool_calls: vec![model::ToolCall {
+                    id: "call_1".into(),
+                    name: "calculator".into(),
+                    arguments: r#"{"expression": "6 * 7"}"#.into(),
+                }],
+            },
+            Message::tool_result("call_1", "calculator", r#"{"expression":"6 * 7","result":42}"#),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_tool_error_is_reported_to_the_model_and_the_loop_goes_on() {
+    let model = Scripted::new(vec![
+        vec![
+            call_start(0, "call_1", "fails"),
+            call_delta(0, "{}"),
+            finish(model::FinishReason::ToolCalls),
+            usage(1, 1),
+        ],
+        vec![text("Sorry."), finish(model::FinishReason::Stop), usage(1, 1)],
+    ]);
+    let (outcome, chunks) = run(&agent(model.clone()), "Go").await;
+    assert_eq!(
+        lines(&chunks)[2..7],
+        [
+            "input-start call_1 fails",
+            "input-delta call_1 {}",
+            "input-end call_1",
+            "tool-call call_1 fails {}",
+            "tool-error call_1 ToolError: out of order",
+        ]
+    );
+    assert_eq!(lines(&chunks)[7], "step-finish 1 ToolCalls \"\" continued");
+    assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
+    assert_eq!(
+        model.requests()[1].messages.last(),
+        Some(&Message::tool_result("call_1", "fails", r#"{"error":"out of order"}"#))
+    );
+}
+
+#[tokio::test]
+async fn invalid_or_schema_violating_args_are_tool_errors() {
+    let model = Scripted::new(vec![
+        vec![
+            call_start(0, "call_1", "calculator"),
+            call_delta(0, r#"{"expression": "#),
+            call_start(1, "call_2", "calculator"),
+            call_delta(1, r#"{"expr": "1"}"#),
+            call_start(2, "call_3", "nope"),
+            finish(model::FinishReason::ToolCalls),
+        ],
+        vec![text("ok"), finish(model::FinishReason::Stop)],
+    ]);
+    let (outcome, chunks) = run(&agent(model.clone()), "Go").await;
+    let lines = lines(&chunks);
+    assert_eq!(
+        lines[2..14],
+        [
+            "input-start call_1 calculator",
+            "input-delta call_1 {\"expression\": ",
+            "input-start call_2 calculator",
+            "input-delta call_2 {\"expr\": \"1\"}",
+            "input-start call_3 nope",
+            "input-end call_1",
+            "tool-error call_1 ToolArgsError: the arguments of tool 'calculator' are not valid JSON: EOF while parsing a value at line 1 column 15",
+            "input-end call_2",
+            "tool-call call_2 calculator {\"expr\":\"1\"}",
+            "input-end call_3",
+            "tool-call call_3 nope {}",
+            "tool-error call_2 ToolArgsError: invalid arguments for tool 'calculator': args.expression: required field is missing",
+        ]
+    );
+    assert_eq!(lines[14], "tool-error call_3 ToolError: unknown tool 'nope'; this agent has: [calculator, fails]");
+    assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
+    // Every call is answered, in call order.
+    let answered: Vec<String> = model.requests()[1]
+        .messages
+        .iter()
+        .filter_map(|m| match m {
+            Message::Tool { tool_call_id, .. } => Some(tool_call_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(answered, ["call_1", "call_2", "call_3"]);
+}
+
+#[tokio::test]
+async fn a_restart_closes_the_partial_part_and_discards_it() {
+    let model = Scripted::new(vec![vec![
+        meta("r1"),
+        text("Hel"),
+        call_start(0, "call_x", "calculator"),
+        usage(100, 100),
+        ModelChunk::Restart { attempt: 2, reason: "connection reset".into(), delay: Duration::from_millis(1) },
+        meta("r1b"),
+        text("Hello"),
+        finish(model::FinishReason::Stop),
+        usage(4, 1),
+    ]]);
+    let (outcome, chunks) = run(&agent(model), "Hi").await;
+    assert_eq!(
+        lines(&chunks)[2..],
+        [
+            "metadata r1",
+            "text-start text-1",
+            "text-delta text-1 Hel",
+            "text-end text-1",
+            "input-start call_x calculator",
+            "input-end call_x",
+            "metadata r1b",
+            "text-start text-2",
+            "text-delta text-2 Hello",
+            "text-end text-2",
+            "step-finish 1 Stop \"Hello\"",
+            "finish Stop \"Hello\" steps=1",
+        ]
+    );
+    assert_eq!(outcome.text, "Hello");
+    assert_eq!(outcome.usage.total_tokens, 5);
+}
+
+#[tokio::test]
+async fn a_model_error_ends_the_loop_with_agent_error() {
+    let error = ModelError::Server { url: "http://m".into(), status: 500, message: "boom".into() };
+    let model = Scripted::with(vec![Script {
+        items: vec![Ok(meta("r1")), Ok(text("Hi")), Ok(call_start(0, "call_1", "calculator")), Err(error.clone())],
+        hang: false,
+    }]);
+    let (outcome, chunks) = run(&agent(model), "Hi").await;
+    let expected_error = format!("error ModelError: {error}");
+    // Open parts and tool inputs are closed before the error, so every start has its end.
+    assert_eq!(
+        lines(&chunks)[2..],
+        [
+            "metadata r1",
+            "text-start text-1",
+            "text-delta text-1 Hi",
+            "text-end text-1",
+            "input-start call_1 calculator",
+            "input-end call_1",
+            expected_error.as_str(),
+        ]
+    );
+    match outcome.end {
+        AgentEnd::Failed(e) => assert_eq!(e.message, error.to_string()),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cancel_ends_the_loop_with_abort() {
+    let model =
+        Scripted::with(vec![Script { items: vec![Ok(meta("r1")), Ok(text("Hi")), Ok(text(" again"))], hang: true }]);
+    let agent = agent(model);
+    let cancel = CancellationToken::new();
+    let chunks = Mutex::new(Vec::new());
+    let emit = |c: AgentChunk| {
+        // Cancel as soon as the first text arrives: the loop must not map another model chunk.
+        if matches!(c, AgentChunk::TextDelta { .. }) {
+            cancel.cancel();
+        }
+        chunks.lock().unwrap().push(c);
+    };
+    let outcome = run_agent(&agent, vec![Message::user("Hi")], emit, cancel.clone()).await;
+    assert_eq!(outcome.end, AgentEnd::Aborted);
+    assert_eq!(
+        lines(&chunks.lock().unwrap())[2..],
+        ["metadata r1", "text-start text-1", "text-delta text-1 Hi", "abort canceled"]
+    );
+}
+
+#[tokio::test]
+async fn dropping_the_loop_mid_call_still_emits_abort() {
+    let model = Scripted::with(vec![Script { items: vec![Ok(meta("r1"))], hang: true }]);
+    let agent = agent(model);
+    let chunks = Mutex::new(Vec::new());
+    let run =
+        run_agent(&agent, vec![Message::user("Hi")], |c| chunks.lock().unwrap().push(c), CancellationToken::new());
+    assert!(tokio::time::timeout(Duration::from_millis(20), run).await.is_err());
+    assert_eq!(lines(&chunks.lock().unwrap()), ["start test-agent", "step-start 1", "metadata r1", "abort canceled"]);
+}
+
+#[tokio::test]
+async fn max_steps_stops_a_model_that_keeps_calling_tools() {
+    let call = |id: &str| {
+        vec![
+            call_start(0, id, "calculator"),
+            call_delta(0, r#"{"expression":"1+1"}"#),
+            finish(model::FinishReason::ToolCalls),
+            usage(1, 1),
+        ]
+    };
+    let model = Scripted::new(vec![call("c1"), call("c2"), call("c3")]);
+    let (outcome, chunks) = run(&agent(model.clone()).max_steps(2), "Go").await;
+    let lines = lines(&chunks);
+    let summary: Vec<&String> = lines.iter().filter(|l| l.starts_with("step-") || l.starts_with("finish")).collect();
+    assert_eq!(
+        summary,
+        [
+            "step-start 1",
+            "step-finish 1 ToolCalls \"\" continued",
+            "step-start 2",
+            "step-finish 2 ToolCalls \"\"",
+            "finish ToolCalls \"\" steps=2",
+        ]
+    );
+    // The last call's tools still ran.
+    assert!(lines.contains(&"tool-result c2 {\"expression\":\"1+1\",\"result\":2}".to_owned()));
+    assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::ToolCalls));
+    assert_eq!(outcome.usage.total_tokens, 4);
+    assert_eq!(model.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn offline_assistant_calls_get_weather_then_answers() {
+    let agent = assistant_with(Arc::new(crate::model::OfflineModel::new()));
+    let (outcome, chunks) = run(&agent, "What's the weather in Paris?").await;
+    let lines = lines(&chunks);
+    let weather = tools::get_weather("Paris").unwrap();
+    assert!(lines.contains(&"tool-call call_offline_1 get-weather {\"city\":\"Paris\"}".to_owned()), "{lines:#?}");
+    assert!(lines.contains(&format!("tool-result call_offline_1 {weather}")), "{lines:#?}");
+    assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
+    assert_eq!(outcome.steps, 2);
+    assert!(outcome.text.starts_with("Here is what I found: get-weather returned"), "{}", outcome.text);
+    assert!(matches!(chunks.last(), Some(AgentChunk::AgentFinish { text, .. }) if *text == outcome.text));
+    let _: Value = weather;
+}
+
+mod as_a_step {
+    use super::*;
+    use crate::engine::{
+        EventKind, EventSource, RunStatus, StepStatus, Workflow, execute_phase,
+        executor::test_support::{phase, run},
+        snapshot::RunSnapshot,
+    };
+
+    fn workflow(model: Arc<dyn ModelProvider>) -> Arc<Workflow> {
+        let agent = Arc::new(Agent::new("a", "", model));
+        Workflow::builder("w").then(agent_step("ask", agent, |input| format!("say {}", input["word"]))).commit()
+    }
+
+    fn agent_lines(events: &[crate::engine::Event]) -> Vec<String> {
+        events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::Agent { step_id, chunk } => {
+                    assert_eq!(step_id.as_deref(), Some("ask"));
+                    assert_eq!(e.source, EventSource::Agent);
+                    Some(describe(chunk))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_output_is_text_and_usage() {
+        let model = Scripted::new(vec![vec![text("hi"), finish(model::FinishReason::Stop), usage(2, 1)]]);
+        let (out, events) = run(&workflow(model.clone()), json!({"word": "hi"})).await;
+        assert_eq!(out.status, RunStatus::Success);
+        assert_eq!(
+            out.result.unwrap(),
+            json!({"text": "hi", "usage": usage_json(&Usage { input_tokens: 2, output_tokens: 1, total_tokens: 3, ..Usage::default() })})
+        );
+        assert_eq!(agent_lines(&events).len(), 7);
+        assert_eq!(model.requests()[0].messages, [Message::user("say \"hi\"")]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_agent_fails_the_step_with_its_message() {
+        let model = Scripted::with(vec![Script { items: vec![Err(ModelError::Config("no key".into()))], hang: false }]);
+        let (out, events) = run(&workflow(model), json!({})).await;
+        assert_eq!(out.status, RunStatus::Failed);
+        assert_eq!(
+            agent_lines(&events).last().map(String::as_str),
+            Some("error ModelError: model configuration: no key")
+        );
+        let error = events
+            .iter()
+            .find_map(|e| match &e.kind {
+                EventKind::StepResult { status: StepStatus::Failed, error, .. } => error.clone(),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(error.message, "model configuration: no key");
+    }
+
+    #[tokio::test]
+    async fn a_canceled_run_aborts_the_agent_before_the_step_ends() {
+        let model = Scripted::with(vec![Script { items: vec![Ok(text("partial"))], hang: true }]);
+        let (phase, sink, cancel) = phase(&workflow(model), json!({}), 1, RunSnapshot::default(), None);
+        let task = tokio::spawn(execute_phase(phase));
+        sink.wait_for(|events| {
+            events.iter().any(|e| matches!(&e.kind, EventKind::Agent { chunk: AgentChunk::TextDelta { .. }, .. }))
+        })
+        .await;
+        cancel.cancel();
+        let out = task.await.unwrap();
+        assert_eq!(out.status, RunStatus::Canceled);
+        let events = sink.events();
+        assert_eq!(agent_lines(&events).last().map(String::as_str), Some("abort canceled"));
+        let abort = events
+            .iter()
+            .position(|e| matches!(&e.kind, EventKind::Agent { chunk: AgentChunk::AgentAbort { .. }, .. }));
+        let result =
+            events.iter().position(|e| matches!(&e.kind, EventKind::StepResult { status: StepStatus::Canceled, .. }));
+        assert!(abort.is_some() && abort < result, "{abort:?} {result:?}");
+    }
+}
