@@ -236,5 +236,19 @@ async fn weather_activities_streams_agent_chunks_as_a_step() {
     let finish = events.last().expect("finish");
     assert_eq!(finish_status(finish), Some(pb::RunStatus::Success));
     assert!(finish_result(finish)["text"].is_string());
+
+    // The agent's usage adds up into the run: the sum of its model calls, in workflow_finish and GetResult.
+    let calls: u64 = agent
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::AgentStepFinish(step)) => step.usage.map(|u| u.total_tokens),
+            _ => None,
+        })
+        .sum();
+    assert!(calls > 0, "the offline model reports usage");
+    let Some(Event::WorkflowFinish(workflow_finish)) = &finish.event else { panic!("not a finish") };
+    assert_eq!(workflow_finish.usage.map(|u| u.total_tokens), Some(calls));
+    let result = get_result(&mut client, &finish.run_id, false).await;
+    assert_eq!(result.usage.map(|u| u.total_tokens), Some(calls));
     server.stop().await;
 }

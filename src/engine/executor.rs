@@ -27,7 +27,7 @@ use super::{
     event::{ErrorInfo, Event, EventKind, EventSink, EventSource, RunStatus, StepStatus},
     schema::Schema,
     snapshot::{ResumeTarget, RunSnapshot, StepRecord, SuspendedStep},
-    step::{ContextShared, RetrySpec, Step, StepContext, StepError, StepOutcome, Writer},
+    step::{ContextShared, RetrySpec, Step, StepContext, StepError, StepOutcome, UsageMeter, Writer},
     workflow::{Concurrency, LoopCond, LoopKind, MapFn, Node, Wait, Workflow},
 };
 use crate::clock::Clock;
@@ -89,6 +89,7 @@ pub async fn execute_phase(phase: Phase) -> PhaseOutcome {
         resume,
         prev: snapshot,
         state: Mutex::new(state),
+        usage: Arc::default(),
     };
     exec.emit(EventKind::WorkflowStart {
         workflow_id: Arc::clone(workflow.id()),
@@ -122,7 +123,8 @@ pub async fn execute_phase(phase: Phase) -> PhaseOutcome {
         }
     };
     tracing::debug!(run_id = %exec.run_id, status = status.as_str(), "phase ended");
-    let usage = exec.prev.usage;
+    let mut usage = exec.prev.usage;
+    usage.add(&exec.usage.total());
     let State { steps, mut suspended, mut control } = exec.state.into_inner().unwrap_or_else(|e| e.into_inner());
     if status != RunStatus::Suspended {
         // Nothing can be resumed any more: drop what only a resume would need.
@@ -251,6 +253,8 @@ struct Exec {
     /// records (a loop's second iteration must not be mistaken for an earlier success).
     prev: RunSnapshot,
     state: Mutex<State>,
+    /// Token usage of this phase's agent steps.
+    usage: Arc<UsageMeter>,
 }
 
 impl Exec {
@@ -937,7 +941,7 @@ impl Exec {
             request_context: Arc::clone(&self.request_context),
             for_each_index,
             iteration,
-            writer: Writer::new(Arc::clone(&self.sink), Arc::clone(&path)),
+            writer: Writer::new(Arc::clone(&self.sink), Arc::clone(&path), Arc::clone(&self.usage)),
             cancel: self.cancel.clone(),
             clock: Arc::clone(&self.clock),
         });

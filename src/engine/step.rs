@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     agent_event::AgentChunk,
-    event::{Event, EventKind, EventSink, EventSource},
+    event::{Event, EventKind, EventSink, EventSource, Usage},
     schema::Schema,
 };
 use crate::clock::Clock;
@@ -366,6 +366,23 @@ impl StepContext {
 pub struct Writer {
     sink: Arc<dyn EventSink>,
     step_id: Arc<str>,
+    /// The phase's token count: agent steps report each model call's usage here, so that the run's usage
+    /// (workflow_finish, GetResult) adds up every agent it ran.
+    usage: Arc<UsageMeter>,
+}
+
+/// Token usage summed over a phase, shared by every writer of that phase.
+#[derive(Debug, Default)]
+pub(crate) struct UsageMeter(std::sync::Mutex<Usage>);
+
+impl UsageMeter {
+    pub(crate) fn add(&self, usage: &Usage) {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).add(usage);
+    }
+
+    pub(crate) fn total(&self) -> Usage {
+        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 impl fmt::Debug for Writer {
@@ -375,8 +392,8 @@ impl fmt::Debug for Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(sink: Arc<dyn EventSink>, step_id: Arc<str>) -> Self {
-        Self { sink, step_id }
+    pub(crate) fn new(sink: Arc<dyn EventSink>, step_id: Arc<str>, usage: Arc<UsageMeter>) -> Self {
+        Self { sink, step_id, usage }
     }
 
     /// Emits a `StepOutput` event carrying `output` (Mastra's `writer.write`).
@@ -408,6 +425,10 @@ impl Writer {
     /// Emits one chunk of an agent running as this step, tagged with the step's path so that clients can tell
     /// which step's agent is talking. Sync and never blocks, like every emit.
     pub fn agent(&self, chunk: AgentChunk) {
+        // Each model call's usage is counted once, at its step finish (the agent's finish repeats the total).
+        if let AgentChunk::AgentStepFinish { usage, .. } = &chunk {
+            self.usage.add(usage);
+        }
         self.sink.emit(Event {
             source: EventSource::Agent,
             kind: EventKind::Agent { step_id: Some(Arc::clone(&self.step_id)), chunk },
@@ -434,7 +455,7 @@ mod tests {
     #[test]
     fn custom_kind_gets_data_prefix_once() {
         let sink = Arc::new(Collect::default());
-        let w = Writer::new(sink.clone(), Arc::from("s"));
+        let w = Writer::new(sink.clone(), Arc::from("s"), Arc::default());
         w.custom("progress", json!(1));
         w.custom("data-progress", json!(2));
         let events = sink.0.lock().unwrap();
