@@ -4,7 +4,10 @@
 //! who has seen a run's finish event and then asks for its status gets the status that event announced.
 
 use std::{
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -73,6 +76,8 @@ pub struct Run {
     status_tx: watch::Sender<RunStatus>,
     /// Cancels the run for good: one token for the whole run, since a canceled run never runs again.
     cancel: CancellationToken,
+    /// True while a sleep step holds the run WAITING.
+    waiting: AtomicBool,
     clock: Arc<dyn Clock>,
 }
 
@@ -101,6 +106,7 @@ impl Run {
             state: Mutex::new(state),
             status_tx: watch::Sender::new(RunStatus::Pending),
             cancel: CancellationToken::new(),
+            waiting: AtomicBool::new(false),
             clock,
         })
     }
@@ -321,7 +327,10 @@ impl EventSink for Run {
     fn emit(&self, event: Event) {
         match &event.kind {
             EventKind::StepWaiting { .. } => self.set_status_if(RunStatus::Running, RunStatus::Waiting),
-            EventKind::StepResult { .. } => self.set_status_if(RunStatus::Waiting, RunStatus::Running),
+            // Only a run a sleep made WAITING needs the state lock here; every other step result skips it.
+            EventKind::StepResult { .. } if self.waiting.load(Ordering::Acquire) => {
+                self.set_status_if(RunStatus::Waiting, RunStatus::Running)
+            }
             _ => {}
         }
         self.log.append(event, self.clock.now());
@@ -334,6 +343,8 @@ impl Run {
         if state.status == from {
             state.status = to;
             state.updated_at = self.clock.now();
+            // Changed under the state lock, so it always agrees with the status it summarizes.
+            self.waiting.store(to == RunStatus::Waiting, Ordering::Release);
             drop(state);
             self.status_tx.send_replace(to);
         }
