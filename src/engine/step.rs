@@ -16,7 +16,7 @@ use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    agent_event::AgentChunk,
+    agent_event::{AgentChunk, NetworkEvent},
     event::{Event, EventKind, EventSink, EventSource, Usage},
     schema::Schema,
 };
@@ -432,6 +432,31 @@ impl Writer {
         self.sink.emit(Event {
             source: EventSource::Agent,
             kind: EventKind::Agent { step_id: Some(Arc::clone(&self.step_id)), chunk },
+        });
+    }
+
+    /// Emits one event of an agent network running as this step (source `Network`, tagged with the step's path).
+    /// Like [`Writer::agent`], it counts each model call's usage once: the routing agent's (at `RoutingAgentEnd`)
+    /// and every nested agent step's finish, whether the agent was delegated to directly or ran inside a delegated
+    /// workflow.
+    pub fn network(&self, event: NetworkEvent) {
+        match &event {
+            NetworkEvent::RoutingAgentEnd { usage, .. } => self.usage.add(usage),
+            NetworkEvent::AgentExecutionEvent { chunk, .. } => {
+                if let AgentChunk::AgentStepFinish { usage, .. } = &**chunk {
+                    self.usage.add(usage);
+                }
+            }
+            NetworkEvent::WorkflowExecutionEvent { event, .. } => {
+                if let EventKind::Agent { chunk: AgentChunk::AgentStepFinish { usage, .. }, .. } = &**event {
+                    self.usage.add(usage);
+                }
+            }
+            _ => {}
+        }
+        self.sink.emit(Event {
+            source: EventSource::Network,
+            kind: EventKind::Network { step_id: Some(Arc::clone(&self.step_id)), event },
         });
     }
 }
