@@ -116,6 +116,8 @@ pub async fn execute_phase(phase: Phase) -> PhaseOutcome {
     let (status, result, error) = match flow {
         Flow::Done(v) | Flow::Bailed(v) => (RunStatus::Success, Some(v), None),
         Flow::Suspended => (RunStatus::Suspended, None, None),
+        // A guardrail's verdict is not a malfunction: the run ends as TRIPWIRE (Mastra's status), not FAILED.
+        Flow::Failed(e) if e.name == TRIPWIRE_ERROR => (RunStatus::Tripwire, None, Some(e)),
         Flow::Failed(e) => (RunStatus::Failed, None, Some(e)),
         Flow::Canceled => {
             exec.emit(EventKind::WorkflowCanceled { reason: CANCEL_REASON.to_owned() });
@@ -932,12 +934,20 @@ impl Exec {
         }
 
         let (max_attempts, delay) = step.retry.as_ref().unwrap_or(default_retry).resolve(&self.run_input);
+        // A resumed step gets back the state it saved when it suspended; it is consumed here, and saved anew if
+        // the step suspends again.
+        let saved_state = match (&resume_data, hidden) {
+            (Some(_), false) => self.state().control.remove(&saved_state_key(&path)),
+            _ => None,
+        };
         let shared = Arc::new(ContextShared {
             run_id: Arc::clone(&self.run_id),
             step_id: Arc::clone(&path),
             input,
             run_input: Arc::clone(&self.run_input),
             resume_data,
+            saved_state,
+            state_to_save: Mutex::default(),
             request_context: Arc::clone(&self.request_context),
             for_each_index,
             iteration,
@@ -981,6 +991,7 @@ impl Exec {
         };
         let attempts = attempt + 1;
         let input = shared.input.clone();
+        let state_to_save = shared.state_to_save.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(shared);
 
         match result {
@@ -1029,6 +1040,9 @@ impl Exec {
                         for_each_index,
                     });
                     let mut st = self.state();
+                    if let Some(state) = state_to_save {
+                        st.control.insert(saved_state_key(&path), state);
+                    }
                     st.steps.insert(
                         path.to_string(),
                         StepRecord {
@@ -1181,10 +1195,19 @@ fn step_error_info(path: &str, error: &StepError, attempts: u32, for_each_index:
         details.insert("details".to_owned(), d.clone());
     }
     ErrorInfo {
-        name: "StepError".to_owned(),
+        name: if error.is_tripwire() { TRIPWIRE_ERROR } else { "StepError" }.to_owned(),
         message: error.message().to_owned(),
         details: Some(Value::Object(details)),
     }
+}
+
+/// `ErrorInfo.name` of a step stopped by a guardrail ([`StepError::tripwire`]); such a failure ends the run as
+/// TRIPWIRE.
+pub const TRIPWIRE_ERROR: &str = "TripwireError";
+
+/// Where a suspended step's private state ([`StepContext::save_state`]) is kept in `snapshot.control`.
+fn saved_state_key(path: &str) -> String {
+    format!("state:{path}")
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {

@@ -207,11 +207,22 @@ pub struct StepError {
     message: String,
     details: Option<Value>,
     retryable: bool,
+    tripwire: bool,
 }
 
 impl StepError {
     pub fn new(message: impl Into<String>) -> Self {
-        Self { message: message.into(), details: None, retryable: true }
+        Self { message: message.into(), details: None, retryable: true, tripwire: false }
+    }
+
+    /// A guardrail stopped the step (an agent's tripwire): not retried, and the run ends as TRIPWIRE rather than
+    /// FAILED.
+    pub fn tripwire(message: impl Into<String>) -> Self {
+        Self { message: message.into(), details: None, retryable: false, tripwire: true }
+    }
+
+    pub fn is_tripwire(&self) -> bool {
+        self.tripwire
     }
 
     /// Structured details, reported with the error (under `details.details`).
@@ -266,6 +277,9 @@ pub(crate) struct ContextShared {
     pub(crate) input: Value,
     pub(crate) run_input: Arc<Value>,
     pub(crate) resume_data: Option<Value>,
+    /// What the step saved with [`StepContext::save_state`] when it last suspended (on resume only).
+    pub(crate) saved_state: Option<Value>,
+    pub(crate) state_to_save: std::sync::Mutex<Option<Value>>,
     pub(crate) request_context: Arc<Map<String, Value>>,
     pub(crate) for_each_index: Option<u32>,
     pub(crate) iteration: u32,
@@ -310,6 +324,20 @@ impl StepContext {
     }
 
     /// 0-based attempt number (retries).
+    /// The state this step saved with [`StepContext::save_state`] before it suspended; `Some` only when it is
+    /// being resumed.
+    pub fn saved_state(&self) -> Option<&Value> {
+        self.shared.saved_state.as_ref()
+    }
+
+    /// Keeps `state` for the resume if the step then returns [`StepOutcome::Suspend`]: private bookkeeping (an
+    /// agent's conversation, say) that the suspend payload, which callers see, should not carry. It lives in the
+    /// run's snapshot (so it is stored with the run) and is handed back by [`StepContext::saved_state`]. Ignored
+    /// when the step does not suspend, and inside a foreach.
+    pub fn save_state(&self, state: Value) {
+        *self.shared.state_to_save.lock().unwrap_or_else(|e| e.into_inner()) = Some(state);
+    }
+
     pub fn attempt(&self) -> u32 {
         self.attempt
     }

@@ -933,3 +933,49 @@ async fn suspend_payload_and_workflow_output_are_checked() {
 fn invalid_schemas_panic_at_definition() {
     let _ = add("s", 1).input_schema(json!({"type": 5}));
 }
+
+#[tokio::test]
+async fn saved_state_comes_back_on_resume_and_is_consumed() {
+    // Suspends twice, counting in private state; the payload callers see never carries the count.
+    let wf = Workflow::builder("w")
+        .then(Step::new("s", |ctx| async move {
+            let count = ctx.saved_state().and_then(|s| s["count"].as_u64()).unwrap_or(0);
+            if count < 2 {
+                ctx.save_state(json!({ "count": count + 1 }));
+                return Ok(StepOutcome::suspend(json!({ "asked": true })));
+            }
+            Ok(StepOutcome::Done(json!(count)))
+        }))
+        .commit();
+    let (out, _) = run(&wf, json!(null)).await;
+    assert_eq!(out.status, RunStatus::Suspended);
+    assert_eq!(out.snapshot.control.get("state:s"), Some(&json!({ "count": 1 })));
+    assert_eq!(out.snapshot.suspended["s"].suspend_payload, json!({ "asked": true }));
+    let (out2, _) = resume(&wf, json!(null), &out, req("s", json!(1)), 2).await.unwrap();
+    assert_eq!(out2.status, RunStatus::Suspended);
+    assert_eq!(out2.snapshot.control.get("state:s"), Some(&json!({ "count": 2 })));
+    let (out3, _) = resume(&wf, json!(null), &out2, req("s", json!(1)), 3).await.unwrap();
+    assert_eq!((out3.status, out3.result), (RunStatus::Success, Some(json!(2))));
+    assert!(out3.snapshot.control.is_empty());
+}
+
+#[tokio::test]
+async fn a_tripwire_ends_the_run_as_tripwire_without_retries() {
+    let attempts = Arc::new(AtomicU32::new(0));
+    let counter = Arc::clone(&attempts);
+    let wf = Workflow::builder("w")
+        .then(
+            Step::new("guarded", move |_ctx| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async move { Err::<StepOutcome, _>(StepError::tripwire("blocked by guardrail")) }
+            })
+            .retries(3, Duration::ZERO),
+        )
+        .commit();
+    let (out, events) = run(&wf, json!(null)).await;
+    assert_eq!(out.status, RunStatus::Tripwire);
+    let error = out.error.expect("error");
+    assert_eq!((error.name.as_str(), error.message.as_str()), (super::TRIPWIRE_ERROR, "blocked by guardrail"));
+    assert_eq!(attempts.load(Ordering::SeqCst), 1);
+    assert_eq!(describe_all(&events), ["start w 1", "step-start guarded", "result guarded Failed"]);
+}
