@@ -35,6 +35,7 @@
 //!
 //! Not yet: tool approval and suspension, tripwires (guardrails), structured output, memory.
 
+mod partial_json;
 mod run;
 #[cfg(test)]
 mod tests;
@@ -45,11 +46,13 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-pub use run::{AgentEnd, AgentOutcome, run_agent};
+pub use run::{AgentEnd, AgentInput, AgentOptions, AgentOutcome, ApprovalDecision, approval_schema, run_agent, run_agent_with};
 
 use crate::{
-    engine::{Step, StepError, StepOutcome, Usage, schema::Schema},
-    model::{Message, ModelProvider, OfflineModel, ToolSpec, model_from_env},
+    engine::{
+        RunKind, RunnableMeta, SchemaViolation, Step, StepError, StepOutcome, ToolMeta, Usage, Workflow, schema::Schema,
+    },
+    model::{Message, ModelProvider, OfflineModel, ReasoningEffort, ToolSpec, model_from_env},
 };
 
 /// Default bound on model calls per run: enough for a few rounds of tool use, small enough that a model stuck
@@ -65,6 +68,8 @@ pub struct Agent {
     pub instructions: String,
     pub model: Arc<dyn ModelProvider>,
     pub tools: Vec<Tool>,
+    /// Checks of the answer as it streams; the first that objects stops the agent with a tripwire.
+    pub output_guardrails: Vec<OutputGuardrail>,
     /// Most model calls one run makes (at least 1).
     pub max_steps: u32,
 }
@@ -88,8 +93,19 @@ impl Agent {
             instructions: instructions.into(),
             model,
             tools: Vec::new(),
+            output_guardrails: Vec::new(),
             max_steps: DEFAULT_MAX_STEPS,
         }
+    }
+
+    pub fn output_guardrail(mut self, guardrail: OutputGuardrail) -> Self {
+        self.output_guardrails.push(guardrail);
+        self
+    }
+
+    /// Whether some tool of this agent waits for a person's approval (its runs can then suspend).
+    pub fn needs_approvals(&self) -> bool {
+        self.tools.iter().any(Tool::requires_approval)
     }
 
     pub fn description(mut self, description: impl Into<String>) -> Self {
@@ -166,6 +182,7 @@ pub struct Tool {
     description: String,
     parameters: Schema,
     func: ToolFn,
+    requires_approval: bool,
 }
 
 impl fmt::Debug for Tool {
@@ -191,14 +208,32 @@ impl Tool {
             description: description.into(),
             parameters,
             func: Arc::new(move |ctx, args| Box::pin(f(ctx, args))),
+            requires_approval: false,
+        }
+    }
+
+    /// Calls wait for a person: the agent emits `ToolCallApproval` and its run suspends until `ResumeStream` brings
+    /// `{"approved": bool, "reason"?: string}` (declined: `ToolOutputDenied`, and the model is told).
+    pub fn with_approval(mut self) -> Self {
+        self.requires_approval = true;
+        self
+    }
+
+    pub fn requires_approval(&self) -> bool {
+        self.requires_approval
+    }
+
+    /// How callers are shown the tool (ListWorkflows).
+    pub fn meta(&self) -> ToolMeta {
+        ToolMeta {
+            name: self.name.to_string(),
+            description: self.description.clone(),
+            parameters: self.parameters.raw().clone(),
+            requires_approval: self.requires_approval,
         }
     }
 
     pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    pub(crate) fn name_arc(&self) -> &Arc<str> {
         &self.name
     }
 
@@ -229,6 +264,38 @@ impl Tool {
     }
 }
 
+type GuardrailFn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// An output guardrail (Mastra's output processor that aborts): sees the answer so far each time the model streams
+/// more text, and returns a reason to stop the agent. The text that trips it is not emitted; the agent emits
+/// `Tripwire`, and its run ends as TRIPWIRE.
+#[derive(Clone)]
+pub struct OutputGuardrail {
+    id: Arc<str>,
+    check: GuardrailFn,
+}
+
+impl fmt::Debug for OutputGuardrail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutputGuardrail").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl OutputGuardrail {
+    pub fn new(id: impl Into<String>, check: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self { id: Arc::from(id.into()), check: Arc::new(check) }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Why the text must not go out, if it must not.
+    pub fn check(&self, text: &str) -> Option<String> {
+        (self.check)(text)
+    }
+}
+
 /// A workflow step that runs `agent` on the prompt `prompt` builds from the step's input.
 ///
 /// Every chunk goes to the run's log through the step's writer (source `Agent`, tagged with the step path). The
@@ -240,24 +307,162 @@ pub fn agent_step(
     prompt: impl Fn(&Value) -> String + Send + Sync + 'static,
 ) -> Step {
     let description = format!("Runs agent '{}'.", agent.id);
+    let step = agent_step_with(id, agent.clone(), move |input| Ok((vec![Message::user(prompt(input))], AgentOptions::default())));
+    with_approval_schema(step, &agent).description(description)
+}
+
+/// What an agent step makes of its input: the conversation to start and the run's options.
+type AgentStepInput = dyn Fn(&Value) -> Result<(Vec<Message>, AgentOptions), StepError> + Send + Sync;
+
+/// The step function shared by [`agent_step`] and the standalone [`workflow`]: starts the agent on the input's
+/// messages, or, resumed after a `ToolCallApproval`, continues it with the decision.
+fn agent_step_with(
+    id: impl Into<String>,
+    agent: Arc<Agent>,
+    input: impl Fn(&Value) -> Result<(Vec<Message>, AgentOptions), StepError> + Send + Sync + 'static,
+) -> Step {
+    let input: Arc<AgentStepInput> = Arc::new(input);
     Step::new(id, move |ctx| {
         let agent = Arc::clone(&agent);
-        let prompt = prompt(ctx.input());
+        let input = Arc::clone(&input);
         async move {
+            // The options come from the step input, which a resumed step sees again, unchanged.
+            let (messages, options) = input(ctx.input())?;
+            let start = match (ctx.resume_data(), ctx.saved_state()) {
+                (None, _) => AgentInput::Messages(messages),
+                (Some(data), Some(state)) => {
+                    let decision: ApprovalDecision = serde_json::from_value(data.clone()).map_err(|e| {
+                        StepError::new(format!("resume_data must be {{\"approved\": bool, \"reason\"?: string}}: {e}"))
+                            .non_retryable()
+                    })?;
+                    AgentInput::Resume { state: state.clone(), decision }
+                }
+                (Some(_), None) => {
+                    return Err(StepError::new(format!(
+                        "agent '{}' was resumed but has no tool call awaiting approval",
+                        agent.id
+                    ))
+                    .non_retryable());
+                }
+            };
             let writer = ctx.writer().clone();
             let cancel = ctx.cancellation_token().clone();
-            let outcome =
-                run_agent(&agent, vec![Message::user(prompt)], move |chunk| writer.agent(chunk), cancel).await;
+            let outcome = run_agent_with(&agent, start, &options, move |chunk| writer.agent(chunk), cancel).await;
             match outcome.end {
-                AgentEnd::Finished(_) => {
-                    Ok(StepOutcome::Done(json!({ "text": outcome.text, "usage": usage_json(&outcome.usage) })))
+                AgentEnd::Finished(reason) => {
+                    let mut output = json!({
+                        "text": outcome.text,
+                        "usage": usage_json(&outcome.usage),
+                        "steps": outcome.steps,
+                        "finish_reason": reason.as_str(),
+                    });
+                    if let Some(object) = outcome.object {
+                        output["object"] = object;
+                    }
+                    Ok(StepOutcome::Done(output))
                 }
-                AgentEnd::Failed(error) => Err(StepError::new(error.message)),
+                AgentEnd::AwaitingApproval { approval, state } => {
+                    ctx.save_state(state);
+                    Ok(StepOutcome::suspend(json!({
+                        "reason": "tool-call-approval",
+                        "tool_call_id": &*approval.tool_call_id,
+                        "tool_name": &*approval.tool_name,
+                        "args": approval.args,
+                    })))
+                }
+                AgentEnd::Tripwire { reason, processor_id } => Err(StepError::tripwire(reason)
+                    .with_details(json!({ "processor_id": processor_id, "agent_id": &*agent.id }))),
+                // The model client already retried transient failures; running the whole agent again would repeat
+                // its streamed chunks and tool calls.
+                AgentEnd::Failed(error) => Err(StepError::new(error.message).non_retryable()),
                 AgentEnd::Aborted => Err(StepError::new(format!("agent '{}' was canceled", agent.id))),
             }
         }
     })
-    .description(description)
+}
+
+fn with_approval_schema(step: Step, agent: &Agent) -> Step {
+    if agent.needs_approvals() { step.resume_schema(approval_schema()) } else { step }
+}
+
+/// The agent as a runnable: a one-step workflow of the same id, whose step (also named after the agent) runs it.
+///
+/// Input: `{"prompt": "..."}` or `{"messages": [{"role": "user", "content": "..."}, ...]}` (both: the prompt is
+/// appended as a last user message), and optionally `"output_schema"` (a JSON Schema: structured output) and
+/// `"reasoning_effort"` (`low`, `medium`, `high`). Result: `{"text", "usage", "steps", "finish_reason",
+/// "object"?}`.
+pub fn workflow(agent: Arc<Agent>) -> Arc<Workflow> {
+    let step = agent_step_with(agent.id.to_string(), Arc::clone(&agent), |input| {
+        agent_run_input(input).map_err(|e| StepError::new(e.to_string()).non_retryable())
+    });
+    let step = with_approval_schema(step, &agent).description(format!("Runs agent '{}'.", agent.id));
+    Workflow::builder(agent.id.to_string())
+        .kind(RunKind::Agent)
+        .meta(RunnableMeta {
+            model: agent.model.model_id().to_owned(),
+            tools: agent.tools.iter().map(Tool::meta).collect(),
+            members: Vec::new(),
+        })
+        .description(agent.description.clone())
+        .input_schema(agent_input_schema())
+        .input_check(|input| agent_run_input(input).map(|_| ()))
+        .then(step)
+        .commit()
+}
+
+/// JSON Schema of an agent run's input.
+fn agent_input_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "prompt": { "type": "string", "minLength": 1, "description": "the user's message" },
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "description": "the conversation so far, oldest first",
+                "items": {
+                    "type": "object",
+                    "required": ["role", "content"],
+                    "properties": {
+                        "role": { "enum": ["system", "user", "assistant"] },
+                        "content": { "type": "string" }
+                    },
+                    "additionalProperties": false
+                }
+            },
+            "output_schema": { "type": "object", "description": "JSON Schema of a structured answer" },
+            "reasoning_effort": { "enum": ["low", "medium", "high"] }
+        },
+        "anyOf": [{ "required": ["prompt"] }, { "required": ["messages"] }],
+        "additionalProperties": false
+    })
+}
+
+/// The messages and options of an agent run's input (already checked against [`agent_input_schema`]).
+fn agent_run_input(input: &Value) -> Result<(Vec<Message>, AgentOptions), SchemaViolation> {
+    let violation = |path: &str, message: String| SchemaViolation { path: path.to_owned(), message };
+    let mut messages: Vec<Message> = match input.get("messages") {
+        Some(m) => serde_json::from_value(m.clone()).map_err(|e| violation("input.messages", e.to_string()))?,
+        None => Vec::new(),
+    };
+    if let Some(prompt) = input.get("prompt").and_then(Value::as_str) {
+        messages.push(Message::user(prompt));
+    }
+    let output_schema = match input.get("output_schema") {
+        Some(schema) => Some(
+            Schema::compile(schema.clone())
+                .map_err(|e| violation("input.output_schema", format!("not a valid JSON Schema: {e}")))?,
+        ),
+        None => None,
+    };
+    let reasoning_effort = match input.get("reasoning_effort") {
+        Some(effort) => Some(
+            serde_json::from_value::<ReasoningEffort>(effort.clone())
+                .map_err(|e| violation("input.reasoning_effort", e.to_string()))?,
+        ),
+        None => None,
+    };
+    Ok((messages, AgentOptions { output_schema, reasoning_effort }))
 }
 
 /// Usage as JSON, with the proto's field names.
@@ -297,6 +502,36 @@ pub fn assistant_with(model: Arc<dyn ModelProvider>) -> Arc<Agent> {
         )
         .description("A helpful assistant with weather and calculator tools.")
         .tool(tools::get_weather_tool())
-        .tool(tools::calculator_tool()),
+        .tool(tools::calculator_tool())
+        .output_guardrail(tools::secret_guard()),
+    )
+}
+
+/// Id of the built-in [`concierge`] agent.
+pub const CONCIERGE_ID: &str = "concierge";
+
+/// The built-in concierge: checks the weather and books activities; every booking waits for the user's approval
+/// (its run suspends with `ToolCallApproval`).
+pub fn concierge() -> Arc<Agent> {
+    let model = model_from_env().unwrap_or_else(|e| {
+        tracing::warn!("{e}; the concierge agent uses the offline model instead");
+        Arc::new(OfflineModel::new())
+    });
+    concierge_with(model)
+}
+
+/// The [`concierge`] with a given model.
+pub fn concierge_with(model: Arc<dyn ModelProvider>) -> Arc<Agent> {
+    Arc::new(
+        Agent::new(
+            CONCIERGE_ID,
+            "You are a concierge. Check the weather with get-weather when it matters, and book activities with \
+             book-activity when the user asks; the user approves each booking. Confirm what was booked.",
+            model,
+        )
+        .description("Checks the weather and books activities; each booking needs the user's approval.")
+        .tool(tools::get_weather_tool())
+        .tool(tools::book_activity_tool())
+        .output_guardrail(tools::secret_guard()),
     )
 }

@@ -1,23 +1,29 @@
 //! The agent loop; see the [module docs](super) for the chunks it emits and why.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::Arc,
+};
 
 use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::{Agent, ToolContext, ToolError};
+use super::{Agent, ToolContext, ToolError, partial_json::parse_partial};
 use crate::{
-    engine::{AgentChunk, ErrorInfo, FinishReason, Usage},
-    model::{self, Message, ModelChunk, ModelError, ModelRequest, ToolCall},
+    engine::{AgentChunk, ErrorInfo, FinishReason, ToolCallApproval, Usage, schema::Schema},
+    model::{self, Message, ModelChunk, ModelError, ModelRequest, ReasoningEffort, ResponseSchema, ToolCall},
 };
 
 /// How a run of the loop ended, and what it produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentOutcome {
     pub end: AgentEnd,
-    /// The last model call's text (empty when the agent failed or was aborted before finishing).
+    /// The last model call's text (empty when the agent did not finish). With an output schema, the JSON text.
     pub text: String,
+    /// The structured output, when an output schema was asked for and the agent finished.
+    pub object: Option<Value>,
     /// Summed over all model calls that completed.
     pub usage: Usage,
     /// Model calls made.
@@ -30,10 +36,50 @@ pub struct AgentOutcome {
 pub enum AgentEnd {
     /// The agent answered (the last call's finish reason; `ToolCalls` when `max_steps` cut it short).
     Finished(FinishReason),
-    /// A model error ended the loop; also streamed as `AgentError`.
+    /// A model error ended the loop (or the structured output was unusable); also streamed as `AgentError`.
     Failed(ErrorInfo),
     /// The run was canceled; streamed as `AgentAbort`.
     Aborted,
+    /// A tool call needs a person's decision; streamed as `ToolCallApproval`. Continue with
+    /// [`AgentInput::Resume`], handing back `state`.
+    AwaitingApproval { approval: ToolCallApproval, state: Value },
+    /// An output guardrail stopped the agent; streamed as `Tripwire`.
+    Tripwire { reason: String, processor_id: String },
+}
+
+/// What the loop starts from.
+#[derive(Debug, Clone)]
+pub enum AgentInput {
+    /// A new conversation (the instructions are prepended as the system message).
+    Messages(Vec<Message>),
+    /// Continue after [`AgentEnd::AwaitingApproval`] with the decision on the pending call.
+    Resume { state: Value, decision: ApprovalDecision },
+}
+
+/// A person's answer to a `ToolCallApproval`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ApprovalDecision {
+    pub approved: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Per-run options of the loop.
+#[derive(Debug, Clone, Default)]
+pub struct AgentOptions {
+    /// Ask for structured output: every model call is asked for JSON satisfying this schema, the answer streams as
+    /// `ObjectPartial`s instead of text parts, and is checked before `ObjectResult`.
+    pub output_schema: Option<Schema>,
+    /// Ask the model to reason first (reasoning models; the offline model streams a scripted reasoning part).
+    pub reasoning_effort: Option<ReasoningEffort>,
+}
+
+/// Runs `agent` on `messages`, emitting every chunk through `emit`; see [`run_agent_with`].
+pub async fn run_agent<F>(agent: &Agent, messages: Vec<Message>, emit: F, cancel: CancellationToken) -> AgentOutcome
+where
+    F: Fn(AgentChunk) + Send + Sync,
+{
+    run_agent_with(agent, AgentInput::Messages(messages), &AgentOptions::default(), emit, cancel).await
 }
 
 /// Emits `AgentAbort` unless the loop ended otherwise, so that dropping the loop's future mid-run (the engine drops
@@ -51,141 +97,227 @@ impl<F: Fn(AgentChunk)> Drop for AbortGuard<'_, F> {
     }
 }
 
-/// A tool call as the model streams it.
-struct PendingCall {
-    id: Arc<str>,
-    name: Arc<str>,
-    arguments: String,
+/// Everything the loop needs to go on after a suspension. Kept by the engine in the run's snapshot (see
+/// `StepContext::save_state`), never shown to callers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LoopState {
+    message_id: String,
+    conversation: Vec<Message>,
+    steps: u32,
+    total: Usage,
+    parts: PartIds,
+    /// The tool half of the current model call, while its tools run (or wait for approval).
+    pending: Option<ToolPhase>,
 }
 
-/// What one model call (one attempt of it) has produced so far.
-#[derive(Default)]
-struct CallState {
+/// A model call whose response is complete and whose tool calls are being executed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ToolPhase {
     text: String,
-    open_text: Option<Arc<str>>,
-    open_reasoning: Option<Arc<str>>,
-    /// By the model's `index`, so calls come out in the order the model made them.
-    calls: BTreeMap<u32, PendingCall>,
-    finish: Option<(model::FinishReason, String)>,
+    reason: model::FinishReason,
+    raw: String,
     usage: Usage,
+    /// The calls as the model made them, for the conversation.
+    tool_calls: Vec<ToolCall>,
+    /// Calls still to execute, in the model's order. The first may be waiting for approval.
+    queue: VecDeque<QueuedCall>,
+    /// Answers so far, errors included: every call gets one.
+    answers: Vec<ToolAnswer>,
 }
 
-/// Runs `agent` on `messages` (the instructions are prepended as the system message), emitting every chunk through
-/// `emit`, until the model answers without tool calls, `max_steps` calls were made, a model error occurs or
-/// `cancel` fires.
-pub async fn run_agent<F>(agent: &Agent, messages: Vec<Message>, emit: F, cancel: CancellationToken) -> AgentOutcome
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct QueuedCall {
+    id: String,
+    name: String,
+    args: Value,
+    /// A person approved this call: run it without asking again.
+    #[serde(default)]
+    approved: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ToolAnswer {
+    id: String,
+    name: String,
+    content: String,
+}
+
+/// What stopped a model call's stream early.
+enum CallEnd {
+    Complete,
+    Failed(String),
+    Tripped { processor_id: String, reason: String },
+}
+
+/// Runs the loop from `input`, emitting every chunk through `emit`, until the model answers without tool calls,
+/// `max_steps` calls were made, a model error occurs, a tool call needs approval, a guardrail trips or `cancel`
+/// fires.
+pub async fn run_agent_with<F>(
+    agent: &Agent,
+    input: AgentInput,
+    options: &AgentOptions,
+    emit: F,
+    cancel: CancellationToken,
+) -> AgentOutcome
 where
     F: Fn(AgentChunk) + Send + Sync,
 {
     let mut guard = AbortGuard { emit: &emit, ended: false };
-    let message_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
-    emit(AgentChunk::AgentStart { agent_id: Arc::clone(&agent.id), message_id: Arc::clone(&message_id) });
-
-    let mut conversation = Vec::with_capacity(messages.len() + 1);
-    if !agent.instructions.is_empty() {
-        conversation.push(Message::system(agent.instructions.clone()));
-    }
-    conversation.extend(messages);
+    let mut st = match input {
+        AgentInput::Messages(messages) => {
+            let message_id = uuid::Uuid::new_v4().to_string();
+            emit(AgentChunk::AgentStart { agent_id: Arc::clone(&agent.id), message_id: Arc::from(message_id.as_str()) });
+            let mut conversation = Vec::with_capacity(messages.len() + 1);
+            if !agent.instructions.is_empty() {
+                conversation.push(Message::system(agent.instructions.clone()));
+            }
+            conversation.extend(messages);
+            LoopState { message_id, conversation, steps: 0, total: Usage::default(), parts: PartIds::default(), pending: None }
+        }
+        AgentInput::Resume { state, decision } => match resume_state(state, decision, &emit) {
+            Ok(st) => st,
+            Err(message) => {
+                let error = ErrorInfo::new("ResumeError", message);
+                emit(AgentChunk::AgentError { error: error.clone() });
+                guard.ended = true;
+                return outcome(AgentEnd::Failed(error), String::new(), None, Usage::default(), 0, Vec::new());
+            }
+        },
+    };
+    let message_id: Arc<str> = Arc::from(st.message_id.as_str());
     let specs: Vec<_> = agent.tools.iter().map(|t| t.spec()).collect();
-    let mut parts = PartIds::default();
-    let mut total = Usage::default();
-    let mut steps = 0u32;
     let max_steps = agent.max_steps.max(1);
+    let response_schema = options.output_schema.as_ref().map(|schema| ResponseSchema {
+        name: "output".to_owned(),
+        schema: schema.raw().clone(),
+        strict: false,
+    });
 
     // Every return through `aborted` leaves `guard.ended` false, so the guard emits `AgentAbort` on the way out.
-    let aborted =
-        |usage, steps, messages| AgentOutcome { end: AgentEnd::Aborted, text: String::new(), usage, steps, messages };
+    let aborted = |st: LoopState| outcome(AgentEnd::Aborted, String::new(), None, st.total, st.steps, st.conversation);
 
     loop {
-        if cancel.is_cancelled() {
-            return aborted(total, steps, conversation);
-        }
-        steps += 1;
-        emit(AgentChunk::AgentStepStart {
-            message_id: Arc::clone(&message_id),
-            step_number: steps,
-            request: None,
-            warnings: Vec::new(),
-        });
-
-        // Stream one model call.
-        let request = ModelRequest::new(conversation.clone()).with_tools(specs.clone());
-        let mut stream = agent.model.stream(request, cancel.clone());
-        let mut call = CallState::default();
-        let failure = loop {
-            let item = tokio::select! {
-                biased;
-                () = cancel.cancelled() => return aborted(total, steps, conversation),
-                item = stream.next() => item,
-            };
-            match item {
-                None => break None,
-                Some(Err(ModelError::Canceled)) => return aborted(total, steps, conversation),
-                Some(Err(e)) => break Some(e.to_string()),
-                Some(Ok(chunk)) => call.on_chunk(chunk, &emit, &mut parts),
+        if st.pending.is_none() {
+            // One model call.
+            if cancel.is_cancelled() {
+                return aborted(st);
             }
-        };
-        call.close_parts(&emit);
-        let failure = failure
-            .or_else(|| call.finish.is_none().then(|| "the model's response ended without a finish reason".to_owned()));
-        if let Some(message) = failure {
-            // The partial calls will never be made; close their input streams so every start has its end.
-            call.close_tool_inputs(&emit);
-            let error = ErrorInfo::new("ModelError", message);
-            emit(AgentChunk::AgentError { error: error.clone() });
-            guard.ended = true;
-            return AgentOutcome {
-                end: AgentEnd::Failed(error),
-                text: String::new(),
-                usage: total,
-                steps,
-                messages: conversation,
-            };
-        }
-        let (reason, raw) = call.finish.take().unwrap_or((model::FinishReason::Other, String::new()));
-        total.add(&call.usage);
-
-        // The arguments are complete now: close their streams and parse them.
-        let mut runnable = Vec::new();
-        let mut results: Vec<(Arc<str>, Arc<str>, String)> = Vec::new();
-        let mut tool_calls = Vec::with_capacity(call.calls.len());
-        for pending in call.calls.into_values() {
-            emit(AgentChunk::ToolCallInputStreamingEnd { tool_call_id: Arc::clone(&pending.id) });
-            let parsed = if pending.arguments.trim().is_empty() {
-                // Models send no arguments at all for tools without parameters.
-                Ok(json!({}))
-            } else {
-                serde_json::from_str::<Value>(&pending.arguments)
-            };
-            match parsed {
-                Ok(args) => {
-                    emit(AgentChunk::ToolCall {
-                        tool_call_id: Arc::clone(&pending.id),
-                        tool_name: Arc::clone(&pending.name),
-                        args: args.clone(),
-                        provider_executed: false,
-                        dynamic: false,
-                        title: None,
-                    });
-                    runnable.push((Arc::clone(&pending.id), Arc::clone(&pending.name), args));
-                }
-                Err(e) => {
-                    let error =
-                        ToolError::args(format!("the arguments of tool '{}' are not valid JSON: {e}", pending.name));
-                    emit(tool_error_chunk(&pending.id, &pending.name, None, &error, Some(&pending.arguments)));
-                    results.push((Arc::clone(&pending.id), Arc::clone(&pending.name), error_content(&error)));
-                }
-            }
-            tool_calls.push(ToolCall {
-                id: pending.id.to_string(),
-                name: pending.name.to_string(),
-                arguments: pending.arguments,
+            st.steps += 1;
+            emit(AgentChunk::AgentStepStart {
+                message_id: Arc::clone(&message_id),
+                step_number: st.steps,
+                request: None,
+                warnings: Vec::new(),
             });
+            let mut request = ModelRequest::new(st.conversation.clone()).with_tools(specs.clone());
+            request.response_schema = response_schema.clone();
+            request.reasoning_effort = options.reasoning_effort;
+            let mut stream = agent.model.stream(request, cancel.clone());
+            let mut call = CallState { structured: options.output_schema.is_some(), ..CallState::default() };
+            let end = loop {
+                let item = tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => return aborted(st),
+                    item = stream.next() => item,
+                };
+                match item {
+                    None => break CallEnd::Complete,
+                    Some(Err(ModelError::Canceled)) => return aborted(st),
+                    Some(Err(e)) => break CallEnd::Failed(e.to_string()),
+                    Some(Ok(chunk)) => {
+                        if let Some((processor_id, reason)) = call.on_chunk(chunk, agent, &emit, &mut st.parts) {
+                            break CallEnd::Tripped { processor_id, reason };
+                        }
+                    }
+                }
+            };
+            drop(stream);
+            call.close_parts(&emit);
+            let end = match end {
+                CallEnd::Complete if call.finish.is_none() => {
+                    CallEnd::Failed("the model's response ended without a finish reason".to_owned())
+                }
+                other => other,
+            };
+            match end {
+                CallEnd::Complete => {}
+                CallEnd::Failed(message) => {
+                    // The partial calls will never be made; close their input streams so every start has its end.
+                    call.close_tool_inputs(&emit);
+                    let error = ErrorInfo::new("ModelError", message);
+                    emit(AgentChunk::AgentError { error: error.clone() });
+                    guard.ended = true;
+                    return outcome(AgentEnd::Failed(error), String::new(), None, st.total, st.steps, st.conversation);
+                }
+                CallEnd::Tripped { processor_id, reason } => {
+                    call.close_tool_inputs(&emit);
+                    emit(AgentChunk::Tripwire {
+                        reason: reason.clone(),
+                        retry: false,
+                        metadata: None,
+                        processor_id: Some(processor_id.clone()),
+                    });
+                    // The call was cut short: its usage is whatever the provider reported before the cut.
+                    st.total.add(&call.usage);
+                    emit(AgentChunk::AgentStepFinish {
+                        message_id: Arc::clone(&message_id),
+                        step_number: st.steps,
+                        reason: FinishReason::Tripwire,
+                        raw_reason: None,
+                        usage: call.usage,
+                        text: String::new(),
+                        is_continued: false,
+                        warnings: Vec::new(),
+                    });
+                    emit(AgentChunk::AgentFinish {
+                        reason: FinishReason::Tripwire,
+                        usage: st.total,
+                        text: String::new(),
+                        steps: st.steps,
+                        object: None,
+                    });
+                    guard.ended = true;
+                    let end = AgentEnd::Tripwire { reason, processor_id };
+                    return outcome(end, String::new(), None, st.total, st.steps, st.conversation);
+                }
+            }
+            st.total.add(&call.usage);
+            st.pending = Some(call.into_tool_phase(&emit));
         }
 
-        // Run the tools, in the order the model called them.
-        for (id, name, args) in runnable {
-            let result = match agent.tools.iter().find(|t| **t.name_arc() == *name) {
+        // The tool half: run the calls in the model's order, stopping at one that needs approval.
+        let Some(mut phase) = st.pending.take() else { continue };
+        while let Some(next) = phase.queue.front() {
+            let tool = agent.tools.iter().find(|t| t.name() == next.name);
+            if let Some(tool) = tool
+                && tool.requires_approval()
+                && !next.approved
+            {
+                let approval = ToolCallApproval {
+                    tool_call_id: Arc::from(next.id.as_str()),
+                    tool_name: Arc::from(next.name.as_str()),
+                    args: next.args.clone(),
+                    resume_schema: Some(approval_schema()),
+                };
+                emit(AgentChunk::ToolCallApproval(approval.clone()));
+                guard.ended = true;
+                st.pending = Some(phase);
+                let (usage, steps) = (st.total, st.steps);
+                let state = match serde_json::to_value(&st) {
+                    Ok(state) => state,
+                    // Plain data throughout; only a bug could make this fail, and then the run must say so.
+                    Err(e) => {
+                        let error = ErrorInfo::new("AgentStateError", format!("cannot save the agent's state: {e}"));
+                        emit(AgentChunk::AgentError { error: error.clone() });
+                        return outcome(AgentEnd::Failed(error), String::new(), None, usage, steps, Vec::new());
+                    }
+                };
+                let end = AgentEnd::AwaitingApproval { approval, state };
+                return outcome(end, String::new(), None, usage, steps, st.conversation);
+            }
+            let Some(call) = phase.queue.pop_front() else { break };
+            let (id, name): (Arc<str>, Arc<str>) = (Arc::from(call.id.as_str()), Arc::from(call.name.as_str()));
+            let result = match tool {
                 None => Err(ToolError::new(format!(
                     "unknown tool '{name}'; this agent has: [{}]",
                     agent.tools.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
@@ -198,96 +330,206 @@ where
                     };
                     tokio::select! {
                         biased;
-                        () = cancel.cancelled() => return aborted(total, steps, conversation),
-                        r = tool.call(ctx, args.clone()) => r,
+                        () = cancel.cancelled() => return aborted(st),
+                        r = tool.call(ctx, call.args.clone()) => r,
                     }
                 }
             };
-            match result {
+            let content = match result {
                 Ok(value) => {
                     let content = value.to_string();
                     emit(AgentChunk::ToolResult {
-                        tool_call_id: Arc::clone(&id),
-                        tool_name: Arc::clone(&name),
+                        tool_call_id: id,
+                        tool_name: name,
                         result: value,
                         is_error: false,
-                        args: Some(args),
+                        args: Some(call.args),
                         provider_executed: false,
                         dynamic: false,
                     });
-                    results.push((id, name, content));
+                    content
                 }
                 Err(error) => {
-                    emit(tool_error_chunk(&id, &name, Some(args), &error, None));
-                    results.push((id, name, error_content(&error)));
+                    emit(tool_error_chunk(&id, &name, Some(call.args), &error, None));
+                    error_content(&error.message)
                 }
-            }
+            };
+            phase.answers.push(ToolAnswer { id: call.id, name: call.name, content });
         }
 
-        let called_tools = !tool_calls.is_empty();
-        let is_continued = called_tools && steps < max_steps;
+        let called_tools = !phase.tool_calls.is_empty();
+        let is_continued = called_tools && st.steps < max_steps;
+        let reason = finish_reason(phase.reason);
         emit(AgentChunk::AgentStepFinish {
             message_id: Arc::clone(&message_id),
-            step_number: steps,
-            reason: finish_reason(reason),
-            raw_reason: Some(raw),
-            usage: call.usage,
-            text: call.text.clone(),
+            step_number: st.steps,
+            reason,
+            raw_reason: Some(phase.raw),
+            usage: phase.usage,
+            text: phase.text.clone(),
             is_continued,
             warnings: Vec::new(),
         });
-        let content = (!call.text.is_empty()).then(|| call.text.clone());
-        conversation.push(Message::Assistant { content, tool_calls });
+        let content = (!phase.text.is_empty()).then(|| phase.text.clone());
         // Tool results follow the assistant message in call order, answering each call (errors included), because
         // Chat Completions rejects a conversation with an unanswered call.
-        let mut by_id: BTreeMap<Arc<str>, (Arc<str>, String)> = BTreeMap::new();
-        for (id, name, content) in results {
-            by_id.insert(id, (name, content));
-        }
-        if let Some(Message::Assistant { tool_calls, .. }) = conversation.last() {
-            let answers: Vec<Message> = tool_calls
-                .iter()
-                .filter_map(|c| {
-                    by_id
-                        .remove(c.id.as_str())
-                        .map(|(name, content)| Message::tool_result(c.id.clone(), name.to_string(), content))
-                })
-                .collect();
-            conversation.extend(answers);
-        }
+        let mut by_id: BTreeMap<String, ToolAnswer> = phase.answers.into_iter().map(|a| (a.id.clone(), a)).collect();
+        let answers: Vec<Message> = phase
+            .tool_calls
+            .iter()
+            .filter_map(|c| by_id.remove(&c.id).map(|a| Message::tool_result(a.id, a.name, a.content)))
+            .collect();
+        st.conversation.push(Message::Assistant { content, tool_calls: phase.tool_calls });
+        st.conversation.extend(answers);
 
         if !is_continued {
+            let object = match &options.output_schema {
+                None => None,
+                Some(schema) => match structured_output(schema, &phase.text) {
+                    Ok(object) => {
+                        emit(AgentChunk::ObjectResult { object: object.clone() });
+                        Some(object)
+                    }
+                    Err(message) => {
+                        let error = ErrorInfo::new("StructuredOutputError", message);
+                        emit(AgentChunk::AgentError { error: error.clone() });
+                        guard.ended = true;
+                        return outcome(AgentEnd::Failed(error), phase.text, None, st.total, st.steps, st.conversation);
+                    }
+                },
+            };
             emit(AgentChunk::AgentFinish {
-                reason: finish_reason(reason),
-                usage: total,
-                text: call.text.clone(),
-                steps,
-                object: None,
+                reason,
+                usage: st.total,
+                text: phase.text.clone(),
+                steps: st.steps,
+                object: object.clone(),
             });
             guard.ended = true;
-            return AgentOutcome {
-                end: AgentEnd::Finished(finish_reason(reason)),
-                text: call.text,
-                usage: total,
-                steps,
-                messages: conversation,
-            };
+            return outcome(AgentEnd::Finished(reason), phase.text, object, st.total, st.steps, st.conversation);
         }
     }
 }
 
+fn outcome(
+    end: AgentEnd,
+    text: String,
+    object: Option<Value>,
+    usage: Usage,
+    steps: u32,
+    messages: Vec<Message>,
+) -> AgentOutcome {
+    AgentOutcome { end, text, object, usage, steps, messages }
+}
+
+/// JSON Schema of the resume data an approval takes.
+pub fn approval_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["approved"],
+        "properties": {
+            "approved": { "type": "boolean", "description": "true runs the tool call; false declines it" },
+            "reason": { "type": "string", "description": "why, shown to the model when declined" }
+        },
+        "additionalProperties": false
+    })
+}
+
+/// Restores the loop after an approval and applies the decision to the call that waited for it.
+fn resume_state(state: Value, decision: ApprovalDecision, emit: &impl Fn(AgentChunk)) -> Result<LoopState, String> {
+    let mut st: LoopState =
+        serde_json::from_value(state).map_err(|e| format!("the agent's saved state is unreadable: {e}"))?;
+    let Some(phase) = st.pending.as_mut() else {
+        return Err("the agent's saved state has no tool call awaiting approval".to_owned());
+    };
+    let Some(head) = phase.queue.front_mut() else {
+        return Err("the agent's saved state has no tool call awaiting approval".to_owned());
+    };
+    if decision.approved {
+        head.approved = true;
+    } else if let Some(call) = phase.queue.pop_front() {
+        emit(AgentChunk::ToolOutputDenied {
+            tool_call_id: Arc::from(call.id.as_str()),
+            tool_name: Arc::from(call.name.as_str()),
+            args: Some(call.args),
+            approval_id: call.id.clone(),
+            reason: decision.reason.clone(),
+        });
+        // The model learns that the call was declined (and why), so it can answer without it.
+        let why = decision.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+        let content = error_content(&format!("the user declined this call to '{}'{why}", call.name));
+        phase.answers.push(ToolAnswer { id: call.id, name: call.name, content });
+    }
+    Ok(st)
+}
+
+/// Parses and checks the final structured answer.
+fn structured_output(schema: &Schema, text: &str) -> Result<Value, String> {
+    let object: Value = serde_json::from_str(text.trim())
+        .map_err(|e| format!("the model's answer is not the JSON the output schema asks for: {e}"))?;
+    schema.validate(&object, "object").map_err(|v| format!("the model's answer does not match the output schema: {v}"))?;
+    Ok(object)
+}
+
+/// A tool call as the model streams it.
+struct PendingCall {
+    id: Arc<str>,
+    name: Arc<str>,
+    arguments: String,
+}
+
+/// What one model call (one attempt of it) has produced so far.
+#[derive(Default)]
+struct CallState {
+    /// Text deltas are the structured answer: stream them as `ObjectPartial`s, not as text parts.
+    structured: bool,
+    text: String,
+    last_partial: Option<Value>,
+    open_text: Option<Arc<str>>,
+    open_reasoning: Option<Arc<str>>,
+    /// By the model's `index`, so calls come out in the order the model made them.
+    calls: BTreeMap<u32, PendingCall>,
+    finish: Option<(model::FinishReason, String)>,
+    usage: Usage,
+}
+
 impl CallState {
-    /// Maps one model chunk to agent chunks.
-    fn on_chunk(&mut self, chunk: ModelChunk, emit: &impl Fn(AgentChunk), parts: &mut PartIds) {
+    /// Maps one model chunk to agent chunks. Returns the guardrail that tripped, if one did: the offending text is
+    /// then not emitted.
+    fn on_chunk(
+        &mut self,
+        chunk: ModelChunk,
+        agent: &Agent,
+        emit: &impl Fn(AgentChunk),
+        parts: &mut PartIds,
+    ) -> Option<(String, String)> {
         match chunk {
             ModelChunk::ResponseMetadata { id, model } => {
                 emit(AgentChunk::ResponseMetadata { id, model_id: model, signature: None });
             }
             ModelChunk::TextDelta { text } => {
                 if text.is_empty() {
-                    return;
+                    return None;
                 }
+                // Guardrails see the whole answer so far, so a secret split across deltas is still caught, and
+                // they see it before the client does.
+                let candidate = format!("{}{text}", self.text);
+                for guardrail in &agent.output_guardrails {
+                    if let Some(reason) = guardrail.check(&candidate) {
+                        return Some((guardrail.id().to_owned(), reason));
+                    }
+                }
+                self.text = candidate;
                 self.close_reasoning(emit);
+                if self.structured {
+                    if let Some(object) = parse_partial(&self.text)
+                        && self.last_partial.as_ref() != Some(&object)
+                    {
+                        self.last_partial = Some(object.clone());
+                        emit(AgentChunk::ObjectPartial { object });
+                    }
+                    return None;
+                }
                 let id = match &self.open_text {
                     Some(id) => Arc::clone(id),
                     None => {
@@ -297,12 +539,11 @@ impl CallState {
                         id
                     }
                 };
-                self.text.push_str(&text);
                 emit(AgentChunk::TextDelta { id, text });
             }
             ModelChunk::ReasoningDelta { text } => {
                 if text.is_empty() {
-                    return;
+                    return None;
                 }
                 self.close_text(emit);
                 let id = match &self.open_reasoning {
@@ -345,9 +586,62 @@ impl CallState {
             ModelChunk::Restart { .. } => {
                 self.close_parts(emit);
                 self.close_tool_inputs(emit);
-                *self = CallState::default();
+                *self = CallState { structured: self.structured, ..CallState::default() };
             }
         }
+        None
+    }
+
+    /// The response is complete: close the tool calls' input streams, parse their arguments (a call whose
+    /// arguments are not JSON is answered with an error at once) and queue the rest for execution.
+    fn into_tool_phase(self, emit: &impl Fn(AgentChunk)) -> ToolPhase {
+        let (reason, raw) = self.finish.unwrap_or((model::FinishReason::Other, String::new()));
+        let mut queue = VecDeque::new();
+        let mut answers = Vec::new();
+        let mut tool_calls = Vec::with_capacity(self.calls.len());
+        for pending in self.calls.into_values() {
+            emit(AgentChunk::ToolCallInputStreamingEnd { tool_call_id: Arc::clone(&pending.id) });
+            let parsed = if pending.arguments.trim().is_empty() {
+                // Models send no arguments at all for tools without parameters.
+                Ok(json!({}))
+            } else {
+                serde_json::from_str::<Value>(&pending.arguments)
+            };
+            match parsed {
+                Ok(args) => {
+                    emit(AgentChunk::ToolCall {
+                        tool_call_id: Arc::clone(&pending.id),
+                        tool_name: Arc::clone(&pending.name),
+                        args: args.clone(),
+                        provider_executed: false,
+                        dynamic: false,
+                        title: None,
+                    });
+                    queue.push_back(QueuedCall {
+                        id: pending.id.to_string(),
+                        name: pending.name.to_string(),
+                        args,
+                        approved: false,
+                    });
+                }
+                Err(e) => {
+                    let error =
+                        ToolError::args(format!("the arguments of tool '{}' are not valid JSON: {e}", pending.name));
+                    emit(tool_error_chunk(&pending.id, &pending.name, None, &error, Some(&pending.arguments)));
+                    answers.push(ToolAnswer {
+                        id: pending.id.to_string(),
+                        name: pending.name.to_string(),
+                        content: error_content(&error.message),
+                    });
+                }
+            }
+            tool_calls.push(ToolCall {
+                id: pending.id.to_string(),
+                name: pending.name.to_string(),
+                arguments: pending.arguments,
+            });
+        }
+        ToolPhase { text: self.text, reason, raw, usage: self.usage, tool_calls, queue, answers }
     }
 
     fn close_text(&mut self, emit: &impl Fn(AgentChunk)) {
@@ -377,7 +671,7 @@ impl CallState {
 
 /// Text and reasoning part ids, unique within one agent run (`text-1`, `reasoning-1`, `text-2`, ...). Counters
 /// rather than random ids keep streams reproducible.
-#[derive(Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct PartIds {
     text: u32,
     reasoning: u32,
@@ -411,9 +705,9 @@ fn tool_error_chunk(
     }
 }
 
-/// What the model reads for a failed call: the error as JSON, so it can tell it from a result.
-fn error_content(error: &ToolError) -> String {
-    json!({ "error": error.message }).to_string()
+/// What the model reads for a failed (or declined) call: the error as JSON, so it can tell it from a result.
+fn error_content(message: &str) -> String {
+    json!({ "error": message }).to_string()
 }
 
 fn finish_reason(reason: model::FinishReason) -> FinishReason {

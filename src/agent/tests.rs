@@ -142,6 +142,15 @@ fn describe(chunk: &AgentChunk) -> String {
         AgentChunk::AgentFinish { reason, text, steps, .. } => format!("finish {reason:?} {text:?} steps={steps}"),
         AgentChunk::AgentError { error } => format!("error {}: {}", error.name, error.message),
         AgentChunk::AgentAbort { reason } => format!("abort {reason}"),
+        AgentChunk::ToolCallApproval(a) => format!("approval {} {} {}", a.tool_call_id, a.tool_name, a.args),
+        AgentChunk::ToolOutputDenied { tool_call_id, reason, .. } => {
+            format!("denied {tool_call_id} {}", reason.as_deref().unwrap_or(""))
+        }
+        AgentChunk::Tripwire { reason, processor_id, .. } => {
+            format!("tripwire {}: {reason}", processor_id.as_deref().unwrap_or(""))
+        }
+        AgentChunk::ObjectPartial { object } => format!("object {object}"),
+        AgentChunk::ObjectResult { object } => format!("object-result {object}"),
         other => format!("{other:?}"),
     }
 }
@@ -543,7 +552,12 @@ mod as_a_step {
         assert_eq!(out.status, RunStatus::Success);
         assert_eq!(
             out.result.unwrap(),
-            json!({"text": "hi", "usage": usage_json(&Usage { input_tokens: 2, output_tokens: 1, total_tokens: 3, ..Usage::default() })})
+            json!({
+                "text": "hi",
+                "usage": usage_json(&Usage { input_tokens: 2, output_tokens: 1, total_tokens: 3, ..Usage::default() }),
+                "steps": 1,
+                "finish_reason": "stop",
+            })
         );
         assert_eq!(agent_lines(&events).len(), 7);
         assert_eq!(model.requests()[0].messages, [Message::user("say \"hi\"")]);
@@ -588,5 +602,222 @@ mod as_a_step {
         let result =
             events.iter().position(|e| matches!(&e.kind, EventKind::StepResult { status: StepStatus::Canceled, .. }));
         assert!(abort.is_some() && abort < result, "{abort:?} {result:?}");
+    }
+}
+
+mod approvals_guardrails_and_structured_output {
+    use super::*;
+    use crate::engine::schema::Schema;
+
+    /// A tool that needs approval and reports what it booked.
+    fn booking_tool() -> Tool {
+        Tool::new(
+            "book",
+            "Books something.",
+            json!({"type": "object", "required": ["what"], "properties": {"what": {"type": "string"}}}),
+            |_ctx, args| async move { Ok(json!({ "booked": args["what"] })) },
+        )
+        .with_approval()
+    }
+
+    fn booking_agent(model: Arc<dyn ModelProvider>) -> Agent {
+        Agent::new("booker", "", model).tool(booking_tool())
+    }
+
+    fn booking_calls() -> Vec<Vec<ModelChunk>> {
+        vec![
+            vec![
+                call_start(0, "c1", "book"),
+                call_delta(0, r#"{"what":"tour"}"#),
+                finish(model::FinishReason::ToolCalls),
+                usage(5, 2),
+            ],
+            vec![text("done"), finish(model::FinishReason::Stop), usage(8, 1)],
+        ]
+    }
+
+    async fn run_with(agent: &Agent, input: AgentInput, options: &AgentOptions) -> (AgentOutcome, Vec<String>) {
+        let chunks = Mutex::new(Vec::new());
+        let outcome =
+            run_agent_with(agent, input, options, |c| chunks.lock().unwrap().push(c), CancellationToken::new()).await;
+        let lines = lines(&chunks.into_inner().unwrap());
+        (outcome, lines)
+    }
+
+    /// Runs the booking agent to its approval and returns the saved state.
+    async fn until_approval(model: Arc<Scripted>) -> (Agent, Value) {
+        let agent = booking_agent(model);
+        let (outcome, lines) =
+            run_with(&agent, AgentInput::Messages(vec![Message::user("book a tour")]), &AgentOptions::default()).await;
+        assert_eq!(
+            lines,
+            [
+                "start booker",
+                "step-start 1",
+                "input-start c1 book",
+                r#"input-delta c1 {"what":"tour"}"#,
+                "input-end c1",
+                r#"tool-call c1 book {"what":"tour"}"#,
+                r#"approval c1 book {"what":"tour"}"#,
+            ],
+            "the call waits: no result and no step-finish before the decision"
+        );
+        assert_eq!(outcome.usage.total_tokens, 7);
+        match outcome.end {
+            AgentEnd::AwaitingApproval { approval, state } => {
+                assert_eq!(approval.resume_schema, Some(approval_schema()));
+                (agent, state)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_approved_call_runs_and_the_loop_goes_on() {
+        let model = Scripted::new(booking_calls());
+        let (agent, state) = until_approval(model.clone()).await;
+        let decision = ApprovalDecision { approved: true, reason: None };
+        let (outcome, lines) =
+            run_with(&agent, AgentInput::Resume { state, decision }, &AgentOptions::default()).await;
+        assert_eq!(
+            lines,
+            [
+                r#"tool-result c1 {"booked":"tour"}"#,
+                r#"step-finish 1 ToolCalls "" continued"#,
+                "step-start 2",
+                "text-start text-1",
+                "text-delta text-1 done",
+                "text-end text-1",
+                r#"step-finish 2 Stop "done""#,
+                r#"finish Stop "done" steps=2"#,
+            ]
+        );
+        assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
+        assert_eq!(outcome.usage.total_tokens, 16, "usage of the call before the suspension is kept");
+        let second = &model.requests()[1].messages;
+        assert_eq!(second.last(), Some(&Message::tool_result("c1", "book", r#"{"booked":"tour"}"#)));
+    }
+
+    #[tokio::test]
+    async fn a_declined_call_is_denied_and_the_model_is_told_why() {
+        let model = Scripted::new(booking_calls());
+        let (agent, state) = until_approval(model.clone()).await;
+        let decision = ApprovalDecision { approved: false, reason: Some("too pricey".into()) };
+        let (outcome, lines) =
+            run_with(&agent, AgentInput::Resume { state, decision }, &AgentOptions::default()).await;
+        assert_eq!(lines[..2], ["denied c1 too pricey", r#"step-finish 1 ToolCalls "" continued"#]);
+        assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
+        let told = &model.requests()[1].messages;
+        assert_eq!(
+            told.last(),
+            Some(&Message::tool_result("c1", "book", r#"{"error":"the user declined this call to 'book': too pricey"}"#))
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_saved_state_is_an_agent_error() {
+        let agent = booking_agent(Scripted::new(vec![]));
+        let input = AgentInput::Resume { state: json!({"nope": 1}), decision: ApprovalDecision::default() };
+        let (outcome, lines) = run_with(&agent, input, &AgentOptions::default()).await;
+        assert!(matches!(outcome.end, AgentEnd::Failed(ref e) if e.name == "ResumeError"), "{outcome:?}");
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].starts_with("error ResumeError: the agent's saved state is unreadable"), "{lines:?}");
+    }
+
+    #[tokio::test]
+    async fn a_guardrail_stops_the_answer_before_the_secret_is_streamed() {
+        let model = Scripted::new(vec![vec![
+            text("the key is "),
+            text("sk-abcdefghijklmnopqrstuvwxyz"),
+            text(" enjoy"),
+            finish(model::FinishReason::Stop),
+        ]]);
+        let agent = Agent::new("guarded", "", model).output_guardrail(tools::secret_guard());
+        let (outcome, lines) =
+            run_with(&agent, AgentInput::Messages(vec![Message::user("hi")]), &AgentOptions::default()).await;
+        assert_eq!(
+            lines,
+            [
+                "start guarded",
+                "step-start 1",
+                "text-start text-1",
+                "text-delta text-1 the key is ",
+                "text-end text-1",
+                "tripwire secret-guard: the answer would reveal an API key (sk-...); it was stopped before that text \
+                 was sent",
+                r#"step-finish 1 Tripwire """#,
+                r#"finish Tripwire "" steps=1"#,
+            ]
+        );
+        assert!(matches!(outcome.end, AgentEnd::Tripwire { ref processor_id, .. } if processor_id == "secret-guard"));
+        assert!(!lines.iter().any(|l| l.contains("sk-abc")), "the secret never reaches the stream");
+    }
+
+    fn weather_schema() -> Schema {
+        Schema::compile(json!({
+            "type": "object",
+            "required": ["city", "temp"],
+            "properties": { "city": { "type": "string" }, "temp": { "type": "number" } }
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn structured_output_streams_partial_objects_then_the_checked_result() {
+        let model = Scripted::new(vec![vec![
+            text(r#"{"city": "Par"#),
+            text(r#"is", "temp": 1"#),
+            text("8}"),
+            finish(model::FinishReason::Stop),
+        ]]);
+        let agent = Agent::new("structured", "", model.clone());
+        let options = AgentOptions { output_schema: Some(weather_schema()), ..AgentOptions::default() };
+        let (outcome, lines) = run_with(&agent, AgentInput::Messages(vec![Message::user("weather?")]), &options).await;
+        assert_eq!(
+            lines,
+            [
+                "start structured",
+                "step-start 1",
+                r#"object {"city":"Par"}"#,
+                r#"object {"city":"Paris","temp":1}"#,
+                r#"object {"city":"Paris","temp":18}"#,
+                r#"step-finish 1 Stop "{\"city\": \"Paris\", \"temp\": 18}""#,
+                r#"object-result {"city":"Paris","temp":18}"#,
+                r#"finish Stop "{\"city\": \"Paris\", \"temp\": 18}" steps=1"#,
+            ]
+        );
+        assert_eq!(outcome.object, Some(json!({"city": "Paris", "temp": 18})));
+        let asked = model.requests()[0].response_schema.clone().map(|r| r.schema);
+        assert_eq!(asked.as_ref(), Some(weather_schema().raw()));
+    }
+
+    #[tokio::test]
+    async fn structured_output_that_misses_the_schema_is_an_error_naming_the_field() {
+        let model = Scripted::new(vec![vec![text(r#"{"city": 3, "temp": 1}"#), finish(model::FinishReason::Stop)]]);
+        let agent = Agent::new("structured", "", model);
+        let options = AgentOptions { output_schema: Some(weather_schema()), ..AgentOptions::default() };
+        let (outcome, lines) = run_with(&agent, AgentInput::Messages(vec![Message::user("x")]), &options).await;
+        let last = lines.last().unwrap();
+        assert!(last.starts_with("error StructuredOutputError:") && last.contains("object.city"), "{last}");
+        assert!(matches!(outcome.end, AgentEnd::Failed(_)));
+    }
+
+    #[tokio::test]
+    async fn the_offline_concierge_asks_before_booking_and_books_when_approved() {
+        let agent = concierge_with(Arc::new(crate::model::OfflineModel::new()));
+        let (outcome, lines) = run_with(
+            &agent,
+            AgentInput::Messages(vec![Message::user("Please book a kayak tour in Lisbon")]),
+            &AgentOptions::default(),
+        )
+        .await;
+        let AgentEnd::AwaitingApproval { approval, state } = outcome.end else { panic!("{lines:?}") };
+        assert_eq!(&*approval.tool_name, "book-activity");
+        assert_eq!(approval.args["city"], "Lisbon");
+        let decision = ApprovalDecision { approved: true, reason: None };
+        let (outcome, lines) = run_with(&agent, AgentInput::Resume { state, decision }, &AgentOptions::default()).await;
+        assert!(lines[0].starts_with("tool-result call_offline_1 "), "{lines:?}");
+        assert!(outcome.text.contains("book-activity returned"), "{}", outcome.text);
+        assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
     }
 }

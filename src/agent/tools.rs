@@ -1,4 +1,5 @@
-//! Built-in tools: `get-weather` (offline, deterministic) and `calculator`.
+//! Built-in tools: `get-weather` (offline, deterministic), `calculator` and `book-activity` (needs approval); and
+//! the `secret-guard` output guardrail.
 //!
 //! Both work without a network so that the built-in agent and workflows run anywhere and tests are reproducible.
 //! The plain functions ([`get_weather`], [`calculate`]) are public too, for workflow steps that want the data
@@ -6,10 +7,65 @@
 
 use serde_json::{Value, json};
 
-use super::{Tool, ToolError};
+use super::{OutputGuardrail, Tool, ToolError};
 
 pub const GET_WEATHER: &str = "get-weather";
 pub const CALCULATOR: &str = "calculator";
+pub const BOOK_ACTIVITY: &str = "book-activity";
+pub const SECRET_GUARD: &str = "secret-guard";
+
+/// `book-activity`: `{"activity": string, "city": string}` → a (made-up) confirmed booking. It spends money in
+/// the story it tells, so every call waits for a person's approval.
+pub fn book_activity_tool() -> Tool {
+    Tool::new(
+        BOOK_ACTIVITY,
+        "Books an activity in a city (a tour, a class, a table). Needs the user's approval.",
+        json!({
+            "type": "object",
+            "required": ["activity", "city"],
+            "properties": {
+                "activity": { "type": "string", "description": "What to book, e.g. a kayak tour" },
+                "city": { "type": "string", "description": "Where, e.g. Lisbon" }
+            }
+        }),
+        |ctx, args: Value| async move {
+            let activity = args["activity"].as_str().unwrap_or_default();
+            let city = args["city"].as_str().unwrap_or_default();
+            Ok(json!({
+                "booking_id": format!("bk-{}", &*ctx.tool_call_id),
+                "activity": activity,
+                "city": city,
+                "status": "confirmed",
+            }))
+        },
+    )
+    .with_approval()
+}
+
+/// `secret-guard`: stops an answer that would reveal what looks like a credential (an OpenAI-style `sk-...` key,
+/// an AWS access key id, a PEM private key), before that text reaches the stream.
+pub fn secret_guard() -> OutputGuardrail {
+    OutputGuardrail::new(SECRET_GUARD, |text| {
+        let found = if contains_token(text, "sk-", 20) {
+            "an API key (sk-...)"
+        } else if contains_token(text, "AKIA", 16) {
+            "an AWS access key id"
+        } else if text.contains("-----BEGIN") && text.contains("PRIVATE KEY") {
+            "a private key"
+        } else {
+            return None;
+        };
+        Some(format!("the answer would reveal {found}; it was stopped before that text was sent"))
+    })
+}
+
+/// Whether `text` holds `prefix` followed by at least `min_len` key characters (letters, digits, `-`, `_`).
+fn contains_token(text: &str, prefix: &str, min_len: usize) -> bool {
+    text.match_indices(prefix).any(|(at, _)| {
+        text[at + prefix.len()..].chars().take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_')).count()
+            >= min_len
+    })
+}
 
 /// `get-weather`: `{"city": string}` → the city's (made-up) current weather.
 pub fn get_weather_tool() -> Tool {

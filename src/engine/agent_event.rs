@@ -32,6 +32,22 @@ pub enum FinishReason {
     Aborted,
 }
 
+impl FinishReason {
+    /// Mastra's (the AI SDK's) word for it: `stop`, `length`, `content-filter`, `tool-calls`, ...
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+            Self::ContentFilter => "content-filter",
+            Self::ToolCalls => "tool-calls",
+            Self::Error => "error",
+            Self::Other => "other",
+            Self::Tripwire => "tripwire",
+            Self::Aborted => "aborted",
+        }
+    }
+}
+
 /// One chunk an agent streams while it runs (Mastra's AgentChunkType).
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentChunk {

@@ -1,4 +1,4 @@
-//! The set of workflows a server can run, looked up by id.
+//! The set of workflows (and agents and networks, run as workflows) a server can run, looked up by id.
 
 use std::{collections::BTreeMap, sync::Arc};
 
@@ -15,8 +15,20 @@ impl WorkflowCatalog {
         Self::default()
     }
 
-    /// Adds `workflow`, replacing any workflow with the same id.
+    /// Adds `workflow` (or an agent or network as a workflow), replacing any of the same id and kind.
+    ///
+    /// # Panics
+    /// If the id is taken by another kind: ids are one namespace, so that a run's `workflow_id` is unambiguous.
     pub fn register(&mut self, workflow: Arc<Workflow>) {
+        if let Some(existing) = self.workflows.get(workflow.id()) {
+            assert!(
+                existing.kind() == workflow.kind(),
+                "id '{}' is already a {}; it cannot also name a {}",
+                workflow.id(),
+                existing.kind().as_str(),
+                workflow.kind().as_str()
+            );
+        }
         self.workflows.insert(Arc::clone(workflow.id()), workflow);
     }
 

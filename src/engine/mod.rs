@@ -30,4 +30,4 @@ pub use event::{ErrorInfo, Event, EventKind, EventSink, EventSource, RunStatus, 
 pub use executor::{Phase, PhaseOutcome, execute_phase};
 pub use snapshot::{ResumeRequest, ResumeTarget, RunSnapshot, StepRecord, SuspendedStep};
 pub use step::{Step, StepContext, StepError, StepOutcome, Writer};
-pub use workflow::{StepInfo, Workflow};
+pub use workflow::{RunKind, RunnableMeta, StepInfo, ToolMeta, Workflow};

@@ -133,7 +133,54 @@ pub struct Workflow {
     /// Every step path (nested ones too), in definition order.
     pub(crate) infos: Vec<StepInfo>,
     pub(crate) index: HashMap<String, IndexEntry>,
+    pub(crate) kind: RunKind,
+    pub(crate) input_check: Option<InputCheck>,
+    pub(crate) meta: Option<Arc<RunnableMeta>>,
 }
+
+/// What callers are shown of an agent or network run as a workflow (ListWorkflows).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunnableMeta {
+    /// The model (an agent's, a network's routing agent's).
+    pub model: String,
+    pub tools: Vec<ToolMeta>,
+    /// A network's agents and workflows, by id.
+    pub members: Vec<String>,
+}
+
+/// A tool as callers are shown it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolMeta {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments.
+    pub parameters: Value,
+    pub requires_approval: bool,
+}
+
+/// What a runnable is, as callers name it: a workflow, or an agent or agent network run as a one-step workflow of
+/// the same id (so that every run has the same lifecycle, events envelope and result).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RunKind {
+    #[default]
+    Workflow,
+    Agent,
+    Network,
+}
+
+impl RunKind {
+    /// The word callers use: "workflow", "agent", "network".
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Workflow => "workflow",
+            Self::Agent => "agent",
+            Self::Network => "network",
+        }
+    }
+}
+
+/// A check of the run input beyond its JSON Schema (e.g. that a field holding a schema is itself a valid one).
+pub type InputCheck = Arc<dyn Fn(&Value) -> Result<(), SchemaViolation> + Send + Sync>;
 
 impl fmt::Debug for Workflow {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -153,6 +200,9 @@ impl Workflow {
             output_schema: None,
             retry: RetrySpec::Fixed { attempts: 1, delay: Duration::ZERO },
             nodes: Vec::new(),
+            kind: RunKind::Workflow,
+            input_check: None,
+            meta: None,
         }
     }
 
@@ -179,10 +229,23 @@ impl Workflow {
 
     /// Checks a run input against the input schema; the violation's path starts with `input`.
     pub fn validate_input(&self, input: &Value) -> Result<(), SchemaViolation> {
-        match &self.input_schema {
-            Some(schema) => schema.validate(input, "input"),
+        if let Some(schema) = &self.input_schema {
+            schema.validate(input, "input")?;
+        }
+        match &self.input_check {
+            Some(check) => check(input),
             None => Ok(()),
         }
+    }
+
+    /// Whether callers run this as a workflow, an agent or a network.
+    pub fn kind(&self) -> RunKind {
+        self.kind
+    }
+
+    /// Model and tools of an agent or network.
+    pub fn meta(&self) -> Option<&RunnableMeta> {
+        self.meta.as_deref()
     }
 
     /// Works out which suspended step a resume request targets and checks its resume data.
@@ -286,9 +349,30 @@ pub struct WorkflowBuilder {
     output_schema: Option<Schema>,
     retry: RetrySpec,
     nodes: Vec<Node>,
+    kind: RunKind,
+    input_check: Option<InputCheck>,
+    meta: Option<Arc<RunnableMeta>>,
 }
 
 impl WorkflowBuilder {
+    /// Model and tools to show callers (agents and networks).
+    pub fn meta(mut self, meta: RunnableMeta) -> Self {
+        self.meta = Some(Arc::new(meta));
+        self
+    }
+
+    /// Marks the workflow as the runnable form of an agent or network (see [`RunKind`]).
+    pub fn kind(mut self, kind: RunKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// A check of the run input after its schema; the violation's path should start with `input`.
+    pub fn input_check(mut self, check: impl Fn(&Value) -> Result<(), SchemaViolation> + Send + Sync + 'static) -> Self {
+        self.input_check = Some(Arc::new(check));
+        self
+    }
+
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.description = description.into();
         self
@@ -468,6 +552,9 @@ impl WorkflowBuilder {
             nodes: self.nodes,
             infos,
             index,
+            kind: self.kind,
+            input_check: self.input_check,
+            meta: self.meta,
         })
     }
 }

@@ -7,7 +7,7 @@ use serde_json::{Map, Number, Value};
 
 use super::convert_agent;
 use crate::{
-    engine::{self, ErrorInfo, EventKind, EventSource, RunStatus, StepRecord, StepStatus, Usage},
+    engine::{self, ErrorInfo, EventKind, EventSource, RunKind, RunStatus, StepRecord, StepStatus, ToolMeta, Usage},
     pb,
     registry::RunView,
 };
@@ -83,6 +83,23 @@ pub fn run_status(status: RunStatus) -> pb::RunStatus {
 }
 
 /// `None` for UNSPECIFIED (no filter).
+pub fn run_kind(kind: RunKind) -> pb::RunKind {
+    match kind {
+        RunKind::Workflow => pb::RunKind::Workflow,
+        RunKind::Agent => pb::RunKind::Agent,
+        RunKind::Network => pb::RunKind::Network,
+    }
+}
+
+pub fn tool_info(tool: &ToolMeta) -> pb::ToolInfo {
+    pb::ToolInfo {
+        name: tool.name.clone(),
+        description: tool.description.clone(),
+        parameters: Some(json_to_pb(&tool.parameters)),
+        requires_approval: tool.requires_approval,
+    }
+}
+
 pub fn run_status_from_pb(status: pb::RunStatus) -> Option<RunStatus> {
     Some(match status {
         pb::RunStatus::Unspecified => return None,
@@ -259,6 +276,7 @@ pub fn run_info(view: &RunView) -> pb::RunInfo {
         last_seq: view.last_seq,
         suspended: suspended_paths(view),
         phase: view.state.phase,
+        kind: run_kind(view.kind) as i32,
     }
 }
 
@@ -297,5 +315,6 @@ pub fn run_result(view: &RunView, wait_expired: bool) -> pb::RunResult {
         last_seq: view.last_seq,
         wait_expired,
         input: Some(json_to_pb(&view.input)),
+        kind: run_kind(view.kind) as i32,
     }
 }

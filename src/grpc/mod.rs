@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use self::{status::invalid_field, wire::EncodedRunEvent};
 use crate::{
-    engine::{ResumeRequest, RunStatus},
+    engine::{ResumeRequest, RunKind, RunStatus},
     pb,
     registry::{LogReader, ReadUntil, RunFilter, RunRegistry, StartRequest, Started, TraceContext, validate_run_id},
 };
@@ -100,8 +100,32 @@ impl RunService {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedRunEvent, Status>> + Send>>;
 
+/// What a start request runs: exactly one of its `workflow_id`, `agent_id` and `network_id`.
+fn target(workflow_id: String, agent_id: String, network_id: String) -> Result<(String, RunKind), Status> {
+    let set: Vec<(&str, String, RunKind)> = [
+        ("workflow_id", workflow_id, RunKind::Workflow),
+        ("agent_id", agent_id, RunKind::Agent),
+        ("network_id", network_id, RunKind::Network),
+    ]
+    .into_iter()
+    .filter(|(_, id, _)| !id.is_empty())
+    .collect();
+    match <[_; 1]>::try_from(set) {
+        Ok([(_, id, kind)]) => Ok((id, kind)),
+        Err(set) if set.is_empty() => Err(invalid_field(
+            "workflow_id",
+            "required: set workflow_id, agent_id or network_id (ListWorkflows lists what this server runs)",
+        )),
+        Err(set) => {
+            let names: Vec<&str> = set.iter().map(|(name, ..)| *name).collect();
+            Err(invalid_field(&names.join(", "), "set only one of workflow_id, agent_id and network_id"))
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn start_request(
-    workflow_id: String,
+    (workflow_id, kind): (String, RunKind),
     run_id: String,
     input: Option<prost_types::Value>,
     request_context: Option<prost_types::Struct>,
@@ -110,6 +134,7 @@ fn start_request(
 ) -> Result<StartRequest, Status> {
     Ok(StartRequest {
         workflow_id,
+        kind,
         run_id,
         input: input.map(convert::pb_to_json).unwrap_or_default(),
         request_context: request_context.map(convert::struct_to_map).unwrap_or_default(),
@@ -179,6 +204,10 @@ impl server::run_service_server::RunService for RunService {
             .iter()
             .map(|wf| pb::WorkflowInfo {
                 id: wf.id().to_string(),
+                kind: convert::run_kind(wf.kind()) as i32,
+                model: wf.meta().map(|m| m.model.clone()).unwrap_or_default(),
+                tools: wf.meta().map(|m| m.tools.iter().map(convert::tool_info).collect()).unwrap_or_default(),
+                members: wf.meta().map(|m| m.members.clone()).unwrap_or_default(),
                 description: wf.description().to_string(),
                 input_schema: wf.input_schema().map(convert::json_to_pb),
                 output_schema: wf.output_schema().map(convert::json_to_pb),
@@ -200,7 +229,14 @@ impl server::run_service_server::RunService for RunService {
     async fn start_run(&self, request: Request<pb::StartRunRequest>) -> Result<Response<pb::StartRunResponse>, Status> {
         let r = request.into_inner();
         let start =
-            start_request(r.workflow_id, r.run_id, r.input, r.request_context, r.tracing_options, r.resource_id)?;
+            start_request(
+                target(r.workflow_id, r.agent_id, r.network_id)?,
+                r.run_id,
+                r.input,
+                r.request_context,
+                r.tracing_options,
+                r.resource_id,
+            )?;
         let (run, started) = self.registry.start(start)?;
         Ok(Response::new(pb::StartRunResponse {
             run_id: run.id().to_string(),
@@ -215,7 +251,14 @@ impl server::run_service_server::RunService for RunService {
         let r = request.into_inner();
         let close_on_suspend = r.close_on_suspend.unwrap_or(true);
         let start =
-            start_request(r.workflow_id, r.run_id, r.input, r.request_context, r.tracing_options, r.resource_id)?;
+            start_request(
+                target(r.workflow_id, r.agent_id, r.network_id)?,
+                r.run_id,
+                r.input,
+                r.request_context,
+                r.tracing_options,
+                r.resource_id,
+            )?;
         let (run, started) = self.registry.start(start)?;
         let until = match started {
             Started::Created => ReadUntil::Phase { close_on_suspend },

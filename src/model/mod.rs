@@ -98,8 +98,10 @@ impl ModelRequest {
     }
 }
 
-/// One message of the conversation, in Chat Completions' roles.
-#[derive(Debug, Clone, PartialEq)]
+/// One message of the conversation, in Chat Completions' roles. Serialized as Chat Completions writes it
+/// (`{"role": "user", "content": "..."}`), which is also how agent runs take messages as input.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "role", rename_all = "lowercase")]
 pub enum Message {
     System {
         content: String,
@@ -109,13 +111,16 @@ pub enum Message {
     },
     /// A previous model response: its text (if any) and the tool calls it made (if any).
     Assistant {
+        #[serde(default)]
         content: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
         tool_calls: Vec<ToolCall>,
     },
     /// The result of one tool call, answering the assistant's call with id `tool_call_id`.
     Tool {
         tool_call_id: String,
         /// The tool's name. Chat Completions does not need it; other providers (and the offline model) do.
+        #[serde(default)]
         tool_name: String,
         /// The result as the model should read it, usually JSON text.
         content: String,
@@ -145,7 +150,7 @@ impl Message {
 }
 
 /// A tool call the model made, as it goes back into the conversation.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ToolCall {
     pub id: String,
     pub name: String,
@@ -184,7 +189,8 @@ pub struct ResponseSchema {
     pub strict: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ReasoningEffort {
     Low,
     Medium,
@@ -245,7 +251,8 @@ pub enum ModelChunk {
 }
 
 /// Why the model stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum FinishReason {
     /// It finished its answer (or hit a stop sequence).
     Stop,

@@ -3,7 +3,7 @@
 //!
 //! It is **not a language model**: it follows a short script, chosen by the shape of the request.
 //!
-//! 1. The last message is a tool result: it answers in text that reports the results
+//! 1. The last message is a tool result (and no response schema is asked): it answers in text that reports the results
 //!    ("Here is what I found: get-weather returned conditions sunny, temperature 18.").
 //! 2. The last message is the user's, tools are offered, and the message mentions one: it calls that tool. A tool
 //!    is mentioned when a word of the message matches a word of the tool's name other than a generic verb
@@ -164,7 +164,8 @@ fn plan(request: &ModelRequest) -> Plan<'_> {
     let prompt = last_user_text(&request.messages).unwrap_or_default();
     let facts = Facts::of(prompt);
     match request.messages.last() {
-        Some(Message::Tool { .. }) => return report(&request.messages),
+        // With a response schema, the report is the JSON below: the answer must be the object asked for.
+        Some(Message::Tool { .. }) if request.response_schema.is_none() => return report(&request.messages),
         Some(Message::User { .. }) if !request.tools.is_empty() && request.tool_choice != ToolChoice::None => {
             if let Some((tool, why)) = choose_tool(request, &facts) {
                 let arguments = fill(&tool.parameters, "", &facts, &mut 0);

@@ -1,12 +1,15 @@
 //! Errors of registry operations. Every message tells the caller what to do; `grpc::status` maps each variant to a
 //! gRPC status code, in that one place.
 
-use crate::engine::{ResumeError, RunStatus, SchemaViolation};
+use crate::engine::{ResumeError, RunKind, RunStatus, SchemaViolation};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RegistryError {
-    #[error("workflow '{id}' does not exist; call ListWorkflows for the available ids ({})", available.join(", "))]
-    WorkflowNotFound { id: String, available: Vec<String> },
+    #[error(
+        "{} '{id}' does not exist; call ListWorkflows for the available ids (this server's {}s: {})",
+        kind.as_str(), kind.as_str(), available.join(", ")
+    )]
+    WorkflowNotFound { kind: RunKind, id: String, available: Vec<String> },
 
     #[error("run '{id}' does not exist; check the run_id (ListRuns lists known runs)")]
     RunNotFound { id: String },

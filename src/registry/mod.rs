@@ -23,7 +23,7 @@ use serde_json::{Map, Value};
 
 use crate::{
     clock::Clock,
-    engine::{ResumeRequest, RunStatus, Workflow, WorkflowCatalog},
+    engine::{ResumeRequest, RunKind, RunStatus, Workflow, WorkflowCatalog},
 };
 
 /// The longest client-chosen run id.
@@ -32,7 +32,9 @@ pub const MAX_RUN_ID_LEN: usize = 128;
 /// What a caller asks for when starting a run (StartRun, StreamRun), before it is checked.
 #[derive(Debug, Clone, Default)]
 pub struct StartRequest {
+    /// The id of the workflow, agent or network to run, according to `kind`.
     pub workflow_id: String,
+    pub kind: RunKind,
     /// Empty: the registry assigns a UUIDv7.
     pub run_id: String,
     pub input: Value,
@@ -90,16 +92,25 @@ impl RunRegistry {
 
     /// Starts a run, or returns the existing run with the requested id (which is then not started again).
     pub fn start(&self, request: StartRequest) -> Result<(Arc<Run>, Started), RegistryError> {
-        let workflow = self.catalog.get(&request.workflow_id).ok_or_else(|| {
+        let kind = request.kind;
+        let workflow = self.catalog.get(&request.workflow_id).filter(|wf| wf.kind() == kind).ok_or_else(|| {
             if request.workflow_id.is_empty() {
                 return RegistryError::InvalidId {
                     field: "workflow_id",
-                    reason: "required; call ListWorkflows for the available ids".into(),
+                    reason: "set one of workflow_id, agent_id or network_id; call ListWorkflows for the available ids"
+                        .into(),
                 };
             }
             RegistryError::WorkflowNotFound {
+                kind,
                 id: request.workflow_id.clone(),
-                available: self.catalog.list().iter().map(|wf| wf.id().to_string()).collect(),
+                available: self
+                    .catalog
+                    .list()
+                    .iter()
+                    .filter(|wf| wf.kind() == kind)
+                    .map(|wf| wf.id().to_string())
+                    .collect(),
             }
         })?;
         let run_id: Arc<str> = if request.run_id.is_empty() {

@@ -25,7 +25,7 @@ use crate::{
     clock::Clock,
     engine::{
         ErrorInfo, Event, EventKind, EventSink, EventSource, Phase, PhaseOutcome, ResumeRequest, ResumeTarget,
-        RunSnapshot, RunStatus, Workflow, execute_phase,
+        RunKind, RunSnapshot, RunStatus, Workflow, execute_phase,
     },
 };
 
@@ -58,6 +58,7 @@ pub struct RunState {
 pub struct RunView {
     pub run_id: Arc<str>,
     pub workflow_id: Arc<str>,
+    pub kind: RunKind,
     pub resource_id: String,
     pub input: Value,
     pub created_at: SystemTime,
@@ -141,6 +142,7 @@ impl Run {
         RunView {
             run_id: self.spec.run_id.clone(),
             workflow_id: self.spec.workflow.id().clone(),
+            kind: self.spec.workflow.kind(),
             resource_id: self.spec.resource_id.clone(),
             input: self.spec.input.clone(),
             created_at: self.created_at,

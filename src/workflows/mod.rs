@@ -1,7 +1,8 @@
 //! The built-in workflows every runstream server offers: demos, the throughput benchmark and end-to-end fixtures
-//! for each streaming feature (plain chain, writer output, foreach progress, suspend/resume, sleep, retries, agent chunks).
+//! for each streaming feature (plain chain, writer output, foreach progress, suspend/resume, sleep, retries, agent chunks),
+//! and the built-in agents as runnables (`assistant`, `concierge`).
 
-use crate::engine::WorkflowCatalog;
+use crate::{agent, engine::WorkflowCatalog};
 
 pub mod batch_foreach;
 pub mod chain;
@@ -21,6 +22,8 @@ pub fn builtin_catalog() -> WorkflowCatalog {
     catalog.register(timer::workflow());
     catalog.register(flaky::workflow());
     catalog.register(weather_activities::workflow());
+    catalog.register(agent::workflow(agent::assistant()));
+    catalog.register(agent::workflow(agent::concierge()));
     catalog
 }
 
@@ -33,7 +36,17 @@ mod tests {
         let ids: Vec<String> = builtin_catalog().list().iter().map(|w| w.id().to_string()).collect();
         assert_eq!(
             ids,
-            ["batch-foreach", "chain", "flaky", "order-approval", "timer", "weather-activities", "writer-flood"]
+            [
+                "assistant",
+                "batch-foreach",
+                "chain",
+                "concierge",
+                "flaky",
+                "order-approval",
+                "timer",
+                "weather-activities",
+                "writer-flood"
+            ]
         );
         assert!(builtin_catalog().get("chain").is_some());
         assert!(builtin_catalog().get("nope").is_none());
