@@ -46,7 +46,9 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-pub use run::{AgentEnd, AgentInput, AgentOptions, AgentOutcome, ApprovalDecision, approval_schema, run_agent, run_agent_with};
+pub use run::{
+    AgentEnd, AgentInput, AgentOptions, AgentOutcome, ApprovalDecision, approval_schema, run_agent, run_agent_with,
+};
 
 use crate::{
     engine::{
@@ -307,7 +309,9 @@ pub fn agent_step(
     prompt: impl Fn(&Value) -> String + Send + Sync + 'static,
 ) -> Step {
     let description = format!("Runs agent '{}'.", agent.id);
-    let step = agent_step_with(id, agent.clone(), move |input| Ok((vec![Message::user(prompt(input))], AgentOptions::default())));
+    let step = agent_step_with(id, agent.clone(), move |input| {
+        Ok((vec![Message::user(prompt(input))], AgentOptions::default()))
+    });
     with_approval_schema(step, &agent).description(description)
 }
 

@@ -166,13 +166,23 @@ where
     let mut st = match input {
         AgentInput::Messages(messages) => {
             let message_id = uuid::Uuid::new_v4().to_string();
-            emit(AgentChunk::AgentStart { agent_id: Arc::clone(&agent.id), message_id: Arc::from(message_id.as_str()) });
+            emit(AgentChunk::AgentStart {
+                agent_id: Arc::clone(&agent.id),
+                message_id: Arc::from(message_id.as_str()),
+            });
             let mut conversation = Vec::with_capacity(messages.len() + 1);
             if !agent.instructions.is_empty() {
                 conversation.push(Message::system(agent.instructions.clone()));
             }
             conversation.extend(messages);
-            LoopState { message_id, conversation, steps: 0, total: Usage::default(), parts: PartIds::default(), pending: None }
+            LoopState {
+                message_id,
+                conversation,
+                steps: 0,
+                total: Usage::default(),
+                parts: PartIds::default(),
+                pending: None,
+            }
         }
         AgentInput::Resume { state, decision } => match resume_state(state, decision, &emit) {
             Ok(st) => st,
@@ -467,7 +477,9 @@ fn resume_state(state: Value, decision: ApprovalDecision, emit: &impl Fn(AgentCh
 fn structured_output(schema: &Schema, text: &str) -> Result<Value, String> {
     let object: Value = serde_json::from_str(text.trim())
         .map_err(|e| format!("the model's answer is not the JSON the output schema asks for: {e}"))?;
-    schema.validate(&object, "object").map_err(|v| format!("the model's answer does not match the output schema: {v}"))?;
+    schema
+        .validate(&object, "object")
+        .map_err(|v| format!("the model's answer does not match the output schema: {v}"))?;
     Ok(object)
 }
 

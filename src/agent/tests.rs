@@ -677,8 +677,7 @@ mod approvals_guardrails_and_structured_output {
         let model = Scripted::new(booking_calls());
         let (agent, state) = until_approval(model.clone()).await;
         let decision = ApprovalDecision { approved: true, reason: None };
-        let (outcome, lines) =
-            run_with(&agent, AgentInput::Resume { state, decision }, &AgentOptions::default()).await;
+        let (outcome, lines) = run_with(&agent, AgentInput::Resume { state, decision }, &AgentOptions::default()).await;
         assert_eq!(
             lines,
             [
@@ -703,14 +702,17 @@ mod approvals_guardrails_and_structured_output {
         let model = Scripted::new(booking_calls());
         let (agent, state) = until_approval(model.clone()).await;
         let decision = ApprovalDecision { approved: false, reason: Some("too pricey".into()) };
-        let (outcome, lines) =
-            run_with(&agent, AgentInput::Resume { state, decision }, &AgentOptions::default()).await;
+        let (outcome, lines) = run_with(&agent, AgentInput::Resume { state, decision }, &AgentOptions::default()).await;
         assert_eq!(lines[..2], ["denied c1 too pricey", r#"step-finish 1 ToolCalls "" continued"#]);
         assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
         let told = &model.requests()[1].messages;
         assert_eq!(
             told.last(),
-            Some(&Message::tool_result("c1", "book", r#"{"error":"the user declined this call to 'book': too pricey"}"#))
+            Some(&Message::tool_result(
+                "c1",
+                "book",
+                r#"{"error":"the user declined this call to 'book': too pricey"}"#
+            ))
         );
     }
 

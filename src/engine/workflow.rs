@@ -368,7 +368,10 @@ impl WorkflowBuilder {
     }
 
     /// A check of the run input after its schema; the violation's path should start with `input`.
-    pub fn input_check(mut self, check: impl Fn(&Value) -> Result<(), SchemaViolation> + Send + Sync + 'static) -> Self {
+    pub fn input_check(
+        mut self,
+        check: impl Fn(&Value) -> Result<(), SchemaViolation> + Send + Sync + 'static,
+    ) -> Self {
         self.input_check = Some(Arc::new(check));
         self
     }

@@ -228,15 +228,14 @@ impl server::run_service_server::RunService for RunService {
 
     async fn start_run(&self, request: Request<pb::StartRunRequest>) -> Result<Response<pb::StartRunResponse>, Status> {
         let r = request.into_inner();
-        let start =
-            start_request(
-                target(r.workflow_id, r.agent_id, r.network_id)?,
-                r.run_id,
-                r.input,
-                r.request_context,
-                r.tracing_options,
-                r.resource_id,
-            )?;
+        let start = start_request(
+            target(r.workflow_id, r.agent_id, r.network_id)?,
+            r.run_id,
+            r.input,
+            r.request_context,
+            r.tracing_options,
+            r.resource_id,
+        )?;
         let (run, started) = self.registry.start(start)?;
         Ok(Response::new(pb::StartRunResponse {
             run_id: run.id().to_string(),
@@ -250,15 +249,14 @@ impl server::run_service_server::RunService for RunService {
     async fn stream_run(&self, request: Request<pb::StreamRunRequest>) -> Result<Response<EventStream>, Status> {
         let r = request.into_inner();
         let close_on_suspend = r.close_on_suspend.unwrap_or(true);
-        let start =
-            start_request(
-                target(r.workflow_id, r.agent_id, r.network_id)?,
-                r.run_id,
-                r.input,
-                r.request_context,
-                r.tracing_options,
-                r.resource_id,
-            )?;
+        let start = start_request(
+            target(r.workflow_id, r.agent_id, r.network_id)?,
+            r.run_id,
+            r.input,
+            r.request_context,
+            r.tracing_options,
+            r.resource_id,
+        )?;
         let (run, started) = self.registry.start(start)?;
         let until = match started {
             Started::Created => ReadUntil::Phase { close_on_suspend },

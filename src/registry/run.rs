@@ -24,8 +24,8 @@ use super::{
 use crate::{
     clock::Clock,
     engine::{
-        ErrorInfo, Event, EventKind, EventSink, EventSource, Phase, PhaseOutcome, ResumeRequest, ResumeTarget,
-        RunKind, RunSnapshot, RunStatus, Workflow, execute_phase,
+        ErrorInfo, Event, EventKind, EventSink, EventSource, Phase, PhaseOutcome, ResumeRequest, ResumeTarget, RunKind,
+        RunSnapshot, RunStatus, Workflow, execute_phase,
     },
 };
 

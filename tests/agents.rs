@@ -1,0 +1,380 @@
+//! Agents run on their own over the RPCs (`agent_id`), against a real server with the generated Rust client and the
+//! built-in agents on the offline model: every agent chunk in order with its fields, tool approval across a
+//! suspension, the tripwire, structured output, and the errors a caller can make.
+
+mod common;
+
+use common::*;
+use runstream::pb::{self, run_event::Event};
+use serde_json::{Value, json};
+use tonic::Code;
+
+fn agent_request(agent_id: &str, input: Value) -> pb::StreamRunRequest {
+    pb::StreamRunRequest { agent_id: agent_id.into(), input: Some(pb_value(input)), ..Default::default() }
+}
+
+/// The oneof variant's name, e.g. `TextDelta` (prost's Debug output starts with it).
+fn variant(event: &pb::RunEvent) -> String {
+    match &event.event {
+        Some(e) => format!("{e:?}").split('(').next().unwrap_or_default().to_owned(),
+        None => "none".into(),
+    }
+}
+
+/// Variant names in order, with runs of the same delta collapsed to one `Name*`.
+fn shape(events: &[pb::RunEvent]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in events {
+        let name = variant(e);
+        let starred = format!("{name}*");
+        if name.ends_with("Delta") || name == "Object" {
+            if out.last() == Some(&starred) {
+                continue;
+            }
+            if out.last() == Some(&name) {
+                out.pop();
+                out.push(starred);
+                continue;
+            }
+        }
+        out.push(name);
+    }
+    out
+}
+
+fn texts<'a>(events: &'a [pb::RunEvent]) -> impl Iterator<Item = &'a str> {
+    events.iter().filter_map(|e| match &e.event {
+        Some(Event::TextDelta(d)) => Some(d.text.as_str()),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_workflows_shows_agents_with_their_tools() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let all = client.list_workflows(pb::ListWorkflowsRequest {}).await.expect("list").into_inner().workflows;
+    let assistant = all.iter().find(|w| w.id == "assistant").expect("assistant");
+    assert_eq!(assistant.kind, pb::RunKind::Agent as i32);
+    assert_eq!(assistant.model, "offline");
+    let tools: Vec<(&str, bool)> = assistant.tools.iter().map(|t| (t.name.as_str(), t.requires_approval)).collect();
+    assert_eq!(tools, [("get-weather", false), ("calculator", false)]);
+    assert!(json(&assistant.input_schema)["properties"]["prompt"].is_object());
+    let concierge = all.iter().find(|w| w.id == "concierge").expect("concierge");
+    assert!(concierge.tools.iter().any(|t| t.name == "book-activity" && t.requires_approval));
+    assert!(json(&concierge.steps[0].resume_schema)["properties"]["approved"].is_object());
+    let chain = all.iter().find(|w| w.id == "chain").expect("chain");
+    assert_eq!(chain.kind, pb::RunKind::Workflow as i32);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_run_streams_reasoning_then_text_in_the_run_envelope() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let request = agent_request("assistant", json!({"prompt": "Tell me about Lisbon", "reasoning_effort": "low"}));
+    let events = stream_run(&mut client, request).await;
+    assert_seqs(&events, 1, events.len() as u64);
+    assert_eq!(
+        shape(&events),
+        [
+            "WorkflowStart",
+            "StepStart",
+            "AgentStart",
+            "AgentStepStart",
+            "ResponseMetadata",
+            "ReasoningStart",
+            "ReasoningDelta*",
+            "ReasoningEnd",
+            "TextStart",
+            "TextDelta*",
+            "TextEnd",
+            "AgentStepFinish",
+            "AgentFinish",
+            "StepResult",
+            "WorkflowFinish",
+        ]
+    );
+    let Some(Event::WorkflowStart(start)) = &events[0].event else { panic!() };
+    assert_eq!(start.workflow_id, "assistant");
+    let agent: Vec<&pb::RunEvent> = events.iter().filter(|e| e.source == pb::EventSource::Agent as i32).collect();
+    assert_eq!(agent.len(), events.len() - 4, "everything between step_start and step_result is the agent's");
+    assert!(agent.iter().all(|e| e.step_id == "assistant"));
+    let Some(Event::AgentStart(s)) = &events[2].event else { panic!() };
+    assert_eq!(s.agent_id, "assistant");
+    let Some(Event::AgentStepStart(step)) = &events[3].event else { panic!() };
+    assert_eq!((step.step_number, step.message_id.as_str()), (1, s.message_id.as_str()));
+    let Some(Event::ResponseMetadata(meta)) = &events[4].event else { panic!() };
+    assert_eq!(meta.model_id, "offline");
+    let text: String = texts(&events).collect();
+    assert!(text.starts_with("You said: \"Tell me about Lisbon\""), "{text}");
+    let n = events.len();
+    let Some(Event::AgentStepFinish(step_finish)) = &events[n - 4].event else { panic!() };
+    assert_eq!((step_finish.text.as_str(), step_finish.is_continued), (text.as_str(), false));
+    let usage = step_finish.usage.expect("usage");
+    assert!(usage.reasoning_tokens > 0 && usage.total_tokens > usage.reasoning_tokens);
+    let Some(Event::AgentFinish(finish)) = &events[n - 3].event else { panic!() };
+    assert_eq!((finish.text.as_str(), finish.steps), (text.as_str(), 1));
+    assert_eq!(finish.usage.map(|u| u.total_tokens), Some(usage.total_tokens));
+    let result = finish_result(&events[n - 1]);
+    assert_eq!(result["text"], json!(text));
+    assert_eq!(result["finish_reason"], "stop");
+    let run = get_result(&mut client, &events[0].run_id, false).await;
+    assert_eq!((run.kind, run.workflow_id.as_str()), (pb::RunKind::Agent as i32, "assistant"));
+    assert_eq!(run.usage.map(|u| u.total_tokens), Some(usage.total_tokens));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_calls_stream_their_arguments_then_results_and_errors() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let events =
+        stream_run(&mut client, agent_request("assistant", json!({"prompt": "What is the weather in Paris?"}))).await;
+    assert_eq!(
+        shape(&events)[2..],
+        [
+            "AgentStart",
+            "AgentStepStart",
+            "ResponseMetadata",
+            "ToolCallInputStreamingStart",
+            "ToolCallDelta*",
+            "ToolCallInputStreamingEnd",
+            "ToolCall",
+            "ToolResult",
+            "AgentStepFinish",
+            "AgentStepStart",
+            "ResponseMetadata",
+            "TextStart",
+            "TextDelta*",
+            "TextEnd",
+            "AgentStepFinish",
+            "AgentFinish",
+            "StepResult",
+            "WorkflowFinish",
+        ]
+    );
+    let args_text: String = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::ToolCallDelta(d)) => Some(d.args_text_delta.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(serde_json::from_str::<Value>(&args_text).unwrap(), json!({"city": "Paris"}));
+    let call = events.iter().find_map(|e| match &e.event {
+        Some(Event::ToolCall(c)) => Some(c.clone()),
+        _ => None,
+    });
+    let call = call.expect("tool_call");
+    assert_eq!((call.tool_name.as_str(), json(&call.args)), ("get-weather", json!({"city": "Paris"})));
+    let result = events.iter().find_map(|e| match &e.event {
+        Some(Event::ToolResult(r)) => Some(r.clone()),
+        _ => None,
+    });
+    let result = result.expect("tool_result");
+    assert_eq!(result.tool_call_id, call.tool_call_id);
+    assert_eq!(json(&result.result)["city"], "Paris");
+    let first_finish = events.iter().find_map(|e| match &e.event {
+        Some(Event::AgentStepFinish(f)) => Some(f.clone()),
+        _ => None,
+    });
+    assert!(first_finish.expect("step finish").is_continued);
+
+    // A tool that fails: the error is streamed and fed back to the model, and the agent still answers.
+    let events = stream_run(&mut client, agent_request("assistant", json!({"prompt": "Calculate 1 / 0"}))).await;
+    let error = events.iter().find_map(|e| match &e.event {
+        Some(Event::ToolError(t)) => Some(t.clone()),
+        _ => None,
+    });
+    let error = error.expect("tool_error");
+    assert_eq!(error.tool_name, "calculator");
+    assert_eq!(error.error.map(|e| e.message), Some("division by zero".into()));
+    assert_eq!(finish_status(events.last().unwrap()), Some(pb::RunStatus::Success));
+    server.stop().await;
+}
+
+/// Streams the concierge to its approval; returns the run id and the last seq.
+async fn until_approval(client: &mut Client) -> (String, u64) {
+    let request = agent_request("concierge", json!({"prompt": "Please book a kayak tour in Lisbon"}));
+    let events = stream_run(client, request).await;
+    let shape = shape(&events);
+    assert_eq!(
+        shape[shape.len() - 4..],
+        ["ToolCall", "ToolCallApproval", "StepSuspended", "WorkflowFinish"],
+        "the approval is asked, then the run suspends"
+    );
+    let n = events.len();
+    let Some(Event::ToolCallApproval(approval)) = &events[n - 3].event else { panic!() };
+    assert_eq!(approval.tool_name, "book-activity");
+    assert_eq!(json(&approval.args)["city"], "Lisbon");
+    assert!(json(&approval.resume_schema)["properties"]["approved"].is_object());
+    let Some(Event::StepSuspended(suspended)) = &events[n - 2].event else { panic!() };
+    assert_eq!(suspended.step_id, "concierge");
+    let payload = json(&suspended.suspend_payload);
+    assert_eq!(payload["reason"], "tool-call-approval");
+    assert_eq!(payload["tool_call_id"].as_str(), Some(approval.tool_call_id.as_str()));
+    assert!(payload.get("conversation").is_none(), "the agent's state is private");
+    assert_eq!(finish_status(&events[n - 1]), Some(pb::RunStatus::Suspended));
+    (events[0].run_id.clone(), events[n - 1].seq)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_booking_runs_after_the_resume() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let (run_id, last) = until_approval(&mut client).await;
+
+    // Resume data is checked against the approval schema first.
+    let bad = client.resume_stream(resume_request(&run_id, json!({"approved": "yes"}))).await;
+    assert_status(bad, Code::InvalidArgument, &["resume_data.approved"]);
+
+    let stream = client.resume_stream(resume_request(&run_id, json!({"approved": true}))).await.expect("resume");
+    let events = collect(stream.into_inner()).await;
+    assert_seqs(&events, last + 1, last + events.len() as u64);
+    assert_eq!(
+        shape(&events),
+        [
+            "WorkflowStart",
+            "StepStart",
+            "ToolResult",
+            "AgentStepFinish",
+            "AgentStepStart",
+            "ResponseMetadata",
+            "TextStart",
+            "TextDelta*",
+            "TextEnd",
+            "AgentStepFinish",
+            "AgentFinish",
+            "StepResult",
+            "WorkflowFinish",
+        ]
+    );
+    let Some(Event::ToolResult(result)) = &events[2].event else { panic!() };
+    assert_eq!(json(&result.result)["status"], "confirmed");
+    let text: String = texts(&events).collect();
+    assert!(text.contains("book-activity returned"), "{text}");
+    assert_eq!(finish_status(events.last().unwrap()), Some(pb::RunStatus::Success));
+    // Usage spans both phases.
+    let run = get_result(&mut client, &run_id, false).await;
+    let calls: u64 =
+        run.steps["concierge"].output.as_ref().map(|o| json(&Some(o.clone()))).unwrap()["usage"]["total_tokens"]
+            .as_u64()
+            .unwrap();
+    assert_eq!(run.usage.map(|u| u.total_tokens), Some(calls));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_booking_is_denied_and_the_agent_answers_without_it() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let (run_id, _) = until_approval(&mut client).await;
+    let decision = json!({"approved": false, "reason": "too expensive"});
+    let stream = client.resume_stream(resume_request(&run_id, decision)).await.expect("resume");
+    let events = collect(stream.into_inner()).await;
+    assert_eq!(shape(&events)[..4], ["WorkflowStart", "StepStart", "ToolOutputDenied", "AgentStepFinish"]);
+    let Some(Event::ToolOutputDenied(denied)) = &events[2].event else { panic!() };
+    assert_eq!((denied.tool_name.as_str(), denied.reason.as_str()), ("book-activity", "too expensive"));
+    assert_eq!(json(&denied.args)["city"], "Lisbon");
+    assert!(!events.iter().any(|e| matches!(e.event, Some(Event::ToolResult(_)))));
+    let text: String = texts(&events).collect();
+    assert!(text.contains("the user declined this call to 'book-activity': too expensive"), "{text}");
+    assert_eq!(finish_status(events.last().unwrap()), Some(pb::RunStatus::Success));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tripwire_stops_the_agent_and_ends_the_run_as_tripwire() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let secret = "sk-live0123456789abcdefghijkl";
+    let request = agent_request("assistant", json!({"prompt": format!("Remember my key {secret} please")}));
+    let events = stream_run(&mut client, request).await;
+    let shape = shape(&events);
+    assert_eq!(
+        shape[shape.len() - 7..],
+        ["TextDelta*", "TextEnd", "Tripwire", "AgentStepFinish", "AgentFinish", "StepResult", "WorkflowFinish"]
+    );
+    let tripwire = events.iter().find_map(|e| match &e.event {
+        Some(Event::Tripwire(t)) => Some(t.clone()),
+        _ => None,
+    });
+    let tripwire = tripwire.expect("tripwire");
+    assert_eq!(tripwire.processor_id, "secret-guard");
+    assert!(tripwire.reason.contains("API key"), "{}", tripwire.reason);
+    assert!(!texts(&events).collect::<String>().contains("sk-live"), "the secret never reaches the client");
+    let last = events.last().unwrap();
+    assert_eq!(finish_status(last), Some(pb::RunStatus::Tripwire));
+    let run = get_result(&mut client, &last.run_id, false).await;
+    assert_eq!(status_of(&run), pb::RunStatus::Tripwire);
+    let error = run.error.expect("error");
+    assert_eq!(error.name, "TripwireError");
+    assert!(error.message.contains("API key"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_output_streams_objects_and_returns_the_checked_one() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let schema = json!({
+        "type": "object",
+        "required": ["city", "days"],
+        "properties": { "city": { "type": "string" }, "days": { "type": "integer" } }
+    });
+    let request = agent_request("assistant", json!({"prompt": "Plan 3 days in Porto", "output_schema": schema}));
+    let events = stream_run(&mut client, request).await;
+    assert_eq!(
+        shape(&events)[2..],
+        [
+            "AgentStart",
+            "AgentStepStart",
+            "ResponseMetadata",
+            "Object*",
+            "AgentStepFinish",
+            "ObjectResult",
+            "AgentFinish",
+            "StepResult",
+            "WorkflowFinish"
+        ]
+    );
+    let object = events.iter().find_map(|e| match &e.event {
+        Some(Event::ObjectResult(o)) => Some(json(&o.object)),
+        _ => None,
+    });
+    let object = object.expect("object_result");
+    assert_eq!(object["days"], 3);
+    assert!(object["city"].is_string());
+    let n = events.len();
+    let Some(Event::AgentFinish(finish)) = &events[n - 3].event else { panic!() };
+    assert_eq!(json(&finish.object), object);
+    assert_eq!(finish_result(&events[n - 1])["object"], object);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_agent_requests_get_precise_statuses() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let both = pb::StreamRunRequest {
+        workflow_id: "chain".into(),
+        agent_id: "assistant".into(),
+        input: Some(pb_value(json!({"prompt": "hi"}))),
+        ..Default::default()
+    };
+    assert_status(client.stream_run(both).await, Code::InvalidArgument, &["workflow_id, agent_id", "only one"]);
+    let none = pb::StreamRunRequest::default();
+    assert_status(client.stream_run(none).await, Code::InvalidArgument, &["workflow_id", "agent_id"]);
+    let unknown = agent_request("nobody", json!({"prompt": "hi"}));
+    assert_status(client.stream_run(unknown).await, Code::NotFound, &["agent 'nobody'", "assistant", "concierge"]);
+    let workflow_as_agent = agent_request("chain", json!({"prompt": "hi"}));
+    assert_status(client.stream_run(workflow_as_agent).await, Code::NotFound, &["agent 'chain' does not exist"]);
+    let no_prompt = agent_request("assistant", json!({"text": "hi"}));
+    assert_status(client.stream_run(no_prompt).await, Code::InvalidArgument, &["input"]);
+    let bad_schema = agent_request("assistant", json!({"prompt": "hi", "output_schema": {"type": "nonsense"}}));
+    assert_status(client.stream_run(bad_schema).await, Code::InvalidArgument, &["input.output_schema"]);
+    let bad_role = agent_request("assistant", json!({"messages": [{"role": "robot", "content": "hi"}]}));
+    assert_status(client.stream_run(bad_role).await, Code::InvalidArgument, &["input.messages[0].role"]);
+    server.stop().await;
+}
