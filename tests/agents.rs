@@ -42,7 +42,7 @@ fn shape(events: &[pb::RunEvent]) -> Vec<String> {
     out
 }
 
-fn texts<'a>(events: &'a [pb::RunEvent]) -> impl Iterator<Item = &'a str> {
+fn texts(events: &[pb::RunEvent]) -> impl Iterator<Item = &str> {
     events.iter().filter_map(|e| match &e.event {
         Some(Event::TextDelta(d)) => Some(d.text.as_str()),
         _ => None,
