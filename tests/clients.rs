@@ -351,7 +351,8 @@ fn grpcurl_readme_walkthrough() {
                         assert_gapless(&events, first, original);
                         let last = events.last().unwrap();
                         assert_eq!(kind(last), "workflowFinish", "{original} does not end with workflowFinish");
-                        let workflow = request["workflowId"].as_str().unwrap_or_default();
+                        let workflow =
+                            request["workflowId"].as_str().or(request["agentId"].as_str()).unwrap_or_default();
                         match (method, workflow) {
                             ("StreamRun", "chain") => {
                                 assert_eq!(first, 1, "a new run's first seq");
@@ -373,13 +374,31 @@ fn grpcurl_readme_walkthrough() {
                                 suspended_at = Some(seq(last));
                                 checked.push("StreamRun order-approval");
                             }
+                            ("StreamRun", "assistant") => {
+                                let kinds = kinds(&events);
+                                for k in ["agentStart", "toolCallDelta", "toolCall", "toolResult", "textDelta"] {
+                                    assert!(kinds.contains(&k), "the assistant's stream lacks {k}: {kinds:?}");
+                                }
+                                assert_eq!(finish_status(last), "RUN_STATUS_SUCCESS", "assistant finish: {last}");
+                                checked.push("StreamRun assistant");
+                            }
+                            ("StreamRun", "concierge") => {
+                                let tail = &kinds(&events)[events.len().saturating_sub(3)..];
+                                assert_eq!(tail, ["toolCallApproval", "stepSuspended", "workflowFinish"], "{original}");
+                                suspended_at = Some(seq(last));
+                                checked.push("StreamRun concierge");
+                            }
                             ("ResumeStream", _) => {
                                 let suspended = suspended_at.take().expect("ResumeStream before any suspension");
                                 assert_eq!(first, suspended + 1, "ResumeStream must continue after seq {suspended}");
                                 assert_eq!(kind(&events[0]), "workflowStart", "a resumed phase starts: {}", events[0]);
-                                assert!(stdout.contains("\"approved by"), "ResumeStream output lacks the approval");
+                                let (proof, step) = match request["runId"].as_str() {
+                                    Some("trip-1") => ("\"toolResult\"", "ResumeStream concierge"),
+                                    _ => ("\"approved by", "ResumeStream"),
+                                };
+                                assert!(stdout.contains(proof), "ResumeStream output lacks {proof}");
                                 assert_eq!(finish_status(last), "RUN_STATUS_SUCCESS", "resumed finish: {last}");
-                                checked.push("ResumeStream");
+                                checked.push(step);
                             }
                             ("ObserveStream", _) => {
                                 let after = match &request["afterSeq"] {
@@ -410,6 +429,9 @@ fn grpcurl_readme_walkthrough() {
         "ResumeStream",
         "ObserveStream",
         "GetResult",
+        "StreamRun assistant",
+        "StreamRun concierge",
+        "ResumeStream concierge",
     ] {
         assert!(checked.contains(&step), "the README walkthrough has no `{step}` command (checked: {checked:?})");
     }

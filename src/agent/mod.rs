@@ -33,7 +33,22 @@
 //! loop with `AgentError` and a failed [`AgentOutcome`]. **Cancellation** ends it with `AgentAbort`, also when the loop's future is dropped before it
 //! ends (the engine drops a canceled step's future), so that the stream always says why the agent stopped.
 //!
-//! Not yet: tool approval and suspension, tripwires (guardrails), structured output, memory.
+//! **Approval**: a tool built [`Tool::with_approval`] is not run when the model calls it: the loop emits
+//! `ToolCallApproval` and ends with [`AgentEnd::AwaitingApproval`] and its state (the conversation, counters and the
+//! queue of calls still to run). As a step, the state goes into the run's snapshot (`StepContext::save_state`), not
+//! into the suspend payload callers see, and the step suspends; resumed with `{"approved", "reason"}`, the loop
+//! continues from that call: approved, the tool runs; declined, `ToolOutputDenied`, and the model reads that the
+//! user declined (so it can answer without it). The step's `AgentStepFinish` comes once all its calls are answered.
+//!
+//! **Guardrails** ([`OutputGuardrail`]): checked on the answer so far before each text delta goes out; one that
+//! objects stops the model call (the delta is never emitted), then `Tripwire`, `AgentStepFinish` and `AgentFinish`
+//! with reason `Tripwire`; as a step it fails with `StepError::tripwire`, which ends the run as TRIPWIRE.
+//!
+//! **Structured output** ([`AgentOptions::output_schema`]): every model call is asked for that JSON; text deltas
+//! stream as `ObjectPartial` (the growing JSON completed best-effort) instead of text parts, and the final answer is
+//! parsed and checked (`ObjectResult`, `AgentFinish.object`) or fails with `AgentError` naming the field.
+//!
+//! Not yet: memory (threads), tools that suspend themselves (`ToolCallSuspended`), streamed tool output.
 
 mod partial_json;
 mod run;
