@@ -237,6 +237,8 @@ async fn an_approved_booking_runs_after_the_resume() {
         [
             "WorkflowStart",
             "StepStart",
+            "ToolOutput",
+            "ToolOutput",
             "ToolResult",
             "AgentStepFinish",
             "AgentStepStart",
@@ -250,7 +252,12 @@ async fn an_approved_booking_runs_after_the_resume() {
             "WorkflowFinish",
         ]
     );
-    let Some(Event::ToolResult(result)) = &events[2].event else { panic!() };
+    // The tool streams its progress before its result.
+    let Some(Event::ToolOutput(progress)) = &events[2].event else { panic!() };
+    assert_eq!(progress.tool_name, "book-activity");
+    assert_eq!(json(&progress.output)["stage"], "checking availability");
+    let Some(Event::ToolResult(result)) = &events[4].event else { panic!() };
+    assert_eq!(result.tool_call_id, progress.tool_call_id);
     assert_eq!(json(&result.result)["status"], "confirmed");
     let text: String = texts(&events).collect();
     assert!(text.contains("book-activity returned"), "{text}");

@@ -48,7 +48,10 @@
 //! stream as `ObjectPartial` (the growing JSON completed best-effort) instead of text parts, and the final answer is
 //! parsed and checked (`ObjectResult`, `AgentFinish.object`) or fails with `AgentError` naming the field.
 //!
-//! Not yet: memory (threads), tools that suspend themselves (`ToolCallSuspended`), streamed tool output.
+//! **Tool output**: a tool may stream output while it runs ([`ToolContext::write`]), emitted as `ToolOutput` before
+//! its result.
+//!
+//! Not yet: memory (threads), tools that suspend themselves (`ToolCallSuspended`).
 
 mod partial_json;
 mod run;
@@ -153,6 +156,23 @@ pub struct ToolContext {
     pub tool_call_id: Arc<str>,
     /// Fired when the run is canceled; long-running tools should stop then (the loop also stops waiting).
     pub cancel: CancellationToken,
+    /// Where [`ToolContext::write`] sends output; `None` where nobody streams it.
+    pub output: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
+}
+
+impl ToolContext {
+    pub fn new(agent_id: Arc<str>, tool_call_id: Arc<str>, cancel: CancellationToken) -> Self {
+        Self { agent_id, tool_call_id, cancel, output: None }
+    }
+
+    /// Streams a piece of output while the tool runs (progress, partial results): the agent emits it as a
+    /// `ToolOutput` chunk at once, before the tool's result. Never blocks.
+    pub fn write(&self, output: Value) {
+        if let Some(tx) = &self.output {
+            // The loop stopped listening only if the run is over; the output has nowhere to go then.
+            let _ = tx.send(output);
+        }
+    }
 }
 
 /// A tool's failure. Reported to the model as the tool's result (so it can correct itself) and streamed as

@@ -333,16 +333,34 @@ where
                     agent.tools.iter().map(|t| t.name()).collect::<Vec<_>>().join(", ")
                 ))),
                 Some(tool) => {
+                    let (tx, mut output) = tokio::sync::mpsc::unbounded_channel();
                     let ctx = ToolContext {
-                        agent_id: Arc::clone(&agent.id),
-                        tool_call_id: Arc::clone(&id),
-                        cancel: cancel.clone(),
+                        output: Some(tx),
+                        ..ToolContext::new(Arc::clone(&agent.id), Arc::clone(&id), cancel.clone())
                     };
-                    tokio::select! {
-                        biased;
-                        () = cancel.cancelled() => return aborted(st),
-                        r = tool.call(ctx, call.args.clone()) => r,
+                    let run = tool.call(ctx, call.args.clone());
+                    tokio::pin!(run);
+                    // The tool's writes stream while it runs; whatever is still queued when it returns goes out
+                    // before its result.
+                    let emit_output = |value| {
+                        emit(AgentChunk::ToolOutput {
+                            tool_call_id: Arc::clone(&id),
+                            tool_name: Arc::clone(&name),
+                            output: value,
+                        })
+                    };
+                    let result = loop {
+                        tokio::select! {
+                            biased;
+                            () = cancel.cancelled() => return aborted(st),
+                            Some(value) = output.recv() => emit_output(value),
+                            r = &mut run => break r,
+                        }
+                    };
+                    while let Ok(value) = output.try_recv() {
+                        emit_output(value);
                     }
+                    result
                 }
             };
             let content = match result {

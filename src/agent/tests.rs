@@ -149,6 +149,7 @@ fn describe(chunk: &AgentChunk) -> String {
         AgentChunk::Tripwire { reason, processor_id, .. } => {
             format!("tripwire {}: {reason}", processor_id.as_deref().unwrap_or(""))
         }
+        AgentChunk::ToolOutput { tool_call_id, output, .. } => format!("tool-output {tool_call_id} {output}"),
         AgentChunk::ObjectPartial { object } => format!("object {object}"),
         AgentChunk::ObjectResult { object } => format!("object-result {object}"),
         other => format!("{other:?}"),
@@ -818,7 +819,14 @@ mod approvals_guardrails_and_structured_output {
         assert_eq!(approval.args["city"], "Lisbon");
         let decision = ApprovalDecision { approved: true, reason: None };
         let (outcome, lines) = run_with(&agent, AgentInput::Resume { state, decision }, &AgentOptions::default()).await;
-        assert!(lines[0].starts_with("tool-result call_offline_1 "), "{lines:?}");
+        assert_eq!(
+            lines[..2],
+            [
+                r#"tool-output call_offline_1 {"city":"Lisbon","stage":"checking availability"}"#,
+                r#"tool-output call_offline_1 {"stage":"reserving"}"#,
+            ]
+        );
+        assert!(lines[2].starts_with("tool-result call_offline_1 "), "{lines:?}");
         assert!(outcome.text.contains("book-activity returned"), "{}", outcome.text);
         assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
     }

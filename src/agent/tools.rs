@@ -31,6 +31,9 @@ pub fn book_activity_tool() -> Tool {
         |ctx, args: Value| async move {
             let activity = args["activity"].as_str().unwrap_or_default();
             let city = args["city"].as_str().unwrap_or_default();
+            // Progress streams as `tool_output` while the tool runs.
+            ctx.write(json!({ "stage": "checking availability", "city": city }));
+            ctx.write(json!({ "stage": "reserving" }));
             Ok(json!({
                 "booking_id": format!("bk-{}", &*ctx.tool_call_id),
                 "activity": activity,
@@ -246,7 +249,7 @@ mod tests {
     use crate::agent::ToolContext;
 
     fn ctx() -> ToolContext {
-        ToolContext { agent_id: Arc::from("a"), tool_call_id: Arc::from("c"), cancel: CancellationToken::new() }
+        ToolContext::new(Arc::from("a"), Arc::from("c"), CancellationToken::new())
     }
 
     #[test]
