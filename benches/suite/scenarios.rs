@@ -337,13 +337,13 @@ pub async fn fan_out(server: &Server, sizes: &Sizes) -> Figures {
     ]
 }
 
-/// Re-attaches per connection in the reconnect storm (below h2's limit of 1,024 cancelled streams).
+/// Re-attaches per connection in the reconnect storm.
 const STORM_ATTACHES_PER_CONNECTION: u64 = 256;
 
 /// G reconnect storm: one observer that drops its stream every `storm_every` events and re-attaches with
 /// `after_seq`; nothing may be lost or repeated.
 pub async fn reconnect_storm(server: &Server, sizes: &Sizes) -> Figures {
-    let mut c = client::client(&client::channel(server.addr).await);
+    let mut c = client::client(&client::storm_channel(server.addr).await);
     let expected = sizes.storm_events + 4;
     let start = Instant::now();
     let run_id = c
@@ -359,11 +359,10 @@ pub async fn reconnect_storm(server: &Server, sizes: &Sizes) -> Figures {
     let (mut cursor, mut lost, mut duplicated, mut attaches) = (0u64, 0u64, 0u64, 0u64);
     let mut finished = false;
     while !finished {
-        // h2 (0.4) answers the 1,024th stream a client cancels mid-flight on one connection with GOAWAY
-        // ENHANCE_YOUR_CALM ("too_many_internal_resets", its rapid-reset guard), so a long storm moves to a fresh
-        // connection now and then, as a client whose network drops would anyway (docs/performance.md).
+        // A long storm moves to a fresh connection now and then, as a client whose network drops would anyway;
+        // `storm_channel` says why the connection's reset guard is off (docs/performance.md).
         if attaches > 0 && attaches % STORM_ATTACHES_PER_CONNECTION == 0 {
-            c = client::client(&client::channel(server.addr).await);
+            c = client::client(&client::storm_channel(server.addr).await);
         }
         let request = pb::ObserveStreamRequest { run_id: run_id.clone(), after_seq: cursor, close_on_suspend: None };
         let mut stream = c.observe_stream(request).await.expect("ObserveStream").into_inner();
