@@ -397,9 +397,10 @@ pub async fn reconnect_storm(server: &Server, sizes: &Sizes) -> Figures {
 
 /// latency: a probe of sequential chain runs on its own connection while a B-sized flood streams alongside;
 /// each probe event's latency is its receive time minus its `time` (set when the log appended it; same clock).
+/// The probe is a client of its own (its own thread and runtime), as a second client would be: sharing the flood
+/// client's runtime, its events also waited behind the flood's decoding in the load generator's task queue.
 pub async fn latency(server: &Server, sizes: &Sizes) -> Figures {
     let mut flood_client = client::client(&client::channel(server.addr).await);
-    let mut probe = client::client(&client::channel(server.addr).await);
     let flooding = Arc::new(AtomicBool::new(true));
     let flood = tokio::spawn({
         let (flooding, count) = (flooding.clone(), sizes.flood);
@@ -409,18 +410,35 @@ pub async fn latency(server: &Server, sizes: &Sizes) -> Figures {
             result
         }
     });
-    let mut samples = Vec::new();
-    let mut probes = 0;
-    while flooding.load(Ordering::Relaxed) || probes < 20 {
-        let mut stream =
-            probe.stream_run(stream_request("chain", json!({ "value": 1 }))).await.expect("probe").into_inner();
-        while let Some(event) = stream.message().await.expect("probe stream") {
-            let received = SystemTime::now();
-            let sent: SystemTime = event.time.and_then(|t| t.try_into().ok()).expect("events carry a time");
-            samples.push(received.duration_since(sent).map(ms).unwrap_or(0.0));
+    let addr = server.addr;
+    let probe_loop = {
+        let flooding = flooding.clone();
+        async move {
+            let mut probe = client::client(&client::channel(addr).await);
+            let mut samples = Vec::new();
+            let mut probes = 0;
+            while flooding.load(Ordering::Relaxed) || probes < 20 {
+                let mut stream =
+                    probe.stream_run(stream_request("chain", json!({ "value": 1 }))).await.expect("probe").into_inner();
+                while let Some(event) = stream.message().await.expect("probe stream") {
+                    let received = SystemTime::now();
+                    let sent: SystemTime = event.time.and_then(|t| t.try_into().ok()).expect("events carry a time");
+                    samples.push(received.duration_since(sent).map(ms).unwrap_or(0.0));
+                }
+                probes += 1;
+            }
+            samples
         }
-        probes += 1;
-    }
+    };
+    let mut samples = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a probe runtime")
+            .block_on(probe_loop)
+    })
+    .await
+    .expect("the probe thread");
     let (flood_rate, _, _) = flood.await.expect("the flood task");
     sort(&mut samples);
     vec![
