@@ -65,7 +65,7 @@ impl RunService for Raw {
         let event = self.event.clone();
         let events = stream::unfold(0u64, move |sent| {
             let event = event.clone();
-            async move { (sent < count).then(|| (Ok(EncodedRunEvent(event)), sent + 1)) }
+            async move { (sent < count).then(|| (Ok(EncodedRunEvent::whole(event)), sent + 1)) }
         });
         Ok(Response::new(Box::pin(events)))
     }

@@ -337,13 +337,13 @@ pub async fn fan_out(server: &Server, sizes: &Sizes) -> Figures {
     ]
 }
 
-/// Re-attaches per connection in the reconnect storm (below h2's limit of 1,024 cancelled streams).
+/// Re-attaches per connection in the reconnect storm.
 const STORM_ATTACHES_PER_CONNECTION: u64 = 256;
 
 /// G reconnect storm: one observer that drops its stream every `storm_every` events and re-attaches with
 /// `after_seq`; nothing may be lost or repeated.
 pub async fn reconnect_storm(server: &Server, sizes: &Sizes) -> Figures {
-    let mut c = client::client(&client::channel(server.addr).await);
+    let mut c = client::client(&client::storm_channel(server.addr).await);
     let expected = sizes.storm_events + 4;
     let start = Instant::now();
     let run_id = c
@@ -359,11 +359,10 @@ pub async fn reconnect_storm(server: &Server, sizes: &Sizes) -> Figures {
     let (mut cursor, mut lost, mut duplicated, mut attaches) = (0u64, 0u64, 0u64, 0u64);
     let mut finished = false;
     while !finished {
-        // h2 (0.4) answers the 1,024th stream a client cancels mid-flight on one connection with GOAWAY
-        // ENHANCE_YOUR_CALM ("too_many_internal_resets", its rapid-reset guard), so a long storm moves to a fresh
-        // connection now and then, as a client whose network drops would anyway (docs/performance.md).
+        // A long storm moves to a fresh connection now and then, as a client whose network drops would anyway;
+        // `storm_channel` says why the connection's reset guard is off (docs/performance.md).
         if attaches > 0 && attaches % STORM_ATTACHES_PER_CONNECTION == 0 {
-            c = client::client(&client::channel(server.addr).await);
+            c = client::client(&client::storm_channel(server.addr).await);
         }
         let request = pb::ObserveStreamRequest { run_id: run_id.clone(), after_seq: cursor, close_on_suspend: None };
         let mut stream = c.observe_stream(request).await.expect("ObserveStream").into_inner();
@@ -398,9 +397,10 @@ pub async fn reconnect_storm(server: &Server, sizes: &Sizes) -> Figures {
 
 /// latency: a probe of sequential chain runs on its own connection while a B-sized flood streams alongside;
 /// each probe event's latency is its receive time minus its `time` (set when the log appended it; same clock).
+/// The probe is a client of its own (its own thread and runtime), as a second client would be: sharing the flood
+/// client's runtime, its events also waited behind the flood's decoding in the load generator's task queue.
 pub async fn latency(server: &Server, sizes: &Sizes) -> Figures {
     let mut flood_client = client::client(&client::channel(server.addr).await);
-    let mut probe = client::client(&client::channel(server.addr).await);
     let flooding = Arc::new(AtomicBool::new(true));
     let flood = tokio::spawn({
         let (flooding, count) = (flooding.clone(), sizes.flood);
@@ -410,18 +410,35 @@ pub async fn latency(server: &Server, sizes: &Sizes) -> Figures {
             result
         }
     });
-    let mut samples = Vec::new();
-    let mut probes = 0;
-    while flooding.load(Ordering::Relaxed) || probes < 20 {
-        let mut stream =
-            probe.stream_run(stream_request("chain", json!({ "value": 1 }))).await.expect("probe").into_inner();
-        while let Some(event) = stream.message().await.expect("probe stream") {
-            let received = SystemTime::now();
-            let sent: SystemTime = event.time.and_then(|t| t.try_into().ok()).expect("events carry a time");
-            samples.push(received.duration_since(sent).map(ms).unwrap_or(0.0));
+    let addr = server.addr;
+    let probe_loop = {
+        let flooding = flooding.clone();
+        async move {
+            let mut probe = client::client(&client::channel(addr).await);
+            let mut samples = Vec::new();
+            let mut probes = 0;
+            while flooding.load(Ordering::Relaxed) || probes < 20 {
+                let mut stream =
+                    probe.stream_run(stream_request("chain", json!({ "value": 1 }))).await.expect("probe").into_inner();
+                while let Some(event) = stream.message().await.expect("probe stream") {
+                    let received = SystemTime::now();
+                    let sent: SystemTime = event.time.and_then(|t| t.try_into().ok()).expect("events carry a time");
+                    samples.push(received.duration_since(sent).map(ms).unwrap_or(0.0));
+                }
+                probes += 1;
+            }
+            samples
         }
-        probes += 1;
-    }
+    };
+    let mut samples = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a probe runtime")
+            .block_on(probe_loop)
+    })
+    .await
+    .expect("the probe thread");
     let (flood_rate, _, _) = flood.await.expect("the flood task");
     sort(&mut samples);
     vec![

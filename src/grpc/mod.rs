@@ -15,6 +15,7 @@ pub mod server {
 
 use std::{pin::Pin, sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use futures_util::{Stream, stream};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
@@ -62,15 +63,18 @@ impl RunService {
         Self { registry, config, shutdown }
     }
 
-    /// Turns a log reader into a response stream. Events are encoded once per event, not per reader.
+    /// Turns a log reader into a response stream. The log holds each event encoded (once, at append); the stream
+    /// adds the run id and the seq.
     fn event_stream(&self, run_id: Arc<str>, reader: LogReader) -> EventStream {
         struct State {
             reader: LogReader,
             run_id: Arc<str>,
+            head: Bytes,
             shutdown: CancellationToken,
             ended: bool,
         }
-        let state = State { reader, run_id, shutdown: self.shutdown.clone(), ended: false };
+        let head = wire::run_id_field(&run_id);
+        let state = State { reader, run_id, head, shutdown: self.shutdown.clone(), ended: false };
         Box::pin(stream::unfold(state, |mut state| async move {
             if state.ended {
                 return None;
@@ -91,8 +95,7 @@ impl RunService {
                     }
                 },
             };
-            let entry = entry?;
-            let event = EncodedRunEvent::of(&state.run_id, &entry);
+            let event = EncodedRunEvent::logged(&state.head, &entry?);
             Some((Ok(event), state))
         }))
     }

@@ -1,10 +1,13 @@
 //! Events go on the wire encoded once.
 //!
 //! The server streams `EncodedRunEvent`s instead of `RunEvent`s (build.rs maps the proto type to this one for the
-//! server only; clients decode ordinary `RunEvent`s, the bytes being identical). Each log entry's encoding is
-//! cached in the entry itself, so a run with a thousand observers encodes each event once, not a thousand times.
+//! server only; clients decode ordinary `RunEvent`s, the bytes being identical). A run's log keeps each event
+//! encoded by [`WireEncoder`] when it is appended: every field of the `RunEvent` but the two a stream adds, the run
+//! id (field 1, the same for the whole stream) and the seq (field 2, given by the log). Since protobuf fields are
+//! written in tag order, a stream writes field 1, field 2, then the stored bytes: a run with a thousand observers
+//! encodes each event once, and the log does not keep the run id once per event.
 //!
-//! Events are written straight from the log entry into one buffer, without building the intermediate
+//! Events are written straight from the engine's event into one buffer, without building the intermediate
 //! `pb::RunEvent` (its strings and `google.protobuf.Struct` B-tree maps cost several times more than the encoding
 //! itself: see docs/performance.md). The bytes are identical to prost's encoding of `convert::run_event`, which
 //! stays the reference: the tests below compare the two for every kind of event.
@@ -21,23 +24,46 @@ use serde_json::Value;
 use super::{convert, convert_agent};
 use crate::{
     engine::{Event, EventKind},
-    registry::LogEntry,
+    registry::{EventEncoder, LoggedEvent},
 };
 
-/// A `RunEvent` already encoded in protobuf wire format.
+/// A `RunEvent` already encoded in protobuf wire format: `head` (the run id field, shared by a stream), the seq
+/// field, then `body`, the bytes the log stored.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct EncodedRunEvent(pub Bytes);
+pub struct EncodedRunEvent {
+    head: Bytes,
+    /// 0: no seq field (proto3 omits zero), e.g. a message encoded whole into `body`.
+    seq: u64,
+    body: Bytes,
+}
 
 impl EncodedRunEvent {
-    /// The entry's encoding, made by the first caller and shared with every later one.
-    pub fn of(run_id: &str, entry: &LogEntry) -> Self {
-        Self(entry.wire_or_init(|seq, time, event| encode(run_id, seq, time, event)).clone())
+    /// A logged event of the run whose [`run_id_field`] is `head`.
+    pub fn logged(head: &Bytes, entry: &LoggedEvent) -> Self {
+        Self { head: head.clone(), seq: entry.seq, body: entry.bytes.clone() }
     }
+
+    /// A complete encoded `RunEvent`.
+    pub fn whole(bytes: Bytes) -> Self {
+        Self { head: Bytes::new(), seq: 0, body: bytes }
+    }
+}
+
+/// Field 1 (`run_id`) of every `RunEvent` of a run, encoded once per stream.
+pub fn run_id_field(run_id: &str) -> Bytes {
+    let mut buf = Vec::with_capacity(run_id.len() + 2);
+    Writer { buf: &mut buf }.string(1, run_id);
+    buf.into()
 }
 
 impl Message for EncodedRunEvent {
     fn encode_raw(&self, buf: &mut impl BufMut) {
-        buf.put_slice(&self.0);
+        buf.put_slice(&self.head);
+        if self.seq != 0 {
+            encode_key(2, WireType::Varint, buf);
+            encode_varint(self.seq, buf);
+        }
+        buf.put_slice(&self.body);
     }
 
     /// The server only ever encodes this type; decoding skips every field rather than misinterpret it.
@@ -52,20 +78,41 @@ impl Message for EncodedRunEvent {
     }
 
     fn encoded_len(&self) -> usize {
-        self.0.len()
+        let seq = if self.seq == 0 { 0 } else { 1 + encoded_len_varint(self.seq) };
+        self.head.len() + seq + self.body.len()
     }
 
     fn clear(&mut self) {
-        self.0 = Bytes::new();
+        *self = Self::default();
     }
 }
 
-/// The protobuf encoding of `convert::run_event(run_id, seq, time, event)`, byte for byte, written straight from
-/// the event.
+/// The stored form of events in a run's log: [`encode_body`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WireEncoder;
+
+impl EventEncoder for WireEncoder {
+    fn encode(&self, time: SystemTime, event: &Event, out: &mut Vec<u8>) {
+        encode_body(time, event, out);
+    }
+}
+
+/// The protobuf encoding of `convert::run_event(run_id, seq, time, event)`, byte for byte: what a stream sends
+/// for a logged event, in one buffer.
 pub fn encode(run_id: &str, seq: u64, time: SystemTime, event: &Event) -> Bytes {
-    let mut w = Writer { buf: Vec::with_capacity(128) };
-    w.string(1, run_id);
-    w.uint(2, seq);
+    let mut buf = run_id_field(run_id).to_vec();
+    if seq != 0 {
+        encode_key(2, WireType::Varint, &mut buf);
+        encode_varint(seq, &mut buf);
+    }
+    encode_body(time, event, &mut buf);
+    buf.into()
+}
+
+/// Fields 3 and up of `convert::run_event(run_id, seq, time, event)`'s encoding, written straight from the event and
+/// appended to `out`.
+pub fn encode_body(time: SystemTime, event: &Event, out: &mut Vec<u8>) {
+    let mut w = Writer { buf: out };
     w.timestamp(3, time);
     w.enumeration(4, convert::event_source(event.source) as i32);
     w.string(5, event.kind.step_id().map_or("", |id| &**id));
@@ -123,7 +170,7 @@ pub fn encode(run_id: &str, seq: u64, time: SystemTime, event: &Event) -> Bytes 
             if let Some(index) = for_each_index {
                 // proto3 `optional`: present even when 0.
                 w.key(6, WireType::Varint);
-                encode_varint(u64::from(*index), &mut w.buf);
+                encode_varint(u64::from(*index), w.buf);
             }
         }),
         EventKind::StepWaiting { step_id, wake_at } => w.message(15, |w| {
@@ -171,31 +218,28 @@ pub fn encode(run_id: &str, seq: u64, time: SystemTime, event: &Event) -> Bytes 
             w.bool(4, *transient);
         }),
         // Not written directly yet: prost's encoding of the reference message (same bytes, fields in tag order).
-        EventKind::Agent { chunk, .. } => convert_agent::agent_run_event(chunk).encode(&mut w.buf),
-        EventKind::Network { event, .. } => convert_agent::network_run_event(event).encode(&mut w.buf),
+        EventKind::Agent { chunk, .. } => convert_agent::agent_run_event(chunk).encode(w.buf),
+        EventKind::Network { event, .. } => convert_agent::network_run_event(event).encode(w.buf),
     }
-    // The log keeps this for the run's lifetime: give back the unused part of the buffer.
-    w.buf.shrink_to_fit();
-    w.buf.into()
 }
 
 /// Writes protobuf fields in one pass, as prost does: proto3 scalars are omitted when zero or empty, set message
 /// fields always written. A nested message's length prefix is written after its body: one byte is reserved, which
 /// is all a body under 128 bytes needs (nearly every event); a longer body is moved right to make room for its
 /// longer prefix.
-struct Writer {
-    buf: Vec<u8>,
+struct Writer<'a> {
+    buf: &'a mut Vec<u8>,
 }
 
-impl Writer {
+impl Writer<'_> {
     fn key(&mut self, tag: u32, wire_type: WireType) {
-        encode_key(tag, wire_type, &mut self.buf);
+        encode_key(tag, wire_type, self.buf);
     }
 
     fn uint(&mut self, tag: u32, v: u64) {
         if v != 0 {
             self.key(tag, WireType::Varint);
-            encode_varint(v, &mut self.buf);
+            encode_varint(v, self.buf);
         }
     }
 
@@ -211,7 +255,7 @@ impl Writer {
     fn string(&mut self, tag: u32, s: &str) {
         if !s.is_empty() {
             self.key(tag, WireType::LengthDelimited);
-            encode_varint(s.len() as u64, &mut self.buf);
+            encode_varint(s.len() as u64, self.buf);
             self.buf.put_slice(s.as_bytes());
         }
     }
@@ -264,7 +308,7 @@ impl Writer {
         match v {
             Value::Null => {
                 self.key(1, WireType::Varint);
-                encode_varint(prost_types::NullValue::NullValue as u64, &mut self.buf);
+                encode_varint(prost_types::NullValue::NullValue as u64, self.buf);
             }
             Value::Number(n) => {
                 self.key(2, WireType::SixtyFourBit);
@@ -272,12 +316,12 @@ impl Writer {
             }
             Value::String(s) => {
                 self.key(3, WireType::LengthDelimited);
-                encode_varint(s.len() as u64, &mut self.buf);
+                encode_varint(s.len() as u64, self.buf);
                 self.buf.put_slice(s.as_bytes());
             }
             Value::Bool(b) => {
                 self.key(4, WireType::Varint);
-                encode_varint(u64::from(*b), &mut self.buf);
+                encode_varint(u64::from(*b), self.buf);
             }
             Value::Object(map) => self.message(5, |w| {
                 for (key, value) in map {
@@ -482,25 +526,35 @@ mod tests {
 
 #[cfg(test)]
 mod cache_tests {
-    use std::time::SystemTime;
+    use std::{sync::Arc, time::SystemTime};
 
     use serde_json::json;
 
     use super::*;
-    use crate::engine::EventSource;
+    use crate::{
+        engine::EventSource,
+        registry::{LogReader, ReadUntil},
+    };
 
-    #[test]
-    fn an_entry_is_encoded_once_then_holds_only_its_bytes() {
+    #[tokio::test]
+    async fn a_stream_sends_the_logged_bytes_with_its_run_id_and_seq() {
+        let log = Arc::new(crate::registry::EventLog::new(Arc::new(WireEncoder)));
         let event = Event {
             source: EventSource::User,
             kind: EventKind::StepOutput { step_id: "s".into(), output: json!({ "i": 1 }) },
         };
-        let entry = LogEntry::new(7, SystemTime::now(), event.clone());
-        assert_eq!(entry.event(), Some(event.clone()));
-        let first = EncodedRunEvent::of("run-1", &entry);
-        assert_eq!(first.0, convert::run_event("run-1", 7, entry.time, &event).encode_to_vec());
-        assert_eq!(entry.event(), None, "released once encoded");
-        let second = EncodedRunEvent::of("run-1", &entry);
-        assert_eq!(first.0.as_ptr(), second.0.as_ptr(), "the cached bytes are shared, not re-encoded");
+        let time = SystemTime::now();
+        for _ in 0..300 {
+            log.append(event.clone(), time);
+        }
+        let head = run_id_field("run-1");
+        let mut reader = LogReader::new(log, 299, ReadUntil::Run { close_on_suspend: true });
+        let entry = reader.next().await.expect("event 300");
+        let sent = EncodedRunEvent::logged(&head, &entry);
+        let expected = convert::run_event("run-1", 300, time, &event).encode_to_vec();
+        assert_eq!(sent.encode_to_vec(), expected);
+        assert_eq!(sent.encoded_len(), expected.len());
+        assert_eq!(encode("run-1", 300, time, &event), expected);
+        assert_eq!(EncodedRunEvent::whole(expected.clone().into()).encode_to_vec(), expected);
     }
 }

@@ -9,17 +9,19 @@
 //! - **Slow readers never stall the engine.** Appending never waits for readers: the log is append-only and each
 //!   reader catches up at its own pace. A stalled reader costs memory that the run keeps anyway (the log is the
 //!   replay buffer), never engine time, and never makes another reader lose events.
-//! - **Cheap fan-out.** Entries are `Arc`s: a reader clones pointers, not payloads, in batches taken under one
-//!   short lock (never held across an `.await`). Each entry also carries a cache for its encoded wire form, filled
-//!   once by the first reader that needs it, so an event is encoded once however many readers it has.
+//! - **Cheap fan-out.** Each event is encoded once, when it is appended, by the transport's [`EventEncoder`]; the
+//!   log keeps only those bytes (the structured event is dropped at once), packed into per-run chunks, so a reader
+//!   copies reference-counted slices, not payloads, in batches taken under one short lock (never held across an
+//!   `.await`). Encoding happens before the lock is taken; under it, the bytes are copied into the chunk.
 
 use std::{
+    cell::RefCell,
     collections::VecDeque,
-    sync::{Arc, Mutex, MutexGuard, OnceLock},
+    sync::{Arc, Mutex, MutexGuard},
     time::SystemTime,
 };
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
 use crate::engine::{Event, EventKind, RunStatus};
@@ -28,87 +30,148 @@ use crate::engine::{Event, EventKind, RunStatus};
 /// reader far behind does not copy a long run's log in one go.
 const READ_BATCH: usize = 512;
 
-/// One numbered event in a run's log.
-///
-/// The structured event is kept only until the transport has cached its encoded form: from then on the encoded
-/// bytes are all any reader needs, and they are several times smaller than the event's JSON values (a run's log
-/// is its replay buffer, kept as long as the run). What the log itself needs to decide when streams end, the status
-/// of a `workflow_finish`, is kept apart.
-#[derive(Debug)]
-pub struct LogEntry {
-    pub seq: u64,
-    pub time: SystemTime,
-    finish: Option<RunStatus>,
-    /// `None` once `wire` is filled. Boxed, so that releasing it also releases its room.
-    event: Mutex<Option<Box<Event>>>,
-    /// The event's encoded wire form, filled by the transport layer on first use. The log does not know the
-    /// encoding; it only guarantees that every reader sees the same cache.
-    wire: OnceLock<Bytes>,
+/// The first chunk a run's encoded events are packed into; each next chunk is as large as everything stored so far
+/// (so a short run wastes at most about half of its small log), up to `MAX_CHUNK`.
+const MIN_CHUNK: usize = 256;
+const MAX_CHUNK: usize = 64 * 1024;
+
+/// How a log stores its events: the transport's encoding, made once per event at append. The registry does not
+/// know the encoding; it keeps the bytes and hands them to readers with their seq.
+pub trait EventEncoder: Send + Sync + 'static {
+    /// Appends the stored form of `event`, appended at `time`, to `out`.
+    fn encode(&self, time: SystemTime, event: &Event, out: &mut Vec<u8>);
 }
 
-impl LogEntry {
-    pub fn new(seq: u64, time: SystemTime, event: Event) -> Self {
-        let finish = match &event.kind {
-            EventKind::WorkflowFinish { status, .. } => Some(*status),
-            _ => None,
-        };
-        Self { seq, time, finish, event: Mutex::new(Some(Box::new(event))), wire: OnceLock::new() }
-    }
+/// One numbered event, as readers get it: its seq and its encoded bytes (a shared slice, cheap to clone).
+#[derive(Debug, Clone)]
+pub struct LoggedEvent {
+    pub seq: u64,
+    /// The event as the log's [`EventEncoder`] wrote it.
+    pub bytes: Bytes,
+    finish: Option<RunStatus>,
+}
 
-    /// The entry's encoded form: made by `encode(seq, time, event)` for the first caller, shared with every later
-    /// one. The structured event is released once it is encoded.
-    pub fn wire_or_init(&self, encode: impl FnOnce(u64, SystemTime, &Event) -> Bytes) -> &Bytes {
-        self.wire.get_or_init(|| {
-            let event = self.event.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take();
-            // Only this initializer takes the event, and it runs once, so the event is always still there.
-            event.map_or_else(Bytes::new, |event| encode(self.seq, self.time, &event))
-        })
-    }
-
-    /// A copy of the structured event, if it has not been encoded (and released) yet.
-    pub fn event(&self) -> Option<Event> {
-        self.event.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).as_deref().cloned()
-    }
-
+impl LoggedEvent {
     /// The status of a `WorkflowFinish` entry, `None` for any other event.
     pub fn finish_status(&self) -> Option<RunStatus> {
         self.finish
     }
 }
 
+/// A numbered event outside any log, as tests build them to compare encodings (a log keeps only the encoded
+/// bytes: [`LoggedEvent`]).
+#[cfg(test)]
+#[derive(Debug, Clone)]
+pub struct LogEntry {
+    pub seq: u64,
+    pub time: SystemTime,
+    event: Event,
+}
+
+#[cfg(test)]
+impl LogEntry {
+    pub fn new(seq: u64, time: SystemTime, event: Event) -> Self {
+        Self { seq, time, event }
+    }
+
+    pub fn event(&self) -> Option<Event> {
+        Some(self.event.clone())
+    }
+}
+
+/// What the log keeps per event; the seq is its index + 1. What the log itself needs to decide when streams end,
+/// the status of a `workflow_finish`, is kept apart from the encoded bytes.
+#[derive(Debug)]
+struct Stored {
+    bytes: Bytes,
+    finish: Option<RunStatus>,
+}
+
 #[derive(Debug, Default)]
 struct LogInner {
-    entries: Vec<Arc<LogEntry>>,
+    entries: Vec<Stored>,
+    /// The chunk being filled: each event's bytes are split off it, so a chunk is one allocation for many events
+    /// and readers' clones are reference-count increments.
+    chunk: BytesMut,
+    /// Bytes stored so far, to size the next chunk.
+    stored: usize,
+    /// Set by a reader that found nothing new and is about to wait; the next append wakes the waiting readers
+    /// and clears it. Appends with nobody waiting skip the wake-up entirely.
+    reader_waiting: bool,
+}
+
+impl LogInner {
+    /// Copies one encoded event into the current chunk (or a new one) and returns its slice.
+    fn store(&mut self, encoded: &[u8]) -> Bytes {
+        let n = encoded.len();
+        self.stored += n;
+        if n > MAX_CHUNK / 4 {
+            // A large event gets its own allocation rather than wasting the rest of a chunk.
+            return Bytes::copy_from_slice(encoded);
+        }
+        if self.chunk.capacity() - self.chunk.len() < n {
+            self.chunk = BytesMut::with_capacity(self.stored.clamp(MIN_CHUNK, MAX_CHUNK).max(n));
+        }
+        self.chunk.extend_from_slice(encoded);
+        self.chunk.split().freeze()
+    }
+}
+
+thread_local! {
+    /// Where events are encoded before the log's lock is taken; reused, so encoding allocates nothing.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 /// The append-only, numbered event log of one run.
-#[derive(Debug, Default)]
 pub struct EventLog {
     inner: Mutex<LogInner>,
     appended: Notify,
+    encoder: Arc<dyn EventEncoder>,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog").field("last_seq", &self.last_seq()).finish_non_exhaustive()
+    }
 }
 
 impl EventLog {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(encoder: Arc<dyn EventEncoder>) -> Self {
+        Self { inner: Mutex::default(), appended: Notify::new(), encoder }
     }
 
     fn lock(&self) -> MutexGuard<'_, LogInner> {
-        // A panic while holding this lock cannot leave the Vec half-written (push is the only mutation), so a
-        // poisoned lock is still consistent.
+        // A panic while holding this lock cannot leave the log half-written (each push is one mutation after the
+        // bytes are stored), so a poisoned lock is still consistent.
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Appends an event, giving it the next seq. Never blocks on readers.
     pub fn append(&self, event: Event, time: SystemTime) -> u64 {
-        let seq = {
-            let mut inner = self.lock();
-            let seq = inner.entries.len() as u64 + 1;
-            inner.entries.push(Arc::new(LogEntry::new(seq, time, event)));
-            seq
+        let finish = match &event.kind {
+            EventKind::WorkflowFinish { status, .. } => Some(*status),
+            _ => None,
         };
-        self.appended.notify_waiters();
-        seq
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            self.encoder.encode(time, &event, scratch);
+            // Released here, outside the lock, while its memory is still hot: the log keeps only the bytes.
+            drop(event);
+            let (seq, wake) = {
+                let mut inner = self.lock();
+                let bytes = inner.store(scratch);
+                inner.entries.push(Stored { bytes, finish });
+                (inner.entries.len() as u64, std::mem::take(&mut inner.reader_waiting))
+            };
+            if wake {
+                self.appended.notify_waiters();
+            }
+            if scratch.capacity() > MAX_CHUNK {
+                // One huge event must not pin its size in every thread that ever encoded one.
+                *scratch = Vec::new();
+            }
+            seq
+        })
     }
 
     /// Seq of the last event, 0 when the log is empty.
@@ -116,20 +179,23 @@ impl EventLog {
         self.lock().entries.len() as u64
     }
 
-    /// The entry with this seq, if present.
-    pub fn get(&self, seq: u64) -> Option<Arc<LogEntry>> {
-        let index = usize::try_from(seq.checked_sub(1)?).ok()?;
-        self.lock().entries.get(index).cloned()
-    }
-
-    /// Copies up to `READ_BATCH` entries after `after_seq` into `out`; returns the log's last seq at that moment.
-    fn read_after(&self, after_seq: u64, out: &mut VecDeque<Arc<LogEntry>>) -> u64 {
-        let inner = self.lock();
+    /// Copies up to `READ_BATCH` entries after `after_seq` into `out`. Returns the log's last seq at that moment
+    /// and the finish status of that last event. When there is nothing after `after_seq`, marks a reader as
+    /// waiting, so that the next append wakes it (the caller registered for the wake-up before calling).
+    fn read_after(&self, after_seq: u64, out: &mut VecDeque<LoggedEvent>) -> (u64, Option<RunStatus>) {
+        let mut inner = self.lock();
         let len = inner.entries.len();
         let start = usize::try_from(after_seq).unwrap_or(usize::MAX).min(len);
         let end = start.saturating_add(READ_BATCH).min(len);
-        out.extend(inner.entries[start..end].iter().cloned());
-        len as u64
+        out.extend(inner.entries[start..end].iter().zip(start as u64 + 1..).map(|(stored, seq)| LoggedEvent {
+            seq,
+            bytes: stored.bytes.clone(),
+            finish: stored.finish,
+        }));
+        if start == end {
+            inner.reader_waiting = true;
+        }
+        (len as u64, inner.entries.last().and_then(|last| last.finish))
     }
 }
 
@@ -150,7 +216,7 @@ pub enum ReadUntil {
 pub struct LogReader {
     log: Arc<EventLog>,
     after_seq: u64,
-    buffer: VecDeque<Arc<LogEntry>>,
+    buffer: VecDeque<LoggedEvent>,
     /// The log's last seq when `buffer` was filled.
     tip_at_fill: u64,
     until: ReadUntil,
@@ -169,7 +235,7 @@ impl LogReader {
     }
 
     /// The next event, waiting for it if needed; `None` once the stream is over.
-    pub async fn next(&mut self) -> Option<Arc<LogEntry>> {
+    pub async fn next(&mut self) -> Option<LoggedEvent> {
         if self.done {
             return None;
         }
@@ -180,7 +246,7 @@ impl LogReader {
     }
 
     /// The next event if one is already buffered: the fast path, with no waiting and no lock.
-    pub fn next_buffered(&mut self) -> Option<Arc<LogEntry>> {
+    pub fn next_buffered(&mut self) -> Option<LoggedEvent> {
         if self.done {
             return None;
         }
@@ -211,12 +277,13 @@ impl LogReader {
             tokio::pin!(appended);
             appended.as_mut().enable();
 
-            self.tip_at_fill = self.log.read_after(self.after_seq, &mut self.buffer);
+            let (tip, last_finish) = self.log.read_after(self.after_seq, &mut self.buffer);
+            self.tip_at_fill = tip;
             if !self.buffer.is_empty() {
                 return Some(());
             }
             // Nothing new: decide from the newest event whether more can come for this reader.
-            if let Some(status) = self.log.get(self.tip_at_fill).and_then(|last| last.finish_status()) {
+            if let Some(status) = last_finish {
                 let ends = match self.until {
                     // A phase reader that starts after its phase's finish has nothing to wait for only if the run
                     // is over; a suspended run can still be resumed into the phase it waits for.
@@ -230,5 +297,82 @@ impl LogReader {
             }
             appended.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::engine::{EventSource, Usage};
+
+    /// Stores the event's debug form, so tests can tell events apart by their bytes.
+    struct DebugEncoder;
+    impl EventEncoder for DebugEncoder {
+        fn encode(&self, _time: SystemTime, event: &Event, out: &mut Vec<u8>) {
+            out.extend_from_slice(format!("{:?}", event.kind).as_bytes());
+        }
+    }
+
+    fn output(i: u64) -> Event {
+        Event { source: EventSource::User, kind: EventKind::StepOutput { step_id: "s".into(), output: json!(i) } }
+    }
+
+    fn finish(status: RunStatus) -> Event {
+        Event {
+            source: EventSource::Workflow,
+            kind: EventKind::WorkflowFinish { status, result: None, error: None, usage: Usage::default() },
+        }
+    }
+
+    #[test]
+    fn entries_share_chunks_and_keep_their_bytes() {
+        let log = EventLog::new(Arc::new(DebugEncoder));
+        let big = "x".repeat(MAX_CHUNK);
+        for i in 0..100 {
+            assert_eq!(log.append(output(i), SystemTime::now()), i + 1);
+        }
+        let large = EventKind::StepOutput { step_id: "s".into(), output: json!(big) };
+        log.append(Event { source: EventSource::User, kind: large }, SystemTime::now());
+        log.append(finish(RunStatus::Success), SystemTime::now());
+        let mut out = VecDeque::new();
+        let (tip, last) = log.read_after(0, &mut out);
+        assert_eq!((tip, last), (102, Some(RunStatus::Success)));
+        let seqs: Vec<u64> = out.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, (1..=102).collect::<Vec<_>>());
+        for (i, entry) in out.iter().take(100).enumerate() {
+            assert_eq!(entry.bytes, format!("{:?}", output(i as u64).kind).as_bytes());
+            assert_eq!(entry.finish_status(), None);
+        }
+        assert!(out[100].bytes.len() > MAX_CHUNK, "a large event is stored whole");
+        assert_eq!(out[101].finish_status(), Some(RunStatus::Success));
+        // Neighbours share a chunk: one allocation for many small events.
+        let (a, b) = (&out[1].bytes, &out[2].bytes);
+        assert_eq!(a.as_ptr().wrapping_add(a.len()), b.as_ptr());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_reader_is_woken_by_the_next_append() {
+        let log = Arc::new(EventLog::new(Arc::new(DebugEncoder)));
+        let mut reader = LogReader::new(log.clone(), 0, ReadUntil::Run { close_on_suspend: true });
+        let read = tokio::spawn(async move {
+            let mut seqs = Vec::new();
+            while let Some(entry) = reader.next().await {
+                seqs.push(entry.seq);
+            }
+            seqs
+        });
+        for i in 0..1000 {
+            log.append(output(i), SystemTime::now());
+            if i % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        log.append(finish(RunStatus::Success), SystemTime::now());
+        let seqs = tokio::time::timeout(Duration::from_secs(10), read).await.expect("reader ends").expect("no panic");
+        assert_eq!(seqs, (1..=1001).collect::<Vec<_>>());
     }
 }

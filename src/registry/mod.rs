@@ -17,7 +17,9 @@ use std::{
 };
 
 pub use error::RegistryError;
-pub use log::{LogEntry, LogReader, ReadUntil};
+#[cfg(test)]
+pub use log::LogEntry;
+pub use log::{EventEncoder, EventLog, LogReader, LoggedEvent, ReadUntil};
 pub use run::{Run, RunSpec, RunState, RunView};
 use serde_json::{Map, Value};
 
@@ -72,6 +74,7 @@ pub struct RunRegistry {
     runs: RwLock<HashMap<Arc<str>, Arc<Run>>>,
     next_order: AtomicU64,
     clock: Arc<dyn Clock>,
+    encoder: Arc<dyn EventEncoder>,
 }
 
 impl std::fmt::Debug for RunRegistry {
@@ -81,8 +84,14 @@ impl std::fmt::Debug for RunRegistry {
 }
 
 impl RunRegistry {
+    /// A registry whose logs keep events in the gRPC wire encoding, the one transport runstream serves.
     pub fn new(catalog: WorkflowCatalog, clock: Arc<dyn Clock>) -> Arc<Self> {
-        Arc::new(Self { catalog, runs: RwLock::new(HashMap::new()), next_order: AtomicU64::new(1), clock })
+        Self::with_encoder(catalog, clock, Arc::new(crate::grpc::wire::WireEncoder))
+    }
+
+    /// A registry whose logs keep events as `encoder` writes them (each event is encoded once, at append).
+    pub fn with_encoder(catalog: WorkflowCatalog, clock: Arc<dyn Clock>, encoder: Arc<dyn EventEncoder>) -> Arc<Self> {
+        Arc::new(Self { catalog, runs: RwLock::new(HashMap::new()), next_order: AtomicU64::new(1), clock, encoder })
     }
 
     /// The workflows runs can be started of, sorted by id.
@@ -132,7 +141,8 @@ impl RunRegistry {
             resource_id: request.resource_id,
             tracing: request.tracing,
         };
-        let run = Run::new(spec, self.next_order.fetch_add(1, Ordering::Relaxed), self.clock.clone());
+        let order = self.next_order.fetch_add(1, Ordering::Relaxed);
+        let run = Run::new(spec, order, self.clock.clone(), self.encoder.clone());
         {
             let mut runs = self.runs.write().unwrap_or_else(|poisoned| poisoned.into_inner());
             // Re-check under the write lock: two callers may race to create the same client-chosen id.

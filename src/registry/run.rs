@@ -19,7 +19,7 @@ use tracing::{Instrument, debug, warn};
 use super::{
     TraceContext,
     error::RegistryError,
-    log::{EventLog, LogReader, ReadUntil},
+    log::{EventEncoder, EventLog, LogReader, ReadUntil},
 };
 use crate::{
     clock::Clock,
@@ -89,7 +89,12 @@ impl std::fmt::Debug for Run {
 }
 
 impl Run {
-    pub(super) fn new(spec: RunSpec, created_order: u64, clock: Arc<dyn Clock>) -> Arc<Self> {
+    pub(super) fn new(
+        spec: RunSpec,
+        created_order: u64,
+        clock: Arc<dyn Clock>,
+        encoder: Arc<dyn EventEncoder>,
+    ) -> Arc<Self> {
         let now = clock.now();
         let state = RunState {
             status: RunStatus::Pending,
@@ -103,7 +108,7 @@ impl Run {
             spec,
             created_at: now,
             created_order,
-            log: Arc::new(EventLog::new()),
+            log: Arc::new(EventLog::new(encoder)),
             state: Mutex::new(state),
             status_tx: watch::Sender::new(RunStatus::Pending),
             cancel: CancellationToken::new(),
