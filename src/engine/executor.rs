@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     event::{ErrorInfo, Event, EventKind, EventSink, EventSource, RunStatus, StepStatus},
     schema::Schema,
-    snapshot::{ResumeTarget, RunSnapshot, StepRecord, SuspendedStep},
+    snapshot::{PathMap, ResumeTarget, RunSnapshot, StepRecord, SuspendedStep},
     step::{ContextShared, RetrySpec, Step, StepContext, StepError, StepOutcome, UsageMeter, Writer},
     workflow::{Concurrency, LoopCond, LoopKind, MapFn, Node, Wait, Workflow},
 };
@@ -125,12 +125,15 @@ pub async fn execute_phase(phase: Phase) -> PhaseOutcome {
     tracing::debug!(run_id = %exec.run_id, status = status.as_str(), "phase ended");
     let mut usage = exec.prev.usage;
     usage.add(&exec.usage.total());
-    let State { steps, mut suspended, mut control } = exec.state.into_inner().unwrap_or_else(|e| e.into_inner());
+    let State { mut steps, mut suspended, mut control } = exec.state.into_inner().unwrap_or_else(|e| e.into_inner());
     if status != RunStatus::Suspended {
         // Nothing can be resumed any more: drop what only a resume would need.
         suspended.clear();
         control.clear();
     }
+    // The snapshot lives as long as the run.
+    steps.shrink_to_fit();
+    suspended.shrink_to_fit();
     PhaseOutcome { status, result, error, snapshot: RunSnapshot { steps, suspended, control, usage } }
 }
 
@@ -203,8 +206,8 @@ enum Decision {
 
 /// The mutable part of a phase.
 struct State {
-    steps: BTreeMap<String, StepRecord>,
-    suspended: BTreeMap<String, SuspendedStep>,
+    steps: PathMap<StepRecord>,
+    suspended: PathMap<SuspendedStep>,
     control: BTreeMap<String, Value>,
 }
 
@@ -609,14 +612,14 @@ impl Exec {
         }
         if states.suspended().next().is_some() {
             let now = self.clock.now();
-            let resume_schema = step.resume_schema.as_ref().map(|s| s.raw().clone());
+            let resume_schema = step.resume_schema.as_ref().map(Schema::shared_raw);
             let mut first: Option<SuspendedStep> = None;
             for (index, payload, label) in states.suspended() {
                 self.emit(EventKind::StepSuspended {
                     step_id: Arc::clone(&path),
                     step_call_id: call_id.clone(),
                     suspend_payload: payload.clone(),
-                    resume_schema: resume_schema.clone(),
+                    resume_schema: resume_schema.as_deref().cloned(),
                     resume_label: label.clone(),
                     for_each_index: Some(index),
                 });
@@ -777,7 +780,7 @@ impl Exec {
                         step_id: Arc::clone(&path),
                         step_call_id: call_id,
                         suspend_payload: first.suspend_payload.clone(),
-                        resume_schema: first.resume_schema.clone(),
+                        resume_schema: first.resume_schema.as_deref().cloned(),
                         resume_label: first.resume_label.clone(),
                         for_each_index: first.for_each_index,
                     });
@@ -1019,12 +1022,12 @@ impl Exec {
                 }
                 if !hidden {
                     let now = self.clock.now();
-                    let resume_schema = step.resume_schema.as_ref().map(|s| s.raw().clone());
+                    let resume_schema = step.resume_schema.as_ref().map(Schema::shared_raw);
                     self.emit(EventKind::StepSuspended {
                         step_id: Arc::clone(&path),
                         step_call_id: call_id.clone(),
                         suspend_payload: payload.clone(),
-                        resume_schema: resume_schema.clone(),
+                        resume_schema: resume_schema.as_deref().cloned(),
                         resume_label: resume_label.clone(),
                         for_each_index,
                     });
