@@ -265,6 +265,36 @@ impl Exec {
         self.sink.emit(Event { source: EventSource::Workflow, kind });
     }
 
+    /// Emits an event and hands its kind back, so that the values it carries (a step's output) go on into the
+    /// step record or the flow instead of being cloned for the event (`EventSink::emit_ref`).
+    fn emit_keep(&self, kind: EventKind) -> EventKind {
+        let event = Event { source: EventSource::Workflow, kind };
+        self.sink.emit_ref(&event);
+        event.kind
+    }
+
+    /// Emits a `StepResult`; returns its output and error.
+    #[allow(clippy::too_many_arguments)]
+    fn emit_step_result(
+        &self,
+        path: &Arc<str>,
+        step_call_id: String,
+        status: StepStatus,
+        output: Option<Value>,
+        error: Option<ErrorInfo>,
+        attempts: u32,
+        started_at: SystemTime,
+        ended_at: SystemTime,
+    ) -> (Option<Value>, Option<ErrorInfo>) {
+        let step_id = Arc::clone(path);
+        let kind =
+            EventKind::StepResult { step_id, step_call_id, status, output, error, attempts, started_at, ended_at };
+        match self.emit_keep(kind) {
+            EventKind::StepResult { output, error, .. } => (output, error),
+            _ => (None, None),
+        }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A poisoned lock only means a panic elsewhere; the records themselves are still consistent.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -565,7 +595,6 @@ impl Exec {
             let (status, output) = match result {
                 LeafResult::Done(v) => {
                     completed += 1;
-                    states.items[index] = ItemState::Done(v.clone());
                     (StepStatus::Success, Some(v))
                 }
                 LeafResult::Suspended { payload, label } => {
@@ -586,7 +615,7 @@ impl Exec {
                     continue;
                 }
             };
-            self.emit(EventKind::StepProgress {
+            let progress = self.emit_keep(EventKind::StepProgress {
                 step_id: Arc::clone(&path),
                 completed_count: completed,
                 total_count: total as u32,
@@ -594,6 +623,10 @@ impl Exec {
                 iteration_status: status,
                 iteration_output: output,
             });
+            // Only a finished item has an output: it goes on into the foreach's state.
+            if let EventKind::StepProgress { iteration_output: Some(v), .. } = progress {
+                states.items[index] = ItemState::Done(v);
+            }
         }
         canceled |= self.cancel.is_cancelled() && states.items.iter().any(|s| matches!(s, ItemState::Pending));
         drop(running);
@@ -695,16 +728,7 @@ impl Exec {
         error: Option<ErrorInfo>,
     ) {
         let ended_at = self.clock.now();
-        self.emit(EventKind::StepResult {
-            step_id: Arc::clone(path),
-            step_call_id: call_id,
-            status,
-            output: output.clone(),
-            error: error.clone(),
-            attempts: 1,
-            started_at,
-            ended_at,
-        });
+        let (output, error) = self.emit_step_result(path, call_id, status, output, error, 1, started_at, ended_at);
         self.record(
             path,
             StepRecord {
@@ -898,16 +922,9 @@ impl Exec {
             |status: StepStatus, output: Option<Value>, error: Option<ErrorInfo>, attempts: u32, input: Value| {
                 let ended_at = self.clock.now();
                 if !hidden {
-                    self.emit(EventKind::StepResult {
-                        step_id: Arc::clone(&path),
-                        step_call_id: call_id.clone(),
-                        status,
-                        output: output.clone(),
-                        error: error.clone(),
-                        attempts,
-                        started_at,
-                        ended_at,
-                    });
+                    let call_id = call_id.clone();
+                    let (output, error) =
+                        self.emit_step_result(&path, call_id, status, output, error, attempts, started_at, ended_at);
                     let suspend_payload = self.prev.steps.get(&*path).and_then(|r| r.suspend_payload.clone());
                     self.record(
                         &path,
@@ -999,7 +1016,9 @@ impl Exec {
             Some(Ok(StepOutcome::Done(output))) => {
                 match check_schema(step.output_schema.as_ref(), &output, "output", Some(&path)) {
                     Ok(()) => {
-                        finish(StepStatus::Success, Some(output.clone()), None, attempts, input);
+                        // A foreach iteration has no event or record of its own: no copy of its output for them.
+                        let recorded = if hidden { None } else { Some(output.clone()) };
+                        finish(StepStatus::Success, recorded, None, attempts, input);
                         LeafResult::Done(output)
                     }
                     Err(error) => {

@@ -259,22 +259,22 @@ impl Run {
         let now = self.clock.now();
         // A cancel that arrived while the phase was ending must not leave the run suspended.
         if self.cancel.is_cancelled() && !status.is_terminal() {
-            self.log.append(canceled_event(), now);
+            self.log.append(&canceled_event(), now);
             status = RunStatus::Canceled;
             error = Some(canceled_error());
         }
+        let usage = snapshot.usage;
         state.status = status;
         state.snapshot = snapshot;
-        state.result = result;
-        state.error = error;
         state.updated_at = now;
-        let finish = EventKind::WorkflowFinish {
-            status,
-            result: state.result.clone(),
-            error: state.error.clone(),
-            usage: state.snapshot.usage,
-        };
-        self.log.append(Event { source: EventSource::Workflow, kind: finish }, now);
+        // The result and error move through the event into the state: the log keeps only the event's encoding.
+        let finish =
+            Event { source: EventSource::Workflow, kind: EventKind::WorkflowFinish { status, result, error, usage } };
+        self.log.append(&finish, now);
+        if let EventKind::WorkflowFinish { result, error, .. } = finish.kind {
+            state.result = result;
+            state.error = error;
+        }
         drop(state);
         debug!(run_id = %self.spec.run_id, status = status.as_str(), "phase finished");
         self.status_tx.send_replace(status);
@@ -290,7 +290,7 @@ impl Run {
         self.cancel.cancel();
         if matches!(state.status, RunStatus::Suspended | RunStatus::Paused) {
             let now = self.clock.now();
-            self.log.append(canceled_event(), now);
+            self.log.append(&canceled_event(), now);
             state.status = RunStatus::Canceled;
             state.error = Some(canceled_error());
             state.updated_at = now;
@@ -301,7 +301,7 @@ impl Run {
                 error: state.error.clone(),
                 usage: state.snapshot.usage,
             };
-            self.log.append(Event { source: EventSource::Workflow, kind: finish }, now);
+            self.log.append(&Event { source: EventSource::Workflow, kind: finish }, now);
             drop(state);
             self.status_tx.send_replace(RunStatus::Canceled);
         }
@@ -330,6 +330,10 @@ fn canceled_error() -> ErrorInfo {
 /// The engine emits into the run: the log numbers the event, and sleep events move the status to and from WAITING.
 impl EventSink for Run {
     fn emit(&self, event: Event) {
+        self.emit_ref(&event);
+    }
+
+    fn emit_ref(&self, event: &Event) {
         match &event.kind {
             EventKind::StepWaiting { .. } => self.set_status_if(RunStatus::Running, RunStatus::Waiting),
             // Only a run a sleep made WAITING needs the state lock here; every other step result skips it.
