@@ -4,6 +4,7 @@
 //! who has seen a run's finish event and then asks for its status gets the status that event announced.
 
 use std::{
+    panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -11,6 +12,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use futures_util::FutureExt;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -227,19 +229,26 @@ impl Run {
             phase = phase.phase,
             trace_id,
         );
+        // One task per phase: the phase and its finish. A panic that escapes the executor (step panics are caught
+        // inside it) fails the run rather than leaving it running.
         tokio::spawn(
             async move {
-                let outcome = match tokio::spawn(execute_phase(phase).in_current_span()).await {
+                let outcome = match AssertUnwindSafe(execute_phase(phase)).catch_unwind().await {
                     Ok(outcome) => outcome,
-                    Err(join_error) => {
-                        warn!(run_id = %run.spec.run_id, error = %join_error, "phase task failed");
+                    Err(panic) => {
+                        let message = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".to_owned());
+                        warn!(run_id = %run.spec.run_id, error = %message, "phase task panicked");
                         let snapshot = run.lock_state().snapshot.clone();
                         PhaseOutcome {
                             status: RunStatus::Failed,
                             result: None,
                             error: Some(ErrorInfo::new(
                                 "InternalError",
-                                format!("the workflow task failed: {join_error}"),
+                                format!("the workflow task failed: panicked: {message}"),
                             )),
                             snapshot,
                         }
