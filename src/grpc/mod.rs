@@ -66,6 +66,9 @@ impl RunService {
     /// Turns a log reader into a response stream. The log holds each event encoded (once, at append); the stream
     /// adds the run id and the seq.
     fn event_stream(&self, run_id: Arc<str>, reader: LogReader) -> EventStream {
+        /// How many events a ready stream hands to tonic before it lets its task go, so that the connection task
+        /// writes them (~20 KiB of flood events: under tonic's 32 KiB encode threshold, so frames stay large).
+        const FLUSH_EVERY: u32 = 512;
         struct State {
             reader: LogReader,
             run_id: Arc<str>,
@@ -117,10 +120,6 @@ impl RunService {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedRunEvent, Status>> + Send>>;
-
-/// How many events a ready stream hands to tonic before it lets its task go, so that the connection task writes
-/// them (~20 KiB of flood events: under tonic's 32 KiB encode threshold, so frames stay large).
-const FLUSH_EVERY: u32 = 512;
 
 fn start_request(
     workflow_id: String,
