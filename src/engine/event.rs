@@ -230,4 +230,11 @@ impl EventKind {
 /// `emit` must not block: it is called from step code (the writer), possibly millions of times per run.
 pub trait EventSink: Send + Sync + 'static {
     fn emit(&self, event: Event);
+
+    /// Emits a copy of `event`. A sink that keeps only an encoding of each event (the run registry's log) does
+    /// without the copy, so the executor can keep the values an event carries (a step's output) instead of
+    /// cloning them for it.
+    fn emit_ref(&self, event: &Event) {
+        self.emit(event.clone());
+    }
 }

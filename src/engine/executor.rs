@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     event::{ErrorInfo, Event, EventKind, EventSink, EventSource, RunStatus, StepStatus},
     schema::Schema,
-    snapshot::{ResumeTarget, RunSnapshot, StepRecord, SuspendedStep},
+    snapshot::{PathMap, ResumeTarget, RunSnapshot, StepRecord, SuspendedStep},
     step::{ContextShared, RetrySpec, Step, StepContext, StepError, StepOutcome, UsageMeter, Writer},
     workflow::{Concurrency, LoopCond, LoopKind, MapFn, Node, Wait, Workflow},
 };
@@ -127,12 +127,15 @@ pub async fn execute_phase(phase: Phase) -> PhaseOutcome {
     tracing::debug!(run_id = %exec.run_id, status = status.as_str(), "phase ended");
     let mut usage = exec.prev.usage;
     usage.add(&exec.usage.total());
-    let State { steps, mut suspended, mut control } = exec.state.into_inner().unwrap_or_else(|e| e.into_inner());
+    let State { mut steps, mut suspended, mut control } = exec.state.into_inner().unwrap_or_else(|e| e.into_inner());
     if status != RunStatus::Suspended {
         // Nothing can be resumed any more: drop what only a resume would need.
         suspended.clear();
         control.clear();
     }
+    // The snapshot lives as long as the run.
+    steps.shrink_to_fit();
+    suspended.shrink_to_fit();
     PhaseOutcome { status, result, error, snapshot: RunSnapshot { steps, suspended, control, usage } }
 }
 
@@ -205,8 +208,8 @@ enum Decision {
 
 /// The mutable part of a phase.
 struct State {
-    steps: BTreeMap<String, StepRecord>,
-    suspended: BTreeMap<String, SuspendedStep>,
+    steps: PathMap<StepRecord>,
+    suspended: PathMap<SuspendedStep>,
     control: BTreeMap<String, Value>,
 }
 
@@ -262,6 +265,36 @@ struct Exec {
 impl Exec {
     fn emit(&self, kind: EventKind) {
         self.sink.emit(Event { source: EventSource::Workflow, kind });
+    }
+
+    /// Emits an event and hands its kind back, so that the values it carries (a step's output) go on into the
+    /// step record or the flow instead of being cloned for the event (`EventSink::emit_ref`).
+    fn emit_keep(&self, kind: EventKind) -> EventKind {
+        let event = Event { source: EventSource::Workflow, kind };
+        self.sink.emit_ref(&event);
+        event.kind
+    }
+
+    /// Emits a `StepResult`; returns its output and error.
+    #[allow(clippy::too_many_arguments)]
+    fn emit_step_result(
+        &self,
+        path: &Arc<str>,
+        step_call_id: String,
+        status: StepStatus,
+        output: Option<Value>,
+        error: Option<ErrorInfo>,
+        attempts: u32,
+        started_at: SystemTime,
+        ended_at: SystemTime,
+    ) -> (Option<Value>, Option<ErrorInfo>) {
+        let step_id = Arc::clone(path);
+        let kind =
+            EventKind::StepResult { step_id, step_call_id, status, output, error, attempts, started_at, ended_at };
+        match self.emit_keep(kind) {
+            EventKind::StepResult { output, error, .. } => (output, error),
+            _ => (None, None),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -564,7 +597,6 @@ impl Exec {
             let (status, output) = match result {
                 LeafResult::Done(v) => {
                     completed += 1;
-                    states.items[index] = ItemState::Done(v.clone());
                     (StepStatus::Success, Some(v))
                 }
                 LeafResult::Suspended { payload, label } => {
@@ -585,7 +617,7 @@ impl Exec {
                     continue;
                 }
             };
-            self.emit(EventKind::StepProgress {
+            let progress = self.emit_keep(EventKind::StepProgress {
                 step_id: Arc::clone(&path),
                 completed_count: completed,
                 total_count: total as u32,
@@ -593,6 +625,10 @@ impl Exec {
                 iteration_status: status,
                 iteration_output: output,
             });
+            // Only a finished item has an output: it goes on into the foreach's state.
+            if let EventKind::StepProgress { iteration_output: Some(v), .. } = progress {
+                states.items[index] = ItemState::Done(v);
+            }
         }
         canceled |= self.cancel.is_cancelled() && states.items.iter().any(|s| matches!(s, ItemState::Pending));
         drop(running);
@@ -611,14 +647,14 @@ impl Exec {
         }
         if states.suspended().next().is_some() {
             let now = self.clock.now();
-            let resume_schema = step.resume_schema.as_ref().map(|s| s.raw().clone());
+            let resume_schema = step.resume_schema.as_ref().map(Schema::shared_raw);
             let mut first: Option<SuspendedStep> = None;
             for (index, payload, label) in states.suspended() {
                 self.emit(EventKind::StepSuspended {
                     step_id: Arc::clone(&path),
                     step_call_id: call_id.clone(),
                     suspend_payload: payload.clone(),
-                    resume_schema: resume_schema.clone(),
+                    resume_schema: resume_schema.as_deref().cloned(),
                     resume_label: label.clone(),
                     for_each_index: Some(index),
                 });
@@ -694,16 +730,7 @@ impl Exec {
         error: Option<ErrorInfo>,
     ) {
         let ended_at = self.clock.now();
-        self.emit(EventKind::StepResult {
-            step_id: Arc::clone(path),
-            step_call_id: call_id,
-            status,
-            output: output.clone(),
-            error: error.clone(),
-            attempts: 1,
-            started_at,
-            ended_at,
-        });
+        let (output, error) = self.emit_step_result(path, call_id, status, output, error, 1, started_at, ended_at);
         self.record(
             path,
             StepRecord {
@@ -779,7 +806,7 @@ impl Exec {
                         step_id: Arc::clone(&path),
                         step_call_id: call_id,
                         suspend_payload: first.suspend_payload.clone(),
-                        resume_schema: first.resume_schema.clone(),
+                        resume_schema: first.resume_schema.as_deref().cloned(),
                         resume_label: first.resume_label.clone(),
                         for_each_index: first.for_each_index,
                     });
@@ -897,16 +924,9 @@ impl Exec {
             |status: StepStatus, output: Option<Value>, error: Option<ErrorInfo>, attempts: u32, input: Value| {
                 let ended_at = self.clock.now();
                 if !hidden {
-                    self.emit(EventKind::StepResult {
-                        step_id: Arc::clone(&path),
-                        step_call_id: call_id.clone(),
-                        status,
-                        output: output.clone(),
-                        error: error.clone(),
-                        attempts,
-                        started_at,
-                        ended_at,
-                    });
+                    let call_id = call_id.clone();
+                    let (output, error) =
+                        self.emit_step_result(&path, call_id, status, output, error, attempts, started_at, ended_at);
                     let suspend_payload = self.prev.steps.get(&*path).and_then(|r| r.suspend_payload.clone());
                     self.record(
                         &path,
@@ -1007,7 +1027,9 @@ impl Exec {
             Some(Ok(StepOutcome::Done(output))) => {
                 match check_schema(step.output_schema.as_ref(), &output, "output", Some(&path)) {
                     Ok(()) => {
-                        finish(StepStatus::Success, Some(output.clone()), None, attempts, input);
+                        // A foreach iteration has no event or record of its own: no copy of its output for them.
+                        let recorded = if hidden { None } else { Some(output.clone()) };
+                        finish(StepStatus::Success, recorded, None, attempts, input);
                         LeafResult::Done(output)
                     }
                     Err(error) => {
@@ -1030,12 +1052,12 @@ impl Exec {
                 }
                 if !hidden {
                     let now = self.clock.now();
-                    let resume_schema = step.resume_schema.as_ref().map(|s| s.raw().clone());
+                    let resume_schema = step.resume_schema.as_ref().map(Schema::shared_raw);
                     self.emit(EventKind::StepSuspended {
                         step_id: Arc::clone(&path),
                         step_call_id: call_id.clone(),
                         suspend_payload: payload.clone(),
-                        resume_schema: resume_schema.clone(),
+                        resume_schema: resume_schema.as_deref().cloned(),
                         resume_label: resume_label.clone(),
                         for_each_index,
                     });

@@ -45,6 +45,11 @@ impl Schema {
         &self.raw
     }
 
+    /// The schema as given, shared: snapshots of suspended steps point at it rather than copy it.
+    pub fn shared_raw(&self) -> Arc<Value> {
+        Arc::clone(&self.raw)
+    }
+
     /// Checks `instance`; on failure reports the first violation with its field named under `root` (e.g. `input`).
     pub fn validate(&self, instance: &Value, root: &str) -> Result<(), SchemaViolation> {
         match self.validator.iter_errors(instance).next() {

@@ -4,7 +4,7 @@
 //! already succeeded are not run again, their recorded outputs are reused, and no events are emitted for them; the
 //! resumed step runs with its resume data; everything after it runs normally.
 
-use std::{collections::BTreeMap, time::SystemTime};
+use std::{borrow::Borrow, collections::BTreeMap, ops::Index, sync::Arc, time::SystemTime};
 
 use serde_json::Value;
 
@@ -14,9 +14,9 @@ use super::event::{ErrorInfo, StepStatus, Usage};
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunSnapshot {
     /// Recorded outcome of each step, keyed by dotted path. A step inside a loop keeps its latest iteration.
-    pub steps: BTreeMap<String, StepRecord>,
+    pub steps: PathMap<StepRecord>,
     /// The steps suspended now, keyed by dotted path. Empty unless the run is suspended.
-    pub suspended: BTreeMap<String, SuspendedStep>,
+    pub suspended: PathMap<SuspendedStep>,
     /// Executor bookkeeping for control flow that must survive a suspension (loop iteration counts, finished
     /// foreach items...). Opaque to everyone but the executor; JSON so that it can be stored as is.
     pub control: BTreeMap<String, Value>,
@@ -46,8 +46,8 @@ pub struct SuspendedStep {
     /// Path segments, e.g. `["child", "approve"]`.
     pub path: Vec<String>,
     pub suspend_payload: Value,
-    /// JSON Schema the resume data must satisfy, if the step declares one.
-    pub resume_schema: Option<Value>,
+    /// JSON Schema the resume data must satisfy, if the step declares one: the step definition's own, shared.
+    pub resume_schema: Option<Arc<Value>>,
     pub resume_label: Option<String>,
     /// The suspended iteration, when the step runs inside a foreach.
     pub for_each_index: Option<u32>,
@@ -71,4 +71,151 @@ pub struct ResumeTarget {
     pub step_id: String,
     pub for_each_index: Option<u32>,
     pub resume_data: Value,
+}
+
+/// A map keyed by dotted step path, kept as a vector sorted by path: the same lookups and iteration order as a
+/// `BTreeMap`, in a fraction of the memory for the handful of entries a run has (a B-tree leaf holds room for 11
+/// entries however few are used: ~3.9 KB for `StepRecord`s; every run keeps its snapshot).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathMap<T> {
+    entries: Vec<(String, T)>,
+}
+
+impl<T> Default for PathMap<T> {
+    fn default() -> Self {
+        Self { entries: Vec::new() }
+    }
+}
+
+impl<T> PathMap<T> {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn find<Q: Ord + ?Sized>(&self, key: &Q) -> Result<usize, usize>
+    where
+        String: Borrow<Q>,
+    {
+        self.entries.binary_search_by(|(k, _)| k.borrow().cmp(key))
+    }
+
+    pub fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<&T>
+    where
+        String: Borrow<Q>,
+    {
+        self.find(key).ok().map(|i| &self.entries[i].1)
+    }
+
+    pub fn contains_key<Q: Ord + ?Sized>(&self, key: &Q) -> bool
+    where
+        String: Borrow<Q>,
+    {
+        self.find(key).is_ok()
+    }
+
+    /// Inserts or replaces; returns the replaced value.
+    pub fn insert(&mut self, key: String, value: T) -> Option<T> {
+        match self.find(key.as_str()) {
+            Ok(i) => Some(std::mem::replace(&mut self.entries[i].1, value)),
+            Err(i) => {
+                self.entries.insert(i, (key, value));
+                None
+            }
+        }
+    }
+
+    pub fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<T>
+    where
+        String: Borrow<Q>,
+    {
+        self.find(key).ok().map(|i| self.entries.remove(i).1)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.entries = Vec::new();
+    }
+
+    /// Gives back unused capacity: a snapshot is kept as long as its run.
+    pub fn shrink_to_fit(&mut self) {
+        self.entries.shrink_to_fit();
+    }
+
+    /// Entries in path order.
+    pub fn iter(&self) -> impl DoubleEndedIterator<Item = (&String, &T)> + ExactSizeIterator {
+        self.entries.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn keys(&self) -> impl DoubleEndedIterator<Item = &String> + ExactSizeIterator {
+        self.entries.iter().map(|(k, _)| k)
+    }
+
+    pub fn values(&self) -> impl DoubleEndedIterator<Item = &T> + ExactSizeIterator {
+        self.entries.iter().map(|(_, v)| v)
+    }
+}
+
+impl<T, Q: Ord + ?Sized> Index<&Q> for PathMap<T>
+where
+    String: Borrow<Q>,
+{
+    type Output = T;
+
+    /// # Panics
+    /// If there is no entry for `key`, as `BTreeMap` does.
+    fn index(&self, key: &Q) -> &T {
+        self.get(key).expect("no entry found for key")
+    }
+}
+
+impl<'a, T> IntoIterator for &'a PathMap<T> {
+    type Item = (&'a String, &'a T);
+    type IntoIter = std::iter::Map<std::slice::Iter<'a, (String, T)>, fn(&'a (String, T)) -> (&'a String, &'a T)>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.entries.iter().map(|(k, v)| (k, v))
+    }
+}
+
+impl<T> FromIterator<(String, T)> for PathMap<T> {
+    fn from_iter<I: IntoIterator<Item = (String, T)>>(iter: I) -> Self {
+        let mut map = Self::new();
+        for (k, v) in iter {
+            map.insert(k, v);
+        }
+        map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_map_behaves_like_a_btree_map() {
+        let mut map = PathMap::new();
+        let mut reference = BTreeMap::new();
+        for (i, key) in ["b", "a.x", "c", "a", "b.y", "a"].into_iter().enumerate() {
+            assert_eq!(map.insert(key.to_owned(), i), reference.insert(key.to_owned(), i));
+        }
+        assert_eq!(map.iter().collect::<Vec<_>>(), reference.iter().collect::<Vec<_>>());
+        assert_eq!((&map).into_iter().count(), reference.len());
+        assert_eq!(map.get("a"), Some(&5));
+        assert_eq!(map["b.y"], 4);
+        assert!(map.contains_key(&"c".to_owned()) && !map.contains_key("d"));
+        assert_eq!(map.remove("b"), reference.remove("b"));
+        assert_eq!(map.remove("b"), None);
+        assert_eq!(map.keys().collect::<Vec<_>>(), reference.keys().collect::<Vec<_>>());
+        assert_eq!(map.values().copied().collect::<Vec<_>>(), reference.values().copied().collect::<Vec<_>>());
+        assert_eq!(map.len(), 4);
+        map.clear();
+        assert!(map.is_empty());
+    }
 }

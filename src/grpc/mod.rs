@@ -66,19 +66,37 @@ impl RunService {
     /// Turns a log reader into a response stream. The log holds each event encoded (once, at append); the stream
     /// adds the run id and the seq.
     fn event_stream(&self, run_id: Arc<str>, reader: LogReader) -> EventStream {
+        /// How many events a ready stream hands to tonic before it lets its task go, so that the connection task
+        /// writes them (~20 KiB of flood events: under tonic's 32 KiB encode threshold, so frames stay large).
+        const FLUSH_EVERY: u32 = 512;
         struct State {
             reader: LogReader,
             run_id: Arc<str>,
             head: Bytes,
             shutdown: CancellationToken,
             ended: bool,
+            /// Events handed to tonic since this stream last let its task go.
+            since_yield: u32,
+            first_flushed: bool,
         }
         let head = wire::run_id_field(&run_id);
-        let state = State { reader, run_id, head, shutdown: self.shutdown.clone(), ended: false };
+        let shutdown = self.shutdown.clone();
+        let state = State { reader, run_id, head, shutdown, ended: false, since_yield: 0, first_flushed: false };
         Box::pin(stream::unfold(state, |mut state| async move {
             if state.ended {
                 return None;
             }
+            // While this stream is ready, tonic keeps encoding and hyper keeps handing frames to h2, and the
+            // connection task that writes them to the socket (woken into this worker's LIFO slot) waits until the
+            // stream task is pending: with a writer ahead of its reader, h2's send buffer (400 KiB) can fill before
+            // the headers and the first event leave. Pending once after the first event, and every `FLUSH_EVERY`
+            // events after, sends them on their way.
+            if state.since_yield >= FLUSH_EVERY || (state.since_yield == 1 && !state.first_flushed) {
+                state.since_yield = 0;
+                state.first_flushed = true;
+                tokio::task::yield_now().await;
+            }
+            state.since_yield += 1;
             // Fast path: events already buffered need no waiting, hence no select.
             let entry = match state.reader.next_buffered() {
                 Some(entry) => Some(entry),

@@ -545,7 +545,7 @@ mod cache_tests {
         };
         let time = SystemTime::now();
         for _ in 0..300 {
-            log.append(event.clone(), time);
+            log.append(&event, time);
         }
         let head = run_id_field("run-1");
         let mut reader = LogReader::new(log, 299, ReadUntil::Run { close_on_suspend: true });

@@ -146,17 +146,16 @@ impl EventLog {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Appends an event, giving it the next seq. Never blocks on readers.
-    pub fn append(&self, event: Event, time: SystemTime) -> u64 {
+    /// Appends an event, giving it the next seq. Never blocks on readers. The log keeps only the event's encoding:
+    /// callers drop or reuse the event.
+    pub fn append(&self, event: &Event, time: SystemTime) -> u64 {
         let finish = match &event.kind {
             EventKind::WorkflowFinish { status, .. } => Some(*status),
             _ => None,
         };
         SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
-            self.encoder.encode(time, &event, scratch);
-            // Released here, outside the lock, while its memory is still hot: the log keeps only the bytes.
-            drop(event);
+            self.encoder.encode(time, event, scratch);
             let (seq, wake) = {
                 let mut inner = self.lock();
                 let bytes = inner.store(scratch);
@@ -333,11 +332,11 @@ mod tests {
         let log = EventLog::new(Arc::new(DebugEncoder));
         let big = "x".repeat(MAX_CHUNK);
         for i in 0..100 {
-            assert_eq!(log.append(output(i), SystemTime::now()), i + 1);
+            assert_eq!(log.append(&output(i), SystemTime::now()), i + 1);
         }
         let large = EventKind::StepOutput { step_id: "s".into(), output: json!(big) };
-        log.append(Event { source: EventSource::User, kind: large }, SystemTime::now());
-        log.append(finish(RunStatus::Success), SystemTime::now());
+        log.append(&Event { source: EventSource::User, kind: large }, SystemTime::now());
+        log.append(&finish(RunStatus::Success), SystemTime::now());
         let mut out = VecDeque::new();
         let (tip, last) = log.read_after(0, &mut out);
         assert_eq!((tip, last), (102, Some(RunStatus::Success)));
@@ -366,12 +365,12 @@ mod tests {
             seqs
         });
         for i in 0..1000 {
-            log.append(output(i), SystemTime::now());
+            log.append(&output(i), SystemTime::now());
             if i % 100 == 0 {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-        log.append(finish(RunStatus::Success), SystemTime::now());
+        log.append(&finish(RunStatus::Success), SystemTime::now());
         let seqs = tokio::time::timeout(Duration::from_secs(10), read).await.expect("reader ends").expect("no panic");
         assert_eq!(seqs, (1..=1001).collect::<Vec<_>>());
     }

@@ -4,6 +4,7 @@
 //! who has seen a run's finish event and then asks for its status gets the status that event announced.
 
 use std::{
+    panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, Ordering},
@@ -11,6 +12,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use futures_util::FutureExt;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -229,19 +231,26 @@ impl Run {
             phase = phase.phase,
             trace_id,
         );
+        // One task per phase: the phase and its finish. A panic that escapes the executor (step panics are caught
+        // inside it) fails the run rather than leaving it running.
         tokio::spawn(
             async move {
-                let outcome = match tokio::spawn(execute_phase(phase).in_current_span()).await {
+                let outcome = match AssertUnwindSafe(execute_phase(phase)).catch_unwind().await {
                     Ok(outcome) => outcome,
-                    Err(join_error) => {
-                        warn!(run_id = %run.spec.run_id, error = %join_error, "phase task failed");
+                    Err(panic) => {
+                        let message = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".to_owned());
+                        warn!(run_id = %run.spec.run_id, error = %message, "phase task panicked");
                         let snapshot = run.lock_state().snapshot.clone();
                         PhaseOutcome {
                             status: RunStatus::Failed,
                             result: None,
                             error: Some(ErrorInfo::new(
                                 "InternalError",
-                                format!("the workflow task failed: {join_error}"),
+                                format!("the workflow task failed: panicked: {message}"),
                             )),
                             snapshot,
                         }
@@ -261,22 +270,22 @@ impl Run {
         let now = self.clock.now();
         // A cancel that arrived while the phase was ending must not leave the run suspended.
         if self.cancel.is_cancelled() && !status.is_terminal() {
-            self.log.append(canceled_event(), now);
+            self.log.append(&canceled_event(), now);
             status = RunStatus::Canceled;
             error = Some(canceled_error());
         }
+        let usage = snapshot.usage;
         state.status = status;
         state.snapshot = snapshot;
-        state.result = result;
-        state.error = error;
         state.updated_at = now;
-        let finish = EventKind::WorkflowFinish {
-            status,
-            result: state.result.clone(),
-            error: state.error.clone(),
-            usage: state.snapshot.usage,
-        };
-        self.log.append(Event { source: EventSource::Workflow, kind: finish }, now);
+        // The result and error move through the event into the state: the log keeps only the event's encoding.
+        let finish =
+            Event { source: EventSource::Workflow, kind: EventKind::WorkflowFinish { status, result, error, usage } };
+        self.log.append(&finish, now);
+        if let EventKind::WorkflowFinish { result, error, .. } = finish.kind {
+            state.result = result;
+            state.error = error;
+        }
         drop(state);
         debug!(run_id = %self.spec.run_id, status = status.as_str(), "phase finished");
         self.status_tx.send_replace(status);
@@ -292,7 +301,7 @@ impl Run {
         self.cancel.cancel();
         if matches!(state.status, RunStatus::Suspended | RunStatus::Paused) {
             let now = self.clock.now();
-            self.log.append(canceled_event(), now);
+            self.log.append(&canceled_event(), now);
             state.status = RunStatus::Canceled;
             state.error = Some(canceled_error());
             state.updated_at = now;
@@ -303,7 +312,7 @@ impl Run {
                 error: state.error.clone(),
                 usage: state.snapshot.usage,
             };
-            self.log.append(Event { source: EventSource::Workflow, kind: finish }, now);
+            self.log.append(&Event { source: EventSource::Workflow, kind: finish }, now);
             drop(state);
             self.status_tx.send_replace(RunStatus::Canceled);
         }
@@ -332,6 +341,10 @@ fn canceled_error() -> ErrorInfo {
 /// The engine emits into the run: the log numbers the event, and sleep events move the status to and from WAITING.
 impl EventSink for Run {
     fn emit(&self, event: Event) {
+        self.emit_ref(&event);
+    }
+
+    fn emit_ref(&self, event: &Event) {
         match &event.kind {
             EventKind::StepWaiting { .. } => self.set_status_if(RunStatus::Running, RunStatus::Waiting),
             // Only a run a sleep made WAITING needs the state lock here; every other step result skips it.
