@@ -516,18 +516,21 @@ pub fn usage_json(usage: &Usage) -> Value {
     })
 }
 
+/// The model from the environment ([`model_from_env`]) for built-in agent `agent_id`; a broken model configuration
+/// falls back to the offline model (with a warning) rather than making the built-ins unusable.
+pub fn env_model(agent_id: &str) -> Arc<dyn ModelProvider> {
+    model_from_env().unwrap_or_else(|e| {
+        tracing::warn!("{e}; agent '{agent_id}' uses the offline model instead");
+        Arc::new(OfflineModel::new())
+    })
+}
+
 /// Id of the built-in [`assistant`] agent.
 pub const ASSISTANT_ID: &str = "assistant";
 
-/// The built-in assistant: answers questions, using `get-weather` and `calculator`. Its model comes from the
-/// environment ([`model_from_env`]); a broken model configuration falls back to the offline model (with a warning)
-/// rather than making the built-in workflows unusable.
+/// The built-in assistant: answers questions, using `get-weather` and `calculator`; its model is [`env_model`].
 pub fn assistant() -> Arc<Agent> {
-    let model = model_from_env().unwrap_or_else(|e| {
-        tracing::warn!("{e}; the assistant agent uses the offline model instead");
-        Arc::new(OfflineModel::new())
-    });
-    assistant_with(model)
+    assistant_with(env_model(ASSISTANT_ID))
 }
 
 /// The [`assistant`] with a given model (tests use the offline model whatever the environment says).
@@ -550,13 +553,9 @@ pub fn assistant_with(model: Arc<dyn ModelProvider>) -> Arc<Agent> {
 pub const CONCIERGE_ID: &str = "concierge";
 
 /// The built-in concierge: checks the weather and books activities; every booking waits for the user's approval
-/// (its run suspends with `ToolCallApproval`).
+/// (its run suspends with `ToolCallApproval`). Its model is [`env_model`].
 pub fn concierge() -> Arc<Agent> {
-    let model = model_from_env().unwrap_or_else(|e| {
-        tracing::warn!("{e}; the concierge agent uses the offline model instead");
-        Arc::new(OfflineModel::new())
-    });
-    concierge_with(model)
+    concierge_with(env_model(CONCIERGE_ID))
 }
 
 /// The [`concierge`] with a given model.

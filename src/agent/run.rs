@@ -467,14 +467,13 @@ pub fn approval_schema() -> Value {
 fn resume_state(state: Value, decision: ApprovalDecision, emit: &impl Fn(AgentChunk)) -> Result<LoopState, String> {
     let mut st: LoopState =
         serde_json::from_value(state).map_err(|e| format!("the agent's saved state is unreadable: {e}"))?;
-    let Some(phase) = st.pending.as_mut() else {
-        return Err("the agent's saved state has no tool call awaiting approval".to_owned());
-    };
-    let Some(head) = phase.queue.front_mut() else {
+    let Some(phase) = st.pending.as_mut().filter(|p| !p.queue.is_empty()) else {
         return Err("the agent's saved state has no tool call awaiting approval".to_owned());
     };
     if decision.approved {
-        head.approved = true;
+        if let Some(head) = phase.queue.front_mut() {
+            head.approved = true;
+        }
     } else if let Some(call) = phase.queue.pop_front() {
         emit(AgentChunk::ToolOutputDenied {
             tool_call_id: Arc::from(call.id.as_str()),
@@ -542,14 +541,13 @@ impl CallState {
                     return None;
                 }
                 // Guardrails see the whole answer so far, so a secret split across deltas is still caught, and
-                // they see it before the client does.
-                let candidate = format!("{}{text}", self.text);
+                // they see it before the client does (a tripped call is abandoned with its text).
+                self.text.push_str(&text);
                 for guardrail in &agent.output_guardrails {
-                    if let Some(reason) = guardrail.check(&candidate) {
+                    if let Some(reason) = guardrail.check(&self.text) {
                         return Some((guardrail.id().to_owned(), reason));
                     }
                 }
-                self.text = candidate;
                 self.close_reasoning(emit);
                 if self.structured {
                     if let Some(object) = parse_partial(&self.text)

@@ -1233,12 +1233,16 @@ fn saved_state_key(path: &str) -> String {
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> String {
-    let text = panic
+    format!("step panicked: {}", panic_text(panic))
+}
+
+/// What a caught panic said (its `&str` or `String` payload).
+pub fn panic_text(panic: &(dyn Any + Send)) -> String {
+    panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
         .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned());
-    format!("step panicked: {text}")
+        .unwrap_or_else(|| "unknown panic".to_owned())
 }
 
 #[cfg(test)]

@@ -495,7 +495,6 @@ mod tests {
     use crate::{
         engine::{ErrorInfo, Event, EventSource, RunStatus, Usage},
         grpc::{convert, wire},
-        registry::LogEntry,
     };
 
     fn pbv(value: Value) -> Option<PbValue> {
@@ -1320,8 +1319,7 @@ mod tests {
             },
         };
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let entry = LogEntry::new(42, at, event);
-        let run_event = convert::run_event("run-1", entry.seq, entry.time, &entry.event().expect("not encoded yet"));
+        let run_event = convert::run_event("run-1", 42, at, &event);
         assert_eq!(run_event.run_id, "run-1");
         assert_eq!(run_event.seq, 42);
         assert_eq!(run_event.step_id, "research.agent");

@@ -123,7 +123,7 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedRunEvent, Status>> + 
 
 /// What a start request runs: exactly one of its `workflow_id`, `agent_id` and `network_id`.
 fn target(workflow_id: String, agent_id: String, network_id: String) -> Result<(String, RunKind), Status> {
-    let set: Vec<(&str, String, RunKind)> = [
+    let mut set: Vec<(&str, String, RunKind)> = [
         ("workflow_id", workflow_id, RunKind::Workflow),
         ("agent_id", agent_id, RunKind::Agent),
         ("network_id", network_id, RunKind::Network),
@@ -131,20 +131,22 @@ fn target(workflow_id: String, agent_id: String, network_id: String) -> Result<(
     .into_iter()
     .filter(|(_, id, _)| !id.is_empty())
     .collect();
-    match <[_; 1]>::try_from(set) {
-        Ok([(_, id, kind)]) => Ok((id, kind)),
-        Err(set) if set.is_empty() => Err(invalid_field(
+    match set.len() {
+        1 => {
+            let (_, id, kind) = set.remove(0);
+            Ok((id, kind))
+        }
+        0 => Err(invalid_field(
             "workflow_id",
             "required: set workflow_id, agent_id or network_id (ListWorkflows lists what this server runs)",
         )),
-        Err(set) => {
+        _ => {
             let names: Vec<&str> = set.iter().map(|(name, ..)| *name).collect();
             Err(invalid_field(&names.join(", "), "set only one of workflow_id, agent_id and network_id"))
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 fn start_request(
     (workflow_id, kind): (String, RunKind),
     run_id: String,

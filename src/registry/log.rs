@@ -58,27 +58,6 @@ impl LoggedEvent {
     }
 }
 
-/// A numbered event outside any log, as tests build them to compare encodings (a log keeps only the encoded
-/// bytes: [`LoggedEvent`]).
-#[cfg(test)]
-#[derive(Debug, Clone)]
-pub struct LogEntry {
-    pub seq: u64,
-    pub time: SystemTime,
-    event: Event,
-}
-
-#[cfg(test)]
-impl LogEntry {
-    pub fn new(seq: u64, time: SystemTime, event: Event) -> Self {
-        Self { seq, time, event }
-    }
-
-    pub fn event(&self) -> Option<Event> {
-        Some(self.event.clone())
-    }
-}
-
 /// What the log keeps per event; the seq is its index + 1. What the log itself needs to decide when streams end,
 /// the status of a `workflow_finish`, is kept apart from the encoded bytes.
 #[derive(Debug)]

@@ -17,8 +17,6 @@ use std::{
 };
 
 pub use error::RegistryError;
-#[cfg(test)]
-pub use log::LogEntry;
 pub use log::{EventEncoder, EventLog, LogReader, LoggedEvent, ReadUntil};
 pub use run::{Run, RunSpec, RunState, RunView};
 use serde_json::{Map, Value};

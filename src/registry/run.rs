@@ -27,7 +27,7 @@ use crate::{
     clock::Clock,
     engine::{
         ErrorInfo, Event, EventKind, EventSink, EventSource, Phase, PhaseOutcome, ResumeRequest, ResumeTarget, RunKind,
-        RunSnapshot, RunStatus, Workflow, execute_phase,
+        RunSnapshot, RunStatus, Workflow, execute_phase, executor::panic_text,
     },
 };
 
@@ -238,11 +238,7 @@ impl Run {
                 let outcome = match AssertUnwindSafe(execute_phase(phase)).catch_unwind().await {
                     Ok(outcome) => outcome,
                     Err(panic) => {
-                        let message = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| (*s).to_owned())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "unknown panic".to_owned());
+                        let message = panic_text(&*panic);
                         warn!(run_id = %run.spec.run_id, error = %message, "phase task panicked");
                         let snapshot = run.lock_state().snapshot.clone();
                         PhaseOutcome {
