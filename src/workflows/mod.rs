@@ -5,6 +5,7 @@ use crate::engine::WorkflowCatalog;
 
 pub mod batch_foreach;
 pub mod chain;
+pub mod content_pipeline;
 pub mod flaky;
 pub mod order_approval;
 pub mod timer;
@@ -15,6 +16,7 @@ pub mod writer_flood;
 pub fn builtin_catalog() -> WorkflowCatalog {
     let mut catalog = WorkflowCatalog::new();
     catalog.register(chain::workflow());
+    catalog.register(content_pipeline::workflow());
     catalog.register(writer_flood::workflow());
     catalog.register(batch_foreach::workflow());
     catalog.register(order_approval::workflow());
@@ -33,7 +35,16 @@ mod tests {
         let ids: Vec<String> = builtin_catalog().list().iter().map(|w| w.id().to_string()).collect();
         assert_eq!(
             ids,
-            ["batch-foreach", "chain", "flaky", "order-approval", "timer", "weather-activities", "writer-flood"]
+            [
+                "batch-foreach",
+                "chain",
+                "content-pipeline",
+                "flaky",
+                "order-approval",
+                "timer",
+                "weather-activities",
+                "writer-flood"
+            ]
         );
         assert!(builtin_catalog().get("chain").is_some());
         assert!(builtin_catalog().get("nope").is_none());
