@@ -6,7 +6,7 @@
 //!   as a workflow step ([`network_step`]) the callback is the step's
 //!   [`Writer::network`](crate::engine::Writer::network).
 //! - [`workflow`]: the network as a standalone run, a one-step workflow of the same id.
-//! - [`research`]: the built-in `research-network`.
+//! - The built-in `research-network` is in [`crate::workflows::research_network`].
 //!
 //! # One iteration
 //!
@@ -56,7 +56,6 @@
 //! for an approval, or a delegated workflow that suspends, counts as a failed primitive. Memory (threads) across
 //! network runs.
 
-pub mod research;
 mod run;
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,7 @@ use crate::{
     agent::{assistant_with, tools::calculator_tool},
     engine::{AgentChunk, Event, EventKind, EventSource, RunStatus, StepStatus, Workflow, executor::test_support::run},
     model::{FinishReason, Message, ModelChunk, ModelError, ModelRequest, ModelStream, OfflineModel},
+    workflows::research_network as research,
 };
 
 const TASK: &str = "Ask the assistant what 12 * 7 is, verify it with the calculator, then publish the answer as an \

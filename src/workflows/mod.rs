@@ -8,6 +8,7 @@ pub mod chain;
 pub mod content_pipeline;
 pub mod flaky;
 pub mod order_approval;
+pub mod research_network;
 pub mod timer;
 pub mod weather_activities;
 pub mod writer_flood;

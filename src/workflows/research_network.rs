@@ -1,15 +1,18 @@
 //! `research-network`: the built-in agent network. Its routing agent delegates among the `assistant` agent, the
 //! `content-pipeline` workflow and the `calculator` tool. With the offline model it runs each primitive the task
 //! names once, in the order named, then finishes.
+//!
+//! Not in [`builtin_catalog`](super::builtin_catalog): networks are registered with the other non-workflow
+//! runnables (agents), through [`workflow`].
 
 use std::sync::Arc;
 
-use super::Network;
+use super::content_pipeline;
 use crate::{
     agent::{assistant_with, tools::calculator_tool},
     engine::Workflow,
     model::{ModelProvider, OfflineModel, model_from_env},
-    workflows::content_pipeline,
+    network::{self, Network},
 };
 
 pub const ID: &str = "research-network";
@@ -40,7 +43,7 @@ pub fn research_network_with(model: Arc<dyn ModelProvider>) -> Arc<Network> {
     )
 }
 
-/// `research-network` as a standalone run (see [`super::workflow`]).
+/// `research-network` as a standalone run (see [`network::workflow`]).
 pub fn workflow() -> Arc<Workflow> {
-    super::workflow(research_network())
+    network::workflow(research_network())
 }
