@@ -71,8 +71,8 @@ use crate::{
     agent::{Agent, Tool, usage_json},
     clock::{Clock, SystemClock},
     engine::{
-        Delegation, ErrorInfo, NetworkEvent, PrimitiveType, Step, StepError, StepOutcome, Usage, Workflow,
-        schema::Schema,
+        Delegation, ErrorInfo, NetworkEvent, PrimitiveType, SchemaViolation, Step, StepError, StepOutcome, Usage,
+        Workflow, schema::Schema,
     },
     model::ModelProvider,
 };
@@ -400,15 +400,17 @@ pub fn input_schema() -> Value {
     })
 }
 
-/// The [`NetworkInput`] of a run input (see [`input_schema`]); errors name the field.
-pub fn network_input(input: &Value) -> Result<NetworkInput, String> {
+/// The [`NetworkInput`] of a run input (see [`input_schema`]). Also checks what the schema cannot: that
+/// `output_schema` is itself a valid JSON Schema.
+pub fn network_input(input: &Value) -> Result<NetworkInput, SchemaViolation> {
+    let violation = |path: &str, message: String| SchemaViolation { path: path.to_owned(), message };
     let task = match input.get("task").and_then(Value::as_str) {
         Some(task) if !task.trim().is_empty() => task.to_owned(),
-        _ => return Err("input.task must be a non-empty string".to_owned()),
+        _ => return Err(violation("input.task", "must be a non-empty string".to_owned())),
     };
     let output_schema = match input.get("output_schema") {
         None | Some(Value::Null) => None,
-        Some(schema) => Some(Schema::compile(schema.clone()).map_err(|e| format!("input.output_schema: {e}"))?),
+        Some(schema) => Some(Schema::compile(schema.clone()).map_err(|e| violation("input.output_schema", e))?),
     };
     Ok(NetworkInput { task, output_schema })
 }
@@ -424,7 +426,7 @@ pub fn network_step(network: Arc<Network>) -> Step {
     Step::new(network.id.to_string(), move |ctx| {
         let network = Arc::clone(&network);
         async move {
-            let input = network_input(ctx.input()).map_err(|e| StepError::new(e).non_retryable())?;
+            let input = network_input(ctx.input()).map_err(|e| StepError::new(e.to_string()).non_retryable())?;
             let env = NetworkEnv {
                 clock: Arc::clone(ctx.clock()),
                 request_context: Arc::new(ctx.request_context().clone()),
