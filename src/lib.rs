@@ -6,6 +6,7 @@
 //! - [`engine`]: workflow definitions and the executor of one phase of a run;
 //! - [`agent`]: agents (instructions, a model, tools) and the loop that runs them, alone or as a workflow step;
 //! - [`model`]: language-model providers (OpenAI-compatible streaming client, offline stand-in);
+//! - [`network`]: agent networks (a routing agent delegating to agents, workflows and tools), run as a step;
 //! - [`workflows`]: the built-in workflows.
 
 pub mod agent;
@@ -13,6 +14,7 @@ pub mod clock;
 pub mod engine;
 pub mod grpc;
 pub mod model;
+pub mod network;
 pub mod registry;
 pub mod server;
 pub mod workflows;

@@ -487,6 +487,13 @@ impl Writer {
             kind: EventKind::Network { step_id: Some(Arc::clone(&self.step_id)), event },
         });
     }
+
+    /// Adds the usage of model calls that no event reports (a network's calls that turn a prompt into a workflow's
+    /// or tool's input, or that produce its structured output) to the run's count, which otherwise adds up only
+    /// what [`Writer::agent`] and [`Writer::network`] see.
+    pub(crate) fn count_usage(&self, usage: &Usage) {
+        self.usage.add(usage);
+    }
 }
 
 #[cfg(test)]

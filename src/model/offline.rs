@@ -15,7 +15,11 @@
 //! 3. A response schema is asked: it answers with JSON that fills the schema's required fields (all of an object
 //!    schema's properties when it lists none): strings from the message, numbers from the message's numbers
 //!    (else its word count), booleans `true`, arrays with `minItems` copies of their item, nested objects alike,
-//!    enums and consts with their first value.
+//!    consts with their value. An enum gets the value the message's arithmetic names (`multiply`), else the value
+//!    the message mentions first (as a whole word, case ignored) that no earlier assistant answer in the
+//!    conversation (a JSON object) gave the same field, else its first value. Asked again after each answer, it
+//!    thus picks every option the user named once, in the order named, then the first option: this is how it
+//!    routes an agent network (whose first option is "none").
 //! 4. Otherwise: a text answer that quotes the user's last message and says what this model is.
 //!
 //! With `reasoning_effort` set, a one-sentence reasoning section about the script it follows streams first.
@@ -162,7 +166,8 @@ impl Plan<'_> {
 
 fn plan(request: &ModelRequest) -> Plan<'_> {
     let prompt = last_user_text(&request.messages).unwrap_or_default();
-    let facts = Facts::of(prompt);
+    let mut facts = Facts::of(prompt);
+    facts.earlier_answers = earlier_answers(&request.messages);
     match request.messages.last() {
         // With a response schema, the report is the JSON below: the answer must be the object asked for.
         Some(Message::Tool { .. }) if request.response_schema.is_none() => return report(&request.messages),
@@ -328,6 +333,8 @@ struct Facts {
     expression: Option<Expression>,
     /// The place after "in", "for" or "at", e.g. `New York`.
     place: Option<String>,
+    /// The assistant's earlier answers that are JSON objects, for the enum rule.
+    earlier_answers: Vec<Map<String, Value>>,
 }
 
 struct Expression {
@@ -345,7 +352,14 @@ impl Facts {
             .filter(|w| w.starts_with(|c: char| c.is_ascii_digit()))
             .filter_map(|w| w.parse::<f64>().ok())
             .collect();
-        Self { text: text.trim().to_owned(), words, numbers, expression: expression(text), place: place(text) }
+        Self {
+            text: text.trim().to_owned(),
+            words,
+            numbers,
+            expression: expression(text),
+            place: place(text),
+            earlier_answers: Vec::new(),
+        }
     }
 }
 
@@ -469,7 +483,7 @@ fn fill(schema: &Value, name: &str, facts: &Facts, next_number: &mut usize) -> V
         let fitting = options.iter().find(|o| {
             o.as_str().is_some_and(|o| operation.is_some_and(|op| o.eq_ignore_ascii_case(op) || op.starts_with(o)))
         });
-        return fitting.unwrap_or(&options[0]).clone();
+        return fitting.or_else(|| first_mentioned(options, &name, facts)).unwrap_or(&options[0]).clone();
     }
     let kind = match schema.get("type") {
         Some(Value::String(t)) => t.as_str(),
@@ -504,6 +518,49 @@ fn fill(schema: &Value, name: &str, facts: &Facts, next_number: &mut usize) -> V
         "null" => Value::Null,
         _ => Value::String(fill_string(&name, facts)),
     }
+}
+
+/// The option the message mentions first that no earlier answer gave field `field` (see the module docs).
+fn first_mentioned<'a>(options: &'a [Value], field: &str, facts: &Facts) -> Option<&'a Value> {
+    let text = facts.text.to_lowercase();
+    let chosen_before = |option: &Value| {
+        facts
+            .earlier_answers
+            .iter()
+            .any(|answer| answer.iter().any(|(k, v)| k.eq_ignore_ascii_case(field) && v == option))
+    };
+    options
+        .iter()
+        .filter_map(|option| Some((mention_position(&text, &option.as_str()?.to_lowercase())?, option)))
+        .filter(|(_, option)| !chosen_before(option))
+        .min_by_key(|(position, _)| *position)
+        .map(|(_, option)| option)
+}
+
+/// Where `text` first holds `word` as a whole word: not inside a longer word or name (`-` and `_` join words, so
+/// `content` is not mentioned by `content-pipeline`).
+fn mention_position(text: &str, word: &str) -> Option<usize> {
+    if word.is_empty() {
+        return None;
+    }
+    let joins = |c: char| c.is_alphanumeric() || c == '-' || c == '_';
+    text.match_indices(word).map(|(at, _)| at).find(|&at| {
+        !text[..at].chars().next_back().is_some_and(joins) && !text[at + word.len()..].chars().next().is_some_and(joins)
+    })
+}
+
+/// The assistant messages of the conversation whose text is a JSON object (earlier structured answers).
+fn earlier_answers(messages: &[Message]) -> Vec<Map<String, Value>> {
+    messages
+        .iter()
+        .filter_map(|m| match m {
+            Message::Assistant { content: Some(content), .. } => match serde_json::from_str(content) {
+                Ok(Value::Object(answer)) => Some(answer),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 fn fill_string(name: &str, facts: &Facts) -> String {
@@ -831,6 +888,47 @@ mod tests {
                 "kind": "town",
             })
         );
+    }
+
+    /// A router's decision: which of `options` to run next.
+    fn choose(options: &[&str], messages: Vec<Message>) -> Value {
+        let mut request = ModelRequest::new(messages);
+        request.response_schema = Some(ResponseSchema {
+            name: "route".into(),
+            strict: true,
+            schema: json!({
+                "type": "object",
+                "required": ["next"],
+                "properties": { "next": { "type": "string", "enum": options } },
+            }),
+        });
+        let answer: Value = serde_json::from_str(&text(&OfflineModel::new().respond(&request))).unwrap();
+        answer["next"].clone()
+    }
+
+    #[test]
+    fn enums_pick_each_mentioned_option_once_in_the_order_mentioned_then_the_first() {
+        let options = ["none", "writer", "content-pipeline", "calculator"];
+        let task = "Use the Calculator, then content-pipeline, then the writer.";
+        let mut conversation = vec![Message::system("Route."), Message::user(task)];
+        let mut picks = Vec::new();
+        for _ in 0..5 {
+            let pick = choose(&options, conversation.clone());
+            picks.push(pick.as_str().unwrap().to_owned());
+            // The decision goes back into the conversation, followed by a note that is not a JSON object.
+            conversation.push(Message::assistant(json!({ "next": pick }).to_string()));
+            conversation.push(Message::assistant(format!("{pick} returned 42")));
+        }
+        assert_eq!(picks, ["calculator", "content-pipeline", "writer", "none", "none"]);
+
+        // Whole words only: "content" and "writers" mention neither option; nothing mentioned gives the first.
+        assert_eq!(choose(&options, vec![Message::user("some content for writers")]), json!("none"));
+        // Another field's earlier answer does not count as a choice.
+        let other_field = Message::assistant(json!({ "other": "writer" }).to_string());
+        assert_eq!(choose(&options, vec![Message::user("ask the writer"), other_field]), json!("writer"));
+        assert_eq!(mention_position("a content-pipeline run", "content"), None);
+        assert_eq!(mention_position("a content-pipeline run", "content-pipeline"), Some(2));
+        assert_eq!(mention_position("pipeline-content content", "content"), Some(17));
     }
 
     #[test]

@@ -6,8 +6,10 @@ use crate::{agent, engine::WorkflowCatalog};
 
 pub mod batch_foreach;
 pub mod chain;
+pub mod content_pipeline;
 pub mod flaky;
 pub mod order_approval;
+pub mod research_network;
 pub mod timer;
 pub mod weather_activities;
 pub mod writer_flood;
@@ -16,6 +18,7 @@ pub mod writer_flood;
 pub fn builtin_catalog() -> WorkflowCatalog {
     let mut catalog = WorkflowCatalog::new();
     catalog.register(chain::workflow());
+    catalog.register(content_pipeline::workflow());
     catalog.register(writer_flood::workflow());
     catalog.register(batch_foreach::workflow());
     catalog.register(order_approval::workflow());
@@ -24,6 +27,7 @@ pub fn builtin_catalog() -> WorkflowCatalog {
     catalog.register(weather_activities::workflow());
     catalog.register(agent::workflow(agent::assistant()));
     catalog.register(agent::workflow(agent::concierge()));
+    catalog.register(research_network::workflow());
     catalog
 }
 
@@ -41,8 +45,10 @@ mod tests {
                 "batch-foreach",
                 "chain",
                 "concierge",
+                "content-pipeline",
                 "flaky",
                 "order-approval",
+                "research-network",
                 "timer",
                 "weather-activities",
                 "writer-flood"

@@ -1,0 +1,486 @@
+//! Agent networks: a routing agent that, iteration by iteration, delegates a task to agents, workflows and tools
+//! until it judges the task complete (Mastra's `agent.network()`), streaming every step as [`NetworkEvent`]s.
+//!
+//! - [`Network`]: the routing model and instructions, the primitives it may delegate to, its completion checks.
+//! - [`run_network`]: the loop. It emits events through a callback, so that it knows nothing of the run registry;
+//!   as a workflow step ([`network_step`]) the callback is the step's
+//!   [`Writer::network`](crate::engine::Writer::network).
+//! - [`workflow`]: the network as a standalone run, a one-step workflow of the same id.
+//! - The built-in `research-network` is in [`crate::workflows::research_network`].
+//!
+//! # One iteration
+//!
+//! `RoutingAgentStart`, the routing model's answer as it streams (`RoutingAgentTextStart`,
+//! `RoutingAgentTextDelta`s), then `RoutingAgentEnd` with the decision (a [`Delegation`]) and the call's usage.
+//! The routing call asks for JSON, `{"primitive_id", "prompt", "selection_reason"}` with `primitive_id` one of the
+//! primitives' ids or `"none"`. The answer is untrusted: one that is not that JSON, or that names no primitive of
+//! the network, fails the run with an error saying what the router answered (there is nothing sensible to delegate
+//! to). Then the delegation:
+//!
+//! - agent: `AgentExecutionStart`, its chunks as `AgentExecutionEvent`s, `AgentExecutionEnd` (its text, usage);
+//! - workflow: `WorkflowExecutionStart` (a fresh nested run id), the nested run's events from `workflow_start` to
+//!   `workflow_finish` as `WorkflowExecutionEvent`s, `WorkflowExecutionEnd` (status, result, usage). The nested
+//!   run is a real phase ([`execute_phase`](crate::engine::execute_phase)) with the network's clock and cancel token;
+//! - tool: `ToolExecutionStart` (its arguments), `ToolExecutionEnd` (its result);
+//!
+//! and `NetworkStepFinish`. A workflow's or tool's input is the prompt when that is a JSON object; otherwise one
+//! more call of the routing model turns the prompt into the input (structured output with the input's schema), so
+//! that a router may answer in words. A primitive that fails (agent error, failed workflow, tool error, unusable
+//! input) does not stop the network: its result is `{"error": "..."}` and the router reads it and decides, as an
+//! agent does with a failed tool call.
+//!
+//! The router's conversation is: the system message (primitives, answer format), the task as the user's message,
+//! then per iteration its decision and the primitive's result, both as assistant messages, so that the last user
+//! message stays the task (or the latest completion feedback). The offline model routes on exactly that: it picks
+//! each primitive the last user message names once, in the order named, then `"none"`.
+//!
+//! # Completion
+//!
+//! `"none"` means the router judges the task complete. The network's [`CompletionCheck`]s then run
+//! (`NetworkValidationStart`, `NetworkValidationEnd`); if one fails, the iteration ends incomplete and the router
+//! gets another with the reasons as a user message. When they pass: `NetworkStepFinish` (complete), the structured
+//! output if one was asked for (`NetworkObject` partials, the schema-checked `NetworkObjectResult`), then
+//! `NetworkFinish` ("task complete"). After `max_iterations` without completion: `NetworkFinish` ("max iterations
+//! reached", no object). `NetworkFinish` carries the last delegation with the final result (the last primitive's
+//! result; the router's own answer, its prompt, when no primitive ran) and the usage of every model call: routing,
+//! delegated agents, agents inside delegated workflows, input and structured-output calls.
+//!
+//! # Cancellation
+//!
+//! `PrimitiveAbort` names what was running (routing agent, agent, workflow or tool) and nothing follows, also when
+//! the loop's future is dropped mid-run (the engine drops a canceled step's future). A delegated agent emits its
+//! own `AgentAbort` first; a delegated workflow's nested run ends with a canceled `workflow_finish` first.
+//!
+//! Not yet: approvals and suspension inside networks (`AgentExecutionApproval`, `AgentExecutionSuspended`,
+//! `WorkflowExecutionSuspended`, `ToolExecutionApproval`, `ToolExecutionSuspended`): a delegated agent that stops
+//! for an approval, or a delegated workflow that suspends, counts as a failed primitive. Memory (threads) across
+//! network runs.
+
+mod run;
+#[cfg(test)]
+mod tests;
+
+use std::{fmt, sync::Arc};
+
+use serde_json::{Map, Value, json};
+use tokio_util::sync::CancellationToken;
+
+pub use run::{ROUTING_AGENT_ID, run_network};
+
+use crate::{
+    agent::{Agent, Tool, usage_json},
+    clock::{Clock, SystemClock},
+    engine::{
+        Delegation, ErrorInfo, NetworkEvent, PrimitiveType, RunKind, RunnableMeta, SchemaViolation, Step, StepError,
+        StepOutcome, Usage, Workflow, schema::Schema,
+    },
+    model::ModelProvider,
+};
+
+/// Default bound on iterations (routing decisions) per run: room for a handful of delegations and a retry or two
+/// after failed completion checks, small enough that a router going in circles stops soon.
+pub const DEFAULT_MAX_ITERATIONS: u32 = 10;
+
+/// The primitive id that means "the task is complete"; no primitive may use it.
+pub const NONE_ID: &str = "none";
+
+/// An agent network: a routing model with instructions, and the agents, workflows and tools it delegates to.
+/// Primitive ids are one namespace (the router names a primitive by id alone). Cheap to share as `Arc<Network>`.
+#[derive(Clone)]
+pub struct Network {
+    pub id: Arc<str>,
+    pub description: String,
+    /// Added to the routing agent's system message.
+    pub instructions: String,
+    /// The routing agent's model; it also turns prompts into workflow and tool inputs, and writes structured output.
+    pub model: Arc<dyn ModelProvider>,
+    pub agents: Vec<Arc<Agent>>,
+    pub workflows: Vec<Arc<Workflow>>,
+    pub tools: Vec<Tool>,
+    /// Most iterations one run makes (at least 1).
+    pub max_iterations: u32,
+    /// Checked when the router says the task is complete (default: [`CompletionCheck::defaults`]).
+    pub completion_checks: Vec<CompletionCheck>,
+}
+
+impl fmt::Debug for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Network")
+            .field("id", &self.id)
+            .field("model", &self.model.model_id())
+            .field("primitives", &self.primitive_ids())
+            .field("max_iterations", &self.max_iterations)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One thing a network can delegate to.
+#[derive(Debug, Clone, Copy)]
+pub enum Primitive<'a> {
+    Agent(&'a Arc<Agent>),
+    Workflow(&'a Arc<Workflow>),
+    Tool(&'a Tool),
+}
+
+impl Primitive<'_> {
+    pub fn primitive_type(&self) -> PrimitiveType {
+        match self {
+            Self::Agent(_) => PrimitiveType::Agent,
+            Self::Workflow(_) => PrimitiveType::Workflow,
+            Self::Tool(_) => PrimitiveType::Tool,
+        }
+    }
+}
+
+impl Network {
+    /// A network with no primitives yet, the default completion checks and [`DEFAULT_MAX_ITERATIONS`].
+    pub fn new(id: impl Into<String>, instructions: impl Into<String>, model: Arc<dyn ModelProvider>) -> Self {
+        Self {
+            id: Arc::from(id.into()),
+            description: String::new(),
+            instructions: instructions.into(),
+            model,
+            agents: Vec::new(),
+            workflows: Vec::new(),
+            tools: Vec::new(),
+            max_iterations: DEFAULT_MAX_ITERATIONS,
+            completion_checks: CompletionCheck::defaults(),
+        }
+    }
+
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = description.into();
+        self
+    }
+
+    /// # Panics
+    /// If the id is taken (ids are written in code, so this is a programming error).
+    pub fn agent(mut self, agent: Arc<Agent>) -> Self {
+        self.check_new_id(&agent.id);
+        self.agents.push(agent);
+        self
+    }
+
+    /// # Panics
+    /// If the id is taken.
+    pub fn workflow(mut self, workflow: Arc<Workflow>) -> Self {
+        self.check_new_id(workflow.id());
+        self.workflows.push(workflow);
+        self
+    }
+
+    /// # Panics
+    /// If the name is taken.
+    pub fn tool(mut self, tool: Tool) -> Self {
+        self.check_new_id(tool.name());
+        self.tools.push(tool);
+        self
+    }
+
+    pub fn max_iterations(mut self, max_iterations: u32) -> Self {
+        self.max_iterations = max_iterations.max(1);
+        self
+    }
+
+    /// Adds a completion check to the defaults.
+    pub fn completion_check(mut self, check: CompletionCheck) -> Self {
+        self.completion_checks.push(check);
+        self
+    }
+
+    fn check_new_id(&self, id: &str) {
+        assert!(id != NONE_ID, "network '{}': '{NONE_ID}' is reserved for \"the task is complete\"", self.id);
+        assert!(self.primitive(id).is_none(), "network '{}' already has a primitive with id '{id}'", self.id);
+    }
+
+    /// The primitive with id `id`.
+    pub fn primitive(&self, id: &str) -> Option<Primitive<'_>> {
+        if let Some(agent) = self.agents.iter().find(|a| &*a.id == id) {
+            return Some(Primitive::Agent(agent));
+        }
+        if let Some(workflow) = self.workflows.iter().find(|w| &**w.id() == id) {
+            return Some(Primitive::Workflow(workflow));
+        }
+        self.tools.iter().find(|t| t.name() == id).map(Primitive::Tool)
+    }
+
+    /// Every primitive's id: agents, then workflows, then tools, each in the order added.
+    pub fn primitive_ids(&self) -> Vec<&str> {
+        let agents = self.agents.iter().map(|a| &*a.id);
+        let workflows = self.workflows.iter().map(|w| &**w.id());
+        agents.chain(workflows).chain(self.tools.iter().map(Tool::name)).collect()
+    }
+}
+
+/// What a network run is asked to do.
+#[derive(Debug, Clone)]
+pub struct NetworkInput {
+    pub task: String,
+    /// Ask for the final answer as JSON satisfying this schema (`NetworkObject`, `NetworkObjectResult`).
+    pub output_schema: Option<Schema>,
+}
+
+impl NetworkInput {
+    pub fn new(task: impl Into<String>) -> Self {
+        Self { task: task.into(), output_schema: None }
+    }
+}
+
+/// What a network run gets from whoever runs it, handed on to the workflows it runs.
+#[derive(Clone)]
+pub struct NetworkEnv {
+    pub clock: Arc<dyn Clock>,
+    pub request_context: Arc<Map<String, Value>>,
+    pub cancel: CancellationToken,
+}
+
+impl NetworkEnv {
+    /// The system clock and an empty request context.
+    pub fn new(cancel: CancellationToken) -> Self {
+        Self { clock: Arc::new(SystemClock), request_context: Arc::default(), cancel }
+    }
+}
+
+/// How a network run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum NetworkEnd {
+    /// The router said the task is complete and the completion checks passed.
+    Complete,
+    /// `max_iterations` iterations ran without completion.
+    MaxIterations,
+    /// The routing agent failed (its model call, an unusable answer, structured output that fails its schema).
+    Failed(ErrorInfo),
+    /// Canceled; streamed as `PrimitiveAbort`.
+    Aborted,
+}
+
+impl NetworkEnd {
+    /// `NetworkFinish.completion_reason` for the ends that finish.
+    pub fn completion_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::Complete => Some("task complete"),
+            Self::MaxIterations => Some("max iterations reached"),
+            Self::Failed(_) | Self::Aborted => None,
+        }
+    }
+}
+
+/// How a network run ended, and what it produced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetworkOutcome {
+    pub end: NetworkEnd,
+    /// The last delegation, with its result.
+    pub delegation: Option<Delegation>,
+    /// The final result (see the [module docs](self)); set when the run finished.
+    pub result: Option<Value>,
+    /// The structured output, when asked for and the task completed.
+    pub object: Option<Value>,
+    /// Every model call's usage (as in `NetworkFinish`).
+    pub usage: Usage,
+    /// The part of `usage` that no event reports (input and structured-output calls, an unusable routing answer):
+    /// [`network_step`] adds it to the run's count itself.
+    pub unreported_usage: Usage,
+    pub iterations: u32,
+}
+
+/// What a completion check sees.
+#[derive(Debug)]
+pub struct CheckInput<'a> {
+    pub network: &'a Network,
+    pub task: &'a str,
+    /// The delegations that ran so far, in order, with their results.
+    pub ran: &'a [Delegation],
+    /// The result the network would finish with.
+    pub result: &'a Value,
+}
+
+type CheckFn = Arc<dyn Fn(&CheckInput<'_>) -> Result<String, String> + Send + Sync>;
+
+/// A check the network runs before accepting the router's "task complete": `Ok(why it passed)` or
+/// `Err(why it failed)`, which the router gets as feedback.
+#[derive(Clone)]
+pub struct CompletionCheck {
+    id: Arc<str>,
+    check: CheckFn,
+}
+
+impl fmt::Debug for CompletionCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompletionCheck").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl CompletionCheck {
+    pub fn new(
+        id: impl Into<String>,
+        check: impl Fn(&CheckInput<'_>) -> Result<String, String> + Send + Sync + 'static,
+    ) -> Self {
+        Self { id: Arc::from(id.into()), check: Arc::new(check) }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn check(&self, input: &CheckInput<'_>) -> Result<String, String> {
+        (self.check)(input)
+    }
+
+    /// [`Self::named_primitives_ran`] and [`Self::result_usable`].
+    pub fn defaults() -> Vec<Self> {
+        vec![Self::named_primitives_ran(), Self::result_usable()]
+    }
+
+    /// `named-primitives-ran`: every primitive whose id the task mentions (as a whole word, case ignored) has run.
+    pub fn named_primitives_ran() -> Self {
+        Self::new("named-primitives-ran", |input| {
+            let task = input.task.to_lowercase();
+            let missing: Vec<&str> = input
+                .network
+                .primitive_ids()
+                .into_iter()
+                .filter(|id| mentions(&task, &id.to_lowercase()))
+                .filter(|id| !input.ran.iter().any(|d| d.primitive_id == *id))
+                .collect();
+            match missing.as_slice() {
+                [] => Ok("every primitive the task names has run".to_owned()),
+                [one] => Err(format!("the task names {one}, which has not run")),
+                many => Err(format!("the task names {}, which have not run", many.join(", "))),
+            }
+        })
+    }
+
+    /// `result-usable`: there is a result, it is not empty, and it is not a failed primitive's `{"error": ...}`.
+    pub fn result_usable() -> Self {
+        Self::new("result-usable", |input| match input.result {
+            Value::Null => Err("there is no result yet".to_owned()),
+            Value::String(s) if s.trim().is_empty() => Err("the last result is empty".to_owned()),
+            result => match error_message(result) {
+                Some(message) => Err(format!("the last result is an error: {message}")),
+                None => Ok("the last result is usable".to_owned()),
+            },
+        })
+    }
+}
+
+/// `{"error": message}`: how a failed primitive's result reads.
+pub(crate) fn error_result(message: impl Into<String>) -> Value {
+    json!({ "error": message.into() })
+}
+
+/// The message of a failed primitive's result.
+fn error_message(result: &Value) -> Option<&str> {
+    match result {
+        Value::Object(map) if map.len() == 1 => map.get("error")?.as_str(),
+        _ => None,
+    }
+}
+
+/// Whether lower-cased `text` holds lower-cased `word` as a whole word (`-` and `_` join words, so that
+/// `content` is not mentioned by `content-pipeline`).
+fn mentions(text: &str, word: &str) -> bool {
+    let joins = |c: char| c.is_alphanumeric() || c == '-' || c == '_';
+    !word.is_empty()
+        && text.match_indices(word).any(|(at, _)| {
+            !text[..at].chars().next_back().is_some_and(joins)
+                && !text[at + word.len()..].chars().next().is_some_and(joins)
+        })
+}
+
+/// JSON Schema of a network run's input.
+pub fn input_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["task"],
+        "properties": {
+            "task": { "type": "string", "minLength": 1, "description": "what the network should get done" },
+            "output_schema": { "type": "object", "description": "JSON Schema of a structured final answer" }
+        },
+        "additionalProperties": false
+    })
+}
+
+/// The [`NetworkInput`] of a run input (see [`input_schema`]). Also checks what the schema cannot: that
+/// `output_schema` is itself a valid JSON Schema.
+pub fn network_input(input: &Value) -> Result<NetworkInput, SchemaViolation> {
+    let violation = |path: &str, message: String| SchemaViolation { path: path.to_owned(), message };
+    let task = match input.get("task").and_then(Value::as_str) {
+        Some(task) if !task.trim().is_empty() => task.to_owned(),
+        _ => return Err(violation("input.task", "must be a non-empty string".to_owned())),
+    };
+    let output_schema = match input.get("output_schema") {
+        None | Some(Value::Null) => None,
+        Some(schema) => Some(Schema::compile(schema.clone()).map_err(|e| violation("input.output_schema", e))?),
+    };
+    Ok(NetworkInput { task, output_schema })
+}
+
+/// A workflow step (id: the network's id) that runs `network` on its input (`{"task", "output_schema"?}`),
+/// streaming every network event through the step's writer.
+///
+/// Output: `{"result", "object"?, "completion_reason", "iterations", "usage"}`. A failed network fails the step,
+/// and is not retried (a retry would run every delegation again); a canceled one returns an error that the executor,
+/// seeing the cancel, reports as a canceled step.
+pub fn network_step(network: Arc<Network>) -> Step {
+    let description = format!("Runs agent network '{}'.", network.id);
+    Step::new(network.id.to_string(), move |ctx| {
+        let network = Arc::clone(&network);
+        async move {
+            let input = network_input(ctx.input()).map_err(|e| StepError::new(e.to_string()).non_retryable())?;
+            let env = NetworkEnv {
+                clock: Arc::clone(ctx.clock()),
+                request_context: Arc::new(ctx.request_context().clone()),
+                cancel: ctx.cancellation_token().clone(),
+            };
+            let writer = ctx.writer().clone();
+            let outcome = run_network(&network, input, move |event: NetworkEvent| writer.network(event), env).await;
+            ctx.writer().count_usage(&outcome.unreported_usage);
+            match outcome.end {
+                NetworkEnd::Complete | NetworkEnd::MaxIterations => {
+                    let mut output = json!({
+                        "result": outcome.result,
+                        "completion_reason": outcome.end.completion_reason(),
+                        "iterations": outcome.iterations,
+                        "usage": usage_json(&outcome.usage),
+                    });
+                    if let Some(object) = outcome.object {
+                        output["object"] = object;
+                    }
+                    Ok(StepOutcome::Done(output))
+                }
+                NetworkEnd::Failed(error) => {
+                    let mut failure = StepError::new(error.message).non_retryable();
+                    if let Some(details) = error.details {
+                        failure = failure.with_details(details);
+                    }
+                    Err(failure)
+                }
+                NetworkEnd::Aborted => Err(StepError::new(format!("network '{}' was canceled", network.id))),
+            }
+        }
+    })
+    .description(description)
+}
+
+/// The network as a standalone run: a one-step workflow whose id and step id are the network's id, with input
+/// `{"task": string, "output_schema"?: object}` (see [`input_schema`]) and [`network_step`]'s output as result.
+pub fn workflow(network: Arc<Network>) -> Arc<Workflow> {
+    let meta = RunnableMeta {
+        model: network.model.model_id().to_owned(),
+        tools: network.tools.iter().map(Tool::meta).collect(),
+        members: network
+            .agents
+            .iter()
+            .map(|agent| agent.id.to_string())
+            .chain(network.workflows.iter().map(|workflow| workflow.id().to_string()))
+            .collect(),
+    };
+    Workflow::builder(network.id.to_string())
+        .kind(RunKind::Network)
+        .meta(meta)
+        .description(network.description.clone())
+        .input_schema(input_schema())
+        .input_check(|input| network_input(input).map(|_| ()))
+        .then(network_step(network))
+        .commit()
+}
