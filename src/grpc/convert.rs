@@ -162,7 +162,7 @@ pub fn run_event(run_id: &str, seq: u64, at: SystemTime, event: &engine::Event) 
     let kind = match &event.kind {
         EventKind::Agent { chunk, .. } => Some(convert_agent::agent_run_event(chunk)),
         EventKind::Network { event, .. } => Some(convert_agent::network_run_event(event)),
-        workflow => workflow_event(workflow).map(Into::into),
+        workflow => workflow_event(workflow).and_then(convert_agent::workflow_run_event),
     };
     pb::RunEvent {
         run_id: run_id.to_string(),

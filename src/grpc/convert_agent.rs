@@ -288,33 +288,34 @@ impl From<pb::agent_chunk::Chunk> for pb::run_event::Event {
 
 // ---- workflow events, nested ----
 
-/// A workflow event as a `pb::WorkflowEvent`, for nesting. Agent and network events have no such form: they give
-/// an empty `event`.
+/// A workflow event as a `pb::WorkflowEvent`, for nesting; an agent step's chunks nest as `agent_chunk`. Network
+/// events have no such form (a network nested in a network's workflow): they give an empty `event`.
 pub fn workflow_event_message(kind: &EventKind) -> pb::WorkflowEvent {
-    pb::WorkflowEvent {
-        step_id: kind.step_id().map(|id| id.to_string()).unwrap_or_default(),
-        event: workflow_event(kind),
-    }
+    let event = match kind {
+        EventKind::Agent { chunk, .. } => Some(pb::workflow_event::Event::AgentChunk(agent_chunk(chunk))),
+        kind => workflow_event(kind),
+    };
+    pb::WorkflowEvent { step_id: kind.step_id().map(|id| id.to_string()).unwrap_or_default(), event }
 }
 
-/// The `WorkflowEvent` oneof and the workflow part of the `RunEvent` oneof hold the same messages.
-impl From<pb::workflow_event::Event> for pb::run_event::Event {
-    fn from(event: pb::workflow_event::Event) -> Self {
-        use pb::{run_event::Event as E, workflow_event::Event as W};
-        match event {
-            W::WorkflowStart(m) => E::WorkflowStart(m),
-            W::StepStart(m) => E::StepStart(m),
-            W::StepOutput(m) => E::StepOutput(m),
-            W::StepProgress(m) => E::StepProgress(m),
-            W::StepSuspended(m) => E::StepSuspended(m),
-            W::StepWaiting(m) => E::StepWaiting(m),
-            W::StepResult(m) => E::StepResult(m),
-            W::WorkflowPaused(m) => E::WorkflowPaused(m),
-            W::WorkflowCanceled(m) => E::WorkflowCanceled(m),
-            W::WorkflowFinish(m) => E::WorkflowFinish(m),
-            W::Custom(m) => E::Custom(m),
-        }
-    }
+/// The `WorkflowEvent` oneof and the workflow part of the `RunEvent` oneof hold the same messages; a nested agent
+/// chunk is its own variant of the `RunEvent` oneof. `None` for an empty agent chunk.
+pub fn workflow_run_event(event: pb::workflow_event::Event) -> Option<pb::run_event::Event> {
+    use pb::{run_event::Event as E, workflow_event::Event as W};
+    Some(match event {
+        W::WorkflowStart(m) => E::WorkflowStart(m),
+        W::StepStart(m) => E::StepStart(m),
+        W::StepOutput(m) => E::StepOutput(m),
+        W::StepProgress(m) => E::StepProgress(m),
+        W::StepSuspended(m) => E::StepSuspended(m),
+        W::StepWaiting(m) => E::StepWaiting(m),
+        W::StepResult(m) => E::StepResult(m),
+        W::WorkflowPaused(m) => E::WorkflowPaused(m),
+        W::WorkflowCanceled(m) => E::WorkflowCanceled(m),
+        W::WorkflowFinish(m) => E::WorkflowFinish(m),
+        W::Custom(m) => E::Custom(m),
+        W::AgentChunk(m) => return m.chunk.map(Into::into),
+    })
 }
 
 // ---- network events ----
@@ -1300,12 +1301,17 @@ mod tests {
             let nested = workflow_event_message(&kind);
             let event = Event { source: EventSource::Workflow, kind: kind.clone() };
             let run_event = convert::run_event("", 0, SystemTime::UNIX_EPOCH, &event);
-            assert_eq!(nested.event.map(Into::into), run_event.event, "{kind:?}");
+            assert_eq!(nested.event.and_then(workflow_run_event), run_event.event, "{kind:?}");
             assert_eq!(nested.step_id, run_event.step_id, "{kind:?}");
         }
-        // An agent event has no WorkflowEvent form.
-        let agent = EventKind::Agent { step_id: None, chunk: AgentChunk::TextEnd { id: "t".into() } };
-        assert_eq!(workflow_event_message(&agent).event, None);
+        // An agent step's chunk nests as `agent_chunk`, with its step, and un-nests to the same RunEvent variant.
+        let agent = EventKind::Agent { step_id: Some("s".into()), chunk: AgentChunk::TextEnd { id: "t".into() } };
+        let nested = workflow_event_message(&agent);
+        assert_eq!(nested.step_id, "s");
+        let event = Event { source: EventSource::Agent, kind: agent };
+        let run_event = convert::run_event("", 0, SystemTime::UNIX_EPOCH, &event);
+        assert!(matches!(nested.event, Some(pb::workflow_event::Event::AgentChunk(_))));
+        assert_eq!(nested.event.and_then(workflow_run_event), run_event.event);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The built-in workflows every runstream server offers: demos, the throughput benchmark and end-to-end fixtures
 //! for each streaming feature (plain chain, writer output, foreach progress, suspend/resume, sleep, retries, agent chunks),
-//! and the built-in agents as runnables (`assistant`, `concierge`).
+//! and the built-in agents and network as runnables (`assistant`, `concierge`, `research-network`).
 
 use crate::{agent, engine::WorkflowCatalog};
 

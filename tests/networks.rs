@@ -1,0 +1,408 @@
+//! Agent networks run over the RPCs (`network_id`), against a real server with the generated Rust client: the
+//! built-in `research-network` on the offline model delegating to an agent, a tool and a workflow, every network
+//! variant in order with its fields, the nested agent and workflow events, structured output, usage adding up, and
+//! the `content-pipeline` workflow on its own.
+
+mod common;
+
+use common::*;
+use runstream::pb::{self, run_event::Event};
+use serde_json::{Value, json};
+use tonic::Code;
+
+const TASK: &str = "Ask the assistant what 12 * 7 is, verify it with the calculator, then publish the answer as an \
+                    article with content-pipeline.";
+
+fn network_request(network_id: &str, input: Value) -> pb::StreamRunRequest {
+    pb::StreamRunRequest { network_id: network_id.into(), input: Some(pb_value(input)), ..Default::default() }
+}
+
+/// The name of a oneof variant from prost's Debug output (`TextDelta(TextDelta { .. })` → `TextDelta`).
+fn name(variant: &impl std::fmt::Debug) -> String {
+    format!("{variant:?}").split('(').next().unwrap_or_default().to_owned()
+}
+
+/// The event's variant; nested events as `Wrapper/Inner`, e.g. `AgentExecutionEvent/TextDelta`.
+fn variant(event: &pb::RunEvent) -> String {
+    match &event.event {
+        Some(Event::AgentExecutionEvent(e)) => {
+            let inner = e.chunk.as_ref().and_then(|c| c.chunk.as_ref()).map(name).unwrap_or_default();
+            format!("AgentExecutionEvent/{inner}")
+        }
+        Some(Event::WorkflowExecutionEvent(e)) => {
+            let inner = match e.event.as_ref().and_then(|w| w.event.as_ref()) {
+                Some(pb::workflow_event::Event::AgentChunk(c)) => {
+                    format!("AgentChunk/{}", c.chunk.as_ref().map(name).unwrap_or_default())
+                }
+                other => other.map(name).unwrap_or_default(),
+            };
+            format!("WorkflowExecutionEvent/{inner}")
+        }
+        Some(e) => name(e),
+        None => "none".into(),
+    }
+}
+
+/// Variant names in order, with runs of the same delta (or partial object) collapsed to one `Name*`.
+fn shape(events: &[pb::RunEvent]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for e in events {
+        let name = variant(e);
+        let starred = format!("{name}*");
+        if name.ends_with("Delta") || name.ends_with("NetworkObject") || name.ends_with("/ObjectPartial") {
+            if out.last() == Some(&starred) {
+                continue;
+            }
+            if out.last() == Some(&name) {
+                out.pop();
+                out.push(starred);
+                continue;
+            }
+        }
+        out.push(name);
+    }
+    out
+}
+
+fn first<T>(events: &[pb::RunEvent], pick: impl Fn(&Event) -> Option<T>) -> T {
+    events.iter().find_map(|e| e.event.as_ref().and_then(&pick)).expect("the stream has the event")
+}
+
+fn all<T>(events: &[pb::RunEvent], pick: impl Fn(&Event) -> Option<T>) -> Vec<T> {
+    events.iter().filter_map(|e| e.event.as_ref().and_then(&pick)).collect()
+}
+
+/// The research network's stream for [`TASK`]: iterations 1-3 delegate to the assistant agent, the calculator tool
+/// and the content-pipeline workflow (the order the task names them); iteration 4 answers "none", the completion
+/// checks run and pass, and the network finishes.
+const RESEARCH_SHAPE: &[&str] = &[
+    "WorkflowStart",
+    "StepStart",
+    // Iteration 1: the assistant agent, its chunks nested.
+    "RoutingAgentStart",
+    "RoutingAgentTextStart",
+    "RoutingAgentTextDelta*",
+    "RoutingAgentEnd",
+    "AgentExecutionStart",
+    "AgentExecutionEvent/AgentStart",
+    "AgentExecutionEvent/AgentStepStart",
+    "AgentExecutionEvent/ResponseMetadata",
+    "AgentExecutionEvent/ToolCallInputStreamingStart",
+    "AgentExecutionEvent/ToolCallDelta*",
+    "AgentExecutionEvent/ToolCallInputStreamingEnd",
+    "AgentExecutionEvent/ToolCall",
+    "AgentExecutionEvent/ToolResult",
+    "AgentExecutionEvent/AgentStepFinish",
+    "AgentExecutionEvent/AgentStepStart",
+    "AgentExecutionEvent/ResponseMetadata",
+    "AgentExecutionEvent/TextStart",
+    "AgentExecutionEvent/TextDelta*",
+    "AgentExecutionEvent/TextEnd",
+    "AgentExecutionEvent/AgentStepFinish",
+    "AgentExecutionEvent/AgentFinish",
+    "AgentExecutionEnd",
+    "NetworkStepFinish",
+    // Iteration 2: the calculator tool.
+    "RoutingAgentStart",
+    "RoutingAgentTextStart",
+    "RoutingAgentTextDelta*",
+    "RoutingAgentEnd",
+    "ToolExecutionStart",
+    "ToolExecutionEnd",
+    "NetworkStepFinish",
+    // Iteration 3: the content-pipeline workflow, a nested run whose events are wrapped whole.
+    "RoutingAgentStart",
+    "RoutingAgentTextStart",
+    "RoutingAgentTextDelta*",
+    "RoutingAgentEnd",
+    "WorkflowExecutionStart",
+    "WorkflowExecutionEvent/WorkflowStart",
+    "WorkflowExecutionEvent/StepStart",
+    "WorkflowExecutionEvent/AgentChunk/AgentStart",
+    "WorkflowExecutionEvent/AgentChunk/AgentStepStart",
+    "WorkflowExecutionEvent/AgentChunk/ResponseMetadata",
+    "WorkflowExecutionEvent/AgentChunk/TextStart",
+    "WorkflowExecutionEvent/AgentChunk/TextDelta*",
+    "WorkflowExecutionEvent/AgentChunk/TextEnd",
+    "WorkflowExecutionEvent/AgentChunk/AgentStepFinish",
+    "WorkflowExecutionEvent/AgentChunk/AgentFinish",
+    "WorkflowExecutionEvent/StepResult",
+    "WorkflowExecutionEvent/StepStart",
+    "WorkflowExecutionEvent/StepOutput",
+    "WorkflowExecutionEvent/Custom",
+    "WorkflowExecutionEvent/StepResult",
+    "WorkflowExecutionEvent/StepStart",
+    "WorkflowExecutionEvent/StepResult",
+    "WorkflowExecutionEvent/WorkflowFinish",
+    "WorkflowExecutionEnd",
+    "NetworkStepFinish",
+    // Iteration 4: done; the completion checks run.
+    "RoutingAgentStart",
+    "RoutingAgentTextStart",
+    "RoutingAgentTextDelta*",
+    "RoutingAgentEnd",
+    "NetworkValidationStart",
+    "NetworkValidationEnd",
+    "NetworkStepFinish",
+    "NetworkFinish",
+    "StepResult",
+    "WorkflowFinish",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn research_network_streams_every_delegation_in_order_with_usage_adding_up() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let events = stream_run(&mut client, network_request("research-network", json!({ "task": TASK }))).await;
+    assert_seqs(&events, 1, events.len() as u64);
+    assert_eq!(shape(&events), RESEARCH_SHAPE);
+    let Some(Event::WorkflowStart(start)) = &events[0].event else { panic!("workflow_start first") };
+    assert_eq!(start.workflow_id, "research-network");
+    assert!(events[1..events.len() - 1].iter().all(|e| e.step_id == "research-network"));
+
+    // Routing: one start and one end per iteration, each end naming the delegation; each start the one before.
+    let starts = all(&events, |e| match e {
+        Event::RoutingAgentStart(s) => Some(s.clone()),
+        _ => None,
+    });
+    let iterations: Vec<u32> = starts.iter().map(|s| s.iteration).collect();
+    assert_eq!(iterations, [1, 2, 3, 4]);
+    assert!(starts.iter().all(|s| s.network_id == "research-network" && s.task == TASK && !s.agent_id.is_empty()));
+    assert_eq!(starts[0].previous, None);
+    assert_eq!(starts[1].previous.as_ref().map(|p| p.primitive_id.as_str()), Some("assistant"));
+    let ends = all(&events, |e| match e {
+        Event::RoutingAgentEnd(end) => Some(end.clone()),
+        _ => None,
+    });
+    let delegations: Vec<(String, i32)> = ends
+        .iter()
+        .map(|end| end.delegation.as_ref().map(|d| (d.primitive_id.clone(), d.primitive_type)).expect("delegation"))
+        .collect();
+    assert_eq!(
+        delegations,
+        [
+            ("assistant".to_owned(), pb::PrimitiveType::Agent as i32),
+            ("calculator".to_owned(), pb::PrimitiveType::Tool as i32),
+            ("content-pipeline".to_owned(), pb::PrimitiveType::Workflow as i32),
+            ("none".to_owned(), pb::PrimitiveType::None as i32),
+        ]
+    );
+    assert!(ends.iter().all(|end| end.usage.is_some_and(|u| u.total_tokens > 0)));
+
+    // The agent delegation: its chunks nested under its id, its text and usage at the end.
+    let agent_end = first(&events, |e| match e {
+        Event::AgentExecutionEnd(end) => Some(end.clone()),
+        _ => None,
+    });
+    assert_eq!(agent_end.agent_id, "assistant");
+    let nested_text: String = all(&events, |e| match e {
+        Event::AgentExecutionEvent(n) => match n.chunk.as_ref().and_then(|c| c.chunk.as_ref()) {
+            Some(pb::agent_chunk::Chunk::TextDelta(d)) => Some(d.text.clone()),
+            _ => None,
+        },
+        _ => None,
+    })
+    .concat();
+    assert!(!nested_text.is_empty());
+    assert!(
+        all(&events, |e| match e {
+            Event::AgentExecutionEvent(n) => Some(n.agent_id.clone()),
+            _ => None,
+        })
+        .iter()
+        .all(|id| id == "assistant")
+    );
+
+    // The tool delegation: arguments at the start, result at the end.
+    let tool_start = first(&events, |e| match e {
+        Event::ToolExecutionStart(s) => Some(s.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        (tool_start.tool_name.as_str(), json(&tool_start.args)),
+        ("calculator", json!({"expression": "12 * 7"}))
+    );
+    let tool_end = first(&events, |e| match e {
+        Event::ToolExecutionEnd(end) => Some(end.clone()),
+        _ => None,
+    });
+    assert_eq!(tool_end.tool_call_id, tool_start.tool_call_id);
+    let tool_result = tool_end.delegation.as_ref().map(|d| json(&d.result));
+    assert_eq!(tool_result, Some(json!({"expression": "12 * 7", "result": 84})));
+
+    // The workflow delegation: a nested run with its own id, its events from workflow_start to workflow_finish.
+    let wf_start = first(&events, |e| match e {
+        Event::WorkflowExecutionStart(s) => Some(s.clone()),
+        _ => None,
+    });
+    assert_eq!(wf_start.workflow_id, "content-pipeline");
+    assert!(!wf_start.workflow_run_id.is_empty() && wf_start.workflow_run_id != events[0].run_id);
+    let wf_end = first(&events, |e| match e {
+        Event::WorkflowExecutionEnd(end) => Some(end.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        (wf_end.workflow_run_id.as_str(), wf_end.status),
+        (wf_start.workflow_run_id.as_str(), pb::RunStatus::Success as i32)
+    );
+    let published = wf_end.delegation.as_ref().map(|d| json(&d.result)).expect("delegation");
+    assert_eq!(published["status"], "ready");
+    // The nested analyst's text streams through, tagged with its step in the nested run.
+    let nested_analysis: Vec<String> = all(&events, |e| match e {
+        Event::WorkflowExecutionEvent(n) => match n.event.as_ref() {
+            Some(pb::WorkflowEvent { step_id, event: Some(pb::workflow_event::Event::AgentChunk(c)) }) => {
+                assert_eq!(step_id, "analyze-content");
+                match &c.chunk {
+                    Some(pb::agent_chunk::Chunk::TextDelta(d)) => Some(d.text.clone()),
+                    _ => None,
+                }
+            }
+            _ => None,
+        },
+        _ => None,
+    });
+    assert!(nested_analysis.len() > 1, "the nested analysis streams in pieces");
+    assert_eq!(published["analysis"], json!(nested_analysis.concat()));
+
+    // Each iteration ends with a network step-finish; only the last is complete.
+    let step_finishes = all(&events, |e| match e {
+        Event::NetworkStepFinish(f) => Some((f.iteration, f.is_complete)),
+        _ => None,
+    });
+    assert_eq!(step_finishes, [(1, false), (2, false), (3, false), (4, true)]);
+    let validation = first(&events, |e| match e {
+        Event::NetworkValidationEnd(v) => Some(v.clone()),
+        _ => None,
+    });
+    assert!(validation.passed && validation.iteration == 4);
+    let checks = json(&validation.results);
+    assert_eq!(checks.as_array().map(Vec::len), Some(2), "{checks}");
+
+    // Usage: the network's total is what the run reports, and it covers routing, agent and nested workflow.
+    let finish = first(&events, |e| match e {
+        Event::NetworkFinish(f) => Some(f.clone()),
+        _ => None,
+    });
+    assert_eq!(finish.completion_reason, "task complete");
+    let total = finish.usage.expect("network usage").total_tokens;
+    let routing: u64 = ends.iter().filter_map(|e| e.usage).map(|u| u.total_tokens).sum();
+    let agent = agent_end.usage.expect("agent usage").total_tokens;
+    let workflow = wf_end.usage.expect("workflow usage").total_tokens;
+    assert!(routing > 0 && agent > 0 && workflow > 0);
+    assert!(total >= routing + agent + workflow, "{total} < {routing} + {agent} + {workflow}");
+    let Some(Event::WorkflowFinish(wf_finish)) = &events[events.len() - 1].event else { panic!() };
+    assert_eq!(wf_finish.usage.map(|u| u.total_tokens), Some(total));
+    let result = get_result(&mut client, &events[0].run_id, false).await;
+    assert_eq!((result.kind, status_of(&result)), (pb::RunKind::Network as i32, pb::RunStatus::Success));
+    assert_eq!(result.usage.map(|u| u.total_tokens), Some(total));
+    let output = json(&result.result);
+    assert_eq!((output["completion_reason"].clone(), output["iterations"].clone()), (json!("task complete"), json!(4)));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_asked_for_a_schema_streams_partial_objects_then_the_checked_object() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let schema = json!({
+        "type": "object",
+        "required": ["answer", "value"],
+        "properties": { "answer": { "type": "string" }, "value": { "type": "integer" } }
+    });
+    let input = json!({ "task": "What is 12 * 7? Use the calculator.", "output_schema": schema });
+    let events = stream_run(&mut client, network_request("research-network", input)).await;
+    let tail: Vec<String> = shape(&events).into_iter().rev().take(6).rev().collect();
+    assert_eq!(
+        tail,
+        ["NetworkStepFinish", "NetworkObject*", "NetworkObjectResult", "NetworkFinish", "StepResult", "WorkflowFinish"]
+    );
+    let object = first(&events, |e| match e {
+        Event::NetworkObjectResult(r) => Some(json(&r.object)),
+        _ => None,
+    });
+    assert!(object["answer"].is_string() && object["value"].is_i64(), "{object}");
+    let partials = all(&events, |e| match e {
+        Event::NetworkObject(o) => Some(json(&o.object)),
+        _ => None,
+    });
+    assert_eq!(partials.last(), Some(&object), "the last partial object is the whole object");
+    let finish = first(&events, |e| match e {
+        Event::NetworkFinish(f) => Some(json(&f.object)),
+        _ => None,
+    });
+    assert_eq!(finish, object);
+    assert_eq!(json(&get_result(&mut client, &events[0].run_id, false).await.result)["object"], object);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn networks_are_listed_and_their_input_is_checked_at_start() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let all = client.list_workflows(pb::ListWorkflowsRequest {}).await.expect("list").into_inner().workflows;
+    let network = all.iter().find(|w| w.id == "research-network").expect("research-network listed");
+    assert_eq!((network.kind, network.model.as_str()), (pb::RunKind::Network as i32, "offline"));
+    assert_eq!(network.members, ["assistant", "content-pipeline"]);
+    let tools: Vec<&str> = network.tools.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(tools, ["calculator"]);
+    let pipeline = all.iter().find(|w| w.id == "content-pipeline").expect("content-pipeline listed");
+    assert_eq!(pipeline.kind, pb::RunKind::Workflow as i32);
+
+    let mut stream = |input: Value, id: &str| {
+        let request = network_request(id, input);
+        let mut client = client.clone();
+        async move { client.stream_run(request).await }
+    };
+    assert_status(stream(json!({}), "research-network").await, Code::InvalidArgument, &["input.task"]);
+    assert_status(stream(json!({ "task": "  " }), "research-network").await, Code::InvalidArgument, &["input.task"]);
+    let bad_schema = json!({ "task": "hi", "output_schema": { "type": "frog" } });
+    assert_status(stream(bad_schema, "research-network").await, Code::InvalidArgument, &["input.output_schema"]);
+    // An id that is not a network's is not found among the networks, and the message lists those there are.
+    let not_a_network = stream(json!({ "task": "hi" }), "assistant").await;
+    assert_status(not_a_network, Code::NotFound, &["network 'assistant'", "research-network"]);
+    assert_status(stream(json!({ "task": "hi" }), "nope").await, Code::NotFound, &["nope"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_pipeline_streams_the_analysis_progress_and_the_publish_ready_result() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let content = "Streaming runs make long work visible. Every event has a sequence number, so nothing is lost.";
+    let input = json!({ "content": content, "type": "article" });
+    let events = stream_run(&mut client, stream_request("content-pipeline", "", input)).await;
+    assert_seqs(&events, 1, events.len() as u64);
+    let steps: Vec<(String, &str)> = events
+        .iter()
+        .filter(|e| matches!(e.event, Some(Event::StepStart(_)) | Some(Event::StepResult(_))))
+        .map(|e| (e.step_id.clone(), kind(e)))
+        .collect();
+    let step_ids: Vec<&str> = steps.iter().map(|(id, _)| id.as_str()).collect();
+    assert_eq!(
+        step_ids,
+        ["analyze-content", "analyze-content", "track-progress", "track-progress", "publish", "publish"]
+    );
+    // The analysis streams as text deltas inside the agent step, before that step's result.
+    let analysis_end = events.iter().position(|e| matches!(e.event, Some(Event::StepResult(_)))).expect("result");
+    let deltas = events[..analysis_end].iter().filter(|e| matches!(e.event, Some(Event::TextDelta(_)))).count();
+    assert!(deltas > 1, "the analysis streams in pieces ({deltas} deltas)");
+    // Progress through the writer: a step output and a custom `progress` event.
+    let output = first(&events, |e| match e {
+        Event::StepOutput(o) => Some(json(&o.output)),
+        _ => None,
+    });
+    assert!(output["progress_percent"].is_number(), "{output}");
+    let custom = first(&events, |e| match e {
+        Event::Custom(c) => Some(c.clone()),
+        _ => None,
+    });
+    assert_eq!((custom.r#type.as_str(), json(&custom.data)["stage"].clone()), ("data-progress", json!("publish")));
+    let result = finish_result(events.last().expect("finish"));
+    assert_eq!(result["status"], "ready");
+    assert_eq!(result["type"], "article");
+    assert!(result["title"].is_string() && result["body"].is_string(), "{result}");
+    // The analyst's tokens add up into the run's usage.
+    let Some(Event::WorkflowFinish(finish)) = &events[events.len() - 1].event else { panic!("workflow_finish last") };
+    assert!(finish.usage.is_some_and(|u| u.total_tokens > 0));
+    server.stop().await;
+}
