@@ -351,8 +351,11 @@ fn grpcurl_readme_walkthrough() {
                         assert_gapless(&events, first, original);
                         let last = events.last().unwrap();
                         assert_eq!(kind(last), "workflowFinish", "{original} does not end with workflowFinish");
-                        let workflow =
-                            request["workflowId"].as_str().or(request["agentId"].as_str()).unwrap_or_default();
+                        let workflow = request["workflowId"]
+                            .as_str()
+                            .or(request["agentId"].as_str())
+                            .or(request["networkId"].as_str());
+                        let workflow = workflow.unwrap_or_default();
                         match (method, workflow) {
                             ("StreamRun", "chain") => {
                                 assert_eq!(first, 1, "a new run's first seq");
@@ -387,6 +390,36 @@ fn grpcurl_readme_walkthrough() {
                                 assert_eq!(tail, ["toolCallApproval", "stepSuspended", "workflowFinish"], "{original}");
                                 suspended_at = Some(seq(last));
                                 checked.push("StreamRun concierge");
+                            }
+                            ("StreamRun", "content-pipeline") => {
+                                let kinds = kinds(&events);
+                                for k in ["agentStart", "textDelta", "stepOutput", "custom", "stepResult"] {
+                                    assert!(kinds.contains(&k), "content-pipeline's stream lacks {k}: {kinds:?}");
+                                }
+                                assert_eq!(finish_status(last), "RUN_STATUS_SUCCESS", "content-pipeline: {last}");
+                                assert!(stdout.contains("\"ready\""), "content-pipeline's result is not ready");
+                                checked.push("StreamRun content-pipeline");
+                            }
+                            ("StreamRun", "research-network") => {
+                                let kinds = kinds(&events);
+                                for k in [
+                                    "routingAgentStart",
+                                    "routingAgentEnd",
+                                    "agentExecutionStart",
+                                    "agentExecutionEvent",
+                                    "agentExecutionEnd",
+                                    "toolExecutionStart",
+                                    "toolExecutionEnd",
+                                    "workflowExecutionStart",
+                                    "workflowExecutionEvent",
+                                    "workflowExecutionEnd",
+                                    "networkStepFinish",
+                                    "networkFinish",
+                                ] {
+                                    assert!(kinds.contains(&k), "research-network's stream lacks {k}: {kinds:?}");
+                                }
+                                assert_eq!(finish_status(last), "RUN_STATUS_SUCCESS", "research-network: {last}");
+                                checked.push("StreamRun research-network");
                             }
                             ("ResumeStream", _) => {
                                 let suspended = suspended_at.take().expect("ResumeStream before any suspension");
@@ -432,6 +465,8 @@ fn grpcurl_readme_walkthrough() {
         "StreamRun assistant",
         "StreamRun concierge",
         "ResumeStream concierge",
+        "StreamRun content-pipeline",
+        "StreamRun research-network",
     ] {
         assert!(checked.contains(&step), "the README walkthrough has no `{step}` command (checked: {checked:?})");
     }
