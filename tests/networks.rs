@@ -348,7 +348,7 @@ async fn networks_are_listed_and_their_input_is_checked_at_start() {
     let pipeline = all.iter().find(|w| w.id == "content-pipeline").expect("content-pipeline listed");
     assert_eq!(pipeline.kind, pb::RunKind::Workflow as i32);
 
-    let mut stream = |input: Value, id: &str| {
+    let stream = |input: Value, id: &str| {
         let request = network_request(id, input);
         let mut client = client.clone();
         async move { client.stream_run(request).await }
