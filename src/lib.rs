@@ -3,6 +3,7 @@
 //! Layers, each knowing only the one below it (see ARCHITECTURE.md):
 //! - [`grpc`]: RunService, a thin translation of requests into registry calls;
 //! - [`registry`]: every run, its numbered event log, readers, claims and cancels;
+//! - [`store`]: where runs outlive the process (the storage trait; SQLite and memory);
 //! - [`engine`]: workflow definitions and the executor of one phase of a run;
 //! - [`agent`]: agents (instructions, a model, tools) and the loop that runs them, alone or as a workflow step;
 //! - [`model`]: language-model providers (OpenAI-compatible streaming client, offline stand-in);
@@ -17,6 +18,7 @@ pub mod model;
 pub mod network;
 pub mod registry;
 pub mod server;
+pub mod store;
 pub mod workflows;
 
 /// Generated protobuf messages and the client of `runstream.v1`.

@@ -1,9 +1,16 @@
 //! `runstream serve`: runs the service with the built-in workflows.
 
-use std::{net::SocketAddr, process::ExitCode, sync::Arc};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 
-use clap::{Parser, Subcommand};
-use runstream::{clock::SystemClock, grpc::ServiceConfig, registry::RunRegistry, server, workflows};
+use clap::{Parser, Subcommand, ValueEnum};
+use runstream::{
+    clock::SystemClock,
+    grpc::ServiceConfig,
+    registry::RunRegistry,
+    server,
+    store::{SqliteStore, sqlite::Sync},
+    workflows,
+};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
@@ -22,7 +29,30 @@ enum Command {
         /// Address to listen on; port 0 picks a free port (the chosen address is printed).
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
+        /// Where runs are kept: `sqlite` (one file, runstream.db, under --data-dir; runs survive restarts and
+        /// crashes) or `memory` (nothing survives the process).
+        #[arg(long, value_enum, default_value = "sqlite")]
+        store: StoreKind,
+        /// Directory of the SQLite store (created if missing).
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+        /// `normal`: a stored event survives the process being killed; `full`: also an OS crash or power loss
+        /// (an fsync per commit, slower).
+        #[arg(long, value_enum, default_value = "normal")]
+        sync: SyncMode,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StoreKind {
+    Sqlite,
+    Memory,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum SyncMode {
+    Normal,
+    Full,
 }
 
 fn main() -> ExitCode {
@@ -42,26 +72,47 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve { listen } => match runtime.block_on(serve(listen)) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                error!("{e}");
-                ExitCode::FAILURE
+        Command::Serve { listen, store, data_dir, sync } => {
+            match runtime.block_on(serve(listen, store, data_dir, sync)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!("{e}");
+                    ExitCode::FAILURE
+                }
             }
-        },
+        }
     }
 }
 
-async fn serve(listen: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve(
+    listen: SocketAddr,
+    store: StoreKind,
+    data_dir: PathBuf,
+    sync: SyncMode,
+) -> Result<(), Box<dyn std::error::Error>> {
+    // The store first: a bad store must stop the server before it takes calls.
+    let registry = match store {
+        StoreKind::Memory => RunRegistry::new(workflows::builtin_catalog(), Arc::new(SystemClock)),
+        StoreKind::Sqlite => {
+            let sync = match sync {
+                SyncMode::Normal => Sync::Normal,
+                SyncMode::Full => Sync::Full,
+            };
+            let store = SqliteStore::open(&data_dir, sync)?;
+            info!(store = %runstream::store::RunStore::describe(&store), "opened the run store");
+            RunRegistry::open(workflows::builtin_catalog(), Arc::new(SystemClock), Arc::new(store))?
+        }
+    };
     let listener = TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr()?;
-    let registry = RunRegistry::new(workflows::builtin_catalog(), Arc::new(SystemClock));
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     // Tests and scripts read this line to learn the port; keep its format.
     println!("runstream listening on {local}");
     info!(%local, "serving runstream.v1.RunService");
-    server::serve(listener, registry, ServiceConfig::default(), shutdown).await?;
+    server::serve(listener, registry.clone(), ServiceConfig::default(), shutdown).await?;
+    // Whatever runs appended while the server stopped is stored before the process exits.
+    tokio::task::spawn_blocking(move || registry.flush()).await?;
     info!("stopped");
     Ok(())
 }

@@ -76,8 +76,12 @@ impl Server {
     fn start(name: &str) -> Server {
         let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("clients-{name}-server.log"));
         let log_file = File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+        // Each server its own store (the default, SQLite), fresh: these clients run against the durable mode.
+        let data_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("clients-{name}-data"));
+        let _ = std::fs::remove_dir_all(&data_dir);
         let mut child = Command::new(env!("CARGO_BIN_EXE_runstream"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data_dir)
             .current_dir(repo())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -26,7 +26,7 @@ pub enum EventSource {
 }
 
 /// Lifecycle state of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RunStatus {
     Pending,
     Running,
@@ -62,7 +62,7 @@ impl RunStatus {
 }
 
 /// Outcome of one step or one foreach iteration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum StepStatus {
     Running,
     Success,
@@ -76,7 +76,7 @@ pub enum StepStatus {
 }
 
 /// A serialized error (Mastra's SerializedError).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ErrorInfo {
     /// Error class, e.g. "StepError".
     pub name: String,
@@ -205,6 +205,13 @@ pub enum EventKind {
     Network {
         step_id: Option<Arc<str>>,
         event: NetworkEvent,
+    },
+    /// runstream restarted while the run was in flight and continues it (source `System`): the steps the
+    /// interrupted phase completed are reused, the one that was running runs again.
+    RunRecovered {
+        interrupted_phase: u32,
+        completed_steps: Vec<String>,
+        reason: String,
     },
 }
 

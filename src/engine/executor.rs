@@ -8,6 +8,10 @@
 //! mode a step recorded as successful is skipped silently and yields its recorded output, a step still suspended
 //! stays suspended, and the resume target runs with its resume data. Loops and foreach keep what they need to
 //! re-enter in the right place in `snapshot.control`.
+//!
+//! Recovery after a crash ([`Phase::recovering`]) is the same replay without a resume target: the registry hands in
+//! the last stored snapshot with the steps the interrupted phase completed added ([`recovered_snapshot`]), so those
+//! are skipped and the step that was running when the process died runs again.
 
 use std::{
     any::Any,
@@ -48,6 +52,9 @@ pub struct Phase {
     pub snapshot: RunSnapshot,
     /// Some for a resume phase.
     pub resume: Option<ResumeTarget>,
+    /// True when this phase continues one a crash interrupted: replay `snapshot` (skip what it records as done)
+    /// even without a resume target.
+    pub recovering: bool,
     pub sink: Arc<dyn EventSink>,
     pub clock: Arc<dyn Clock>,
     pub cancel: CancellationToken,
@@ -70,7 +77,8 @@ pub struct PhaseOutcome {
 /// `WorkflowFinish`, which the registry emits from the returned outcome). Step errors and panics fail the run;
 /// they never escape.
 pub async fn execute_phase(phase: Phase) -> PhaseOutcome {
-    let Phase { run_id, workflow, input, request_context, phase, snapshot, resume, sink, clock, cancel } = phase;
+    let Phase { run_id, workflow, input, request_context, phase, snapshot, resume, recovering, sink, clock, cancel } =
+        phase;
     let mut state = State {
         steps: snapshot.steps.clone(),
         suspended: snapshot.suspended.clone(),
@@ -87,6 +95,7 @@ pub async fn execute_phase(phase: Phase) -> PhaseOutcome {
         clock,
         cancel,
         resume,
+        recovering,
         prev: snapshot,
         state: Mutex::new(state),
         usage: Arc::default(),
@@ -102,7 +111,8 @@ pub async fn execute_phase(phase: Phase) -> PhaseOutcome {
         Err(error) => Flow::Failed(error),
         Ok(()) => {
             let scope = Scope { workflow: &workflow, prefix: None };
-            let flow = exec.run_sequence(scope, (*exec.run_input).clone(), exec.resume.is_some()).await;
+            let replay = exec.resume.is_some() || exec.recovering;
+            let flow = exec.run_sequence(scope, (*exec.run_input).clone(), replay).await;
             match flow {
                 Flow::Done(result) => match check_schema(workflow.output_schema.as_ref(), &result, "output", None) {
                     Ok(()) => Flow::Done(result),
@@ -137,6 +147,42 @@ pub async fn execute_phase(phase: Phase) -> PhaseOutcome {
     steps.shrink_to_fit();
     suspended.shrink_to_fit();
     PhaseOutcome { status, result, error, snapshot: RunSnapshot { steps, suspended, control, usage } }
+}
+
+/// The snapshot to continue a run from after a crash: `stored` (the snapshot as of the last phase end) with the
+/// steps the interrupted phase completed (`completed`: dotted path → record, from its `StepResult` events) added as
+/// successes, so that a replay skips them.
+///
+/// Steps inside a loop or foreach are left out: a loop's record holds its latest iteration, not whether the loop
+/// is over, and foreach items keep no records, so such a node runs again from its start. A completed step that was
+/// suspended (the resume target) is no longer suspended.
+pub fn recovered_snapshot(
+    workflow: &Workflow,
+    mut stored: RunSnapshot,
+    completed: impl IntoIterator<Item = (String, StepRecord)>,
+) -> RunSnapshot {
+    let mut repeating = Vec::new();
+    repeating_paths(workflow, None, &mut repeating);
+    for (path, record) in completed {
+        if record.status != StepStatus::Success || repeating.iter().any(|p| p == &path) {
+            continue;
+        }
+        stored.suspended.remove(&path);
+        stored.steps.insert(path, record);
+    }
+    stored
+}
+
+/// Dotted paths of the loop and foreach steps of `workflow` and its nested workflows.
+fn repeating_paths(workflow: &Workflow, prefix: Option<&str>, out: &mut Vec<String>) {
+    let path = |id: &str| prefix.map_or_else(|| id.to_owned(), |p| format!("{p}.{id}"));
+    for node in &workflow.nodes {
+        match node {
+            Node::Loop { step, .. } | Node::Foreach { step, .. } => out.push(path(&step.id)),
+            Node::Workflow(child) => repeating_paths(child, Some(&path(child.id())), out),
+            _ => {}
+        }
+    }
 }
 
 /// The suspended iterations of foreach step `path`, or `None` when `path` is not a suspended foreach.
@@ -254,6 +300,8 @@ struct Exec {
     clock: Arc<dyn Clock>,
     cancel: CancellationToken,
     resume: Option<ResumeTarget>,
+    /// Continuing a phase a crash interrupted: nested workflows replay too (their completed steps are skipped).
+    recovering: bool,
     /// The previous phase's snapshot, read-only: replay decisions are made against it, not against this phase's
     /// records (a loop's second iteration must not be mistaken for an earlier success).
     prev: RunSnapshot,
@@ -752,7 +800,7 @@ impl Exec {
     async fn run_nested(&self, scope: Scope<'_>, child: &Workflow, input: Value, replay: bool) -> Flow {
         let path = scope.path(&child.id);
         let inner_prefix = format!("{path}.");
-        let mut child_replay = false;
+        let mut child_replay = self.recovering;
         let mut resume_data = None;
         if replay {
             if let Some(rec) = self.prev.steps.get(&*path).filter(|r| r.status == StepStatus::Success) {
@@ -1316,6 +1364,7 @@ pub(crate) mod test_support {
             phase: number,
             snapshot,
             resume,
+            recovering: false,
             sink: sink.clone(),
             clock: Arc::new(SystemClock),
             cancel: cancel.clone(),
@@ -1387,6 +1436,7 @@ pub(crate) mod test_support {
             EventKind::Custom { step_id, kind, data, .. } => format!("custom {step_id} {kind} {data}"),
             EventKind::Agent { chunk, .. } => format!("agent {chunk:?}"),
             EventKind::Network { event, .. } => format!("network {event:?}"),
+            EventKind::RunRecovered { interrupted_phase, .. } => format!("recovered {interrupted_phase}"),
         }
     }
 

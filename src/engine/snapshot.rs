@@ -10,8 +10,9 @@ use serde_json::Value;
 
 use super::event::{ErrorInfo, StepStatus, Usage};
 
-/// The engine's memory of a run. Owned by the registry, handed to each phase and returned by it.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// The engine's memory of a run. Owned by the registry, handed to each phase and returned by it. Plain data
+/// (serde), so that a store can keep it as is.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunSnapshot {
     /// Recorded outcome of each step, keyed by dotted path. A step inside a loop keeps its latest iteration.
     pub steps: PathMap<StepRecord>,
@@ -25,7 +26,7 @@ pub struct RunSnapshot {
 }
 
 /// The recorded outcome of one step (Mastra's StepResult).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StepRecord {
     pub status: StepStatus,
     pub input: Value,
@@ -41,7 +42,7 @@ pub struct StepRecord {
 }
 
 /// A step waiting to be resumed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SuspendedStep {
     /// Path segments, e.g. `["child", "approve"]`.
     pub path: Vec<String>,
@@ -65,7 +66,7 @@ pub struct ResumeRequest {
 }
 
 /// A checked resume request: exactly which suspended step to run again, with what.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ResumeTarget {
     /// Dotted path of the suspended step.
     pub step_id: String,
@@ -76,7 +77,7 @@ pub struct ResumeTarget {
 /// A map keyed by dotted step path, kept as a vector sorted by path: the same lookups and iteration order as a
 /// `BTreeMap`, in a fraction of the memory for the handful of entries a run has (a B-tree leaf holds room for 11
 /// entries however few are used: ~3.9 KB for `StepRecord`s; every run keeps its snapshot).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PathMap<T> {
     entries: Vec<(String, T)>,
 }

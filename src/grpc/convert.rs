@@ -162,6 +162,7 @@ pub fn run_event(run_id: &str, seq: u64, at: SystemTime, event: &engine::Event) 
     let kind = match &event.kind {
         EventKind::Agent { chunk, .. } => Some(convert_agent::agent_run_event(chunk)),
         EventKind::Network { event, .. } => Some(convert_agent::network_run_event(event)),
+        EventKind::RunRecovered { .. } => system_event(&event.kind),
         workflow => workflow_event(workflow).and_then(convert_agent::workflow_run_event),
     };
     pb::RunEvent {
@@ -174,8 +175,22 @@ pub fn run_event(run_id: &str, seq: u64, at: SystemTime, event: &engine::Event) 
     }
 }
 
+/// The message of a runstream event (source `System`); `None` for any other event.
+pub fn system_event(kind: &EventKind) -> Option<pb::run_event::Event> {
+    match kind {
+        EventKind::RunRecovered { interrupted_phase, completed_steps, reason } => {
+            Some(pb::run_event::Event::RunRecovered(pb::RunRecovered {
+                interrupted_phase: *interrupted_phase,
+                completed_steps: completed_steps.clone(),
+                reason: reason.clone(),
+            }))
+        }
+        _ => None,
+    }
+}
+
 /// The message of a workflow event, in the `WorkflowEvent` oneof (`run_event` moves it to the `RunEvent` oneof,
-/// `convert_agent` nests it in network events); `None` for agent and network events.
+/// `convert_agent` nests it in network events); `None` for agent, network and system events.
 pub fn workflow_event(kind: &EventKind) -> Option<pb::workflow_event::Event> {
     use pb::workflow_event::Event as E;
     Some(match kind {
@@ -255,7 +270,7 @@ pub fn workflow_event(kind: &EventKind) -> Option<pb::workflow_event::Event> {
             id: id.clone().unwrap_or_default(),
             transient: *transient,
         }),
-        EventKind::Agent { .. } | EventKind::Network { .. } => return None,
+        EventKind::Agent { .. } | EventKind::Network { .. } | EventKind::RunRecovered { .. } => return None,
     })
 }
 

@@ -21,12 +21,23 @@ impl From<RegistryError> for Status {
                     Code::FailedPrecondition
                 }
             },
-            RegistryError::CursorAhead { .. } => Code::OutOfRange,
+            RegistryError::CursorAhead { .. } | RegistryError::CursorExpired { .. } => Code::OutOfRange,
             RegistryError::ShuttingDown => Code::Unavailable,
         };
-        Status::new(code, error.to_string())
+        let mut status = Status::new(code, error.to_string());
+        if let RegistryError::CursorExpired { first_seq, .. } = &error {
+            // Machine-readable too: a client can re-attach at once without parsing the message.
+            status.metadata_mut().insert(
+                EARLIEST_SEQ_HEADER,
+                first_seq.to_string().parse().unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static("0")),
+            );
+        }
+        status
     }
 }
+
+/// Metadata key of an OUT_OF_RANGE for an expired cursor: the earliest seq the run still keeps.
+pub const EARLIEST_SEQ_HEADER: &str = "runstream-earliest-seq";
 
 /// INVALID_ARGUMENT for a request field, the message naming the field.
 pub fn invalid_field(field: &str, problem: impl std::fmt::Display) -> Status {

@@ -220,6 +220,11 @@ pub fn encode_body(time: SystemTime, event: &Event, out: &mut Vec<u8>) {
         // Not written directly yet: prost's encoding of the reference message (same bytes, fields in tag order).
         EventKind::Agent { chunk, .. } => convert_agent::agent_run_event(chunk).encode(w.buf),
         EventKind::Network { event, .. } => convert_agent::network_run_event(event).encode(w.buf),
+        EventKind::RunRecovered { .. } => {
+            if let Some(event) = convert::system_event(&event.kind) {
+                event.encode(w.buf);
+            }
+        }
     }
 }
 

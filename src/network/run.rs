@@ -312,6 +312,7 @@ impl NetworkRun<'_> {
                     phase: 1,
                     snapshot: RunSnapshot::default(),
                     resume: None,
+                    recovering: false,
                     sink: Arc::new(sink),
                     clock: Arc::clone(&self.env.clock),
                     cancel: self.env.cancel.clone(),

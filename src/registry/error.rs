@@ -37,6 +37,12 @@ pub enum RegistryError {
     )]
     CursorAhead { run_id: String, after_seq: u64, last_seq: u64 },
 
+    /// A cursor older than what retention keeps.
+    #[error(
+        "run '{run_id}' no longer keeps events up to seq {after_seq}: retention dropped them; the earliest seq kept is {first_seq}, re-attach with after_seq = {} or later", first_seq - 1
+    )]
+    CursorExpired { run_id: String, after_seq: u64, first_seq: u64 },
+
     #[error("the server is shutting down; retry against another replica or after restart")]
     ShuttingDown,
 }

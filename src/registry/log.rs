@@ -13,6 +13,9 @@
 //!   log keeps only those bytes (the structured event is dropped at once), packed into per-run chunks, so a reader
 //!   copies reference-counted slices, not payloads, in batches taken under one short lock (never held across an
 //!   `.await`). Encoding happens before the lock is taken; under it, the bytes are copied into the chunk.
+//! - **Readers see only what is stored.** With a store, the log is *gated*: each append is queued to the
+//!   persister (under the log's lock, so in seq order) and readers see events only up to the *durable seq* the
+//!   persister advances after each commit. Without a store the durable seq is simply the last seq.
 
 use std::{
     cell::RefCell,
@@ -24,7 +27,11 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
-use crate::engine::{Event, EventKind, RunStatus};
+use super::persist::Persister;
+use crate::{
+    engine::{Event, EventKind, RunStatus},
+    store::StoredEvent,
+};
 
 /// How many entries a reader takes per visit to the log: large enough to amortize the lock, small enough that a
 /// reader far behind does not copy a long run's log in one go.
@@ -69,6 +76,10 @@ struct Stored {
 #[derive(Debug, Default)]
 struct LogInner {
     entries: Vec<Stored>,
+    /// Seqs up to `base` are no longer kept (retention); `entries[0]` has seq `base + 1`.
+    base: u64,
+    /// Readers see seqs up to this one (gated logs; ungated logs keep it equal to the last seq).
+    durable: u64,
     /// The chunk being filled: each event's bytes are split off it, so a chunk is one allocation for many events
     /// and readers' clones are reference-count increments.
     chunk: BytesMut,
@@ -106,6 +117,8 @@ pub struct EventLog {
     inner: Mutex<LogInner>,
     appended: Notify,
     encoder: Arc<dyn EventEncoder>,
+    /// Set for a gated log: where appends are queued for storage, and the run they belong to.
+    persist: Option<(Arc<str>, Arc<Persister>)>,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -115,8 +128,33 @@ impl std::fmt::Debug for EventLog {
 }
 
 impl EventLog {
+    /// An ungated log: readers see each event as soon as it is appended.
     pub fn new(encoder: Arc<dyn EventEncoder>) -> Self {
-        Self { inner: Mutex::default(), appended: Notify::new(), encoder }
+        Self { inner: Mutex::default(), appended: Notify::new(), encoder, persist: None }
+    }
+
+    /// A gated log of run `run_id`: appends go to `persister`, readers see them once it has committed them.
+    pub(super) fn gated(encoder: Arc<dyn EventEncoder>, run_id: Arc<str>, persister: Arc<Persister>) -> Self {
+        Self { inner: Mutex::default(), appended: Notify::new(), encoder, persist: Some((run_id, persister)) }
+    }
+
+    /// A log loaded from the store: every event in it is durable. `events` have consecutive seqs (the first may
+    /// be above 1 when retention trimmed the log).
+    pub(super) fn restore(
+        encoder: Arc<dyn EventEncoder>,
+        run_id: Arc<str>,
+        persister: Arc<Persister>,
+        events: Vec<StoredEvent>,
+    ) -> Self {
+        let log = Self::gated(encoder, run_id, persister);
+        {
+            let mut inner = log.lock();
+            inner.base = events.first().map_or(0, |e| e.seq.saturating_sub(1));
+            inner.stored = events.iter().map(|e| e.body.len()).sum();
+            inner.entries = events.into_iter().map(|e| Stored { bytes: e.body, finish: e.finish }).collect();
+            inner.durable = inner.base + inner.entries.len() as u64;
+        }
+        log
     }
 
     fn lock(&self) -> MutexGuard<'_, LogInner> {
@@ -138,8 +176,20 @@ impl EventLog {
             let (seq, wake) = {
                 let mut inner = self.lock();
                 let bytes = inner.store(scratch);
+                let seq = inner.base + inner.entries.len() as u64 + 1;
+                let wake = match &self.persist {
+                    // Queued under the lock, so the persister gets each run's events in seq order.
+                    Some((run_id, persister)) => {
+                        persister.event(run_id, seq, bytes.clone(), finish);
+                        false
+                    }
+                    None => {
+                        inner.durable = seq;
+                        std::mem::take(&mut inner.reader_waiting)
+                    }
+                };
                 inner.entries.push(Stored { bytes, finish });
-                (inner.entries.len() as u64, std::mem::take(&mut inner.reader_waiting))
+                (seq, wake)
             };
             if wake {
                 self.appended.notify_waiters();
@@ -152,9 +202,40 @@ impl EventLog {
         })
     }
 
-    /// Seq of the last event, 0 when the log is empty.
+    /// Seq of the last event readers can see (the last durable one), 0 when there is none.
     pub fn last_seq(&self) -> u64 {
-        self.lock().entries.len() as u64
+        self.lock().durable
+    }
+
+    /// Seq of the last event appended, durable or not.
+    pub fn appended_seq(&self) -> u64 {
+        let inner = self.lock();
+        inner.base + inner.entries.len() as u64
+    }
+
+    /// The oldest seq still kept (1 unless retention trimmed the log).
+    pub fn first_seq(&self) -> u64 {
+        self.lock().base + 1
+    }
+
+    /// Called by the persister once the events up to `seq` are committed: readers may now see them.
+    pub(super) fn mark_durable(&self, seq: u64) {
+        let wake = {
+            let mut inner = self.lock();
+            inner.durable = inner.durable.max(seq);
+            std::mem::take(&mut inner.reader_waiting)
+        };
+        if wake {
+            self.appended.notify_waiters();
+        }
+    }
+
+    /// True once the last durable event is a terminal `workflow_finish`: nothing more will be appended.
+    pub(super) fn is_finished(&self) -> bool {
+        let inner = self.lock();
+        let durable = inner.durable.saturating_sub(inner.base) as usize;
+        durable == inner.entries.len()
+            && inner.entries.last().and_then(|e| e.finish).is_some_and(RunStatus::is_terminal)
     }
 
     /// Copies up to `READ_BATCH` entries after `after_seq` into `out`. Returns the log's last seq at that moment
@@ -162,10 +243,14 @@ impl EventLog {
     /// waiting, so that the next append wakes it (the caller registered for the wake-up before calling).
     fn read_after(&self, after_seq: u64, out: &mut VecDeque<LoggedEvent>) -> (u64, Option<RunStatus>) {
         let mut inner = self.lock();
-        let len = inner.entries.len();
-        let start = usize::try_from(after_seq).unwrap_or(usize::MAX).min(len);
-        let end = start.saturating_add(READ_BATCH).min(len);
-        out.extend(inner.entries[start..end].iter().zip(start as u64 + 1..).map(|(stored, seq)| LoggedEvent {
+        // Indexes into `entries` of the visible (durable) events; a cursor below `base` reads from the oldest kept
+        // (the registry refuses such cursors before creating a reader, so this only bounds the arithmetic).
+        let visible =
+            usize::try_from(inner.durable.saturating_sub(inner.base)).unwrap_or(usize::MAX).min(inner.entries.len());
+        let start = usize::try_from(after_seq.saturating_sub(inner.base)).unwrap_or(usize::MAX).min(visible);
+        let end = start.saturating_add(READ_BATCH).min(visible);
+        let first_seq = inner.base + start as u64 + 1;
+        out.extend(inner.entries[start..end].iter().zip(first_seq..).map(|(stored, seq)| LoggedEvent {
             seq,
             bytes: stored.bytes.clone(),
             finish: stored.finish,
@@ -173,7 +258,8 @@ impl EventLog {
         if start == end {
             inner.reader_waiting = true;
         }
-        (len as u64, inner.entries.last().and_then(|last| last.finish))
+        let last_finish = visible.checked_sub(1).and_then(|i| inner.entries[i].finish);
+        (inner.base + visible as u64, last_finish)
     }
 }
 

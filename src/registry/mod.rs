@@ -5,6 +5,7 @@
 
 mod error;
 mod log;
+mod persist;
 mod run;
 
 use std::{
@@ -24,7 +25,9 @@ use serde_json::{Map, Value};
 use crate::{
     clock::Clock,
     engine::{ResumeRequest, RunKind, RunStatus, Workflow, WorkflowCatalog},
+    store::{RunStore, StoreError},
 };
+use persist::Persister;
 
 /// The longest client-chosen run id.
 pub const MAX_RUN_ID_LEN: usize = 128;
@@ -73,6 +76,8 @@ pub struct RunRegistry {
     next_order: AtomicU64,
     clock: Arc<dyn Clock>,
     encoder: Arc<dyn EventEncoder>,
+    /// The store's writer; `None`: runs live in memory only.
+    persist: Option<Arc<Persister>>,
 }
 
 impl std::fmt::Debug for RunRegistry {
@@ -89,7 +94,84 @@ impl RunRegistry {
 
     /// A registry whose logs keep events as `encoder` writes them (each event is encoded once, at append).
     pub fn with_encoder(catalog: WorkflowCatalog, clock: Arc<dyn Clock>, encoder: Arc<dyn EventEncoder>) -> Arc<Self> {
-        Arc::new(Self { catalog, runs: RwLock::new(HashMap::new()), next_order: AtomicU64::new(1), clock, encoder })
+        Arc::new(Self {
+            catalog,
+            runs: RwLock::new(HashMap::new()),
+            next_order: AtomicU64::new(1),
+            clock,
+            encoder,
+            persist: None,
+        })
+    }
+
+    /// A registry whose runs are kept in `store`: every run stored there is loaded (finished runs with their
+    /// results and logs, suspended runs resumable), runs that were in flight are recovered (see
+    /// [`Run::recover`]), and from now on every change is stored (see the persister). Fails, changing nothing,
+    /// if the store cannot be read.
+    pub fn open(
+        catalog: WorkflowCatalog,
+        clock: Arc<dyn Clock>,
+        store: Arc<dyn RunStore>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let encoder: Arc<dyn EventEncoder> = Arc::new(crate::grpc::wire::WireEncoder);
+        let loaded = store.load()?;
+        let persister = Persister::start(store);
+        let mut runs = HashMap::new();
+        let mut recover = Vec::new();
+        let mut order = 0;
+        for run in loaded {
+            let record = run.record;
+            let Some(workflow) = catalog.get(&record.workflow_id) else {
+                // Kept in the store untouched: a later build that has the workflow again serves it.
+                tracing::warn!(run_id = %record.run_id, workflow = %record.workflow_id, "stored run of a workflow this server does not have; not served");
+                continue;
+            };
+            order += 1;
+            let spec = RunSpec {
+                run_id: record.run_id.as_str().into(),
+                workflow,
+                input: record.input,
+                request_context: Arc::new(record.request_context),
+                resource_id: record.resource_id,
+                tracing: None,
+            };
+            let status = record.state.status;
+            let restored = Run::restore(
+                spec,
+                record.created_at,
+                order,
+                record.state,
+                run.events,
+                clock.clone(),
+                encoder.clone(),
+                persister.clone(),
+            );
+            if matches!(status, RunStatus::Pending | RunStatus::Running | RunStatus::Waiting) {
+                recover.push((restored.clone(), run.checkpoints));
+            }
+            runs.insert(restored.id().clone(), restored);
+        }
+        tracing::info!(runs = runs.len(), recovering = recover.len(), "loaded runs from the store");
+        let registry = Arc::new(Self {
+            catalog,
+            runs: RwLock::new(runs),
+            next_order: AtomicU64::new(order + 1),
+            clock,
+            encoder,
+            persist: Some(persister),
+        });
+        for (run, checkpoints) in recover {
+            tracing::info!(run_id = %run.id(), "recovering a run that was in flight");
+            run.recover(checkpoints);
+        }
+        Ok(registry)
+    }
+
+    /// Waits (blocking) until every change made so far is stored; at once without a store. For shutdown.
+    pub fn flush(&self) {
+        if let Some(persister) = &self.persist {
+            persister.flush();
+        }
     }
 
     /// The workflows runs can be started of, sorted by id.
@@ -140,7 +222,7 @@ impl RunRegistry {
             tracing: request.tracing,
         };
         let order = self.next_order.fetch_add(1, Ordering::Relaxed);
-        let run = Run::new(spec, order, self.clock.clone(), self.encoder.clone());
+        let run = Run::new(spec, order, self.clock.clone(), self.encoder.clone(), self.persist.clone());
         {
             let mut runs = self.runs.write().unwrap_or_else(|poisoned| poisoned.into_inner());
             // Re-check under the write lock: two callers may race to create the same client-chosen id.

@@ -7,7 +7,7 @@ use std::{
     panic::AssertUnwindSafe,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU32, Ordering},
     },
     time::{Duration, SystemTime},
 };
@@ -22,13 +22,16 @@ use super::{
     TraceContext,
     error::RegistryError,
     log::{EventEncoder, EventLog, LogReader, ReadUntil},
+    persist::Persister,
 };
 use crate::{
     clock::Clock,
     engine::{
         ErrorInfo, Event, EventKind, EventSink, EventSource, Phase, PhaseOutcome, ResumeRequest, ResumeTarget, RunKind,
-        RunSnapshot, RunStatus, Workflow, execute_phase, executor::panic_text,
+        RunSnapshot, RunStatus, StepRecord, StepStatus, Workflow, execute_phase, executor::panic_text,
+        recovered_snapshot,
     },
+    store::{RunRecord, StateRecord, StepCheckpoint, StoredEvent},
 };
 
 /// What a run was started with.
@@ -53,6 +56,22 @@ pub struct RunState {
     pub result: Option<Value>,
     pub error: Option<ErrorInfo>,
     pub updated_at: SystemTime,
+    /// The resume the running phase carries out (kept so that a phase a crash interrupts is resumed again).
+    pub resuming: Option<ResumeTarget>,
+}
+
+impl RunState {
+    fn record(&self) -> StateRecord {
+        StateRecord {
+            status: self.status,
+            phase: self.phase,
+            snapshot: self.snapshot.clone(),
+            result: self.result.clone(),
+            error: self.error.clone(),
+            updated_at: self.updated_at,
+            resuming: self.resuming.clone(),
+        }
+    }
 }
 
 /// A point-in-time copy of a run, for GetRun, GetResult and ListRuns.
@@ -81,7 +100,11 @@ pub struct Run {
     cancel: CancellationToken,
     /// True while a sleep step holds the run WAITING.
     waiting: AtomicBool,
+    /// `state.phase`, readable without the state lock (step checkpoints name their phase).
+    phase: AtomicU32,
     clock: Arc<dyn Clock>,
+    /// Where the run's changes are stored; `None` for a registry without a store.
+    persist: Option<Arc<Persister>>,
 }
 
 impl std::fmt::Debug for Run {
@@ -96,6 +119,7 @@ impl Run {
         created_order: u64,
         clock: Arc<dyn Clock>,
         encoder: Arc<dyn EventEncoder>,
+        persist: Option<Arc<Persister>>,
     ) -> Arc<Self> {
         let now = clock.now();
         let state = RunState {
@@ -105,18 +129,75 @@ impl Run {
             result: None,
             error: None,
             updated_at: now,
+            resuming: None,
         };
+        let log = match &persist {
+            Some(persister) => EventLog::gated(encoder, spec.run_id.clone(), persister.clone()),
+            None => EventLog::new(encoder),
+        };
+        Self::assemble(spec, now, created_order, Arc::new(log), state, clock, persist)
+    }
+
+    /// A run loaded from the store, with its log as stored. Not started: the registry decides what happens next.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn restore(
+        spec: RunSpec,
+        created_at: SystemTime,
+        created_order: u64,
+        state: StateRecord,
+        events: Vec<StoredEvent>,
+        clock: Arc<dyn Clock>,
+        encoder: Arc<dyn EventEncoder>,
+        persister: Arc<Persister>,
+    ) -> Arc<Self> {
+        let log = EventLog::restore(encoder, spec.run_id.clone(), persister.clone(), events);
+        let state = RunState {
+            status: state.status,
+            phase: state.phase,
+            snapshot: state.snapshot,
+            result: state.result,
+            error: state.error,
+            updated_at: state.updated_at,
+            resuming: state.resuming,
+        };
+        let run = Self::assemble(spec, created_at, created_order, Arc::new(log), state, clock, Some(persister.clone()));
+        if !run.status().is_terminal() {
+            persister.watch(run.id(), run.log.clone());
+        }
+        run
+    }
+
+    fn assemble(
+        spec: RunSpec,
+        created_at: SystemTime,
+        created_order: u64,
+        log: Arc<EventLog>,
+        state: RunState,
+        clock: Arc<dyn Clock>,
+        persist: Option<Arc<Persister>>,
+    ) -> Arc<Self> {
+        let status = state.status;
+        let phase = state.phase;
         Arc::new(Self {
             spec,
-            created_at: now,
+            created_at,
             created_order,
-            log: Arc::new(EventLog::new(encoder)),
+            log,
             state: Mutex::new(state),
-            status_tx: watch::Sender::new(RunStatus::Pending),
+            status_tx: watch::Sender::new(status),
             cancel: CancellationToken::new(),
             waiting: AtomicBool::new(false),
+            phase: AtomicU32::new(phase),
             clock,
+            persist,
         })
+    }
+
+    /// Queues the state for storage. Called under the state lock, so states are stored in the order they happen.
+    fn persist_state(&self, state: &RunState) {
+        if let Some(persister) = &self.persist {
+            persister.state(&self.spec.run_id, state.record());
+        }
     }
 
     pub fn id(&self) -> &Arc<str> {
@@ -160,9 +241,15 @@ impl Run {
 
     /// A reader of this run's events after `after_seq`.
     pub fn reader(&self, after_seq: u64, until: ReadUntil) -> Result<LogReader, RegistryError> {
-        let last_seq = self.log.last_seq();
+        // Against what was appended, not what is durable: a cursor between the two cannot come from a client, but
+        // a caller racing a commit must not be told its valid cursor is ahead.
+        let last_seq = self.log.appended_seq();
         if after_seq > last_seq {
             return Err(RegistryError::CursorAhead { run_id: self.spec.run_id.to_string(), after_seq, last_seq });
+        }
+        let first_seq = self.log.first_seq();
+        if after_seq + 1 < first_seq {
+            return Err(RegistryError::CursorExpired { run_id: self.spec.run_id.to_string(), after_seq, first_seq });
         }
         Ok(LogReader::new(self.log.clone(), after_seq, until))
     }
@@ -173,9 +260,57 @@ impl Run {
             let mut state = self.lock_state();
             state.status = RunStatus::Running;
             state.updated_at = self.clock.now();
+            // Stored before the phase can append its first event: the store gets the run before its events.
+            if let Some(persister) = &self.persist {
+                let record = RunRecord {
+                    run_id: self.spec.run_id.to_string(),
+                    workflow_id: self.spec.workflow.id().to_string(),
+                    input: self.spec.input.clone(),
+                    request_context: (*self.spec.request_context).clone(),
+                    resource_id: self.spec.resource_id.clone(),
+                    created_at: self.created_at,
+                    state: state.record(),
+                };
+                persister.create(record, self.log.clone());
+            }
         }
         self.status_tx.send_replace(RunStatus::Running);
-        self.spawn_phase(None);
+        self.spawn_phase(None, false);
+    }
+
+    /// Continues a run that was in flight when the process stopped: the steps its interrupted phase completed
+    /// (`checkpoints`) are kept, a `RunRecovered` event (source `System`) says so, and the next phase replays the
+    /// snapshot, running again the step that was running (and a resume that had not finished).
+    pub(super) fn recover(self: &Arc<Self>, checkpoints: Vec<StepCheckpoint>) {
+        let resume = {
+            let mut state = self.lock_state();
+            let interrupted_phase = state.phase;
+            let completed: Vec<(String, StepRecord)> = checkpoints.into_iter().map(|c| (c.path, c.record)).collect();
+            let snapshot = recovered_snapshot(&self.spec.workflow, state.snapshot.clone(), completed.clone());
+            let completed_steps: Vec<String> = completed
+                .into_iter()
+                .filter(|(path, record)| snapshot.steps.get(path.as_str()) == Some(record))
+                .map(|(path, _)| path)
+                .collect();
+            // A resume whose step completed before the crash is done; one that did not is carried out again.
+            let resume = state.resuming.take().filter(|target| snapshot.suspended.contains_key(&target.step_id));
+            state.snapshot = snapshot;
+            state.phase += 1;
+            self.phase.store(state.phase, Ordering::Relaxed);
+            state.status = RunStatus::Running;
+            state.resuming = resume.clone();
+            state.updated_at = self.clock.now();
+            self.persist_state(&state);
+            let reason = format!(
+                "runstream restarted while phase {interrupted_phase} was in flight; continuing as phase {}",
+                state.phase
+            );
+            let kind = EventKind::RunRecovered { interrupted_phase, completed_steps, reason };
+            self.log.append(&Event { source: EventSource::System, kind }, self.clock.now());
+            resume
+        };
+        self.status_tx.send_replace(RunStatus::Running);
+        self.spawn_phase(resume, true);
     }
 
     /// Claims a suspended run for a resume and starts the resume phase. Exactly one of several concurrent callers
@@ -194,18 +329,21 @@ impl Run {
                 .map_err(|source| RegistryError::Resume { run_id: self.spec.run_id.to_string(), source })?;
             state.status = RunStatus::Running;
             state.phase += 1;
+            self.phase.store(state.phase, Ordering::Relaxed);
             state.updated_at = self.clock.now();
+            state.resuming = Some(target.clone());
+            self.persist_state(&state);
             // Nothing appends while the run is suspended, so this is where the resume phase's events begin.
-            (target, self.log.last_seq())
+            (target, self.log.appended_seq())
         };
         self.status_tx.send_replace(RunStatus::Running);
-        self.spawn_phase(Some(target));
+        self.spawn_phase(Some(target), false);
         Ok(start_seq)
     }
 
     /// Runs one phase on its own task and records its outcome. Step code that panics fails the run instead of
     /// leaving it "running" forever.
-    fn spawn_phase(self: &Arc<Self>, resume: Option<ResumeTarget>) {
+    fn spawn_phase(self: &Arc<Self>, resume: Option<ResumeTarget>, recovering: bool) {
         let (snapshot, phase) = {
             let state = self.lock_state();
             (state.snapshot.clone(), state.phase)
@@ -218,6 +356,7 @@ impl Run {
             phase,
             snapshot,
             resume,
+            recovering,
             sink: self.clone(),
             clock: self.clock.clone(),
             cancel: self.cancel.clone(),
@@ -282,6 +421,8 @@ impl Run {
             state.result = result;
             state.error = error;
         }
+        state.resuming = None;
+        self.persist_state(&state);
         drop(state);
         debug!(run_id = %self.spec.run_id, status = status.as_str(), "phase finished");
         self.status_tx.send_replace(status);
@@ -309,6 +450,7 @@ impl Run {
                 usage: state.snapshot.usage,
             };
             self.log.append(&Event { source: EventSource::Workflow, kind: finish }, now);
+            self.persist_state(&state);
             drop(state);
             self.status_tx.send_replace(RunStatus::Canceled);
         }
@@ -350,10 +492,39 @@ impl EventSink for Run {
             _ => {}
         }
         self.log.append(event, self.clock.now());
+        if let (Some(persister), EventKind::StepResult { step_id, status: StepStatus::Success, .. }) =
+            (&self.persist, &event.kind)
+        {
+            persister.step(&self.spec.run_id, self.checkpoint(step_id, &event.kind));
+        }
     }
 }
 
 impl Run {
+    /// The checkpoint of a step that just succeeded: what a recovery needs to skip it (its output).
+    fn checkpoint(&self, path: &str, result: &EventKind) -> StepCheckpoint {
+        let (output, attempts, started_at, ended_at) = match result {
+            EventKind::StepResult { output, attempts, started_at, ended_at, .. } => {
+                (output.clone(), *attempts, *started_at, Some(*ended_at))
+            }
+            _ => (None, 0, self.clock.now(), None),
+        };
+        let record = StepRecord {
+            status: StepStatus::Success,
+            input: Value::Null,
+            output,
+            error: None,
+            suspend_payload: None,
+            resume_data: None,
+            attempts,
+            started_at,
+            ended_at,
+            suspended_at: None,
+            resumed_at: None,
+        };
+        StepCheckpoint { phase: self.phase.load(Ordering::Relaxed), path: path.to_owned(), record }
+    }
+
     fn set_status_if(&self, from: RunStatus, to: RunStatus) {
         let mut state = self.lock_state();
         if state.status == from {

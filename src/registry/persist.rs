@@ -1,0 +1,207 @@
+//! The persister: one writer thread between the registry and its [`RunStore`], committing in batches.
+//!
+//! Runs queue their writes here (new run, each event, each completed step, each state change) without waiting: the
+//! engine never blocks on the disk. The thread takes everything queued, commits it in one transaction (group
+//! commit: while one commit is in progress the next batch accumulates), and then advances each run's *durable
+//! seq*. Readers only ever see events up to the durable seq (see [`EventLog`]), which is the rule that makes a
+//! crash safe: **an event a client has seen is committed**, so after a restart its seq still means that event.
+//!
+//! Writes of one run are queued in the order they happened (each event is queued under its log's lock, state
+//! changes under the run's state lock), and the queue is FIFO, so a batch never holds a run's seq 7 without its 6.
+//!
+//! A failed commit is retried, with a growing pause, until it succeeds: events cannot be dropped, so readers wait
+//! (and the error is logged) rather than skip ahead.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, mpsc},
+    thread,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tracing::{error, warn};
+
+use super::log::EventLog;
+use crate::{
+    engine::RunStatus,
+    store::{RunRecord, RunStore, StateRecord, StepCheckpoint, StoredEvent, Write},
+};
+
+/// Most writes per transaction: bounds the time one commit holds back durability of the rest.
+const MAX_BATCH: usize = 8192;
+
+enum Op {
+    /// A new run and its log, whose durable seq this thread advances from now on.
+    Create(Box<RunRecord>, Arc<EventLog>),
+    Event {
+        run_id: Arc<str>,
+        seq: u64,
+        body: Bytes,
+        finish: Option<RunStatus>,
+    },
+    Step {
+        run_id: Arc<str>,
+        checkpoint: Box<StepCheckpoint>,
+    },
+    State {
+        run_id: Arc<str>,
+        state: Box<StateRecord>,
+    },
+    /// A run loaded at start, whose log this thread advances from now on.
+    Watch(Arc<str>, Arc<EventLog>),
+    Delete {
+        run_id: Arc<str>,
+    },
+    Trim {
+        run_id: Arc<str>,
+        before_seq: u64,
+    },
+    /// Answered once everything queued before it is committed.
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// Handle to the writer thread. Dropping the last handle lets the thread commit what is queued and exit.
+pub struct Persister {
+    tx: mpsc::Sender<Op>,
+    describe: String,
+}
+
+impl std::fmt::Debug for Persister {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Persister").field("store", &self.describe).finish()
+    }
+}
+
+impl Persister {
+    pub fn start(store: Arc<dyn RunStore>) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel();
+        let describe = store.describe();
+        let spawned = thread::Builder::new().name("runstream-store".into()).spawn(move || write_loop(&*store, &rx));
+        if let Err(e) = spawned {
+            // Without the thread nothing becomes durable and every reader would wait forever: fail loudly.
+            panic!("cannot start the store writer thread: {e}");
+        }
+        Arc::new(Self { tx, describe })
+    }
+
+    fn send(&self, op: Op) {
+        // The thread only exits once every handle is gone, so a send fails only during process teardown.
+        if self.tx.send(op).is_err() {
+            warn!("the store writer has stopped; a write was not stored");
+        }
+    }
+
+    pub fn create(&self, record: RunRecord, log: Arc<EventLog>) {
+        self.send(Op::Create(Box::new(record), log));
+    }
+
+    pub fn event(&self, run_id: &Arc<str>, seq: u64, body: Bytes, finish: Option<RunStatus>) {
+        self.send(Op::Event { run_id: Arc::clone(run_id), seq, body, finish });
+    }
+
+    pub fn step(&self, run_id: &Arc<str>, checkpoint: StepCheckpoint) {
+        self.send(Op::Step { run_id: Arc::clone(run_id), checkpoint: Box::new(checkpoint) });
+    }
+
+    pub fn state(&self, run_id: &Arc<str>, state: StateRecord) {
+        self.send(Op::State { run_id: Arc::clone(run_id), state: Box::new(state) });
+    }
+
+    pub fn watch(&self, run_id: &Arc<str>, log: Arc<EventLog>) {
+        self.send(Op::Watch(Arc::clone(run_id), log));
+    }
+
+    pub fn delete(&self, run_id: &Arc<str>) {
+        self.send(Op::Delete { run_id: Arc::clone(run_id) });
+    }
+
+    pub fn trim(&self, run_id: &Arc<str>, before_seq: u64) {
+        self.send(Op::Trim { run_id: Arc::clone(run_id), before_seq });
+    }
+
+    /// Waits (blocking) until everything queued so far is committed.
+    pub fn flush(&self) {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        self.send(Op::Flush(done_tx));
+        let _ = done_rx.recv();
+    }
+}
+
+fn write_loop(store: &dyn RunStore, rx: &mpsc::Receiver<Op>) {
+    let mut logs: HashMap<Arc<str>, Arc<EventLog>> = HashMap::new();
+    let mut writes: Vec<Write> = Vec::new();
+    // Per run touched by the batch: the highest seq it commits.
+    let mut durable: HashMap<Arc<str>, u64> = HashMap::new();
+    let mut flushes: Vec<mpsc::SyncSender<()>> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        let mut taken = 0;
+        while let Some(op) = next.take() {
+            taken += 1;
+            match op {
+                Op::Create(record, log) => {
+                    logs.insert(record.run_id.as_str().into(), log);
+                    writes.push(Write::CreateRun(record));
+                }
+                Op::Watch(run_id, log) => {
+                    logs.insert(run_id, log);
+                }
+                Op::Event { run_id, seq, body, finish } => {
+                    let event = StoredEvent { seq, body, finish };
+                    match writes.last_mut() {
+                        // Consecutive events of one run share one write.
+                        Some(Write::Events { run_id: last, events }) if **last == *run_id => events.push(event),
+                        _ => writes.push(Write::Events { run_id: run_id.to_string(), events: vec![event] }),
+                    }
+                    durable.insert(run_id, seq);
+                }
+                Op::Step { run_id, checkpoint } => writes.push(Write::Step { run_id: run_id.to_string(), checkpoint }),
+                Op::State { run_id, state } => writes.push(Write::State { run_id: run_id.to_string(), state }),
+                Op::Delete { run_id } => {
+                    logs.remove(&run_id);
+                    writes.push(Write::DeleteRun { run_id: run_id.to_string() });
+                }
+                Op::Trim { run_id, before_seq } => {
+                    writes.push(Write::TrimEvents { run_id: run_id.to_string(), before_seq })
+                }
+                Op::Flush(done) => flushes.push(done),
+            }
+            if taken < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        commit_until_done(store, &writes);
+        writes.clear();
+        for (run_id, seq) in durable.drain() {
+            if let Some(log) = logs.get(&run_id) {
+                log.mark_durable(seq);
+                // A run whose log ended for good needs no more watching.
+                if log.is_finished() {
+                    logs.remove(&run_id);
+                }
+            }
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Commits `writes`, retrying with a growing pause until the store takes them (events must not be dropped).
+fn commit_until_done(store: &dyn RunStore, writes: &[Write]) {
+    if writes.is_empty() {
+        return;
+    }
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match store.commit(writes) {
+            Ok(()) => return,
+            Err(e) => {
+                error!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot store {} writes; retrying", writes.len());
+                thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}

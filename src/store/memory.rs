@@ -1,0 +1,130 @@
+//! [`RunStore`] in memory: the contract without a disk. A registry opened on the same `MemoryStore` again sees what
+//! the previous one committed, which is how tests simulate a restart in-process.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Mutex, MutexGuard},
+};
+
+use super::{LoadedRun, RunRecord, RunStore, StepCheckpoint, StoreError, StoredEvent, Write};
+
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    runs: Mutex<BTreeMap<String, Stored>>,
+}
+
+#[derive(Debug)]
+struct Stored {
+    /// Insertion order, for `load`'s oldest-first.
+    order: u64,
+    record: RunRecord,
+    events: Vec<StoredEvent>,
+    checkpoints: Vec<StepCheckpoint>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Stored>> {
+        // Each write below is applied to a copy and swapped in whole, so a poisoned lock is still consistent.
+        self.runs.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl RunStore for MemoryStore {
+    fn describe(&self) -> String {
+        "memory".to_owned()
+    }
+
+    fn load(&self) -> Result<Vec<LoadedRun>, StoreError> {
+        let runs = self.lock();
+        let mut loaded: Vec<(u64, LoadedRun)> = runs
+            .values()
+            .map(|stored| {
+                let phase = stored.record.state.phase;
+                let run = LoadedRun {
+                    record: stored.record.clone(),
+                    events: stored.events.clone(),
+                    checkpoints: stored.checkpoints.iter().filter(|c| c.phase == phase).cloned().collect(),
+                };
+                (stored.order, run)
+            })
+            .collect();
+        loaded.sort_by_key(|(order, _)| *order);
+        Ok(loaded.into_iter().map(|(_, run)| run).collect())
+    }
+
+    fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let mut runs = self.lock();
+        // Atomic: apply to a copy of the touched runs, then swap them in.
+        let mut next_order = runs.values().map(|s| s.order + 1).max().unwrap_or(0);
+        let mut work: BTreeMap<String, Option<Stored>> = BTreeMap::new();
+        for write in writes {
+            let run_id = match write {
+                Write::CreateRun(record) => record.run_id.clone(),
+                Write::Events { run_id, .. }
+                | Write::Step { run_id, .. }
+                | Write::State { run_id, .. }
+                | Write::DeleteRun { run_id }
+                | Write::TrimEvents { run_id, .. } => run_id.clone(),
+            };
+            let slot = work.entry(run_id.clone()).or_insert_with(|| {
+                runs.get(&run_id).map(|s| Stored {
+                    order: s.order,
+                    record: s.record.clone(),
+                    events: s.events.clone(),
+                    checkpoints: s.checkpoints.clone(),
+                })
+            });
+            let missing = || StoreError::Io { location: "memory".into(), reason: format!("no run '{run_id}'") };
+            match write {
+                Write::CreateRun(record) => {
+                    *slot = Some(Stored {
+                        order: next_order,
+                        record: (**record).clone(),
+                        events: Vec::new(),
+                        checkpoints: Vec::new(),
+                    });
+                    next_order += 1;
+                }
+                Write::Events { events, .. } => {
+                    let stored = slot.as_mut().ok_or_else(missing)?;
+                    let expected = stored.events.last().map_or(1, |e| e.seq + 1);
+                    if events.first().is_some_and(|e| e.seq != expected && !stored.events.is_empty()) {
+                        return Err(StoreError::Io {
+                            location: "memory".into(),
+                            reason: format!("run '{run_id}': events must follow seq {}", expected - 1),
+                        });
+                    }
+                    stored.events.extend(events.iter().cloned());
+                }
+                Write::Step { checkpoint, .. } => {
+                    let stored = slot.as_mut().ok_or_else(missing)?;
+                    stored.checkpoints.retain(|c| !(c.phase == checkpoint.phase && c.path == checkpoint.path));
+                    stored.checkpoints.push((**checkpoint).clone());
+                }
+                Write::State { state, .. } => {
+                    let stored = slot.as_mut().ok_or_else(missing)?;
+                    stored.record.state = (**state).clone();
+                    let phase = state.phase;
+                    stored.checkpoints.retain(|c| c.phase >= phase);
+                }
+                Write::DeleteRun { .. } => *slot = None,
+                Write::TrimEvents { before_seq, .. } => {
+                    if let Some(stored) = slot.as_mut() {
+                        stored.events.retain(|e| e.seq >= *before_seq);
+                    }
+                }
+            }
+        }
+        for (run_id, stored) in work {
+            match stored {
+                Some(stored) => runs.insert(run_id, stored),
+                None => runs.remove(&run_id),
+            };
+        }
+        Ok(())
+    }
+}

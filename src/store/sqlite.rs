@@ -1,0 +1,341 @@
+//! [`RunStore`] in one SQLite file: the embedded default (`--data-dir`, file `runstream.db`).
+//!
+//! - WAL journal with `synchronous = NORMAL`: a commit is in the WAL file before `commit` returns, so it survives
+//!   the process being killed (kill -9, a panic, OOM); it is fsynced at checkpoints, so an OS crash or power loss
+//!   may lose the last commits (not corrupt the file). `--sync full` fsyncs every commit instead.
+//! - Exclusive locking: a second server on the same data dir fails at start, naming the file, instead of two
+//!   writers interleaving runs.
+//! - Opening never repairs or wipes anything: a file that is not a runstream store, or is damaged, is an error
+//!   naming the file ([`StoreError::Corrupt`]).
+//!
+//! Times are stored as JSON inside the state record; run creation time also as milliseconds for ordering.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde_json::Value;
+
+use super::{LoadedRun, RunRecord, RunStore, StateRecord, StepCheckpoint, StoreError, StoredEvent, Write};
+use crate::engine::{RunStatus, StepRecord};
+
+/// The store's file name inside the data dir.
+pub const FILE_NAME: &str = "runstream.db";
+
+/// Bumped when the tables change; a store of another version is refused, not migrated silently.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    workflow_id TEXT NOT NULL,
+    input TEXT NOT NULL,
+    request_context TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    created_order INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    finish TEXT,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS steps (
+    run_id TEXT NOT NULL,
+    phase INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (run_id, phase, path)
+) WITHOUT ROWID;
+";
+
+/// How hard a commit is pushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sync {
+    /// Survives the process dying (the default; see the module docs).
+    #[default]
+    Normal,
+    /// Also survives the OS dying: fsync per commit.
+    Full,
+}
+
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir`.
+    pub fn open(data_dir: &Path, sync: Sync) -> Result<Self, StoreError> {
+        let path = data_dir.join(FILE_NAME);
+        let location = path.display().to_string();
+        let open_error = |reason: String| StoreError::Open { location: location.clone(), reason };
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| open_error(format!("cannot create the data dir {}: {e}", data_dir.display())))?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(|e| open_error(e.to_string()))?;
+        let store = Self { path, conn: Mutex::new(conn) };
+        store.prepare(sync)?;
+        Ok(store)
+    }
+
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic mid-transaction leaves the transaction to be rolled back by SQLite; the connection is fine.
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Settings, schema and version check. The first statement reads the file header: a file that is not a
+    /// database fails here, before anything is written.
+    fn prepare(&self, sync: Sync) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let corrupt = |e: rusqlite::Error| self.classify(e);
+        conn.busy_timeout(Duration::from_millis(0)).map_err(corrupt)?;
+        conn.query_row("PRAGMA schema_version", [], |_| Ok(())).map_err(corrupt)?;
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE").map_err(corrupt)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)).map_err(corrupt)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Open {
+                location: self.location(),
+                reason: format!("the file system refuses WAL journaling (journal mode stays {mode})"),
+            });
+        }
+        let sync = match sync {
+            Sync::Normal => "NORMAL",
+            Sync::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", sync).map_err(corrupt)?;
+        conn.execute_batch(SCHEMA).map_err(corrupt)?;
+        let version: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |row| row.get(0))
+            .optional()
+            .map_err(corrupt)?;
+        match version {
+            None => {
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
+                    [SCHEMA_VERSION.to_string()],
+                )
+                .map_err(corrupt)?;
+            }
+            Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(v) => {
+                return Err(StoreError::Open {
+                    location: self.location(),
+                    reason: format!(
+                        "it has schema version {v}, this runstream reads version {SCHEMA_VERSION}; run the \
+                         runstream that wrote it, or use another --data-dir"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Sorts SQLite's errors into "the file is bad" and "something else failed", with the file named.
+    fn classify(&self, e: rusqlite::Error) -> StoreError {
+        use rusqlite::ErrorCode as C;
+        let location = self.location();
+        match e.sqlite_error_code() {
+            Some(C::NotADatabase | C::DatabaseCorrupt) => StoreError::Corrupt { location, reason: e.to_string() },
+            Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Open {
+                location,
+                reason: "another process has it open (is another runstream using this --data-dir?)".into(),
+            },
+            _ => StoreError::Io { location, reason: e.to_string() },
+        }
+    }
+
+    fn corrupt(&self, reason: String) -> StoreError {
+        StoreError::Corrupt { location: self.location(), reason }
+    }
+}
+
+fn millis(t: SystemTime) -> i64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn status_text(status: RunStatus) -> &'static str {
+    status.as_str()
+}
+
+fn status_from(text: &str) -> Option<RunStatus> {
+    use RunStatus as S;
+    [S::Pending, S::Running, S::Waiting, S::Suspended, S::Paused, S::Success, S::Failed, S::Canceled, S::Tripwire]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+}
+
+impl RunStore for SqliteStore {
+    fn describe(&self) -> String {
+        format!("sqlite {}", self.location())
+    }
+
+    fn load(&self) -> Result<Vec<LoadedRun>, StoreError> {
+        let conn = self.lock();
+        let err = |e: rusqlite::Error| self.classify(e);
+        let mut runs_stmt = conn
+            .prepare(
+                "SELECT run_id, workflow_id, input, request_context, resource_id, created_at_ms, state FROM runs \
+                 ORDER BY created_order",
+            )
+            .map_err(err)?;
+        let rows = runs_stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, i64>(5)?,
+                    row.get::<_, String>(6)?,
+                ))
+            })
+            .map_err(err)?;
+        let mut events_stmt =
+            conn.prepare("SELECT seq, body, finish FROM events WHERE run_id = ?1 ORDER BY seq").map_err(err)?;
+        let mut steps_stmt = conn
+            .prepare("SELECT path, record FROM steps WHERE run_id = ?1 AND phase = ?2 ORDER BY path")
+            .map_err(err)?;
+        let mut loaded = Vec::new();
+        for row in rows {
+            let (run_id, workflow_id, input, request_context, resource_id, created_ms, state) = row.map_err(err)?;
+            let bad = |what: &str, e: serde_json::Error| self.corrupt(format!("run '{run_id}': its {what}: {e}"));
+            let input: Value = serde_json::from_str(&input).map_err(|e| bad("input", e))?;
+            let request_context = serde_json::from_str(&request_context).map_err(|e| bad("request context", e))?;
+            let state: StateRecord = serde_json::from_str(&state).map_err(|e| bad("state", e))?;
+            let created_at = UNIX_EPOCH + Duration::from_millis(u64::try_from(created_ms).unwrap_or(0));
+            let events = events_stmt
+                .query_map([&run_id], |row| {
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?, row.get::<_, Option<String>>(2)?))
+                })
+                .map_err(err)?
+                .map(|row| {
+                    let (seq, body, finish) = row.map_err(err)?;
+                    let finish = match finish {
+                        None => None,
+                        Some(text) => Some(status_from(&text).ok_or_else(|| {
+                            self.corrupt(format!("run '{run_id}': event {seq} has an unknown status {text:?}"))
+                        })?),
+                    };
+                    Ok(StoredEvent { seq: u64::try_from(seq).unwrap_or(0), body: body.into(), finish })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            if let Some(gap) = events.windows(2).find(|w| w[1].seq != w[0].seq + 1) {
+                return Err(
+                    self.corrupt(format!("run '{run_id}': its log jumps from seq {} to {}", gap[0].seq, gap[1].seq))
+                );
+            }
+            let checkpoints = steps_stmt
+                .query_map(params![&run_id, state.phase], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(err)?
+                .map(|row| {
+                    let (path, record) = row.map_err(err)?;
+                    let record: StepRecord = serde_json::from_str(&record).map_err(|e| bad("step record", e))?;
+                    Ok(StepCheckpoint { phase: state.phase, path, record })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let record = RunRecord { run_id, workflow_id, input, request_context, resource_id, created_at, state };
+            loaded.push(LoadedRun { record, events, checkpoints });
+        }
+        Ok(loaded)
+    }
+
+    fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let err = |e: rusqlite::Error| self.classify(e);
+        let json =
+            |v: &dyn erased::Json| v.to_json().map_err(|e| StoreError::Io { location: self.location(), reason: e });
+        let tx = conn.transaction().map_err(err)?;
+        {
+            let mut insert_event = tx
+                .prepare_cached("INSERT INTO events (run_id, seq, body, finish) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(err)?;
+            for write in writes {
+                match write {
+                    Write::CreateRun(run) => {
+                        tx.execute(
+                            "INSERT INTO runs (run_id, workflow_id, input, request_context, resource_id, created_at_ms, \
+                             created_order, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
+                             (SELECT COALESCE(MAX(created_order), 0) + 1 FROM runs), ?7)",
+                            params![
+                                run.run_id,
+                                run.workflow_id,
+                                json(&run.input)?,
+                                json(&run.request_context)?,
+                                run.resource_id,
+                                millis(run.created_at),
+                                json(&run.state)?,
+                            ],
+                        )
+                        .map_err(err)?;
+                    }
+                    Write::Events { run_id, events } => {
+                        for event in events {
+                            let seq = i64::try_from(event.seq).unwrap_or(i64::MAX);
+                            let finish = event.finish.map(status_text);
+                            insert_event.execute(params![run_id, seq, &event.body[..], finish]).map_err(err)?;
+                        }
+                    }
+                    Write::Step { run_id, checkpoint } => {
+                        tx.execute(
+                            "INSERT OR REPLACE INTO steps (run_id, phase, path, record) VALUES (?1, ?2, ?3, ?4)",
+                            params![run_id, checkpoint.phase, checkpoint.path, json(&checkpoint.record)?],
+                        )
+                        .map_err(err)?;
+                    }
+                    Write::State { run_id, state } => {
+                        tx.execute("UPDATE runs SET state = ?2 WHERE run_id = ?1", params![run_id, json(&**state)?])
+                            .map_err(err)?;
+                        // Checkpoints of finished phases are in the snapshot now.
+                        tx.execute("DELETE FROM steps WHERE run_id = ?1 AND phase < ?2", params![run_id, state.phase])
+                            .map_err(err)?;
+                    }
+                    Write::DeleteRun { run_id } => {
+                        for table in ["events", "steps", "runs"] {
+                            tx.execute(&format!("DELETE FROM {table} WHERE run_id = ?1"), [run_id]).map_err(err)?;
+                        }
+                    }
+                    Write::TrimEvents { run_id, before_seq } => {
+                        let before = i64::try_from(*before_seq).unwrap_or(i64::MAX);
+                        tx.execute("DELETE FROM events WHERE run_id = ?1 AND seq < ?2", params![run_id, before])
+                            .map_err(err)?;
+                    }
+                }
+            }
+        }
+        tx.commit().map_err(err)
+    }
+}
+
+/// JSON text of the serde values a row holds, with a plain-text error.
+mod erased {
+    pub trait Json {
+        fn to_json(&self) -> Result<String, String>;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> Result<String, String> {
+            serde_json::to_string(self).map_err(|e| e.to_string())
+        }
+    }
+}
