@@ -40,7 +40,31 @@ enum Command {
         /// (an fsync per commit, slower).
         #[arg(long, value_enum, default_value = "normal")]
         sync: SyncMode,
+        /// How long finished runs (result and log) are kept after they end, and how long any run keeps its
+        /// events: e.g. `7d`, `12h`, `30m`, `90s`. Older cursors get OUT_OF_RANGE naming the earliest seq kept.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        retention: std::time::Duration,
     },
+}
+
+/// `<n><unit>` with unit `d`, `h`, `m` or `s`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 =
+        number.parse().map_err(|_| format!("{text:?}: expected a number and a unit, e.g. 7d, 12h, 30m, 90s"))?;
+    let secs = match unit {
+        "d" => n.checked_mul(86_400),
+        "h" => n.checked_mul(3_600),
+        "m" => n.checked_mul(60),
+        "s" => Some(n),
+        _ => return Err(format!("{text:?}: the unit must be d, h, m or s (e.g. 7d, 12h, 30m, 90s)")),
+    };
+    match secs {
+        Some(secs) if secs > 0 => Ok(std::time::Duration::from_secs(secs)),
+        Some(_) => Err(format!("{text:?}: retention must be longer than zero")),
+        None => Err(format!("{text:?}: too long")),
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -72,8 +96,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve { listen, store, data_dir, sync } => {
-            match runtime.block_on(serve(listen, store, data_dir, sync)) {
+        Command::Serve { listen, store, data_dir, sync, retention } => {
+            match runtime.block_on(serve(listen, store, data_dir, sync, retention)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     error!("{e}");
@@ -89,6 +113,7 @@ async fn serve(
     store: StoreKind,
     data_dir: PathBuf,
     sync: SyncMode,
+    retention: std::time::Duration,
 ) -> Result<(), Box<dyn std::error::Error>> {
     // The store first: a bad store must stop the server before it takes calls.
     let registry = match store {
@@ -103,6 +128,7 @@ async fn serve(
             RunRegistry::open(workflows::builtin_catalog(), Arc::new(SystemClock), Arc::new(store))?
         }
     };
+    registry.spawn_retention(retention);
     let listener = TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
     let local = listener.local_addr()?;
     let shutdown = CancellationToken::new();

@@ -24,7 +24,10 @@ use self::{status::invalid_field, wire::EncodedRunEvent};
 use crate::{
     engine::{ResumeRequest, RunKind, RunStatus},
     pb,
-    registry::{LogReader, ReadUntil, RunFilter, RunRegistry, StartRequest, Started, TraceContext, validate_run_id},
+    registry::{
+        LogReader, ReadUntil, RegistryError, RunFilter, RunRegistry, StartRequest, Started, TraceContext,
+        validate_run_id,
+    },
 };
 
 /// Limits of the service, with the defaults `runstream serve` uses.
@@ -113,7 +116,15 @@ impl RunService {
                     }
                 },
             };
-            let event = EncodedRunEvent::logged(&state.head, &entry?);
+            let Some(entry) = entry else {
+                // Retention dropped events this reader had not read yet: say where the log starts now.
+                let first_seq = state.reader.expired()?;
+                state.ended = true;
+                let run_id = state.run_id.to_string();
+                let error = RegistryError::CursorExpired { run_id, after_seq: state.reader.cursor(), first_seq };
+                return Some((Err(error.into()), state));
+            };
+            let event = EncodedRunEvent::logged(&state.head, &entry);
             Some((Ok(event), state))
         }))
     }

@@ -71,6 +71,12 @@ impl LoggedEvent {
 struct Stored {
     bytes: Bytes,
     finish: Option<RunStatus>,
+    /// When it was appended, in whole UNIX seconds: for retention. (Fits in the padding after `finish`.)
+    at_secs: u32,
+}
+
+fn unix_secs(time: SystemTime) -> u32 {
+    time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
 }
 
 #[derive(Debug, Default)]
@@ -151,7 +157,10 @@ impl EventLog {
             let mut inner = log.lock();
             inner.base = events.first().map_or(0, |e| e.seq.saturating_sub(1));
             inner.stored = events.iter().map(|e| e.body.len()).sum();
-            inner.entries = events.into_iter().map(|e| Stored { bytes: e.body, finish: e.finish }).collect();
+            inner.entries = events
+                .into_iter()
+                .map(|e| Stored { bytes: e.body, finish: e.finish, at_secs: unix_secs(e.time) })
+                .collect();
             inner.durable = inner.base + inner.entries.len() as u64;
         }
         log
@@ -180,7 +189,7 @@ impl EventLog {
                 let wake = match &self.persist {
                     // Queued under the lock, so the persister gets each run's events in seq order.
                     Some((run_id, persister)) => {
-                        persister.event(run_id, seq, bytes.clone(), finish);
+                        persister.event(run_id, seq, time, bytes.clone(), finish);
                         false
                     }
                     None => {
@@ -188,7 +197,7 @@ impl EventLog {
                         std::mem::take(&mut inner.reader_waiting)
                     }
                 };
-                inner.entries.push(Stored { bytes, finish });
+                inner.entries.push(Stored { bytes, finish, at_secs: unix_secs(time) });
                 (seq, wake)
             };
             if wake {
@@ -218,6 +227,24 @@ impl EventLog {
         self.lock().base + 1
     }
 
+    /// Drops the events appended before `cutoff`, but never the last one (a run's newest event, its finish when
+    /// it has one, stays replayable). Returns the new first seq if anything was dropped. Readers whose cursor falls
+    /// below it end with an "expired" mark (see [`LogReader::expired`]), never with a silent gap.
+    pub(super) fn trim_before(&self, cutoff: SystemTime) -> Option<u64> {
+        let cutoff = unix_secs(cutoff);
+        let mut inner = self.lock();
+        // Only durable events: the persister still has to store the others.
+        let visible = usize::try_from(inner.durable.saturating_sub(inner.base)).unwrap_or(0).min(inner.entries.len());
+        let old = inner.entries[..visible.saturating_sub(1)].iter().take_while(|e| e.at_secs < cutoff).count();
+        if old == 0 {
+            return None;
+        }
+        inner.entries.drain(..old);
+        inner.base += old as u64;
+        inner.stored = inner.entries.iter().map(|e| e.bytes.len()).sum();
+        Some(inner.base + 1)
+    }
+
     /// Called by the persister once the events up to `seq` are committed: readers may now see them.
     pub(super) fn mark_durable(&self, seq: u64) {
         let wake = {
@@ -241,8 +268,12 @@ impl EventLog {
     /// Copies up to `READ_BATCH` entries after `after_seq` into `out`. Returns the log's last seq at that moment
     /// and the finish status of that last event. When there is nothing after `after_seq`, marks a reader as
     /// waiting, so that the next append wakes it (the caller registered for the wake-up before calling).
-    fn read_after(&self, after_seq: u64, out: &mut VecDeque<LoggedEvent>) -> (u64, Option<RunStatus>) {
+    fn read_after(&self, after_seq: u64, out: &mut VecDeque<LoggedEvent>) -> Result<(u64, Option<RunStatus>), u64> {
         let mut inner = self.lock();
+        if after_seq < inner.base {
+            // Retention dropped events this reader has not read: say so rather than skip them.
+            return Err(inner.base + 1);
+        }
         // Indexes into `entries` of the visible (durable) events; a cursor below `base` reads from the oldest kept
         // (the registry refuses such cursors before creating a reader, so this only bounds the arithmetic).
         let visible =
@@ -259,7 +290,7 @@ impl EventLog {
             inner.reader_waiting = true;
         }
         let last_finish = visible.checked_sub(1).and_then(|i| inner.entries[i].finish);
-        (inner.base + visible as u64, last_finish)
+        Ok((inner.base + visible as u64, last_finish))
     }
 }
 
@@ -285,12 +316,20 @@ pub struct LogReader {
     tip_at_fill: u64,
     until: ReadUntil,
     done: bool,
+    /// Set when retention dropped events after the cursor: the first seq still kept.
+    expired: Option<u64>,
 }
 
 impl LogReader {
     /// A reader that yields the events with seq > `after_seq`.
     pub fn new(log: Arc<EventLog>, after_seq: u64, until: ReadUntil) -> Self {
-        Self { log, after_seq, buffer: VecDeque::new(), tip_at_fill: 0, until, done: false }
+        Self { log, after_seq, buffer: VecDeque::new(), tip_at_fill: 0, until, done: false, expired: None }
+    }
+
+    /// After `next` returned `None`: `Some(first kept seq)` if the reader ended because retention dropped events
+    /// it had not read yet (the caller must report that, not end the stream as if it were complete).
+    pub fn expired(&self) -> Option<u64> {
+        self.expired
     }
 
     /// The seq of the last event this reader yielded (its cursor).
@@ -341,7 +380,14 @@ impl LogReader {
             tokio::pin!(appended);
             appended.as_mut().enable();
 
-            let (tip, last_finish) = self.log.read_after(self.after_seq, &mut self.buffer);
+            let (tip, last_finish) = match self.log.read_after(self.after_seq, &mut self.buffer) {
+                Ok(read) => read,
+                Err(first_seq) => {
+                    self.expired = Some(first_seq);
+                    self.done = true;
+                    return None;
+                }
+            };
             self.tip_at_fill = tip;
             if !self.buffer.is_empty() {
                 return Some(());
@@ -403,7 +449,7 @@ mod tests {
         log.append(&Event { source: EventSource::User, kind: large }, SystemTime::now());
         log.append(&finish(RunStatus::Success), SystemTime::now());
         let mut out = VecDeque::new();
-        let (tip, last) = log.read_after(0, &mut out);
+        let (tip, last) = log.read_after(0, &mut out).expect("nothing trimmed");
         assert_eq!((tip, last), (102, Some(RunStatus::Success)));
         let seqs: Vec<u64> = out.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, (1..=102).collect::<Vec<_>>());

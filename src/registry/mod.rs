@@ -167,6 +167,52 @@ impl RunRegistry {
         Ok(registry)
     }
 
+    /// Applies retention: forgets the runs that ended more than `retention` ago (in memory and in the store) and
+    /// drops the events older than `retention` of the runs that remain (never a run's newest event). A reader
+    /// whose cursor falls below what is kept gets OUT_OF_RANGE naming the earliest seq kept. Returns how many runs
+    /// were forgotten and how many logs trimmed.
+    pub fn expire(&self, retention: Duration) -> (usize, usize) {
+        let now = self.clock.now();
+        let Some(cutoff) = now.checked_sub(retention) else { return (0, 0) };
+        let runs: Vec<Arc<Run>> =
+            self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner()).values().cloned().collect();
+        let (mut forgotten, mut trimmed) = (0, 0);
+        for run in runs {
+            if run.ended_before(cutoff) {
+                self.runs.write().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(run.id());
+                if let Some(persister) = &self.persist {
+                    persister.delete(run.id());
+                }
+                forgotten += 1;
+            } else if let Some(first_seq) = run.trim_log(cutoff) {
+                if let Some(persister) = &self.persist {
+                    persister.trim(run.id(), first_seq);
+                }
+                trimmed += 1;
+            }
+        }
+        if forgotten + trimmed > 0 {
+            tracing::info!(forgotten, trimmed, retention_secs = retention.as_secs(), "applied retention");
+        }
+        (forgotten, trimmed)
+    }
+
+    /// Applies [`expire`](Self::expire) now and then, for as long as the registry lives.
+    pub fn spawn_retention(self: &Arc<Self>, retention: Duration) {
+        let registry = Arc::downgrade(self);
+        // Often enough that nothing outlives its retention by much more than a tenth of it; at most once a second.
+        let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(registry) = registry.upgrade() else { return };
+                registry.expire(retention);
+            }
+        });
+    }
+
     /// Waits (blocking) until every change made so far is stored; at once without a store. For shutdown.
     pub fn flush(&self) {
         if let Some(persister) = &self.persist {
@@ -320,3 +366,6 @@ pub fn validate_run_id(field: &'static str, run_id: &str) -> Result<(), Registry
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

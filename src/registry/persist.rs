@@ -16,7 +16,7 @@ use std::{
     collections::HashMap,
     sync::{Arc, mpsc},
     thread,
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
@@ -37,6 +37,7 @@ enum Op {
     Event {
         run_id: Arc<str>,
         seq: u64,
+        time: SystemTime,
         body: Bytes,
         finish: Option<RunStatus>,
     },
@@ -96,8 +97,8 @@ impl Persister {
         self.send(Op::Create(Box::new(record), log));
     }
 
-    pub fn event(&self, run_id: &Arc<str>, seq: u64, body: Bytes, finish: Option<RunStatus>) {
-        self.send(Op::Event { run_id: Arc::clone(run_id), seq, body, finish });
+    pub fn event(&self, run_id: &Arc<str>, seq: u64, time: SystemTime, body: Bytes, finish: Option<RunStatus>) {
+        self.send(Op::Event { run_id: Arc::clone(run_id), seq, time, body, finish });
     }
 
     pub fn step(&self, run_id: &Arc<str>, checkpoint: StepCheckpoint) {
@@ -147,8 +148,8 @@ fn write_loop(store: &dyn RunStore, rx: &mpsc::Receiver<Op>) {
                 Op::Watch(run_id, log) => {
                     logs.insert(run_id, log);
                 }
-                Op::Event { run_id, seq, body, finish } => {
-                    let event = StoredEvent { seq, body, finish };
+                Op::Event { run_id, seq, time, body, finish } => {
+                    let event = StoredEvent { seq, time, body, finish };
                     match writes.last_mut() {
                         // Consecutive events of one run share one write.
                         Some(Write::Events { run_id: last, events }) if **last == *run_id => events.push(event),

@@ -239,6 +239,17 @@ impl Run {
         }
     }
 
+    /// True if the run is over and ended before `cutoff` (retention may forget it).
+    pub(super) fn ended_before(&self, cutoff: SystemTime) -> bool {
+        let state = self.lock_state();
+        state.status.is_terminal() && state.updated_at < cutoff
+    }
+
+    /// Drops the log's events appended before `cutoff` (see [`EventLog::trim_before`]); the new first seq if any.
+    pub(super) fn trim_log(&self, cutoff: SystemTime) -> Option<u64> {
+        self.log.trim_before(cutoff)
+    }
+
     /// A reader of this run's events after `after_seq`.
     pub fn reader(&self, after_seq: u64, until: ReadUntil) -> Result<LogReader, RegistryError> {
         // Against what was appended, not what is durable: a cursor between the two cannot come from a client, but

@@ -17,6 +17,8 @@
 
 mod memory;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
 
 use std::time::SystemTime;
 
@@ -58,6 +60,8 @@ pub struct StateRecord {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
     pub seq: u64,
+    /// When it was appended (retention drops old events by it).
+    pub time: SystemTime,
     pub body: Bytes,
     pub finish: Option<RunStatus>,
 }

@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL,
     seq INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL,
     body BLOB NOT NULL,
     finish TEXT,
     PRIMARY KEY (run_id, seq)
@@ -209,8 +210,9 @@ impl RunStore for SqliteStore {
                 ))
             })
             .map_err(err)?;
-        let mut events_stmt =
-            conn.prepare("SELECT seq, body, finish FROM events WHERE run_id = ?1 ORDER BY seq").map_err(err)?;
+        let mut events_stmt = conn
+            .prepare("SELECT seq, time_ms, body, finish FROM events WHERE run_id = ?1 ORDER BY seq")
+            .map_err(err)?;
         let mut steps_stmt = conn
             .prepare("SELECT path, record FROM steps WHERE run_id = ?1 AND phase = ?2 ORDER BY path")
             .map_err(err)?;
@@ -224,18 +226,24 @@ impl RunStore for SqliteStore {
             let created_at = UNIX_EPOCH + Duration::from_millis(u64::try_from(created_ms).unwrap_or(0));
             let events = events_stmt
                 .query_map([&run_id], |row| {
-                    Ok((row.get::<_, i64>(0)?, row.get::<_, Vec<u8>>(1)?, row.get::<_, Option<String>>(2)?))
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, Vec<u8>>(2)?,
+                        row.get::<_, Option<String>>(3)?,
+                    ))
                 })
                 .map_err(err)?
                 .map(|row| {
-                    let (seq, body, finish) = row.map_err(err)?;
+                    let (seq, time_ms, body, finish) = row.map_err(err)?;
                     let finish = match finish {
                         None => None,
                         Some(text) => Some(status_from(&text).ok_or_else(|| {
                             self.corrupt(format!("run '{run_id}': event {seq} has an unknown status {text:?}"))
                         })?),
                     };
-                    Ok(StoredEvent { seq: u64::try_from(seq).unwrap_or(0), body: body.into(), finish })
+                    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(time_ms).unwrap_or(0));
+                    Ok(StoredEvent { seq: u64::try_from(seq).unwrap_or(0), time, body: body.into(), finish })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
             if let Some(gap) = events.windows(2).find(|w| w[1].seq != w[0].seq + 1) {
@@ -268,7 +276,7 @@ impl RunStore for SqliteStore {
         let tx = conn.transaction().map_err(err)?;
         {
             let mut insert_event = tx
-                .prepare_cached("INSERT INTO events (run_id, seq, body, finish) VALUES (?1, ?2, ?3, ?4)")
+                .prepare_cached("INSERT INTO events (run_id, seq, time_ms, body, finish) VALUES (?1, ?2, ?3, ?4, ?5)")
                 .map_err(err)?;
             for write in writes {
                 match write {
@@ -293,7 +301,8 @@ impl RunStore for SqliteStore {
                         for event in events {
                             let seq = i64::try_from(event.seq).unwrap_or(i64::MAX);
                             let finish = event.finish.map(status_text);
-                            insert_event.execute(params![run_id, seq, &event.body[..], finish]).map_err(err)?;
+                            let params = params![run_id, seq, millis(event.time), &event.body[..], finish];
+                            insert_event.execute(params).map_err(err)?;
                         }
                     }
                     Write::Step { run_id, checkpoint } => {

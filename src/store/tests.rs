@@ -1,0 +1,170 @@
+//! The store contract, run against both implementations, and SQLite's refusals (a damaged file, a second user).
+
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use serde_json::json;
+
+use super::{sqlite::Sync, *};
+use crate::engine::{RunSnapshot, StepStatus};
+
+/// A fresh directory under the system temp dir, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("runstream-store-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Millisecond precision, as SQLite keeps creation and event times.
+fn at(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + ms)
+}
+
+fn state(status: RunStatus, phase: u32) -> StateRecord {
+    StateRecord {
+        status,
+        phase,
+        snapshot: RunSnapshot::default(),
+        result: None,
+        error: None,
+        updated_at: at(5),
+        resuming: None,
+    }
+}
+
+fn record(run_id: &str) -> RunRecord {
+    RunRecord {
+        run_id: run_id.into(),
+        workflow_id: "chain".into(),
+        input: json!({ "value": 1 }),
+        request_context: json!({ "tenant": "t" }).as_object().cloned().unwrap_or_default(),
+        resource_id: "user-1".into(),
+        created_at: at(1),
+        state: state(RunStatus::Running, 1),
+    }
+}
+
+fn event(seq: u64, finish: Option<RunStatus>) -> StoredEvent {
+    StoredEvent { seq, time: at(seq), body: format!("event {seq}").into_bytes().into(), finish }
+}
+
+fn checkpoint(phase: u32, path: &str) -> StepCheckpoint {
+    let record = StepRecord {
+        status: StepStatus::Success,
+        input: json!(null),
+        output: Some(json!({ "value": 2 })),
+        error: None,
+        suspend_payload: None,
+        resume_data: None,
+        attempts: 1,
+        started_at: at(2),
+        ended_at: Some(at(3)),
+        suspended_at: None,
+        resumed_at: None,
+    };
+    StepCheckpoint { phase, path: path.into(), record }
+}
+
+/// The contract: batches apply in order, `load` returns runs oldest first with their logs and the checkpoints of
+/// their current phase only; deletes and trims apply.
+fn contract(store: &dyn RunStore) {
+    store
+        .commit(&[
+            Write::CreateRun(Box::new(record("a"))),
+            Write::Events { run_id: "a".into(), events: vec![event(1, None), event(2, None)] },
+            Write::Step { run_id: "a".into(), checkpoint: Box::new(checkpoint(1, "step-1")) },
+            Write::CreateRun(Box::new(record("b"))),
+        ])
+        .unwrap();
+    store
+        .commit(&[
+            Write::Events { run_id: "a".into(), events: vec![event(3, Some(RunStatus::Suspended))] },
+            Write::State { run_id: "a".into(), state: Box::new(state(RunStatus::Suspended, 1)) },
+            Write::Events { run_id: "b".into(), events: vec![event(1, None)] },
+        ])
+        .unwrap();
+    let loaded = store.load().unwrap();
+    let ids: Vec<&str> = loaded.iter().map(|r| r.record.run_id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+    let a = &loaded[0];
+    assert_eq!(a.record, RunRecord { state: state(RunStatus::Suspended, 1), ..record("a") });
+    assert_eq!(a.events, [event(1, None), event(2, None), event(3, Some(RunStatus::Suspended))]);
+    assert_eq!(a.checkpoints, [checkpoint(1, "step-1")]);
+
+    // A new phase: the old phase's checkpoints are gone (its outcome is in the snapshot).
+    store.commit(&[Write::State { run_id: "a".into(), state: Box::new(state(RunStatus::Running, 2)) }]).unwrap();
+    assert!(store.load().unwrap()[0].checkpoints.is_empty());
+
+    store
+        .commit(&[Write::TrimEvents { run_id: "a".into(), before_seq: 3 }, Write::DeleteRun { run_id: "b".into() }])
+        .unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].events, [event(3, Some(RunStatus::Suspended))]);
+}
+
+#[test]
+fn memory_store_keeps_the_contract() {
+    contract(&MemoryStore::new());
+}
+
+#[test]
+fn sqlite_store_keeps_the_contract_across_reopening() {
+    let dir = TempDir::new();
+    let store = SqliteStore::open(&dir.0, Sync::Normal).unwrap();
+    contract(&store);
+    drop(store);
+    let store = SqliteStore::open(&dir.0, Sync::Full).unwrap();
+    let loaded = store.load().unwrap();
+    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded[0].record.state.phase, 2);
+}
+
+#[test]
+fn a_failed_batch_leaves_nothing_behind() {
+    let dir = TempDir::new();
+    let store = SqliteStore::open(&dir.0, Sync::Normal).unwrap();
+    store.commit(&[Write::CreateRun(Box::new(record("a")))]).unwrap();
+    // The second write breaks the batch (seq 1 twice): the first must not be stored either.
+    let bad = [
+        Write::Events { run_id: "a".into(), events: vec![event(1, None)] },
+        Write::Events { run_id: "a".into(), events: vec![event(1, None)] },
+    ];
+    assert!(store.commit(&bad).is_err());
+    assert!(store.load().unwrap()[0].events.is_empty());
+}
+
+#[test]
+fn a_damaged_file_is_an_error_naming_it_and_is_left_untouched() {
+    let dir = TempDir::new();
+    let file = dir.0.join(sqlite::FILE_NAME);
+    let garbage = b"this is not a database, it is a shopping list: eggs, milk".repeat(100);
+    std::fs::write(&file, &garbage).unwrap();
+    let error = SqliteStore::open(&dir.0, Sync::Normal).unwrap_err();
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(message.contains(&file.display().to_string()) && message.contains("untouched"), "{message}");
+    assert_eq!(std::fs::read(&file).unwrap(), garbage);
+}
+
+#[test]
+fn a_second_user_of_the_file_is_refused_naming_it() {
+    let dir = TempDir::new();
+    let first = SqliteStore::open(&dir.0, Sync::Normal).unwrap();
+    first.commit(&[Write::CreateRun(Box::new(record("a")))]).unwrap();
+    let error = SqliteStore::open(&dir.0, Sync::Normal).unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains(sqlite::FILE_NAME) && message.contains("another"), "{message}");
+}
