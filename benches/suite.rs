@@ -8,7 +8,10 @@
 //! The raw ceiling runs in a separate process too: this binary re-executed with `--raw-server`.
 //!
 //! Scenarios: raw, b (writer-flood), a (chain), c (batch-foreach), d (order-approval), e (10k concurrent runs),
-//! e-held (suspended runs held), f (fan-out), g (reconnect storm), latency. See docs/performance.md.
+//! e-held (suspended runs held), f (fan-out), g (reconnect storm), latency. See docs/performance.md. Each runs
+//! against the in-memory store (`--store memory`); `NAME@durable` runs the same scenario against the default
+//! SQLite store on a fresh data dir, its figures keyed `durable.*`, with ratios to the in-memory figures of the
+//! same run.
 
 #[path = "suite/client.rs"]
 mod client;
@@ -88,10 +91,59 @@ const ROWS: &[Row] = &[
     Row { key: "g.duplicated", label: "G reconnect storm: duplicated", unit: "", goal: Goal::Zero },
     Row { key: "latency.p50_ms", label: "latency append→client, under B: p50", unit: "ms", goal: Goal::Info },
     Row { key: "latency.p99_ms", label: "latency append→client, under B: p99", unit: "ms", goal: Goal::Under(1.0) },
+    // The same scenarios in durable mode (SQLite, group commit): the goals still apply.
+    Row { key: "durable.b.events_per_s", label: "durable B writer-flood: events/s", unit: "ev/s", goal: Goal::Info },
+    Row { key: "durable.b.ratio_to_memory", label: "durable B ÷ in-memory B", unit: "×", goal: Goal::Info },
+    Row { key: "durable.b.first_event_ms", label: "durable B: first event", unit: "ms", goal: Goal::Under(1.0) },
+    Row { key: "durable.a.seq_p99_ms", label: "durable A sequential: p99 per run", unit: "ms", goal: Goal::Under(1.0) },
+    Row {
+        key: "durable.a.runs_per_s",
+        label: "durable A, 64 callers: runs/s",
+        unit: "runs/s",
+        goal: Goal::AtLeast(20_000.0),
+    },
+    Row { key: "durable.a.ratio_to_memory", label: "durable A runs/s ÷ in-memory", unit: "×", goal: Goal::Info },
+    Row { key: "durable.c.wall_ms", label: "durable C batch-foreach: wall", unit: "ms", goal: Goal::Under(50.0) },
+    Row {
+        key: "durable.d.cycles_per_s",
+        label: "durable D order-approval: cycles/s",
+        unit: "cyc/s",
+        goal: Goal::AtLeast(10_000.0),
+    },
+    Row { key: "durable.d.ratio_to_memory", label: "durable D cycles/s ÷ in-memory", unit: "×", goal: Goal::Info },
+    Row { key: "durable.e.peak_rss_mb", label: "durable E: server peak RSS", unit: "MB", goal: Goal::Under(150.0) },
+    Row {
+        key: "durable.f.deliveries_per_s",
+        label: "durable F fan-out: deliveries/s",
+        unit: "ev/s",
+        goal: Goal::AtLeast(5_000_000.0),
+    },
+    Row { key: "durable.g.lost", label: "durable G reconnect storm: lost", unit: "", goal: Goal::Zero },
+    Row { key: "durable.g.duplicated", label: "durable G: duplicated", unit: "", goal: Goal::Zero },
+    Row { key: "durable.latency.p99_ms", label: "durable latency under B: p99", unit: "ms", goal: Goal::Under(1.0) },
 ];
 
 /// The scenarios, in run order. `raw` always runs on a local raw server process, even with `--addr`.
-const SCENARIOS: &[&str] = &["raw", "b", "a", "c", "d", "e", "e-held", "f", "g", "latency"];
+const SCENARIOS: &[&str] = &[
+    "raw",
+    "b",
+    "a",
+    "c",
+    "d",
+    "e",
+    "e-held",
+    "f",
+    "g",
+    "latency",
+    "b@durable",
+    "a@durable",
+    "c@durable",
+    "d@durable",
+    "e@durable",
+    "f@durable",
+    "g@durable",
+    "latency@durable",
+];
 
 struct Options {
     quick: bool,
@@ -179,16 +231,21 @@ async fn run(options: &Options, sizes: &Sizes) -> Report {
         if options.only.as_ref().is_some_and(|only| !only.iter().any(|s| s == name)) {
             continue;
         }
+        let (base, durable) = match name.split_once('@') {
+            Some((base, _)) => (base, true),
+            None => (name, false),
+        };
         for rep in 1..=options.runs {
             let server = match (name, options.addr) {
                 ("raw", _) => Server::raw(),
                 (_, Some(addr)) => Server::external(addr),
+                _ if durable => Server::runstream_durable(options.server_bin.as_deref()),
                 _ => Server::runstream(options.server_bin.as_deref()),
             };
             procs::settle().await;
             let cpu_before = server.cpu_seconds();
             let t = Instant::now();
-            let figures: Figures = match name {
+            let figures: Figures = match base {
                 "raw" => scenarios::raw(&server, sizes).await,
                 "b" => scenarios::writer_flood(&server, sizes).await,
                 "a" => scenarios::chain(&server, sizes).await,
@@ -200,6 +257,12 @@ async fn run(options: &Options, sizes: &Sizes) -> Report {
                 "g" => scenarios::reconnect_storm(&server, sizes).await,
                 "latency" => scenarios::latency(&server, sizes).await,
                 _ => unreachable!("scenario names are checked"),
+            };
+            // Durable figures get their own keys (leaked: a few dozen short strings per suite run).
+            let figures: Figures = if durable {
+                figures.into_iter().map(|(k, v)| (&*Box::leak(format!("durable.{k}").into_boxed_str()), v)).collect()
+            } else {
+                figures
             };
             let cpu = server.cpu_seconds().zip(cpu_before).map(|(after, before)| after - before);
             let peak = server.peak_rss().map(|b| b / 1e6);
@@ -264,6 +327,15 @@ fn print_and_save(options: &Options, sizes: &Sizes, report: &Report, seconds: f6
     }
     if let (Some(g), Some(b)) = (medians.get("g.events_per_s"), medians.get("b.events_per_s")) {
         medians.insert("g.ratio_to_b", g / b);
+    }
+    for (durable, memory, ratio) in [
+        ("durable.b.events_per_s", "b.events_per_s", "durable.b.ratio_to_memory"),
+        ("durable.a.runs_per_s", "a.runs_per_s", "durable.a.ratio_to_memory"),
+        ("durable.d.cycles_per_s", "d.cycles_per_s", "durable.d.ratio_to_memory"),
+    ] {
+        if let (Some(d), Some(m)) = (medians.get(durable), medians.get(memory)) {
+            medians.insert(ratio, d / m);
+        }
     }
     let mode = if options.quick { "quick (scaled-down sizes; goals apply to full runs)" } else { "full" };
     println!("\n## runstream benchmark suite ({mode}, medians of {} runs, {seconds:.0} s)\n", options.runs);

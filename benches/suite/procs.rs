@@ -13,6 +13,8 @@ use std::{
 pub struct Server {
     pub addr: SocketAddr,
     child: Option<Child>,
+    /// The durable server's data dir, removed with the server.
+    data_dir: Option<std::path::PathBuf>,
 }
 
 impl Server {
@@ -31,16 +33,29 @@ impl Server {
             .next()
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("the {what} server printed {line:?}, not `... listening on ADDR`"));
-        Self { addr, child: Some(child) }
+        Self { addr, child: Some(child), data_dir: None }
     }
 
-    /// A fresh `runstream serve --listen 127.0.0.1:0` (release build, logs at warn so logging costs nothing);
-    /// `program` overrides the binary (`--server-bin`, e.g. a saved build to compare against).
+    /// A fresh `runstream serve --listen 127.0.0.1:0 --store memory` (release build, logs at warn so logging
+    /// costs nothing); `program` overrides the binary (`--server-bin`, e.g. a saved build to compare against).
     pub fn runstream(program: Option<&std::path::Path>) -> Self {
         let program = program.unwrap_or(std::path::Path::new(env!("CARGO_BIN_EXE_runstream")));
         let mut command = Command::new(program);
-        command.args(["serve", "--listen", "127.0.0.1:0"]).env("RUST_LOG", "warn");
+        command.args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"]).env("RUST_LOG", "warn");
         Self::spawn(command, "runstream")
+    }
+
+    /// The same in durable mode: the default SQLite store, on a fresh data dir under target/bench.
+    pub fn runstream_durable(program: Option<&std::path::Path>) -> Self {
+        let program = program.unwrap_or(std::path::Path::new(env!("CARGO_BIN_EXE_runstream")));
+        let data_dir =
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-data-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data_dir);
+        let mut command = Command::new(program);
+        command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&data_dir).env("RUST_LOG", "warn");
+        let mut server = Self::spawn(command, "runstream (durable)");
+        server.data_dir = Some(data_dir);
+        server
     }
 
     /// The raw tonic ceiling server: this very binary with `--raw-server`.
@@ -53,7 +68,7 @@ impl Server {
 
     /// A server someone else runs; its memory and CPU cannot be read.
     pub fn external(addr: SocketAddr) -> Self {
-        Self { addr, child: None }
+        Self { addr, child: None, data_dir: None }
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -88,6 +103,9 @@ impl Drop for Server {
         if let Some(child) = &mut self.child {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if let Some(dir) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }

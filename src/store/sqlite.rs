@@ -37,7 +37,6 @@ CREATE TABLE IF NOT EXISTS runs (
     request_context TEXT NOT NULL,
     resource_id TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL,
-    created_order INTEGER NOT NULL,
     state TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS events (
@@ -193,8 +192,9 @@ impl RunStore for SqliteStore {
         let err = |e: rusqlite::Error| self.classify(e);
         let mut runs_stmt = conn
             .prepare(
+                // rowid: insertion order, i.e. creation order.
                 "SELECT run_id, workflow_id, input, request_context, resource_id, created_at_ms, state FROM runs \
-                 ORDER BY created_order",
+                 ORDER BY rowid",
             )
             .map_err(err)?;
         let rows = runs_stmt
@@ -283,8 +283,7 @@ impl RunStore for SqliteStore {
                     Write::CreateRun(run) => {
                         tx.execute(
                             "INSERT INTO runs (run_id, workflow_id, input, request_context, resource_id, created_at_ms, \
-                             created_order, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, \
-                             (SELECT COALESCE(MAX(created_order), 0) + 1 FROM runs), ?7)",
+                             state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                             params![
                                 run.run_id,
                                 run.workflow_id,
