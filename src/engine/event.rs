@@ -62,7 +62,7 @@ impl RunStatus {
 }
 
 /// Outcome of one step or one foreach iteration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum StepStatus {
     Running,
     Success,
@@ -76,7 +76,7 @@ pub enum StepStatus {
 }
 
 /// A serialized error (Mastra's SerializedError).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ErrorInfo {
     /// Error class, e.g. "StepError".
     pub name: String,
