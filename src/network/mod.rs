@@ -65,7 +65,7 @@ use std::{fmt, sync::Arc};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
-pub use run::{ROUTING_AGENT_ID, run_network};
+pub use run::{NetworkStart, ROUTING_AGENT_ID, run_network, run_network_with};
 
 use crate::{
     agent::{Agent, Tool, usage_json},
@@ -252,6 +252,15 @@ pub enum NetworkEnd {
     Failed(ErrorInfo),
     /// Canceled; streamed as `PrimitiveAbort`.
     Aborted,
+    /// A delegated primitive waits for a person (see the [module docs](self)). Continue with
+    /// [`NetworkStart::Resume`], handing back `state`, with resume data that satisfies `resume_schema`.
+    Suspended {
+        /// What is awaited, for callers (the step's suspend payload).
+        payload: Value,
+        resume_schema: Option<Value>,
+        /// The loop's own state, for the resume only.
+        state: Value,
+    },
 }
 
 impl NetworkEnd {
@@ -260,7 +269,7 @@ impl NetworkEnd {
         match self {
             Self::Complete => Some("task complete"),
             Self::MaxIterations => Some("max iterations reached"),
-            Self::Failed(_) | Self::Aborted => None,
+            Self::Failed(_) | Self::Aborted | Self::Suspended { .. } => None,
         }
     }
 }
@@ -278,7 +287,7 @@ pub struct NetworkOutcome {
     /// Every model call's usage (as in `NetworkFinish`).
     pub usage: Usage,
     /// The part of `usage` that no event reports (input and structured-output calls, an unusable routing answer):
-    /// [`network_step`] adds it to the run's count itself.
+    /// [`network_step`] adds it to the run's count itself, in the phase that made the calls.
     pub unreported_usage: Usage,
     pub iterations: u32,
 }
@@ -432,8 +441,17 @@ pub fn network_step(network: Arc<Network>) -> Step {
                 request_context: Arc::new(ctx.request_context().clone()),
                 cancel: ctx.cancellation_token().clone(),
             };
+            let start = match (ctx.resume_data(), ctx.saved_state()) {
+                (None, _) => NetworkStart::New,
+                (Some(data), Some(state)) => NetworkStart::Resume { state: state.clone(), resume_data: data.clone() },
+                (Some(_), None) => {
+                    let message = format!("network '{}' was resumed but waits for nothing", network.id);
+                    return Err(StepError::new(message).non_retryable());
+                }
+            };
             let writer = ctx.writer().clone();
-            let outcome = run_network(&network, input, move |event: NetworkEvent| writer.network(event), env).await;
+            let emit = move |event: NetworkEvent| writer.network(event);
+            let outcome = run_network_with(&network, input, start, emit, env).await;
             ctx.writer().count_usage(&outcome.unreported_usage);
             match outcome.end {
                 NetworkEnd::Complete | NetworkEnd::MaxIterations => {
@@ -456,6 +474,15 @@ pub fn network_step(network: Arc<Network>) -> Step {
                     Err(failure)
                 }
                 NetworkEnd::Aborted => Err(StepError::new(format!("network '{}' was canceled", network.id))),
+                NetworkEnd::Suspended { payload, resume_schema, state } => {
+                    // The loop's state goes into the snapshot, not into the payload callers see; what the resume
+                    // data must be depends on what waits.
+                    ctx.save_state(state);
+                    if let Some(schema) = resume_schema {
+                        ctx.set_resume_schema(schema);
+                    }
+                    Ok(StepOutcome::suspend(payload))
+                }
             }
         }
     })
