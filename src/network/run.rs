@@ -239,7 +239,7 @@ impl NetworkRun<'_> {
     }
 
     /// The outcome of a run that stopped early at `iteration`.
-    fn stop(self, stop: Stop, previous: Option<Delegation>, iteration: u32) -> NetworkOutcome {
+    fn stop(mut self, stop: Stop, previous: Option<Delegation>, iteration: u32) -> NetworkOutcome {
         match stop {
             Stop::Aborted => self.outcome(NetworkEnd::Aborted, previous, None, iteration),
             Stop::Failed(error) => self.outcome(NetworkEnd::Failed(error), previous, None, iteration),
@@ -248,8 +248,8 @@ impl NetworkRun<'_> {
                 let delegation = waiting.delegation().clone();
                 let saved = SavedRun {
                     iteration,
-                    conversation: self.conversation.clone(),
-                    ran: self.ran.clone(),
+                    conversation: std::mem::take(&mut self.conversation),
+                    ran: std::mem::take(&mut self.ran),
                     usage: self.usage,
                     waiting,
                 };
