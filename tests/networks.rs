@@ -1,7 +1,9 @@
 //! Agent networks run over the RPCs (`network_id`), against a real server with the generated Rust client: the
 //! built-in `research-network` on the offline model delegating to an agent, a tool and a workflow, every network
 //! variant in order with its fields, the nested agent and workflow events, structured output, usage adding up, and
-//! the `content-pipeline` workflow on its own.
+//! the `content-pipeline` workflow on its own; the built-in `travel-network` suspending for each primitive that
+//! waits for a person (an agent's tool approval, a workflow's suspended step, a tool's approval) and resumed
+//! through `ResumeStream` to success, approvals given and declined.
 
 mod common;
 
@@ -345,6 +347,12 @@ async fn networks_are_listed_and_their_input_is_checked_at_start() {
     assert_eq!(network.members, ["assistant", "content-pipeline"]);
     let tools: Vec<&str> = network.tools.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(tools, ["calculator"]);
+    let travel = all.iter().find(|w| w.id == "travel-network").expect("travel-network listed");
+    assert_eq!(
+        (travel.kind, travel.members.as_slice()),
+        (pb::RunKind::Network as i32, ["concierge", "order-approval"].map(String::from).as_slice())
+    );
+    assert!(travel.tools.iter().any(|t| t.name == "book-activity" && t.requires_approval));
     let pipeline = all.iter().find(|w| w.id == "content-pipeline").expect("content-pipeline listed");
     assert_eq!(pipeline.kind, pb::RunKind::Workflow as i32);
 
@@ -404,5 +412,328 @@ async fn content_pipeline_streams_the_analysis_progress_and_the_publish_ready_re
     // The analyst's tokens add up into the run's usage.
     let Some(Event::WorkflowFinish(finish)) = &events[events.len() - 1].event else { panic!("workflow_finish last") };
     assert!(finish.usage.is_some_and(|u| u.total_tokens > 0));
+    server.stop().await;
+}
+
+// ---- approvals and suspensions inside networks: the built-in travel-network ----
+
+const TRAVEL_TASK: &str = "Ask the concierge to book a 90 euro kayak tour in Lisbon, then file the order with \
+                           order-approval, then book-activity a food tour in Porto.";
+
+/// Resumes `run_id` with `data` and reads the phase's stream to its end.
+async fn resume(client: &mut Client, run_id: &str, data: Value) -> Vec<pb::RunEvent> {
+    let stream = client.resume_stream(resume_request(run_id, data)).await.expect("ResumeStream accepted");
+    collect(stream.into_inner()).await
+}
+
+/// The network step's `step_suspended` (second to last) and the suspended finish (last) of a phase: the
+/// suspend payload and the resume schema.
+fn suspended(events: &[pb::RunEvent]) -> (Value, Value) {
+    let n = events.len();
+    assert_eq!(finish_status(&events[n - 1]), Some(pb::RunStatus::Suspended));
+    let Some(Event::StepSuspended(step)) = &events[n - 2].event else { panic!("step_suspended before the finish") };
+    assert_eq!(step.step_id, "travel-network");
+    (json(&step.suspend_payload), json(&step.resume_schema))
+}
+
+fn routing_ends(events: &[pb::RunEvent]) -> Vec<pb::RoutingAgentEnd> {
+    all(events, |e| match e {
+        Event::RoutingAgentEnd(end) => Some(end.clone()),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn travel_network_suspends_for_each_wait_and_resume_stream_continues_it_to_success() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+
+    // Phase 1: the concierge's booking needs approval; the network run suspends.
+    let phase1 = stream_run(&mut client, network_request("travel-network", json!({ "task": TRAVEL_TASK }))).await;
+    assert_seqs(&phase1, 1, phase1.len() as u64);
+    let run_id = phase1[0].run_id.clone();
+    assert_eq!(
+        shape(&phase1),
+        [
+            "WorkflowStart",
+            "StepStart",
+            "RoutingAgentStart",
+            "RoutingAgentTextStart",
+            "RoutingAgentTextDelta*",
+            "RoutingAgentEnd",
+            "AgentExecutionStart",
+            "AgentExecutionEvent/AgentStart",
+            "AgentExecutionEvent/AgentStepStart",
+            "AgentExecutionEvent/ResponseMetadata",
+            "AgentExecutionEvent/ToolCallInputStreamingStart",
+            "AgentExecutionEvent/ToolCallDelta*",
+            "AgentExecutionEvent/ToolCallInputStreamingEnd",
+            "AgentExecutionEvent/ToolCall",
+            "AgentExecutionEvent/ToolCallApproval",
+            "AgentExecutionApproval",
+            "StepSuspended",
+            "WorkflowFinish",
+        ]
+    );
+    let agent_approval = first(&phase1, |e| match e {
+        Event::AgentExecutionApproval(a) => Some(a.clone()),
+        _ => None,
+    });
+    let routed = &routing_ends(&phase1)[0];
+    let selection_reason = routed.delegation.as_ref().map(|d| d.selection_reason.clone()).unwrap_or_default();
+    assert_eq!(
+        (agent_approval.agent_id.as_str(), agent_approval.selection_reason.as_str()),
+        ("concierge", selection_reason.as_str())
+    );
+    let call = agent_approval.approval.clone().expect("the tool call awaiting approval");
+    assert_eq!((call.tool_name.as_str(), json(&call.args)["city"].clone()), ("book-activity", json!("Lisbon")));
+    assert_eq!(json(&call.resume_schema)["required"], json!(["approved"]));
+    let agent_so_far = agent_approval.usage.expect("the agent's usage so far").total_tokens;
+    assert!(agent_so_far > 0);
+    let (payload, schema) = suspended(&phase1);
+    assert_eq!(payload["reason"], "agent-execution-approval");
+    assert_eq!((payload["iteration"].clone(), payload["agent_id"].clone()), (json!(1), json!("concierge")));
+    assert_eq!(payload["tool_call_id"], json!(call.tool_call_id));
+    assert!(payload.get("conversation").is_none() && payload.get("state").is_none(), "the loop's state is private");
+    assert_eq!(schema, json(&call.resume_schema), "the run resumes with the approval's data");
+    let result = get_result(&mut client, &run_id, false).await;
+    assert_eq!((status_of(&result), result.kind), (pb::RunStatus::Suspended, pb::RunKind::Network as i32));
+    assert_eq!(result.suspended.iter().map(|p| p.segments.clone()).collect::<Vec<_>>(), [["travel-network"]]);
+    assert_eq!(json(&result.suspend_payload.get("travel-network").cloned()), payload);
+    let bad = client.resume_stream(resume_request(&run_id, json!({ "approved": "yes" }))).await;
+    assert_status(bad, Code::InvalidArgument, &["resume_data.approved"]);
+
+    // Phase 2: approved; the booking runs and the concierge answers; order-approval then suspends.
+    let phase2 = resume(&mut client, &run_id, json!({ "approved": true })).await;
+    let last1 = phase1.last().map_or(0, |e| e.seq);
+    assert_seqs(&phase2, last1 + 1, last1 + phase2.len() as u64);
+    assert_eq!(
+        shape(&phase2),
+        [
+            "WorkflowStart",
+            "StepStart",
+            "AgentExecutionEvent/ToolOutput",
+            "AgentExecutionEvent/ToolOutput",
+            "AgentExecutionEvent/ToolResult",
+            "AgentExecutionEvent/AgentStepFinish",
+            "AgentExecutionEvent/AgentStepStart",
+            "AgentExecutionEvent/ResponseMetadata",
+            "AgentExecutionEvent/TextStart",
+            "AgentExecutionEvent/TextDelta*",
+            "AgentExecutionEvent/TextEnd",
+            "AgentExecutionEvent/AgentStepFinish",
+            "AgentExecutionEvent/AgentFinish",
+            "AgentExecutionEnd",
+            "NetworkStepFinish",
+            "RoutingAgentStart",
+            "RoutingAgentTextStart",
+            "RoutingAgentTextDelta*",
+            "RoutingAgentEnd",
+            "WorkflowExecutionStart",
+            "WorkflowExecutionEvent/WorkflowStart",
+            "WorkflowExecutionEvent/StepStart",
+            "WorkflowExecutionEvent/StepResult",
+            "WorkflowExecutionEvent/StepStart",
+            "WorkflowExecutionEvent/StepOutput",
+            "WorkflowExecutionEvent/StepSuspended",
+            "WorkflowExecutionEvent/WorkflowFinish",
+            "WorkflowExecutionSuspended",
+            "StepSuspended",
+            "WorkflowFinish",
+        ]
+    );
+    let agent_end = first(&phase2, |e| match e {
+        Event::AgentExecutionEnd(end) => Some(end.clone()),
+        _ => None,
+    });
+    let agent_result = agent_end.delegation.as_ref().map(|d| json(&d.result)).unwrap_or_default();
+    assert!(agent_result.as_str().is_some_and(|t| t.contains("status confirmed")), "{agent_result}");
+    let agent_total = agent_end.usage.expect("agent usage").total_tokens;
+    assert!(agent_total > agent_so_far, "the agent's usage spans both phases");
+    let wf_start = first(&phase2, |e| match e {
+        Event::WorkflowExecutionStart(s) => Some(s.clone()),
+        _ => None,
+    });
+    let wf_suspended = first(&phase2, |e| match e {
+        Event::WorkflowExecutionSuspended(s) => Some(s.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        (wf_suspended.workflow_id.as_str(), wf_suspended.workflow_run_id.as_str()),
+        ("order-approval", wf_start.workflow_run_id.as_str())
+    );
+    assert_eq!(json(&wf_suspended.suspend_payload), json!({ "reason": "needs approval", "amount": 90 }));
+    assert!(wf_suspended.usage.is_some() && !wf_suspended.selection_reason.is_empty());
+    let (payload, schema) = suspended(&phase2);
+    assert_eq!(
+        (payload["reason"].clone(), payload["step"].clone(), payload["workflow_run_id"].clone()),
+        (json!("workflow-execution-suspended"), json!("approve"), json!(wf_start.workflow_run_id))
+    );
+    assert_eq!(schema["required"], json!(["approved", "approver"]), "the nested step's resume schema");
+    let bad = client.resume_stream(resume_request(&run_id, json!({ "approved": true }))).await;
+    assert_status(bad, Code::InvalidArgument, &["resume_data.approver"]);
+
+    // Phase 3: the order is approved; the nested run resumes and ends; the tool waits for approval.
+    let phase3 = resume(&mut client, &run_id, approval(true, "ann")).await;
+    let last2 = phase2.last().map_or(0, |e| e.seq);
+    assert_seqs(&phase3, last2 + 1, last2 + phase3.len() as u64);
+    assert_eq!(
+        shape(&phase3),
+        [
+            "WorkflowStart",
+            "StepStart",
+            "WorkflowExecutionEvent/WorkflowStart",
+            "WorkflowExecutionEvent/StepStart",
+            "WorkflowExecutionEvent/StepResult",
+            "WorkflowExecutionEvent/StepStart",
+            "WorkflowExecutionEvent/StepResult",
+            "WorkflowExecutionEvent/WorkflowFinish",
+            "WorkflowExecutionEnd",
+            "NetworkStepFinish",
+            "RoutingAgentStart",
+            "RoutingAgentTextStart",
+            "RoutingAgentTextDelta*",
+            "RoutingAgentEnd",
+            "ToolExecutionStart",
+            "ToolExecutionApproval",
+            "StepSuspended",
+            "WorkflowFinish",
+        ]
+    );
+    let wf_end = first(&phase3, |e| match e {
+        Event::WorkflowExecutionEnd(end) => Some(end.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        (wf_end.workflow_run_id.as_str(), wf_end.status),
+        (wf_start.workflow_run_id.as_str(), pb::RunStatus::Success as i32)
+    );
+    assert_eq!(wf_end.delegation.as_ref().map(|d| json(&d.result)), Some(json!({ "status": "approved by ann" })));
+    let tool_start = first(&phase3, |e| match e {
+        Event::ToolExecutionStart(s) => Some(s.clone()),
+        _ => None,
+    });
+    let tool_approval = first(&phase3, |e| match e {
+        Event::ToolExecutionApproval(a) => Some(a.clone()),
+        _ => None,
+    });
+    let call = tool_approval.approval.clone().expect("the tool call awaiting approval");
+    assert_eq!(
+        (call.tool_call_id.as_str(), call.tool_name.as_str()),
+        (tool_start.tool_call_id.as_str(), "book-activity")
+    );
+    assert_eq!(json(&call.args), json(&tool_start.args));
+    assert_eq!(tool_approval.selection_reason, tool_start.selection_reason);
+    let (payload, schema) = suspended(&phase3);
+    assert_eq!((payload["reason"].clone(), payload["iteration"].clone()), (json!("tool-execution-approval"), json!(3)));
+    assert_eq!(schema, json(&call.resume_schema));
+
+    // Phase 4: the booking runs; the router finishes; the run succeeds.
+    let phase4 = resume(&mut client, &run_id, json!({ "approved": true })).await;
+    let last3 = phase3.last().map_or(0, |e| e.seq);
+    assert_seqs(&phase4, last3 + 1, last3 + phase4.len() as u64);
+    assert_eq!(
+        shape(&phase4),
+        [
+            "WorkflowStart",
+            "StepStart",
+            "ToolExecutionEnd",
+            "NetworkStepFinish",
+            "RoutingAgentStart",
+            "RoutingAgentTextStart",
+            "RoutingAgentTextDelta*",
+            "RoutingAgentEnd",
+            "NetworkValidationStart",
+            "NetworkValidationEnd",
+            "NetworkStepFinish",
+            "NetworkFinish",
+            "StepResult",
+            "WorkflowFinish",
+        ]
+    );
+    let tool_end = first(&phase4, |e| match e {
+        Event::ToolExecutionEnd(end) => Some(end.clone()),
+        _ => None,
+    });
+    let booking = tool_end.delegation.as_ref().map(|d| json(&d.result)).unwrap_or_default();
+    assert_eq!((booking["status"].clone(), booking["city"].clone()), (json!("confirmed"), json!("Lisbon")));
+    assert_eq!(finish_status(phase4.last().expect("finish")), Some(pb::RunStatus::Success));
+
+    // Across the phases: one log, iterations numbered on, usage adding up.
+    let everything: Vec<pb::RunEvent> = [phase1, phase2, phase3, phase4].concat();
+    assert_seqs(&everything, 1, everything.len() as u64);
+    let iterations = all(&everything, |e| match e {
+        Event::NetworkStepFinish(f) => Some((f.iteration, f.is_complete)),
+        _ => None,
+    });
+    assert_eq!(iterations, [(1, false), (2, false), (3, false), (4, true)]);
+    let finish = first(&everything, |e| match e {
+        Event::NetworkFinish(f) => Some(f.clone()),
+        _ => None,
+    });
+    let total = finish.usage.expect("network usage").total_tokens;
+    let routing: u64 = routing_ends(&everything).iter().filter_map(|e| e.usage).map(|u| u.total_tokens).sum();
+    assert!(total > routing + agent_total, "routing, the concierge and the input calls: {total}");
+    let result = get_result(&mut client, &run_id, false).await;
+    assert_eq!(status_of(&result), pb::RunStatus::Success);
+    assert_eq!(result.usage.map(|u| u.total_tokens), Some(total), "the run counts every call once, over all phases");
+    let output = json(&result.result);
+    assert_eq!((output["result"].clone(), output["iterations"].clone()), (booking, json!(4)));
+    assert_eq!(output["completion_reason"], "task complete");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declined_approvals_in_a_network_reach_the_agent_and_the_router() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let phase1 = stream_run(&mut client, network_request("travel-network", json!({ "task": TRAVEL_TASK }))).await;
+    let run_id = phase1[0].run_id.clone();
+
+    // The concierge's booking is declined: no tool result; the agent is told and answers without it.
+    let phase2 = resume(&mut client, &run_id, json!({ "approved": false, "reason": "too pricey" })).await;
+    assert_eq!(
+        shape(&phase2)[..4],
+        ["WorkflowStart", "StepStart", "AgentExecutionEvent/ToolOutputDenied", "AgentExecutionEvent/AgentStepFinish"]
+    );
+    let denied = first(&phase2, |e| match e {
+        Event::AgentExecutionEvent(n) => match n.chunk.as_ref().and_then(|c| c.chunk.as_ref()) {
+            Some(pb::agent_chunk::Chunk::ToolOutputDenied(d)) => Some(d.clone()),
+            _ => None,
+        },
+        _ => None,
+    });
+    assert_eq!((denied.tool_name.as_str(), denied.reason.as_str()), ("book-activity", "too pricey"));
+    assert!(!shape(&phase2).contains(&"AgentExecutionEvent/ToolResult".to_owned()));
+    let agent_result = first(&phase2, |e| match e {
+        Event::AgentExecutionEnd(end) => end.delegation.as_ref().map(|d| json(&d.result)),
+        _ => None,
+    });
+    assert!(
+        agent_result.as_str().is_some_and(|t| t.contains("declined this call to 'book-activity'")),
+        "{agent_result}"
+    );
+
+    // The order is rejected; the direct booking is declined; the router reads both and finishes.
+    let phase3 = resume(&mut client, &run_id, approval(false, "bob")).await;
+    let rejected = first(&phase3, |e| match e {
+        Event::WorkflowExecutionEnd(end) => end.delegation.as_ref().map(|d| json(&d.result)),
+        _ => None,
+    });
+    assert_eq!(rejected, json!({ "status": "rejected by bob" }));
+    let phase4 = resume(&mut client, &run_id, json!({ "approved": false })).await;
+    let declined = first(&phase4, |e| match e {
+        Event::ToolExecutionEnd(end) => end.delegation.as_ref().map(|d| json(&d.result)),
+        _ => None,
+    });
+    assert_eq!(declined, json!({ "declined": true, "reason": null }));
+    let next = first(&phase4, |e| match e {
+        Event::RoutingAgentStart(s) => s.previous.clone(),
+        _ => None,
+    });
+    assert_eq!((next.primitive_id.as_str(), json(&next.result)), ("book-activity", declined.clone()));
+    assert_eq!(finish_status(phase4.last().expect("finish")), Some(pb::RunStatus::Success));
+    let result = get_result(&mut client, &run_id, false).await;
+    assert_eq!(json(&result.result)["result"], declined);
     server.stop().await;
 }

@@ -218,7 +218,7 @@ pub struct ToolCallSuspended {
 }
 
 /// Kind of primitive a network delegates to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum PrimitiveType {
     Agent,
     Workflow,
@@ -229,8 +229,9 @@ pub enum PrimitiveType {
     None,
 }
 
-/// The delegation a routing agent decided on.
-#[derive(Debug, Clone, PartialEq)]
+/// The delegation a routing agent decided on. Serializable: a suspended network keeps its delegations in its saved
+/// state.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Delegation {
     /// The task of the network.
     pub task: String,

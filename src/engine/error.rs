@@ -21,8 +21,8 @@ pub enum ResumeError {
     UnknownLabel { label: String, labels: Vec<String> },
     #[error("foreach step '{step}' has no suspended iteration {index}; suspended iterations: {suspended:?}")]
     ForEachIndexNotSuspended { step: String, index: u32, suspended: Vec<u32> },
-    #[error(
-        "{0}; send resume_data that matches the step's resume_schema (in its step_suspended event and ListWorkflows)"
-    )]
+    // The step_suspended event has the schema that applies (a step may set its own per suspension, which
+    // ListWorkflows cannot show).
+    #[error("{0}; send resume_data that matches the step's resume_schema (in its step_suspended event)")]
     InvalidResumeData(SchemaViolation),
 }

@@ -1016,6 +1016,7 @@ impl Exec {
             resume_data,
             saved_state,
             state_to_save: Mutex::default(),
+            resume_schema_to_set: Mutex::default(),
             request_context: Arc::clone(&self.request_context),
             for_each_index,
             iteration,
@@ -1060,6 +1061,7 @@ impl Exec {
         let attempts = attempt + 1;
         let input = shared.input.clone();
         let state_to_save = shared.state_to_save.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let resume_schema_set = shared.resume_schema_to_set.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(shared);
 
         match result {
@@ -1099,8 +1101,24 @@ impl Exec {
                     return LeafResult::Failed(error);
                 }
                 if !hidden {
+                    // The schema the step set for this suspension (StepContext::set_resume_schema), else its own.
+                    let resume_schema = match resume_schema_set {
+                        Some(schema) => match Schema::compile(schema.clone()) {
+                            Ok(_) => Some(Arc::new(schema)),
+                            Err(e) => {
+                                let error = step_error_info(
+                                    &path,
+                                    &StepError::new(format!("the resume schema it set is unusable: {e}")),
+                                    attempts,
+                                    None,
+                                );
+                                finish(StepStatus::Failed, None, Some(error.clone()), attempts, input);
+                                return LeafResult::Failed(error);
+                            }
+                        },
+                        None => step.resume_schema.as_ref().map(Schema::shared_raw),
+                    };
                     let now = self.clock.now();
-                    let resume_schema = step.resume_schema.as_ref().map(Schema::shared_raw);
                     self.emit(EventKind::StepSuspended {
                         step_id: Arc::clone(&path),
                         step_call_id: call_id.clone(),

@@ -6,13 +6,16 @@
 
 use std::{borrow::Borrow, collections::BTreeMap, ops::Index, sync::Arc, time::SystemTime};
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use super::event::{ErrorInfo, StepStatus, Usage};
 
-/// The engine's memory of a run. Owned by the registry, handed to each phase and returned by it. Plain data
-/// (serde), so that a store can keep it as is.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+/// The engine's memory of a run. Owned by the registry, handed to each phase and returned by it.
+///
+/// Serializable, so that it can be kept as JSON: the run store keeps it as is, and an agent network keeps the
+/// snapshot of a delegated workflow that suspended in its own step's saved state, to resume that workflow later.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunSnapshot {
     /// Recorded outcome of each step, keyed by dotted path. A step inside a loop keeps its latest iteration.
     pub steps: PathMap<StepRecord>,
@@ -26,7 +29,7 @@ pub struct RunSnapshot {
 }
 
 /// The recorded outcome of one step (Mastra's StepResult).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub status: StepStatus,
     pub input: Value,
@@ -42,12 +45,14 @@ pub struct StepRecord {
 }
 
 /// A step waiting to be resumed.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SuspendedStep {
     /// Path segments, e.g. `["child", "approve"]`.
     pub path: Vec<String>,
     pub suspend_payload: Value,
-    /// JSON Schema the resume data must satisfy, if the step declares one: the step definition's own, shared.
+    /// JSON Schema the resume data must satisfy, if there is one: the step definition's own, shared, or the one the
+    /// step set for this suspension.
+    #[serde(with = "shared_json")]
     pub resume_schema: Option<Arc<Value>>,
     pub resume_label: Option<String>,
     /// The suspended iteration, when the step runs inside a foreach.
@@ -66,7 +71,7 @@ pub struct ResumeRequest {
 }
 
 /// A checked resume request: exactly which suspended step to run again, with what.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResumeTarget {
     /// Dotted path of the suspended step.
     pub step_id: String,
@@ -77,7 +82,7 @@ pub struct ResumeTarget {
 /// A map keyed by dotted step path, kept as a vector sorted by path: the same lookups and iteration order as a
 /// `BTreeMap`, in a fraction of the memory for the handful of entries a run has (a B-tree leaf holds room for 11
 /// entries however few are used: ~3.9 KB for `StepRecord`s; every run keeps its snapshot).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PathMap<T> {
     entries: Vec<(String, T)>,
 }
@@ -160,6 +165,36 @@ impl<T> PathMap<T> {
 
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &T> + ExactSizeIterator {
         self.entries.iter().map(|(_, v)| v)
+    }
+}
+
+/// A JSON object keyed by path.
+impl<T: Serialize> Serialize for PathMap<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(self.iter())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for PathMap<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Collected through `insert`, which keeps the entries sorted whatever order the keys come in.
+        Ok(BTreeMap::<String, T>::deserialize(deserializer)?.into_iter().collect())
+    }
+}
+
+/// Serde for a shared JSON value (serde's `rc` feature is off: it would serialize any `Arc` by copy, silently).
+mod shared_json {
+    use std::sync::Arc;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde_json::Value;
+
+    pub fn serialize<S: Serializer>(value: &Option<Arc<Value>>, serializer: S) -> Result<S::Ok, S::Error> {
+        value.as_deref().serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Arc<Value>>, D::Error> {
+        Ok(Option::<Value>::deserialize(deserializer)?.map(Arc::new))
     }
 }
 

@@ -280,6 +280,8 @@ pub(crate) struct ContextShared {
     /// What the step saved with [`StepContext::save_state`] when it last suspended (on resume only).
     pub(crate) saved_state: Option<Value>,
     pub(crate) state_to_save: std::sync::Mutex<Option<Value>>,
+    /// Set by [`StepContext::set_resume_schema`]: this suspension's own resume schema.
+    pub(crate) resume_schema_to_set: std::sync::Mutex<Option<Value>>,
     pub(crate) request_context: Arc<Map<String, Value>>,
     pub(crate) for_each_index: Option<u32>,
     pub(crate) iteration: u32,
@@ -323,7 +325,6 @@ impl StepContext {
         self.shared.resume_data.as_ref()
     }
 
-    /// 0-based attempt number (retries).
     /// The state this step saved with [`StepContext::save_state`] before it suspended; `Some` only when it is
     /// being resumed.
     pub fn saved_state(&self) -> Option<&Value> {
@@ -338,6 +339,16 @@ impl StepContext {
         *self.shared.state_to_save.lock().unwrap_or_else(|e| e.into_inner()) = Some(state);
     }
 
+    /// The JSON Schema the resume data of this suspension must satisfy, for steps whose resume data depends on
+    /// what they wait for (a network waits for an approval, or for whatever a delegated workflow's step asks):
+    /// replaces the step's declared [`Step::resume_schema`] for this suspension only. Like it, it is checked before
+    /// the run resumes and shown in the `step_suspended` event. Ignored when the step does not suspend,
+    /// and inside a foreach; a schema that does not compile fails the step.
+    pub fn set_resume_schema(&self, schema: Value) {
+        *self.shared.resume_schema_to_set.lock().unwrap_or_else(|e| e.into_inner()) = Some(schema);
+    }
+
+    /// 0-based attempt number (retries).
     pub fn attempt(&self) -> u32 {
         self.attempt
     }

@@ -2,11 +2,11 @@
 //! until it judges the task complete (Mastra's `agent.network()`), streaming every step as [`NetworkEvent`]s.
 //!
 //! - [`Network`]: the routing model and instructions, the primitives it may delegate to, its completion checks.
-//! - [`run_network`]: the loop. It emits events through a callback, so that it knows nothing of the run registry;
-//!   as a workflow step ([`network_step`]) the callback is the step's
+//! - [`run_network`] / [`run_network_with`]: the loop. It emits events through a callback, so that it knows nothing
+//!   of the run registry; as a workflow step ([`network_step`]) the callback is the step's
 //!   [`Writer::network`](crate::engine::Writer::network).
 //! - [`workflow`]: the network as a standalone run, a one-step workflow of the same id.
-//! - The built-in `research-network` is in [`crate::workflows::research_network`].
+//! - The built-in networks, `research-network` and `travel-network`, are in [`crate::workflows`].
 //!
 //! # One iteration
 //!
@@ -51,10 +51,36 @@
 //! the loop's future is dropped mid-run (the engine drops a canceled step's future). A delegated agent emits its
 //! own `AgentAbort` first; a delegated workflow's nested run ends with a canceled `workflow_finish` first.
 //!
-//! Not yet: approvals and suspension inside networks (`AgentExecutionApproval`, `AgentExecutionSuspended`,
-//! `WorkflowExecutionSuspended`, `ToolExecutionApproval`, `ToolExecutionSuspended`): a delegated agent that stops
-//! for an approval, or a delegated workflow that suspends, counts as a failed primitive. Memory (threads) across
-//! network runs.
+//! # Waiting for people
+//!
+//! A delegated primitive may wait for a person; the network then stops where it is and its step suspends (run
+//! status SUSPENDED), as in Mastra:
+//!
+//! - a delegated agent's tool call needs approval: after the agent's own `ToolCallApproval` chunk,
+//!   `AgentExecutionApproval` (the call, the agent's usage so far, the selection reason);
+//! - a delegated tool needs approval ([`Tool::with_approval`]): after `ToolExecutionStart`, `ToolExecutionApproval`;
+//! - a delegated workflow's nested run suspends: after its suspended `workflow_finish`, `WorkflowExecutionSuspended`
+//!   (the nested run id, the suspended step's payload, the nested run's usage so far). When several of its steps
+//!   wait, the network waits for the first (in path order); the others follow, one suspension each.
+//!
+//! The step's suspend payload says what is awaited: `{"reason": "agent-execution-approval", "iteration",
+//! "agent_id", "tool_call_id", "tool_name", "args"}`, `{"reason": "tool-execution-approval", "iteration",
+//! "tool_call_id", "tool_name", "args"}` or `{"reason": "workflow-execution-suspended", "iteration",
+//! "workflow_id", "workflow_run_id", "step", "suspend_payload", "for_each_index"?}`. Its resume schema is the
+//! approval's (`{"approved": bool, "reason"?: string}`) or the nested step's, so `ResumeStream` refuses data that
+//! does not fit. The loop's state (the iteration, the router's conversation, the delegations so far, the usage, and
+//! the waiting primitive's own state: the agent loop's, or the nested run's snapshot) goes into the run's snapshot
+//! through [`StepContext::save_state`](crate::engine::StepContext::save_state), never into the payload.
+//!
+//! Resumed, the primitive goes on where it stopped: the agent with the decision (approved, the tool runs; declined,
+//! `ToolOutputDenied` and the agent is told), the tool (approved, it runs; declined, its result is
+//! `{"declined": true, "reason"}`, an answer rather than an error, so that the router may finish without it), the
+//! nested run with the resume data (its next phase, same run id). Then its end event (`AgentExecutionEnd`, ...),
+//! the iteration's `NetworkStepFinish`, and the loop goes on with the next iteration. A primitive's end event
+//! reports its usage over all phases, and the network counts it then, once.
+//!
+//! Not yet: tools that suspend themselves (`AgentExecutionSuspended`, `ToolExecutionSuspended`; see the TODOs in
+//! `run.rs`), and memory (threads) across network runs.
 
 mod run;
 #[cfg(test)]
@@ -65,7 +91,7 @@ use std::{fmt, sync::Arc};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
-pub use run::{ROUTING_AGENT_ID, run_network};
+pub use run::{NetworkStart, ROUTING_AGENT_ID, run_network, run_network_with};
 
 use crate::{
     agent::{Agent, Tool, usage_json},
@@ -252,6 +278,15 @@ pub enum NetworkEnd {
     Failed(ErrorInfo),
     /// Canceled; streamed as `PrimitiveAbort`.
     Aborted,
+    /// A delegated primitive waits for a person (see the [module docs](self)). Continue with
+    /// [`NetworkStart::Resume`], handing back `state`, with resume data that satisfies `resume_schema`.
+    Suspended {
+        /// What is awaited, for callers (the step's suspend payload).
+        payload: Value,
+        resume_schema: Option<Value>,
+        /// The loop's own state, for the resume only.
+        state: Value,
+    },
 }
 
 impl NetworkEnd {
@@ -260,7 +295,7 @@ impl NetworkEnd {
         match self {
             Self::Complete => Some("task complete"),
             Self::MaxIterations => Some("max iterations reached"),
-            Self::Failed(_) | Self::Aborted => None,
+            Self::Failed(_) | Self::Aborted | Self::Suspended { .. } => None,
         }
     }
 }
@@ -278,7 +313,7 @@ pub struct NetworkOutcome {
     /// Every model call's usage (as in `NetworkFinish`).
     pub usage: Usage,
     /// The part of `usage` that no event reports (input and structured-output calls, an unusable routing answer):
-    /// [`network_step`] adds it to the run's count itself.
+    /// [`network_step`] adds it to the run's count itself, in the phase that made the calls.
     pub unreported_usage: Usage,
     pub iterations: u32,
 }
@@ -432,8 +467,17 @@ pub fn network_step(network: Arc<Network>) -> Step {
                 request_context: Arc::new(ctx.request_context().clone()),
                 cancel: ctx.cancellation_token().clone(),
             };
+            let start = match (ctx.resume_data(), ctx.saved_state()) {
+                (None, _) => NetworkStart::New,
+                (Some(data), Some(state)) => NetworkStart::Resume { state: state.clone(), resume_data: data.clone() },
+                (Some(_), None) => {
+                    let message = format!("network '{}' was resumed but waits for nothing", network.id);
+                    return Err(StepError::new(message).non_retryable());
+                }
+            };
             let writer = ctx.writer().clone();
-            let outcome = run_network(&network, input, move |event: NetworkEvent| writer.network(event), env).await;
+            let emit = move |event: NetworkEvent| writer.network(event);
+            let outcome = run_network_with(&network, input, start, emit, env).await;
             ctx.writer().count_usage(&outcome.unreported_usage);
             match outcome.end {
                 NetworkEnd::Complete | NetworkEnd::MaxIterations => {
@@ -456,6 +500,15 @@ pub fn network_step(network: Arc<Network>) -> Step {
                     Err(failure)
                 }
                 NetworkEnd::Aborted => Err(StepError::new(format!("network '{}' was canceled", network.id))),
+                NetworkEnd::Suspended { payload, resume_schema, state } => {
+                    // The loop's state goes into the snapshot, not into the payload callers see; what the resume
+                    // data must be depends on what waits.
+                    ctx.save_state(state);
+                    if let Some(schema) = resume_schema {
+                        ctx.set_resume_schema(schema);
+                    }
+                    Ok(StepOutcome::suspend(payload))
+                }
             }
         }
     })

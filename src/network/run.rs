@@ -3,14 +3,17 @@
 use std::{fmt::Write as _, sync::Arc};
 
 use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{CheckInput, Network, NetworkEnd, NetworkEnv, NetworkInput, NetworkOutcome, Primitive, error_result};
 use crate::{
-    agent::{Agent, AgentEnd, Tool, ToolContext, run_agent},
+    agent::{
+        Agent, AgentEnd, AgentInput, AgentOptions, ApprovalDecision, Tool, ToolContext, approval_schema, run_agent_with,
+    },
     engine::{
-        Delegation, ErrorInfo, Event, EventKind, EventSink, NetworkEvent, Phase, PrimitiveType, RunSnapshot, RunStatus,
-        Usage, Workflow, execute_phase, schema::Schema,
+        Delegation, ErrorInfo, Event, EventKind, EventSink, NetworkEvent, Phase, PrimitiveType, ResumeRequest,
+        ResumeTarget, RunSnapshot, RunStatus, ToolCallApproval, Usage, Workflow, execute_phase, schema::Schema,
     },
     model::{Message, ModelChunk, ModelError, ModelRequest, ResponseSchema},
 };
@@ -21,42 +24,84 @@ pub const ROUTING_AGENT_ID: &str = "routing-agent";
 /// The loop's callback, shared with the sink of nested workflow runs (which must be `'static`).
 type Emit = Arc<dyn Fn(NetworkEvent) + Send + Sync>;
 
-/// Runs `network` on `input`, emitting every event through `emit`, until the router says the task is complete
-/// and the completion checks pass, `max_iterations` iterations ran, the routing agent fails or `env.cancel` fires.
+/// Where a network run starts.
+#[derive(Debug, Clone)]
+pub enum NetworkStart {
+    /// A new run on the task.
+    New,
+    /// Continue after [`NetworkEnd::Suspended`], handing back its `state`, with the resume data (already checked
+    /// against its resume schema).
+    Resume { state: Value, resume_data: Value },
+}
+
+/// Runs `network` on `input` from the start; see [`run_network_with`].
 pub async fn run_network<F>(network: &Network, input: NetworkInput, emit: F, env: NetworkEnv) -> NetworkOutcome
 where
     F: Fn(NetworkEvent) + Send + Sync + 'static,
 {
+    run_network_with(network, input, NetworkStart::New, emit, env).await
+}
+
+/// Runs `network` on `input` from `start`, emitting every event through `emit`, until the router says the task is
+/// complete and the completion checks pass, `max_iterations` iterations ran, the routing agent fails, a delegated
+/// primitive waits for a person (the run suspends) or `env.cancel` fires.
+pub async fn run_network_with<F>(
+    network: &Network,
+    input: NetworkInput,
+    start: NetworkStart,
+    emit: F,
+    env: NetworkEnv,
+) -> NetworkOutcome
+where
+    F: Fn(NetworkEvent) + Send + Sync + 'static,
+{
     let NetworkInput { task, output_schema } = input;
-    let conversation = vec![Message::system(routing_instructions(network)), Message::user(task.clone())];
     let mut run = NetworkRun {
         network,
         emit: Arc::new(emit),
         env,
         task,
-        conversation,
+        conversation: Vec::new(),
         ran: Vec::new(),
         usage: Usage::default(),
         unreported_usage: Usage::default(),
     };
     let max = network.max_iterations.max(1);
     let mut previous: Option<Delegation> = None;
-    for iteration in 1..=max {
-        let stop = match run.iteration(iteration, previous.clone(), output_schema.as_ref()).await {
-            Ok(IterationEnd::Next(delegation)) => {
-                previous = Some(delegation);
-                continue;
+    let mut first = 1;
+    match start {
+        NetworkStart::New => {
+            run.conversation = vec![Message::system(routing_instructions(network)), Message::user(run.task.clone())];
+        }
+        NetworkStart::Resume { state, resume_data } => {
+            let saved: SavedRun = match serde_json::from_value(state) {
+                Ok(saved) => saved,
+                Err(e) => {
+                    let error = ErrorInfo::new("ResumeError", format!("the network's saved state is unreadable: {e}"));
+                    return run.outcome(NetworkEnd::Failed(error), None, None, 0);
+                }
+            };
+            let iteration = saved.iteration;
+            (run.conversation, run.ran, run.usage) = (saved.conversation, saved.ran, saved.usage);
+            // The waiting primitive goes on; its iteration then ends as any other, and the next one follows.
+            match run.resume(saved.waiting, resume_data).await {
+                Ok(delegation) => {
+                    run.end_iteration(iteration, &delegation);
+                    previous = Some(delegation);
+                    first = iteration + 1;
+                }
+                Err(stop) => return run.stop(stop, None, iteration),
             }
+        }
+    }
+    for iteration in first..=max {
+        match run.iteration(iteration, previous.clone(), output_schema.as_ref()).await {
+            Ok(IterationEnd::Next(delegation)) => previous = Some(delegation),
             Ok(IterationEnd::Complete { delegation, object }) => {
                 return run.outcome(NetworkEnd::Complete, Some(delegation), object, iteration);
             }
-            Err(stop) => stop,
-        };
-        let end = match stop {
-            Stop::Aborted => NetworkEnd::Aborted,
-            Stop::Failed(error) => NetworkEnd::Failed(error),
-        };
-        return run.outcome(end, previous, None, iteration);
+            Err(stop) => return run.stop(stop, previous, iteration),
+        }
     }
     // Every iteration leaves a delegation; the fallback only keeps this free of panics.
     let delegation = previous.unwrap_or_else(|| delegation(&run.task, super::NONE_ID, PrimitiveType::None, max));
@@ -81,6 +126,71 @@ enum IterationEnd {
 enum Stop {
     Failed(ErrorInfo),
     Aborted,
+    /// A delegated primitive waits for a person; its event (`AgentExecutionApproval`, ...) was emitted.
+    Suspended(Box<Suspension>),
+}
+
+/// A delegated primitive that waits, and what the network step's suspension tells callers.
+struct Suspension {
+    waiting: Waiting,
+    /// The step's suspend payload: what is awaited.
+    payload: Value,
+    /// What the resume data must satisfy.
+    resume_schema: Option<Value>,
+}
+
+/// What a suspended network keeps to go on where it stopped: the step's saved state (`StepContext::save_state`),
+/// which lives in the run's snapshot and is never shown to callers.
+#[derive(Serialize, Deserialize)]
+struct SavedRun {
+    /// The iteration whose delegation waits.
+    iteration: u32,
+    conversation: Vec<Message>,
+    ran: Vec<Delegation>,
+    /// Every model call's usage so far, but the waiting primitive's: that is added when it ends, as for any
+    /// primitive (its end event reports its usage over all phases).
+    usage: Usage,
+    waiting: Waiting,
+}
+
+/// The delegation that waits, and what its primitive needs to go on.
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Waiting {
+    /// A delegated agent's tool call awaits approval; `state` is the agent loop's own saved state.
+    Agent { delegation: Delegation, state: Value },
+    /// A delegated tool awaits approval.
+    Tool { delegation: Delegation, tool_call_id: String, args: Value },
+    /// A delegated workflow's nested run suspended; it resumes at `step` with the resume data.
+    Workflow {
+        delegation: Delegation,
+        workflow_run_id: String,
+        input: Value,
+        /// The nested run's last phase.
+        phase: u32,
+        snapshot: RunSnapshot,
+        step: String,
+        for_each_index: Option<u32>,
+    },
+}
+
+impl Waiting {
+    fn delegation(&self) -> &Delegation {
+        match self {
+            Self::Agent { delegation, .. } | Self::Tool { delegation, .. } | Self::Workflow { delegation, .. } => {
+                delegation
+            }
+        }
+    }
+}
+
+/// A nested run of a delegated workflow: its first phase, or a resume.
+struct NestedRun {
+    workflow_run_id: Arc<str>,
+    input: Value,
+    phase: u32,
+    snapshot: RunSnapshot,
+    resume: Option<ResumeTarget>,
 }
 
 /// One run of the loop: the conversation with the router and the running totals.
@@ -128,6 +238,46 @@ impl NetworkRun<'_> {
         }
     }
 
+    /// The outcome of a run that stopped early at `iteration`.
+    fn stop(mut self, stop: Stop, previous: Option<Delegation>, iteration: u32) -> NetworkOutcome {
+        match stop {
+            Stop::Aborted => self.outcome(NetworkEnd::Aborted, previous, None, iteration),
+            Stop::Failed(error) => self.outcome(NetworkEnd::Failed(error), previous, None, iteration),
+            Stop::Suspended(suspension) => {
+                let Suspension { waiting, payload, resume_schema } = *suspension;
+                let delegation = waiting.delegation().clone();
+                let saved = SavedRun {
+                    iteration,
+                    conversation: std::mem::take(&mut self.conversation),
+                    ran: std::mem::take(&mut self.ran),
+                    usage: self.usage,
+                    waiting,
+                };
+                let end = match serde_json::to_value(&saved) {
+                    Ok(state) => NetworkEnd::Suspended { payload, resume_schema, state },
+                    // Plain data throughout; only a bug could make this fail, and then the run must say so.
+                    Err(e) => NetworkEnd::Failed(ErrorInfo::new(
+                        "NetworkStateError",
+                        format!("cannot save the network's state: {e}"),
+                    )),
+                };
+                self.outcome(end, Some(delegation), None, iteration)
+            }
+        }
+    }
+
+    /// Ends an iteration whose primitive ran: the router reads its result, the stream gets the step finish.
+    fn end_iteration(&mut self, iteration: u32, delegation: &Delegation) {
+        self.conversation.push(Message::assistant(result_note(delegation)));
+        self.emit(NetworkEvent::NetworkStepFinish {
+            task: self.task.clone(),
+            result: delegation.result.clone(),
+            is_complete: false,
+            iteration,
+        });
+        self.ran.push(delegation.clone());
+    }
+
     async fn iteration(
         &mut self,
         iteration: u32,
@@ -148,14 +298,7 @@ impl NetworkRun<'_> {
 
         if delegation.primitive_type != PrimitiveType::None {
             let delegation = self.delegate(delegation).await?;
-            self.conversation.push(Message::assistant(result_note(&delegation)));
-            self.emit(NetworkEvent::NetworkStepFinish {
-                task: self.task.clone(),
-                result: delegation.result.clone(),
-                is_complete: false,
-                iteration,
-            });
-            self.ran.push(delegation.clone());
+            self.end_iteration(iteration, &delegation);
             return Ok(IterationEnd::Next(delegation));
         }
 
@@ -254,22 +397,107 @@ impl NetworkRun<'_> {
         }
     }
 
-    async fn run_agent(&mut self, agent: &Agent, mut delegation: Delegation) -> Result<Delegation, Stop> {
-        let guard = AbortGuard::new(&self.emit, PrimitiveType::Agent, &agent.id);
+    /// Goes on with the primitive that waited, given the resume data; returns its delegation with its result.
+    async fn resume(&mut self, waiting: Waiting, resume_data: Value) -> Result<Delegation, Stop> {
+        let network = self.network;
+        let primitive = network.primitive(&waiting.delegation().primitive_id);
+        match (waiting, primitive) {
+            (Waiting::Agent { delegation, state }, Some(Primitive::Agent(agent))) => {
+                let decision = approval_decision(resume_data)?;
+                self.continue_agent(agent, delegation, AgentInput::Resume { state, decision }).await
+            }
+            (Waiting::Tool { delegation, tool_call_id, args }, Some(Primitive::Tool(tool))) => {
+                let decision = approval_decision(resume_data)?;
+                let tool_call_id: Arc<str> = Arc::from(tool_call_id);
+                if decision.approved {
+                    return self.call_tool(tool, delegation, tool_call_id, args).await;
+                }
+                // Not an error: the router learns that the user said no, and may finish without it.
+                let declined = json!({ "declined": true, "reason": decision.reason });
+                Ok(self.end_tool(tool, delegation, tool_call_id, declined))
+            }
+            (
+                Waiting::Workflow { delegation, workflow_run_id, input, phase, snapshot, step, for_each_index },
+                Some(Primitive::Workflow(workflow)),
+            ) => {
+                let request = ResumeRequest { step: vec![step], label: None, for_each_index, resume_data };
+                let target = workflow.resolve_resume(&snapshot, request).map_err(|e| {
+                    Stop::Failed(ErrorInfo::new(
+                        "ResumeError",
+                        format!("workflow '{}' cannot resume: {e}", workflow.id()),
+                    ))
+                })?;
+                let nested = NestedRun {
+                    workflow_run_id: Arc::from(workflow_run_id),
+                    input,
+                    phase: phase + 1,
+                    snapshot,
+                    resume: Some(target),
+                };
+                self.run_nested(workflow, delegation, nested).await
+            }
+            (waiting, _) => Err(Stop::Failed(ErrorInfo::new(
+                "ResumeError",
+                format!("the network waits for '{}', which it no longer has", waiting.delegation().primitive_id),
+            ))),
+        }
+    }
+
+    async fn run_agent(&mut self, agent: &Agent, delegation: Delegation) -> Result<Delegation, Stop> {
         self.emit(NetworkEvent::AgentExecutionStart {
             agent_id: Arc::clone(&agent.id),
             delegation: Box::new(delegation.clone()),
         });
+        let messages = vec![Message::user(delegation.prompt.clone())];
+        self.continue_agent(agent, delegation, AgentInput::Messages(messages)).await
+    }
+
+    /// Runs a delegated agent from `input` (its message, or the decision its approval waited for) until it answers
+    /// (`AgentExecutionEnd`) or a tool call of its waits for approval (`AgentExecutionApproval`, and the network
+    /// suspends with the agent's own state).
+    async fn continue_agent(
+        &mut self,
+        agent: &Agent,
+        mut delegation: Delegation,
+        input: AgentInput,
+    ) -> Result<Delegation, Stop> {
+        let guard = AbortGuard::new(&self.emit, PrimitiveType::Agent, &agent.id);
         let (emit, agent_id) = (Arc::clone(&self.emit), Arc::clone(&agent.id));
         let nested = move |chunk| {
             emit(NetworkEvent::AgentExecutionEvent { agent_id: Arc::clone(&agent_id), chunk: Box::new(chunk) })
         };
-        let messages = vec![Message::user(delegation.prompt.clone())];
-        let outcome = run_agent(agent, messages, nested, self.env.cancel.clone()).await;
-        let result = match &outcome.end {
-            AgentEnd::Finished(_) => Value::String(outcome.text.clone()),
+        let outcome = run_agent_with(agent, input, &AgentOptions::default(), nested, self.env.cancel.clone()).await;
+        let result = match outcome.end {
+            AgentEnd::Finished(_) => Value::String(outcome.text),
             AgentEnd::Aborted => return Err(Stop::Aborted),
-            other => error_result(agent_failure(other)),
+            AgentEnd::AwaitingApproval { approval, state } => {
+                guard.disarm();
+                let payload = json!({
+                    "reason": "agent-execution-approval",
+                    "iteration": delegation.iteration,
+                    "agent_id": &*agent.id,
+                    "tool_call_id": &*approval.tool_call_id,
+                    "tool_name": &*approval.tool_name,
+                    "args": approval.args,
+                });
+                self.emit(NetworkEvent::AgentExecutionApproval {
+                    agent_id: Arc::clone(&agent.id),
+                    approval: Box::new(approval),
+                    // The agent's usage so far; the network counts it once the agent ends.
+                    usage: outcome.usage,
+                    selection_reason: delegation.selection_reason.clone(),
+                });
+                let waiting = Waiting::Agent { delegation, state };
+                return Err(Stop::Suspended(Box::new(Suspension {
+                    waiting,
+                    payload,
+                    resume_schema: Some(approval_schema()),
+                })));
+            }
+            // TODO(tool suspension): once the agent loop can end because one of its tools suspended itself
+            // (`ToolCallSuspended`), map that end here like `AwaitingApproval`: emit `AgentExecutionSuspended`,
+            // suspend with `Waiting::Agent` and the tool's resume schema, and resume the agent with the resume data.
+            other => error_result(agent_failure(&other)),
         };
         guard.disarm();
         self.usage.add(&outcome.usage);
@@ -282,9 +510,9 @@ impl NetworkRun<'_> {
         Ok(delegation)
     }
 
-    async fn run_workflow(&mut self, workflow: &Arc<Workflow>, mut delegation: Delegation) -> Result<Delegation, Stop> {
+    async fn run_workflow(&mut self, workflow: &Arc<Workflow>, delegation: Delegation) -> Result<Delegation, Stop> {
         let workflow_id = Arc::clone(workflow.id());
-        let mut guard = AbortGuard::new(&self.emit, PrimitiveType::Workflow, &workflow_id);
+        let guard = AbortGuard::new(&self.emit, PrimitiveType::Workflow, &workflow_id);
         let input = self
             .input_for("workflow", &workflow_id, workflow.input_schema(), &delegation.prompt)
             .await?
@@ -298,50 +526,121 @@ impl NetworkRun<'_> {
             workflow_run_id: Arc::clone(&workflow_run_id),
             delegation: Box::new(delegation.clone()),
         });
-        let (status, result, usage) = match input {
-            Err(problem) => (RunStatus::Failed, error_result(problem), Usage::default()),
-            Ok(input) => {
-                // Whichever way the nested run is cut short, its stream still ends with a finish.
-                guard.before_abort(nested_event(&workflow_id, canceled_finish()));
-                let sink = NestedSink { workflow_id: Arc::clone(&workflow_id), emit: Arc::clone(&self.emit) };
-                let outcome = execute_phase(Phase {
-                    run_id: Arc::clone(&workflow_run_id),
-                    workflow: Arc::clone(workflow),
-                    input,
-                    request_context: Arc::clone(&self.env.request_context),
-                    phase: 1,
-                    snapshot: RunSnapshot::default(),
-                    resume: None,
-                    recovering: false,
-                    sink: Arc::new(sink),
-                    clock: Arc::clone(&self.env.clock),
-                    cancel: self.env.cancel.clone(),
-                })
-                .await;
-                if outcome.status == RunStatus::Canceled || self.env.cancel.is_cancelled() {
-                    return Err(Stop::Aborted);
-                }
-                let usage = outcome.snapshot.usage;
-                self.emit(nested_event(
-                    &workflow_id,
-                    EventKind::WorkflowFinish {
-                        status: outcome.status,
-                        result: outcome.result.clone(),
-                        error: outcome.error.clone(),
-                        usage,
-                    },
-                ));
-                let result = match outcome.status {
-                    RunStatus::Success => outcome.result.unwrap_or(Value::Null),
-                    RunStatus::Suspended => error_result(format!(
-                        "workflow '{workflow_id}' suspended, and suspension inside networks is not supported yet"
-                    )),
-                    _ => error_result(outcome.error.map_or_else(|| outcome.status.as_str().to_owned(), |e| e.message)),
-                };
-                (outcome.status, result, usage)
-            }
-        };
+        // `run_nested` guards the nested run itself; nothing awaits in between.
         guard.disarm();
+        match input {
+            Err(problem) => Ok(self.end_workflow(
+                workflow_id,
+                workflow_run_id,
+                delegation,
+                RunStatus::Failed,
+                error_result(problem),
+                Usage::default(),
+            )),
+            Ok(input) => {
+                let nested =
+                    NestedRun { workflow_run_id, input, phase: 1, snapshot: RunSnapshot::default(), resume: None };
+                self.run_nested(workflow, delegation, nested).await
+            }
+        }
+    }
+
+    /// Runs one phase of a delegated workflow's nested run: its events wrapped, then `WorkflowExecutionEnd`, or,
+    /// when it suspends, `WorkflowExecutionSuspended` and the network suspends with the nested run's snapshot.
+    async fn run_nested(
+        &mut self,
+        workflow: &Arc<Workflow>,
+        delegation: Delegation,
+        nested: NestedRun,
+    ) -> Result<Delegation, Stop> {
+        let workflow_id = Arc::clone(workflow.id());
+        let mut guard = AbortGuard::new(&self.emit, PrimitiveType::Workflow, &workflow_id);
+        // Whichever way the nested run is cut short, its stream still ends with a finish.
+        guard.before_abort(nested_event(&workflow_id, canceled_finish()));
+        let NestedRun { workflow_run_id, input, phase, snapshot, resume } = nested;
+        let sink = NestedSink { workflow_id: Arc::clone(&workflow_id), emit: Arc::clone(&self.emit) };
+        let outcome = execute_phase(Phase {
+            run_id: Arc::clone(&workflow_run_id),
+            workflow: Arc::clone(workflow),
+            input: input.clone(),
+            request_context: Arc::clone(&self.env.request_context),
+            phase,
+            snapshot,
+            resume,
+            recovering: false,
+            sink: Arc::new(sink),
+            clock: Arc::clone(&self.env.clock),
+            cancel: self.env.cancel.clone(),
+        })
+        .await;
+        if outcome.status == RunStatus::Canceled || self.env.cancel.is_cancelled() {
+            return Err(Stop::Aborted);
+        }
+        // Over all of the nested run's phases.
+        let usage = outcome.snapshot.usage;
+        self.emit(nested_event(
+            &workflow_id,
+            EventKind::WorkflowFinish {
+                status: outcome.status,
+                result: outcome.result.clone(),
+                error: outcome.error.clone(),
+                usage,
+            },
+        ));
+        guard.disarm();
+        // The network waits for the first suspended step (in path order); if others wait too, the nested run
+        // suspends again once that one resumes, and the network with it.
+        let waiting_step = outcome.snapshot.suspended.iter().next().map(|(path, s)| (path.clone(), s.clone()));
+        let result = match (outcome.status, waiting_step) {
+            (RunStatus::Suspended, Some((step, suspended))) => {
+                self.emit(NetworkEvent::WorkflowExecutionSuspended {
+                    workflow_id: Arc::clone(&workflow_id),
+                    workflow_run_id: Arc::clone(&workflow_run_id),
+                    suspend_payload: suspended.suspend_payload.clone(),
+                    usage,
+                    selection_reason: delegation.selection_reason.clone(),
+                });
+                let mut payload = json!({
+                    "reason": "workflow-execution-suspended",
+                    "iteration": delegation.iteration,
+                    "workflow_id": &*workflow_id,
+                    "workflow_run_id": &*workflow_run_id,
+                    "step": &step,
+                    "suspend_payload": suspended.suspend_payload,
+                });
+                if let Some(index) = suspended.for_each_index {
+                    payload["for_each_index"] = json!(index);
+                }
+                let waiting = Waiting::Workflow {
+                    delegation,
+                    workflow_run_id: workflow_run_id.to_string(),
+                    input,
+                    phase,
+                    snapshot: outcome.snapshot,
+                    step,
+                    for_each_index: suspended.for_each_index,
+                };
+                return Err(Stop::Suspended(Box::new(Suspension {
+                    waiting,
+                    payload,
+                    resume_schema: suspended.resume_schema.as_deref().cloned(),
+                })));
+            }
+            (RunStatus::Success, _) => outcome.result.unwrap_or(Value::Null),
+            _ => error_result(outcome.error.map_or_else(|| outcome.status.as_str().to_owned(), |e| e.message)),
+        };
+        Ok(self.end_workflow(workflow_id, workflow_run_id, delegation, outcome.status, result, usage))
+    }
+
+    fn end_workflow(
+        &mut self,
+        workflow_id: Arc<str>,
+        workflow_run_id: Arc<str>,
+        mut delegation: Delegation,
+        status: RunStatus,
+        result: Value,
+        usage: Usage,
+    ) -> Delegation {
         self.usage.add(&usage);
         delegation.result = Some(result);
         self.emit(NetworkEvent::WorkflowExecutionEnd {
@@ -351,10 +650,11 @@ impl NetworkRun<'_> {
             status,
             usage,
         });
-        Ok(delegation)
+        delegation
     }
 
-    async fn run_tool(&mut self, tool: &Tool, mut delegation: Delegation) -> Result<Delegation, Stop> {
+    /// Runs a delegated tool, or, when it needs approval, emits `ToolExecutionApproval` and suspends the network.
+    async fn run_tool(&mut self, tool: &Tool, delegation: Delegation) -> Result<Delegation, Stop> {
         let guard = AbortGuard::new(&self.emit, PrimitiveType::Tool, tool.name());
         let args = self.input_for("tool", tool.name(), Some(tool.parameters()), &delegation.prompt).await?;
         let tool_name: Arc<str> = Arc::from(tool.name());
@@ -365,22 +665,69 @@ impl NetworkRun<'_> {
             args: args.as_ref().ok().cloned(),
             selection_reason: delegation.selection_reason.clone(),
         });
-        let result = match args {
-            Err(problem) => error_result(problem),
-            Ok(args) => {
-                let ctx = tool_context(&self.network.id, &tool_call_id, &self.env);
-                let cancel = self.env.cancel.clone();
-                tokio::select! {
-                    biased;
-                    () = cancel.cancelled() => return Err(Stop::Aborted),
-                    r = tool.call(ctx, args) => r.unwrap_or_else(|e| error_result(e.message)),
-                }
-            }
+        // `call_tool` guards the call itself; nothing awaits in between.
+        guard.disarm();
+        let args = match args {
+            Err(problem) => return Ok(self.end_tool(tool, delegation, tool_call_id, error_result(problem))),
+            Ok(args) => args,
+        };
+        if tool.requires_approval() {
+            let payload = json!({
+                "reason": "tool-execution-approval",
+                "iteration": delegation.iteration,
+                "tool_call_id": &*tool_call_id,
+                "tool_name": &*tool_name,
+                "args": args,
+            });
+            self.emit(NetworkEvent::ToolExecutionApproval {
+                approval: Box::new(ToolCallApproval {
+                    tool_call_id: Arc::clone(&tool_call_id),
+                    tool_name,
+                    args: args.clone(),
+                    resume_schema: Some(approval_schema()),
+                }),
+                selection_reason: delegation.selection_reason.clone(),
+            });
+            let waiting = Waiting::Tool { delegation, tool_call_id: tool_call_id.to_string(), args };
+            return Err(Stop::Suspended(Box::new(Suspension {
+                waiting,
+                payload,
+                resume_schema: Some(approval_schema()),
+            })));
+        }
+        self.call_tool(tool, delegation, tool_call_id, args).await
+    }
+
+    /// Calls a delegated tool (approved, if it needs approval) and ends its delegation with the result.
+    // TODO(tool suspension): once a tool can suspend itself (its `ToolContext` suspend API), emit
+    // `ToolExecutionSuspended` here and suspend with a `Waiting::Tool` that resumes the tool with the resume data.
+    async fn call_tool(
+        &mut self,
+        tool: &Tool,
+        delegation: Delegation,
+        tool_call_id: Arc<str>,
+        args: Value,
+    ) -> Result<Delegation, Stop> {
+        let guard = AbortGuard::new(&self.emit, PrimitiveType::Tool, tool.name());
+        let ctx = tool_context(&self.network.id, &tool_call_id, &self.env);
+        let cancel = self.env.cancel.clone();
+        let result = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(Stop::Aborted),
+            r = tool.call(ctx, args) => r.unwrap_or_else(|e| error_result(e.message)),
         };
         guard.disarm();
+        Ok(self.end_tool(tool, delegation, tool_call_id, result))
+    }
+
+    fn end_tool(&self, tool: &Tool, mut delegation: Delegation, tool_call_id: Arc<str>, result: Value) -> Delegation {
         delegation.result = Some(result);
-        self.emit(NetworkEvent::ToolExecutionEnd { tool_name, tool_call_id, delegation: Box::new(delegation.clone()) });
-        Ok(delegation)
+        self.emit(NetworkEvent::ToolExecutionEnd {
+            tool_name: Arc::from(tool.name()),
+            tool_call_id,
+            delegation: Box::new(delegation.clone()),
+        });
+        delegation
     }
 
     /// The input of a workflow or tool: the prompt if it is a JSON object (or there is no schema), else what the
@@ -604,6 +951,14 @@ fn canceled_finish() -> EventKind {
 /// The context a tool delegated to by the network runs with (the network is its caller).
 fn tool_context(network_id: &Arc<str>, tool_call_id: &Arc<str>, env: &NetworkEnv) -> ToolContext {
     ToolContext::new(Arc::clone(network_id), Arc::clone(tool_call_id), env.cancel.clone())
+}
+
+/// The decision an approval's resume data carries (the registry checked it against [`approval_schema`] already).
+fn approval_decision(resume_data: Value) -> Result<ApprovalDecision, Stop> {
+    serde_json::from_value(resume_data).map_err(|e| {
+        let message = format!("resume_data must be {{\"approved\": bool, \"reason\"?: string}}: {e}");
+        Stop::Failed(ErrorInfo::new("ResumeError", message))
+    })
 }
 
 /// Why a delegated agent produced no answer.

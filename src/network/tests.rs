@@ -11,10 +11,13 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::{
-    agent::{assistant_with, tools::calculator_tool},
-    engine::{AgentChunk, Event, EventKind, EventSource, RunStatus, StepStatus, Workflow, executor::test_support::run},
+    agent::{approval_schema, assistant_with, tools::calculator_tool},
+    engine::{
+        AgentChunk, Event, EventKind, EventSource, PhaseOutcome, ResumeError, RunStatus, StepStatus, Workflow,
+        executor::test_support::{describe, req, resume, run},
+    },
     model::{FinishReason, Message, ModelChunk, ModelError, ModelRequest, ModelStream, OfflineModel},
-    workflows::research_network as research,
+    workflows::{research_network as research, travel_network as travel},
 };
 
 const TASK: &str = "Ask the assistant what 12 * 7 is, verify it with the calculator, then publish the answer as an \
@@ -181,6 +184,13 @@ fn line(event: &NetworkEvent) -> String {
         }
         NetworkEvent::NetworkObject { .. } => "object".into(),
         NetworkEvent::NetworkObjectResult { .. } => "object-result".into(),
+        NetworkEvent::AgentExecutionApproval { agent_id, approval, .. } => {
+            format!("agent-approval {agent_id} {}", approval.tool_name)
+        }
+        NetworkEvent::ToolExecutionApproval { approval, .. } => format!("tool-approval {}", approval.tool_name),
+        NetworkEvent::WorkflowExecutionSuspended { workflow_id, suspend_payload, .. } => {
+            format!("workflow-suspended {workflow_id} {suspend_payload}")
+        }
         other => format!("unexpected {other:?}"),
     }
 }
@@ -201,6 +211,9 @@ fn chunk_kind(chunk: &AgentChunk) -> &'static str {
         AgentChunk::AgentStepFinish { .. } => "step-finish",
         AgentChunk::AgentFinish { .. } => "finish",
         AgentChunk::AgentAbort { .. } => "abort",
+        AgentChunk::ToolCallApproval(_) => "tool-call-approval",
+        AgentChunk::ToolOutputDenied { .. } => "tool-output-denied",
+        AgentChunk::ToolOutput { .. } => "tool-output",
         _ => "other",
     }
 }
@@ -216,6 +229,7 @@ fn nested_line(event: &EventKind) -> String {
             format!("agent {} {}", step_id.as_deref().unwrap_or("-"), chunk_kind(chunk))
         }
         EventKind::WorkflowCanceled { .. } => "workflow_canceled".into(),
+        EventKind::StepSuspended { step_id, .. } => format!("suspended {step_id}"),
         EventKind::WorkflowFinish { status, .. } => format!("workflow_finish {}", status.as_str()),
         other => format!("unexpected {other:?}"),
     }
@@ -888,4 +902,413 @@ fn partial_objects_close_what_is_open() {
     assert_eq!(partial_object(r#"{"a": "x\"#), Some(json!({ "a": "x" })));
     assert_eq!(partial_object(r#"{"a": tr"#), None);
     assert_eq!(partial_object("[1"), None, "only objects");
+}
+
+// ---- approvals and suspensions inside networks ----
+
+const TRAVEL_TASK: &str = "Ask the concierge to book a 90 euro kayak tour in Lisbon, then file the order with \
+                           order-approval, then book-activity a food tour in Porto.";
+
+/// The arguments the offline model writes for `book-activity` from the travel task's first twelve words.
+fn booking_args() -> Value {
+    json!({ "activity": "Ask the concierge to book a 90 euro kayak tour in Lisbon,...", "city": "Lisbon" })
+}
+
+/// The network step's suspension at the end of a phase: its payload and resume schema.
+fn suspension(out: &PhaseOutcome, step: &str) -> (Value, Option<Value>) {
+    assert_eq!(out.status, RunStatus::Suspended, "{:?}", out.error);
+    assert_eq!(out.snapshot.suspended.keys().collect::<Vec<_>>(), [step]);
+    let suspended = &out.snapshot.suspended[step];
+    (suspended.suspend_payload.clone(), suspended.resume_schema.as_deref().cloned())
+}
+
+/// A resume of the travel network's only suspended step.
+async fn resume_travel(
+    wf: &Arc<Workflow>,
+    previous: &PhaseOutcome,
+    data: Value,
+    phase: u32,
+) -> (PhaseOutcome, Vec<Event>) {
+    let input = json!({ "task": TRAVEL_TASK });
+    resume(wf, input, previous, req("", data), phase).await.expect("the resume data fits")
+}
+
+fn find<T>(events: &[NetworkEvent], pick: impl Fn(&NetworkEvent) -> Option<T>) -> T {
+    events.iter().find_map(pick).expect("the network emitted the event")
+}
+
+/// The phase's events that are not the network's: the run's frame around the network step.
+fn frame(events: &[Event]) -> Vec<String> {
+    events.iter().filter(|e| !matches!(e.kind, EventKind::Network { .. })).map(describe).collect()
+}
+
+#[tokio::test]
+async fn travel_network_suspends_for_each_wait_and_resumes_where_it_stopped() {
+    let model = Counting::offline();
+    let wf = workflow(travel::travel_network_with(model.clone()));
+    let input = json!({ "task": TRAVEL_TASK });
+
+    // Phase 1: the concierge asks to book; the network suspends with the approval.
+    let (out1, events) = run(&wf, input.clone()).await;
+    let net = network_events(&events, travel::ID);
+    assert_eq!(
+        lines(&net),
+        [
+            "routing-start routing-agent travel-network #1 previous=-",
+            "routing-text-start",
+            "routing-text-delta",
+            "routing-end #1 Agent concierge",
+            "agent-start concierge",
+            "  agent concierge start",
+            "  agent concierge step-start",
+            "  agent concierge response-metadata",
+            "  agent concierge tool-input-start",
+            "  agent concierge tool-call-delta",
+            "  agent concierge tool-input-end",
+            "  agent concierge tool-call",
+            "  agent concierge tool-call-approval",
+            "agent-approval concierge book-activity",
+        ]
+    );
+    assert_eq!(frame(&events), ["start travel-network 1", "step-start travel-network", "suspended travel-network"]);
+    let (routing_usage, selection_reason) = find(&net, |e| match e {
+        NetworkEvent::RoutingAgentEnd { delegation, usage } => Some((*usage, delegation.selection_reason.clone())),
+        _ => None,
+    });
+    let (approval, agent_usage, reason) = find(&net, |e| match e {
+        NetworkEvent::AgentExecutionApproval { approval, usage, selection_reason, .. } => {
+            Some(((**approval).clone(), *usage, selection_reason.clone()))
+        }
+        _ => None,
+    });
+    assert_eq!((&*approval.tool_call_id, &*approval.tool_name), ("call_offline_1", "book-activity"));
+    assert_eq!(approval.args, booking_args());
+    assert_eq!(approval.resume_schema, Some(approval_schema()));
+    assert_eq!(reason, selection_reason);
+    // The agent's usage so far: its one model call, everything the model answered but the routing call.
+    assert!(agent_usage.total_tokens > 0);
+    assert_eq!(agent_usage.total_tokens + routing_usage.total_tokens, model.total().total_tokens);
+    let (payload, schema) = suspension(&out1, travel::ID);
+    assert_eq!(
+        payload,
+        json!({
+            "reason": "agent-execution-approval",
+            "iteration": 1,
+            "agent_id": "concierge",
+            "tool_call_id": "call_offline_1",
+            "tool_name": "book-activity",
+            "args": booking_args(),
+        }),
+        "what is awaited, and nothing of the loop's state"
+    );
+    assert_eq!(schema, Some(approval_schema()));
+    assert!(
+        wf.resolve_resume(&out1.snapshot, req("", json!({ "approved": "yes" }))).is_err(),
+        "resume data is checked against the approval's schema"
+    );
+
+    // Phase 2: approved, the booking runs, the agent answers; then order-approval suspends at its approve step.
+    let (out2, events) = resume_travel(&wf, &out1, json!({ "approved": true }), 2).await;
+    let net = network_events(&events, travel::ID);
+    assert_eq!(
+        lines(&net),
+        [
+            "  agent concierge tool-output",
+            "  agent concierge tool-result",
+            "  agent concierge step-finish",
+            "  agent concierge step-start",
+            "  agent concierge response-metadata",
+            "  agent concierge text-start",
+            "  agent concierge text-delta",
+            "  agent concierge text-end",
+            "  agent concierge step-finish",
+            "  agent concierge finish",
+            "agent-end concierge",
+            "step-finish #1 complete=false",
+            "routing-start routing-agent travel-network #2 previous=concierge",
+            "routing-text-start",
+            "routing-text-delta",
+            "routing-end #2 Workflow order-approval",
+            "workflow-start order-approval",
+            "  workflow order-approval workflow_start order-approval",
+            "  workflow order-approval step-start prepare",
+            "  workflow order-approval result prepare Success",
+            "  workflow order-approval step-start approve",
+            "  workflow order-approval output approve",
+            "  workflow order-approval suspended approve",
+            "  workflow order-approval workflow_finish suspended",
+            r#"workflow-suspended order-approval {"amount":90,"reason":"needs approval"}"#,
+        ]
+    );
+    assert_eq!(
+        frame(&events),
+        ["start travel-network 2 resumed", "step-start travel-network resumed", "suspended travel-network"]
+    );
+    let (agent_end, agent_total) = find(&net, |e| match e {
+        NetworkEvent::AgentExecutionEnd { delegation, usage, .. } => Some(((**delegation).clone(), *usage)),
+        _ => None,
+    });
+    assert_eq!(agent_end.iteration, 1, "the iteration that waited ends now");
+    let text = agent_end.result.as_ref().and_then(Value::as_str).unwrap_or_default();
+    assert!(text.starts_with("Here is what I found: book-activity returned") && text.contains("status confirmed"));
+    // The agent's usage covers both phases: its first call (reported with the approval) and its answer.
+    let answer_usage = find(&net, |e| match e {
+        NetworkEvent::AgentExecutionEvent { chunk, .. } => match &**chunk {
+            AgentChunk::AgentStepFinish { step_number: 2, usage, .. } => Some(*usage),
+            _ => None,
+        },
+        _ => None,
+    });
+    assert_eq!(agent_total.total_tokens, agent_usage.total_tokens + answer_usage.total_tokens);
+    let (start_run_id, suspended) = (
+        find(&net, |e| match e {
+            NetworkEvent::WorkflowExecutionStart { workflow_run_id, .. } => Some(Arc::clone(workflow_run_id)),
+            _ => None,
+        }),
+        find(&net, |e| match e {
+            NetworkEvent::WorkflowExecutionSuspended { workflow_run_id, usage, selection_reason, .. } => {
+                Some((Arc::clone(workflow_run_id), *usage, selection_reason.clone()))
+            }
+            _ => None,
+        }),
+    );
+    assert_eq!((&suspended.0, suspended.1), (&start_run_id, Usage::default()));
+    assert!(!suspended.2.is_empty());
+    let (payload, schema) = suspension(&out2, travel::ID);
+    assert_eq!(
+        payload,
+        json!({
+            "reason": "workflow-execution-suspended",
+            "iteration": 2,
+            "workflow_id": "order-approval",
+            "workflow_run_id": &*start_run_id,
+            "step": "approve",
+            "suspend_payload": { "reason": "needs approval", "amount": 90 },
+        })
+    );
+    // The resume data is the nested step's: its schema applies.
+    assert_eq!(schema.as_ref().map(|s| s["required"].clone()), Some(json!(["approved", "approver"])));
+    let refused = wf.resolve_resume(&out2.snapshot, req("", json!({ "approved": true }))).unwrap_err();
+    assert!(matches!(&refused, ResumeError::InvalidResumeData(v) if v.path == "resume_data.approver"), "{refused}");
+
+    // Phase 3: the nested run resumes (its phase 2) and ends; then the tool waits for approval.
+    let (out3, events) = resume_travel(&wf, &out2, json!({ "approved": true, "approver": "ann" }), 3).await;
+    let net = network_events(&events, travel::ID);
+    let args = booking_args().to_string();
+    assert_eq!(
+        lines(&net),
+        [
+            "  workflow order-approval workflow_start order-approval",
+            "  workflow order-approval step-start approve",
+            "  workflow order-approval result approve Success",
+            "  workflow order-approval step-start finalize",
+            "  workflow order-approval result finalize Success",
+            "  workflow order-approval workflow_finish success",
+            "workflow-end order-approval success",
+            "step-finish #2 complete=false",
+            "routing-start routing-agent travel-network #3 previous=order-approval",
+            "routing-text-start",
+            "routing-text-delta",
+            "routing-end #3 Tool book-activity",
+            &format!("tool-start book-activity {args}"),
+            "tool-approval book-activity",
+        ]
+    );
+    let nested_start = find(&net, |e| match e {
+        NetworkEvent::WorkflowExecutionEvent { event, .. } => match &**event {
+            EventKind::WorkflowStart { phase, resumed, .. } => Some((*phase, *resumed)),
+            _ => None,
+        },
+        _ => None,
+    });
+    assert_eq!(nested_start, (2, true), "the nested run's second phase");
+    let workflow_end = find(&net, |e| match e {
+        NetworkEvent::WorkflowExecutionEnd { workflow_run_id, delegation, .. } => {
+            Some((Arc::clone(workflow_run_id), delegation.result.clone()))
+        }
+        _ => None,
+    });
+    assert_eq!(workflow_end, (start_run_id, Some(json!({ "status": "approved by ann" }))));
+    let approval = find(&net, |e| match e {
+        NetworkEvent::ToolExecutionApproval { approval, selection_reason } => {
+            assert!(!selection_reason.is_empty());
+            Some((**approval).clone())
+        }
+        _ => None,
+    });
+    assert_eq!((&*approval.tool_call_id, &*approval.tool_name), ("travel-network-book-activity-3", "book-activity"));
+    assert_eq!((approval.args, approval.resume_schema), (booking_args(), Some(approval_schema())));
+    let (payload, schema) = suspension(&out3, travel::ID);
+    assert_eq!(
+        payload,
+        json!({
+            "reason": "tool-execution-approval",
+            "iteration": 3,
+            "tool_call_id": "travel-network-book-activity-3",
+            "tool_name": "book-activity",
+            "args": booking_args(),
+        })
+    );
+    assert_eq!(schema, Some(approval_schema()));
+
+    // Phase 4: the tool runs; the router finishes.
+    let (out4, events) = resume_travel(&wf, &out3, json!({ "approved": true }), 4).await;
+    let net = network_events(&events, travel::ID);
+    let booking = json!({
+        "booking_id": "bk-travel-network-book-activity-3",
+        "activity": booking_args()["activity"],
+        "city": "Lisbon",
+        "status": "confirmed",
+    });
+    assert_eq!(
+        lines(&net),
+        [
+            &format!("tool-end book-activity {booking}"),
+            "step-finish #3 complete=false",
+            "routing-start routing-agent travel-network #4 previous=book-activity",
+            "routing-text-start",
+            "routing-text-delta",
+            "routing-end #4 None none",
+            "validation-start #4 checks=2",
+            "validation-end #4 passed=true",
+            "step-finish #4 complete=true",
+            "finish task complete",
+        ]
+    );
+    assert_eq!(out4.status, RunStatus::Success, "{:?}", out4.error);
+    assert!(out4.snapshot.suspended.is_empty() && out4.snapshot.control.is_empty(), "nothing kept once done");
+    let Some(NetworkEvent::NetworkFinish { delegation, usage, .. }) = net.last() else { panic!("no finish") };
+    assert_eq!((delegation.iteration, delegation.result.as_ref()), (4, Some(&booking)));
+    // Every model call, in whichever phase, counted once: by the network and by the run.
+    assert_eq!(*usage, model.total());
+    assert_eq!(out4.snapshot.usage, model.total());
+    let result = out4.result.unwrap();
+    assert_eq!((result["result"].clone(), result["iterations"].clone()), (booking, json!(4)));
+    assert_eq!(result["usage"]["total_tokens"], json!(model.total().total_tokens));
+}
+
+#[tokio::test]
+async fn declined_approvals_and_a_rejected_order_are_results_the_router_reads() {
+    let wf = workflow(travel::travel_network_with(Arc::new(OfflineModel::new())));
+    let (out1, _) = run(&wf, json!({ "task": TRAVEL_TASK })).await;
+
+    // The concierge's booking is declined: the agent is told, and answers without it.
+    let (out2, events) = resume_travel(&wf, &out1, json!({ "approved": false, "reason": "too pricey" }), 2).await;
+    let net = network_events(&events, travel::ID);
+    assert_eq!(lines(&net)[..2], ["  agent concierge tool-output-denied", "  agent concierge step-finish"]);
+    let denied = find(&net, |e| match e {
+        NetworkEvent::AgentExecutionEvent { chunk, .. } => match &**chunk {
+            AgentChunk::ToolOutputDenied { tool_name, reason, .. } => Some((tool_name.to_string(), reason.clone())),
+            _ => None,
+        },
+        _ => None,
+    });
+    assert_eq!(denied, ("book-activity".to_owned(), Some("too pricey".to_owned())));
+    let agent_result = find(&net, |e| match e {
+        NetworkEvent::AgentExecutionEnd { delegation, .. } => delegation.result.clone(),
+        _ => None,
+    });
+    let text = agent_result.as_str().unwrap_or_default();
+    assert!(text.contains("the user declined this call to 'book-activity': too pricey"), "{text}");
+    assert!(!net.iter().any(|e| matches!(e, NetworkEvent::AgentExecutionEvent { chunk, .. } if matches!(**chunk, AgentChunk::ToolResult { .. }))));
+
+    // The order is rejected: that is the workflow's result.
+    let (out3, events) = resume_travel(&wf, &out2, json!({ "approved": false, "approver": "bob" }), 3).await;
+    let rejected = find(&network_events(&events, travel::ID), |e| match e {
+        NetworkEvent::WorkflowExecutionEnd { delegation, status, .. } => Some((*status, delegation.result.clone())),
+        _ => None,
+    });
+    assert_eq!(rejected, (RunStatus::Success, Some(json!({ "status": "rejected by bob" }))));
+
+    // The direct booking is declined: the tool does not run, its result says so, and the router reads it.
+    let (out4, events) = resume_travel(&wf, &out3, json!({ "approved": false, "reason": "not today" }), 4).await;
+    let net = network_events(&events, travel::ID);
+    let declined = json!({ "declined": true, "reason": "not today" });
+    assert_eq!(
+        lines(&net)[..2],
+        [format!("tool-end book-activity {declined}"), "step-finish #3 complete=false".into()]
+    );
+    let previous = find(&net, |e| match e {
+        NetworkEvent::RoutingAgentStart { iteration: 4, previous, .. } => previous.clone(),
+        _ => None,
+    });
+    assert_eq!(previous.result, Some(declined.clone()));
+    // A declined booking is an answer, not an error: the network can finish with it.
+    assert_eq!(out4.status, RunStatus::Success, "{:?}", out4.error);
+    assert_eq!(out4.result.unwrap()["result"], declined);
+}
+
+/// A step that suspends with `{"at": <path>}` unless resumed, and then outputs the resume data.
+fn gate(id: &str) -> Step {
+    Step::new(id, |ctx| async move {
+        match ctx.resume_data() {
+            Some(data) => Ok(StepOutcome::Done(data.clone())),
+            None => Ok(StepOutcome::suspend(json!({ "at": ctx.step_id() }))),
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_delegated_workflow_with_two_waiting_steps_suspends_the_network_for_each_in_turn() {
+    let gates = Workflow::builder("gates").parallel(vec![gate("a"), gate("b")]).commit();
+    let router = Scripted::new(&[route("gates", "{}"), route("none", "both gates are open")]);
+    let wf = workflow(Arc::new(Network::new("net", "", router).workflow(gates)));
+    let input = json!({ "task": "Open the gates." });
+    let (out1, events) = run(&wf, input.clone()).await;
+    let net = network_events(&events, "net");
+    let (payload, schema) = suspension(&out1, "net");
+    assert_eq!((payload["step"].clone(), payload["suspend_payload"].clone()), (json!("a"), json!({ "at": "a" })));
+    assert_eq!(schema, None, "the nested step declares none: any resume data");
+    let run_id = find(&net, |e| match e {
+        NetworkEvent::WorkflowExecutionStart { workflow_run_id, .. } => Some(Arc::clone(workflow_run_id)),
+        _ => None,
+    });
+
+    // Resuming `a` leaves `b` waiting: the nested run suspends again, and the network with it.
+    let (out2, events) = resume(&wf, input.clone(), &out1, req("", json!("A")), 2).await.unwrap();
+    let net = network_events(&events, "net");
+    let (payload, _) = suspension(&out2, "net");
+    assert_eq!((payload["step"].clone(), payload["workflow_run_id"].clone()), (json!("b"), json!(&*run_id)));
+    assert_eq!(
+        lines(&net),
+        [
+            "  workflow gates workflow_start gates",
+            "  workflow gates step-start a",
+            "  workflow gates result a Success",
+            "  workflow gates workflow_finish suspended",
+            r#"workflow-suspended gates {"at":"b"}"#,
+        ]
+    );
+
+    let (out3, events) = resume(&wf, input, &out2, req("", json!("B")), 3).await.unwrap();
+    let net = network_events(&events, "net");
+    let end = find(&net, |e| match e {
+        NetworkEvent::WorkflowExecutionEnd { workflow_run_id, delegation, .. } => {
+            Some((Arc::clone(workflow_run_id), delegation.iteration, delegation.result.clone()))
+        }
+        _ => None,
+    });
+    assert_eq!(end, (run_id, 1, Some(json!({ "a": "A", "b": "B" }))));
+    assert_eq!(out3.status, RunStatus::Success, "{:?}", out3.error);
+    assert_eq!(out3.result.unwrap()["iterations"], json!(2));
+    // Two routing calls in all, however many phases.
+    let mut two = SCRIPTED_USAGE;
+    two.add(&SCRIPTED_USAGE);
+    assert_eq!(out3.snapshot.usage, two);
+}
+
+#[tokio::test]
+async fn a_resume_with_an_unreadable_state_fails_the_network() {
+    let network = Network::new("net", "", Scripted::new(&[]));
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&events);
+    let start = NetworkStart::Resume { state: json!({ "iteration": "one" }), resume_data: json!({}) };
+    let emit = move |event| sink.lock().unwrap().push(event);
+    let outcome =
+        run_network_with(&network, NetworkInput::new("x"), start, emit, NetworkEnv::new(CancellationToken::new()))
+            .await;
+    let NetworkEnd::Failed(error) = outcome.end else { panic!("{:?}", outcome.end) };
+    assert_eq!(error.name, "ResumeError");
+    assert!(error.message.starts_with("the network's saved state is unreadable"), "{}", error.message);
+    assert!(events.lock().unwrap().is_empty());
 }

@@ -1,6 +1,7 @@
 //! The built-in workflows every runstream server offers: demos, the throughput benchmark and end-to-end fixtures
 //! for each streaming feature (plain chain, writer output, foreach progress, suspend/resume, sleep, retries, agent chunks),
-//! and the built-in agents and network as runnables (`assistant`, `concierge`, `research-network`).
+//! and the built-in agents and networks as runnables (`assistant`, `concierge`, `research-network`,
+//! `travel-network`).
 
 use crate::{agent, engine::WorkflowCatalog};
 
@@ -11,6 +12,7 @@ pub mod flaky;
 pub mod order_approval;
 pub mod research_network;
 pub mod timer;
+pub mod travel_network;
 pub mod weather_activities;
 pub mod writer_flood;
 
@@ -28,6 +30,7 @@ pub fn builtin_catalog() -> WorkflowCatalog {
     catalog.register(agent::workflow(agent::assistant()));
     catalog.register(agent::workflow(agent::concierge()));
     catalog.register(research_network::workflow());
+    catalog.register(travel_network::workflow());
     catalog
 }
 
@@ -50,6 +53,7 @@ mod tests {
                 "order-approval",
                 "research-network",
                 "timer",
+                "travel-network",
                 "weather-activities",
                 "writer-flood"
             ]

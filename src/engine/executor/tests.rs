@@ -682,6 +682,55 @@ async fn suspend_then_resume_skips_finished_steps() {
     assert!(out2.snapshot.suspended.is_empty());
 }
 
+/// A step whose resume data depends on what it waits for: it sets the schema when it suspends.
+#[tokio::test]
+async fn a_resume_schema_set_at_suspension_replaces_the_declared_one_and_survives_json() {
+    let ask = |kind: &'static str| {
+        Step::new(kind, move |ctx| async move {
+            if let Some(data) = ctx.resume_data() {
+                return Ok(StepOutcome::Done(data.clone()));
+            }
+            let field = if kind == "number" { "n" } else { "s" };
+            ctx.set_resume_schema(
+                json!({ "type": "object", "required": [field], "properties": { field: { "type": kind } } }),
+            );
+            Ok(StepOutcome::suspend(json!({ "wants": field })))
+        })
+        .resume_schema(json!({ "type": "object" }))
+    };
+    let wf = Workflow::builder("w").then(ask("number")).then(ask("string")).commit();
+    let (out, events) = run(&wf, json!(null)).await;
+    match &events.last().unwrap().kind {
+        EventKind::StepSuspended { resume_schema, .. } => {
+            assert_eq!(resume_schema.as_ref().unwrap()["required"], json!(["n"]))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(out.snapshot.suspended["number"].resume_schema.as_deref().unwrap()["required"], json!(["n"]));
+    // Checked against the set schema, not the declared one (which any object satisfies).
+    let err = resume(&wf, json!(null), &out, req("", json!({ "n": "one" })), 2).await.unwrap_err();
+    assert!(matches!(&err, ResumeError::InvalidResumeData(v) if v.path == "resume_data.n"), "{err:?}");
+
+    // The snapshot goes through JSON unchanged (a network keeps a delegated workflow's snapshot so).
+    let saved = serde_json::to_value(&out.snapshot).unwrap();
+    let restored: RunSnapshot = serde_json::from_value(saved).unwrap();
+    assert_eq!(restored, out.snapshot);
+    let out = PhaseOutcome { snapshot: restored, ..out };
+    let (out2, _) = resume(&wf, json!(null), &out, req("", json!({ "n": 1 })), 2).await.unwrap();
+    assert_eq!(out2.snapshot.suspended["string"].resume_schema.as_deref().unwrap()["required"], json!(["s"]));
+    let (out3, _) = resume(&wf, json!(null), &out2, req("", json!({ "s": "x" })), 3).await.unwrap();
+    assert_eq!((out3.status, out3.result), (RunStatus::Success, Some(json!({ "s": "x" }))));
+
+    // A schema that does not compile fails the step.
+    let broken = Step::new("broken", |ctx| async move {
+        ctx.set_resume_schema(json!({ "type": 5 }));
+        Ok(StepOutcome::suspend(json!({})))
+    });
+    let (out, _) = run(&Workflow::builder("w").then(broken).commit(), json!(null)).await;
+    assert_eq!(out.status, RunStatus::Failed);
+    assert!(out.error.unwrap().message.starts_with("the resume schema it set is unusable"));
+}
+
 #[tokio::test]
 async fn parallel_double_suspension_resumes_one_at_a_time() {
     let wf =

@@ -1,0 +1,51 @@
+//! `travel-network`: the built-in network whose primitives wait for people. Its routing agent delegates among the
+//! `concierge` agent (whose `book-activity` calls need the user's approval), the `order-approval` workflow (whose
+//! `approve` step suspends for a manager's decision) and the `book-activity` tool itself (which needs approval when
+//! the network calls it directly). Each wait suspends the network run (`AgentExecutionApproval`,
+//! `WorkflowExecutionSuspended`, `ToolExecutionApproval`); `ResumeStream` continues it where it stopped. With the
+//! offline model it runs each primitive the task names once, in the order named, then finishes.
+//! Registered in [`builtin_catalog`](super::builtin_catalog) as a network run ([`workflow`]).
+
+use std::sync::Arc;
+
+use super::order_approval;
+use crate::{
+    agent::{concierge_with, tools::book_activity_tool},
+    engine::Workflow,
+    model::{ModelProvider, OfflineModel, model_from_env},
+    network::{self, Network},
+};
+
+pub const ID: &str = "travel-network";
+
+/// The network, its models (routing, concierge) from the environment ([`model_from_env`]); a broken model
+/// configuration falls back to the offline model (with a warning), as for the built-in agents.
+pub fn travel_network() -> Arc<Network> {
+    let model = model_from_env().unwrap_or_else(|e| {
+        tracing::warn!("{e}; the travel network uses the offline model instead");
+        Arc::new(OfflineModel::new())
+    });
+    travel_network_with(model)
+}
+
+/// The network with one model for everything in it (tests pin the offline model).
+pub fn travel_network_with(model: Arc<dyn ModelProvider>) -> Arc<Network> {
+    Arc::new(
+        Network::new(
+            ID,
+            "Delegate trip planning and activity bookings to the concierge, orders that need a manager's sign-off to \
+             order-approval (its input: an order id and an amount), and a single booking the user spells out to \
+             book-activity. Bookings and orders wait for a person's decision.",
+            Arc::clone(&model),
+        )
+        .description("Plans trips with the concierge, files orders with order-approval and books with book-activity.")
+        .agent(concierge_with(model))
+        .workflow(order_approval::workflow())
+        .tool(book_activity_tool()),
+    )
+}
+
+/// `travel-network` as a standalone run (see [`network::workflow`]).
+pub fn workflow() -> Arc<Workflow> {
+    network::workflow(travel_network())
+}
