@@ -10,7 +10,7 @@
 //!
 //! `AgentStart`, then per model call ("step"): `AgentStepStart`, the model's response mapped to chunks
 //! (`ResponseMetadata`; `TextStart`/`TextDelta`/`TextEnd`; `ReasoningStart`/`ReasoningDelta`/`ReasoningEnd`;
-//! per tool call `ToolCallInputStreamingStart`, `ToolCallDelta`s, and once the response is complete
+//! `SourceRef` for each URL the model cites, `FileData` for each file it generates; per tool call `ToolCallInputStreamingStart`, `ToolCallDelta`s, and once the response is complete
 //! `ToolCallInputStreamingEnd` and `ToolCall` with the parsed arguments), then the tools' `ToolResult`s or
 //! `ToolError`s, then `AgentStepFinish`. As in Mastra (and the AI SDK it builds on) a step is a model call *and* the
 //! tool executions it asked for, so tool results come before the step's finish. A tool's failure (bad JSON, schema
@@ -20,7 +20,11 @@
 //! text).
 //!
 //! A text or reasoning part is closed (`TextEnd`/`ReasoningEnd`) when the response switches to another kind of
-//! content or ends, so parts never interleave.
+//! content (a source and a file count as content of their own) or ends, so parts never interleave. A reasoning
+//! part's signature (`ReasoningSignature`) comes inside the part, after the reasoning it signs and before its
+//! `ReasoningEnd`, which repeats it; a signature that arrives after its part closed names that part. Redacted
+//! reasoning (`RedactedReasoning`, the provider's opaque payload) goes in the open reasoning part, or opens one.
+//! Source ids count up within the run like part ids (`source-1`, ...).
 //!
 //! **Retries** ([`ModelChunk::Restart`](crate::model::ModelChunk::Restart), from `RetryingModel`): the chunks
 //! already emitted for the failed attempt stay in the log (they were streamed live and cannot be taken back), so
@@ -428,7 +432,7 @@ fn with_approval_schema(step: Step, agent: &Agent) -> Step {
 ///
 /// Input: `{"prompt": "..."}` or `{"messages": [{"role": "user", "content": "..."}, ...]}` (both: the prompt is
 /// appended as a last user message), and optionally `"output_schema"` (a JSON Schema: structured output) and
-/// `"reasoning_effort"` (`low`, `medium`, `high`). Result: `{"text", "usage", "steps", "finish_reason",
+/// `"reasoning_effort"` (`low`, `medium`, `high`, or `hidden`: see [`ReasoningEffort::Hidden`]). Result: `{"text", "usage", "steps", "finish_reason",
 /// "object"?}`.
 pub fn workflow(agent: Arc<Agent>) -> Arc<Workflow> {
     let step = agent_step_with(agent.id.to_string(), Arc::clone(&agent), |input| {
@@ -470,7 +474,10 @@ fn agent_input_schema() -> Value {
                 }
             },
             "output_schema": { "type": "object", "description": "JSON Schema of a structured answer" },
-            "reasoning_effort": { "enum": ["low", "medium", "high"] }
+            "reasoning_effort": {
+                "enum": ["low", "medium", "high", "hidden"],
+                "description": "ask the model to reason first; hidden: reason, but stream no readable reasoning"
+            }
         },
         "anyOf": [{ "required": ["prompt"] }, { "required": ["messages"] }],
         "additionalProperties": false

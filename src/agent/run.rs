@@ -5,6 +5,7 @@ use std::{
     sync::Arc,
 };
 
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -516,6 +517,10 @@ struct CallState {
     last_partial: Option<Value>,
     open_text: Option<Arc<str>>,
     open_reasoning: Option<Arc<str>>,
+    /// The open reasoning part's signature, repeated in its `ReasoningEnd`.
+    reasoning_signature: Option<String>,
+    /// This call's latest reasoning part, open or closed: what a late signature signs.
+    last_reasoning: Option<Arc<str>>,
     /// By the model's `index`, so calls come out in the order the model made them.
     calls: BTreeMap<u32, PendingCall>,
     finish: Option<(model::FinishReason, String)>,
@@ -574,17 +579,56 @@ impl CallState {
                     return None;
                 }
                 self.close_text(emit);
-                let id = match &self.open_reasoning {
-                    Some(id) => Arc::clone(id),
-                    None => {
-                        let id = parts.next("reasoning");
-                        emit(AgentChunk::ReasoningStart { id: Arc::clone(&id), signature: None });
-                        self.open_reasoning = Some(Arc::clone(&id));
+                let id = self.reasoning_part(emit, parts);
+                emit(AgentChunk::ReasoningDelta { id, text });
+            }
+            ModelChunk::ReasoningSignature { signature } => {
+                if signature.is_empty() {
+                    return None;
+                }
+                // It signs the reasoning before it: the open part; else this call's last part, closed early by
+                // other content; else (a signature with no reasoning) a part of its own.
+                let id = match (&self.open_reasoning, &self.last_reasoning) {
+                    (None, Some(last)) => Arc::clone(last),
+                    _ => {
+                        self.close_text(emit);
+                        let id = self.reasoning_part(emit, parts);
+                        self.reasoning_signature = Some(signature.clone());
                         id
                     }
                 };
-                emit(AgentChunk::ReasoningDelta { id, text });
+                emit(AgentChunk::ReasoningSignature { id, signature });
             }
+            ModelChunk::RedactedReasoning { data } => {
+                if data.is_empty() {
+                    return None;
+                }
+                // Withheld reasoning is still reasoning: it goes in (or opens) a reasoning part.
+                self.close_text(emit);
+                let id = self.reasoning_part(emit, parts);
+                emit(AgentChunk::RedactedReasoning { id, data });
+            }
+            ModelChunk::Source { url, title } => {
+                // A source is content of its own (a part in Mastra's message), so it ends the open text or
+                // reasoning part, as any switch of content does.
+                self.close_parts(emit);
+                emit(AgentChunk::SourceRef {
+                    id: parts.next("source").to_string(),
+                    source_type: "url".to_owned(),
+                    title: title.unwrap_or_default(),
+                    mime_type: None,
+                    filename: None,
+                    url: Some(url),
+                });
+            }
+            ModelChunk::File { media_type, base64 } => match BASE64.decode(base64.trim()) {
+                Ok(data) => {
+                    self.close_parts(emit);
+                    emit(AgentChunk::FileData { data, mime_type: media_type, filename: None });
+                }
+                // The provider's bytes are unreadable; the rest of the response still stands.
+                Err(e) => tracing::warn!(%media_type, "dropping a generated file whose base64 data is invalid: {e}"),
+            },
             ModelChunk::ToolCallStart { index, id, name } => {
                 self.close_parts(emit);
                 let (id, name): (Arc<str>, Arc<str>) = (Arc::from(id), Arc::from(name));
@@ -678,9 +722,21 @@ impl CallState {
         }
     }
 
+    /// The open reasoning part, or a new one (`ReasoningStart`).
+    fn reasoning_part(&mut self, emit: &impl Fn(AgentChunk), parts: &mut PartIds) -> Arc<str> {
+        if let Some(id) = &self.open_reasoning {
+            return Arc::clone(id);
+        }
+        let id = parts.next("reasoning");
+        emit(AgentChunk::ReasoningStart { id: Arc::clone(&id), signature: None });
+        self.open_reasoning = Some(Arc::clone(&id));
+        self.last_reasoning = Some(Arc::clone(&id));
+        id
+    }
+
     fn close_reasoning(&mut self, emit: &impl Fn(AgentChunk)) {
         if let Some(id) = self.open_reasoning.take() {
-            emit(AgentChunk::ReasoningEnd { id, signature: None });
+            emit(AgentChunk::ReasoningEnd { id, signature: self.reasoning_signature.take() });
         }
     }
 
@@ -697,17 +753,24 @@ impl CallState {
     }
 }
 
-/// Text and reasoning part ids, unique within one agent run (`text-1`, `reasoning-1`, `text-2`, ...). Counters
-/// rather than random ids keep streams reproducible.
+/// Text and reasoning part ids and source ids, unique within one agent run (`text-1`, `reasoning-1`, `text-2`,
+/// `source-1`, ...). Counters rather than random ids keep streams reproducible.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct PartIds {
     text: u32,
     reasoning: u32,
+    /// Default: states saved before sources had ids.
+    #[serde(default)]
+    source: u32,
 }
 
 impl PartIds {
     fn next(&mut self, kind: &'static str) -> Arc<str> {
-        let n = if kind == "text" { &mut self.text } else { &mut self.reasoning };
+        let n = match kind {
+            "text" => &mut self.text,
+            "reasoning" => &mut self.reasoning,
+            _ => &mut self.source,
+        };
         *n += 1;
         Arc::from(format!("{kind}-{n}"))
     }

@@ -121,7 +121,18 @@ fn describe(chunk: &AgentChunk) -> String {
         AgentChunk::TextEnd { id } => format!("text-end {id}"),
         AgentChunk::ReasoningStart { id, .. } => format!("reasoning-start {id}"),
         AgentChunk::ReasoningDelta { id, text } => format!("reasoning-delta {id} {text}"),
-        AgentChunk::ReasoningEnd { id, .. } => format!("reasoning-end {id}"),
+        AgentChunk::ReasoningEnd { id, signature } => match signature {
+            Some(signature) => format!("reasoning-end {id} signed {signature}"),
+            None => format!("reasoning-end {id}"),
+        },
+        AgentChunk::ReasoningSignature { id, signature } => format!("reasoning-signature {id} {signature}"),
+        AgentChunk::RedactedReasoning { id, data } => format!("redacted-reasoning {id} {data}"),
+        AgentChunk::SourceRef { id, source_type, title, url, .. } => {
+            format!("source {id} {source_type} {} {title:?}", url.as_deref().unwrap_or(""))
+        }
+        AgentChunk::FileData { data, mime_type, .. } => {
+            format!("file {mime_type} {:?}", String::from_utf8_lossy(data))
+        }
         AgentChunk::ToolCallInputStreamingStart { tool_call_id, tool_name, .. } => {
             format!("input-start {tool_call_id} {tool_name}")
         }
@@ -235,6 +246,77 @@ async fn reasoning_then_text_are_separate_parts() {
             "finish Stop \"Done\" steps=1",
         ]
     );
+}
+
+#[tokio::test]
+async fn signatures_and_redacted_reasoning_stay_inside_their_reasoning_part() {
+    let model = Scripted::new(vec![vec![
+        meta("r1"),
+        reasoning("Think."),
+        ModelChunk::ReasoningSignature { signature: "sig-1".into() },
+        ModelChunk::RedactedReasoning { data: "opaque".into() },
+        text("Done"),
+        // Late: its part (reasoning-1) has closed; it still names it.
+        ModelChunk::ReasoningSignature { signature: "sig-2".into() },
+        // Redacted reasoning alone opens a part of its own.
+        ModelChunk::RedactedReasoning { data: "more".into() },
+        ModelChunk::ReasoningDelta { text: String::new() },
+        finish(model::FinishReason::Stop),
+    ]]);
+    let (_, chunks) = run(&agent(model), "Hi").await;
+    assert_eq!(
+        lines(&chunks)[2..],
+        [
+            "metadata r1",
+            "reasoning-start reasoning-1",
+            "reasoning-delta reasoning-1 Think.",
+            "reasoning-signature reasoning-1 sig-1",
+            "redacted-reasoning reasoning-1 opaque",
+            "reasoning-end reasoning-1 signed sig-1",
+            "text-start text-1",
+            "text-delta text-1 Done",
+            // Not content: it does not end the text part.
+            "reasoning-signature reasoning-1 sig-2",
+            "text-end text-1",
+            "reasoning-start reasoning-2",
+            "redacted-reasoning reasoning-2 more",
+            "reasoning-end reasoning-2",
+            "step-finish 1 Stop \"Done\"",
+            "finish Stop \"Done\" steps=1",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sources_and_files_are_content_of_their_own() {
+    let model = Scripted::new(vec![vec![
+        text("See "),
+        ModelChunk::Source { url: "https://example.com/a".into(), title: Some("A".into()) },
+        ModelChunk::Source { url: "https://example.com/b".into(), title: None },
+        text("and this:"),
+        ModelChunk::File { media_type: "text/csv".into(), base64: "YSxiCjEsMgo=".into() },
+        // Undecodable bytes are dropped; the answer stands.
+        ModelChunk::File { media_type: "image/png".into(), base64: "not base64!".into() },
+        finish(model::FinishReason::Stop),
+    ]]);
+    let (outcome, chunks) = run(&agent(model), "Hi").await;
+    assert_eq!(
+        lines(&chunks)[2..],
+        [
+            "text-start text-1",
+            "text-delta text-1 See ",
+            "text-end text-1",
+            "source source-1 url https://example.com/a \"A\"",
+            "source source-2 url https://example.com/b \"\"",
+            "text-start text-2",
+            "text-delta text-2 and this:",
+            "text-end text-2",
+            "file text/csv \"a,b\\n1,2\\n\"",
+            "step-finish 1 Stop \"See and this:\"",
+            "finish Stop \"See and this:\" steps=1",
+        ]
+    );
+    assert_eq!(outcome.text, "See and this:");
 }
 
 #[tokio::test]
