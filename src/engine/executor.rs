@@ -647,14 +647,14 @@ impl Exec {
         }
         if states.suspended().next().is_some() {
             let now = self.clock.now();
-            let resume_schema = step.resume_schema.as_ref().map(Schema::shared_raw);
+            let resume_schema = step.resume_schema.clone();
             let mut first: Option<SuspendedStep> = None;
             for (index, payload, label) in states.suspended() {
                 self.emit(EventKind::StepSuspended {
                     step_id: Arc::clone(&path),
                     step_call_id: call_id.clone(),
                     suspend_payload: payload.clone(),
-                    resume_schema: resume_schema.as_deref().cloned(),
+                    resume_schema: resume_schema.as_ref().map(|s| s.raw().clone()),
                     resume_label: label.clone(),
                     for_each_index: Some(index),
                 });
@@ -806,7 +806,7 @@ impl Exec {
                         step_id: Arc::clone(&path),
                         step_call_id: call_id,
                         suspend_payload: first.suspend_payload.clone(),
-                        resume_schema: first.resume_schema.as_deref().cloned(),
+                        resume_schema: first.resume_schema.as_ref().map(|s| s.raw().clone()),
                         resume_label: first.resume_label.clone(),
                         for_each_index: first.for_each_index,
                     });
@@ -1043,7 +1043,7 @@ impl Exec {
                 finish(StepStatus::Bailed, Some(value.clone()), None, attempts, input);
                 LeafResult::Bailed(value)
             }
-            Some(Ok(StepOutcome::Suspend { payload, resume_label })) => {
+            Some(Ok(StepOutcome::Suspend { payload, resume_label, resume_schema })) => {
                 if let Err(error) = check_schema(step.suspend_schema.as_ref(), &payload, "suspend_payload", Some(&path))
                 {
                     let error = with_index(error, for_each_index);
@@ -1052,12 +1052,12 @@ impl Exec {
                 }
                 if !hidden {
                     let now = self.clock.now();
-                    let resume_schema = step.resume_schema.as_ref().map(Schema::shared_raw);
+                    let resume_schema = resume_schema.or_else(|| step.resume_schema.clone());
                     self.emit(EventKind::StepSuspended {
                         step_id: Arc::clone(&path),
                         step_call_id: call_id.clone(),
                         suspend_payload: payload.clone(),
-                        resume_schema: resume_schema.as_deref().cloned(),
+                        resume_schema: resume_schema.as_ref().map(|s| s.raw().clone()),
                         resume_label: resume_label.clone(),
                         for_each_index,
                     });

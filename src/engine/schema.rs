@@ -24,6 +24,13 @@ impl fmt::Debug for Schema {
     }
 }
 
+/// Two schemas are equal when they are written the same (the compiled validator follows from the text).
+impl PartialEq for Schema {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
 impl Schema {
     /// Compiles `schema`. Fails when it is not a valid JSON Schema.
     pub fn compile(schema: Value) -> Result<Self, String> {
@@ -43,11 +50,6 @@ impl Schema {
     /// The schema as written.
     pub fn raw(&self) -> &Value {
         &self.raw
-    }
-
-    /// The schema as given, shared: snapshots of suspended steps point at it rather than copy it.
-    pub fn shared_raw(&self) -> Arc<Value> {
-        Arc::clone(&self.raw)
     }
 
     /// Checks `instance`; on failure reports the first violation with its field named under `root` (e.g. `input`).

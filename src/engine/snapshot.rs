@@ -4,11 +4,14 @@
 //! already succeeded are not run again, their recorded outputs are reused, and no events are emitted for them; the
 //! resumed step runs with its resume data; everything after it runs normally.
 
-use std::{borrow::Borrow, collections::BTreeMap, ops::Index, sync::Arc, time::SystemTime};
+use std::{borrow::Borrow, collections::BTreeMap, ops::Index, time::SystemTime};
 
 use serde_json::Value;
 
-use super::event::{ErrorInfo, StepStatus, Usage};
+use super::{
+    event::{ErrorInfo, StepStatus, Usage},
+    schema::Schema,
+};
 
 /// The engine's memory of a run. Owned by the registry, handed to each phase and returned by it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -46,8 +49,10 @@ pub struct SuspendedStep {
     /// Path segments, e.g. `["child", "approve"]`.
     pub path: Vec<String>,
     pub suspend_payload: Value,
-    /// JSON Schema the resume data must satisfy, if the step declares one: the step definition's own, shared.
-    pub resume_schema: Option<Arc<Value>>,
+    /// JSON Schema the resume data must satisfy, if any: the one the suspension named
+    /// ([`StepOutcome::with_resume_schema`](super::StepOutcome::with_resume_schema)), else the step definition's own.
+    /// Shared, not copied.
+    pub resume_schema: Option<Schema>,
     pub resume_label: Option<String>,
     /// The suspended iteration, when the step runs inside a foreach.
     pub for_each_index: Option<u32>,

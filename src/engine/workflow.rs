@@ -310,7 +310,9 @@ impl Workflow {
             }
         };
 
-        if let Some(schema) = self.index.get(&step_id).and_then(|e| e.resume_schema.as_ref()) {
+        // The suspension's own schema, if it named one, else the step's.
+        let schema = snapshot.suspended.get(&step_id).and_then(|s| s.resume_schema.as_ref());
+        if let Some(schema) = schema.or_else(|| self.index.get(&step_id).and_then(|e| e.resume_schema.as_ref())) {
             schema.validate(&req.resume_data, "resume_data").map_err(ResumeError::InvalidResumeData)?;
         }
         Ok(ResumeTarget { step_id, for_each_index, resume_data: req.resume_data })

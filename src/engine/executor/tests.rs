@@ -683,6 +683,45 @@ async fn suspend_then_resume_skips_finished_steps() {
 }
 
 #[tokio::test]
+async fn a_suspension_may_name_its_own_resume_schema() {
+    // The step's schema wants an object; its second suspension asks for a number instead.
+    let step = Step::new("ask", |ctx| async move {
+        match ctx.resume_data() {
+            None => Ok(StepOutcome::suspend(json!({ "ask": "object" }))),
+            Some(data) if data.is_object() => {
+                let schema = crate::engine::schema::Schema::compile(json!({ "type": "number" })).unwrap();
+                Ok(StepOutcome::suspend(json!({ "ask": "number" })).with_resume_schema(schema))
+            }
+            Some(data) => Ok(StepOutcome::Done(data.clone())),
+        }
+    })
+    .resume_schema(json!({ "type": "object" }));
+    let wf = Workflow::builder("w").then(step).commit();
+    let (out, _) = run(&wf, json!(0)).await;
+    let object_wanted = wf.resolve_resume(&out.snapshot, req("ask", json!(1))).unwrap_err();
+    assert!(matches!(object_wanted, ResumeError::InvalidResumeData(_)), "{object_wanted:?}");
+
+    let (out2, events) = resume(&wf, json!(0), &out, req("ask", json!({})), 2).await.unwrap();
+    assert_eq!(out2.status, RunStatus::Suspended);
+    match &events.last().map(|e| &e.kind) {
+        Some(EventKind::StepSuspended { resume_schema, .. }) => {
+            assert_eq!(resume_schema, &Some(json!({ "type": "number" })));
+        }
+        other => panic!("{other:?}"),
+    }
+    let number_wanted = wf.resolve_resume(&out2.snapshot, req("ask", json!({}))).unwrap_err();
+    assert_eq!(
+        number_wanted,
+        ResumeError::InvalidResumeData(crate::engine::SchemaViolation {
+            path: "resume_data".into(),
+            message: "expected number, got object".into()
+        })
+    );
+    let (out3, _) = resume(&wf, json!(0), &out2, req("ask", json!(7)), 3).await.unwrap();
+    assert_eq!((out3.status, out3.result), (RunStatus::Success, Some(json!(7))));
+}
+
+#[tokio::test]
 async fn parallel_double_suspension_resumes_one_at_a_time() {
     let wf =
         Workflow::builder("w").parallel(vec![gate("a"), gate("b")]).then(counted("c", Default::default())).commit();
