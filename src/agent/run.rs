@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Agent, ToolContext, ToolError, partial_json::parse_partial};
 use crate::{
-    engine::{AgentChunk, ErrorInfo, FinishReason, ToolCallApproval, Usage, schema::Schema},
+    engine::{AgentChunk, ErrorInfo, FinishReason, ToolCallApproval, ToolCallSuspended, Usage, schema::Schema},
     model::{self, Message, ModelChunk, ModelError, ModelRequest, ReasoningEffort, ResponseSchema, ToolCall},
 };
 
@@ -42,8 +42,11 @@ pub enum AgentEnd {
     /// The run was canceled; streamed as `AgentAbort`.
     Aborted,
     /// A tool call needs a person's decision; streamed as `ToolCallApproval`. Continue with
-    /// [`AgentInput::Resume`], handing back `state`.
+    /// [`AgentInput::Resume`], handing back `state` and the decision.
     AwaitingApproval { approval: ToolCallApproval, state: Value },
+    /// A tool suspended itself ([`ToolContext::suspend`]); streamed as `ToolCallSuspended`. Continue with
+    /// [`AgentInput::Resume`], handing back `state` and data for the tool (its resume schema says what).
+    Suspended { suspended: ToolCallSuspended, state: Value },
     /// An output guardrail stopped the agent; streamed as `Tripwire`.
     Tripwire { reason: String, processor_id: String },
 }
@@ -53,8 +56,9 @@ pub enum AgentEnd {
 pub enum AgentInput {
     /// A new conversation (the instructions are prepended as the system message).
     Messages(Vec<Message>),
-    /// Continue after [`AgentEnd::AwaitingApproval`] with the decision on the pending call.
-    Resume { state: Value, decision: ApprovalDecision },
+    /// Continue after [`AgentEnd::AwaitingApproval`] or [`AgentEnd::Suspended`]: `data` is the decision on the
+    /// waiting call (an [`ApprovalDecision`] as JSON) or the data the suspended tool is called again with.
+    Resume { state: Value, data: Value },
 }
 
 /// A person's answer to a `ToolCallApproval`.
@@ -134,6 +138,12 @@ struct QueuedCall {
     /// A person approved this call: run it without asking again.
     #[serde(default)]
     approved: bool,
+    /// The tool suspended itself on this call and waits for resume data.
+    #[serde(default)]
+    suspended: bool,
+    /// The data the call was resumed with, for the tool's next invocation.
+    #[serde(default)]
+    resume_data: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -185,7 +195,7 @@ where
                 pending: None,
             }
         }
-        AgentInput::Resume { state, decision } => match resume_state(state, decision, &emit) {
+        AgentInput::Resume { state, data } => match resume_state(agent, state, data, &emit) {
             Ok(st) => st,
             Err(message) => {
                 let error = ErrorInfo::new("ResumeError", message);
@@ -296,7 +306,7 @@ where
             st.pending = Some(call.into_tool_phase(&emit));
         }
 
-        // The tool half: run the calls in the model's order, stopping at one that needs approval.
+        // The tool half: run the calls in the model's order, stopping at one that needs approval or suspends.
         let Some(mut phase) = st.pending.take() else { continue };
         while let Some(next) = phase.queue.front() {
             let tool = agent.tools.iter().find(|t| t.name() == next.name);
@@ -313,18 +323,7 @@ where
                 emit(AgentChunk::ToolCallApproval(approval.clone()));
                 guard.ended = true;
                 st.pending = Some(phase);
-                let (usage, steps) = (st.total, st.steps);
-                let state = match serde_json::to_value(&st) {
-                    Ok(state) => state,
-                    // Plain data throughout; only a bug could make this fail, and then the run must say so.
-                    Err(e) => {
-                        let error = ErrorInfo::new("AgentStateError", format!("cannot save the agent's state: {e}"));
-                        emit(AgentChunk::AgentError { error: error.clone() });
-                        return outcome(AgentEnd::Failed(error), String::new(), None, usage, steps, Vec::new());
-                    }
-                };
-                let end = AgentEnd::AwaitingApproval { approval, state };
-                return outcome(end, String::new(), None, usage, steps, st.conversation);
+                return suspend(st, &emit, |state| AgentEnd::AwaitingApproval { approval, state });
             }
             let Some(call) = phase.queue.pop_front() else { break };
             let (id, name): (Arc<str>, Arc<str>) = (Arc::from(call.id.as_str()), Arc::from(call.name.as_str()));
@@ -337,6 +336,7 @@ where
                     let (tx, mut output) = tokio::sync::mpsc::unbounded_channel();
                     let ctx = ToolContext {
                         output: Some(tx),
+                        resume: call.resume_data.clone(),
                         ..ToolContext::new(Arc::clone(&agent.id), Arc::clone(&id), cancel.clone())
                     };
                     let run = tool.call(ctx, call.args.clone());
@@ -363,6 +363,34 @@ where
                     }
                     result
                 }
+            };
+            let result = match result {
+                Err(error) if error.suspend_payload().is_some() => {
+                    match tool.and_then(|t| t.resume_schema().cloned()) {
+                        Some(resume_schema) => {
+                            let suspended = ToolCallSuspended {
+                                tool_call_id: id,
+                                tool_name: name,
+                                suspend_payload: error.suspend_payload().cloned().unwrap_or_default(),
+                                args: call.args.clone(),
+                                resume_schema: Some(resume_schema),
+                            };
+                            emit(AgentChunk::ToolCallSuspended(suspended.clone()));
+                            guard.ended = true;
+                            // The call stays first in line: resumed, it runs again with the data.
+                            phase.queue.push_front(QueuedCall { suspended: true, resume_data: None, ..call });
+                            st.pending = Some(phase);
+                            return suspend(st, &emit, |state| AgentEnd::Suspended { suspended, state });
+                        }
+                        // Nothing could check the data it would be resumed with: a programming error, reported as
+                        // the call's failure so the model can go on without it.
+                        None => Err(ToolError::new(format!(
+                            "tool '{name}' suspended itself, but it was not built with a resume schema \
+                             (Tool::with_resume_schema), so it cannot be resumed"
+                        ))),
+                    }
+                }
+                other => other,
             };
             let content = match result {
                 Ok(value) => {
@@ -464,13 +492,41 @@ pub fn approval_schema() -> Value {
     })
 }
 
-/// Restores the loop after an approval and applies the decision to the call that waited for it.
-fn resume_state(state: Value, decision: ApprovalDecision, emit: &impl Fn(AgentChunk)) -> Result<LoopState, String> {
+/// Saves the loop's state for a resume and ends the run as `end` makes of it.
+fn suspend(st: LoopState, emit: &impl Fn(AgentChunk), end: impl FnOnce(Value) -> AgentEnd) -> AgentOutcome {
+    let (usage, steps) = (st.total, st.steps);
+    match serde_json::to_value(&st) {
+        Ok(state) => outcome(end(state), String::new(), None, usage, steps, st.conversation),
+        // Plain data throughout; only a bug could make this fail, and then the run must say so.
+        Err(e) => {
+            let error = ErrorInfo::new("AgentStateError", format!("cannot save the agent's state: {e}"));
+            emit(AgentChunk::AgentError { error: error.clone() });
+            outcome(AgentEnd::Failed(error), String::new(), None, usage, steps, Vec::new())
+        }
+    }
+}
+
+/// Restores the loop after a suspension and hands `data` to the call that waited: the decision on a call awaiting
+/// approval, the resume data of a tool that suspended itself (checked against its schema here too, for callers of
+/// the loop that did not check it).
+fn resume_state(agent: &Agent, state: Value, data: Value, emit: &impl Fn(AgentChunk)) -> Result<LoopState, String> {
     let mut st: LoopState =
         serde_json::from_value(state).map_err(|e| format!("the agent's saved state is unreadable: {e}"))?;
     let Some(phase) = st.pending.as_mut().filter(|p| !p.queue.is_empty()) else {
-        return Err("the agent's saved state has no tool call awaiting approval".to_owned());
+        return Err("the agent's saved state has no tool call waiting for a decision or resume data".to_owned());
     };
+    if let Some(head) = phase.queue.front_mut().filter(|c| c.suspended) {
+        if let Some(schema) = agent.find_tool(&head.name).and_then(|t| t.resume_schema.as_ref()) {
+            schema
+                .validate(&data, "resume_data")
+                .map_err(|v| format!("{v}; the tool '{}' cannot resume", head.name))?;
+        }
+        head.suspended = false;
+        head.resume_data = Some(data);
+        return Ok(st);
+    }
+    let decision: ApprovalDecision = serde_json::from_value(data)
+        .map_err(|e| format!("resume_data must be {{\"approved\": bool, \"reason\"?: string}}: {e}"))?;
     if decision.approved {
         if let Some(head) = phase.queue.front_mut() {
             head.approved = true;
@@ -694,6 +750,8 @@ impl CallState {
                         name: pending.name.to_string(),
                         args,
                         approved: false,
+                        suspended: false,
+                        resume_data: None,
                     });
                 }
                 Err(e) => {

@@ -156,6 +156,8 @@ pub struct ToolMeta {
     /// JSON Schema of the arguments.
     pub parameters: Value,
     pub requires_approval: bool,
+    /// Set for a tool that may suspend itself: JSON Schema of the data that resumes it.
+    pub resume_schema: Option<Value>,
 }
 
 /// What a runnable is, as callers name it: a workflow, or an agent or agent network run as a one-step workflow of
