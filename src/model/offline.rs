@@ -569,15 +569,21 @@ fn expression(text: &str) -> Option<Expression> {
     })
 }
 
-/// The capitalized words after the last "in", "for" or "at" (else the next word): `weather in New York?` →
-/// `New York`.
+/// The capitalized words after the last "in", "for" or "at" (else the next word), up to the end of the sentence:
+/// `weather in New York? Send it` → `New York`.
 fn place(text: &str) -> Option<String> {
     let words: Vec<&str> = text.split_whitespace().collect();
     let at = words.iter().rposition(|w| matches!(w.to_lowercase().as_str(), "in" | "for" | "at"))?;
     let clean = |w: &str| w.trim_matches(|c: char| !c.is_alphanumeric()).to_owned();
+    let mut ended = false;
     let capitalized: Vec<String> = words[at + 1..]
         .iter()
-        .take_while(|w| w.chars().next().is_some_and(char::is_uppercase))
+        .take_while(|w| {
+            // A word after `?`, `.`, `!` or `;` starts another sentence: not part of the name.
+            let take = !ended && w.chars().next().is_some_and(char::is_uppercase);
+            ended = w.ends_with(['?', '.', '!', ';']);
+            take
+        })
         .map(|w| clean(w))
         .collect();
     if !capitalized.is_empty() {
@@ -1186,5 +1192,7 @@ mod tests {
         assert_eq!(split_in("{\"a\":\"é\"}", 3).collect::<String>(), "{\"a\":\"é\"}");
         assert_eq!(place("weather for san francisco"), Some("san".into()));
         assert_eq!(place("no place here"), None);
+        assert_eq!(place("weather in New York? Send it"), Some("New York".into()));
+        assert_eq!(place("weather in Paris, Texas"), Some("Paris Texas".into()));
     }
 }
