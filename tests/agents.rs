@@ -1,6 +1,7 @@
 //! Agents run on their own over the RPCs (`agent_id`), against a real server with the generated Rust client and the
-//! built-in agents on the offline model: every agent chunk in order with its fields, tool approval across a
-//! suspension, the tripwire, structured output, and the errors a caller can make.
+//! built-in agents on the offline model: every agent chunk in order with its fields (reasoning and its signature,
+//! redacted reasoning, sources, files), tool approval and a tool's own suspension across a resume, the tripwire,
+//! structured output, and the errors a caller can make.
 
 mod common;
 
@@ -62,7 +63,13 @@ async fn list_workflows_shows_agents_with_their_tools() {
     assert!(json(&assistant.input_schema)["properties"]["prompt"].is_object());
     let concierge = all.iter().find(|w| w.id == "concierge").expect("concierge");
     assert!(concierge.tools.iter().any(|t| t.name == "book-activity" && t.requires_approval));
-    assert!(json(&concierge.steps[0].resume_schema)["properties"]["approved"].is_object());
+    let reserve = concierge.tools.iter().find(|t| t.name == "reserve-table").expect("reserve-table");
+    assert_eq!(json(&reserve.resume_schema)["required"], json!(["guests", "time"]));
+    assert_eq!(assistant.tools[0].resume_schema, None);
+    // The step takes an approval decision or the reservation's details, whichever suspended it.
+    let any_of = json(&concierge.steps[0].resume_schema)["anyOf"].clone();
+    assert!(any_of[0]["properties"]["approved"].is_object(), "{any_of}");
+    assert_eq!(any_of[1], json(&reserve.resume_schema));
     let chain = all.iter().find(|w| w.id == "chain").expect("chain");
     assert_eq!(chain.kind, pb::RunKind::Workflow as i32);
     server.stop().await;
@@ -85,6 +92,7 @@ async fn an_agent_run_streams_reasoning_then_text_in_the_run_envelope() {
             "ResponseMetadata",
             "ReasoningStart",
             "ReasoningDelta*",
+            "ReasoningSignature",
             "ReasoningEnd",
             "TextStart",
             "TextDelta*",
@@ -95,6 +103,20 @@ async fn an_agent_run_streams_reasoning_then_text_in_the_run_envelope() {
             "WorkflowFinish",
         ]
     );
+    // The signature comes inside its reasoning part, after the reasoning it signs; the part's end repeats it.
+    let part = |i: usize| match &events[i].event {
+        Some(Event::ReasoningStart(m)) => (m.id.clone(), m.signature.clone()),
+        Some(Event::ReasoningSignature(m)) => (m.id.clone(), m.signature.clone()),
+        Some(Event::ReasoningEnd(m)) => (m.id.clone(), m.signature.clone()),
+        other => panic!("{other:?}"),
+    };
+    let at = |name: &str| events.iter().position(|e| variant(e) == name).unwrap();
+    let (start, signature, end) =
+        (part(at("ReasoningStart")), part(at("ReasoningSignature")), part(at("ReasoningEnd")));
+    assert_eq!((start.0.as_str(), start.1.as_str()), ("reasoning-1", ""));
+    assert_eq!(signature.0, "reasoning-1");
+    assert!(signature.1.starts_with("offline-sig-") && signature.1.len() == "offline-sig-".len() + 16, "{signature:?}");
+    assert_eq!(end, signature);
     let Some(Event::WorkflowStart(start)) = &events[0].event else { panic!() };
     assert_eq!(start.workflow_id, "assistant");
     let agent: Vec<&pb::RunEvent> = events.iter().filter(|e| e.source == pb::EventSource::Agent as i32).collect();
@@ -122,6 +144,91 @@ async fn an_agent_run_streams_reasoning_then_text_in_the_run_envelope() {
     let run = get_result(&mut client, &events[0].run_id, false).await;
     assert_eq!((run.kind, run.workflow_id.as_str()), (pb::RunKind::Agent as i32, "assistant"));
     assert_eq!(run.usage.map(|u| u.total_tokens), Some(usage.total_tokens));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hidden_reasoning_streams_only_its_redacted_part() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let request = agent_request("assistant", json!({"prompt": "Tell me about Lisbon", "reasoning_effort": "hidden"}));
+    let events = stream_run(&mut client, request).await;
+    assert_eq!(
+        shape(&events)[5..10],
+        ["ReasoningStart", "RedactedReasoning", "ReasoningEnd", "TextStart", "TextDelta*"],
+        "no reasoning text, no signature"
+    );
+    let Some(Event::RedactedReasoning(redacted)) = &events[6].event else { panic!() };
+    assert_eq!(redacted.id, "reasoning-1");
+    assert!(redacted.data.starts_with("offline-redacted-"), "{}", redacted.data);
+    let Some(Event::ReasoningEnd(end)) = &events[7].event else { panic!() };
+    assert_eq!((end.id.as_str(), end.signature.as_str()), ("reasoning-1", ""));
+    // Reasoning still happened: it counts.
+    let n = events.len();
+    let Some(Event::AgentFinish(finish)) = &events[n - 3].event else { panic!() };
+    assert!(finish.usage.is_some_and(|u| u.reasoning_tokens > 0));
+    assert_eq!(finish_status(&events[n - 1]), Some(pb::RunStatus::Success));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_cites_its_tool_as_a_source_and_attaches_a_csv_file() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let prompt = "What is the weather in Paris? Send it as a CSV file and cite your sources.";
+    let events = stream_run(&mut client, agent_request("assistant", json!({"prompt": prompt}))).await;
+    let shape = shape(&events);
+    let second = shape.iter().rposition(|s| s == "AgentStepStart").unwrap();
+    assert_eq!(
+        shape[second..],
+        [
+            "AgentStepStart",
+            "ResponseMetadata",
+            "SourceRef",
+            "TextStart",
+            "TextDelta*",
+            "TextEnd",
+            "File",
+            "AgentStepFinish",
+            "AgentFinish",
+            "StepResult",
+            "WorkflowFinish",
+        ]
+    );
+    let call_id = events
+        .iter()
+        .find_map(|e| match &e.event {
+            Some(Event::ToolCall(c)) => Some(c.tool_call_id.clone()),
+            _ => None,
+        })
+        .expect("tool_call");
+    let source = events.iter().find_map(|e| match &e.event {
+        Some(Event::SourceRef(s)) => Some(s.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        source.expect("source_ref"),
+        pb::SourceRef {
+            id: "source-1".into(),
+            source_type: "url".into(),
+            title: "get-weather result".into(),
+            mime_type: String::new(),
+            filename: String::new(),
+            url: format!("runstream://tool/get-weather/{call_id}"),
+        }
+    );
+    let file = events.iter().find_map(|e| match &e.event {
+        Some(Event::File(f)) => Some(f.clone()),
+        _ => None,
+    });
+    let file = file.expect("file");
+    assert_eq!(file.mime_type, "text/csv");
+    let csv = String::from_utf8(file.data).expect("utf-8");
+    let mut lines = csv.lines();
+    assert_eq!(lines.next(), Some("tool,city,conditions,humidity,temperature,wind_kph"));
+    assert!(lines.next().is_some_and(|row| row.starts_with("get-weather,Paris,")), "{csv}");
+    let text: String = texts(&events).collect();
+    assert!(text.ends_with("The results are attached as a CSV file."), "{text}");
     server.stop().await;
 }
 
@@ -287,6 +394,77 @@ async fn a_declined_booking_is_denied_and_the_agent_answers_without_it() {
     assert!(!events.iter().any(|e| matches!(e.event, Some(Event::ToolResult(_)))));
     let text: String = texts(&events).collect();
     assert!(text.contains("the user declined this call to 'book-activity': too expensive"), "{text}");
+    assert_eq!(finish_status(events.last().unwrap()), Some(pb::RunStatus::Success));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_that_suspends_itself_resumes_with_the_guests_answer() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let request = agent_request("concierge", json!({"prompt": "Reserve a table for dinner in Porto"}));
+    let events = stream_run(&mut client, request).await;
+    let first_phase = shape(&events);
+    assert_eq!(
+        first_phase[first_phase.len() - 5..],
+        ["ToolCallInputStreamingEnd", "ToolCall", "ToolCallSuspended", "StepSuspended", "WorkflowFinish"],
+        "the tool suspends, then the run"
+    );
+    let n = events.len();
+    let Some(Event::ToolCallSuspended(suspended)) = &events[n - 3].event else { panic!() };
+    assert_eq!((suspended.tool_name.as_str(), json(&suspended.args)), ("reserve-table", json!({"city": "Porto"})));
+    let payload = json(&suspended.suspend_payload);
+    assert_eq!(payload["missing"], json!(["guests", "time"]));
+    assert!(payload["question"].as_str().is_some_and(|q| q.contains("Porto")), "{payload}");
+    let schema = json(&suspended.resume_schema);
+    assert_eq!(schema["required"], json!(["guests", "time"]));
+    // The step suspends with the tool's schema, not the approval's.
+    let Some(Event::StepSuspended(step)) = &events[n - 2].event else { panic!() };
+    assert_eq!(json(&step.resume_schema), schema);
+    let step_payload = json(&step.suspend_payload);
+    assert_eq!(step_payload["reason"], "tool-call-suspended");
+    assert_eq!(step_payload["tool_call_id"].as_str(), Some(suspended.tool_call_id.as_str()));
+    assert_eq!(step_payload["suspend_payload"], payload);
+    assert_eq!(finish_status(&events[n - 1]), Some(pb::RunStatus::Suspended));
+    let (run_id, last) = (events[0].run_id.clone(), events[n - 1].seq);
+    assert_eq!(status_of(&get_result(&mut client, &run_id, false).await), pb::RunStatus::Suspended);
+
+    // Data that misses the tool's resume schema (an approval, here) is refused before anything runs.
+    let bad = client.resume_stream(resume_request(&run_id, json!({"approved": true}))).await;
+    assert_status(bad, Code::InvalidArgument, &["resume_data", "guests"]);
+    let bad = client.resume_stream(resume_request(&run_id, json!({"guests": 4, "time": "7pm"}))).await;
+    assert_status(bad, Code::InvalidArgument, &["resume_data.time"]);
+
+    let data = json!({"guests": 4, "time": "19:30"});
+    let stream = client.resume_stream(resume_request(&run_id, data)).await.expect("resume");
+    let events = collect(stream.into_inner()).await;
+    assert_seqs(&events, last + 1, last + events.len() as u64);
+    assert_eq!(
+        shape(&events),
+        [
+            "WorkflowStart",
+            "StepStart",
+            "ToolResult",
+            "AgentStepFinish",
+            "AgentStepStart",
+            "ResponseMetadata",
+            "TextStart",
+            "TextDelta*",
+            "TextEnd",
+            "AgentStepFinish",
+            "AgentFinish",
+            "StepResult",
+            "WorkflowFinish",
+        ]
+    );
+    let Some(Event::ToolResult(result)) = &events[2].event else { panic!() };
+    assert_eq!(result.tool_call_id, suspended.tool_call_id);
+    assert_eq!(json(&result.args), json!({"city": "Porto"}));
+    let reservation = json(&result.result);
+    assert_eq!((&reservation["guests"], &reservation["time"]), (&json!(4), &json!("19:30")));
+    assert_eq!(reservation["status"], "confirmed");
+    let text: String = texts(&events).collect();
+    assert!(text.contains("reserve-table returned"), "{text}");
     assert_eq!(finish_status(events.last().unwrap()), Some(pb::RunStatus::Success));
     server.stop().await;
 }

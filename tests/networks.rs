@@ -737,3 +737,68 @@ async fn declined_approvals_in_a_network_reach_the_agent_and_the_router() {
     assert_eq!(json(&result.result)["result"], declined);
     server.stop().await;
 }
+
+// ---- tools that suspend themselves, inside networks ----
+
+const TABLE_TASK: &str = "Ask the concierge to reserve a table for dinner in Porto, then reserve-table in Lisbon.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tools_that_suspend_themselves_suspend_the_network_and_resume_with_the_guests_answer() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let phase1 = stream_run(&mut client, network_request("travel-network", json!({ "task": TABLE_TASK }))).await;
+    let run_id = phase1[0].run_id.clone();
+    // The concierge's reserve-table call suspends itself: the network says so and suspends.
+    let agent_suspended = first(&phase1, |e| match e {
+        Event::AgentExecutionSuspended(s) => Some(s.clone()),
+        _ => None,
+    });
+    assert_eq!(agent_suspended.agent_id, "concierge");
+    let call = agent_suspended.suspended.clone().expect("the tool's suspension");
+    assert_eq!(call.tool_name, "reserve-table");
+    assert!(json(&call.suspend_payload)["question"].is_string(), "{:?}", call.suspend_payload);
+    assert!(agent_suspended.usage.is_some_and(|u| u.total_tokens > 0));
+    let tail: Vec<String> = shape(&phase1).into_iter().rev().take(4).rev().collect();
+    assert_eq!(
+        tail,
+        ["AgentExecutionEvent/ToolCallSuspended", "AgentExecutionSuspended", "StepSuspended", "WorkflowFinish"]
+    );
+    let Some(Event::StepSuspended(step)) = &phase1[phase1.len() - 2].event else { panic!() };
+    assert_eq!(json(&step.suspend_payload)["reason"], "agent-execution-suspended");
+    assert!(json(&step.resume_schema)["properties"]["guests"].is_object(), "the tool's own resume schema");
+
+    // Data that does not satisfy the tool's schema is refused; the guests' answer continues the concierge.
+    let bad = client.resume_stream(resume_request(&run_id, json!({ "guests": "many" }))).await;
+    assert_status(bad, Code::InvalidArgument, &["resume_data"]);
+    let phase2 = resume(&mut client, &run_id, json!({ "guests": 4, "time": "19:30" })).await;
+    assert_eq!(phase2[0].seq, phase1.len() as u64 + 1, "numbering continues");
+    let agent_end = first(&phase2, |e| match e {
+        Event::AgentExecutionEnd(end) => Some(end.clone()),
+        _ => None,
+    });
+    assert_eq!(agent_end.agent_id, "concierge");
+    // Next, the router calls reserve-table itself: it suspends itself again, now as the network's own tool.
+    let tool_suspended = first(&phase2, |e| match e {
+        Event::ToolExecutionSuspended(s) => Some(s.clone()),
+        _ => None,
+    });
+    let call = tool_suspended.suspended.clone().expect("the tool's suspension");
+    assert_eq!(call.tool_name, "reserve-table");
+    assert!(json(&call.resume_schema)["properties"]["time"].is_object());
+    let (payload, _) = suspended(&phase2);
+    assert_eq!(payload["reason"], "tool-execution-suspended");
+
+    let phase3 = resume(&mut client, &run_id, json!({ "guests": 2, "time": "20:00" })).await;
+    let tool_end = first(&phase3, |e| match e {
+        Event::ToolExecutionEnd(end) => Some(end.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        (tool_end.tool_name.as_str(), tool_end.tool_call_id.as_str()),
+        ("reserve-table", call.tool_call_id.as_str())
+    );
+    let reserved = tool_end.delegation.as_ref().map(|d| json(&d.result)).expect("the tool's result");
+    assert_eq!((reserved["guests"].clone(), reserved["time"].clone()), (json!(2), json!("20:00")), "{reserved}");
+    assert_eq!(finish_status(phase3.last().expect("finish")), Some(pb::RunStatus::Success));
+    server.stop().await;
+}

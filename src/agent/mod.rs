@@ -4,13 +4,14 @@
 //!   run, because the arguments come from a model and may be anything.
 //! - [`run_agent`]: the loop. It emits chunks through a callback, so that it knows nothing of the engine; run as a
 //!   workflow step ([`agent_step`]) the callback is the step's [`Writer::agent`](crate::engine::Writer::agent).
-//! - [`tools`]: the built-in tools (`get-weather`, `calculator`); [`assistant`]: the built-in agent using them.
+//! - [`tools`]: the built-in tools (`get-weather`, `calculator`, `book-activity`, `reserve-table`); [`assistant`]
+//!   and [`concierge`]: the built-in agents using them.
 //!
 //! # The loop and the chunks it emits
 //!
 //! `AgentStart`, then per model call ("step"): `AgentStepStart`, the model's response mapped to chunks
 //! (`ResponseMetadata`; `TextStart`/`TextDelta`/`TextEnd`; `ReasoningStart`/`ReasoningDelta`/`ReasoningEnd`;
-//! per tool call `ToolCallInputStreamingStart`, `ToolCallDelta`s, and once the response is complete
+//! `SourceRef` for each URL the model cites, `FileData` for each file it generates; per tool call `ToolCallInputStreamingStart`, `ToolCallDelta`s, and once the response is complete
 //! `ToolCallInputStreamingEnd` and `ToolCall` with the parsed arguments), then the tools' `ToolResult`s or
 //! `ToolError`s, then `AgentStepFinish`. As in Mastra (and the AI SDK it builds on) a step is a model call *and* the
 //! tool executions it asked for, so tool results come before the step's finish. A tool's failure (bad JSON, schema
@@ -20,7 +21,11 @@
 //! text).
 //!
 //! A text or reasoning part is closed (`TextEnd`/`ReasoningEnd`) when the response switches to another kind of
-//! content or ends, so parts never interleave.
+//! content (a source and a file count as content of their own) or ends, so parts never interleave. A reasoning
+//! part's signature (`ReasoningSignature`) comes inside the part, after the reasoning it signs and before its
+//! `ReasoningEnd`, which repeats it; a signature that arrives after its part closed names that part. Redacted
+//! reasoning (`RedactedReasoning`, the provider's opaque payload) goes in the open reasoning part, or opens one.
+//! Source ids count up within the run like part ids (`source-1`, ...).
 //!
 //! **Retries** ([`ModelChunk::Restart`](crate::model::ModelChunk::Restart), from `RetryingModel`): the chunks
 //! already emitted for the failed attempt stay in the log (they were streamed live and cannot be taken back), so
@@ -40,6 +45,14 @@
 //! continues from that call: approved, the tool runs; declined, `ToolOutputDenied`, and the model reads that the
 //! user declined (so it can answer without it). The step's `AgentStepFinish` comes once all its calls are answered.
 //!
+//! **Tools that suspend themselves** (Mastra's `suspend()` in a tool): a tool built [`Tool::with_resume_schema`]
+//! returns `Err(ctx.suspend(payload))` ([`ToolContext::suspend`]) when it needs data only a person has. The loop
+//! emits `ToolCallSuspended` (payload, arguments, the tool's resume schema) and ends with [`AgentEnd::Suspended`],
+//! its state saved as for an approval; as a step it suspends with that tool's resume schema, which `ResumeStream`
+//! checks the data against (INVALID_ARGUMENT otherwise). Resumed, the tool is called again with the same arguments
+//! and the data in [`ToolContext::resume_data`]; what it returns then is the call's `ToolResult` (or it may suspend
+//! again).
+//!
 //! **Guardrails** ([`OutputGuardrail`]): checked on the answer so far before each text delta goes out; one that
 //! objects stops the model call (the delta is never emitted), then `Tripwire`, `AgentStepFinish` and `AgentFinish`
 //! with reason `Tripwire`; as a step it fails with `StepError::tripwire`, which ends the run as TRIPWIRE.
@@ -51,7 +64,8 @@
 //! **Tool output**: a tool may stream output while it runs ([`ToolContext::write`]), emitted as `ToolOutput` before
 //! its result.
 //!
-//! Not yet: memory (threads), tools that suspend themselves (`ToolCallSuspended`).
+//! Not yet: memory (threads); reasoning signatures and redacted reasoning are streamed but not sent back to the
+//! model in later calls.
 
 mod partial_json;
 mod run;
@@ -128,6 +142,11 @@ impl Agent {
         self.tools.iter().any(Tool::requires_approval)
     }
 
+    /// Whether its runs can suspend: a tool needs approval or may suspend itself.
+    pub fn can_suspend(&self) -> bool {
+        self.tools.iter().any(|t| t.requires_approval() || t.resume_schema.is_some())
+    }
+
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.description = description.into();
         self
@@ -158,11 +177,32 @@ pub struct ToolContext {
     pub cancel: CancellationToken,
     /// Where [`ToolContext::write`] sends output; `None` where nobody streams it.
     pub output: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
+    /// What the call was resumed with, after it suspended itself; see [`ToolContext::resume_data`].
+    pub(crate) resume: Option<Value>,
 }
 
 impl ToolContext {
     pub fn new(agent_id: Arc<str>, tool_call_id: Arc<str>, cancel: CancellationToken) -> Self {
-        Self { agent_id, tool_call_id, cancel, output: None }
+        Self { agent_id, tool_call_id, cancel, output: None, resume: None }
+    }
+
+    /// Suspends the call, Mastra's `suspend(payload)`: `return Err(ctx.suspend(payload))`. The agent emits
+    /// `ToolCallSuspended` (with `payload`, the arguments and the tool's resume schema) and its run suspends;
+    /// `ResumeStream` with data that satisfies [`Tool::with_resume_schema`]'s schema calls the tool again, with the
+    /// same arguments and that data in [`resume_data`](Self::resume_data). Only a tool built with a resume schema
+    /// can suspend: elsewhere (another tool, or any tool called outside an agent's loop) the returned error is the
+    /// call's failure.
+    pub fn suspend(&self, payload: Value) -> ToolError {
+        ToolError {
+            name: "ToolSuspended".to_owned(),
+            message: format!("tool call {} suspended itself to wait for resume data", self.tool_call_id),
+            suspend_payload: Some(Box::new(payload)),
+        }
+    }
+
+    /// The resume data, when this invocation continues a call that suspended itself; `None` on the first one.
+    pub fn resume_data(&self) -> Option<&Value> {
+        self.resume.as_ref()
     }
 
     /// Streams a piece of output while the tool runs (progress, partial results): the agent emits it as a
@@ -183,16 +223,23 @@ pub struct ToolError {
     /// Error class for the `ToolError` chunk, e.g. `ToolError`, `ToolArgsError`.
     pub name: String,
     pub message: String,
+    /// Set by [`ToolContext::suspend`]: not a failure but a suspension, with this payload.
+    suspend_payload: Option<Box<Value>>,
 }
 
 impl ToolError {
     pub fn new(message: impl Into<String>) -> Self {
-        Self { name: "ToolError".to_owned(), message: message.into() }
+        Self { name: "ToolError".to_owned(), message: message.into(), suspend_payload: None }
     }
 
     /// The arguments are unusable (invalid JSON, schema violation): the model's mistake, not the tool's.
     pub fn args(message: impl Into<String>) -> Self {
-        Self { name: "ToolArgsError".to_owned(), message: message.into() }
+        Self { name: "ToolArgsError".to_owned(), message: message.into(), suspend_payload: None }
+    }
+
+    /// The payload, when this is a suspension ([`ToolContext::suspend`]) rather than a failure.
+    pub fn suspend_payload(&self) -> Option<&Value> {
+        self.suspend_payload.as_deref()
     }
 }
 
@@ -220,6 +267,8 @@ pub struct Tool {
     parameters: Schema,
     func: ToolFn,
     requires_approval: bool,
+    /// Set when the tool may suspend itself: what its resume data must satisfy.
+    resume_schema: Option<Schema>,
 }
 
 impl fmt::Debug for Tool {
@@ -246,7 +295,23 @@ impl Tool {
             parameters,
             func: Arc::new(move |ctx, args| Box::pin(f(ctx, args))),
             requires_approval: false,
+            resume_schema: None,
         }
+    }
+
+    /// The tool may suspend itself ([`ToolContext::suspend`]) to wait for data only a person (or another system)
+    /// has; `schema` is what that resume data must satisfy, checked before the run is resumed.
+    ///
+    /// # Panics
+    /// If `schema` is not a valid JSON Schema.
+    pub fn with_resume_schema(mut self, schema: Value) -> Self {
+        self.resume_schema = Some(Schema::compile_or_panic(schema, &format!("tool '{}' resume schema", self.name)));
+        self
+    }
+
+    /// JSON Schema of the resume data, for a tool that may suspend itself.
+    pub fn resume_schema(&self) -> Option<&Value> {
+        self.resume_schema.as_ref().map(Schema::raw)
     }
 
     /// Calls wait for a person: the agent emits `ToolCallApproval` and its run suspends until `ResumeStream` brings
@@ -267,6 +332,7 @@ impl Tool {
             description: self.description.clone(),
             parameters: self.parameters.raw().clone(),
             requires_approval: self.requires_approval,
+            resume_schema: self.resume_schema().cloned(),
         }
     }
 
@@ -347,14 +413,15 @@ pub fn agent_step(
     let step = agent_step_with(id, agent.clone(), move |input| {
         Ok((vec![Message::user(prompt(input))], AgentOptions::default()))
     });
-    with_approval_schema(step, &agent).description(description)
+    with_resume_schemas(step, &agent).description(description)
 }
 
 /// What an agent step makes of its input: the conversation to start and the run's options.
 type AgentStepInput = dyn Fn(&Value) -> Result<(Vec<Message>, AgentOptions), StepError> + Send + Sync;
 
 /// The step function shared by [`agent_step`] and the standalone [`workflow`]: starts the agent on the input's
-/// messages, or, resumed after a `ToolCallApproval`, continues it with the decision.
+/// messages, or, resumed after a `ToolCallApproval` or `ToolCallSuspended`, continues it with the resume data (the
+/// decision, or the data for the suspended tool).
 fn agent_step_with(
     id: impl Into<String>,
     agent: Arc<Agent>,
@@ -369,16 +436,10 @@ fn agent_step_with(
             let (messages, options) = input(ctx.input())?;
             let start = match (ctx.resume_data(), ctx.saved_state()) {
                 (None, _) => AgentInput::Messages(messages),
-                (Some(data), Some(state)) => {
-                    let decision: ApprovalDecision = serde_json::from_value(data.clone()).map_err(|e| {
-                        StepError::new(format!("resume_data must be {{\"approved\": bool, \"reason\"?: string}}: {e}"))
-                            .non_retryable()
-                    })?;
-                    AgentInput::Resume { state: state.clone(), decision }
-                }
+                (Some(data), Some(state)) => AgentInput::Resume { state: state.clone(), data: data.clone() },
                 (Some(_), None) => {
                     return Err(StepError::new(format!(
-                        "agent '{}' was resumed but has no tool call awaiting approval",
+                        "agent '{}' was resumed but has no tool call waiting for a decision or resume data",
                         agent.id
                     ))
                     .non_retryable());
@@ -402,12 +463,29 @@ fn agent_step_with(
                 }
                 AgentEnd::AwaitingApproval { approval, state } => {
                     ctx.save_state(state);
-                    Ok(StepOutcome::suspend(json!({
+                    let payload = json!({
                         "reason": "tool-call-approval",
                         "tool_call_id": &*approval.tool_call_id,
                         "tool_name": &*approval.tool_name,
                         "args": approval.args,
-                    })))
+                    });
+                    Ok(StepOutcome::suspend(payload).with_resume_schema(APPROVAL_SCHEMA.clone()))
+                }
+                AgentEnd::Suspended { suspended, state } => {
+                    ctx.save_state(state);
+                    // Resume data is checked against the tool's own schema before the run resumes.
+                    let schema = agent.find_tool(&suspended.tool_name).and_then(|t| t.resume_schema.clone());
+                    let payload = json!({
+                        "reason": "tool-call-suspended",
+                        "tool_call_id": &*suspended.tool_call_id,
+                        "tool_name": &*suspended.tool_name,
+                        "args": suspended.args,
+                        "suspend_payload": suspended.suspend_payload,
+                    });
+                    Ok(match schema {
+                        Some(schema) => StepOutcome::suspend(payload).with_resume_schema(schema),
+                        None => StepOutcome::suspend(payload),
+                    })
                 }
                 AgentEnd::Tripwire { reason, processor_id } => Err(StepError::tripwire(reason)
                     .with_details(json!({ "processor_id": processor_id, "agent_id": &*agent.id }))),
@@ -420,21 +498,40 @@ fn agent_step_with(
     })
 }
 
-fn with_approval_schema(step: Step, agent: &Agent) -> Step {
-    if agent.needs_approvals() { step.resume_schema(approval_schema()) } else { step }
+/// The approval schema, compiled once.
+static APPROVAL_SCHEMA: std::sync::LazyLock<Schema> =
+    std::sync::LazyLock::new(|| Schema::compile_or_panic(approval_schema(), "the approval schema"));
+
+/// The step's own resume schema, for ListWorkflows: what any of its suspensions may take (an approval decision,
+/// or a suspending tool's data). Each suspension names the one it takes, which is what resume data is checked
+/// against.
+fn with_resume_schemas(step: Step, agent: &Agent) -> Step {
+    let mut schemas: Vec<Value> = Vec::new();
+    if agent.needs_approvals() {
+        schemas.push(approval_schema());
+    }
+    schemas.extend(agent.tools.iter().filter_map(|t| t.resume_schema().cloned()));
+    match schemas.len() {
+        0 => step,
+        1 => step.resume_schema(schemas.remove(0)),
+        _ => step.resume_schema(json!({
+            "anyOf": schemas,
+            "description": "depends on what suspended the run: see the resume_schema of its step_suspended event",
+        })),
+    }
 }
 
 /// The agent as a runnable: a one-step workflow of the same id, whose step (also named after the agent) runs it.
 ///
 /// Input: `{"prompt": "..."}` or `{"messages": [{"role": "user", "content": "..."}, ...]}` (both: the prompt is
 /// appended as a last user message), and optionally `"output_schema"` (a JSON Schema: structured output) and
-/// `"reasoning_effort"` (`low`, `medium`, `high`). Result: `{"text", "usage", "steps", "finish_reason",
-/// "object"?}`.
+/// `"reasoning_effort"` (`low`, `medium`, `high`, or `hidden`: see [`ReasoningEffort::Hidden`]). Result:
+/// `{"text", "usage", "steps", "finish_reason", "object"?}`.
 pub fn workflow(agent: Arc<Agent>) -> Arc<Workflow> {
     let step = agent_step_with(agent.id.to_string(), Arc::clone(&agent), |input| {
         agent_run_input(input).map_err(|e| StepError::new(e.to_string()).non_retryable())
     });
-    let step = with_approval_schema(step, &agent).description(format!("Runs agent '{}'.", agent.id));
+    let step = with_resume_schemas(step, &agent).description(format!("Runs agent '{}'.", agent.id));
     Workflow::builder(agent.id.to_string())
         .kind(RunKind::Agent)
         .meta(RunnableMeta {
@@ -470,7 +567,10 @@ fn agent_input_schema() -> Value {
                 }
             },
             "output_schema": { "type": "object", "description": "JSON Schema of a structured answer" },
-            "reasoning_effort": { "enum": ["low", "medium", "high"] }
+            "reasoning_effort": {
+                "enum": ["low", "medium", "high", "hidden"],
+                "description": "ask the model to reason first; hidden: reason, but stream no readable reasoning"
+            }
         },
         "anyOf": [{ "required": ["prompt"] }, { "required": ["messages"] }],
         "additionalProperties": false
@@ -552,8 +652,9 @@ pub fn assistant_with(model: Arc<dyn ModelProvider>) -> Arc<Agent> {
 /// Id of the built-in [`concierge`] agent.
 pub const CONCIERGE_ID: &str = "concierge";
 
-/// The built-in concierge: checks the weather and books activities; every booking waits for the user's approval
-/// (its run suspends with `ToolCallApproval`). Its model is [`env_model`].
+/// The built-in concierge: checks the weather, books activities and reserves tables. Every booking waits for the
+/// user's approval (its run suspends with `ToolCallApproval`); a reservation without party size or time asks the
+/// guest (`reserve-table` suspends itself: `ToolCallSuspended`). Its model is [`env_model`].
 pub fn concierge() -> Arc<Agent> {
     concierge_with(env_model(CONCIERGE_ID))
 }
@@ -563,13 +664,18 @@ pub fn concierge_with(model: Arc<dyn ModelProvider>) -> Arc<Agent> {
     Arc::new(
         Agent::new(
             CONCIERGE_ID,
-            "You are a concierge. Check the weather with get-weather when it matters, and book activities with \
-             book-activity when the user asks; the user approves each booking. Confirm what was booked.",
+            "You are a concierge. Check the weather with get-weather when it matters, book activities with \
+             book-activity when the user asks (the user approves each booking), and reserve restaurant tables with \
+             reserve-table (it asks the guest what it lacks). Confirm what was booked or reserved.",
             model,
         )
-        .description("Checks the weather and books activities; each booking needs the user's approval.")
+        .description(
+            "Checks the weather, books activities (each booking needs the user's approval) and reserves tables \
+             (asking the guest for party size and time).",
+        )
         .tool(tools::get_weather_tool())
         .tool(tools::book_activity_tool())
+        .tool(tools::reserve_table_tool())
         .output_guardrail(tools::secret_guard()),
     )
 }

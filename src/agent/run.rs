@@ -5,6 +5,7 @@ use std::{
     sync::Arc,
 };
 
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Agent, ToolContext, ToolError, partial_json::parse_partial};
 use crate::{
-    engine::{AgentChunk, ErrorInfo, FinishReason, ToolCallApproval, Usage, schema::Schema},
+    engine::{AgentChunk, ErrorInfo, FinishReason, ToolCallApproval, ToolCallSuspended, Usage, schema::Schema},
     model::{self, Message, ModelChunk, ModelError, ModelRequest, ReasoningEffort, ResponseSchema, ToolCall},
 };
 
@@ -41,8 +42,11 @@ pub enum AgentEnd {
     /// The run was canceled; streamed as `AgentAbort`.
     Aborted,
     /// A tool call needs a person's decision; streamed as `ToolCallApproval`. Continue with
-    /// [`AgentInput::Resume`], handing back `state`.
+    /// [`AgentInput::Resume`], handing back `state` and the decision.
     AwaitingApproval { approval: ToolCallApproval, state: Value },
+    /// A tool suspended itself ([`ToolContext::suspend`]); streamed as `ToolCallSuspended`. Continue with
+    /// [`AgentInput::Resume`], handing back `state` and data for the tool (its resume schema says what).
+    Suspended { suspended: ToolCallSuspended, state: Value },
     /// An output guardrail stopped the agent; streamed as `Tripwire`.
     Tripwire { reason: String, processor_id: String },
 }
@@ -52,8 +56,9 @@ pub enum AgentEnd {
 pub enum AgentInput {
     /// A new conversation (the instructions are prepended as the system message).
     Messages(Vec<Message>),
-    /// Continue after [`AgentEnd::AwaitingApproval`] with the decision on the pending call.
-    Resume { state: Value, decision: ApprovalDecision },
+    /// Continue after [`AgentEnd::AwaitingApproval`] or [`AgentEnd::Suspended`]: `data` is the decision on the
+    /// waiting call (an [`ApprovalDecision`] as JSON) or the data the suspended tool is called again with.
+    Resume { state: Value, data: Value },
 }
 
 /// A person's answer to a `ToolCallApproval`.
@@ -133,6 +138,12 @@ struct QueuedCall {
     /// A person approved this call: run it without asking again.
     #[serde(default)]
     approved: bool,
+    /// The tool suspended itself on this call and waits for resume data.
+    #[serde(default)]
+    suspended: bool,
+    /// The data the call was resumed with, for the tool's next invocation.
+    #[serde(default)]
+    resume_data: Option<Value>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,7 +195,7 @@ where
                 pending: None,
             }
         }
-        AgentInput::Resume { state, decision } => match resume_state(state, decision, &emit) {
+        AgentInput::Resume { state, data } => match resume_state(agent, state, data, &emit) {
             Ok(st) => st,
             Err(message) => {
                 let error = ErrorInfo::new("ResumeError", message);
@@ -295,7 +306,7 @@ where
             st.pending = Some(call.into_tool_phase(&emit));
         }
 
-        // The tool half: run the calls in the model's order, stopping at one that needs approval.
+        // The tool half: run the calls in the model's order, stopping at one that needs approval or suspends.
         let Some(mut phase) = st.pending.take() else { continue };
         while let Some(next) = phase.queue.front() {
             let tool = agent.tools.iter().find(|t| t.name() == next.name);
@@ -312,18 +323,7 @@ where
                 emit(AgentChunk::ToolCallApproval(approval.clone()));
                 guard.ended = true;
                 st.pending = Some(phase);
-                let (usage, steps) = (st.total, st.steps);
-                let state = match serde_json::to_value(&st) {
-                    Ok(state) => state,
-                    // Plain data throughout; only a bug could make this fail, and then the run must say so.
-                    Err(e) => {
-                        let error = ErrorInfo::new("AgentStateError", format!("cannot save the agent's state: {e}"));
-                        emit(AgentChunk::AgentError { error: error.clone() });
-                        return outcome(AgentEnd::Failed(error), String::new(), None, usage, steps, Vec::new());
-                    }
-                };
-                let end = AgentEnd::AwaitingApproval { approval, state };
-                return outcome(end, String::new(), None, usage, steps, st.conversation);
+                return suspend(st, &emit, |state| AgentEnd::AwaitingApproval { approval, state });
             }
             let Some(call) = phase.queue.pop_front() else { break };
             let (id, name): (Arc<str>, Arc<str>) = (Arc::from(call.id.as_str()), Arc::from(call.name.as_str()));
@@ -336,6 +336,7 @@ where
                     let (tx, mut output) = tokio::sync::mpsc::unbounded_channel();
                     let ctx = ToolContext {
                         output: Some(tx),
+                        resume: call.resume_data.clone(),
                         ..ToolContext::new(Arc::clone(&agent.id), Arc::clone(&id), cancel.clone())
                     };
                     let run = tool.call(ctx, call.args.clone());
@@ -362,6 +363,34 @@ where
                     }
                     result
                 }
+            };
+            let result = match result {
+                Err(error) if error.suspend_payload().is_some() => {
+                    match tool.and_then(|t| t.resume_schema().cloned()) {
+                        Some(resume_schema) => {
+                            let suspended = ToolCallSuspended {
+                                tool_call_id: id,
+                                tool_name: name,
+                                suspend_payload: error.suspend_payload().cloned().unwrap_or_default(),
+                                args: call.args.clone(),
+                                resume_schema: Some(resume_schema),
+                            };
+                            emit(AgentChunk::ToolCallSuspended(suspended.clone()));
+                            guard.ended = true;
+                            // The call stays first in line: resumed, it runs again with the data.
+                            phase.queue.push_front(QueuedCall { suspended: true, resume_data: None, ..call });
+                            st.pending = Some(phase);
+                            return suspend(st, &emit, |state| AgentEnd::Suspended { suspended, state });
+                        }
+                        // Nothing could check the data it would be resumed with: a programming error, reported as
+                        // the call's failure so the model can go on without it.
+                        None => Err(ToolError::new(format!(
+                            "tool '{name}' suspended itself, but it was not built with a resume schema \
+                             (Tool::with_resume_schema), so it cannot be resumed"
+                        ))),
+                    }
+                }
+                other => other,
             };
             let content = match result {
                 Ok(value) => {
@@ -463,13 +492,41 @@ pub fn approval_schema() -> Value {
     })
 }
 
-/// Restores the loop after an approval and applies the decision to the call that waited for it.
-fn resume_state(state: Value, decision: ApprovalDecision, emit: &impl Fn(AgentChunk)) -> Result<LoopState, String> {
+/// Saves the loop's state for a resume and ends the run as `end` makes of it.
+fn suspend(st: LoopState, emit: &impl Fn(AgentChunk), end: impl FnOnce(Value) -> AgentEnd) -> AgentOutcome {
+    let (usage, steps) = (st.total, st.steps);
+    match serde_json::to_value(&st) {
+        Ok(state) => outcome(end(state), String::new(), None, usage, steps, st.conversation),
+        // Plain data throughout; only a bug could make this fail, and then the run must say so.
+        Err(e) => {
+            let error = ErrorInfo::new("AgentStateError", format!("cannot save the agent's state: {e}"));
+            emit(AgentChunk::AgentError { error: error.clone() });
+            outcome(AgentEnd::Failed(error), String::new(), None, usage, steps, Vec::new())
+        }
+    }
+}
+
+/// Restores the loop after a suspension and hands `data` to the call that waited: the decision on a call awaiting
+/// approval, the resume data of a tool that suspended itself (checked against its schema here too, for callers of
+/// the loop that did not check it).
+fn resume_state(agent: &Agent, state: Value, data: Value, emit: &impl Fn(AgentChunk)) -> Result<LoopState, String> {
     let mut st: LoopState =
         serde_json::from_value(state).map_err(|e| format!("the agent's saved state is unreadable: {e}"))?;
     let Some(phase) = st.pending.as_mut().filter(|p| !p.queue.is_empty()) else {
-        return Err("the agent's saved state has no tool call awaiting approval".to_owned());
+        return Err("the agent's saved state has no tool call waiting for a decision or resume data".to_owned());
     };
+    if let Some(head) = phase.queue.front_mut().filter(|c| c.suspended) {
+        if let Some(schema) = agent.find_tool(&head.name).and_then(|t| t.resume_schema.as_ref()) {
+            schema
+                .validate(&data, "resume_data")
+                .map_err(|v| format!("{v}; the tool '{}' cannot resume", head.name))?;
+        }
+        head.suspended = false;
+        head.resume_data = Some(data);
+        return Ok(st);
+    }
+    let decision: ApprovalDecision = serde_json::from_value(data)
+        .map_err(|e| format!("resume_data must be {{\"approved\": bool, \"reason\"?: string}}: {e}"))?;
     if decision.approved {
         if let Some(head) = phase.queue.front_mut() {
             head.approved = true;
@@ -516,6 +573,10 @@ struct CallState {
     last_partial: Option<Value>,
     open_text: Option<Arc<str>>,
     open_reasoning: Option<Arc<str>>,
+    /// The open reasoning part's signature, repeated in its `ReasoningEnd`.
+    reasoning_signature: Option<String>,
+    /// This call's latest reasoning part, open or closed: what a late signature signs.
+    last_reasoning: Option<Arc<str>>,
     /// By the model's `index`, so calls come out in the order the model made them.
     calls: BTreeMap<u32, PendingCall>,
     finish: Option<(model::FinishReason, String)>,
@@ -574,17 +635,56 @@ impl CallState {
                     return None;
                 }
                 self.close_text(emit);
-                let id = match &self.open_reasoning {
-                    Some(id) => Arc::clone(id),
-                    None => {
-                        let id = parts.next("reasoning");
-                        emit(AgentChunk::ReasoningStart { id: Arc::clone(&id), signature: None });
-                        self.open_reasoning = Some(Arc::clone(&id));
+                let id = self.reasoning_part(emit, parts);
+                emit(AgentChunk::ReasoningDelta { id, text });
+            }
+            ModelChunk::ReasoningSignature { signature } => {
+                if signature.is_empty() {
+                    return None;
+                }
+                // It signs the reasoning before it: the open part; else this call's last part, closed early by
+                // other content; else (a signature with no reasoning) a part of its own.
+                let id = match (&self.open_reasoning, &self.last_reasoning) {
+                    (None, Some(last)) => Arc::clone(last),
+                    _ => {
+                        self.close_text(emit);
+                        let id = self.reasoning_part(emit, parts);
+                        self.reasoning_signature = Some(signature.clone());
                         id
                     }
                 };
-                emit(AgentChunk::ReasoningDelta { id, text });
+                emit(AgentChunk::ReasoningSignature { id, signature });
             }
+            ModelChunk::RedactedReasoning { data } => {
+                if data.is_empty() {
+                    return None;
+                }
+                // Withheld reasoning is still reasoning: it goes in (or opens) a reasoning part.
+                self.close_text(emit);
+                let id = self.reasoning_part(emit, parts);
+                emit(AgentChunk::RedactedReasoning { id, data });
+            }
+            ModelChunk::Source { url, title } => {
+                // A source is content of its own (a part in Mastra's message), so it ends the open text or
+                // reasoning part, as any switch of content does.
+                self.close_parts(emit);
+                emit(AgentChunk::SourceRef {
+                    id: parts.next("source").to_string(),
+                    source_type: "url".to_owned(),
+                    title: title.unwrap_or_default(),
+                    mime_type: None,
+                    filename: None,
+                    url: Some(url),
+                });
+            }
+            ModelChunk::File { media_type, base64 } => match BASE64.decode(base64.trim()) {
+                Ok(data) => {
+                    self.close_parts(emit);
+                    emit(AgentChunk::FileData { data, mime_type: media_type, filename: None });
+                }
+                // The provider's bytes are unreadable; the rest of the response still stands.
+                Err(e) => tracing::warn!(%media_type, "dropping a generated file whose base64 data is invalid: {e}"),
+            },
             ModelChunk::ToolCallStart { index, id, name } => {
                 self.close_parts(emit);
                 let (id, name): (Arc<str>, Arc<str>) = (Arc::from(id), Arc::from(name));
@@ -650,6 +750,8 @@ impl CallState {
                         name: pending.name.to_string(),
                         args,
                         approved: false,
+                        suspended: false,
+                        resume_data: None,
                     });
                 }
                 Err(e) => {
@@ -678,9 +780,21 @@ impl CallState {
         }
     }
 
+    /// The open reasoning part, or a new one (`ReasoningStart`).
+    fn reasoning_part(&mut self, emit: &impl Fn(AgentChunk), parts: &mut PartIds) -> Arc<str> {
+        if let Some(id) = &self.open_reasoning {
+            return Arc::clone(id);
+        }
+        let id = parts.next("reasoning");
+        emit(AgentChunk::ReasoningStart { id: Arc::clone(&id), signature: None });
+        self.open_reasoning = Some(Arc::clone(&id));
+        self.last_reasoning = Some(Arc::clone(&id));
+        id
+    }
+
     fn close_reasoning(&mut self, emit: &impl Fn(AgentChunk)) {
         if let Some(id) = self.open_reasoning.take() {
-            emit(AgentChunk::ReasoningEnd { id, signature: None });
+            emit(AgentChunk::ReasoningEnd { id, signature: self.reasoning_signature.take() });
         }
     }
 
@@ -697,17 +811,24 @@ impl CallState {
     }
 }
 
-/// Text and reasoning part ids, unique within one agent run (`text-1`, `reasoning-1`, `text-2`, ...). Counters
-/// rather than random ids keep streams reproducible.
+/// Text and reasoning part ids and source ids, unique within one agent run (`text-1`, `reasoning-1`, `text-2`,
+/// `source-1`, ...). Counters rather than random ids keep streams reproducible.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct PartIds {
     text: u32,
     reasoning: u32,
+    /// Default: states saved before sources had ids.
+    #[serde(default)]
+    source: u32,
 }
 
 impl PartIds {
     fn next(&mut self, kind: &'static str) -> Arc<str> {
-        let n = if kind == "text" { &mut self.text } else { &mut self.reasoning };
+        let n = match kind {
+            "text" => &mut self.text,
+            "reasoning" => &mut self.reasoning,
+            _ => &mut self.source,
+        };
         *n += 1;
         Arc::from(format!("{kind}-{n}"))
     }

@@ -121,7 +121,18 @@ fn describe(chunk: &AgentChunk) -> String {
         AgentChunk::TextEnd { id } => format!("text-end {id}"),
         AgentChunk::ReasoningStart { id, .. } => format!("reasoning-start {id}"),
         AgentChunk::ReasoningDelta { id, text } => format!("reasoning-delta {id} {text}"),
-        AgentChunk::ReasoningEnd { id, .. } => format!("reasoning-end {id}"),
+        AgentChunk::ReasoningEnd { id, signature } => match signature {
+            Some(signature) => format!("reasoning-end {id} signed {signature}"),
+            None => format!("reasoning-end {id}"),
+        },
+        AgentChunk::ReasoningSignature { id, signature } => format!("reasoning-signature {id} {signature}"),
+        AgentChunk::RedactedReasoning { id, data } => format!("redacted-reasoning {id} {data}"),
+        AgentChunk::SourceRef { id, source_type, title, url, .. } => {
+            format!("source {id} {source_type} {} {title:?}", url.as_deref().unwrap_or(""))
+        }
+        AgentChunk::FileData { data, mime_type, .. } => {
+            format!("file {mime_type} {:?}", String::from_utf8_lossy(data))
+        }
         AgentChunk::ToolCallInputStreamingStart { tool_call_id, tool_name, .. } => {
             format!("input-start {tool_call_id} {tool_name}")
         }
@@ -143,6 +154,9 @@ fn describe(chunk: &AgentChunk) -> String {
         AgentChunk::AgentError { error } => format!("error {}: {}", error.name, error.message),
         AgentChunk::AgentAbort { reason } => format!("abort {reason}"),
         AgentChunk::ToolCallApproval(a) => format!("approval {} {} {}", a.tool_call_id, a.tool_name, a.args),
+        AgentChunk::ToolCallSuspended(s) => {
+            format!("suspended {} {} {} {}", s.tool_call_id, s.tool_name, s.args, s.suspend_payload)
+        }
         AgentChunk::ToolOutputDenied { tool_call_id, reason, .. } => {
             format!("denied {tool_call_id} {}", reason.as_deref().unwrap_or(""))
         }
@@ -152,7 +166,6 @@ fn describe(chunk: &AgentChunk) -> String {
         AgentChunk::ToolOutput { tool_call_id, output, .. } => format!("tool-output {tool_call_id} {output}"),
         AgentChunk::ObjectPartial { object } => format!("object {object}"),
         AgentChunk::ObjectResult { object } => format!("object-result {object}"),
-        other => format!("{other:?}"),
     }
 }
 
@@ -235,6 +248,77 @@ async fn reasoning_then_text_are_separate_parts() {
             "finish Stop \"Done\" steps=1",
         ]
     );
+}
+
+#[tokio::test]
+async fn signatures_and_redacted_reasoning_stay_inside_their_reasoning_part() {
+    let model = Scripted::new(vec![vec![
+        meta("r1"),
+        reasoning("Think."),
+        ModelChunk::ReasoningSignature { signature: "sig-1".into() },
+        ModelChunk::RedactedReasoning { data: "opaque".into() },
+        text("Done"),
+        // Late: its part (reasoning-1) has closed; it still names it.
+        ModelChunk::ReasoningSignature { signature: "sig-2".into() },
+        // Redacted reasoning alone opens a part of its own.
+        ModelChunk::RedactedReasoning { data: "more".into() },
+        ModelChunk::ReasoningDelta { text: String::new() },
+        finish(model::FinishReason::Stop),
+    ]]);
+    let (_, chunks) = run(&agent(model), "Hi").await;
+    assert_eq!(
+        lines(&chunks)[2..],
+        [
+            "metadata r1",
+            "reasoning-start reasoning-1",
+            "reasoning-delta reasoning-1 Think.",
+            "reasoning-signature reasoning-1 sig-1",
+            "redacted-reasoning reasoning-1 opaque",
+            "reasoning-end reasoning-1 signed sig-1",
+            "text-start text-1",
+            "text-delta text-1 Done",
+            // Not content: it does not end the text part.
+            "reasoning-signature reasoning-1 sig-2",
+            "text-end text-1",
+            "reasoning-start reasoning-2",
+            "redacted-reasoning reasoning-2 more",
+            "reasoning-end reasoning-2",
+            "step-finish 1 Stop \"Done\"",
+            "finish Stop \"Done\" steps=1",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn sources_and_files_are_content_of_their_own() {
+    let model = Scripted::new(vec![vec![
+        text("See "),
+        ModelChunk::Source { url: "https://example.com/a".into(), title: Some("A".into()) },
+        ModelChunk::Source { url: "https://example.com/b".into(), title: None },
+        text("and this:"),
+        ModelChunk::File { media_type: "text/csv".into(), base64: "YSxiCjEsMgo=".into() },
+        // Undecodable bytes are dropped; the answer stands.
+        ModelChunk::File { media_type: "image/png".into(), base64: "not base64!".into() },
+        finish(model::FinishReason::Stop),
+    ]]);
+    let (outcome, chunks) = run(&agent(model), "Hi").await;
+    assert_eq!(
+        lines(&chunks)[2..],
+        [
+            "text-start text-1",
+            "text-delta text-1 See ",
+            "text-end text-1",
+            "source source-1 url https://example.com/a \"A\"",
+            "source source-2 url https://example.com/b \"\"",
+            "text-start text-2",
+            "text-delta text-2 and this:",
+            "text-end text-2",
+            "file text/csv \"a,b\\n1,2\\n\"",
+            "step-finish 1 Stop \"See and this:\"",
+            "finish Stop \"See and this:\" steps=1",
+        ]
+    );
+    assert_eq!(outcome.text, "See and this:");
 }
 
 #[tokio::test]
@@ -677,8 +761,8 @@ mod approvals_guardrails_and_structured_output {
     async fn an_approved_call_runs_and_the_loop_goes_on() {
         let model = Scripted::new(booking_calls());
         let (agent, state) = until_approval(model.clone()).await;
-        let decision = ApprovalDecision { approved: true, reason: None };
-        let (outcome, lines) = run_with(&agent, AgentInput::Resume { state, decision }, &AgentOptions::default()).await;
+        let data = json!({ "approved": true });
+        let (outcome, lines) = run_with(&agent, AgentInput::Resume { state, data }, &AgentOptions::default()).await;
         assert_eq!(
             lines,
             [
@@ -702,8 +786,8 @@ mod approvals_guardrails_and_structured_output {
     async fn a_declined_call_is_denied_and_the_model_is_told_why() {
         let model = Scripted::new(booking_calls());
         let (agent, state) = until_approval(model.clone()).await;
-        let decision = ApprovalDecision { approved: false, reason: Some("too pricey".into()) };
-        let (outcome, lines) = run_with(&agent, AgentInput::Resume { state, decision }, &AgentOptions::default()).await;
+        let data = json!({ "approved": false, "reason": "too pricey" });
+        let (outcome, lines) = run_with(&agent, AgentInput::Resume { state, data }, &AgentOptions::default()).await;
         assert_eq!(lines[..2], ["denied c1 too pricey", r#"step-finish 1 ToolCalls "" continued"#]);
         assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
         let told = &model.requests()[1].messages;
@@ -720,11 +804,92 @@ mod approvals_guardrails_and_structured_output {
     #[tokio::test]
     async fn an_unreadable_saved_state_is_an_agent_error() {
         let agent = booking_agent(Scripted::new(vec![]));
-        let input = AgentInput::Resume { state: json!({"nope": 1}), decision: ApprovalDecision::default() };
+        let input = AgentInput::Resume { state: json!({"nope": 1}), data: json!({ "approved": true }) };
         let (outcome, lines) = run_with(&agent, input, &AgentOptions::default()).await;
         assert!(matches!(outcome.end, AgentEnd::Failed(ref e) if e.name == "ResumeError"), "{outcome:?}");
         assert_eq!(lines.len(), 1);
         assert!(lines[0].starts_with("error ResumeError: the agent's saved state is unreadable"), "{lines:?}");
+    }
+
+    /// A tool that asks for a number it lacks: suspends with a question, then answers with the number.
+    fn asking_tool() -> Tool {
+        Tool::new("ask", "Asks for a number.", json!({"type": "object"}), |ctx, _args| async move {
+            ctx.write(json!({ "stage": "checking" }));
+            match ctx.resume_data() {
+                None => Err(ctx.suspend(json!({ "question": "which number?" }))),
+                Some(data) => Ok(json!({ "got": data["n"] })),
+            }
+        })
+        .with_resume_schema(json!({"type": "object", "required": ["n"], "properties": {"n": {"type": "integer"}}}))
+    }
+
+    fn asking_calls() -> Vec<Vec<ModelChunk>> {
+        vec![
+            vec![call_start(0, "c1", "ask"), call_delta(0, "{}"), finish(model::FinishReason::ToolCalls), usage(5, 2)],
+            vec![text("got it"), finish(model::FinishReason::Stop), usage(8, 1)],
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_tool_that_suspends_itself_is_called_again_with_the_resume_data() {
+        let model = Scripted::new(asking_calls());
+        let agent = Agent::new("asker", "", model.clone()).tool(asking_tool());
+        assert!(agent.can_suspend() && !agent.needs_approvals());
+        let (outcome, lines) =
+            run_with(&agent, AgentInput::Messages(vec![Message::user("ask me")]), &AgentOptions::default()).await;
+        assert_eq!(
+            lines[5..],
+            [
+                "tool-call c1 ask {}",
+                r#"tool-output c1 {"stage":"checking"}"#,
+                r#"suspended c1 ask {} {"question":"which number?"}"#,
+            ],
+            "no result and no step-finish before the resume"
+        );
+        let AgentEnd::Suspended { suspended, state } = outcome.end else { panic!("{outcome:?}") };
+        assert_eq!(suspended.resume_schema.as_ref(), agent.tools[0].resume_schema());
+        assert_eq!(outcome.usage.total_tokens, 7);
+
+        // Data that misses the tool's resume schema: the loop does not resume.
+        let bad = AgentInput::Resume { state: state.clone(), data: json!({ "n": "five" }) };
+        let (failed, lines) = run_with(&agent, bad, &AgentOptions::default()).await;
+        assert!(matches!(failed.end, AgentEnd::Failed(ref e) if e.name == "ResumeError"), "{failed:?}");
+        assert!(lines[0].contains("resume_data.n: expected integer, got string"), "{lines:?}");
+
+        let data = json!({ "n": 5 });
+        let (outcome, lines) = run_with(&agent, AgentInput::Resume { state, data }, &AgentOptions::default()).await;
+        assert_eq!(
+            lines[..3],
+            [
+                r#"tool-output c1 {"stage":"checking"}"#,
+                r#"tool-result c1 {"got":5}"#,
+                r#"step-finish 1 ToolCalls "" continued"#,
+            ]
+        );
+        assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
+        assert_eq!(outcome.usage.total_tokens, 16, "usage before the suspension is kept");
+        let second = &model.requests()[1].messages;
+        assert_eq!(second.last(), Some(&Message::tool_result("c1", "ask", r#"{"got":5}"#)));
+    }
+
+    #[tokio::test]
+    async fn a_tool_without_a_resume_schema_cannot_suspend() {
+        let tool = Tool::new("ask", "", json!({"type": "object"}), |ctx, _args| async move {
+            Err(ctx.suspend(json!({ "question": "?" })))
+        });
+        let agent = Agent::new("asker", "", Scripted::new(asking_calls())).tool(tool);
+        assert!(!agent.can_suspend());
+        let (outcome, lines) =
+            run_with(&agent, AgentInput::Messages(vec![Message::user("ask me")]), &AgentOptions::default()).await;
+        assert!(
+            lines.contains(
+                &"tool-error c1 ToolError: tool 'ask' suspended itself, but it was not built with a \
+                                 resume schema (Tool::with_resume_schema), so it cannot be resumed"
+                    .to_owned()
+            ),
+            "{lines:?}"
+        );
+        assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
     }
 
     #[tokio::test]
@@ -817,8 +982,8 @@ mod approvals_guardrails_and_structured_output {
         let AgentEnd::AwaitingApproval { approval, state } = outcome.end else { panic!("{lines:?}") };
         assert_eq!(&*approval.tool_name, "book-activity");
         assert_eq!(approval.args["city"], "Lisbon");
-        let decision = ApprovalDecision { approved: true, reason: None };
-        let (outcome, lines) = run_with(&agent, AgentInput::Resume { state, decision }, &AgentOptions::default()).await;
+        let data = json!({ "approved": true });
+        let (outcome, lines) = run_with(&agent, AgentInput::Resume { state, data }, &AgentOptions::default()).await;
         assert_eq!(
             lines[..2],
             [
@@ -828,6 +993,32 @@ mod approvals_guardrails_and_structured_output {
         );
         assert!(lines[2].starts_with("tool-result call_offline_1 "), "{lines:?}");
         assert!(outcome.text.contains("book-activity returned"), "{}", outcome.text);
+        assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
+    }
+
+    #[tokio::test]
+    async fn the_offline_concierge_asks_the_guest_what_a_reservation_lacks() {
+        let agent = concierge_with(Arc::new(crate::model::OfflineModel::new()));
+        let (outcome, lines) = run_with(
+            &agent,
+            AgentInput::Messages(vec![Message::user("Reserve a table for dinner in Porto")]),
+            &AgentOptions::default(),
+        )
+        .await;
+        assert_eq!(
+            lines.last().map(String::as_str),
+            Some(
+                r#"suspended call_offline_1 reserve-table {"city":"Porto"} {"city":"Porto","missing":["guests","time"],"question":"For how many guests, and at what time, shall I reserve the table in Porto?"}"#
+            )
+        );
+        let AgentEnd::Suspended { state, .. } = outcome.end else { panic!("{lines:?}") };
+        let data = json!({ "guests": 4, "time": "19:30" });
+        let (outcome, lines) = run_with(&agent, AgentInput::Resume { state, data }, &AgentOptions::default()).await;
+        assert_eq!(
+            lines[0],
+            r#"tool-result call_offline_1 {"city":"Porto","guests":4,"reservation_id":"rt-call_offline_1","status":"confirmed","time":"19:30"}"#
+        );
+        assert!(outcome.text.contains("reserve-table returned"), "{}", outcome.text);
         assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
     }
 }

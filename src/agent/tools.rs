@@ -1,5 +1,5 @@
-//! Built-in tools: `get-weather` (offline, deterministic), `calculator` and `book-activity` (needs approval); and
-//! the `secret-guard` output guardrail.
+//! Built-in tools: `get-weather` (offline, deterministic), `calculator`, `book-activity` (needs approval) and
+//! `reserve-table` (suspends itself to ask the guest what it lacks); and the `secret-guard` output guardrail.
 //!
 //! Both work without a network so that the built-in agent and workflows run anywhere and tests are reproducible.
 //! The plain functions ([`get_weather`], [`calculate`]) are public too, for workflow steps that want the data
@@ -12,6 +12,7 @@ use super::{OutputGuardrail, Tool, ToolError};
 pub const GET_WEATHER: &str = "get-weather";
 pub const CALCULATOR: &str = "calculator";
 pub const BOOK_ACTIVITY: &str = "book-activity";
+pub const RESERVE_TABLE: &str = "reserve-table";
 pub const SECRET_GUARD: &str = "secret-guard";
 
 /// `book-activity`: `{"activity": string, "city": string}` → a (made-up) confirmed booking. It spends money in
@@ -43,6 +44,63 @@ pub fn book_activity_tool() -> Tool {
         },
     )
     .with_approval()
+}
+
+/// 24-hour `HH:MM`.
+const TIME_PATTERN: &str = "^([01][0-9]|2[0-3]):[0-5][0-9]$";
+
+/// `reserve-table`: `{"city": string, "guests"?: integer, "time"?: "HH:MM"}` → a (made-up) confirmed reservation.
+/// Without the party size or the time it asks the guest, as Mastra's tools do with `suspend()`: it suspends itself
+/// with `{"question", "missing", "city"}` (the agent emits `ToolCallSuspended` and its run suspends), and resumed
+/// with `{"guests": 1-20, "time": "HH:MM"}` it is called again and confirms with those.
+pub fn reserve_table_tool() -> Tool {
+    let guests = json!({ "type": "integer", "minimum": 1, "maximum": 20, "description": "Party size" });
+    let time = json!({ "type": "string", "pattern": TIME_PATTERN, "description": "Arrival time, 24-hour HH:MM" });
+    Tool::new(
+        RESERVE_TABLE,
+        "Reserves a restaurant table in a city. Asks the guest for the party size and time when they are not given.",
+        json!({
+            "type": "object",
+            "required": ["city"],
+            "properties": {
+                "city": { "type": "string", "description": "Where, e.g. Porto" },
+                "guests": guests,
+                "time": time,
+            }
+        }),
+        |ctx, args: Value| async move {
+            let city = args["city"].as_str().unwrap_or_default().trim().to_owned();
+            // The guest's answer, when resumed, overrides what the model guessed.
+            let detail = |key: &str| ctx.resume_data().and_then(|d| d.get(key)).or_else(|| args.get(key)).cloned();
+            let guests = detail("guests").and_then(|g| g.as_u64());
+            let time = detail("time").and_then(|t| t.as_str().map(str::to_owned));
+            let (Some(guests), Some(time)) = (guests, time.clone()) else {
+                let missing: Vec<&str> = [("guests", guests.is_none()), ("time", time.is_none())]
+                    .into_iter()
+                    .filter(|m| m.1)
+                    .map(|m| m.0)
+                    .collect();
+                return Err(ctx.suspend(json!({
+                    "question": format!("For how many guests, and at what time, shall I reserve the table in {city}?"),
+                    "missing": missing,
+                    "city": city,
+                })));
+            };
+            Ok(json!({
+                "reservation_id": format!("rt-{}", &*ctx.tool_call_id),
+                "city": city,
+                "guests": guests,
+                "time": time,
+                "status": "confirmed",
+            }))
+        },
+    )
+    .with_resume_schema(json!({
+        "type": "object",
+        "required": ["guests", "time"],
+        "properties": { "guests": guests, "time": time },
+        "additionalProperties": false
+    }))
 }
 
 /// `secret-guard`: stops an answer that would reveal what looks like a credential (an OpenAI-style `sk-...` key,

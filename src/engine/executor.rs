@@ -695,14 +695,14 @@ impl Exec {
         }
         if states.suspended().next().is_some() {
             let now = self.clock.now();
-            let resume_schema = step.resume_schema.as_ref().map(Schema::shared_raw);
+            let resume_schema = step.resume_schema.clone();
             let mut first: Option<SuspendedStep> = None;
             for (index, payload, label) in states.suspended() {
                 self.emit(EventKind::StepSuspended {
                     step_id: Arc::clone(&path),
                     step_call_id: call_id.clone(),
                     suspend_payload: payload.clone(),
-                    resume_schema: resume_schema.as_deref().cloned(),
+                    resume_schema: resume_schema.as_ref().map(|s| s.raw().clone()),
                     resume_label: label.clone(),
                     for_each_index: Some(index),
                 });
@@ -854,7 +854,7 @@ impl Exec {
                         step_id: Arc::clone(&path),
                         step_call_id: call_id,
                         suspend_payload: first.suspend_payload.clone(),
-                        resume_schema: first.resume_schema.as_deref().cloned(),
+                        resume_schema: first.resume_schema.as_ref().map(|s| s.raw().clone()),
                         resume_label: first.resume_label.clone(),
                         for_each_index: first.for_each_index,
                     });
@@ -1016,7 +1016,6 @@ impl Exec {
             resume_data,
             saved_state,
             state_to_save: Mutex::default(),
-            resume_schema_to_set: Mutex::default(),
             request_context: Arc::clone(&self.request_context),
             for_each_index,
             iteration,
@@ -1061,7 +1060,6 @@ impl Exec {
         let attempts = attempt + 1;
         let input = shared.input.clone();
         let state_to_save = shared.state_to_save.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let resume_schema_set = shared.resume_schema_to_set.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(shared);
 
         match result {
@@ -1093,7 +1091,7 @@ impl Exec {
                 finish(StepStatus::Bailed, Some(value.clone()), None, attempts, input);
                 LeafResult::Bailed(value)
             }
-            Some(Ok(StepOutcome::Suspend { payload, resume_label })) => {
+            Some(Ok(StepOutcome::Suspend { payload, resume_label, resume_schema })) => {
                 if let Err(error) = check_schema(step.suspend_schema.as_ref(), &payload, "suspend_payload", Some(&path))
                 {
                     let error = with_index(error, for_each_index);
@@ -1101,29 +1099,14 @@ impl Exec {
                     return LeafResult::Failed(error);
                 }
                 if !hidden {
-                    // The schema the step set for this suspension (StepContext::set_resume_schema), else its own.
-                    let resume_schema = match resume_schema_set {
-                        Some(schema) => match Schema::compile(schema.clone()) {
-                            Ok(_) => Some(Arc::new(schema)),
-                            Err(e) => {
-                                let error = step_error_info(
-                                    &path,
-                                    &StepError::new(format!("the resume schema it set is unusable: {e}")),
-                                    attempts,
-                                    None,
-                                );
-                                finish(StepStatus::Failed, None, Some(error.clone()), attempts, input);
-                                return LeafResult::Failed(error);
-                            }
-                        },
-                        None => step.resume_schema.as_ref().map(Schema::shared_raw),
-                    };
+                    // The schema this suspension names (StepOutcome::with_resume_schema), else the step's own.
+                    let resume_schema = resume_schema.or_else(|| step.resume_schema.clone());
                     let now = self.clock.now();
                     self.emit(EventKind::StepSuspended {
                         step_id: Arc::clone(&path),
                         step_call_id: call_id.clone(),
                         suspend_payload: payload.clone(),
-                        resume_schema: resume_schema.as_deref().cloned(),
+                        resume_schema: resume_schema.as_ref().map(|s| s.raw().clone()),
                         resume_label: resume_label.clone(),
                         for_each_index,
                     });

@@ -24,6 +24,27 @@ impl fmt::Debug for Schema {
     }
 }
 
+/// Two schemas are equal when they are written the same (the compiled validator follows from the text).
+impl PartialEq for Schema {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+/// Stored as the schema's JSON, so that a stored snapshot keeps what its suspended steps wait for.
+impl serde::Serialize for Schema {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.raw.serialize(serializer)
+    }
+}
+
+/// Compiled again when read: a stored schema that no longer compiles is an error, not a schema that checks nothing.
+impl<'de> serde::Deserialize<'de> for Schema {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Self::compile(Value::deserialize(deserializer)?).map_err(serde::de::Error::custom)
+    }
+}
+
 impl Schema {
     /// Compiles `schema`. Fails when it is not a valid JSON Schema.
     pub fn compile(schema: Value) -> Result<Self, String> {
@@ -43,11 +64,6 @@ impl Schema {
     /// The schema as written.
     pub fn raw(&self) -> &Value {
         &self.raw
-    }
-
-    /// The schema as given, shared: snapshots of suspended steps point at it rather than copy it.
-    pub fn shared_raw(&self) -> Arc<Value> {
-        Arc::clone(&self.raw)
     }
 
     /// Checks `instance`; on failure reports the first violation with its field named under `root` (e.g. `input`).
@@ -119,6 +135,17 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn a_schema_is_stored_as_its_json_and_compiled_when_read() {
+        let s = Schema::compile(json!({"type": "integer"})).unwrap();
+        let stored = serde_json::to_value(&s).unwrap();
+        assert_eq!(stored, json!({"type": "integer"}));
+        let read: Schema = serde_json::from_value(stored).unwrap();
+        assert_eq!(read, s);
+        assert!(read.validate(&json!("x"), "resume_data").is_err());
+        assert!(serde_json::from_value::<Schema>(json!({"type": "nonsense"})).is_err());
+    }
 
     #[test]
     fn type_error_names_the_field() {

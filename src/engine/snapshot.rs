@@ -4,12 +4,15 @@
 //! already succeeded are not run again, their recorded outputs are reused, and no events are emitted for them; the
 //! resumed step runs with its resume data; everything after it runs normally.
 
-use std::{borrow::Borrow, collections::BTreeMap, ops::Index, sync::Arc, time::SystemTime};
+use std::{borrow::Borrow, collections::BTreeMap, ops::Index, time::SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
-use super::event::{ErrorInfo, StepStatus, Usage};
+use super::{
+    event::{ErrorInfo, StepStatus, Usage},
+    schema::Schema,
+};
 
 /// The engine's memory of a run. Owned by the registry, handed to each phase and returned by it.
 ///
@@ -50,10 +53,10 @@ pub struct SuspendedStep {
     /// Path segments, e.g. `["child", "approve"]`.
     pub path: Vec<String>,
     pub suspend_payload: Value,
-    /// JSON Schema the resume data must satisfy, if there is one: the step definition's own, shared, or the one the
-    /// step set for this suspension.
-    #[serde(with = "shared_json")]
-    pub resume_schema: Option<Arc<Value>>,
+    /// JSON Schema the resume data must satisfy, if any: the one the suspension named
+    /// ([`StepOutcome::with_resume_schema`](super::StepOutcome::with_resume_schema)), else the step definition's own.
+    /// Shared, not copied.
+    pub resume_schema: Option<Schema>,
     pub resume_label: Option<String>,
     /// The suspended iteration, when the step runs inside a foreach.
     pub for_each_index: Option<u32>,
@@ -179,22 +182,6 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for PathMap<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         // Collected through `insert`, which keeps the entries sorted whatever order the keys come in.
         Ok(BTreeMap::<String, T>::deserialize(deserializer)?.into_iter().collect())
-    }
-}
-
-/// Serde for a shared JSON value (serde's `rc` feature is off: it would serialize any `Arc` by copy, silently).
-mod shared_json {
-    use std::sync::Arc;
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-    use serde_json::Value;
-
-    pub fn serialize<S: Serializer>(value: &Option<Arc<Value>>, serializer: S) -> Result<S::Ok, S::Error> {
-        value.as_deref().serialize(serializer)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Arc<Value>>, D::Error> {
-        Ok(Option::<Value>::deserialize(deserializer)?.map(Arc::new))
     }
 }
 

@@ -166,8 +166,10 @@ pub(crate) fn check_id(id: &str) {
 pub enum StepOutcome {
     /// The step's output, the next step's input.
     Done(Value),
-    /// Wait for a resume. `payload` tells the resumer what is needed; `resume_label` lets it resume by label.
-    Suspend { payload: Value, resume_label: Option<String> },
+    /// Wait for a resume. `payload` tells the resumer what is needed; `resume_label` lets it resume by label;
+    /// `resume_schema`, when set, is what the resume data must satisfy this time, instead of the step's own
+    /// [`Step::resume_schema`] (for a step whose suspensions wait for different things, such as an agent's tools).
+    Suspend { payload: Value, resume_label: Option<String>, resume_schema: Option<Schema> },
     /// End the run now, successfully, with this value as its result.
     Bail(Value),
 }
@@ -178,13 +180,27 @@ impl StepOutcome {
     }
 
     pub fn suspend(payload: Value) -> Self {
-        Self::Suspend { payload, resume_label: None }
+        Self::Suspend { payload, resume_label: None, resume_schema: None }
     }
 
     /// Attaches a resume label to a `Suspend` (no effect on other outcomes).
     pub fn with_label(self, label: impl Into<String>) -> Self {
         match self {
-            Self::Suspend { payload, .. } => Self::Suspend { payload, resume_label: Some(label.into()) },
+            Self::Suspend { payload, resume_schema, .. } => {
+                Self::Suspend { payload, resume_label: Some(label.into()), resume_schema }
+            }
+            other => other,
+        }
+    }
+
+    /// Attaches the schema this suspension's resume data must satisfy to a `Suspend` (no effect on other
+    /// outcomes). It replaces the step's own resume schema for this suspension: in its `StepSuspended` event and
+    /// when `ResumeStream` checks the data. Ignored inside a foreach, whose iterations share the step's schema.
+    pub fn with_resume_schema(self, schema: Schema) -> Self {
+        match self {
+            Self::Suspend { payload, resume_label, .. } => {
+                Self::Suspend { payload, resume_label, resume_schema: Some(schema) }
+            }
             other => other,
         }
     }
@@ -280,8 +296,6 @@ pub(crate) struct ContextShared {
     /// What the step saved with [`StepContext::save_state`] when it last suspended (on resume only).
     pub(crate) saved_state: Option<Value>,
     pub(crate) state_to_save: std::sync::Mutex<Option<Value>>,
-    /// Set by [`StepContext::set_resume_schema`]: this suspension's own resume schema.
-    pub(crate) resume_schema_to_set: std::sync::Mutex<Option<Value>>,
     pub(crate) request_context: Arc<Map<String, Value>>,
     pub(crate) for_each_index: Option<u32>,
     pub(crate) iteration: u32,
@@ -337,15 +351,6 @@ impl StepContext {
     /// when the step does not suspend, and inside a foreach.
     pub fn save_state(&self, state: Value) {
         *self.shared.state_to_save.lock().unwrap_or_else(|e| e.into_inner()) = Some(state);
-    }
-
-    /// The JSON Schema the resume data of this suspension must satisfy, for steps whose resume data depends on
-    /// what they wait for (a network waits for an approval, or for whatever a delegated workflow's step asks):
-    /// replaces the step's declared [`Step::resume_schema`] for this suspension only. Like it, it is checked before
-    /// the run resumes and shown in the `step_suspended` event. Ignored when the step does not suspend,
-    /// and inside a foreach; a schema that does not compile fails the step.
-    pub fn set_resume_schema(&self, schema: Value) {
-        *self.shared.resume_schema_to_set.lock().unwrap_or_else(|e| e.into_inner()) = Some(schema);
     }
 
     /// 0-based attempt number (retries).
@@ -545,7 +550,16 @@ mod tests {
         assert_eq!(StepOutcome::from(json!(1)), StepOutcome::Done(json!(1)));
         assert_eq!(
             StepOutcome::suspend(json!({"a": 1})).with_label("l"),
-            StepOutcome::Suspend { payload: json!({"a": 1}), resume_label: Some("l".into()) }
+            StepOutcome::Suspend { payload: json!({"a": 1}), resume_label: Some("l".into()), resume_schema: None }
+        );
+        let schema = Schema::compile(json!({"type": "string"})).unwrap();
+        assert_eq!(
+            StepOutcome::suspend(json!(1)).with_resume_schema(schema.clone()).with_label("l"),
+            StepOutcome::Suspend { payload: json!(1), resume_label: Some("l".into()), resume_schema: Some(schema) }
+        );
+        assert_eq!(
+            StepOutcome::done(json!(3)).with_resume_schema(Schema::compile(json!({})).unwrap()),
+            json!(3).into()
         );
         assert_eq!(StepOutcome::bail(json!(2)).with_label("x"), StepOutcome::Bail(json!(2)));
     }

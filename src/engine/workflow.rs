@@ -156,6 +156,8 @@ pub struct ToolMeta {
     /// JSON Schema of the arguments.
     pub parameters: Value,
     pub requires_approval: bool,
+    /// Set for a tool that may suspend itself: JSON Schema of the data that resumes it.
+    pub resume_schema: Option<Value>,
 }
 
 /// What a runnable is, as callers name it: a workflow, or an agent or agent network run as a one-step workflow of
@@ -310,30 +312,13 @@ impl Workflow {
             }
         };
 
-        // The schema recorded with the suspension: the step's own (shared with it, compiled already) or one the
-        // step set for this suspension (`StepContext::set_resume_schema`), compiled here.
-        let declared = self.index.get(&step_id).and_then(|e| e.resume_schema.as_ref());
-        match (declared, snapshot.suspended.get(&step_id).and_then(|s| s.resume_schema.as_ref())) {
-            (Some(schema), Some(recorded)) if !Arc::ptr_eq(&schema.shared_raw(), recorded) => {
-                validate_with(recorded, &req.resume_data)?;
-            }
-            (None, Some(recorded)) => validate_with(recorded, &req.resume_data)?,
-            (Some(schema), _) => {
-                schema.validate(&req.resume_data, "resume_data").map_err(ResumeError::InvalidResumeData)?;
-            }
-            (None, None) => {}
+        // The suspension's own schema, if it named one, else the step's.
+        let schema = snapshot.suspended.get(&step_id).and_then(|s| s.resume_schema.as_ref());
+        if let Some(schema) = schema.or_else(|| self.index.get(&step_id).and_then(|e| e.resume_schema.as_ref())) {
+            schema.validate(&req.resume_data, "resume_data").map_err(ResumeError::InvalidResumeData)?;
         }
         Ok(ResumeTarget { step_id, for_each_index, resume_data: req.resume_data })
     }
-}
-
-/// Checks resume data against a schema recorded with a suspension.
-fn validate_with(schema: &Value, resume_data: &Value) -> Result<(), ResumeError> {
-    // The executor compiled it when the step suspended, so this fails only for a snapshot made elsewhere.
-    let schema = Schema::compile(schema.clone()).map_err(|message| {
-        ResumeError::InvalidResumeData(SchemaViolation { path: "resume_schema".to_owned(), message })
-    })?;
-    schema.validate(resume_data, "resume_data").map_err(ResumeError::InvalidResumeData)
 }
 
 /// The suspended step (and foreach index) that registered `label`.

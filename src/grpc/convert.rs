@@ -97,6 +97,7 @@ pub fn tool_info(tool: &ToolMeta) -> pb::ToolInfo {
         description: tool.description.clone(),
         parameters: Some(json_to_pb(&tool.parameters)),
         requires_approval: tool.requires_approval,
+        resume_schema: opt_json(&tool.resume_schema),
     }
 }
 

@@ -16,10 +16,14 @@
 //!
 //! 1. at most one [`ModelChunk::ResponseMetadata`], before any content;
 //! 2. any interleaving of [`ModelChunk::TextDelta`], [`ModelChunk::ReasoningDelta`],
-//!    [`ModelChunk::ToolCallStart`] and [`ModelChunk::ToolCallDelta`]. For each tool-call `index`, its
-//!    `ToolCallStart` comes before its deltas; the concatenated deltas of one index are the call's arguments as
-//!    JSON text, complete only once `Finish` arrives (parse them then, not before: the text may be invalid JSON if
-//!    the model erred, which is the agent's to report as a tool error);
+//!    [`ModelChunk::ReasoningSignature`], [`ModelChunk::RedactedReasoning`], [`ModelChunk::Source`],
+//!    [`ModelChunk::File`], [`ModelChunk::ToolCallStart`] and [`ModelChunk::ToolCallDelta`]. For each tool-call
+//!    `index`, its `ToolCallStart` comes before its deltas; the concatenated deltas of one index are the call's
+//!    arguments as JSON text, complete only once `Finish` arrives (parse them then, not before: the text may be
+//!    invalid JSON if the model erred, which is the agent's to report as a tool error). A `ReasoningSignature`
+//!    follows the reasoning deltas it signs (those since the previous signature). With
+//!    [`ReasoningEffort::Hidden`] there are no `ReasoningDelta`s or `ReasoningSignature`s, only what the provider
+//!    sends redacted;
 //! 3. exactly one [`ModelChunk::Finish`], held back until the response is known to be complete;
 //! 4. at most one [`ModelChunk::Usage`], the response's total (never a running count);
 //!
@@ -83,7 +87,8 @@ pub struct ModelRequest {
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
     /// Ask for reasoning. The OpenAI-compatible client sends it as `reasoning_effort` (only reasoning models accept
-    /// it; leave `None` for others); the offline model streams a short scripted reasoning section.
+    /// it; leave `None` for others); the offline model streams a short scripted reasoning section (and its
+    /// signature), or with [`ReasoningEffort::Hidden`] that section redacted.
     pub reasoning_effort: Option<ReasoningEffort>,
 }
 
@@ -195,6 +200,10 @@ pub enum ReasoningEffort {
     Low,
     Medium,
     High,
+    /// Reason (at medium effort), but keep the reasoning private: the response carries no readable reasoning, only
+    /// what the provider sends redacted ([`ModelChunk::RedactedReasoning`]). For callers who want reasoning's
+    /// better answers without streaming its text to their users.
+    Hidden,
 }
 
 impl ReasoningEffort {
@@ -203,7 +212,21 @@ impl ReasoningEffort {
             Self::Low => "low",
             Self::Medium => "medium",
             Self::High => "high",
+            Self::Hidden => "hidden",
         }
+    }
+
+    /// The effort a provider is asked for: servers know only `low`, `medium` and `high`.
+    pub fn requested(self) -> Self {
+        match self {
+            Self::Hidden => Self::Medium,
+            other => other,
+        }
+    }
+
+    /// Whether the reasoning's text may be shown (false for [`Hidden`](Self::Hidden)).
+    pub fn shows_reasoning(self) -> bool {
+        self != Self::Hidden
     }
 }
 
@@ -220,6 +243,26 @@ pub enum ModelChunk {
     },
     ReasoningDelta {
         text: String,
+    },
+    /// The provider's signature of the reasoning streamed since the previous signature (it lets the provider
+    /// verify that reasoning when it is sent back). Follows the reasoning it signs.
+    ReasoningSignature {
+        signature: String,
+    },
+    /// Reasoning the provider withheld: an opaque payload (usually encrypted) that only the provider can read.
+    RedactedReasoning {
+        data: String,
+    },
+    /// A web page the model cites (a URL citation).
+    Source {
+        url: String,
+        title: Option<String>,
+    },
+    /// A file the model generated (an image, a document): its media type (`image/png`) and its bytes in standard
+    /// base64, as providers send them.
+    File {
+        media_type: String,
+        base64: String,
     },
     /// The model begins tool call number `index` (0-based, in the order the model made them).
     ToolCallStart {

@@ -4,7 +4,13 @@
 //! It is **not a language model**: it follows a short script, chosen by the shape of the request.
 //!
 //! 1. The last message is a tool result (and no response schema is asked): it answers in text that reports the results
-//!    ("Here is what I found: get-weather returned conditions sunny, temperature 18.").
+//!    ("Here is what I found: get-weather returned conditions sunny, temperature 18."). When the user's last
+//!    message asks for sources (a word `source(s)`, `cite(d)` or `citation(s)`: "...and cite your sources"), it
+//!    first cites each successful result as a source ([`ModelChunk::Source`]): URL
+//!    `runstream://tool/<tool>/<tool call id>`, title `<tool> result`. When it mentions CSV ("...as a CSV file"),
+//!    it also attaches the results as a CSV file after the text ([`ModelChunk::File`], `text/csv`: a `tool`
+//!    column, then one column per field of the results in alphabetical order, one row per result) and says so in
+//!    the text.
 //! 2. The last message is the user's, tools are offered, and the message mentions one: it calls that tool. A tool
 //!    is mentioned when a word of the message matches a word of the tool's name other than a generic verb
 //!    ("weather" → `get-weather`), or when the message holds arithmetic such as `12 * 7` or `3 plus 4` and a
@@ -22,14 +28,21 @@
 //!    routes an agent network (whose first option is "none").
 //! 4. Otherwise: a text answer that quotes the user's last message and says what this model is.
 //!
-//! With `reasoning_effort` set, a one-sentence reasoning section about the script it follows streams first.
+//! With `reasoning_effort` set, a one-sentence reasoning section about the script it follows streams first, then
+//! its signature ([`ModelChunk::ReasoningSignature`]: `offline-sig-` and an FNV-1a hash of the reasoning text, so
+//! the same reasoning always has the same signature). With effort
+//! [`Hidden`](super::ReasoningEffort::Hidden) the section is not streamed as text: one
+//! [`ModelChunk::RedactedReasoning`] stands for it (`offline-redacted-` and the same hash).
 //! Text streams in word-sized deltas. Usage counts words (runs of letters and digits) as tokens: input over all
-//! messages, output over everything streamed, reasoning over the reasoning section.
+//! messages, output over everything streamed (a CSV file included), reasoning over the reasoning section, hidden
+//! or not.
 
 use std::{collections::VecDeque, fmt::Write as _, time::Duration};
 
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
+
+use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 
 use super::{
     FinishReason, Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ModelStream, ToolChoice, ToolSpec,
@@ -66,10 +79,16 @@ impl OfflineModel {
         let plan = plan(request);
         let mut output_words = 0;
         let mut reasoning_words = 0;
-        if request.reasoning_effort.is_some() {
+        if let Some(effort) = request.reasoning_effort {
             let reasoning = plan.reasoning();
             reasoning_words = count_words(&reasoning);
-            out.extend(word_pieces(&reasoning).map(|text| ModelChunk::ReasoningDelta { text }));
+            let hash = fnv1a(reasoning.as_bytes());
+            if effort.shows_reasoning() {
+                out.extend(word_pieces(&reasoning).map(|text| ModelChunk::ReasoningDelta { text }));
+                out.push(ModelChunk::ReasoningSignature { signature: format!("offline-sig-{hash:016x}") });
+            } else {
+                out.push(ModelChunk::RedactedReasoning { data: format!("offline-redacted-{hash:016x}") });
+            }
         }
         let finish = match plan {
             Plan::CallTool { tool, arguments, id, .. } => {
@@ -85,7 +104,22 @@ impl OfflineModel {
                 out.extend(split_in(&text, 4).map(|text| ModelChunk::TextDelta { text }));
                 FinishReason::Stop
             }
-            Plan::Report { text, .. } | Plan::Echo { text } => {
+            Plan::Report { text, results, cite, csv, .. } => {
+                for result in results.iter().filter(|r| cite && r.value.is_some()) {
+                    out.push(ModelChunk::Source {
+                        url: format!("runstream://tool/{}/{}", result.tool, result.call_id),
+                        title: Some(format!("{} result", result.tool)),
+                    });
+                }
+                output_words += count_words(&text);
+                out.extend(word_pieces(&text).map(|text| ModelChunk::TextDelta { text }));
+                if let Some(csv) = csv {
+                    output_words += count_words(&csv);
+                    out.push(ModelChunk::File { media_type: "text/csv".to_owned(), base64: BASE64.encode(csv) });
+                }
+                FinishReason::Stop
+            }
+            Plan::Echo { text } => {
                 output_words += count_words(&text);
                 out.extend(word_pieces(&text).map(|text| ModelChunk::TextDelta { text }));
                 FinishReason::Stop
@@ -143,10 +177,24 @@ impl ModelProvider for OfflineModel {
 
 /// What the script does for one request.
 enum Plan<'a> {
-    CallTool { tool: &'a ToolSpec, arguments: Value, id: String, why: String },
+    CallTool {
+        tool: &'a ToolSpec,
+        arguments: Value,
+        id: String,
+        why: String,
+    },
     Json(Value),
-    Report { text: String, tools: Vec<String> },
-    Echo { text: String },
+    /// `cite`: the user asked for sources; `csv`: the results as a CSV file, when the user asked for one.
+    Report {
+        text: String,
+        tools: Vec<String>,
+        results: Vec<Reported>,
+        cite: bool,
+        csv: Option<String>,
+    },
+    Echo {
+        text: String,
+    },
 }
 
 impl Plan<'_> {
@@ -164,13 +212,25 @@ impl Plan<'_> {
     }
 }
 
+/// One tool result a report covers.
+struct Reported {
+    tool: String,
+    call_id: String,
+    /// The result, `None` when the call failed (the agent loop answers a failed call with `{"error": ...}`).
+    value: Option<Value>,
+}
+
 fn plan(request: &ModelRequest) -> Plan<'_> {
     let prompt = last_user_text(&request.messages).unwrap_or_default();
     let mut facts = Facts::of(prompt);
     facts.earlier_answers = earlier_answers(&request.messages);
     match request.messages.last() {
         // With a response schema, the report is the JSON below: the answer must be the object asked for.
-        Some(Message::Tool { .. }) if request.response_schema.is_none() => return report(&request.messages),
+        Some(Message::Tool { .. }) if request.response_schema.is_none() => {
+            let asks = |words: &[&str]| facts.words.iter().any(|w| words.contains(&w.as_str()));
+            let cite = asks(&["source", "sources", "cite", "cited", "citation", "citations"]);
+            return report(&request.messages, cite, asks(&["csv"]));
+        }
         Some(Message::User { .. }) if !request.tools.is_empty() && request.tool_choice != ToolChoice::None => {
             if let Some((tool, why)) = choose_tool(request, &facts) {
                 let arguments = fill(&tool.parameters, "", &facts, &mut 0);
@@ -205,22 +265,76 @@ fn plan(request: &ModelRequest) -> Plan<'_> {
     Plan::Echo { text }
 }
 
-/// Text that reports the tool results after the last assistant message.
-fn report(messages: &[Message]) -> Plan<'_> {
+/// Text that reports the tool results after the last assistant message; with `cite` they are cited, with `as_csv`
+/// attached as CSV.
+fn report(messages: &[Message], cite: bool, as_csv: bool) -> Plan<'_> {
     let start = messages.iter().rposition(|m| matches!(m, Message::Assistant { .. })).map_or(0, |i| i + 1);
     let mut text = String::from("Here is what I found:");
     let mut tools = Vec::new();
+    let mut results = Vec::new();
     for message in &messages[start..] {
-        if let Message::Tool { tool_name, content, .. } = message {
-            let result = match serde_json::from_str::<Value>(content) {
-                Ok(value) => describe(&value),
-                Err(_) => excerpt(content, 60),
+        if let Message::Tool { tool_call_id, tool_name, content } = message {
+            let parsed = serde_json::from_str::<Value>(content).ok();
+            let result = match &parsed {
+                Some(value) => describe(value),
+                None => excerpt(content, 60),
             };
             let _ = write!(text, " {tool_name} returned {result}.");
             tools.push(tool_name.clone());
+            let failed = matches!(&parsed, Some(Value::Object(o)) if o.len() == 1 && o.contains_key("error"));
+            let value = match parsed {
+                _ if failed => None,
+                Some(value) => Some(value),
+                None => Some(Value::String(content.clone())),
+            };
+            results.push(Reported { tool: tool_name.clone(), call_id: tool_call_id.clone(), value });
         }
     }
-    Plan::Report { text, tools }
+    let csv = as_csv.then(|| csv(&results)).flatten();
+    if csv.is_some() {
+        text.push_str(" The results are attached as a CSV file.");
+    }
+    Plan::Report { text, tools, results, cite, csv }
+}
+
+/// The successful results as CSV (RFC 4180, `\n` line ends): a `tool` column, then every field of the results in
+/// alphabetical order (an object's keys; `result` for a value that is not an object); strings as they are, other
+/// values as JSON. `None` when no result succeeded.
+fn csv(results: &[Reported]) -> Option<String> {
+    let rows: Vec<(&str, Map<String, Value>)> = results
+        .iter()
+        .filter_map(|r| {
+            let fields = match r.value.as_ref()? {
+                Value::Object(o) => o.clone(),
+                other => Map::from_iter([("result".to_owned(), other.clone())]),
+            };
+            Some((r.tool.as_str(), fields))
+        })
+        .collect();
+    if rows.is_empty() {
+        return None;
+    }
+    let columns: std::collections::BTreeSet<&str> =
+        rows.iter().flat_map(|(_, f)| f.keys().map(String::as_str)).collect();
+    let field = |text: &str| {
+        if text.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", text.replace('"', "\"\""))
+        } else {
+            text.to_owned()
+        }
+    };
+    let mut out = std::iter::once("tool").chain(columns.iter().copied()).map(field).collect::<Vec<_>>().join(",");
+    out.push('\n');
+    for (tool, fields) in &rows {
+        let cells = columns.iter().map(|c| match fields.get(*c) {
+            None => String::new(),
+            Some(Value::String(s)) => field(s),
+            Some(other) => field(&other.to_string()),
+        });
+        out.push_str(&std::iter::once(field(tool)).chain(cells).collect::<Vec<_>>().join(","));
+        out.push('\n');
+    }
+    Some(out)
 }
 
 /// A JSON value in words: `{"temperature": 18, "conditions": "sunny"}` → `conditions sunny, temperature 18`.
@@ -455,15 +569,21 @@ fn expression(text: &str) -> Option<Expression> {
     })
 }
 
-/// The capitalized words after the last "in", "for" or "at" (else the next word): `weather in New York?` →
-/// `New York`.
+/// The capitalized words after the last "in", "for" or "at" (else the next word), up to the end of the sentence:
+/// `weather in New York? Send it` → `New York`.
 fn place(text: &str) -> Option<String> {
     let words: Vec<&str> = text.split_whitespace().collect();
     let at = words.iter().rposition(|w| matches!(w.to_lowercase().as_str(), "in" | "for" | "at"))?;
     let clean = |w: &str| w.trim_matches(|c: char| !c.is_alphanumeric()).to_owned();
+    let mut ended = false;
     let capitalized: Vec<String> = words[at + 1..]
         .iter()
-        .take_while(|w| w.chars().next().is_some_and(char::is_uppercase))
+        .take_while(|w| {
+            // A word after `?`, `.`, `!` or `;` starts another sentence: not part of the name.
+            let take = !ended && w.chars().next().is_some_and(char::is_uppercase);
+            ended = w.ends_with(['?', '.', '!', ';']);
+            take
+        })
         .map(|w| clean(w))
         .collect();
     if !capitalized.is_empty() {
@@ -648,6 +768,11 @@ fn split_in(text: &str, parts: usize) -> impl Iterator<Item = String> + '_ {
         rest = tail;
         Some(piece.to_owned())
     })
+}
+
+/// FNV-1a of `bytes`: stable across platforms and releases, unlike std's hashers.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 /// FNV-1a over the conversation: a stable response id (std's hashers are not stable across releases).
@@ -950,9 +1075,97 @@ mod tests {
         let first_call = chunks.iter().position(|c| matches!(c, ModelChunk::ToolCallStart { .. })).unwrap();
         let last_reasoning = chunks.iter().rposition(|c| matches!(c, ModelChunk::ReasoningDelta { .. })).unwrap();
         assert!(last_reasoning < first_call);
+        // The signature follows the reasoning it signs, and is the same for the same reasoning.
+        let signature = format!("offline-sig-{:016x}", fnv1a(reasoning.as_bytes()));
+        assert_eq!(chunks[last_reasoning + 1], ModelChunk::ReasoningSignature { signature });
+        assert_eq!(chunks[last_reasoning + 2..first_call].len(), 0);
         let usage = usage(&chunks);
         assert_eq!(usage.reasoning_tokens, count_words(&reasoning));
         assert!(usage.output_tokens > usage.reasoning_tokens);
+
+        // Hidden: one redacted chunk stands for the same reasoning, which still counts.
+        request.reasoning_effort = Some(ReasoningEffort::Hidden);
+        let hidden = OfflineModel::new().respond(&request);
+        assert!(
+            !hidden
+                .iter()
+                .any(|c| matches!(c, ModelChunk::ReasoningDelta { .. } | ModelChunk::ReasoningSignature { .. }))
+        );
+        let data = format!("offline-redacted-{:016x}", fnv1a(reasoning.as_bytes()));
+        assert_eq!(hidden[1], ModelChunk::RedactedReasoning { data });
+        assert_eq!(self::usage(&hidden).reasoning_tokens, usage.reasoning_tokens);
+    }
+
+    fn weather_report(prompt: &str, results: &[(&str, &str, &str)]) -> Vec<ModelChunk> {
+        let mut messages = vec![Message::user(prompt)];
+        messages.push(Message::Assistant {
+            content: None,
+            tool_calls: results
+                .iter()
+                .map(|(id, name, _)| ToolCall { id: (*id).into(), name: (*name).into(), arguments: "{}".into() })
+                .collect(),
+        });
+        messages.extend(results.iter().map(|(id, name, content)| Message::tool_result(*id, *name, *content)));
+        OfflineModel::new().respond(&ModelRequest::new(messages).with_tools(vec![weather_tool()]))
+    }
+
+    #[test]
+    fn asked_for_sources_a_report_cites_each_successful_result_before_the_text() {
+        let uncited = weather_report("Weather in Paris?", &[("c1", "get-weather", r#"{"city":"Paris"}"#)]);
+        assert!(!uncited.iter().any(|c| matches!(c, ModelChunk::Source { .. })), "no sources unless asked");
+        let chunks = weather_report(
+            "Weather in Paris and Oslo? Cite your sources.",
+            &[
+                ("call_offline_1", "get-weather", r#"{"city":"Paris","temperature":18}"#),
+                ("call_offline_2", "get-weather", r#"{"error":"the service is down"}"#),
+            ],
+        );
+        let sources: Vec<&ModelChunk> = chunks.iter().filter(|c| matches!(c, ModelChunk::Source { .. })).collect();
+        assert_eq!(
+            sources,
+            [&ModelChunk::Source {
+                url: "runstream://tool/get-weather/call_offline_1".into(),
+                title: Some("get-weather result".into()),
+            }],
+            "the failed call is reported but not cited"
+        );
+        let source = chunks.iter().position(|c| matches!(c, ModelChunk::Source { .. })).unwrap();
+        let first_text = chunks.iter().position(|c| matches!(c, ModelChunk::TextDelta { .. })).unwrap();
+        assert!(source < first_text);
+        assert!(!chunks.iter().any(|c| matches!(c, ModelChunk::File { .. })), "no CSV unless asked");
+        assert!(!text(&chunks).contains("CSV"));
+    }
+
+    #[test]
+    fn asked_for_csv_it_attaches_the_results_as_a_csv_file_after_the_text() {
+        let chunks = weather_report(
+            "Weather in Paris and Oslo, as a CSV file please",
+            &[
+                ("c1", "get-weather", r#"{"city":"Paris","temperature":18,"conditions":"sunny, warm"}"#),
+                ("c2", "get-weather", r#"{"city":"Oslo","temperature":-2,"wind_kph":30}"#),
+                ("c3", "calculator", "not JSON"),
+                ("c4", "calculator", r#"{"error":"division by zero"}"#),
+            ],
+        );
+        assert!(text(&chunks).ends_with(" The results are attached as a CSV file."), "{}", text(&chunks));
+        let Some(ModelChunk::File { media_type, base64 }) =
+            chunks.iter().find(|c| matches!(c, ModelChunk::File { .. }))
+        else {
+            panic!("no file: {chunks:?}")
+        };
+        assert_eq!(media_type, "text/csv");
+        let csv = String::from_utf8(BASE64.decode(base64).unwrap()).unwrap();
+        assert_eq!(
+            csv,
+            "tool,city,conditions,result,temperature,wind_kph\n\
+             get-weather,Paris,\"sunny, warm\",,18,\n\
+             get-weather,Oslo,,,-2,30\n\
+             calculator,,,not JSON,,\n"
+        );
+        let file = chunks.iter().position(|c| matches!(c, ModelChunk::File { .. })).unwrap();
+        let last_text = chunks.iter().rposition(|c| matches!(c, ModelChunk::TextDelta { .. })).unwrap();
+        assert_eq!(file, last_text + 1);
+        assert!(usage(&chunks).output_tokens > count_words(&text(&chunks)), "the file counts as output");
     }
 
     #[tokio::test]
@@ -979,5 +1192,7 @@ mod tests {
         assert_eq!(split_in("{\"a\":\"é\"}", 3).collect::<String>(), "{\"a\":\"é\"}");
         assert_eq!(place("weather for san francisco"), Some("san".into()));
         assert_eq!(place("no place here"), None);
+        assert_eq!(place("weather in New York? Send it"), Some("New York".into()));
+        assert_eq!(place("weather in Paris, Texas"), Some("Paris Texas".into()));
     }
 }

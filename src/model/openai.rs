@@ -1,10 +1,17 @@
 //! An OpenAI-compatible Chat Completions client that streams (server-sent events).
 //!
 //! One code path serves OpenAI and the servers people run themselves (vLLM, Ollama, llama.cpp's server,
-//! LM Studio), so the parser accepts their known variations: reasoning as `delta.reasoning_content` or
-//! `delta.reasoning`; a tool call's arguments in many deltas or in one, as a string or an object; usage in a
-//! final chunk with empty `choices` or alongside every chunk (the last one wins); tool-call ids missing; a
-//! stream that closes without `data: [DONE]` after its `finish_reason`.
+//! LM Studio) or route through (OpenRouter), so the parser accepts their known variations: reasoning as
+//! `delta.reasoning_content` or `delta.reasoning`; a tool call's arguments in many deltas or in one, as a string or
+//! an object; usage in a final chunk with empty `choices` or alongside every chunk (the last one wins); tool-call
+//! ids missing; a stream that closes without `data: [DONE]` after its `finish_reason`.
+//!
+//! Beyond text, reasoning and tool calls it reads what OpenRouter (and OpenAI's search models) add to a delta:
+//! `reasoning_details` (`reasoning.text` and `reasoning.summary` entries, whose text repeats `delta.reasoning`
+//! and is read only where that is absent, and whose `signature` becomes [`ModelChunk::ReasoningSignature`];
+//! `reasoning.encrypted` entries become [`ModelChunk::RedactedReasoning`]), `annotations` (each `url_citation`
+//! becomes a [`ModelChunk::Source`], once per URL) and `images` (each base64 `data:` URL becomes a
+//! [`ModelChunk::File`]). Fields and entry types it does not know are ignored.
 
 use std::{
     collections::VecDeque,
@@ -19,7 +26,8 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    FinishReason, Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ModelStream, ToolChoice, Usage,
+    FinishReason, Message, ModelChunk, ModelError, ModelProvider, ModelRequest, ModelStream, ReasoningEffort,
+    ToolChoice, Usage,
     sse::{SseDecoder, SseEvent},
 };
 
@@ -166,13 +174,14 @@ impl ModelProvider for OpenAiModel {
     }
 
     fn stream(&self, request: ModelRequest, cancel: CancellationToken) -> ModelStream {
+        let show_reasoning = request.reasoning_effort.is_none_or(ReasoningEffort::shows_reasoning);
         let call = Call {
             inner: self.inner.clone(),
             request: Some(request),
             cancel,
             response: None,
             decoder: SseDecoder::new(),
-            parser: Parser::new(self.inner.url.clone()),
+            parser: Parser::new(self.inner.url.clone()).showing_reasoning(show_reasoning),
             pending: VecDeque::new(),
             done: false,
             failed: None,
@@ -497,7 +506,7 @@ pub(crate) fn request_body(model: &str, request: &ModelRequest) -> Value {
         body.insert("temperature".into(), temperature.into());
     }
     if let Some(effort) = request.reasoning_effort {
-        body.insert("reasoning_effort".into(), effort.as_str().into());
+        body.insert("reasoning_effort".into(), effort.requested().as_str().into());
     }
     Value::Object(body)
 }
@@ -542,6 +551,10 @@ struct Parser {
     finish: Option<String>,
     usage: Option<Usage>,
     saw_done: bool,
+    /// False when the request asked for hidden reasoning: its text and signatures are then not yielded.
+    show_reasoning: bool,
+    /// URLs cited so far: servers repeat annotations (OpenRouter sends them again with the last chunk).
+    cited: Vec<String>,
 }
 
 /// One tool call being streamed. `index` in chunks is the slot's position, which equals the server's index except
@@ -566,7 +579,14 @@ impl Parser {
             finish: None,
             usage: None,
             saw_done: false,
+            show_reasoning: true,
+            cited: Vec::new(),
         }
+    }
+
+    fn showing_reasoning(mut self, show: bool) -> Self {
+        self.show_reasoning = show;
+        self
     }
 
     fn invalid(&self, message: String) -> ModelError {
@@ -617,8 +637,12 @@ impl Parser {
         let text = |key: &str| delta.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
         // vLLM and llama.cpp say `reasoning_content`, newer vLLM and OpenRouter `reasoning`; a server in transition
         // may send both with the same text, so take one.
-        if let Some(reasoning) = text("reasoning_content").or_else(|| text("reasoning")) {
+        let reasoning = text("reasoning_content").or_else(|| text("reasoning"));
+        if let Some(reasoning) = reasoning.filter(|_| self.show_reasoning) {
             out.push_back(ModelChunk::ReasoningDelta { text: reasoning.to_owned() });
+        }
+        for detail in delta.get("reasoning_details").and_then(Value::as_array).into_iter().flatten() {
+            self.reasoning_detail(detail, reasoning.is_none(), out);
         }
         if let Some(content) = text("content") {
             out.push_back(ModelChunk::TextDelta { text: content.to_owned() });
@@ -627,12 +651,62 @@ impl Parser {
         if let Some(refusal) = text("refusal") {
             out.push_back(ModelChunk::TextDelta { text: refusal.to_owned() });
         }
+        for annotation in delta.get("annotations").and_then(Value::as_array).into_iter().flatten() {
+            self.annotation(annotation, out);
+        }
+        for image in delta.get("images").and_then(Value::as_array).into_iter().flatten() {
+            // `{"type": "image_url", "image_url": {"url": "data:image/png;base64,..."}}`; some send the URL bare.
+            let url = image.pointer("/image_url/url").or_else(|| image.get("image_url")).and_then(Value::as_str);
+            match url.and_then(base64_data_url) {
+                Some((media_type, base64)) => out.push_back(ModelChunk::File { media_type, base64 }),
+                // A link rather than the bytes: nothing to stream as a file.
+                None => tracing::debug!(url = %self.url, "ignoring an image that is not a base64 data URL"),
+            }
+        }
         if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
             for (position, call) in calls.iter().enumerate() {
                 self.tool_call_delta(position, call, out)?;
             }
         }
         Ok(())
+    }
+
+    /// One entry of OpenRouter's `reasoning_details`. `take_text`: the delta has no plain reasoning field, whose
+    /// text the entry's would repeat.
+    fn reasoning_detail(&self, detail: &Value, take_text: bool, out: &mut VecDeque<ModelChunk>) {
+        let field = |key: &str| detail.get(key).and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+        match detail.get("type").and_then(Value::as_str) {
+            Some("reasoning.text" | "reasoning.summary") if self.show_reasoning => {
+                if take_text && let Some(text) = field("text").or_else(|| field("summary")) {
+                    out.push_back(ModelChunk::ReasoningDelta { text });
+                }
+                // After the text: a signature signs the reasoning before it.
+                if let Some(signature) = field("signature") {
+                    out.push_back(ModelChunk::ReasoningSignature { signature });
+                }
+            }
+            Some("reasoning.encrypted") => {
+                if let Some(data) = field("data") {
+                    out.push_back(ModelChunk::RedactedReasoning { data });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// One entry of `annotations`: a `url_citation` is a source, cited once however often the server repeats it.
+    fn annotation(&mut self, annotation: &Value, out: &mut VecDeque<ModelChunk>) {
+        if annotation.get("type").and_then(Value::as_str) != Some("url_citation") {
+            return;
+        }
+        let citation = annotation.get("url_citation").unwrap_or(annotation);
+        let field = |key: &str| citation.get(key).and_then(Value::as_str).map(str::trim).filter(|s| !s.is_empty());
+        let Some(url) = field("url") else { return };
+        if self.cited.iter().any(|seen| seen == url) {
+            return;
+        }
+        self.cited.push(url.to_owned());
+        out.push_back(ModelChunk::Source { url: url.to_owned(), title: field("title").map(str::to_owned) });
     }
 
     fn tool_call_delta(
@@ -734,6 +808,16 @@ impl Parser {
         }
         Ok(())
     }
+}
+
+/// `data:image/png;base64,iVBOR...` → (`image/png`, `iVBOR...`). Only base64 data URLs: their bytes are all there
+/// is to a file. Parameters other than `base64` (`;charset=...`) are dropped from the media type.
+fn base64_data_url(url: &str) -> Option<(String, String)> {
+    let (meta, data) = url.trim().strip_prefix("data:")?.split_once(',')?;
+    let media_type = meta.strip_suffix(";base64")?.split(';').next().unwrap_or_default().trim();
+    // RFC 2397's default media type.
+    let media_type = if media_type.is_empty() { "text/plain" } else { media_type };
+    Some((media_type.to_owned(), data.trim().to_owned()))
 }
 
 fn parse_usage(usage: &Value) -> Usage {
@@ -846,6 +930,16 @@ mod tests {
             })
             .collect();
         assert_eq!(reasoning, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn only_base64_data_urls_are_files() {
+        let file = |url: &str| base64_data_url(url);
+        assert_eq!(file("data:image/png;base64,iVBO"), Some(("image/png".into(), "iVBO".into())));
+        assert_eq!(file(" data:text/csv;charset=utf-8;base64,YQ== "), Some(("text/csv".into(), "YQ==".into())));
+        assert_eq!(file("data:;base64,YQ=="), Some(("text/plain".into(), "YQ==".into())));
+        assert_eq!(file("data:text/plain,hello"), None, "not base64");
+        assert_eq!(file("https://cdn.example/a.png"), None);
     }
 
     #[test]

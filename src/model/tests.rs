@@ -437,6 +437,144 @@ async fn reasoning_deltas_from_either_field_with_crlf_and_comments() {
     );
 }
 
+/// A chunk as OpenRouter streams it: its own fields (`provider`, `native_finish_reason`) beside OpenAI's.
+fn openrouter_chunk(delta: Value, finish_reason: Option<&str>) -> Value {
+    json!({
+        "id": "gen-1741570283-Zr8kVjQnVb3n8uNvR0zP",
+        "provider": "Anthropic",
+        "model": "anthropic/claude-3.7-sonnet",
+        "object": "chat.completion.chunk",
+        "created": 1_741_570_283,
+        "choices": [{
+            "index": 0, "delta": delta, "finish_reason": finish_reason,
+            "native_finish_reason": finish_reason, "logprobs": null,
+        }],
+    })
+}
+
+/// 1x1 transparent PNG.
+const PNG_BASE64: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+
+#[tokio::test]
+async fn reasoning_details_citations_and_images_become_their_chunks() {
+    let detail = |mut entry: Value| {
+        entry["format"] = json!("anthropic-claude-v1");
+        entry
+    };
+    let citation = |url: &str, title: &str| {
+        json!({ "type": "url_citation", "url_citation": {
+            "url": url, "title": title, "content": "...", "start_index": 0, "end_index": 12,
+        } })
+    };
+    let events = [
+        // `reasoning` and its structured twin carry the same text: read once.
+        openrouter_chunk(
+            json!({ "role": "assistant", "content": "", "reasoning": "Lisbon is ",
+                    "reasoning_details": [detail(json!({ "type": "reasoning.text", "text": "Lisbon is " }))] }),
+            None,
+        ),
+        // Only the structured form: its text is read.
+        openrouter_chunk(
+            json!({ "content": "", "reasoning_details": [detail(json!({ "type": "reasoning.text", "text": "sunny." }))] }),
+            None,
+        ),
+        // The block's signature, then a redacted block, then an entry type nobody knows yet.
+        openrouter_chunk(
+            json!({ "content": "", "reasoning": null, "reasoning_details": [
+                detail(json!({ "type": "reasoning.text", "text": "", "signature": "EqQBCkgIARABGAIiQL3y" })),
+                detail(json!({ "type": "reasoning.encrypted", "data": "RXJyb3I6IHJlZGFjdGVk", "index": 1 })),
+                detail(json!({ "type": "reasoning.future", "text": "ignored" })),
+            ] }),
+            None,
+        ),
+        openrouter_chunk(json!({ "content": "It is sunny in Lisbon." }), None),
+        // Citations; OpenRouter repeats them with the last chunk. Other annotation types are not sources.
+        openrouter_chunk(
+            json!({ "content": "", "annotations": [
+                citation("https://weather.example/lisbon", "Lisbon weather"),
+                { "type": "file_citation", "file_citation": { "file_id": "f1" } },
+            ] }),
+            None,
+        ),
+        // An image as a data URL is a file; one by link is not; neither is a malformed entry.
+        openrouter_chunk(
+            json!({ "content": "", "images": [
+                { "type": "image_url", "image_url": { "url": format!("data:image/png;base64,{PNG_BASE64}") }, "index": 0 },
+                { "type": "image_url", "image_url": { "url": "https://cdn.example/sky.png" }, "index": 1 },
+                { "type": "image_url" },
+            ] }),
+            None,
+        ),
+        openrouter_chunk(
+            json!({ "content": "", "annotations": [
+                citation("https://weather.example/lisbon", "Lisbon weather"),
+                citation("https://ipma.example/", ""),
+            ] }),
+            Some("stop"),
+        ),
+        usage_chunk(30, 20, 8, 0),
+    ];
+    let server = FakeServer::start(vec![Reply::stream(sse(&events, true))]).await;
+    let (chunks, error) = run(&server.model(), hello_request()).await;
+    assert_eq!(error, None);
+    assert_eq!(
+        chunks[1..chunks.len() - 2],
+        [
+            ModelChunk::ReasoningDelta { text: "Lisbon is ".into() },
+            ModelChunk::ReasoningDelta { text: "sunny.".into() },
+            ModelChunk::ReasoningSignature { signature: "EqQBCkgIARABGAIiQL3y".into() },
+            ModelChunk::RedactedReasoning { data: "RXJyb3I6IHJlZGFjdGVk".into() },
+            ModelChunk::TextDelta { text: "It is sunny in Lisbon.".into() },
+            ModelChunk::Source { url: "https://weather.example/lisbon".into(), title: Some("Lisbon weather".into()) },
+            ModelChunk::File { media_type: "image/png".into(), base64: PNG_BASE64.into() },
+            ModelChunk::Source { url: "https://ipma.example/".into(), title: None },
+        ]
+    );
+    assert_eq!(
+        chunks.last(),
+        Some(&ModelChunk::Usage {
+            usage: Usage {
+                input_tokens: 30,
+                output_tokens: 20,
+                total_tokens: 50,
+                reasoning_tokens: 8,
+                ..Usage::default()
+            }
+        })
+    );
+}
+
+#[tokio::test]
+async fn hidden_reasoning_asks_for_medium_effort_and_yields_only_the_redacted_part() {
+    let events = [
+        openrouter_chunk(
+            json!({ "role": "assistant", "content": "", "reasoning": "private",
+                    "reasoning_details": [{ "type": "reasoning.text", "text": "private", "signature": "sig" }] }),
+            None,
+        ),
+        openrouter_chunk(json!({ "reasoning_content": "also private" }), None),
+        openrouter_chunk(json!({ "reasoning_details": [{ "type": "reasoning.encrypted", "data": "gAAAAABo" }] }), None),
+        openrouter_chunk(json!({ "content": "42" }), Some("stop")),
+    ];
+    let server = FakeServer::start(vec![Reply::stream(sse(&events, true))]).await;
+    let mut request = hello_request();
+    request.reasoning_effort = Some(ReasoningEffort::Hidden);
+    request.max_tokens = Some(100);
+    let (chunks, error) = run(&server.model(), request).await;
+    assert_eq!(error, None);
+    assert_eq!(
+        chunks[1..],
+        [
+            ModelChunk::RedactedReasoning { data: "gAAAAABo".into() },
+            ModelChunk::TextDelta { text: "42".into() },
+            ModelChunk::Finish { reason: FinishReason::Stop, raw: "stop".into() },
+        ]
+    );
+    let body = &server.requests()[0].body;
+    assert_eq!((&body["reasoning_effort"], &body["max_completion_tokens"]), (&json!("medium"), &json!(100)));
+}
+
 #[tokio::test]
 async fn two_parallel_tool_calls_stream_their_arguments_across_chunks() {
     let call = |index: u32, id: Option<&str>, name: Option<&str>, arguments: &str| {

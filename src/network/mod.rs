@@ -79,8 +79,11 @@
 //! the iteration's `NetworkStepFinish`, and the loop goes on with the next iteration. A primitive's end event
 //! reports its usage over all phases, and the network counts it then, once.
 //!
-//! Not yet: tools that suspend themselves (`AgentExecutionSuspended`, `ToolExecutionSuspended`; see the TODOs in
-//! `run.rs`), and memory (threads) across network runs.
+//! A tool that suspends itself ([`ToolContext::suspend`](crate::agent::ToolContext::suspend)) suspends the network
+//! the same way: inside a delegated agent as `AgentExecutionSuspended`, called by the router as
+//! `ToolExecutionSuspended`; the resume data goes to the tool, which is called again.
+//!
+//! Not yet: memory (threads) across network runs.
 
 mod run;
 #[cfg(test)]
@@ -504,10 +507,12 @@ pub fn network_step(network: Arc<Network>) -> Step {
                     // The loop's state goes into the snapshot, not into the payload callers see; what the resume
                     // data must be depends on what waits.
                     ctx.save_state(state);
-                    if let Some(schema) = resume_schema {
-                        ctx.set_resume_schema(schema);
+                    let outcome = StepOutcome::suspend(payload);
+                    match resume_schema.map(Schema::compile).transpose() {
+                        Ok(Some(schema)) => Ok(outcome.with_resume_schema(schema)),
+                        Ok(None) => Ok(outcome),
+                        Err(e) => Err(StepError::new(format!("the resume schema is unusable: {e}")).non_retryable()),
                     }
-                    Ok(StepOutcome::suspend(payload))
                 }
             }
         }

@@ -13,7 +13,8 @@ use crate::{
     },
     engine::{
         Delegation, ErrorInfo, Event, EventKind, EventSink, NetworkEvent, Phase, PrimitiveType, ResumeRequest,
-        ResumeTarget, RunSnapshot, RunStatus, ToolCallApproval, Usage, Workflow, execute_phase, schema::Schema,
+        ResumeTarget, RunSnapshot, RunStatus, ToolCallApproval, ToolCallSuspended, Usage, Workflow, execute_phase,
+        schema::Schema,
     },
     model::{Message, ModelChunk, ModelError, ModelRequest, ResponseSchema},
 };
@@ -159,8 +160,14 @@ struct SavedRun {
 enum Waiting {
     /// A delegated agent's tool call awaits approval; `state` is the agent loop's own saved state.
     Agent { delegation: Delegation, state: Value },
-    /// A delegated tool awaits approval.
-    Tool { delegation: Delegation, tool_call_id: String, args: Value },
+    /// A delegated tool awaits approval, or (`suspended`) suspended itself and awaits its resume data.
+    Tool {
+        delegation: Delegation,
+        tool_call_id: String,
+        args: Value,
+        #[serde(default)]
+        suspended: bool,
+    },
     /// A delegated workflow's nested run suspended; it resumes at `step` with the resume data.
     Workflow {
         delegation: Delegation,
@@ -403,14 +410,18 @@ impl NetworkRun<'_> {
         let primitive = network.primitive(&waiting.delegation().primitive_id);
         match (waiting, primitive) {
             (Waiting::Agent { delegation, state }, Some(Primitive::Agent(agent))) => {
-                let decision = approval_decision(resume_data)?;
-                self.continue_agent(agent, delegation, AgentInput::Resume { state, decision }).await
+                // The agent's loop reads the data: an approval decision, or what a suspended tool asked for.
+                self.continue_agent(agent, delegation, AgentInput::Resume { state, data: resume_data }).await
             }
-            (Waiting::Tool { delegation, tool_call_id, args }, Some(Primitive::Tool(tool))) => {
+            (Waiting::Tool { delegation, tool_call_id, args, suspended: true }, Some(Primitive::Tool(tool))) => {
+                // Called again with the same arguments, the data it asked for in its context.
+                self.call_tool(tool, delegation, Arc::from(tool_call_id), args, Some(resume_data)).await
+            }
+            (Waiting::Tool { delegation, tool_call_id, args, suspended: false }, Some(Primitive::Tool(tool))) => {
                 let decision = approval_decision(resume_data)?;
                 let tool_call_id: Arc<str> = Arc::from(tool_call_id);
                 if decision.approved {
-                    return self.call_tool(tool, delegation, tool_call_id, args).await;
+                    return self.call_tool(tool, delegation, tool_call_id, args, None).await;
                 }
                 // Not an error: the router learns that the user said no, and may finish without it.
                 let declined = json!({ "declined": true, "reason": decision.reason });
@@ -494,9 +505,27 @@ impl NetworkRun<'_> {
                     resume_schema: Some(approval_schema()),
                 })));
             }
-            // TODO(tool suspension): once the agent loop can end because one of its tools suspended itself
-            // (`ToolCallSuspended`), map that end here like `AwaitingApproval`: emit `AgentExecutionSuspended`,
-            // suspend with `Waiting::Agent` and the tool's resume schema, and resume the agent with the resume data.
+            // One of its tools suspended itself: as for an approval, but the tool's own resume schema applies.
+            AgentEnd::Suspended { suspended, state } => {
+                guard.disarm();
+                let payload = json!({
+                    "reason": "agent-execution-suspended",
+                    "iteration": delegation.iteration,
+                    "agent_id": &*agent.id,
+                    "tool_call_id": &*suspended.tool_call_id,
+                    "tool_name": &*suspended.tool_name,
+                    "suspend_payload": suspended.suspend_payload,
+                });
+                let resume_schema = suspended.resume_schema.clone();
+                self.emit(NetworkEvent::AgentExecutionSuspended {
+                    agent_id: Arc::clone(&agent.id),
+                    suspended: Box::new(suspended),
+                    usage: outcome.usage,
+                    selection_reason: delegation.selection_reason.clone(),
+                });
+                let waiting = Waiting::Agent { delegation, state };
+                return Err(Stop::Suspended(Box::new(Suspension { waiting, payload, resume_schema })));
+            }
             other => error_result(agent_failure(&other)),
         };
         guard.disarm();
@@ -623,7 +652,7 @@ impl NetworkRun<'_> {
                 return Err(Stop::Suspended(Box::new(Suspension {
                     waiting,
                     payload,
-                    resume_schema: suspended.resume_schema.as_deref().cloned(),
+                    resume_schema: suspended.resume_schema.as_ref().map(|schema| schema.raw().clone()),
                 })));
             }
             (RunStatus::Success, _) => outcome.result.unwrap_or(Value::Null),
@@ -688,33 +717,66 @@ impl NetworkRun<'_> {
                 }),
                 selection_reason: delegation.selection_reason.clone(),
             });
-            let waiting = Waiting::Tool { delegation, tool_call_id: tool_call_id.to_string(), args };
+            let waiting = Waiting::Tool { delegation, tool_call_id: tool_call_id.to_string(), args, suspended: false };
             return Err(Stop::Suspended(Box::new(Suspension {
                 waiting,
                 payload,
                 resume_schema: Some(approval_schema()),
             })));
         }
-        self.call_tool(tool, delegation, tool_call_id, args).await
+        self.call_tool(tool, delegation, tool_call_id, args, None).await
     }
 
-    /// Calls a delegated tool (approved, if it needs approval) and ends its delegation with the result.
-    // TODO(tool suspension): once a tool can suspend itself (its `ToolContext` suspend API), emit
-    // `ToolExecutionSuspended` here and suspend with a `Waiting::Tool` that resumes the tool with the resume data.
+    /// Calls a delegated tool (approved, if it needs approval; with `resume` when it suspended itself before) and
+    /// ends its delegation with the result. A tool with a resume schema that suspends itself suspends the network
+    /// (`ToolExecutionSuspended`); the resume data calls it again.
     async fn call_tool(
         &mut self,
         tool: &Tool,
         delegation: Delegation,
         tool_call_id: Arc<str>,
         args: Value,
+        resume: Option<Value>,
     ) -> Result<Delegation, Stop> {
         let guard = AbortGuard::new(&self.emit, PrimitiveType::Tool, tool.name());
-        let ctx = tool_context(&self.network.id, &tool_call_id, &self.env);
+        let mut ctx = tool_context(&self.network.id, &tool_call_id, &self.env);
+        ctx.resume = resume;
         let cancel = self.env.cancel.clone();
-        let result = tokio::select! {
+        let outcome = tokio::select! {
             biased;
             () = cancel.cancelled() => return Err(Stop::Aborted),
-            r = tool.call(ctx, args) => r.unwrap_or_else(|e| error_result(e.message)),
+            r = tool.call(ctx, args.clone()) => r,
+        };
+        let result = match outcome {
+            Ok(result) => result,
+            Err(e) => match (e.suspend_payload(), tool.resume_schema()) {
+                (Some(suspend_payload), Some(resume_schema)) => {
+                    guard.disarm();
+                    let payload = json!({
+                        "reason": "tool-execution-suspended",
+                        "iteration": delegation.iteration,
+                        "tool_call_id": &*tool_call_id,
+                        "tool_name": tool.name(),
+                        "suspend_payload": suspend_payload,
+                    });
+                    self.emit(NetworkEvent::ToolExecutionSuspended {
+                        suspended: Box::new(ToolCallSuspended {
+                            tool_call_id: Arc::clone(&tool_call_id),
+                            tool_name: Arc::from(tool.name()),
+                            suspend_payload: suspend_payload.clone(),
+                            args: args.clone(),
+                            resume_schema: Some(resume_schema.clone()),
+                        }),
+                        selection_reason: delegation.selection_reason.clone(),
+                    });
+                    let resume_schema = Some(resume_schema.clone());
+                    let tool_call_id = tool_call_id.to_string();
+                    let waiting = Waiting::Tool { delegation, tool_call_id, args, suspended: true };
+                    return Err(Stop::Suspended(Box::new(Suspension { waiting, payload, resume_schema })));
+                }
+                // Only a tool with a resume schema may suspend (as in an agent's loop): otherwise it failed.
+                _ => error_result(e.message),
+            },
         };
         guard.disarm();
         Ok(self.end_tool(tool, delegation, tool_call_id, result))

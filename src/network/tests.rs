@@ -919,7 +919,7 @@ fn suspension(out: &PhaseOutcome, step: &str) -> (Value, Option<Value>) {
     assert_eq!(out.status, RunStatus::Suspended, "{:?}", out.error);
     assert_eq!(out.snapshot.suspended.keys().collect::<Vec<_>>(), [step]);
     let suspended = &out.snapshot.suspended[step];
-    (suspended.suspend_payload.clone(), suspended.resume_schema.as_deref().cloned())
+    (suspended.suspend_payload.clone(), suspended.resume_schema.as_ref().map(|s| s.raw().clone()))
 }
 
 /// A resume of the travel network's only suspended step.

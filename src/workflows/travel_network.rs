@@ -1,8 +1,10 @@
 //! `travel-network`: the built-in network whose primitives wait for people. Its routing agent delegates among the
 //! `concierge` agent (whose `book-activity` calls need the user's approval), the `order-approval` workflow (whose
 //! `approve` step suspends for a manager's decision) and the `book-activity` tool itself (which needs approval when
-//! the network calls it directly). Each wait suspends the network run (`AgentExecutionApproval`,
-//! `WorkflowExecutionSuspended`, `ToolExecutionApproval`); `ResumeStream` continues it where it stopped. With the
+//! the network calls it directly), and the `reserve-table` tool (which suspends itself to ask for what a
+//! reservation lacks, also when the concierge calls it). Each wait suspends the network run
+//! (`AgentExecutionApproval`, `AgentExecutionSuspended`, `WorkflowExecutionSuspended`, `ToolExecutionApproval`,
+//! `ToolExecutionSuspended`); `ResumeStream` continues it where it stopped. With the
 //! offline model it runs each primitive the task names once, in the order named, then finishes.
 //! Registered in [`builtin_catalog`](super::builtin_catalog) as a network run ([`workflow`]).
 
@@ -10,7 +12,10 @@ use std::sync::Arc;
 
 use super::order_approval;
 use crate::{
-    agent::{concierge_with, tools::book_activity_tool},
+    agent::{
+        concierge_with,
+        tools::{book_activity_tool, reserve_table_tool},
+    },
     engine::Workflow,
     model::{ModelProvider, OfflineModel, model_from_env},
     network::{self, Network},
@@ -41,7 +46,8 @@ pub fn travel_network_with(model: Arc<dyn ModelProvider>) -> Arc<Network> {
         .description("Plans trips with the concierge, files orders with order-approval and books with book-activity.")
         .agent(concierge_with(model))
         .workflow(order_approval::workflow())
-        .tool(book_activity_tool()),
+        .tool(book_activity_tool())
+        .tool(reserve_table_tool()),
     )
 }
 

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::engine::{
     ErrorInfo, EventKind, EventSource, ResumeError, ResumeRequest, RunSnapshot, RunStatus, Step, StepError,
-    StepOutcome, StepStatus, Workflow, workflow::when,
+    StepOutcome, StepStatus, Workflow, schema::Schema, workflow::when,
 };
 
 /// A step that adds `n` to the numeric input.
@@ -684,17 +684,16 @@ async fn suspend_then_resume_skips_finished_steps() {
 
 /// A step whose resume data depends on what it waits for: it sets the schema when it suspends.
 #[tokio::test]
-async fn a_resume_schema_set_at_suspension_replaces_the_declared_one_and_survives_json() {
+async fn a_resume_schema_named_at_suspension_replaces_the_declared_one_and_survives_json() {
     let ask = |kind: &'static str| {
         Step::new(kind, move |ctx| async move {
             if let Some(data) = ctx.resume_data() {
                 return Ok(StepOutcome::Done(data.clone()));
             }
             let field = if kind == "number" { "n" } else { "s" };
-            ctx.set_resume_schema(
-                json!({ "type": "object", "required": [field], "properties": { field: { "type": kind } } }),
-            );
-            Ok(StepOutcome::suspend(json!({ "wants": field })))
+            let schema = json!({ "type": "object", "required": [field], "properties": { field: { "type": kind } } });
+            let schema = Schema::compile(schema).map_err(StepError::new)?;
+            Ok(StepOutcome::suspend(json!({ "wants": field })).with_resume_schema(schema))
         })
         .resume_schema(json!({ "type": "object" }))
     };
@@ -706,7 +705,10 @@ async fn a_resume_schema_set_at_suspension_replaces_the_declared_one_and_survive
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(out.snapshot.suspended["number"].resume_schema.as_deref().unwrap()["required"], json!(["n"]));
+    assert_eq!(
+        out.snapshot.suspended["number"].resume_schema.as_ref().map(|s| s.raw()).unwrap()["required"],
+        json!(["n"])
+    );
     // Checked against the set schema, not the declared one (which any object satisfies).
     let err = resume(&wf, json!(null), &out, req("", json!({ "n": "one" })), 2).await.unwrap_err();
     assert!(matches!(&err, ResumeError::InvalidResumeData(v) if v.path == "resume_data.n"), "{err:?}");
@@ -717,18 +719,51 @@ async fn a_resume_schema_set_at_suspension_replaces_the_declared_one_and_survive
     assert_eq!(restored, out.snapshot);
     let out = PhaseOutcome { snapshot: restored, ..out };
     let (out2, _) = resume(&wf, json!(null), &out, req("", json!({ "n": 1 })), 2).await.unwrap();
-    assert_eq!(out2.snapshot.suspended["string"].resume_schema.as_deref().unwrap()["required"], json!(["s"]));
+    assert_eq!(
+        out2.snapshot.suspended["string"].resume_schema.as_ref().map(|s| s.raw()).unwrap()["required"],
+        json!(["s"])
+    );
     let (out3, _) = resume(&wf, json!(null), &out2, req("", json!({ "s": "x" })), 3).await.unwrap();
     assert_eq!((out3.status, out3.result), (RunStatus::Success, Some(json!({ "s": "x" }))));
+}
 
-    // A schema that does not compile fails the step.
-    let broken = Step::new("broken", |ctx| async move {
-        ctx.set_resume_schema(json!({ "type": 5 }));
-        Ok(StepOutcome::suspend(json!({})))
-    });
-    let (out, _) = run(&Workflow::builder("w").then(broken).commit(), json!(null)).await;
-    assert_eq!(out.status, RunStatus::Failed);
-    assert!(out.error.unwrap().message.starts_with("the resume schema it set is unusable"));
+#[tokio::test]
+async fn a_suspension_may_name_its_own_resume_schema() {
+    // The step's schema wants an object; its second suspension asks for a number instead.
+    let step = Step::new("ask", |ctx| async move {
+        match ctx.resume_data() {
+            None => Ok(StepOutcome::suspend(json!({ "ask": "object" }))),
+            Some(data) if data.is_object() => {
+                let schema = crate::engine::schema::Schema::compile(json!({ "type": "number" })).unwrap();
+                Ok(StepOutcome::suspend(json!({ "ask": "number" })).with_resume_schema(schema))
+            }
+            Some(data) => Ok(StepOutcome::Done(data.clone())),
+        }
+    })
+    .resume_schema(json!({ "type": "object" }));
+    let wf = Workflow::builder("w").then(step).commit();
+    let (out, _) = run(&wf, json!(0)).await;
+    let object_wanted = wf.resolve_resume(&out.snapshot, req("ask", json!(1))).unwrap_err();
+    assert!(matches!(object_wanted, ResumeError::InvalidResumeData(_)), "{object_wanted:?}");
+
+    let (out2, events) = resume(&wf, json!(0), &out, req("ask", json!({})), 2).await.unwrap();
+    assert_eq!(out2.status, RunStatus::Suspended);
+    match &events.last().map(|e| &e.kind) {
+        Some(EventKind::StepSuspended { resume_schema, .. }) => {
+            assert_eq!(resume_schema, &Some(json!({ "type": "number" })));
+        }
+        other => panic!("{other:?}"),
+    }
+    let number_wanted = wf.resolve_resume(&out2.snapshot, req("ask", json!({}))).unwrap_err();
+    assert_eq!(
+        number_wanted,
+        ResumeError::InvalidResumeData(crate::engine::SchemaViolation {
+            path: "resume_data".into(),
+            message: "expected number, got object".into()
+        })
+    );
+    let (out3, _) = resume(&wf, json!(0), &out2, req("ask", json!(7)), 3).await.unwrap();
+    assert_eq!((out3.status, out3.result), (RunStatus::Success, Some(json!(7))));
 }
 
 #[tokio::test]
