@@ -802,3 +802,82 @@ async fn tools_that_suspend_themselves_suspend_the_network_and_resume_with_the_g
     assert_eq!(finish_status(phase3.last().expect("finish")), Some(pb::RunStatus::Success));
     server.stop().await;
 }
+
+// ---- cancel: the primitive running is aborted, then the run ends CANCELED ----
+
+/// A server whose `research-network` and `assistant` stream on an offline model slowed to 20 ms per chunk, so that
+/// a cancel arrives while they stream.
+async fn slow_server() -> TestServer {
+    use runstream::{agent, model::OfflineModel, network, workflows::research_network};
+    let slow = std::sync::Arc::new(OfflineModel::new().with_chunk_delay(std::time::Duration::from_millis(20)));
+    let mut catalog = runstream::engine::WorkflowCatalog::new();
+    catalog.register(network::workflow(research_network::research_network_with(slow.clone())));
+    catalog.register(agent::workflow(agent::assistant_with(slow)));
+    TestServer::start_with_catalog(catalog).await
+}
+
+/// Streams `request` until an event `is_mid` says the primitive is mid-stream, cancels the run, and returns every
+/// event of the run (re-read from the start, so the cancel's events are there).
+async fn cancel_mid_stream(
+    client: &mut Client,
+    request: pb::StreamRunRequest,
+    is_mid: impl Fn(&pb::RunEvent) -> bool,
+) -> Vec<pb::RunEvent> {
+    let mut stream = client.stream_run(request).await.expect("StreamRun accepted").into_inner();
+    let mut run_id = String::new();
+    while let Some(event) = stream.message().await.expect("stream") {
+        run_id.clone_from(&event.run_id);
+        if is_mid(&event) {
+            break;
+        }
+    }
+    let canceled = client.cancel_run(pb::CancelRunRequest { run_id: run_id.clone() }).await;
+    assert!(canceled.expect("CancelRun").into_inner().canceled);
+    let observe = pb::ObserveStreamRequest { run_id, after_seq: 0, ..Default::default() };
+    collect(client.observe_stream(observe).await.expect("ObserveStream").into_inner()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canceling_a_streaming_agent_emits_its_abort_then_ends_the_run_canceled() {
+    let server = slow_server().await;
+    let mut client = server.client().await;
+    let request = pb::StreamRunRequest {
+        agent_id: "assistant".into(),
+        input: Some(pb_value(json!({ "prompt": "Tell me about Lisbon and its old trams, at length" }))),
+        ..Default::default()
+    };
+    let events = cancel_mid_stream(&mut client, request, |e| matches!(e.event, Some(Event::TextDelta(_)))).await;
+    assert_seqs(&events, 1, events.len() as u64);
+    let tail: Vec<String> = shape(&events).into_iter().rev().take(4).rev().collect();
+    assert_eq!(tail, ["AgentAbort", "StepResult", "WorkflowCanceled", "WorkflowFinish"]);
+    let abort = first(&events, |e| match e {
+        Event::AgentAbort(a) => Some(a.clone()),
+        _ => None,
+    });
+    assert!(!abort.reason.is_empty(), "{abort:?}");
+    assert_eq!(finish_status(events.last().expect("finish")), Some(pb::RunStatus::Canceled));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn canceling_a_network_mid_delegation_aborts_the_primitive_then_ends_the_run_canceled() {
+    let server = slow_server().await;
+    let mut client = server.client().await;
+    let request = network_request("research-network", json!({ "task": TASK }));
+    let events =
+        cancel_mid_stream(&mut client, request, |e| matches!(e.event, Some(Event::AgentExecutionEvent(_)))).await;
+    assert_seqs(&events, 1, events.len() as u64);
+    let abort = first(&events, |e| match e {
+        Event::PrimitiveAbort(a) => Some(a.clone()),
+        _ => None,
+    });
+    assert_eq!((abort.primitive_type, abort.primitive_id.as_str()), (pb::PrimitiveType::Agent as i32, "assistant"));
+    // The delegated agent's own abort comes first, nested; no end event for the aborted primitive.
+    let shape = shape(&events);
+    let at = shape.iter().position(|s| s == "PrimitiveAbort").expect("primitive_abort");
+    assert_eq!(shape[at - 1], "AgentExecutionEvent/AgentAbort");
+    assert!(!shape.contains(&"AgentExecutionEnd".to_owned()));
+    assert_eq!(shape[shape.len() - 3..], ["StepResult", "WorkflowCanceled", "WorkflowFinish"]);
+    assert_eq!(finish_status(events.last().expect("finish")), Some(pb::RunStatus::Canceled));
+    server.stop().await;
+}

@@ -29,9 +29,18 @@ impl TestServer {
     }
 
     pub async fn start_with(config: ServiceConfig) -> Self {
+        Self::start_serving(workflows::builtin_catalog(), config).await
+    }
+
+    /// A server running `catalog` instead of the built-ins (e.g. agents on a slowed-down offline model).
+    pub async fn start_with_catalog(catalog: runstream::engine::WorkflowCatalog) -> Self {
+        Self::start_serving(catalog, ServiceConfig::default()).await
+    }
+
+    async fn start_serving(catalog: runstream::engine::WorkflowCatalog, config: ServiceConfig) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");
         let addr = listener.local_addr().expect("local addr");
-        let registry = RunRegistry::new(workflows::builtin_catalog(), Arc::new(SystemClock));
+        let registry = RunRegistry::new(catalog, Arc::new(SystemClock));
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn({
             let shutdown = shutdown.clone();
