@@ -1,10 +1,14 @@
 //! `batch-foreach`: squares 0..count with a foreach whose concurrency comes from the run input; shows one
 //! StepProgress per item and an output array in input order whatever the completion order.
+//!
+//! Optional input `delayMs`: each item first waits that many milliseconds (`{"count": 8, "concurrency": 2,
+//! "delayMs": 100}`), so a run can be watched, or interrupted, part-way through the foreach (tests/durability.rs).
 
 use std::sync::Arc;
 
 use serde_json::{Value, json};
 
+use super::{delay_schema, input_delay};
 use crate::engine::{Step, StepError, StepOutcome, Workflow};
 
 pub const ID: &str = "batch-foreach";
@@ -17,7 +21,8 @@ pub fn workflow() -> Arc<Workflow> {
             "required": ["count", "concurrency"],
             "properties": {
                 "count": { "type": "integer", "minimum": 0 },
-                "concurrency": { "type": "integer", "minimum": 1 }
+                "concurrency": { "type": "integer", "minimum": 1 },
+                "delayMs": delay_schema()
             }
         }))
         .map("items", |input, _run_input| {
@@ -32,12 +37,13 @@ pub fn workflow() -> Arc<Workflow> {
 
 fn square() -> Step {
     Step::new("square", |ctx| async move {
+        input_delay(&ctx).await;
         let Some(k) = ctx.input().as_u64() else {
             return Err(StepError::new(format!("item must be a whole number, got {}", ctx.input())).non_retryable());
         };
         Ok(StepOutcome::Done(json!({ "i": k, "square": k.saturating_mul(k) })))
     })
-    .description("{\"i\": k, \"square\": k*k}")
+    .description("{\"i\": k, \"square\": k*k} (after `delayMs`, if the run input has it)")
 }
 
 #[cfg(test)]

@@ -1,9 +1,13 @@
 //! `chain`: three steps, each adding 1 to `value`. The smallest complete run: 8 events with the registry's finish.
+//!
+//! Optional input `delayMs`: each step first waits that many milliseconds (`{"value": 1, "delayMs": 500}`), so a
+//! run can be watched, or interrupted, while a step is in progress (tests/durability.rs kills the server mid-step).
 
 use std::sync::Arc;
 
 use serde_json::json;
 
+use super::{delay_schema, input_delay};
 use crate::engine::{Step, StepError, StepOutcome, Workflow};
 
 pub const ID: &str = "chain";
@@ -16,7 +20,11 @@ pub fn workflow() -> Arc<Workflow> {
     });
     Workflow::builder(ID)
         .description("Adds 1 to `value` three times, one step at a time.")
-        .input_schema(value_schema.clone())
+        .input_schema(json!({
+            "type": "object",
+            "required": ["value"],
+            "properties": { "value": { "type": "number" }, "delayMs": delay_schema() }
+        }))
         .output_schema(value_schema)
         .then(add_one("step-1"))
         .then(add_one("step-2"))
@@ -26,6 +34,7 @@ pub fn workflow() -> Arc<Workflow> {
 
 fn add_one(id: &str) -> Step {
     Step::new(id, |ctx| async move {
+        input_delay(&ctx).await;
         let value = &ctx.input()["value"];
         // Keep integers integers: `{"value": 1}` should give `{"value": 4}`, not `4.0`.
         let next = if let Some(n) = value.as_i64() {
@@ -37,7 +46,7 @@ fn add_one(id: &str) -> Step {
         };
         Ok(StepOutcome::Done(json!({ "value": next })))
     })
-    .description("Adds 1 to `value`.")
+    .description("Adds 1 to `value` (after `delayMs`, if the run input has it).")
     .input_schema(json!({ "type": "object", "required": ["value"] }))
 }
 
@@ -80,6 +89,17 @@ mod tests {
         }
         let (out, _) = run(&wf, json!({ "value": 0.5 })).await;
         assert_eq!(out.result, Some(json!({ "value": 3.5 })));
+    }
+
+    #[tokio::test]
+    async fn delay_ms_makes_each_step_wait() {
+        let before = std::time::Instant::now();
+        let (out, events) = run(&workflow(), json!({ "value": 1, "delayMs": 20 })).await;
+        assert_eq!(out.result, Some(json!({ "value": 4 })));
+        assert_eq!(events.len(), 7);
+        assert!(before.elapsed() >= std::time::Duration::from_millis(60), "{:?}", before.elapsed());
+        let v = workflow().validate_input(&json!({ "value": 1, "delayMs": -1 })).unwrap_err();
+        assert_eq!(v.path, "input.delayMs");
     }
 
     #[test]

@@ -3,7 +3,12 @@
 //! and the built-in agents and networks as runnables (`assistant`, `concierge`, `research-network`,
 //! `travel-network`).
 
-use crate::{agent, engine::WorkflowCatalog};
+use std::time::Duration;
+
+use crate::{
+    agent,
+    engine::{StepContext, WorkflowCatalog},
+};
 
 pub mod batch_foreach;
 pub mod chain;
@@ -15,6 +20,19 @@ pub mod timer;
 pub mod travel_network;
 pub mod weather_activities;
 pub mod writer_flood;
+
+/// Waits the run input's optional `delayMs` (on the step's clock; a cancel drops the wait with the step). The demo
+/// workflows that take it use it to make a step last long enough to be watched, or interrupted, mid-way.
+pub(crate) async fn input_delay(ctx: &StepContext) {
+    if let Some(ms) = ctx.run_input()["delayMs"].as_u64().filter(|ms| *ms > 0) {
+        ctx.clock().sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+/// The JSON Schema of the optional `delayMs` input.
+pub(crate) fn delay_schema() -> serde_json::Value {
+    serde_json::json!({ "type": "integer", "minimum": 0 })
+}
 
 /// A catalog holding every built-in workflow.
 pub fn builtin_catalog() -> WorkflowCatalog {

@@ -1,10 +1,14 @@
 //! `order-approval`: the human-in-the-loop demo. `approve` suspends until resumed with a decision
 //! (`{"approved": bool, "approver": string}`), then `finalize` reports it.
+//!
+//! Optional input `delayMs`: the resumed `approve` waits that many milliseconds before it records the decision, so
+//! a resume can be watched, or interrupted, while it is in progress (tests/durability.rs kills the server there).
 
 use std::sync::Arc;
 
 use serde_json::json;
 
+use super::{delay_schema, input_delay};
 use crate::engine::{Step, StepOutcome, Workflow};
 
 pub const ID: &str = "order-approval";
@@ -15,7 +19,11 @@ pub fn workflow() -> Arc<Workflow> {
         .input_schema(json!({
             "type": "object",
             "required": ["orderId", "amount"],
-            "properties": { "orderId": { "type": "string" }, "amount": { "type": "number" } }
+            "properties": {
+                "orderId": { "type": "string" },
+                "amount": { "type": "number" },
+                "delayMs": delay_schema()
+            }
         }))
         .output_schema(json!({
             "type": "object",
@@ -40,11 +48,14 @@ fn approve() -> Step {
                 ctx.writer().write(json!({ "note": "about to suspend" }));
                 Ok(StepOutcome::suspend(json!({ "reason": "needs approval", "amount": ctx.input()["amount"] })))
             }
-            Some(decision) => Ok(StepOutcome::Done(json!({
-                "orderId": ctx.input()["orderId"],
-                "approved": decision["approved"],
-                "approver": decision["approver"],
-            }))),
+            Some(decision) => {
+                input_delay(&ctx).await;
+                Ok(StepOutcome::Done(json!({
+                    "orderId": ctx.input()["orderId"],
+                    "approved": decision["approved"],
+                    "approver": decision["approver"],
+                })))
+            }
         }
     })
     .description("Suspends until a person approves or rejects the order.")
