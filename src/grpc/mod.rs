@@ -271,6 +271,12 @@ impl server::run_service_server::RunService for RunService {
             r.resource_id,
         )?;
         let (run, started) = self.registry.start(start)?;
+        // Answer once the run is stored, so that an id StartRun returned survives a crash: readers see only
+        // committed events, and the store commits a run's record before its first event. (A reader from 0 is
+        // refused only when retention dropped the first events, long after they were stored.)
+        if let Ok(mut first) = run.reader(0, ReadUntil::Run { close_on_suspend: false }) {
+            first.next().await;
+        }
         Ok(Response::new(pb::StartRunResponse {
             run_id: run.id().to_string(),
             created: started == Started::Created,
