@@ -27,7 +27,7 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
-use super::persist::Persister;
+use super::persist::{Persister, WithEvent};
 use crate::{
     engine::{Event, EventKind, RunStatus},
     store::StoredEvent,
@@ -175,6 +175,12 @@ impl EventLog {
     /// Appends an event, giving it the next seq. Never blocks on readers. The log keeps only the event's encoding:
     /// callers drop or reuse the event.
     pub fn append(&self, event: &Event, time: SystemTime) -> u64 {
+        self.append_with(event, time, None)
+    }
+
+    /// [`append`](Self::append), with a write the store must commit together with the event (a gated log queues
+    /// both in one operation; an ungated log has no store and drops `with`).
+    pub(super) fn append_with(&self, event: &Event, time: SystemTime, with: Option<WithEvent>) -> u64 {
         let finish = match &event.kind {
             EventKind::WorkflowFinish { status, .. } => Some(*status),
             _ => None,
@@ -189,7 +195,7 @@ impl EventLog {
                 let wake = match &self.persist {
                     // Queued under the lock, so the persister gets each run's events in seq order.
                     Some((run_id, persister)) => {
-                        persister.event(run_id, seq, time, bytes.clone(), finish);
+                        persister.event(run_id, seq, time, bytes.clone(), finish, with);
                         false
                     }
                     None => {

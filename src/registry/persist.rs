@@ -31,6 +31,16 @@ use crate::{
 /// Most writes per transaction: bounds the time one commit holds back durability of the rest.
 const MAX_BATCH: usize = 8192;
 
+/// A write that belongs with an event: queued in the same operation, so it is committed in the same transaction.
+/// A crash then never stores the event without it: a step's result without the checkpoint that lets recovery skip
+/// the step, or a `workflow_finish` without the state it announces (which would make a restart recover a run
+/// whose end a client may have seen).
+#[derive(Debug)]
+pub enum WithEvent {
+    Step(Box<StepCheckpoint>),
+    State(Box<StateRecord>),
+}
+
 enum Op {
     /// A new run and its log, whose durable seq this thread advances from now on.
     Create(Box<RunRecord>, Arc<EventLog>),
@@ -40,10 +50,7 @@ enum Op {
         time: SystemTime,
         body: Bytes,
         finish: Option<RunStatus>,
-    },
-    Step {
-        run_id: Arc<str>,
-        checkpoint: Box<StepCheckpoint>,
+        with: Option<WithEvent>,
     },
     State {
         run_id: Arc<str>,
@@ -97,12 +104,16 @@ impl Persister {
         self.send(Op::Create(Box::new(record), log));
     }
 
-    pub fn event(&self, run_id: &Arc<str>, seq: u64, time: SystemTime, body: Bytes, finish: Option<RunStatus>) {
-        self.send(Op::Event { run_id: Arc::clone(run_id), seq, time, body, finish });
-    }
-
-    pub fn step(&self, run_id: &Arc<str>, checkpoint: StepCheckpoint) {
-        self.send(Op::Step { run_id: Arc::clone(run_id), checkpoint: Box::new(checkpoint) });
+    pub fn event(
+        &self,
+        run_id: &Arc<str>,
+        seq: u64,
+        time: SystemTime,
+        body: Bytes,
+        finish: Option<RunStatus>,
+        with: Option<WithEvent>,
+    ) {
+        self.send(Op::Event { run_id: Arc::clone(run_id), seq, time, body, finish, with });
     }
 
     pub fn state(&self, run_id: &Arc<str>, state: StateRecord) {
@@ -148,16 +159,24 @@ fn write_loop(store: &dyn RunStore, rx: &mpsc::Receiver<Op>) {
                 Op::Watch(run_id, log) => {
                     logs.insert(run_id, log);
                 }
-                Op::Event { run_id, seq, time, body, finish } => {
+                Op::Event { run_id, seq, time, body, finish, with } => {
                     let event = StoredEvent { seq, time, body, finish };
                     match writes.last_mut() {
                         // Consecutive events of one run share one write.
                         Some(Write::Events { run_id: last, events }) if **last == *run_id => events.push(event),
                         _ => writes.push(Write::Events { run_id: run_id.to_string(), events: vec![event] }),
                     }
+                    match with {
+                        None => {}
+                        Some(WithEvent::Step(checkpoint)) => {
+                            writes.push(Write::Step { run_id: run_id.to_string(), checkpoint })
+                        }
+                        Some(WithEvent::State(state)) => {
+                            writes.push(Write::State { run_id: run_id.to_string(), state })
+                        }
+                    }
                     durable.insert(run_id, seq);
                 }
-                Op::Step { run_id, checkpoint } => writes.push(Write::Step { run_id: run_id.to_string(), checkpoint }),
                 Op::State { run_id, state } => writes.push(Write::State { run_id: run_id.to_string(), state }),
                 Op::Delete { run_id } => {
                     logs.remove(&run_id);

@@ -22,7 +22,7 @@ use super::{
     TraceContext,
     error::RegistryError,
     log::{EventEncoder, EventLog, LogReader, ReadUntil},
-    persist::Persister,
+    persist::{Persister, WithEvent},
 };
 use crate::{
     clock::Clock,
@@ -200,6 +200,11 @@ impl Run {
         }
     }
 
+    /// The state, to be stored with the event that announces it ([`EventLog::append_with`]); `None` without a store.
+    fn state_with_event(&self, state: &RunState) -> Option<WithEvent> {
+        self.persist.as_ref().map(|_| WithEvent::State(Box::new(state.record())))
+    }
+
     pub fn id(&self) -> &Arc<str> {
         &self.spec.run_id
     }
@@ -311,13 +316,13 @@ impl Run {
             state.status = RunStatus::Running;
             state.resuming = resume.clone();
             state.updated_at = self.clock.now();
-            self.persist_state(&state);
             let reason = format!(
                 "runstream restarted while phase {interrupted_phase} was in flight; continuing as phase {}",
                 state.phase
             );
             let kind = EventKind::RunRecovered { interrupted_phase, completed_steps, reason };
-            self.log.append(&Event { source: EventSource::System, kind }, self.clock.now());
+            let recovered = Event { source: EventSource::System, kind };
+            self.log.append_with(&recovered, self.clock.now(), self.state_with_event(&state));
             resume
         };
         self.status_tx.send_replace(RunStatus::Running);
@@ -424,16 +429,27 @@ impl Run {
         state.status = status;
         state.snapshot = snapshot;
         state.updated_at = now;
+        state.resuming = None;
+        state.result = None;
+        state.error = None;
         // The result and error move through the event into the state: the log keeps only the event's encoding.
         let finish =
             Event { source: EventSource::Workflow, kind: EventKind::WorkflowFinish { status, result, error, usage } };
-        self.log.append(&finish, now);
+        // The new state is stored in the same commit as the finish event: never one without the other.
+        let stored = match (&self.persist, &finish.kind) {
+            (Some(_), EventKind::WorkflowFinish { result, error, .. }) => {
+                let mut record = state.record();
+                record.result = result.clone();
+                record.error = error.clone();
+                Some(WithEvent::State(Box::new(record)))
+            }
+            _ => None,
+        };
+        self.log.append_with(&finish, now, stored);
         if let EventKind::WorkflowFinish { result, error, .. } = finish.kind {
             state.result = result;
             state.error = error;
         }
-        state.resuming = None;
-        self.persist_state(&state);
         drop(state);
         debug!(run_id = %self.spec.run_id, status = status.as_str(), "phase finished");
         self.status_tx.send_replace(status);
@@ -460,8 +476,8 @@ impl Run {
                 error: state.error.clone(),
                 usage: state.snapshot.usage,
             };
-            self.log.append(&Event { source: EventSource::Workflow, kind: finish }, now);
-            self.persist_state(&state);
+            let finish = Event { source: EventSource::Workflow, kind: finish };
+            self.log.append_with(&finish, now, self.state_with_event(&state));
             drop(state);
             self.status_tx.send_replace(RunStatus::Canceled);
         }
@@ -502,12 +518,15 @@ impl EventSink for Run {
             }
             _ => {}
         }
-        self.log.append(event, self.clock.now());
-        if let (Some(persister), EventKind::StepResult { step_id, status: StepStatus::Success, .. }) =
-            (&self.persist, &event.kind)
-        {
-            persister.step(&self.spec.run_id, self.checkpoint(step_id, &event.kind));
-        }
+        // A step's checkpoint is stored in the same commit as its result: a recovery skips every step whose
+        // result a client may have seen.
+        let checkpoint = match (&self.persist, &event.kind) {
+            (Some(_), EventKind::StepResult { step_id, status: StepStatus::Success, .. }) => {
+                Some(WithEvent::Step(Box::new(self.checkpoint(step_id, &event.kind))))
+            }
+            _ => None,
+        };
+        self.log.append_with(event, self.clock.now(), checkpoint);
     }
 }
 
