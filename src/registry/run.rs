@@ -9,7 +9,7 @@ use std::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicBool, AtomicU32, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use futures_util::FutureExt;
@@ -135,7 +135,12 @@ impl Run {
             Some(persister) => EventLog::gated(encoder, spec.run_id.clone(), persister.clone()),
             None => EventLog::new(encoder),
         };
-        Self::assemble(spec, now, created_order, Arc::new(log), state, clock, persist)
+        // Whole milliseconds, the precision the store keeps: GetRun shows the same creation time after a restart.
+        let created_at = match now.duration_since(UNIX_EPOCH) {
+            Ok(since) => UNIX_EPOCH + Duration::new(since.as_secs(), since.subsec_millis() * 1_000_000),
+            Err(_) => now,
+        };
+        Self::assemble(spec, created_at, created_order, Arc::new(log), state, clock, persist)
     }
 
     /// A run loaded from the store, with its log as stored. Not started: the registry decides what happens next.
