@@ -217,6 +217,50 @@ impl EventLog {
         })
     }
 
+    /// Appends `events` with consecutive seqs, queued for storage as one operation together with `with`: the store
+    /// commits all of them in one transaction (a `workflow_canceled` and the `workflow_finish` after it, with the
+    /// state they end the run in). Returns the seq of the last one.
+    pub(super) fn append_group(&self, events: &[&Event], time: SystemTime, with: Option<WithEvent>) -> u64 {
+        let encoded: Vec<(Vec<u8>, Option<RunStatus>)> = events
+            .iter()
+            .map(|event| {
+                let mut bytes = Vec::new();
+                self.encoder.encode(time, event, &mut bytes);
+                let finish = match &event.kind {
+                    EventKind::WorkflowFinish { status, .. } => Some(*status),
+                    _ => None,
+                };
+                (bytes, finish)
+            })
+            .collect();
+        let (seq, wake) = {
+            let mut inner = self.lock();
+            let mut stored = Vec::with_capacity(encoded.len());
+            for (bytes, finish) in &encoded {
+                let bytes = inner.store(bytes);
+                let seq = inner.base + inner.entries.len() as u64 + 1;
+                inner.entries.push(Stored { bytes: bytes.clone(), finish: *finish, at_secs: unix_secs(time) });
+                stored.push(StoredEvent { seq, time, body: bytes, finish: *finish });
+            }
+            let seq = inner.base + inner.entries.len() as u64;
+            let wake = match &self.persist {
+                Some((run_id, persister)) => {
+                    persister.events(run_id, stored, with);
+                    false
+                }
+                None => {
+                    inner.durable = seq;
+                    std::mem::take(&mut inner.reader_waiting)
+                }
+            };
+            (seq, wake)
+        };
+        if wake {
+            self.appended.notify_waiters();
+        }
+        seq
+    }
+
     /// Seq of the last event readers can see (the last durable one), 0 when there is none.
     pub fn last_seq(&self) -> u64 {
         self.lock().durable

@@ -52,6 +52,12 @@ enum Op {
         finish: Option<RunStatus>,
         with: Option<WithEvent>,
     },
+    /// Consecutive events of one run, to be committed together (with `with`).
+    Events {
+        run_id: Arc<str>,
+        events: Vec<StoredEvent>,
+        with: Option<WithEvent>,
+    },
     State {
         run_id: Arc<str>,
         state: Box<StateRecord>,
@@ -116,6 +122,10 @@ impl Persister {
         self.send(Op::Event { run_id: Arc::clone(run_id), seq, time, body, finish, with });
     }
 
+    pub fn events(&self, run_id: &Arc<str>, events: Vec<StoredEvent>, with: Option<WithEvent>) {
+        self.send(Op::Events { run_id: Arc::clone(run_id), events, with });
+    }
+
     pub fn state(&self, run_id: &Arc<str>, state: StateRecord) {
         self.send(Op::State { run_id: Arc::clone(run_id), state: Box::new(state) });
     }
@@ -160,22 +170,15 @@ fn write_loop(store: &dyn RunStore, rx: &mpsc::Receiver<Op>) {
                     logs.insert(run_id, log);
                 }
                 Op::Event { run_id, seq, time, body, finish, with } => {
-                    let event = StoredEvent { seq, time, body, finish };
-                    match writes.last_mut() {
-                        // Consecutive events of one run share one write.
-                        Some(Write::Events { run_id: last, events }) if **last == *run_id => events.push(event),
-                        _ => writes.push(Write::Events { run_id: run_id.to_string(), events: vec![event] }),
-                    }
-                    match with {
-                        None => {}
-                        Some(WithEvent::Step(checkpoint)) => {
-                            writes.push(Write::Step { run_id: run_id.to_string(), checkpoint })
-                        }
-                        Some(WithEvent::State(state)) => {
-                            writes.push(Write::State { run_id: run_id.to_string(), state })
-                        }
-                    }
+                    push_events(&mut writes, &run_id, [StoredEvent { seq, time, body, finish }], with);
                     durable.insert(run_id, seq);
+                }
+                Op::Events { run_id, events, with } => {
+                    let last = events.last().map(|e| e.seq);
+                    push_events(&mut writes, &run_id, events, with);
+                    if let Some(seq) = last {
+                        durable.insert(run_id, seq);
+                    }
                 }
                 Op::State { run_id, state } => writes.push(Write::State { run_id: run_id.to_string(), state }),
                 Op::Delete { run_id } => {
@@ -205,6 +208,25 @@ fn write_loop(store: &dyn RunStore, rx: &mpsc::Receiver<Op>) {
         for done in flushes.drain(..) {
             let _ = done.send(());
         }
+    }
+}
+
+/// Adds a run's events to the batch, then the write that goes with them.
+fn push_events(
+    writes: &mut Vec<Write>,
+    run_id: &str,
+    new: impl IntoIterator<Item = StoredEvent>,
+    with: Option<WithEvent>,
+) {
+    match writes.last_mut() {
+        // Consecutive events of one run share one write.
+        Some(Write::Events { run_id: last, events }) if last == run_id => events.extend(new),
+        _ => writes.push(Write::Events { run_id: run_id.to_owned(), events: new.into_iter().collect() }),
+    }
+    match with {
+        None => {}
+        Some(WithEvent::Step(checkpoint)) => writes.push(Write::Step { run_id: run_id.to_owned(), checkpoint }),
+        Some(WithEvent::State(state)) => writes.push(Write::State { run_id: run_id.to_owned(), state }),
     }
 }
 

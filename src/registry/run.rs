@@ -426,7 +426,6 @@ impl Run {
         let now = self.clock.now();
         // A cancel that arrived while the phase was ending must not leave the run suspended.
         if self.cancel.is_cancelled() && !status.is_terminal() {
-            self.log.append(&canceled_event(), now);
             status = RunStatus::Canceled;
             error = Some(canceled_error());
         }
@@ -450,7 +449,13 @@ impl Run {
             }
             _ => None,
         };
-        self.log.append_with(&finish, now, stored);
+        if status == RunStatus::Canceled {
+            // `workflow_canceled` (the executor's is not logged, see `emit_ref`), the finish and the state in one
+            // commit: a restart never finds a cancel in the log of a run it would recover.
+            self.log.append_group(&[&canceled_event(), &finish], now, stored);
+        } else {
+            self.log.append_with(&finish, now, stored);
+        }
         if let EventKind::WorkflowFinish { result, error, .. } = finish.kind {
             state.result = result;
             state.error = error;
@@ -460,8 +465,9 @@ impl Run {
         self.status_tx.send_replace(status);
     }
 
-    /// Cancels the run. A running or sleeping run is canceled by its executor (which emits `workflow_canceled`);
-    /// a suspended one is ended here. Returns false when the run had already ended.
+    /// Cancels the run. A running or sleeping run is canceled by its executor (whose `workflow_canceled` is logged
+    /// by `finish_phase`, with the finish); a suspended one is ended here. Returns false when the run had already
+    /// ended.
     pub(super) fn cancel(&self) -> bool {
         let mut state = self.lock_state();
         if state.status.is_terminal() {
@@ -470,7 +476,6 @@ impl Run {
         self.cancel.cancel();
         if matches!(state.status, RunStatus::Suspended | RunStatus::Paused) {
             let now = self.clock.now();
-            self.log.append(&canceled_event(), now);
             state.status = RunStatus::Canceled;
             state.error = Some(canceled_error());
             state.updated_at = now;
@@ -482,7 +487,7 @@ impl Run {
                 usage: state.snapshot.usage,
             };
             let finish = Event { source: EventSource::Workflow, kind: finish };
-            self.log.append_with(&finish, now, self.state_with_event(&state));
+            self.log.append_group(&[&canceled_event(), &finish], now, self.state_with_event(&state));
             drop(state);
             self.status_tx.send_replace(RunStatus::Canceled);
         }
@@ -516,6 +521,8 @@ impl EventSink for Run {
 
     fn emit_ref(&self, event: &Event) {
         match &event.kind {
+            // The executor's last event of a canceled phase: `finish_phase` logs it with the finish, in one commit.
+            EventKind::WorkflowCanceled { .. } => return,
             EventKind::StepWaiting { .. } => self.set_status_if(RunStatus::Running, RunStatus::Waiting),
             // Only a run a sleep made WAITING needs the state lock here; every other step result skips it.
             EventKind::StepResult { .. } if self.waiting.load(Ordering::Acquire) => {
