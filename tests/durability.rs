@@ -896,6 +896,9 @@ fn check_stored_run(run: &LoadedRun, catalog: &WorkflowCatalog) -> Result<(), St
     }
     let events: Vec<pb::RunEvent> =
         run.events.iter().map(|e| pb::RunEvent::decode(e.body.clone()).expect("a stored event decodes")).collect();
+    if events.iter().any(|e| kind(e) == "workflow_canceled") {
+        return Err("a workflow_canceled is stored, yet a restart would recover the run".into());
+    }
     let workflow = catalog.get(&run.record.workflow_id).expect("a built-in workflow");
     let checkpoints = run.checkpoints.iter().map(|c| (c.path.clone(), c.record.clone()));
     let recovered = recovered_snapshot(&workflow, run.record.state.snapshot.clone(), checkpoints);
@@ -908,8 +911,8 @@ fn check_stored_run(run: &LoadedRun, catalog: &WorkflowCatalog) -> Result<(), St
     Ok(())
 }
 
-/// Many runs (chains, suspensions, resumes) on a registry whose store records its batches; then the store as a
-/// crash after each commit would leave it is checked: no run's stored state contradicts its stored log.
+/// Many runs (chains, suspensions, resumes, cancels) on a registry whose store records its batches; then the store
+/// as a crash after each commit would leave it is checked: no run's stored state contradicts its stored log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_commit_leaves_a_store_a_restart_reads_right() {
     let recording = Arc::new(RecordingStore::default());
@@ -933,6 +936,18 @@ async fn every_commit_leaves_a_store_a_restart_reads_right() {
             let order = start("order-approval", format!("order-{i}"), order_input());
             runs.push(registry.start(order).expect("start order").0);
         }
+    }
+    // Canceled while they sleep, and canceled while suspended.
+    for i in 0..50u64 {
+        let timer = registry.start(start("timer", format!("timer-{i}"), json!({"ms": 600_000}))).expect("timer").0;
+        assert!(timer.wait_for(WAIT, |s| s == RunStatus::Waiting).await, "timer-{i} sleeps");
+        registry.cancel(timer.id(), Duration::from_secs(5)).await.expect("cancel a sleeping run");
+        runs.push(timer);
+        let order = start("order-approval", format!("canceled-order-{i}"), order_input());
+        let order = registry.start(order).expect("order").0;
+        assert!(order.wait_for(WAIT, |s| s == RunStatus::Suspended).await, "canceled-order-{i} suspends");
+        registry.cancel(order.id(), Duration::from_secs(5)).await.expect("cancel a suspended run");
+        runs.push(order);
     }
     let settled = |s: RunStatus| s.is_terminal() || s == RunStatus::Suspended;
     for run in &runs {
