@@ -396,6 +396,50 @@ async fn killed_mid_step_the_run_recovers_from_the_running_step() {
     server.kill();
 }
 
+/// The same run killed twice: mid-step in phase 1, then again mid-step in the phase that recovered it. Each
+/// restart recovers what the last phase left: the second `run_recovered` lists only what phase 2 completed (step-1
+/// was in the snapshot already), and the run ends once, with the right result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recovered_run_killed_again_is_recovered_again() {
+    let mut scenario = Scenario::new("killed-twice");
+    let server = scenario.start().await;
+    let mut client = server.client().await;
+    let input = json!({"value": 1, "delayMs": 1500});
+    let mut stream = client.stream_run(stream_request("chain", "twice", input)).await.expect("StreamRun").into_inner();
+    let mut seen = read_until(&mut stream, "step-2 starts", |e| is_step_start(e, "step-2")).await;
+    server.kill();
+
+    let server = scenario.start().await;
+    let mut client = server.client().await;
+    let mut following = observe_stream(&mut client, "twice", seen.len() as u64).await;
+    seen.extend(read_until(&mut following, "step-3 starts in phase 2", |e| is_step_start(e, "step-3")).await);
+    server.kill();
+
+    let server = scenario.start().await;
+    let mut client = server.client().await;
+    let result = wait_result(&mut client, "twice").await;
+    assert_eq!(json(&result.result), json!({"value": 4}), "{result:?}");
+    let log = observe(&mut client, "twice", 0).await;
+    assert_seqs(&log, 1, log.len() as u64);
+    assert_unchanged(&seen, &log);
+    let at: Vec<usize> = log.iter().enumerate().filter(|(_, e)| recovered(e).is_some()).map(|(i, _)| i).collect();
+    assert_eq!(at.len(), 2, "two recoveries: {:?}", describe(&log));
+    assert_recovery(&log, at[0], 1, 0, false);
+    assert_recovery(&log, at[1], 2, at[0] + 1, false);
+    let first = &recovered(&log[at[0]]).expect("run_recovered").completed_steps;
+    let second = &recovered(&log[at[1]]).expect("run_recovered").completed_steps;
+    assert!(first.contains(&"step-1".to_owned()) && second.contains(&"step-2".to_owned()), "{first:?} {second:?}");
+    for (i, step) in ["step-1", "step-2", "step-3"].iter().enumerate() {
+        let starts = log.iter().filter(|e| is_step_start(e, step)).count();
+        let results = log.iter().filter(|e| kind(e) == "step_result" && e.step_id == *step).count();
+        assert_eq!(results, 1, "{step} completes exactly once: {:?}", describe(&log));
+        // step-1 started once; step-2 in phases 1 and 2; step-3 in phases 2 and 3 (unless a kill came late).
+        assert!(starts >= 1 && starts <= i.min(1) + 1, "{step} started {starts} times: {:?}", describe(&log));
+    }
+    assert_eq!(get_run(&mut client, "twice").await.phase, 3);
+    server.kill();
+}
+
 // ---- 2. killed mid-foreach ----
 
 /// `batch-foreach` with a delay per item, killed after a few `step_progress` events: after the restart the map
