@@ -271,12 +271,8 @@ impl server::run_service_server::RunService for RunService {
             r.resource_id,
         )?;
         let (run, started) = self.registry.start(start)?;
-        // Answer once the run is stored, so that an id StartRun returned survives a crash: readers see only
-        // committed events, and the store commits a run's record before its first event. (A reader from 0 is
-        // refused only when retention dropped the first events, long after they were stored.)
-        if let Ok(mut first) = run.reader(0, ReadUntil::Run { close_on_suspend: false }) {
-            first.next().await;
-        }
+        // Answer once the run is stored, so that an id StartRun returned survives a crash.
+        run.stored().await;
         Ok(Response::new(pb::StartRunResponse {
             run_id: run.id().to_string(),
             created: started == Started::Created,
@@ -361,11 +357,14 @@ impl server::run_service_server::RunService for RunService {
                 () = self.shutdown.cancelled() => wait_expired = true,
             }
         }
+        // Report only what a restart would find: the status and result are stored with the finish that announced them.
+        run.stored().await;
         Ok(Response::new(convert::run_result(&run.view(), wait_expired)))
     }
 
     async fn get_run(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::RunInfo>, Status> {
         let run = self.registry.get(&request.get_ref().run_id)?;
+        run.stored().await;
         Ok(Response::new(convert::run_info(&run.view())))
     }
 
@@ -406,6 +405,7 @@ impl server::run_service_server::RunService for RunService {
         request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
         let (run, canceled) = self.registry.cancel(&request.get_ref().run_id, self.config.cancel_settle).await?;
+        run.stored().await;
         Ok(Response::new(pb::CancelRunResponse { run: Some(convert::run_info(&run.view())), canceled }))
     }
 }

@@ -242,3 +242,28 @@ async fn a_reader_overtaken_by_retention_ends_with_the_earliest_seq_not_a_gap() 
     assert!(fresh.next().await.is_none());
     assert_eq!(fresh.expired(), Some(last), "the reader says where the log starts now");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_is_reported_only_once_it_is_stored() {
+    let store = Arc::new(GatedStore::default());
+    let registry = RunRegistry::open(workflows::builtin_catalog(), Arc::new(SystemClock), store.clone()).unwrap();
+    let run = start(&registry, "chain", "c1", json!({ "value": 1 }));
+    run.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await;
+    // SUCCESS in memory, nothing committed: what GetResult, GetRun and StartRun would report must wait.
+    let stored = tokio::spawn({
+        let run = run.clone();
+        async move { run.stored().await }
+    });
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), async {
+            while !stored.is_finished() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .is_err()
+    );
+    store.set_open(true);
+    tokio::time::timeout(Duration::from_secs(10), stored).await.expect("stored after the commit").unwrap();
+    assert_eq!(store.load().unwrap()[0].record.state.status, RunStatus::Success);
+}
