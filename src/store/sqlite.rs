@@ -9,6 +9,12 @@
 //!   naming the file ([`StoreError::Corrupt`]).
 //!
 //! Times are stored as JSON inside the state record; run creation time also as milliseconds for ordering.
+//!
+//! Events are stored packed: one row per run per commit (`events`: the run, the first and last seq it holds, and
+//! the events one after the other in `data`), not one row per event. A profile of a flood showed the writer
+//! thread spending most of its time inserting per-event rows into the `(run_id, seq)` index; a packed row costs one
+//! index insert for a whole batch. Retention drops whole rows, and `runs.events_from` says from which seq the
+//! events are still kept (a row may straddle it).
 
 use std::{
     path::{Path, PathBuf},
@@ -26,7 +32,7 @@ use crate::engine::{RunStatus, StepRecord};
 pub const FILE_NAME: &str = "runstream.db";
 
 /// Bumped when the tables change; a store of another version is refused, not migrated silently.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,15 +43,15 @@ CREATE TABLE IF NOT EXISTS runs (
     request_context TEXT NOT NULL,
     resource_id TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL,
-    state TEXT NOT NULL
+    state TEXT NOT NULL,
+    events_from INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    time_ms INTEGER NOT NULL,
-    body BLOB NOT NULL,
-    finish TEXT,
-    PRIMARY KEY (run_id, seq)
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (run_id, first_seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS steps (
     run_id TEXT NOT NULL,
@@ -171,15 +177,55 @@ fn millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn status_text(status: RunStatus) -> &'static str {
-    status.as_str()
+fn seq_i64(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
-fn status_from(text: &str) -> Option<RunStatus> {
-    use RunStatus as S;
-    [S::Pending, S::Running, S::Waiting, S::Suspended, S::Paused, S::Success, S::Failed, S::Canceled, S::Tripwire]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+/// Finish statuses as stored in a packed event (0: not a finish). Never reorder: stores keep these numbers.
+const STATUS_CODES: [RunStatus; 9] = [
+    RunStatus::Pending,
+    RunStatus::Running,
+    RunStatus::Waiting,
+    RunStatus::Suspended,
+    RunStatus::Paused,
+    RunStatus::Success,
+    RunStatus::Failed,
+    RunStatus::Canceled,
+    RunStatus::Tripwire,
+];
+
+/// Consecutive events, one after the other: per event its time (ms, u64 LE), its finish status code (u8), its
+/// body's length (u32 LE) and its body. Seqs are implied: the row's first seq, +1 per event.
+fn pack(events: &[StoredEvent]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(events.iter().map(|e| 13 + e.body.len()).sum());
+    for event in events {
+        out.extend_from_slice(&u64::try_from(millis(event.time)).unwrap_or(0).to_le_bytes());
+        let code = event.finish.and_then(|s| STATUS_CODES.iter().position(|c| *c == s)).map_or(0, |i| i + 1);
+        out.push(u8::try_from(code).unwrap_or(0));
+        out.extend_from_slice(&u32::try_from(event.body.len()).unwrap_or(u32::MAX).to_le_bytes());
+        out.extend_from_slice(&event.body);
+    }
+    out
+}
+
+/// The events of a packed row starting at `first_seq`; `None` if the bytes are not a whole number of events.
+fn unpack(first_seq: u64, mut data: &[u8]) -> Option<Vec<StoredEvent>> {
+    let mut events = Vec::new();
+    let mut seq = first_seq;
+    while !data.is_empty() {
+        let time_ms = u64::from_le_bytes(data.get(..8)?.try_into().ok()?);
+        let finish = match *data.get(8)? {
+            0 => None,
+            code => Some(*STATUS_CODES.get(usize::from(code) - 1)?),
+        };
+        let len = usize::try_from(u32::from_le_bytes(data.get(9..13)?.try_into().ok()?)).ok()?;
+        let body = data.get(13..13 + len)?;
+        let time = UNIX_EPOCH + Duration::from_millis(time_ms);
+        events.push(StoredEvent { seq, time, body: bytes::Bytes::copy_from_slice(body), finish });
+        seq += 1;
+        data = &data[13 + len..];
+    }
+    Some(events)
 }
 
 impl RunStore for SqliteStore {
@@ -193,8 +239,8 @@ impl RunStore for SqliteStore {
         let mut runs_stmt = conn
             .prepare(
                 // rowid: insertion order, i.e. creation order.
-                "SELECT run_id, workflow_id, input, request_context, resource_id, created_at_ms, state FROM runs \
-                 ORDER BY rowid",
+                "SELECT run_id, workflow_id, input, request_context, resource_id, created_at_ms, state, events_from \
+                 FROM runs ORDER BY rowid",
             )
             .map_err(err)?;
         let rows = runs_stmt
@@ -207,45 +253,42 @@ impl RunStore for SqliteStore {
                     row.get::<_, String>(4)?,
                     row.get::<_, i64>(5)?,
                     row.get::<_, String>(6)?,
+                    row.get::<_, i64>(7)?,
                 ))
             })
             .map_err(err)?;
         let mut events_stmt = conn
-            .prepare("SELECT seq, time_ms, body, finish FROM events WHERE run_id = ?1 ORDER BY seq")
+            .prepare("SELECT first_seq, last_seq, data FROM events WHERE run_id = ?1 ORDER BY first_seq")
             .map_err(err)?;
         let mut steps_stmt = conn
             .prepare("SELECT path, record FROM steps WHERE run_id = ?1 AND phase = ?2 ORDER BY path")
             .map_err(err)?;
         let mut loaded = Vec::new();
         for row in rows {
-            let (run_id, workflow_id, input, request_context, resource_id, created_ms, state) = row.map_err(err)?;
+            let (run_id, workflow_id, input, request_context, resource_id, created_ms, state, events_from) =
+                row.map_err(err)?;
             let bad = |what: &str, e: serde_json::Error| self.corrupt(format!("run '{run_id}': its {what}: {e}"));
             let input: Value = serde_json::from_str(&input).map_err(|e| bad("input", e))?;
             let request_context = serde_json::from_str(&request_context).map_err(|e| bad("request context", e))?;
             let state: StateRecord = serde_json::from_str(&state).map_err(|e| bad("state", e))?;
             let created_at = UNIX_EPOCH + Duration::from_millis(u64::try_from(created_ms).unwrap_or(0));
-            let events = events_stmt
+            let events_from = u64::try_from(events_from).unwrap_or(1);
+            let mut events = Vec::new();
+            let rows = events_stmt
                 .query_map([&run_id], |row| {
-                    Ok((
-                        row.get::<_, i64>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, Vec<u8>>(2)?,
-                        row.get::<_, Option<String>>(3)?,
-                    ))
+                    Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, Vec<u8>>(2)?))
                 })
-                .map_err(err)?
-                .map(|row| {
-                    let (seq, time_ms, body, finish) = row.map_err(err)?;
-                    let finish = match finish {
-                        None => None,
-                        Some(text) => Some(status_from(&text).ok_or_else(|| {
-                            self.corrupt(format!("run '{run_id}': event {seq} has an unknown status {text:?}"))
-                        })?),
-                    };
-                    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(time_ms).unwrap_or(0));
-                    Ok(StoredEvent { seq: u64::try_from(seq).unwrap_or(0), time, body: body.into(), finish })
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
+                .map_err(err)?;
+            for row in rows {
+                let (first_seq, last_seq, data) = row.map_err(err)?;
+                let first_seq = u64::try_from(first_seq).unwrap_or(0);
+                let unpacked = unpack(first_seq, &data)
+                    .filter(|e| e.last().map(|e| e.seq) == u64::try_from(last_seq).ok())
+                    .ok_or_else(|| {
+                        self.corrupt(format!("run '{run_id}': its events {first_seq}..={last_seq} are damaged"))
+                    })?;
+                events.extend(unpacked.into_iter().filter(|e| e.seq >= events_from));
+            }
             if let Some(gap) = events.windows(2).find(|w| w[1].seq != w[0].seq + 1) {
                 return Err(
                     self.corrupt(format!("run '{run_id}': its log jumps from seq {} to {}", gap[0].seq, gap[1].seq))
@@ -275,8 +318,8 @@ impl RunStore for SqliteStore {
             |v: &dyn erased::Json| v.to_json().map_err(|e| StoreError::Io { location: self.location(), reason: e });
         let tx = conn.transaction().map_err(err)?;
         {
-            let mut insert_event = tx
-                .prepare_cached("INSERT INTO events (run_id, seq, time_ms, body, finish) VALUES (?1, ?2, ?3, ?4, ?5)")
+            let mut insert_events = tx
+                .prepare_cached("INSERT INTO events (run_id, first_seq, last_seq, data) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(err)?;
             for write in writes {
                 match write {
@@ -297,11 +340,9 @@ impl RunStore for SqliteStore {
                         .map_err(err)?;
                     }
                     Write::Events { run_id, events } => {
-                        for event in events {
-                            let seq = i64::try_from(event.seq).unwrap_or(i64::MAX);
-                            let finish = event.finish.map(status_text);
-                            let params = params![run_id, seq, millis(event.time), &event.body[..], finish];
-                            insert_event.execute(params).map_err(err)?;
+                        if let (Some(first), Some(last)) = (events.first(), events.last()) {
+                            let (first, last) = (seq_i64(first.seq), seq_i64(last.seq));
+                            insert_events.execute(params![run_id, first, last, pack(events)]).map_err(err)?;
                         }
                     }
                     Write::Step { run_id, checkpoint } => {
@@ -324,9 +365,15 @@ impl RunStore for SqliteStore {
                         }
                     }
                     Write::TrimEvents { run_id, before_seq } => {
-                        let before = i64::try_from(*before_seq).unwrap_or(i64::MAX);
-                        tx.execute("DELETE FROM events WHERE run_id = ?1 AND seq < ?2", params![run_id, before])
+                        let before = seq_i64(*before_seq);
+                        // Whole rows below the new start go; a row straddling it stays, filtered at load.
+                        tx.execute("DELETE FROM events WHERE run_id = ?1 AND last_seq < ?2", params![run_id, before])
                             .map_err(err)?;
+                        tx.execute(
+                            "UPDATE runs SET events_from = MAX(events_from, ?2) WHERE run_id = ?1",
+                            params![run_id, before],
+                        )
+                        .map_err(err)?;
                     }
                 }
             }
@@ -345,5 +392,29 @@ mod erased {
         fn to_json(&self) -> Result<String, String> {
             serde_json::to_string(self).map_err(|e| e.to_string())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_events_unpack_to_themselves_and_damage_is_detected() {
+        let events: Vec<StoredEvent> = (7..10)
+            .map(|seq| StoredEvent {
+                seq,
+                time: UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + seq),
+                body: vec![seq as u8; seq as usize].into(),
+                finish: (seq == 9).then_some(RunStatus::Suspended),
+            })
+            .collect();
+        let data = pack(&events);
+        assert_eq!(unpack(7, &data), Some(events));
+        assert_eq!(unpack(7, &data[..data.len() - 1]), None, "a cut-off event");
+        let mut bad_status = data.clone();
+        bad_status[8] = 200;
+        assert_eq!(unpack(7, &bad_status), None, "an unknown status code");
+        assert_eq!(unpack(1, &[]), Some(Vec::new()));
     }
 }
