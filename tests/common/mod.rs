@@ -38,9 +38,13 @@ impl TestServer {
     }
 
     async fn start_serving(catalog: runstream::engine::WorkflowCatalog, config: ServiceConfig) -> Self {
+        Self::start_with_registry(RunRegistry::new(catalog, Arc::new(SystemClock)), config).await
+    }
+
+    /// A server over a registry the test made (e.g. with a clock it moves).
+    pub async fn start_with_registry(registry: Arc<RunRegistry>, config: ServiceConfig) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");
         let addr = listener.local_addr().expect("local addr");
-        let registry = RunRegistry::new(catalog, Arc::new(SystemClock));
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn({
             let shutdown = shutdown.clone();
