@@ -115,7 +115,7 @@ impl RunRegistry {
     ) -> Result<Arc<Self>, StoreError> {
         let encoder: Arc<dyn EventEncoder> = Arc::new(crate::grpc::wire::WireEncoder);
         let loaded = store.load()?;
-        let persister = Persister::start(store);
+        let persister = Persister::start(store)?;
         let mut runs = HashMap::new();
         let mut recover = Vec::new();
         let mut order = 0;

@@ -25,7 +25,7 @@ use tracing::{error, warn};
 use super::log::EventLog;
 use crate::{
     engine::RunStatus,
-    store::{RunRecord, RunStore, StateRecord, StepCheckpoint, StoredEvent, Write},
+    store::{RunRecord, RunStore, StateRecord, StepCheckpoint, StoreError, StoredEvent, Write},
 };
 
 /// Most writes per transaction: bounds the time one commit holds back durability of the rest.
@@ -88,15 +88,15 @@ impl std::fmt::Debug for Persister {
 }
 
 impl Persister {
-    pub fn start(store: Arc<dyn RunStore>) -> Arc<Self> {
+    /// Starts the writer thread. Without it nothing would become durable and every reader would wait forever, so
+    /// failing to start it is the store's failure to open.
+    pub fn start(store: Arc<dyn RunStore>) -> Result<Arc<Self>, StoreError> {
         let (tx, rx) = mpsc::channel();
         let describe = store.describe();
-        let spawned = thread::Builder::new().name("runstream-store".into()).spawn(move || write_loop(&*store, &rx));
-        if let Err(e) = spawned {
-            // Without the thread nothing becomes durable and every reader would wait forever: fail loudly.
-            panic!("cannot start the store writer thread: {e}");
-        }
-        Arc::new(Self { tx, describe })
+        thread::Builder::new().name("runstream-store".into()).spawn(move || write_loop(&*store, &rx)).map_err(|e| {
+            StoreError::Open { location: describe.clone(), reason: format!("cannot start its writer thread: {e}") }
+        })?;
+        Ok(Arc::new(Self { tx, describe }))
     }
 
     fn send(&self, op: Op) {
