@@ -593,7 +593,18 @@ fn place(text: &str) -> Option<String> {
 }
 
 /// A deterministic value for `schema` (field `name`), from what the message says where it fits.
+/// Most values one answer fills in. The schema may come from a client (`output_schema`): `minItems` of 10^12 must
+/// not make the server build 10^12 values. An answer cut short fails the schema check, as a real model's would.
+const FILL_BUDGET: usize = 10_000;
+
 fn fill(schema: &Value, name: &str, facts: &Facts, next_number: &mut usize) -> Value {
+    let mut budget = FILL_BUDGET;
+    fill_within(schema, name, facts, next_number, &mut budget)
+}
+
+fn fill_within(schema: &Value, name: &str, facts: &Facts, next_number: &mut usize, budget: &mut usize) -> Value {
+    let Some(left) = budget.checked_sub(1) else { return Value::Null };
+    *budget = left;
     if let Some(value) = schema.get("const") {
         return value.clone();
     }
@@ -619,15 +630,16 @@ fn fill(schema: &Value, name: &str, facts: &Facts, next_number: &mut usize) -> V
             let mut object = Map::new();
             for (key, property) in properties.into_iter().flatten() {
                 if required.as_ref().is_none_or(|r| r.contains(&key.as_str())) {
-                    object.insert(key.clone(), fill(property, key, facts, next_number));
+                    object.insert(key.clone(), fill_within(property, key, facts, next_number, budget));
                 }
             }
             Value::Object(object)
         }
         "array" => {
             let count = schema.get("minItems").and_then(Value::as_u64).unwrap_or(0);
+            let count = usize::try_from(count).unwrap_or(usize::MAX).min(*budget);
             let item = schema.get("items").cloned().unwrap_or(json!({}));
-            (0..count).map(|_| fill(&item, &name, facts, next_number)).collect()
+            (0..count).map(|_| fill_within(&item, &name, facts, next_number, budget)).collect()
         }
         "number" | "integer" => {
             let number = facts.numbers.get(*next_number).copied().unwrap_or(facts.words.len() as f64);
@@ -1013,6 +1025,21 @@ mod tests {
                 "kind": "town",
             })
         );
+    }
+
+    #[test]
+    fn a_schema_asking_for_absurdly_many_items_gets_a_bounded_answer() {
+        let mut request = ModelRequest::new(vec![Message::user("Make a list")]);
+        let huge = json!({ "type": "array", "minItems": 1_000_000_000_000u64, "items": { "type": "integer" } });
+        request.response_schema = Some(ResponseSchema {
+            name: "list".into(),
+            strict: true,
+            schema: json!({ "type": "object", "required": ["a", "b"], "properties": { "a": huge, "b": huge } }),
+        });
+        let chunks = OfflineModel::new().respond(&request);
+        let answer: Value = serde_json::from_str(&text(&chunks)).unwrap();
+        let items = |key: &str| answer[key].as_array().map_or(0, Vec::len);
+        assert!(items("a") + items("b") < FILL_BUDGET, "{} + {}", items("a"), items("b"));
     }
 
     /// A router's decision: which of `options` to run next.
