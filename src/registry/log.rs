@@ -295,26 +295,6 @@ impl EventLog {
         Some(inner.base + 1)
     }
 
-    /// Waits until every event appended before the call, and at least `min_seq`, is durable (at once for an
-    /// ungated log). Whatever a caller reports after this (a run's status, its result) is then what a restart finds.
-    pub async fn until_durable(&self, min_seq: u64) {
-        let target = self.appended_seq().max(min_seq);
-        loop {
-            // Registered before looking, as readers do, so a commit between the look and the wait is not missed.
-            let committed = self.appended.notified();
-            tokio::pin!(committed);
-            committed.as_mut().enable();
-            {
-                let mut inner = self.lock();
-                if inner.durable >= target {
-                    return;
-                }
-                inner.reader_waiting = true;
-            }
-            committed.await;
-        }
-    }
-
     /// Called by the persister once the events up to `seq` are committed: readers may now see them.
     pub(super) fn mark_durable(&self, seq: u64) {
         let wake = {

@@ -78,6 +78,9 @@ pub struct RunRegistry {
     encoder: Arc<dyn EventEncoder>,
     /// The store's writer; `None`: runs live in memory only.
     persist: Option<Arc<Persister>>,
+    /// Run ids the store holds for workflows this build does not have (run id → workflow id): not served, and not
+    /// to be taken by a new run (the store would refuse it, and with it the batch it is in).
+    unserved: HashMap<String, String>,
 }
 
 impl std::fmt::Debug for RunRegistry {
@@ -101,6 +104,7 @@ impl RunRegistry {
             clock,
             encoder,
             persist: None,
+            unserved: HashMap::new(),
         })
     }
 
@@ -118,12 +122,14 @@ impl RunRegistry {
         let persister = Persister::start(store)?;
         let mut runs = HashMap::new();
         let mut recover = Vec::new();
+        let mut unserved = HashMap::new();
         let mut order = 0;
         for run in loaded {
             let record = run.record;
             let Some(workflow) = catalog.get(&record.workflow_id) else {
                 // Kept in the store untouched: a later build that has the workflow again serves it.
                 tracing::warn!(run_id = %record.run_id, workflow = %record.workflow_id, "stored run of a workflow this server does not have; not served");
+                unserved.insert(record.run_id, record.workflow_id);
                 continue;
             };
             order += 1;
@@ -159,6 +165,7 @@ impl RunRegistry {
             clock,
             encoder,
             persist: Some(persister),
+            unserved,
         });
         for (run, checkpoints) in recover {
             tracing::info!(run_id = %run.id(), "recovering a run that was in flight");
@@ -254,6 +261,13 @@ impl RunRegistry {
             validate_run_id("run_id", &request.run_id)?;
             if let Some(existing) = self.find(&request.run_id) {
                 return attach(existing, &request.workflow_id);
+            }
+            if let Some(stored_workflow) = self.unserved.get(&request.run_id) {
+                return Err(RegistryError::RunIdTaken {
+                    run_id: request.run_id.clone(),
+                    existing: stored_workflow.clone(),
+                    requested: request.workflow_id.clone(),
+                });
             }
             request.run_id.as_str().into()
         };

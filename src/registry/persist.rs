@@ -72,7 +72,7 @@ enum Op {
         before_seq: u64,
     },
     /// Answered once everything queued before it is committed.
-    Flush(mpsc::SyncSender<()>),
+    Flush(Box<dyn FnOnce() + Send>),
 }
 
 /// Handle to the writer thread. Dropping the last handle lets the thread commit what is queued and exit.
@@ -145,8 +145,20 @@ impl Persister {
     /// Waits (blocking) until everything queued so far is committed.
     pub fn flush(&self) {
         let (done_tx, done_rx) = mpsc::sync_channel(1);
-        self.send(Op::Flush(done_tx));
+        self.send(Op::Flush(Box::new(move || {
+            let _ = done_tx.send(());
+        })));
         let _ = done_rx.recv();
+    }
+
+    /// Completes once everything queued so far is committed: events, and also the writes no event carries (a new
+    /// run's record, the state a resume starts), which is why this is not a wait on a log's durable seq.
+    pub async fn stored(&self) {
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        self.send(Op::Flush(Box::new(move || {
+            let _ = done_tx.send(());
+        })));
+        let _ = done_rx.await;
     }
 }
 
@@ -155,7 +167,7 @@ fn write_loop(store: &dyn RunStore, rx: &mpsc::Receiver<Op>) {
     let mut writes: Vec<Write> = Vec::new();
     // Per run touched by the batch: the highest seq it commits.
     let mut durable: HashMap<Arc<str>, u64> = HashMap::new();
-    let mut flushes: Vec<mpsc::SyncSender<()>> = Vec::new();
+    let mut flushes: Vec<Box<dyn FnOnce() + Send>> = Vec::new();
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         let mut taken = 0;
@@ -206,7 +218,7 @@ fn write_loop(store: &dyn RunStore, rx: &mpsc::Receiver<Op>) {
             }
         }
         for done in flushes.drain(..) {
-            let _ = done.send(());
+            done();
         }
     }
 }

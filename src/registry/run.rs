@@ -260,13 +260,13 @@ impl Run {
         self.log.trim_before(cutoff)
     }
 
-    /// Waits until everything this run has done so far is stored (at once without a store): its events, and with
-    /// them the state they announce. RPCs that report a status or result call this first, so that nothing they
-    /// tell a client is undone by a crash.
+    /// Waits until everything this run has done so far is stored (at once without a store): its record, its
+    /// events, and the state they announce. RPCs that report a status or result call this first, so that nothing
+    /// they tell a client is undone by a crash.
     pub async fn stored(&self) {
-        // At least the first event: a run just started may not have appended it yet, and the store commits the
-        // run's record before it.
-        self.log.until_durable(1).await;
+        if let Some(persister) = &self.persist {
+            persister.stored().await;
+        }
     }
 
     /// A reader of this run's events after `after_seq`.

@@ -267,3 +267,33 @@ async fn a_status_is_reported_only_once_it_is_stored() {
     tokio::time::timeout(Duration::from_secs(10), stored).await.expect("stored after the commit").unwrap();
     assert_eq!(store.load().unwrap()[0].record.state.status, RunStatus::Success);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_run_this_build_cannot_serve_keeps_its_id() {
+    let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
+    let first = RunRegistry::open(workflows::builtin_catalog(), Arc::new(SystemClock), store.clone()).unwrap();
+    read(&start(&first, "chain", "c1", json!({ "value": 1 })), 0).await;
+    first.flush();
+
+    // A build without `chain`: the run is not served, its id is not given to another run, and the store (whose
+    // writer would otherwise be stuck on the duplicate id) goes on storing other runs.
+    let mut catalog = WorkflowCatalog::new();
+    catalog.register(crate::workflows::timer::workflow());
+    let second = RunRegistry::open(catalog, Arc::new(SystemClock), store.clone()).unwrap();
+    assert!(matches!(second.get("c1"), Err(RegistryError::RunNotFound { .. })));
+    let request = StartRequest {
+        workflow_id: "timer".into(),
+        run_id: "c1".into(),
+        input: json!({ "ms": 1 }),
+        ..Default::default()
+    };
+    match second.start(request) {
+        Err(RegistryError::RunIdTaken { existing, .. }) => assert_eq!(existing, "chain"),
+        other => panic!("expected RunIdTaken, got {other:?}"),
+    }
+    let timer = start(&second, "timer", "t1", json!({ "ms": 1 }));
+    assert!(timer.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await);
+    timer.stored().await;
+    let ids: Vec<String> = store.load().unwrap().into_iter().map(|r| r.record.run_id).collect();
+    assert_eq!(ids, ["c1", "t1"]);
+}
