@@ -177,6 +177,11 @@ fn millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// Runs `sql` through the connection's statement cache: the writer runs the same few statements for every run.
+fn exec(tx: &rusqlite::Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    tx.prepare_cached(sql)?.execute(params)
+}
+
 fn seq_i64(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
@@ -209,7 +214,8 @@ fn pack(events: &[StoredEvent]) -> Vec<u8> {
 }
 
 /// The events of a packed row starting at `first_seq`; `None` if the bytes are not a whole number of events.
-fn unpack(first_seq: u64, mut data: &[u8]) -> Option<Vec<StoredEvent>> {
+fn unpack(first_seq: u64, all: &bytes::Bytes) -> Option<Vec<StoredEvent>> {
+    let mut data = &all[..];
     let mut events = Vec::new();
     let mut seq = first_seq;
     while !data.is_empty() {
@@ -221,7 +227,8 @@ fn unpack(first_seq: u64, mut data: &[u8]) -> Option<Vec<StoredEvent>> {
         let len = usize::try_from(u32::from_le_bytes(data.get(9..13)?.try_into().ok()?)).ok()?;
         let body = data.get(13..13 + len)?;
         let time = UNIX_EPOCH + Duration::from_millis(time_ms);
-        events.push(StoredEvent { seq, time, body: bytes::Bytes::copy_from_slice(body), finish });
+        // A slice of the row's one buffer, as the log keeps events in shared chunks.
+        events.push(StoredEvent { seq, time, body: all.slice_ref(body), finish });
         seq += 1;
         data = &data[13 + len..];
     }
@@ -282,7 +289,7 @@ impl RunStore for SqliteStore {
             for row in rows {
                 let (first_seq, last_seq, data) = row.map_err(err)?;
                 let first_seq = u64::try_from(first_seq).unwrap_or(0);
-                let unpacked = unpack(first_seq, &data)
+                let unpacked = unpack(first_seq, &bytes::Bytes::from(data))
                     .filter(|e| e.last().map(|e| e.seq) == u64::try_from(last_seq).ok())
                     .ok_or_else(|| {
                         self.corrupt(format!("run '{run_id}': its events {first_seq}..={last_seq} are damaged"))
@@ -324,7 +331,8 @@ impl RunStore for SqliteStore {
             for write in writes {
                 match write {
                     Write::CreateRun(run) => {
-                        tx.execute(
+                        exec(
+                            &tx,
                             "INSERT INTO runs (run_id, workflow_id, input, request_context, resource_id, created_at_ms, \
                              state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                             params![
@@ -346,30 +354,32 @@ impl RunStore for SqliteStore {
                         }
                     }
                     Write::Step { run_id, checkpoint } => {
-                        tx.execute(
+                        exec(
+                            &tx,
                             "INSERT OR REPLACE INTO steps (run_id, phase, path, record) VALUES (?1, ?2, ?3, ?4)",
                             params![run_id, checkpoint.phase, checkpoint.path, json(&checkpoint.record)?],
                         )
                         .map_err(err)?;
                     }
                     Write::State { run_id, state } => {
-                        tx.execute("UPDATE runs SET state = ?2 WHERE run_id = ?1", params![run_id, json(&**state)?])
+                        exec(&tx, "UPDATE runs SET state = ?2 WHERE run_id = ?1", params![run_id, json(&**state)?])
                             .map_err(err)?;
                         // Checkpoints of finished phases are in the snapshot now.
-                        tx.execute("DELETE FROM steps WHERE run_id = ?1 AND phase < ?2", params![run_id, state.phase])
+                        exec(&tx, "DELETE FROM steps WHERE run_id = ?1 AND phase < ?2", params![run_id, state.phase])
                             .map_err(err)?;
                     }
                     Write::DeleteRun { run_id } => {
                         for table in ["events", "steps", "runs"] {
-                            tx.execute(&format!("DELETE FROM {table} WHERE run_id = ?1"), [run_id]).map_err(err)?;
+                            exec(&tx, &format!("DELETE FROM {table} WHERE run_id = ?1"), [run_id]).map_err(err)?;
                         }
                     }
                     Write::TrimEvents { run_id, before_seq } => {
                         let before = seq_i64(*before_seq);
                         // Whole rows below the new start go; a row straddling it stays, filtered at load.
-                        tx.execute("DELETE FROM events WHERE run_id = ?1 AND last_seq < ?2", params![run_id, before])
+                        exec(&tx, "DELETE FROM events WHERE run_id = ?1 AND last_seq < ?2", params![run_id, before])
                             .map_err(err)?;
-                        tx.execute(
+                        exec(
+                            &tx,
                             "UPDATE runs SET events_from = MAX(events_from, ?2) WHERE run_id = ?1",
                             params![run_id, before],
                         )
@@ -410,11 +420,12 @@ mod tests {
             })
             .collect();
         let data = pack(&events);
+        let data = bytes::Bytes::from(data);
         assert_eq!(unpack(7, &data), Some(events));
-        assert_eq!(unpack(7, &data[..data.len() - 1]), None, "a cut-off event");
-        let mut bad_status = data.clone();
+        assert_eq!(unpack(7, &data.slice(..data.len() - 1)), None, "a cut-off event");
+        let mut bad_status = data.to_vec();
         bad_status[8] = 200;
-        assert_eq!(unpack(7, &bad_status), None, "an unknown status code");
-        assert_eq!(unpack(1, &[]), Some(Vec::new()));
+        assert_eq!(unpack(7, &bad_status.into()), None, "an unknown status code");
+        assert_eq!(unpack(1, &bytes::Bytes::new()), Some(Vec::new()));
     }
 }
