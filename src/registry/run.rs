@@ -46,33 +46,8 @@ pub struct RunSpec {
     pub tracing: Option<TraceContext>,
 }
 
-/// The mutable part of a run.
-#[derive(Debug, Clone)]
-pub struct RunState {
-    pub status: RunStatus,
-    /// 1 + the number of resumes so far.
-    pub phase: u32,
-    pub snapshot: RunSnapshot,
-    pub result: Option<Value>,
-    pub error: Option<ErrorInfo>,
-    pub updated_at: SystemTime,
-    /// The resume the running phase carries out (kept so that a phase a crash interrupts is resumed again).
-    pub resuming: Option<ResumeTarget>,
-}
-
-impl RunState {
-    fn record(&self) -> StateRecord {
-        StateRecord {
-            status: self.status,
-            phase: self.phase,
-            snapshot: self.snapshot.clone(),
-            result: self.result.clone(),
-            error: self.error.clone(),
-            updated_at: self.updated_at,
-            resuming: self.resuming.clone(),
-        }
-    }
-}
+/// The mutable part of a run: exactly what the store keeps of it, so one type serves both.
+pub type RunState = StateRecord;
 
 /// A point-in-time copy of a run, for GetRun, GetResult and ListRuns.
 #[derive(Debug, Clone)]
@@ -156,15 +131,6 @@ impl Run {
         persister: Arc<Persister>,
     ) -> Arc<Self> {
         let log = EventLog::restore(encoder, spec.run_id.clone(), persister.clone(), events);
-        let state = RunState {
-            status: state.status,
-            phase: state.phase,
-            snapshot: state.snapshot,
-            result: state.result,
-            error: state.error,
-            updated_at: state.updated_at,
-            resuming: state.resuming,
-        };
         let run = Self::assemble(spec, created_at, created_order, Arc::new(log), state, clock, Some(persister.clone()));
         if !run.status().is_terminal() {
             persister.watch(run.id(), run.log.clone());
@@ -201,13 +167,13 @@ impl Run {
     /// Queues the state for storage. Called under the state lock, so states are stored in the order they happen.
     fn persist_state(&self, state: &RunState) {
         if let Some(persister) = &self.persist {
-            persister.state(&self.spec.run_id, state.record());
+            persister.state(&self.spec.run_id, state.clone());
         }
     }
 
     /// The state, to be stored with the event that announces it ([`EventLog::append_with`]); `None` without a store.
     fn state_with_event(&self, state: &RunState) -> Option<WithEvent> {
-        self.persist.as_ref().map(|_| WithEvent::State(Box::new(state.record())))
+        self.persist.as_ref().map(|_| WithEvent::State(Box::new(state.clone())))
     }
 
     pub fn id(&self) -> &Arc<str> {
@@ -299,7 +265,7 @@ impl Run {
                     request_context: (*self.spec.request_context).clone(),
                     resource_id: self.spec.resource_id.clone(),
                     created_at: self.created_at,
-                    state: state.record(),
+                    state: state.clone(),
                 };
                 persister.create(record, self.log.clone());
             }
@@ -451,7 +417,7 @@ impl Run {
         // The new state is stored in the same commit as the finish event: never one without the other.
         let stored = match (&self.persist, &finish.kind) {
             (Some(_), EventKind::WorkflowFinish { result, error, .. }) => {
-                let mut record = state.record();
+                let mut record = state.clone();
                 record.result = result.clone();
                 record.error = error.clone();
                 Some(WithEvent::State(Box::new(record)))
