@@ -78,6 +78,7 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+pub(crate) use run::APPROVAL_SCHEMA;
 pub use run::{
     AgentEnd, AgentInput, AgentOptions, AgentOutcome, ApprovalDecision, approval_schema, run_agent, run_agent_with,
 };
@@ -314,6 +315,11 @@ impl Tool {
         self.resume_schema.as_ref().map(Schema::raw)
     }
 
+    /// [`resume_schema`](Self::resume_schema), compiled (as a suspension names it).
+    pub(crate) fn compiled_resume_schema(&self) -> Option<&Schema> {
+        self.resume_schema.as_ref()
+    }
+
     /// Calls wait for a person: the agent emits `ToolCallApproval` and its run suspends until `ResumeStream` brings
     /// `{"approved": bool, "reason"?: string}` (declined: `ToolOutputDenied`, and the model is told).
     pub fn with_approval(mut self) -> Self {
@@ -497,10 +503,6 @@ fn agent_step_with(
         }
     })
 }
-
-/// The approval schema, compiled once.
-static APPROVAL_SCHEMA: std::sync::LazyLock<Schema> =
-    std::sync::LazyLock::new(|| Schema::compile_or_panic(approval_schema(), "the approval schema"));
 
 /// The step's own resume schema, for ListWorkflows: what any of its suspensions may take (an approval decision,
 /// or a suspending tool's data). Each suspension names the one it takes, which is what resume data is checked

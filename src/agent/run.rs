@@ -479,8 +479,16 @@ fn outcome(
     AgentOutcome { end, text, object, usage, steps, messages }
 }
 
-/// JSON Schema of the resume data an approval takes.
+/// JSON Schema of the resume data an approval takes (compiled: [`APPROVAL_SCHEMA`]).
 pub fn approval_schema() -> Value {
+    APPROVAL_SCHEMA.raw().clone()
+}
+
+/// The approval schema, compiled once; what every approval suspension names as its resume schema.
+pub(crate) static APPROVAL_SCHEMA: std::sync::LazyLock<Schema> =
+    std::sync::LazyLock::new(|| Schema::compile_or_panic(approval_schema_json(), "the approval schema"));
+
+fn approval_schema_json() -> Value {
     json!({
         "type": "object",
         "required": ["approved"],

@@ -286,7 +286,7 @@ pub enum NetworkEnd {
     Suspended {
         /// What is awaited, for callers (the step's suspend payload).
         payload: Value,
-        resume_schema: Option<Value>,
+        resume_schema: Option<Schema>,
         /// The loop's own state, for the resume only.
         state: Value,
     },
@@ -508,11 +508,10 @@ pub fn network_step(network: Arc<Network>) -> Step {
                     // data must be depends on what waits.
                     ctx.save_state(state);
                     let outcome = StepOutcome::suspend(payload);
-                    match resume_schema.map(Schema::compile).transpose() {
-                        Ok(Some(schema)) => Ok(outcome.with_resume_schema(schema)),
-                        Ok(None) => Ok(outcome),
-                        Err(e) => Err(StepError::new(format!("the resume schema is unusable: {e}")).non_retryable()),
-                    }
+                    Ok(match resume_schema {
+                        Some(schema) => outcome.with_resume_schema(schema),
+                        None => outcome,
+                    })
                 }
             }
         }

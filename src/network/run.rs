@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use super::{CheckInput, Network, NetworkEnd, NetworkEnv, NetworkInput, NetworkOutcome, Primitive, error_result};
 use crate::{
     agent::{
-        Agent, AgentEnd, AgentInput, AgentOptions, ApprovalDecision, Tool, ToolContext, approval_schema, run_agent_with,
+        APPROVAL_SCHEMA, Agent, AgentEnd, AgentInput, AgentOptions, ApprovalDecision, Tool, ToolContext,
+        approval_schema, run_agent_with,
     },
     engine::{
         Delegation, ErrorInfo, Event, EventKind, EventSink, NetworkEvent, Phase, PrimitiveType, ResumeRequest,
@@ -137,7 +138,7 @@ struct Suspension {
     /// The step's suspend payload: what is awaited.
     payload: Value,
     /// What the resume data must satisfy.
-    resume_schema: Option<Value>,
+    resume_schema: Option<Schema>,
 }
 
 /// What a suspended network keeps to go on where it stopped: the step's saved state (`StepContext::save_state`),
@@ -502,7 +503,7 @@ impl NetworkRun<'_> {
                 return Err(Stop::Suspended(Box::new(Suspension {
                     waiting,
                     payload,
-                    resume_schema: Some(approval_schema()),
+                    resume_schema: Some(APPROVAL_SCHEMA.clone()),
                 })));
             }
             // One of its tools suspended itself: as for an approval, but the tool's own resume schema applies.
@@ -516,7 +517,9 @@ impl NetworkRun<'_> {
                     "tool_name": &*suspended.tool_name,
                     "suspend_payload": suspended.suspend_payload,
                 });
-                let resume_schema = suspended.resume_schema.clone();
+                // The loop suspends only for a tool that has a resume schema (compiled, on the tool).
+                let resume_schema =
+                    agent.find_tool(&suspended.tool_name).and_then(|t| t.compiled_resume_schema().cloned());
                 self.emit(NetworkEvent::AgentExecutionSuspended {
                     agent_id: Arc::clone(&agent.id),
                     suspended: Box::new(suspended),
@@ -652,7 +655,7 @@ impl NetworkRun<'_> {
                 return Err(Stop::Suspended(Box::new(Suspension {
                     waiting,
                     payload,
-                    resume_schema: suspended.resume_schema.as_ref().map(|schema| schema.raw().clone()),
+                    resume_schema: suspended.resume_schema.clone(),
                 })));
             }
             (RunStatus::Success, _) => outcome.result.unwrap_or(Value::Null),
@@ -721,7 +724,7 @@ impl NetworkRun<'_> {
             return Err(Stop::Suspended(Box::new(Suspension {
                 waiting,
                 payload,
-                resume_schema: Some(approval_schema()),
+                resume_schema: Some(APPROVAL_SCHEMA.clone()),
             })));
         }
         self.call_tool(tool, delegation, tool_call_id, args, None).await
@@ -749,7 +752,7 @@ impl NetworkRun<'_> {
         };
         let result = match outcome {
             Ok(result) => result,
-            Err(e) => match (e.suspend_payload(), tool.resume_schema()) {
+            Err(e) => match (e.suspend_payload(), tool.compiled_resume_schema()) {
                 (Some(suspend_payload), Some(resume_schema)) => {
                     guard.disarm();
                     let payload = json!({
@@ -765,7 +768,7 @@ impl NetworkRun<'_> {
                             tool_name: Arc::from(tool.name()),
                             suspend_payload: suspend_payload.clone(),
                             args: args.clone(),
-                            resume_schema: Some(resume_schema.clone()),
+                            resume_schema: Some(resume_schema.raw().clone()),
                         }),
                         selection_reason: delegation.selection_reason.clone(),
                     });
