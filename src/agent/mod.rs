@@ -85,7 +85,7 @@ pub use run::{
 
 use crate::{
     engine::{
-        RunKind, RunnableMeta, SchemaViolation, Step, StepError, StepOutcome, ToolMeta, Usage, Workflow, schema::Schema,
+        RunKind, RunnableMeta, SchemaViolation, Step, StepError, StepOutcome, ToolMeta, Workflow, schema::Schema,
     },
     model::{Message, ModelProvider, OfflineModel, ReasoningEffort, ToolSpec, model_from_env},
 };
@@ -458,7 +458,7 @@ fn agent_step_with(
                 AgentEnd::Finished(reason) => {
                     let mut output = json!({
                         "text": outcome.text,
-                        "usage": usage_json(&outcome.usage),
+                        "usage": outcome.usage,
                         "steps": outcome.steps,
                         "finish_reason": reason.as_str(),
                     });
@@ -606,23 +606,12 @@ fn agent_run_input(input: &Value) -> Result<(Vec<Message>, AgentOptions), Schema
     Ok((messages, AgentOptions { output_schema, reasoning_effort }))
 }
 
-/// Usage as JSON, with the proto's field names.
-pub fn usage_json(usage: &Usage) -> Value {
-    json!({
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "total_tokens": usage.total_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-        "cached_input_tokens": usage.cached_input_tokens,
-        "cache_creation_input_tokens": usage.cache_creation_input_tokens,
-    })
-}
-
-/// The model from the environment ([`model_from_env`]) for built-in agent `agent_id`; a broken model configuration
-/// falls back to the offline model (with a warning) rather than making the built-ins unusable.
-pub fn env_model(agent_id: &str) -> Arc<dyn ModelProvider> {
+/// The model from the environment ([`model_from_env`]) for `user` (a built-in agent or network, or all of them); a
+/// broken model configuration falls back to the offline model (with a warning) rather than making the built-ins
+/// unusable.
+pub fn env_model(user: &str) -> Arc<dyn ModelProvider> {
     model_from_env().unwrap_or_else(|e| {
-        tracing::warn!("{e}; agent '{agent_id}' uses the offline model instead");
+        tracing::warn!("{e}; {user} uses the offline model instead");
         Arc::new(OfflineModel::new())
     })
 }
@@ -632,7 +621,7 @@ pub const ASSISTANT_ID: &str = "assistant";
 
 /// The built-in assistant: answers questions, using `get-weather` and `calculator`; its model is [`env_model`].
 pub fn assistant() -> Arc<Agent> {
-    assistant_with(env_model(ASSISTANT_ID))
+    assistant_with(env_model("agent 'assistant'"))
 }
 
 /// The [`assistant`] with a given model (tests use the offline model whatever the environment says).
@@ -658,7 +647,7 @@ pub const CONCIERGE_ID: &str = "concierge";
 /// user's approval (its run suspends with `ToolCallApproval`); a reservation without party size or time asks the
 /// guest (`reserve-table` suspends itself: `ToolCallSuspended`). Its model is [`env_model`].
 pub fn concierge() -> Arc<Agent> {
-    concierge_with(env_model(CONCIERGE_ID))
+    concierge_with(env_model("agent 'concierge'"))
 }
 
 /// The [`concierge`] with a given model.

@@ -69,6 +69,15 @@ pub struct ApprovalDecision {
     pub reason: Option<String>,
 }
 
+impl ApprovalDecision {
+    /// The decision resume data carries (checked against [`approval_schema`] before a resume starts; this only
+    /// fails on data that bypassed that check), with a message saying what it must be.
+    pub fn from_resume_data(data: Value) -> Result<Self, String> {
+        serde_json::from_value(data)
+            .map_err(|e| format!("resume_data must be {{\"approved\": bool, \"reason\"?: string}}: {e}"))
+    }
+}
+
 /// Per-run options of the loop.
 #[derive(Debug, Clone, Default)]
 pub struct AgentOptions {
@@ -416,7 +425,7 @@ where
 
         let called_tools = !phase.tool_calls.is_empty();
         let is_continued = called_tools && st.steps < max_steps;
-        let reason = finish_reason(phase.reason);
+        let reason = FinishReason::from(phase.reason);
         emit(AgentChunk::AgentStepFinish {
             message_id: Arc::clone(&message_id),
             step_number: st.steps,
@@ -533,8 +542,7 @@ fn resume_state(agent: &Agent, state: Value, data: Value, emit: &impl Fn(AgentCh
         head.resume_data = Some(data);
         return Ok(st);
     }
-    let decision: ApprovalDecision = serde_json::from_value(data)
-        .map_err(|e| format!("resume_data must be {{\"approved\": bool, \"reason\"?: string}}: {e}"))?;
+    let decision = ApprovalDecision::from_resume_data(data)?;
     if decision.approved {
         if let Some(head) = phase.queue.front_mut() {
             head.approved = true;
@@ -867,12 +875,14 @@ fn error_content(message: &str) -> String {
     json!({ "error": message }).to_string()
 }
 
-fn finish_reason(reason: model::FinishReason) -> FinishReason {
-    match reason {
-        model::FinishReason::Stop => FinishReason::Stop,
-        model::FinishReason::Length => FinishReason::Length,
-        model::FinishReason::ContentFilter => FinishReason::ContentFilter,
-        model::FinishReason::ToolCalls => FinishReason::ToolCalls,
-        model::FinishReason::Other => FinishReason::Other,
+impl From<model::FinishReason> for FinishReason {
+    fn from(reason: model::FinishReason) -> Self {
+        match reason {
+            model::FinishReason::Stop => FinishReason::Stop,
+            model::FinishReason::Length => FinishReason::Length,
+            model::FinishReason::ContentFilter => FinishReason::ContentFilter,
+            model::FinishReason::ToolCalls => FinishReason::ToolCalls,
+            model::FinishReason::Other => FinishReason::Other,
+        }
     }
 }

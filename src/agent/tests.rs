@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::{
-    engine::{AgentChunk, FinishReason},
+    engine::{AgentChunk, FinishReason, Usage},
     model::{self, ModelChunk, ModelError, ModelRequest, ModelStream},
 };
 
@@ -639,7 +639,7 @@ mod as_a_step {
             out.result.unwrap(),
             json!({
                 "text": "hi",
-                "usage": usage_json(&Usage { input_tokens: 2, output_tokens: 1, total_tokens: 3, ..Usage::default() }),
+                "usage": Usage { input_tokens: 2, output_tokens: 1, total_tokens: 3, ..Usage::default() },
                 "steps": 1,
                 "finish_reason": "stop",
             })

@@ -321,17 +321,6 @@ impl FinishReason {
             _ => Self::Other,
         }
     }
-
-    /// Lower-case name, as Mastra spells it (`tool-calls`, `content-filter`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Stop => "stop",
-            Self::Length => "length",
-            Self::ContentFilter => "content-filter",
-            Self::ToolCalls => "tool-calls",
-            Self::Other => "other",
-        }
-    }
 }
 
 /// Why a model call failed. [`is_retryable`](Self::is_retryable) splits transient failures (worth re-issuing the

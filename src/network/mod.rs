@@ -97,7 +97,7 @@ use tokio_util::sync::CancellationToken;
 pub use run::{NetworkStart, ROUTING_AGENT_ID, run_network, run_network_with};
 
 use crate::{
-    agent::{Agent, Tool, usage_json},
+    agent::{Agent, Tool},
     clock::{Clock, SystemClock},
     engine::{
         Delegation, ErrorInfo, NetworkEvent, PrimitiveType, RunKind, RunnableMeta, SchemaViolation, Step, StepError,
@@ -488,7 +488,7 @@ pub fn network_step(network: Arc<Network>) -> Step {
                         "result": outcome.result,
                         "completion_reason": outcome.end.completion_reason(),
                         "iterations": outcome.iterations,
-                        "usage": usage_json(&outcome.usage),
+                        "usage": outcome.usage,
                     });
                     if let Some(object) = outcome.object {
                         output["object"] = object;

@@ -1018,12 +1018,10 @@ fn tool_context(network_id: &Arc<str>, tool_call_id: &Arc<str>, env: &NetworkEnv
     ToolContext::new(Arc::clone(network_id), Arc::clone(tool_call_id), env.cancel.clone())
 }
 
-/// The decision an approval's resume data carries (the registry checked it against [`approval_schema`] already).
+/// The decision an approval's resume data carries.
 fn approval_decision(resume_data: Value) -> Result<ApprovalDecision, Stop> {
-    serde_json::from_value(resume_data).map_err(|e| {
-        let message = format!("resume_data must be {{\"approved\": bool, \"reason\"?: string}}: {e}");
-        Stop::Failed(ErrorInfo::new("ResumeError", message))
-    })
+    ApprovalDecision::from_resume_data(resume_data)
+        .map_err(|message| Stop::Failed(ErrorInfo::new("ResumeError", message)))
 }
 
 /// Why a delegated agent produced no answer.

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::{
-    agent::{Agent, agent_step},
+    agent::{Agent, agent_step, env_model},
     engine::{Step, StepOutcome, Workflow},
-    model::{ModelProvider, OfflineModel, model_from_env},
+    model::ModelProvider,
 };
 
 pub const ID: &str = "content-pipeline";
@@ -26,14 +26,10 @@ pub fn workflow() -> Arc<Workflow> {
     workflow_with(analyst())
 }
 
-/// The content analyst: no tools, just a reading. Its model comes from the environment ([`model_from_env`]); a
+/// The content analyst: no tools, just a reading. Its model comes from the environment ([`env_model`]); a
 /// broken model configuration falls back to the offline model (with a warning), as for the built-in assistant.
 pub fn analyst() -> Arc<Agent> {
-    let model = model_from_env().unwrap_or_else(|e| {
-        tracing::warn!("{e}; the content analyst uses the offline model instead");
-        Arc::new(OfflineModel::new())
-    });
-    analyst_with(model)
+    analyst_with(env_model("the content analyst"))
 }
 
 /// The [`analyst`] with a given model (tests pin the offline model).
@@ -171,7 +167,10 @@ fn title(summary: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::{AgentChunk, EventKind, EventSource, RunStatus, executor::test_support::run};
+    use crate::{
+        engine::{AgentChunk, EventKind, EventSource, RunStatus, executor::test_support::run},
+        model::OfflineModel,
+    };
 
     #[tokio::test]
     async fn streams_the_analysis_reports_progress_and_publishes() {

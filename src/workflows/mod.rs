@@ -34,21 +34,23 @@ pub(crate) fn delay_schema() -> serde_json::Value {
     serde_json::json!({ "type": "integer", "minimum": 0 })
 }
 
-/// A catalog holding every built-in workflow.
+/// A catalog holding every built-in workflow. Its agents and networks share one model from the environment (one
+/// client and connection pool; a bad configuration is reported once).
 pub fn builtin_catalog() -> WorkflowCatalog {
+    let model = agent::env_model("every built-in agent and network");
     let mut catalog = WorkflowCatalog::new();
     catalog.register(chain::workflow());
-    catalog.register(content_pipeline::workflow());
+    catalog.register(content_pipeline::workflow_with(content_pipeline::analyst_with(model.clone())));
     catalog.register(writer_flood::workflow());
     catalog.register(batch_foreach::workflow());
     catalog.register(order_approval::workflow());
     catalog.register(timer::workflow());
     catalog.register(flaky::workflow());
-    catalog.register(weather_activities::workflow());
-    catalog.register(agent::workflow(agent::assistant()));
-    catalog.register(agent::workflow(agent::concierge()));
-    catalog.register(research_network::workflow());
-    catalog.register(travel_network::workflow());
+    catalog.register(weather_activities::workflow_with(agent::assistant_with(model.clone())));
+    catalog.register(agent::workflow(agent::assistant_with(model.clone())));
+    catalog.register(agent::workflow(agent::concierge_with(model.clone())));
+    catalog.register(crate::network::workflow(research_network::research_network_with(model.clone())));
+    catalog.register(crate::network::workflow(travel_network::travel_network_with(model)));
     catalog
 }
 

@@ -7,22 +7,18 @@ use std::sync::Arc;
 
 use super::content_pipeline;
 use crate::{
-    agent::{assistant_with, tools::calculator_tool},
+    agent::{assistant_with, env_model, tools::calculator_tool},
     engine::Workflow,
-    model::{ModelProvider, OfflineModel, model_from_env},
+    model::ModelProvider,
     network::{self, Network},
 };
 
 pub const ID: &str = "research-network";
 
-/// The network, every model (routing, assistant, content analyst) from the environment ([`model_from_env`]); a
+/// The network, every model (routing, assistant, content analyst) from the environment ([`env_model`]); a
 /// broken model configuration falls back to the offline model (with a warning), as for the built-in agents.
 pub fn research_network() -> Arc<Network> {
-    let model = model_from_env().unwrap_or_else(|e| {
-        tracing::warn!("{e}; the research network uses the offline model instead");
-        Arc::new(OfflineModel::new())
-    });
-    research_network_with(model)
+    research_network_with(env_model("the research network"))
 }
 
 /// The network with one model for everything in it (tests pin the offline model).

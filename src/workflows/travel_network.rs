@@ -13,24 +13,20 @@ use std::sync::Arc;
 use super::order_approval;
 use crate::{
     agent::{
-        concierge_with,
+        concierge_with, env_model,
         tools::{book_activity_tool, reserve_table_tool},
     },
     engine::Workflow,
-    model::{ModelProvider, OfflineModel, model_from_env},
+    model::ModelProvider,
     network::{self, Network},
 };
 
 pub const ID: &str = "travel-network";
 
-/// The network, its models (routing, concierge) from the environment ([`model_from_env`]); a broken model
+/// The network, its models (routing, concierge) from the environment ([`env_model`]); a broken model
 /// configuration falls back to the offline model (with a warning), as for the built-in agents.
 pub fn travel_network() -> Arc<Network> {
-    let model = model_from_env().unwrap_or_else(|e| {
-        tracing::warn!("{e}; the travel network uses the offline model instead");
-        Arc::new(OfflineModel::new())
-    });
-    travel_network_with(model)
+    travel_network_with(env_model("the travel network"))
 }
 
 /// The network with one model for everything in it (tests pin the offline model).
