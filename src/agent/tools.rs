@@ -8,6 +8,7 @@
 use serde_json::{Value, json};
 
 use super::{OutputGuardrail, Tool, ToolError};
+use crate::model::Fnv1a;
 
 pub const GET_WEATHER: &str = "get-weather";
 pub const CALCULATOR: &str = "calculator";
@@ -151,11 +152,9 @@ pub fn get_weather(city: &str) -> Result<Value, ToolError> {
     if city.is_empty() {
         return Err(ToolError::args("`city` must name a city, e.g. \"Paris\""));
     }
-    // FNV-1a: stable across platforms and releases, unlike std's hasher.
-    let hash = city
-        .to_lowercase()
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    let mut hash = Fnv1a::new();
+    hash.write(city.to_lowercase().bytes());
+    let hash = hash.finish();
     let temperature = (hash % 36) as i64 - 5;
     let conditions = CONDITIONS[((hash >> 8) % CONDITIONS.len() as u64) as usize];
     let humidity = 30 + (hash >> 16) % 61;

@@ -82,7 +82,6 @@ pub fn run_status(status: RunStatus) -> pb::RunStatus {
     }
 }
 
-/// `None` for UNSPECIFIED (no filter).
 pub fn run_kind(kind: RunKind) -> pb::RunKind {
     match kind {
         RunKind::Workflow => pb::RunKind::Workflow,
@@ -101,6 +100,7 @@ pub fn tool_info(tool: &ToolMeta) -> pb::ToolInfo {
     }
 }
 
+/// `None` for UNSPECIFIED (no filter).
 pub fn run_status_from_pb(status: pb::RunStatus) -> Option<RunStatus> {
     Some(match status {
         pb::RunStatus::Unspecified => return None,

@@ -27,10 +27,7 @@ impl From<RegistryError> for Status {
         let mut status = Status::new(code, error.to_string());
         if let RegistryError::CursorExpired { first_seq, .. } = &error {
             // Machine-readable too: a client can re-attach at once without parsing the message.
-            status.metadata_mut().insert(
-                EARLIEST_SEQ_HEADER,
-                first_seq.to_string().parse().unwrap_or_else(|_| tonic::metadata::MetadataValue::from_static("0")),
-            );
+            status.metadata_mut().insert(EARLIEST_SEQ_HEADER, tonic::metadata::MetadataValue::from(*first_seq));
         }
         status
     }

@@ -48,6 +48,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::engine::event::Usage;
+pub(crate) use offline::Fnv1a;
 pub use offline::OfflineModel;
 pub use openai::{OpenAiConfig, OpenAiModel};
 pub use retry::{RetryPolicy, RetryingModel};

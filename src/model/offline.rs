@@ -782,20 +782,37 @@ fn split_in(text: &str, parts: usize) -> impl Iterator<Item = String> + '_ {
     })
 }
 
-/// FNV-1a of `bytes`: stable across platforms and releases, unlike std's hashers.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+/// FNV-1a, fed piece by piece: stable across platforms and releases, unlike std's hashers, so that the offline
+/// model's (and the offline tools') answers are the same everywhere.
+pub(crate) struct Fnv1a(u64);
+
+impl Fnv1a {
+    pub(crate) fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub(crate) fn write(&mut self, bytes: impl IntoIterator<Item = u8>) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub(crate) fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
-/// FNV-1a over the conversation: a stable response id (std's hashers are not stable across releases).
+/// FNV-1a of `bytes`.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash = Fnv1a::new();
+    hash.write(bytes.iter().copied());
+    hash.finish()
+}
+
+/// FNV-1a over the conversation: a stable response id.
 fn fingerprint(messages: &[Message]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut eat = |s: &str| {
-        for b in s.bytes().chain([0xff]) {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    };
+    let mut hash = Fnv1a::new();
+    let mut eat = |s: &str| hash.write(s.bytes().chain([0xff]));
     for message in messages {
         match message {
             Message::System { content } => eat(content),
@@ -813,7 +830,7 @@ fn fingerprint(messages: &[Message]) -> u64 {
             }
         }
     }
-    hash
+    hash.finish()
 }
 
 #[cfg(test)]

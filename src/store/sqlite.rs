@@ -186,18 +186,28 @@ fn seq_i64(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
 }
 
-/// Finish statuses as stored in a packed event (0: not a finish). Never reorder: stores keep these numbers.
-const STATUS_CODES: [RunStatus; 9] = [
-    RunStatus::Pending,
-    RunStatus::Running,
-    RunStatus::Waiting,
-    RunStatus::Suspended,
-    RunStatus::Paused,
-    RunStatus::Success,
-    RunStatus::Failed,
-    RunStatus::Canceled,
-    RunStatus::Tripwire,
-];
+/// A finish status as stored in a packed event (0 is "not a finish"). These numbers are on disk: never change
+/// one; a new status gets a new number (the match makes adding a status without one a compile error).
+fn status_code(status: RunStatus) -> u8 {
+    match status {
+        RunStatus::Pending => 1,
+        RunStatus::Running => 2,
+        RunStatus::Waiting => 3,
+        RunStatus::Suspended => 4,
+        RunStatus::Paused => 5,
+        RunStatus::Success => 6,
+        RunStatus::Failed => 7,
+        RunStatus::Canceled => 8,
+        RunStatus::Tripwire => 9,
+    }
+}
+
+fn status_of_code(code: u8) -> Option<RunStatus> {
+    use RunStatus as S;
+    [S::Pending, S::Running, S::Waiting, S::Suspended, S::Paused, S::Success, S::Failed, S::Canceled, S::Tripwire]
+        .into_iter()
+        .find(|s| status_code(*s) == code)
+}
 
 /// Consecutive events, one after the other: per event its time (ms, u64 LE), its finish status code (u8), its
 /// body's length (u32 LE) and its body. Seqs are implied: the row's first seq, +1 per event.
@@ -205,8 +215,7 @@ fn pack(events: &[StoredEvent]) -> Vec<u8> {
     let mut out = Vec::with_capacity(events.iter().map(|e| 13 + e.body.len()).sum());
     for event in events {
         out.extend_from_slice(&u64::try_from(millis(event.time)).unwrap_or(0).to_le_bytes());
-        let code = event.finish.and_then(|s| STATUS_CODES.iter().position(|c| *c == s)).map_or(0, |i| i + 1);
-        out.push(u8::try_from(code).unwrap_or(0));
+        out.push(event.finish.map_or(0, status_code));
         out.extend_from_slice(&u32::try_from(event.body.len()).unwrap_or(u32::MAX).to_le_bytes());
         out.extend_from_slice(&event.body);
     }
@@ -222,7 +231,7 @@ fn unpack(first_seq: u64, all: &bytes::Bytes) -> Option<Vec<StoredEvent>> {
         let time_ms = u64::from_le_bytes(data.get(..8)?.try_into().ok()?);
         let finish = match *data.get(8)? {
             0 => None,
-            code => Some(*STATUS_CODES.get(usize::from(code) - 1)?),
+            code => Some(status_of_code(code)?),
         };
         let len = usize::try_from(u32::from_le_bytes(data.get(9..13)?.try_into().ok()?)).ok()?;
         let body = data.get(13..13 + len)?;
