@@ -28,7 +28,8 @@ use crate::{
     clock::Clock,
     engine::{
         ErrorInfo, Event, EventKind, EventSink, EventSource, Phase, PhaseOutcome, ResumeRequest, ResumeTarget, RunKind,
-        RunSnapshot, RunStatus, StepRecord, StepStatus, Workflow, execute_phase, executor::panic_text,
+        RunSnapshot, RunStatus, StepRecord, StepStatus, Workflow, execute_phase,
+        executor::{CANCEL_REASON, panic_text},
         recovered_snapshot,
     },
     store::{RunRecord, StateRecord, StepCheckpoint, StoredEvent},
@@ -396,8 +397,13 @@ impl Run {
     /// Records a phase's outcome and appends its `workflow_finish`, atomically with respect to readers of the
     /// state.
     fn finish_phase(&self, outcome: PhaseOutcome) {
+        self.end_phase(self.lock_state(), outcome);
+    }
+
+    /// Ends the current phase with `outcome`: the new state and the `workflow_finish` (after `workflow_canceled`
+    /// for a cancel) go into the log, and to the store, together. Takes the state lock and releases it.
+    fn end_phase(&self, mut state: MutexGuard<'_, RunState>, outcome: PhaseOutcome) {
         let PhaseOutcome { mut status, result, mut error, snapshot } = outcome;
-        let mut state = self.lock_state();
         let now = self.clock.now();
         // A cancel that arrived while the phase was ending must not leave the run suspended.
         if self.cancel.is_cancelled() && !status.is_terminal() {
@@ -450,21 +456,12 @@ impl Run {
         }
         self.cancel.cancel();
         if matches!(state.status, RunStatus::Suspended | RunStatus::Paused) {
-            let now = self.clock.now();
-            state.status = RunStatus::Canceled;
-            state.error = Some(canceled_error());
-            state.updated_at = now;
-            state.snapshot.suspended.clear();
-            let finish = EventKind::WorkflowFinish {
-                status: RunStatus::Canceled,
-                result: None,
-                error: state.error.clone(),
-                usage: state.snapshot.usage,
-            };
-            let finish = Event { source: EventSource::Workflow, kind: finish };
-            self.log.append_group(&[&canceled_event(), &finish], now, self.state_with_event(&state));
-            drop(state);
-            self.status_tx.send_replace(RunStatus::Canceled);
+            // No phase is running: end the suspended one here, as its executor would have.
+            let mut snapshot = std::mem::take(&mut state.snapshot);
+            snapshot.suspended.clear();
+            let outcome =
+                PhaseOutcome { status: RunStatus::Canceled, result: None, error: Some(canceled_error()), snapshot };
+            self.end_phase(state, outcome);
         }
         true
     }
@@ -478,10 +475,7 @@ impl Run {
 }
 
 fn canceled_event() -> Event {
-    Event {
-        source: EventSource::Workflow,
-        kind: EventKind::WorkflowCanceled { reason: "canceled by CancelRun".into() },
-    }
+    Event { source: EventSource::Workflow, kind: EventKind::WorkflowCanceled { reason: CANCEL_REASON.to_owned() } }
 }
 
 fn canceled_error() -> ErrorInfo {
