@@ -7,16 +7,18 @@
 //! The tools (a venv with grpcio, grpcio-tools and grpcurl 1.8.6) come from `scripts/test-deps.sh`, run once per
 //! test process, so a plain `cargo test` works on a fresh machine.
 
-use std::fs::File;
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+mod common;
+
+use common::process::ServerProcess;
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const PYTHON_TIMEOUT: Duration = Duration::from_secs(600);
@@ -65,84 +67,17 @@ fn tools() -> &'static Tools {
     })
 }
 
-/// A `runstream serve` child process on an ephemeral loopback port, killed on drop.
-struct Server {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(name: &str) -> Server {
-        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("clients-{name}-server.log"));
-        let log_file = File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
-        // Each server its own store (the default, SQLite), fresh: these clients run against the durable mode.
-        let data_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("clients-{name}-data"));
-        let _ = std::fs::remove_dir_all(&data_dir);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_runstream"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&data_dir)
-            .current_dir(repo())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", env!("CARGO_BIN_EXE_runstream")));
-
-        // Read stdout on a thread: report the `listening` line, then keep draining so the server never blocks.
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = mpsc::channel::<Result<String, String>>();
-        thread::spawn(move || {
-            let mut seen = Vec::new();
-            let mut reported = false;
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if !reported {
-                    if let Some(addr) = line.trim().strip_prefix("runstream listening on ") {
-                        let _ = tx.send(Ok(addr.trim().to_owned()));
-                        reported = true;
-                    } else {
-                        seen.push(line);
-                    }
-                }
-            }
-            if !reported {
-                let _ = tx.send(Err(format!("stdout closed before the listening line; stdout was: {seen:?}")));
-            }
-        });
-
-        let mut server = Server { child, addr: String::new(), log };
-        match rx.recv_timeout(STARTUP_TIMEOUT) {
-            Ok(Ok(addr)) => {
-                assert!(addr.parse::<std::net::SocketAddr>().is_ok(), "unexpected listening address {addr:?}");
-                server.addr = addr;
-                eprintln!("runstream server at {} (log: {})", server.addr, server.log.display());
-                server
-            }
-            Ok(Err(why)) => {
-                let status = server.child.wait().ok();
-                panic!("runstream server did not start ({why}); exit status {status:?}\n{}", server.log_tail())
-            }
-            Err(_) => panic!(
-                "runstream server printed no `runstream listening on ADDR` line within {STARTUP_TIMEOUT:?}\n{}",
-                server.log_tail()
-            ),
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
-        format!("--- last lines of the server log {}:\n{tail}", self.log.display())
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A `runstream serve` child process for client `name`, with its own fresh store (the default, SQLite): these
+/// clients run against the durable mode.
+fn start_server(name: &str) -> ServerProcess {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let data_dir = tmp.join(format!("clients-{name}-data"));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let log = tmp.join(format!("clients-{name}-server.log"));
+    let server =
+        ServerProcess::start(&["--data-dir".as_ref(), data_dir.as_os_str()], Some(repo()), log, STARTUP_TIMEOUT);
+    eprintln!("runstream server at {} (log: {})", server.addr, server.log.display());
+    server
 }
 
 /// Runs a command with piped output; kills it after `timeout`.
@@ -182,7 +117,7 @@ fn run_with_timeout(mut cmd: Command, timeout: Duration, what: &str) -> Output {
 #[test]
 fn python_client_reconnects_without_loss() {
     let tools = tools();
-    let server = Server::start("python");
+    let server = start_server("python");
     let script = repo().join("tests/python/test_reconnect.py");
     let mut cmd = Command::new(&tools.python);
     cmd.arg(&script)
@@ -309,7 +244,7 @@ fn grpcurl_readme_walkthrough() {
     let tools = tools();
     let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
     let commands = walkthrough_commands(&readme);
-    let server = Server::start("grpcurl");
+    let server = start_server("grpcurl");
     let grpcurl = format!("'{}'", tools.grpcurl.display());
 
     let mut checked = Vec::new();

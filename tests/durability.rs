@@ -31,7 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use common::{process::ServerProcess, *};
 use prost::Message;
 use runstream::{
     engine::{ResumeRequest, RunStatus, WorkflowCatalog, recovered_snapshot},
@@ -87,46 +87,12 @@ impl Scenario {
         (child, log)
     }
 
-    /// Starts a server and waits for its `runstream listening on ADDR` line.
+    /// Starts a server on the data dir and waits for its `runstream listening on ADDR` line.
     async fn start(&mut self) -> Server {
-        let (mut child, log) = self.spawn();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (tx, rx) = tokio::sync::oneshot::channel::<Result<String, Vec<String>>>();
-        // Reads the listening line, then keeps draining stdout so the server never blocks on it.
-        std::thread::spawn(move || {
-            let mut tx = Some(tx);
-            let mut before = Vec::new();
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                match line.trim().strip_prefix("runstream listening on ") {
-                    Some(addr) if tx.is_some() => {
-                        let _ = tx.take().map(|tx| tx.send(Ok(addr.trim().to_owned())));
-                    }
-                    _ if tx.is_some() => before.push(line),
-                    _ => {}
-                }
-            }
-            if let Some(tx) = tx {
-                let _ = tx.send(Err(before));
-            }
-        });
-        let mut server = Server { child, addr: String::new(), log };
-        match tokio::time::timeout(START_TIMEOUT, rx).await {
-            Ok(Ok(Ok(addr))) => {
-                assert!(addr.parse::<std::net::SocketAddr>().is_ok(), "unexpected listening address {addr:?}");
-                server.addr = addr;
-                server
-            }
-            Ok(other) => {
-                let stdout = match other {
-                    Ok(Err(lines)) => format!("{lines:?}"),
-                    _ => "?".to_owned(),
-                };
-                let status = server.child.wait().ok();
-                panic!("the server did not start (stdout: {stdout}); exit status {status:?}\n{}", server.log_tail())
-            }
-            Err(_) => panic!("no listening line within {START_TIMEOUT:?}\n{}", server.log_tail()),
-        }
+        self.starts += 1;
+        let log = self.root.join(format!("server-{}.log", self.starts));
+        let args = ["--data-dir".as_ref(), self.data_dir.as_os_str()];
+        Server(ServerProcess::start(&args, None, log, START_TIMEOUT))
     }
 
     /// Runs a server that must fail at start: waits for it to exit and returns its status and its stderr.
@@ -154,36 +120,23 @@ impl Scenario {
 }
 
 /// A running `runstream serve`; killed (SIGKILL) when dropped.
-struct Server {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-}
+struct Server(ServerProcess);
 
 impl Server {
     async fn client(&self) -> Client {
         // The listener is bound before the line is printed, so connecting cannot race the bind.
-        RunServiceClient::connect(format!("http://{}", self.addr)).await.expect("connect to the server")
+        RunServiceClient::connect(format!("http://{}", self.0.addr)).await.expect("connect to the server")
     }
 
     /// kill -9, and reap the process: its store is closed by nothing but its death.
     fn kill(mut self) {
-        self.child.kill().expect("SIGKILL the server");
-        let status = self.child.wait().expect("reap the server");
+        self.0.child.kill().expect("SIGKILL the server");
+        let status = self.0.child.wait().expect("reap the server");
         assert_eq!(status.signal(), Some(9), "the server should have died of SIGKILL: {status:?}\n{}", self.log_tail());
     }
 
     fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        format!("--- last lines of {}:\n{}", self.log.display(), lines[lines.len().saturating_sub(40)..].join("\n"))
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.log_tail()
     }
 }
 

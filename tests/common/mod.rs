@@ -1,6 +1,8 @@
 //! A real runstream server on an ephemeral port, and helpers to talk to it with the generated client.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use runstream::{
