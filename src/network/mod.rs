@@ -66,9 +66,11 @@
 //! The step's suspend payload says what is awaited: `{"reason": "agent-execution-approval", "iteration",
 //! "agent_id", "tool_call_id", "tool_name", "args"}`, `{"reason": "tool-execution-approval", "iteration",
 //! "tool_call_id", "tool_name", "args"}` or `{"reason": "workflow-execution-suspended", "iteration",
-//! "workflow_id", "workflow_run_id", "step", "suspend_payload", "for_each_index"?}`. Its resume schema is the
-//! approval's (`{"approved": bool, "reason"?: string}`) or the nested step's, so `ResumeStream` refuses data that
-//! does not fit. The loop's state (the iteration, the router's conversation, the delegations so far, the usage, and
+//! "workflow_id", "workflow_run_id", "step", "suspend_payload", "for_each_index"?}`; for a tool that suspended
+//! itself, `{"reason": "agent-execution-suspended", "iteration", "agent_id", "tool_call_id", "tool_name",
+//! "suspend_payload"}` or `{"reason": "tool-execution-suspended", "iteration", "tool_call_id", "tool_name",
+//! "suspend_payload"}`. Its resume schema is the approval's (`{"approved": bool, "reason"?: string}`), the nested
+//! step's or the tool's, so `ResumeStream` refuses data that does not fit. The loop's state (the iteration, the router's conversation, the delegations so far, the usage, and
 //! the waiting primitive's own state: the agent loop's, or the nested run's snapshot) goes into the run's snapshot
 //! through [`StepContext::save_state`](crate::engine::StepContext::save_state), never into the payload.
 //!
