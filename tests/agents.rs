@@ -371,10 +371,7 @@ async fn an_approved_booking_runs_after_the_resume() {
     assert_eq!(finish_status(events.last().unwrap()), Some(pb::RunStatus::Success));
     // Usage spans both phases.
     let run = get_result(&mut client, &run_id, false).await;
-    let calls: u64 =
-        run.steps["concierge"].output.as_ref().map(|o| json(&Some(o.clone()))).unwrap()["usage"]["total_tokens"]
-            .as_u64()
-            .unwrap();
+    let calls: u64 = json(&run.result)["usage"]["total_tokens"].as_u64().unwrap();
     assert_eq!(run.usage.map(|u| u.total_tokens), Some(calls));
     server.stop().await;
 }
@@ -554,7 +551,17 @@ async fn bad_agent_requests_get_precise_statuses() {
     let unknown = agent_request("nobody", json!({"prompt": "hi"}));
     assert_status(client.stream_run(unknown).await, Code::NotFound, &["agent 'nobody'", "assistant", "concierge"]);
     let workflow_as_agent = agent_request("chain", json!({"prompt": "hi"}));
-    assert_status(client.stream_run(workflow_as_agent).await, Code::NotFound, &["agent 'chain' does not exist"]);
+    assert_status(
+        client.stream_run(workflow_as_agent).await,
+        Code::NotFound,
+        &["agent 'chain' does not exist", "did you mean workflow_id"],
+    );
+    // And the other way round: an agent's id as workflow_id.
+    assert_status(
+        client.stream_run(stream_request("assistant", "", json!({"prompt": "hi"}))).await,
+        Code::NotFound,
+        &["workflow 'assistant' does not exist", "did you mean agent_id", "Set agent_id instead of workflow_id"],
+    );
     let no_prompt = agent_request("assistant", json!({"text": "hi"}));
     assert_status(client.stream_run(no_prompt).await, Code::InvalidArgument, &["input"]);
     let bad_schema = agent_request("assistant", json!({"prompt": "hi", "output_schema": {"type": "nonsense"}}));

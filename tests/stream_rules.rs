@@ -366,7 +366,8 @@ async fn get_result_never_hangs() {
     assert!(matches!(status_of(&now), pb::RunStatus::Running | pb::RunStatus::Waiting));
 
     // A deadline of 500 ms: the answer comes before it, with the state at that moment.
-    let mut request = Request::new(pb::GetResultRequest { run_id: "slow".into(), wait: true, max_wait: None });
+    let mut request =
+        Request::new(pb::GetResultRequest { run_id: "slow".into(), wait: true, max_wait: None, fields: vec![] });
     request.set_timeout(Duration::from_millis(500));
     let started = std::time::Instant::now();
     let answer = client.get_result(request).await.expect("answered before the deadline").into_inner();
@@ -380,6 +381,7 @@ async fn get_result_never_hangs() {
             run_id: "slow".into(),
             wait: true,
             max_wait: Some(prost_types::Duration { seconds: 0, nanos: 100_000_000 }),
+            fields: vec![],
         })
         .await
         .expect("answer")
@@ -446,13 +448,15 @@ async fn exactly_one_concurrent_resume_wins() {
     server.stop().await;
 }
 
-// Rule 9: StreamRun with an existing run_id attaches to that run instead of starting another.
+// Rule 9: StreamRun with an existing run_id and the same input (a retry) attaches to that run instead of starting
+// another; other input is ALREADY_EXISTS.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_run_with_existing_id_attaches() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let first = stream_run(&mut client, stream_request("chain", "same-id", json!({"value": 1}))).await;
-    let second = stream_run(&mut client, stream_request("chain", "same-id", json!({"value": 100}))).await;
+    // A retry of the same start (same workflow, same input) attaches: it replays the first run.
+    let second = stream_run(&mut client, stream_request("chain", "same-id", json!({"value": 1}))).await;
     assert_eq!(first, second, "the second call replays the first run");
     assert_eq!(finish_result(second.last().expect("finish")), json!({"value": 4}));
     let runs = client
@@ -461,6 +465,23 @@ async fn stream_run_with_existing_id_attaches() {
         .expect("list")
         .into_inner();
     assert_eq!(runs.runs.len(), 1);
+    // Other input under the same id is not a retry: attaching would show another run's events as this request's.
+    for request in
+        [stream_request("chain", "same-id", json!({"value": 100})), stream_request("chain", "same-id", json!({}))]
+    {
+        assert_status(
+            client.stream_run(request).await,
+            Code::AlreadyExists,
+            &["run 'same-id' already exists", "success", "different input", "ObserveStream", "another run_id"],
+        );
+    }
+    let start = pb::StartRunRequest {
+        workflow_id: "chain".into(),
+        run_id: "same-id".into(),
+        input: Some(pb_value(json!({"value": 2}))),
+        ..Default::default()
+    };
+    assert_status(client.start_run(start).await, Code::AlreadyExists, &["different input"]);
     // The same id for another workflow is a caller mistake, reported as such.
     assert_status(
         client.stream_run(stream_request("timer", "same-id", json!({"ms": 1}))).await,
@@ -510,7 +531,9 @@ async fn errors_name_the_problem() {
     });
     assert_eq!(stream_run(&mut client, traced).await.len(), 8);
     assert_status(
-        client.get_result(pb::GetResultRequest { run_id: "nope".into(), wait: false, max_wait: None }).await,
+        client
+            .get_result(pb::GetResultRequest { run_id: "nope".into(), wait: false, max_wait: None, fields: vec![] })
+            .await,
         Code::NotFound,
         &["nope"],
     );

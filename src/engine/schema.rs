@@ -70,13 +70,13 @@ impl Schema {
     pub fn validate(&self, instance: &Value, root: &str) -> Result<(), SchemaViolation> {
         match self.validator.iter_errors(instance).next() {
             None => Ok(()),
-            Some(err) => Err(violation(&err, root)),
+            Some(err) => Err(violation(&err, &self.raw, root)),
         }
     }
 }
 
 /// Turns a jsonschema error into a [`SchemaViolation`] with a dotted path and a short message.
-fn violation(err: &ValidationError<'_>, root: &str) -> SchemaViolation {
+fn violation(err: &ValidationError<'_>, schema: &Value, root: &str) -> SchemaViolation {
     let mut path = String::from(root);
     for segment in err.instance_path().iter() {
         match segment {
@@ -110,6 +110,27 @@ fn violation(err: &ValidationError<'_>, root: &str) -> SchemaViolation {
                 other => path.push_str(&other.to_string()),
             }
             "required field is missing".to_owned()
+        }
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            // Name the unknown field itself (a typo such as `delayMS`) and the fields the schema knows there.
+            if let Some(first) = unexpected.first() {
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(first);
+            }
+            let location = err.schema_path().as_str();
+            let object = location.strip_suffix("/additionalProperties").and_then(|at| schema.pointer(at));
+            let known: Vec<&str> = object
+                .and_then(|o| o.get("properties"))
+                .and_then(Value::as_object)
+                .map(|props| props.keys().map(String::as_str).collect())
+                .unwrap_or_default();
+            if known.is_empty() {
+                "unknown field".to_owned()
+            } else {
+                format!("unknown field; the fields are: {}", known.join(", "))
+            }
         }
         _ => err.to_string(),
     };
@@ -179,6 +200,26 @@ mod tests {
         let v = s.validate(&json!(3), "input").unwrap_err();
         assert_eq!(v.path, "input");
         assert_eq!(v.message, "expected object, got number");
+    }
+
+    #[test]
+    fn an_unknown_field_is_named_with_the_known_ones() {
+        let s = Schema::compile(json!({
+            "type": "object",
+            "properties": {
+                "value": {"type": "number"},
+                "delayMs": {"type": "integer"},
+                "nested": {"type": "object", "properties": {"a": {}}, "additionalProperties": false}
+            },
+            "additionalProperties": false
+        }))
+        .unwrap();
+        let v = s.validate(&json!({"value": 1, "delayMS": 3000}), "input").unwrap_err();
+        assert_eq!(v.path, "input.delayMS");
+        assert_eq!(v.message, "unknown field; the fields are: delayMs, nested, value");
+        let v = s.validate(&json!({"value": 1, "nested": {"b": 1}}), "input").unwrap_err();
+        assert_eq!(v.path, "input.nested.b");
+        assert_eq!(v.message, "unknown field; the fields are: a");
     }
 
     #[test]

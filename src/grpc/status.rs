@@ -9,7 +9,7 @@ impl From<RegistryError> for Status {
         let code = match &error {
             RegistryError::WorkflowNotFound { .. } | RegistryError::RunNotFound { .. } => Code::NotFound,
             RegistryError::InvalidId { .. } | RegistryError::InvalidInput(_) => Code::InvalidArgument,
-            RegistryError::RunIdTaken { .. } => Code::AlreadyExists,
+            RegistryError::RunIdTaken { .. } | RegistryError::RunIdInUse { .. } => Code::AlreadyExists,
             RegistryError::NotSuspended { .. } => Code::FailedPrecondition,
             RegistryError::Resume { source, .. } => match source {
                 // The request names the wrong thing or carries bad data: the caller must change the request.
@@ -39,4 +39,80 @@ pub const EARLIEST_SEQ_HEADER: &str = "runstream-earliest-seq";
 /// INVALID_ARGUMENT for a request field, the message naming the field.
 pub fn invalid_field(field: &str, problem: impl std::fmt::Display) -> Status {
     Status::invalid_argument(format!("{field}: {problem}"))
+}
+
+/// Start of the message tonic gives a request over the decoding limit, with code OUT_OF_RANGE (which in this API
+/// means a cursor past the log); [`LimitStatusLayer`] turns it into RESOURCE_EXHAUSTED.
+const DECODE_LIMIT_MESSAGE: &str = "Error, decoded message length too large";
+
+/// A tower layer over the gRPC routes that reports a request larger than the server's limit as RESOURCE_EXHAUSTED
+/// naming its size, the limit and the option that raises it. tonic refuses such a request (from its length
+/// prefix, before reading it) in its codec, before any handler runs, so only the response can be mended.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LimitStatusLayer;
+
+impl<S> tower_layer::Layer<S> for LimitStatusLayer {
+    type Service = LimitStatus<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LimitStatus { inner }
+    }
+}
+
+/// The service of [`LimitStatusLayer`].
+#[derive(Debug, Clone)]
+pub struct LimitStatus<S> {
+    inner: S,
+}
+
+impl<S, Req, B> tower_service::Service<Req> for LimitStatus<S>
+where
+    S: tower_service::Service<Req, Response = http::Response<B>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<B>;
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Req) -> Self::Future {
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            let headers = response.headers_mut();
+            if let Some(status) = Status::from_header_map(headers)
+                && status.code() == Code::OutOfRange
+                && status.message().starts_with(DECODE_LIMIT_MESSAGE)
+            {
+                let _ = request_too_large(status.message()).add_header(headers);
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// RESOURCE_EXHAUSTED for a request over the limit, from tonic's "found N bytes, the limit is: M bytes".
+fn request_too_large(message: &str) -> Status {
+    let numbers: Vec<&str> = message.split(|c: char| !c.is_ascii_digit()).filter(|part| !part.is_empty()).collect();
+    let detail = match numbers.as_slice() {
+        [size, limit, ..] => format!("the request is {size} bytes, over this server's {limit}-byte request limit"),
+        _ => "the request is larger than this server's request limit".to_owned(),
+    };
+    Status::resource_exhausted(format!(
+        "{detail}; send less (pass large data by reference, e.g. a URL your steps fetch), or start the server with a \
+         larger --max-request-bytes"
+    ))
+}
+
+/// RESOURCE_EXHAUSTED for an answer over the response limit: its size, the limit, and how to get less or raise
+/// the limits (the server's and the client's).
+pub fn response_too_large(what: &str, size: usize, limit: usize, fewer: &str) -> Status {
+    Status::resource_exhausted(format!(
+        "{what} is {size} bytes, over this server's {limit}-byte response limit; {fewer}, or raise the limit: start \
+         the server with a larger --max-response-bytes and raise your client's (grpcurl -max-msg-sz, grpcio \
+         option grpc.max_receive_message_length, tonic max_decoding_message_size)"
+    ))
 }

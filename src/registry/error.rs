@@ -5,11 +5,10 @@ use crate::engine::{ResumeError, RunKind, RunStatus, SchemaViolation};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RegistryError {
-    #[error(
-        "{} '{id}' does not exist; call ListWorkflows for the available ids (this server's {}s: {})",
-        kind.as_str(), kind.as_str(), available.join(", ")
-    )]
-    WorkflowNotFound { kind: RunKind, id: String, available: Vec<String> },
+    /// No workflow, agent or network of `kind` has this id. `actual` is set when the id names something of another
+    /// kind: the caller set the wrong request field.
+    #[error("{}", not_found_message(*kind, id, available, *actual))]
+    WorkflowNotFound { kind: RunKind, id: String, available: Vec<String>, actual: Option<RunKind> },
 
     #[error("run '{id}' does not exist; check the run_id (ListRuns lists known runs)")]
     RunNotFound { id: String },
@@ -25,6 +24,14 @@ pub enum RegistryError {
     /// StreamRun/StartRun with the id of an existing run of another workflow.
     #[error("run '{run_id}' already exists for workflow '{existing}', not '{requested}'; pick another run_id")]
     RunIdTaken { run_id: String, existing: String, requested: String },
+
+    /// StreamRun/StartRun with the id of an existing run of the same workflow but other input: not a retry of the
+    /// start that created it, so attaching would silently show another run's events.
+    #[error(
+        "run '{run_id}' already exists ({}, started with different input); to follow it call ObserveStream or GetResult with run_id \"{run_id}\"; to start a new run pick another run_id, or leave run_id empty for a generated one",
+        status.as_str()
+    )]
+    RunIdInUse { run_id: String, status: RunStatus },
 
     #[error("run '{run_id}' is {} and cannot be resumed; only a suspended run can (GetRun shows its status)", status.as_str())]
     NotSuspended { run_id: String, status: RunStatus },
@@ -45,4 +52,21 @@ pub enum RegistryError {
 
     #[error("the server is shutting down; retry against another replica or after restart")]
     ShuttingDown,
+}
+
+fn not_found_message(kind: RunKind, id: &str, available: &[String], actual: Option<RunKind>) -> String {
+    let kind_name = kind.as_str();
+    match actual {
+        Some(actual) => {
+            let actual = actual.as_str();
+            format!(
+                "{kind_name} '{id}' does not exist, but {actual} '{id}' does: did you mean {actual}_id? Set {actual}_id instead of {kind_name}_id (this server's {kind_name}s: {})",
+                available.join(", ")
+            )
+        }
+        None => format!(
+            "{kind_name} '{id}' does not exist; call ListWorkflows for the available ids (this server's {kind_name}s: {})",
+            available.join(", ")
+        ),
+    }
 }

@@ -23,7 +23,8 @@ pub fn workflow() -> Arc<Workflow> {
                 "count": { "type": "integer", "minimum": 0 },
                 "concurrency": { "type": "integer", "minimum": 1 },
                 "delayMs": delay_schema()
-            }
+            },
+            "additionalProperties": false
         }))
         .map("items", |input, _run_input| {
             let count = input["count"].as_u64().unwrap_or(0);

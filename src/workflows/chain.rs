@@ -23,7 +23,8 @@ pub fn workflow() -> Arc<Workflow> {
         .input_schema(json!({
             "type": "object",
             "required": ["value"],
-            "properties": { "value": { "type": "number" }, "delayMs": delay_schema() }
+            "properties": { "value": { "type": "number" }, "delayMs": delay_schema() },
+            "additionalProperties": false
         }))
         .output_schema(value_schema)
         .then(add_one("step-1"))

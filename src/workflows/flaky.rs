@@ -21,7 +21,8 @@ pub fn workflow() -> Arc<Workflow> {
             "properties": {
                 "failTimes": { "type": "integer", "minimum": 0 },
                 "attempts": { "type": "integer", "minimum": 1 }
-            }
+            },
+            "additionalProperties": false
         }))
         .then(unreliable())
         .commit()

@@ -14,7 +14,8 @@ pub fn workflow() -> Arc<Workflow> {
         .input_schema(json!({
             "type": "object",
             "required": ["ms"],
-            "properties": { "ms": { "type": "integer", "minimum": 0 } }
+            "properties": { "ms": { "type": "integer", "minimum": 0 } },
+            "additionalProperties": false
         }))
         .sleep_with("sleep", |input| Duration::from_millis(input["ms"].as_u64().unwrap_or(0)))
         .then(report())

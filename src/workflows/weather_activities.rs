@@ -25,7 +25,8 @@ pub fn workflow_with(agent: Arc<Agent>) -> Arc<Workflow> {
         .input_schema(json!({
             "type": "object",
             "required": ["city"],
-            "properties": { "city": { "type": "string", "minLength": 1 } }
+            "properties": { "city": { "type": "string", "minLength": 1 } },
+            "additionalProperties": false
         }))
         .output_schema(json!({
             "type": "object",
