@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
 use clap::{Parser, Subcommand, ValueEnum};
 use runstream::{
     clock::SystemClock,
-    grpc::ServiceConfig,
+    grpc::{ServiceConfig, wire::WireEncoder},
     registry::RunRegistry,
     server,
     store::{SqliteStore, sqlite::Sync},
@@ -44,7 +44,51 @@ enum Command {
         /// events: e.g. `7d`, `12h`, `30m`, `90s`. Older cursors get OUT_OF_RANGE naming the earliest seq kept.
         #[arg(long, default_value = "7d", value_parser = parse_duration)]
         retention: std::time::Duration,
+        #[command(flatten)]
+        limits: Limits,
     },
+}
+
+/// Message size limits. gRPC clients refuse messages over 4 MiB unless told otherwise, so raising a limit here
+/// means raising it in every client too (grpcurl -max-msg-sz, grpcio grpc.max_receive_message_length).
+#[derive(Debug, clap::Args)]
+struct Limits {
+    /// The largest request accepted (e.g. a run's input), in bytes or with a unit (`4MiB`, `512KiB`, `8MB`);
+    /// larger ones get RESOURCE_EXHAUSTED naming the limit.
+    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    max_request_bytes: usize,
+    /// The largest response sent (a GetResult answer; a larger one is RESOURCE_EXHAUSTED naming its size).
+    #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+    max_response_bytes: usize,
+    /// The largest event streamed, at most --max-response-bytes (the default): a step's write or output that
+    /// would be larger is refused and fails the step with a message that says so; it is never streamed.
+    #[arg(long, value_parser = parse_size)]
+    max_event_bytes: Option<usize>,
+}
+
+/// A byte count: digits, optionally followed by `KiB`, `MiB`, `GiB` (powers of 1024) or `KB`, `MB`, `GB`.
+fn parse_size(text: &str) -> Result<usize, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: usize = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number of bytes, optionally with a unit, e.g. 4MiB, 512KiB, 8MB"))?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(format!("{text:?}: the unit must be KiB, MiB, GiB, KB, MB or GB (e.g. 4MiB)")),
+    };
+    match n.checked_mul(scale) {
+        // Under a kilobyte not even a run's first event fits.
+        Some(bytes) if bytes >= 1024 => Ok(bytes),
+        Some(_) => Err(format!("{text:?}: at least 1KiB")),
+        None => Err(format!("{text:?}: too large")),
+    }
 }
 
 /// `<n><unit>` with unit `d`, `h`, `m` or `s`.
@@ -96,8 +140,8 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve { listen, store, data_dir, sync, retention } => {
-            match runtime.block_on(serve(listen, store, data_dir, sync, retention)) {
+        Command::Serve { listen, store, data_dir, sync, retention, limits } => {
+            match runtime.block_on(serve(listen, store, data_dir, sync, retention, limits)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     error!("{e}");
@@ -114,10 +158,26 @@ async fn serve(
     data_dir: PathBuf,
     sync: SyncMode,
     retention: std::time::Duration,
+    limits: Limits,
 ) -> Result<(), Box<dyn std::error::Error>> {
+    let max_event_bytes = limits.max_event_bytes.unwrap_or(limits.max_response_bytes);
+    if max_event_bytes > limits.max_response_bytes {
+        return Err(format!(
+            "--max-event-bytes ({max_event_bytes}) is larger than --max-response-bytes ({}): an event is a response; \
+             raise --max-response-bytes too",
+            limits.max_response_bytes
+        )
+        .into());
+    }
+    let config = ServiceConfig {
+        max_request_bytes: limits.max_request_bytes,
+        max_response_bytes: limits.max_response_bytes,
+        ..ServiceConfig::default()
+    };
+    let encoder = Arc::new(WireEncoder::new(max_event_bytes));
     // The store first: a bad store must stop the server before it takes calls.
     let registry = match store {
-        StoreKind::Memory => RunRegistry::new(workflows::builtin_catalog(), Arc::new(SystemClock)),
+        StoreKind::Memory => RunRegistry::with_encoder(workflows::builtin_catalog(), Arc::new(SystemClock), encoder),
         StoreKind::Sqlite => {
             let sync = match sync {
                 SyncMode::Normal => Sync::Normal,
@@ -125,7 +185,12 @@ async fn serve(
             };
             let store = SqliteStore::open(&data_dir, sync)?;
             info!(store = %runstream::store::RunStore::describe(&store), "opened the run store");
-            RunRegistry::open(workflows::builtin_catalog(), Arc::new(SystemClock), Arc::new(store))?
+            RunRegistry::open_with_encoder(
+                workflows::builtin_catalog(),
+                Arc::new(SystemClock),
+                Arc::new(store),
+                encoder,
+            )?
         }
     };
     registry.spawn_retention(retention);
@@ -136,7 +201,7 @@ async fn serve(
     // Tests and scripts read this line to learn the port; keep its format.
     println!("runstream listening on {local}");
     info!(%local, "serving runstream.v1.RunService");
-    server::serve(listener, registry.clone(), ServiceConfig::default(), shutdown).await?;
+    server::serve(listener, registry.clone(), config, shutdown).await?;
     // Whatever runs appended while the server stopped is stored before the process exits.
     tokio::task::spawn_blocking(move || registry.flush()).await?;
     info!("stopped");

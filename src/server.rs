@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
-    grpc::{RunService, ServiceConfig, server::run_service_server::RunServiceServer},
+    grpc::{RunService, ServiceConfig, server::run_service_server::RunServiceServer, status::LimitStatusLayer},
     registry::RunRegistry,
 };
 
@@ -53,15 +53,19 @@ pub async fn serve(
     health_reporter.set_serving::<RunServiceServer<RunService>>().await;
 
     let grace = config.shutdown_grace;
-    let service = RunService::new(registry, config, shutdown.clone());
+    let run_service = RunServiceServer::new(RunService::new(registry, config.clone(), shutdown.clone()))
+        .max_decoding_message_size(config.max_request_bytes)
+        .max_encoding_message_size(config.max_response_bytes);
     let server = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        // A request over the limit is RESOURCE_EXHAUSTED naming the limit, not tonic's OUT_OF_RANGE.
+        .layer(LimitStatusLayer)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(RunServiceServer::new(service))
+        .add_service(run_service)
         // TCP_NODELAY: tonic applies its `tcp_nodelay` setting only to listeners it binds itself, so without this
         // every accepted socket keeps Nagle's algorithm, and a small response waits for the client's delayed ACK
         // (~40 ms per run of a short workflow; docs/performance.md).

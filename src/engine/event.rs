@@ -246,4 +246,19 @@ pub trait EventSink: Send + Sync + 'static {
     fn emit_ref(&self, event: &Event) {
         self.emit(event.clone());
     }
+
+    /// [`emit_ref`](Self::emit_ref), unless the event is larger than the sink takes (what clients can decode):
+    /// then nothing is emitted and the caller learns by how much. A sink without a limit takes everything.
+    fn try_emit_ref(&self, event: &Event) -> Result<(), EventTooLarge> {
+        self.emit_ref(event);
+        Ok(())
+    }
+}
+
+/// An event a sink refused for its size: `size` bytes encoded, over the sink's `limit`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{size} bytes encoded, over the {limit}-byte event limit")]
+pub struct EventTooLarge {
+    pub size: usize,
+    pub limit: usize,
 }

@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    event::{ErrorInfo, Event, EventKind, EventSink, EventSource, RunStatus, StepStatus},
+    event::{ErrorInfo, Event, EventKind, EventSink, EventSource, EventTooLarge, RunStatus, StepStatus},
     schema::Schema,
     snapshot::{PathMap, ResumeTarget, RunSnapshot, StepRecord, SuspendedStep},
     step::{ContextShared, RetrySpec, Step, StepContext, StepError, StepOutcome, UsageMeter, Writer},
@@ -323,7 +323,8 @@ impl Exec {
         event.kind
     }
 
-    /// Emits a `StepResult`; returns its output and error.
+    /// Emits a `StepResult`; returns its status, output and error. An output too large for the sink (what clients
+    /// can decode) is not streamed: the step fails instead, with an error that says so.
     #[allow(clippy::too_many_arguments)]
     fn emit_step_result(
         &self,
@@ -335,13 +336,44 @@ impl Exec {
         attempts: u32,
         started_at: SystemTime,
         ended_at: SystemTime,
-    ) -> (Option<Value>, Option<ErrorInfo>) {
+    ) -> (StepStatus, Option<Value>, Option<ErrorInfo>) {
         let step_id = Arc::clone(path);
-        let kind =
-            EventKind::StepResult { step_id, step_call_id, status, output, error, attempts, started_at, ended_at };
-        match self.emit_keep(kind) {
-            EventKind::StepResult { output, error, .. } => (output, error),
-            _ => (None, None),
+        let event = Event {
+            source: EventSource::Workflow,
+            kind: EventKind::StepResult {
+                step_id,
+                step_call_id: step_call_id.clone(),
+                status,
+                output,
+                error,
+                attempts,
+                started_at,
+                ended_at,
+            },
+        };
+        let refused = if matches!(&event.kind, EventKind::StepResult { output: Some(_), .. }) {
+            self.sink.try_emit_ref(&event).err()
+        } else {
+            self.sink.emit_ref(&event);
+            None
+        };
+        if let Some(too_large) = refused {
+            let error = output_too_large(path, too_large);
+            self.emit(EventKind::StepResult {
+                step_id: Arc::clone(path),
+                step_call_id,
+                status: StepStatus::Failed,
+                output: None,
+                error: Some(error.clone()),
+                attempts,
+                started_at,
+                ended_at,
+            });
+            return (StepStatus::Failed, None, Some(error));
+        }
+        match event.kind {
+            EventKind::StepResult { output, error, .. } => (status, output, error),
+            _ => (status, None, None),
         }
     }
 
@@ -690,7 +722,11 @@ impl Exec {
             return self.finish_foreach_failed(&path, call_id, input, started_at, error);
         }
         if let Some(value) = bail {
-            self.finish_plain(&path, call_id, input, started_at, StepStatus::Bailed, Some(value.clone()), None);
+            if let Some(error) =
+                self.finish_plain(&path, call_id, input, started_at, StepStatus::Bailed, Some(value.clone()), None)
+            {
+                return Flow::Failed(error);
+            }
             return Flow::Bailed(value);
         }
         if states.suspended().next().is_some() {
@@ -748,8 +784,7 @@ impl Exec {
             .collect();
         let output = Value::Array(outputs);
         self.state().control.remove(&*path);
-        self.finish_plain(&path, call_id, input, started_at, StepStatus::Success, Some(output.clone()), None);
-        Flow::Done(output)
+        self.done_unless_refused(&path, call_id, input, started_at, output)
     }
 
     fn finish_foreach_failed(
@@ -764,6 +799,22 @@ impl Exec {
         Flow::Failed(error)
     }
 
+    /// Finishes a step the executor runs itself with its output: done, or failed if the output was too large to
+    /// stream.
+    fn done_unless_refused(
+        &self,
+        path: &Arc<str>,
+        call_id: String,
+        input: Value,
+        started_at: SystemTime,
+        output: Value,
+    ) -> Flow {
+        match self.finish_plain(path, call_id, input, started_at, StepStatus::Success, Some(output.clone()), None) {
+            Some(error) => Flow::Failed(error),
+            None => Flow::Done(output),
+        }
+    }
+
     /// Emits the `StepResult` of a step the executor runs itself (foreach, map, sleep, nested workflow) and
     /// records it.
     #[allow(clippy::too_many_arguments)]
@@ -776,9 +827,11 @@ impl Exec {
         status: StepStatus,
         output: Option<Value>,
         error: Option<ErrorInfo>,
-    ) {
+    ) -> Option<ErrorInfo> {
         let ended_at = self.clock.now();
-        let (output, error) = self.emit_step_result(path, call_id, status, output, error, 1, started_at, ended_at);
+        let (status, output, error) =
+            self.emit_step_result(path, call_id, status, output, error, 1, started_at, ended_at);
+        let refused = if status == StepStatus::Failed { error.clone() } else { None };
         self.record(
             path,
             StepRecord {
@@ -795,6 +848,7 @@ impl Exec {
                 resumed_at: None,
             },
         );
+        refused
     }
 
     async fn run_nested(&self, scope: Scope<'_>, child: &Workflow, input: Value, replay: bool) -> Flow {
@@ -831,8 +885,7 @@ impl Exec {
                     self.finish_plain(&path, call_id, input, started_at, StepStatus::Failed, None, Some(error.clone()));
                     return Flow::Failed(error);
                 }
-                self.finish_plain(&path, call_id, input, started_at, StepStatus::Success, Some(output.clone()), None);
-                Flow::Done(output)
+                self.done_unless_refused(&path, call_id, input, started_at, output)
             }
             Flow::Failed(error) => {
                 self.finish_plain(&path, call_id, input, started_at, StepStatus::Failed, None, Some(error.clone()));
@@ -900,16 +953,7 @@ impl Exec {
             _ = self.clock.sleep_until(wake_at) => true,
         };
         if woke {
-            self.finish_plain(
-                &path,
-                call_id,
-                input.clone(),
-                started_at,
-                StepStatus::Success,
-                Some(input.clone()),
-                None,
-            );
-            Flow::Done(input)
+            self.done_unless_refused(&path, call_id, input.clone(), started_at, input)
         } else {
             self.finish_plain(&path, call_id, input, started_at, StepStatus::Canceled, None, None);
             Flow::Canceled
@@ -944,10 +988,7 @@ impl Exec {
         }
         let (started_at, call_id) = self.start_step(&path, &input, None, 0);
         match std::panic::catch_unwind(AssertUnwindSafe(|| f(&input, &self.run_input))) {
-            Ok(output) => {
-                self.finish_plain(&path, call_id, input, started_at, StepStatus::Success, Some(output.clone()), None);
-                Flow::Done(output)
-            }
+            Ok(output) => self.done_unless_refused(&path, call_id, input, started_at, output),
             Err(panic) => {
                 let error = step_error_info(&path, &StepError::new(panic_message(&*panic)), 1, None);
                 self.finish_plain(&path, call_id, input, started_at, StepStatus::Failed, None, Some(error.clone()));
@@ -971,10 +1012,14 @@ impl Exec {
         let finish =
             |status: StepStatus, output: Option<Value>, error: Option<ErrorInfo>, attempts: u32, input: Value| {
                 let ended_at = self.clock.now();
+                let mut refused = None;
                 if !hidden {
                     let call_id = call_id.clone();
-                    let (output, error) =
+                    let (status, output, error) =
                         self.emit_step_result(&path, call_id, status, output, error, attempts, started_at, ended_at);
+                    if status == StepStatus::Failed {
+                        refused.clone_from(&error);
+                    }
                     let suspend_payload = self.prev.steps.get(&*path).and_then(|r| r.suspend_payload.clone());
                     self.record(
                         &path,
@@ -993,6 +1038,7 @@ impl Exec {
                         },
                     );
                 }
+                refused
             };
 
         if let Err(error) = check_schema(step.input_schema.as_ref(), &input, "input", Some(&path)) {
@@ -1060,6 +1106,11 @@ impl Exec {
         let attempts = attempt + 1;
         let input = shared.input.clone();
         let state_to_save = shared.state_to_save.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // A write refused for its size fails the step, whatever the step made of the refusal.
+        let result = match (shared.writer.refused(), result) {
+            (Some(refused), Some(_)) => Some(Err(refused)),
+            (_, result) => result,
+        };
         drop(shared);
 
         match result {
@@ -1077,8 +1128,11 @@ impl Exec {
                     Ok(()) => {
                         // A foreach iteration has no event or record of its own: no copy of its output for them.
                         let recorded = if hidden { None } else { Some(output.clone()) };
-                        finish(StepStatus::Success, recorded, None, attempts, input);
-                        LeafResult::Done(output)
+                        match finish(StepStatus::Success, recorded, None, attempts, input) {
+                            // The output was too large to stream: the step failed instead.
+                            Some(error) => LeafResult::Failed(error),
+                            None => LeafResult::Done(output),
+                        }
                     }
                     Err(error) => {
                         let error = with_index(error, for_each_index);
@@ -1088,8 +1142,10 @@ impl Exec {
                 }
             }
             Some(Ok(StepOutcome::Bail(value))) => {
-                finish(StepStatus::Bailed, Some(value.clone()), None, attempts, input);
-                LeafResult::Bailed(value)
+                match finish(StepStatus::Bailed, Some(value.clone()), None, attempts, input) {
+                    Some(error) => LeafResult::Failed(error),
+                    None => LeafResult::Bailed(value),
+                }
             }
             Some(Ok(StepOutcome::Suspend { payload, resume_label, resume_schema })) => {
                 if let Err(error) = check_schema(step.suspend_schema.as_ref(), &payload, "suspend_payload", Some(&path))
@@ -1102,14 +1158,24 @@ impl Exec {
                     // The schema this suspension names (StepOutcome::with_resume_schema), else the step's own.
                     let resume_schema = resume_schema.or_else(|| step.resume_schema.clone());
                     let now = self.clock.now();
-                    self.emit(EventKind::StepSuspended {
-                        step_id: Arc::clone(&path),
-                        step_call_id: call_id.clone(),
-                        suspend_payload: payload.clone(),
-                        resume_schema: resume_schema.as_ref().map(|s| s.raw().clone()),
-                        resume_label: resume_label.clone(),
-                        for_each_index,
-                    });
+                    let suspended = Event {
+                        source: EventSource::Workflow,
+                        kind: EventKind::StepSuspended {
+                            step_id: Arc::clone(&path),
+                            step_call_id: call_id.clone(),
+                            suspend_payload: payload.clone(),
+                            resume_schema: resume_schema.as_ref().map(|s| s.raw().clone()),
+                            resume_label: resume_label.clone(),
+                            for_each_index,
+                        },
+                    };
+                    if let Err(too_large) = self.sink.try_emit_ref(&suspended) {
+                        // Like an output too large to stream: the step fails instead of suspending.
+                        let mut error = output_too_large(&path, too_large);
+                        error.message = error.message.replacen("its output", "its suspend payload", 1);
+                        finish(StepStatus::Failed, None, Some(error.clone()), attempts, input);
+                        return LeafResult::Failed(error);
+                    }
                     let mut st = self.state();
                     if let Some(state) = state_to_save {
                         st.control.insert(saved_state_key(&path), state);
@@ -1269,6 +1335,18 @@ fn step_error_info(path: &str, error: &StepError, attempts: u32, for_each_index:
         name: if error.is_tripwire() { TRIPWIRE_ERROR } else { "StepError" }.to_owned(),
         message: error.message().to_owned(),
         details: Some(Value::Object(details)),
+    }
+}
+
+/// The error of a step whose output is too large to stream (`ErrorInfo.name` `StepOutputTooLarge`).
+fn output_too_large(path: &str, too_large: EventTooLarge) -> ErrorInfo {
+    ErrorInfo {
+        name: "StepOutputTooLarge".to_owned(),
+        message: format!(
+            "step '{path}': its output is {too_large} and was not streamed; return less (e.g. a reference to where \
+             the data is), or raise the server's --max-event-bytes (clients must accept messages that large too)"
+        ),
+        details: Some(json!({ "stepId": path, "eventBytes": too_large.size, "limitBytes": too_large.limit })),
     }
 }
 

@@ -26,7 +26,7 @@ pub use agent_event::{
 };
 pub use catalog::WorkflowCatalog;
 pub use error::{ResumeError, SchemaViolation};
-pub use event::{ErrorInfo, Event, EventKind, EventSink, EventSource, RunStatus, StepStatus, Usage};
+pub use event::{ErrorInfo, Event, EventKind, EventSink, EventSource, EventTooLarge, RunStatus, StepStatus, Usage};
 pub use executor::{Phase, PhaseOutcome, execute_phase, recovered_snapshot};
 pub use snapshot::{ResumeRequest, ResumeTarget, RunSnapshot, StepRecord, SuspendedStep};
 pub use step::{Step, StepContext, StepError, StepOutcome, Writer};

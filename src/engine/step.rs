@@ -406,6 +406,9 @@ impl StepContext {
 ///
 /// Every writer, wherever its step runs (nested workflow, loop, foreach, parallel), writes to the one sink of the
 /// run, tagged with the step's full dotted path.
+///
+/// An event larger than the run's event limit (what clients can decode) is refused, never streamed: the write
+/// returns the error, and the step fails with it when it returns, whatever it returns.
 #[derive(Clone)]
 pub struct Writer {
     sink: Arc<dyn EventSink>,
@@ -413,6 +416,8 @@ pub struct Writer {
     /// The phase's token count: agent steps report each model call's usage here, so that the run's usage
     /// (workflow_finish, GetResult) adds up every agent it ran.
     usage: Arc<UsageMeter>,
+    /// The first write the sink refused for its size, which fails the step.
+    refused: Arc<std::sync::OnceLock<StepError>>,
 }
 
 /// Token usage summed over a phase, shared by every writer of that phase.
@@ -437,33 +442,69 @@ impl fmt::Debug for Writer {
 
 impl Writer {
     pub(crate) fn new(sink: Arc<dyn EventSink>, step_id: Arc<str>, usage: Arc<UsageMeter>) -> Self {
-        Self { sink, step_id, usage }
+        Self { sink, step_id, usage, refused: Arc::default() }
     }
 
-    /// Emits a `StepOutput` event carrying `output` (Mastra's `writer.write`).
+    /// Emits `event` unless the sink refuses it for its size; a refusal is kept to fail the step.
+    fn send(&self, what: &str, event: Event) -> Result<(), StepError> {
+        match self.sink.try_emit_ref(&event) {
+            Ok(()) => Ok(()),
+            Err(too_large) => {
+                let error = StepError::new(format!(
+                    "step '{}': a {what} event was refused and not streamed: it is {too_large}; write smaller \
+                     pieces, or raise the server's --max-event-bytes (clients must accept messages that large too)",
+                    self.step_id
+                ))
+                .non_retryable()
+                .with_details(serde_json::json!({ "eventBytes": too_large.size, "limitBytes": too_large.limit }));
+                Err(self.refused.get_or_init(|| error).clone())
+            }
+        }
+    }
+
+    /// The first write refused for its size, if any: the step fails with it.
+    pub(crate) fn refused(&self) -> Option<StepError> {
+        self.refused.get().cloned()
+    }
+
+    /// Emits a `StepOutput` event carrying `output` (Mastra's `writer.write`). Fails (and the step with it) when
+    /// the event is larger than the run's event limit; nothing is streamed then.
     #[inline]
-    pub fn write(&self, output: Value) {
-        self.sink.emit(Event {
-            source: EventSource::User,
-            kind: EventKind::StepOutput { step_id: Arc::clone(&self.step_id), output },
-        });
+    pub fn write(&self, output: Value) -> Result<(), StepError> {
+        self.send(
+            "step_output",
+            Event {
+                source: EventSource::User,
+                kind: EventKind::StepOutput { step_id: Arc::clone(&self.step_id), output },
+            },
+        )
     }
 
     /// Emits a `Custom` event (Mastra's `data-*` chunk). `kind` is prefixed with `data-` unless it already is.
-    pub fn custom(&self, kind: impl Into<String>, data: Value) {
-        self.custom_with(kind, data, None, false);
+    /// Fails like [`Writer::write`].
+    pub fn custom(&self, kind: impl Into<String>, data: Value) -> Result<(), StepError> {
+        self.custom_with(kind, data, None, false)
     }
 
     /// [`Writer::custom`] with an id and the transient flag (transient chunks are for live display only).
-    pub fn custom_with(&self, kind: impl Into<String>, data: Value, id: Option<String>, transient: bool) {
+    pub fn custom_with(
+        &self,
+        kind: impl Into<String>,
+        data: Value,
+        id: Option<String>,
+        transient: bool,
+    ) -> Result<(), StepError> {
         let mut kind: String = kind.into();
         if !kind.starts_with("data-") {
             kind.insert_str(0, "data-");
         }
-        self.sink.emit(Event {
-            source: EventSource::User,
-            kind: EventKind::Custom { step_id: Arc::clone(&self.step_id), kind, data, id, transient },
-        });
+        self.send(
+            "custom",
+            Event {
+                source: EventSource::User,
+                kind: EventKind::Custom { step_id: Arc::clone(&self.step_id), kind, data, id, transient },
+            },
+        )
     }
 
     /// Emits one chunk of an agent running as this step, tagged with the step's path so that clients can tell
@@ -473,10 +514,14 @@ impl Writer {
         if let AgentChunk::AgentStepFinish { usage, .. } = &chunk {
             self.usage.add(usage);
         }
-        self.sink.emit(Event {
-            source: EventSource::Agent,
-            kind: EventKind::Agent { step_id: Some(Arc::clone(&self.step_id)), chunk },
-        });
+        // A refused chunk (a huge tool result) fails the step when it returns; the agent loop need not check.
+        let _ = self.send(
+            "agent chunk",
+            Event {
+                source: EventSource::Agent,
+                kind: EventKind::Agent { step_id: Some(Arc::clone(&self.step_id)), chunk },
+            },
+        );
     }
 
     /// Emits one event of an agent network running as this step (source `Network`, tagged with the step's path).
@@ -498,10 +543,14 @@ impl Writer {
             }
             _ => {}
         }
-        self.sink.emit(Event {
-            source: EventSource::Network,
-            kind: EventKind::Network { step_id: Some(Arc::clone(&self.step_id)), event },
-        });
+        // Like `agent`: a refusal fails the step when it returns.
+        let _ = self.send(
+            "network",
+            Event {
+                source: EventSource::Network,
+                kind: EventKind::Network { step_id: Some(Arc::clone(&self.step_id)), event },
+            },
+        );
     }
 
     /// Adds the usage of model calls that no event reports (a network's calls that turn a prompt into a workflow's
@@ -532,8 +581,8 @@ mod tests {
     fn custom_kind_gets_data_prefix_once() {
         let sink = Arc::new(Collect::default());
         let w = Writer::new(sink.clone(), Arc::from("s"), Arc::default());
-        w.custom("progress", json!(1));
-        w.custom("data-progress", json!(2));
+        w.custom("progress", json!(1)).unwrap();
+        w.custom("data-progress", json!(2)).unwrap();
         let events = sink.0.lock().unwrap();
         for e in events.iter() {
             match &e.kind {

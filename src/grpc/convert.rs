@@ -296,11 +296,11 @@ pub fn run_info(view: &RunView) -> pb::RunInfo {
     }
 }
 
-fn step_record(record: &StepRecord) -> pb::StepRecord {
+fn step_record(record: &StepRecord, fields: &ResultFields) -> pb::StepRecord {
     pb::StepRecord {
         status: step_status(record.status) as i32,
-        input: Some(json_to_pb(&record.input)),
-        output: opt_json(&record.output),
+        input: fields.step_inputs.then(|| json_to_pb(&record.input)),
+        output: if fields.step_outputs { opt_json(&record.output) } else { None },
         error: record.error.as_ref().map(error_info),
         suspend_payload: opt_json(&record.suspend_payload),
         resume_data: opt_json(&record.resume_data),
@@ -312,25 +312,107 @@ fn step_record(record: &StepRecord) -> pb::StepRecord {
     }
 }
 
-pub fn run_result(view: &RunView, wait_expired: bool) -> pb::RunResult {
+/// Which parts of a run's outcome GetResult returns (`GetResultRequest.fields`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultFields {
+    pub result: bool,
+    pub error: bool,
+    pub input: bool,
+    pub steps: bool,
+    pub step_inputs: bool,
+    pub step_outputs: bool,
+    pub suspended: bool,
+    pub suspend_payload: bool,
+    pub usage: bool,
+}
+
+impl Default for ResultFields {
+    /// Everything but the step records' inputs and outputs, which repeat the run's input, the previous step's
+    /// output or the result: a run whose result fits in a message can always be read.
+    fn default() -> Self {
+        Self {
+            result: true,
+            error: true,
+            input: true,
+            steps: true,
+            step_inputs: false,
+            step_outputs: false,
+            suspended: true,
+            suspend_payload: true,
+            usage: true,
+        }
+    }
+}
+
+impl ResultFields {
+    /// The names `fields` may hold.
+    pub const NAMES: [&str; 9] =
+        ["result", "error", "input", "steps", "steps.input", "steps.output", "suspended", "suspend_payload", "usage"];
+
+    /// The parts `names` asks for; none named: the default. An unknown name is the error, naming it.
+    pub fn parse(names: &[String]) -> Result<Self, String> {
+        if names.is_empty() {
+            return Ok(Self::default());
+        }
+        let mut fields = Self {
+            result: false,
+            error: false,
+            input: false,
+            steps: false,
+            step_inputs: false,
+            step_outputs: false,
+            suspended: false,
+            suspend_payload: false,
+            usage: false,
+        };
+        for name in names {
+            match name.trim() {
+                "result" => fields.result = true,
+                "error" => fields.error = true,
+                "input" | "payload" => fields.input = true,
+                "steps" => fields.steps = true,
+                "steps.input" => (fields.steps, fields.step_inputs) = (true, true),
+                "steps.output" => (fields.steps, fields.step_outputs) = (true, true),
+                "suspended" => fields.suspended = true,
+                "suspend_payload" | "suspendPayload" => fields.suspend_payload = true,
+                "usage" => fields.usage = true,
+                other => {
+                    return Err(format!("{other:?} is not a part of a result; name any of {}", Self::NAMES.join(", ")));
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// The outcome of a run, with the parts `fields` asks for.
+pub fn run_result(view: &RunView, wait_expired: bool, fields: &ResultFields) -> pb::RunResult {
     let snapshot: &engine::RunSnapshot = &view.state.snapshot;
     pb::RunResult {
         run_id: view.run_id.to_string(),
         workflow_id: view.workflow_id.to_string(),
         status: run_status(view.state.status) as i32,
-        result: opt_json(&view.state.result),
-        error: view.state.error.as_ref().map(error_info),
-        steps: snapshot.steps.iter().map(|(id, record)| (id.clone(), step_record(record))).collect(),
-        suspended: suspended_paths(view),
-        suspend_payload: snapshot
-            .suspended
-            .iter()
-            .map(|(id, suspended)| (id.clone(), json_to_pb(&suspended.suspend_payload)))
-            .collect(),
-        usage: Some(usage(&snapshot.usage)),
+        result: if fields.result { opt_json(&view.state.result) } else { None },
+        error: if fields.error { view.state.error.as_ref().map(error_info) } else { None },
+        steps: if fields.steps {
+            snapshot.steps.iter().map(|(id, record)| (id.clone(), step_record(record, fields))).collect()
+        } else {
+            Default::default()
+        },
+        suspended: if fields.suspended { suspended_paths(view) } else { Vec::new() },
+        suspend_payload: if fields.suspend_payload {
+            snapshot
+                .suspended
+                .iter()
+                .map(|(id, suspended)| (id.clone(), json_to_pb(&suspended.suspend_payload)))
+                .collect()
+        } else {
+            Default::default()
+        },
+        usage: fields.usage.then(|| usage(&snapshot.usage)),
         last_seq: view.last_seq,
         wait_expired,
-        input: Some(json_to_pb(&view.input)),
+        input: fields.input.then(|| json_to_pb(&view.input)),
         kind: run_kind(view.kind) as i32,
     }
 }

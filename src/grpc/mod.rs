@@ -40,6 +40,16 @@ pub struct ServiceConfig {
     /// After shutdown begins, how long connections get to drain before the server closes them anyway. A client
     /// that stopped reading holds its stream open (HTTP/2 flow control), and must not keep the server alive.
     pub shutdown_grace: Duration,
+    /// The largest request accepted; larger ones get RESOURCE_EXHAUSTED (before they are read).
+    pub max_request_bytes: usize,
+    /// The largest response sent (what clients decode by default is 4 MiB); a GetResult answer that would be
+    /// larger is RESOURCE_EXHAUSTED naming its size. Events are held to the registry's event limit.
+    pub max_response_bytes: usize,
+}
+
+impl ServiceConfig {
+    /// gRPC's customary message limit, the default of most clients (grpcurl, grpcio, tonic, grpc-go).
+    pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 }
 
 impl Default for ServiceConfig {
@@ -48,6 +58,8 @@ impl Default for ServiceConfig {
             max_result_wait: Duration::from_secs(60),
             cancel_settle: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
+            max_request_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
+            max_response_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
@@ -339,6 +351,7 @@ impl server::run_service_server::RunService for RunService {
     async fn get_result(&self, request: Request<pb::GetResultRequest>) -> Result<Response<pb::RunResult>, Status> {
         let deadline = grpc_timeout(request.metadata());
         let r = request.into_inner();
+        let fields = convert::ResultFields::parse(&r.fields).map_err(|problem| invalid_field("fields", problem))?;
         let run = self.registry.get(&r.run_id)?;
         let mut wait_expired = false;
         if r.wait {
@@ -359,7 +372,17 @@ impl server::run_service_server::RunService for RunService {
         }
         // Report only what a restart would find: the status and result are stored with the finish that announced them.
         run.stored().await;
-        Ok(Response::new(convert::run_result(&run.view(), wait_expired)))
+        let result = convert::run_result(&run.view(), wait_expired, &fields);
+        let size = prost::Message::encoded_len(&result);
+        if size > self.config.max_response_bytes {
+            return Err(status::response_too_large(
+                &format!("the result of run '{}'", r.run_id),
+                size,
+                self.config.max_response_bytes,
+                "ask for fewer parts with GetResultRequest.fields (e.g. [\"result\"], or without \"input\")",
+            ));
+        }
+        Ok(Response::new(result))
     }
 
     async fn get_run(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::RunInfo>, Status> {

@@ -23,7 +23,7 @@ use serde_json::Value;
 
 use super::{convert, convert_agent};
 use crate::{
-    engine::{Event, EventKind},
+    engine::{Event, EventKind, EventTooLarge},
     registry::{EventEncoder, LoggedEvent},
 };
 
@@ -87,13 +87,42 @@ impl Message for EncodedRunEvent {
     }
 }
 
-/// The stored form of events in a run's log: [`encode_body`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct WireEncoder;
+/// The stored form of events in a run's log: [`encode_body`]; events larger than `max_event_bytes` as streamed
+/// are refused.
+#[derive(Debug, Clone, Copy)]
+pub struct WireEncoder {
+    max_event_bytes: usize,
+}
+
+impl WireEncoder {
+    /// What clients decode by default (gRPC's customary 4 MiB message limit).
+    pub const DEFAULT_MAX_EVENT_BYTES: usize = 4 * 1024 * 1024;
+    /// Room left for what each stream adds to an event (run id, at most 128 bytes, and seq): a refused event is
+    /// one that would be larger than the limit as sent.
+    const ENVELOPE: usize = 160;
+
+    /// An encoder whose events, as streamed, are at most `max_event_bytes` long.
+    pub fn new(max_event_bytes: usize) -> Self {
+        Self { max_event_bytes }
+    }
+}
+
+impl Default for WireEncoder {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_MAX_EVENT_BYTES)
+    }
+}
 
 impl EventEncoder for WireEncoder {
     fn encode(&self, time: SystemTime, event: &Event, out: &mut Vec<u8>) {
         encode_body(time, event, out);
+    }
+
+    fn check_size(&self, body_bytes: usize) -> Result<(), EventTooLarge> {
+        if body_bytes.saturating_add(Self::ENVELOPE) > self.max_event_bytes {
+            return Err(EventTooLarge { size: body_bytes, limit: self.max_event_bytes });
+        }
+        Ok(())
     }
 }
 
@@ -543,7 +572,7 @@ mod cache_tests {
 
     #[tokio::test]
     async fn a_stream_sends_the_logged_bytes_with_its_run_id_and_seq() {
-        let log = Arc::new(crate::registry::EventLog::new(Arc::new(WireEncoder)));
+        let log = Arc::new(crate::registry::EventLog::new(Arc::new(WireEncoder::default())));
         let event = Event {
             source: EventSource::User,
             kind: EventKind::StepOutput { step_id: "s".into(), output: json!({ "i": 1 }) },

@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 
 use super::persist::{Persister, WithEvent};
 use crate::{
-    engine::{Event, EventKind, RunStatus},
+    engine::{Event, EventKind, EventTooLarge, RunStatus},
     store::StoredEvent,
 };
 
@@ -47,6 +47,13 @@ const MAX_CHUNK: usize = 64 * 1024;
 pub trait EventEncoder: Send + Sync + 'static {
     /// Appends the stored form of `event`, appended at `time`, to `out`.
     fn encode(&self, time: SystemTime, event: &Event, out: &mut Vec<u8>);
+
+    /// Refuses a writer's event whose stored form, `body_bytes` long, is too large to be streamed
+    /// ([`EventLog::try_append_with`]). Default: no limit.
+    fn check_size(&self, body_bytes: usize) -> Result<(), EventTooLarge> {
+        let _ = body_bytes;
+        Ok(())
+    }
 }
 
 /// One numbered event, as readers get it: its seq and its encoded bytes (a shared slice, cheap to clone).
@@ -181,6 +188,27 @@ impl EventLog {
     /// [`append`](Self::append), with a write the store must commit together with the event (a gated log queues
     /// both in one operation; an ungated log has no store and drops `with`).
     pub(super) fn append_with(&self, event: &Event, time: SystemTime, with: Option<WithEvent>) -> u64 {
+        self.append_encoded(event, time, with, false).unwrap_or_default()
+    }
+
+    /// [`append_with`](Self::append_with), unless the encoder finds the event too large
+    /// ([`EventEncoder::check_size`]): then nothing is appended (nor `with` queued).
+    pub(super) fn try_append_with(
+        &self,
+        event: &Event,
+        time: SystemTime,
+        with: Option<WithEvent>,
+    ) -> Result<u64, EventTooLarge> {
+        self.append_encoded(event, time, with, true)
+    }
+
+    fn append_encoded(
+        &self,
+        event: &Event,
+        time: SystemTime,
+        with: Option<WithEvent>,
+        checked: bool,
+    ) -> Result<u64, EventTooLarge> {
         let finish = match &event.kind {
             EventKind::WorkflowFinish { status, .. } => Some(*status),
             _ => None,
@@ -188,6 +216,10 @@ impl EventLog {
         SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
             self.encoder.encode(time, event, scratch);
+            if checked && let Err(too_large) = self.encoder.check_size(scratch.len()) {
+                *scratch = Vec::new();
+                return Err(too_large);
+            }
             let (seq, wake) = {
                 let mut inner = self.lock();
                 let bytes = inner.store(scratch);
@@ -213,7 +245,7 @@ impl EventLog {
                 // One huge event must not pin its size in every thread that ever encoded one.
                 *scratch = Vec::new();
             }
-            seq
+            Ok(seq)
         })
     }
 

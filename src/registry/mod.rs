@@ -92,7 +92,7 @@ impl std::fmt::Debug for RunRegistry {
 impl RunRegistry {
     /// A registry whose logs keep events in the gRPC wire encoding, the one transport runstream serves.
     pub fn new(catalog: WorkflowCatalog, clock: Arc<dyn Clock>) -> Arc<Self> {
-        Self::with_encoder(catalog, clock, Arc::new(crate::grpc::wire::WireEncoder))
+        Self::with_encoder(catalog, clock, Arc::new(crate::grpc::wire::WireEncoder::default()))
     }
 
     /// A registry whose logs keep events as `encoder` writes them (each event is encoded once, at append).
@@ -117,7 +117,16 @@ impl RunRegistry {
         clock: Arc<dyn Clock>,
         store: Arc<dyn RunStore>,
     ) -> Result<Arc<Self>, StoreError> {
-        let encoder: Arc<dyn EventEncoder> = Arc::new(crate::grpc::wire::WireEncoder);
+        Self::open_with_encoder(catalog, clock, store, Arc::new(crate::grpc::wire::WireEncoder::default()))
+    }
+
+    /// [`open`](Self::open), with logs that keep events as `encoder` writes them.
+    pub fn open_with_encoder(
+        catalog: WorkflowCatalog,
+        clock: Arc<dyn Clock>,
+        store: Arc<dyn RunStore>,
+        encoder: Arc<dyn EventEncoder>,
+    ) -> Result<Arc<Self>, StoreError> {
         let loaded = store.load()?;
         let persister = Persister::start(store)?;
         let mut runs = HashMap::new();
@@ -246,6 +255,7 @@ impl RunRegistry {
             RegistryError::WorkflowNotFound {
                 kind,
                 id: request.workflow_id.clone(),
+                actual: self.catalog.get(&request.workflow_id).map(|wf| wf.kind()),
                 available: self
                     .catalog
                     .list()
@@ -260,7 +270,7 @@ impl RunRegistry {
         } else {
             validate_run_id("run_id", &request.run_id)?;
             if let Some(existing) = self.find(&request.run_id) {
-                return attach(existing, &request.workflow_id);
+                return attach(existing, &request.workflow_id, &request.input);
             }
             if let Some(stored_workflow) = self.unserved.get(&request.run_id) {
                 return Err(RegistryError::RunIdTaken {
@@ -289,7 +299,7 @@ impl RunRegistry {
             if let Some(existing) = runs.get(&run_id) {
                 let existing = existing.clone();
                 drop(runs);
-                return attach(existing, &request.workflow_id);
+                return attach(existing, run.workflow().id(), run.input());
             }
             runs.insert(run_id, run.clone());
         }
@@ -348,15 +358,18 @@ impl RunRegistry {
     }
 }
 
-/// Attaching to an existing run by id is only allowed for the same workflow: a different one means the caller
-/// reused an id by mistake.
-fn attach(existing: Arc<Run>, workflow_id: &str) -> Result<(Arc<Run>, Started), RegistryError> {
-    if &**existing.workflow().id() != workflow_id {
+/// Attaching to an existing run by id is only for a retry of the start that created it (same workflow, same
+/// input): anything else means the caller reused an id by mistake, and attaching would show another run's events.
+fn attach(existing: Arc<Run>, workflow_id: &str, input: &Value) -> Result<(Arc<Run>, Started), RegistryError> {
+    if **existing.workflow().id() != *workflow_id {
         return Err(RegistryError::RunIdTaken {
             run_id: existing.id().to_string(),
             existing: existing.workflow().id().to_string(),
-            requested: workflow_id.to_string(),
+            requested: workflow_id.to_owned(),
         });
+    }
+    if existing.input() != input {
+        return Err(RegistryError::RunIdInUse { run_id: existing.id().to_string(), status: existing.status() });
     }
     Ok((existing, Started::Existing))
 }

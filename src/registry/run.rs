@@ -27,8 +27,8 @@ use super::{
 use crate::{
     clock::Clock,
     engine::{
-        ErrorInfo, Event, EventKind, EventSink, EventSource, Phase, PhaseOutcome, ResumeRequest, ResumeTarget, RunKind,
-        RunSnapshot, RunStatus, StepRecord, StepStatus, Workflow, execute_phase,
+        ErrorInfo, Event, EventKind, EventSink, EventSource, EventTooLarge, Phase, PhaseOutcome, ResumeRequest,
+        ResumeTarget, RunKind, RunSnapshot, RunStatus, StepRecord, StepStatus, Workflow, execute_phase,
         executor::{CANCEL_REASON, panic_text},
         recovered_snapshot,
     },
@@ -183,6 +183,11 @@ impl Run {
 
     pub fn workflow(&self) -> &Arc<Workflow> {
         &self.spec.workflow
+    }
+
+    /// The input the run was started with.
+    pub fn input(&self) -> &Value {
+        &self.spec.input
     }
 
     pub fn resource_id(&self) -> &str {
@@ -489,9 +494,21 @@ impl EventSink for Run {
     }
 
     fn emit_ref(&self, event: &Event) {
+        let _ = self.append(event, false);
+    }
+
+    fn try_emit_ref(&self, event: &Event) -> Result<(), EventTooLarge> {
+        self.append(event, true)
+    }
+}
+
+impl Run {
+    /// Appends an engine event to the log (refused when `checked` and too large for the encoder), with what goes
+    /// with it: status changes of sleeps, a step's checkpoint.
+    fn append(&self, event: &Event, checked: bool) -> Result<(), EventTooLarge> {
         match &event.kind {
             // The executor's last event of a canceled phase: `finish_phase` logs it with the finish, in one commit.
-            EventKind::WorkflowCanceled { .. } => return,
+            EventKind::WorkflowCanceled { .. } => return Ok(()),
             EventKind::StepWaiting { .. } => self.set_status_if(RunStatus::Running, RunStatus::Waiting),
             // Only a run a sleep made WAITING needs the state lock here; every other step result skips it.
             EventKind::StepResult { .. } if self.waiting.load(Ordering::Acquire) => {
@@ -507,7 +524,12 @@ impl EventSink for Run {
             }
             _ => None,
         };
-        self.log.append_with(event, self.clock.now(), checkpoint);
+        if checked {
+            self.log.try_append_with(event, self.clock.now(), checkpoint)?;
+        } else {
+            self.log.append_with(event, self.clock.now(), checkpoint);
+        }
+        Ok(())
     }
 }
 

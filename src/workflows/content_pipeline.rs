@@ -107,8 +107,8 @@ fn track_progress() -> Step {
             "status": "done",
             "progress_percent": 50,
             "analysis_words": analysis.split_whitespace().count(),
-        }));
-        ctx.writer().custom("progress", json!({ "stage": "publish", "status": "starting", "progress_percent": 75 }));
+        }))?;
+        ctx.writer().custom("progress", json!({ "stage": "publish", "status": "starting", "progress_percent": 75 }))?;
         Ok(StepOutcome::Done(json!({ "analysis": analysis })))
     })
     .description("Reports progress: the analysis is done, publishing starts.")

@@ -23,7 +23,8 @@ pub fn workflow() -> Arc<Workflow> {
                 "orderId": { "type": "string" },
                 "amount": { "type": "number" },
                 "delayMs": delay_schema()
-            }
+            },
+            "additionalProperties": false
         }))
         .output_schema(json!({
             "type": "object",
@@ -45,7 +46,7 @@ fn approve() -> Step {
     Step::new("approve", |ctx| async move {
         match ctx.resume_data() {
             None => {
-                ctx.writer().write(json!({ "note": "about to suspend" }));
+                ctx.writer().write(json!({ "note": "about to suspend" }))?;
                 Ok(StepOutcome::suspend(json!({ "reason": "needs approval", "amount": ctx.input()["amount"] })))
             }
             Some(decision) => {

@@ -25,7 +25,8 @@ pub fn workflow() -> Arc<Workflow> {
         .input_schema(json!({
             "type": "object",
             "required": ["count"],
-            "properties": { "count": { "type": "integer", "minimum": 0 } }
+            "properties": { "count": { "type": "integer", "minimum": 0 } },
+            "additionalProperties": false
         }))
         .then(flood())
         .commit()
@@ -38,7 +39,7 @@ fn flood() -> Step {
         for k in 0..count {
             let mut m = Map::new();
             m.insert("i".to_owned(), Value::from(k));
-            writer.write(Value::Object(m));
+            writer.write(Value::Object(m))?;
             if k % CHECK_EVERY == CHECK_EVERY - 1 {
                 if ctx.is_canceled() {
                     break;

@@ -195,7 +195,7 @@ pub fn assert_status<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code:
 
 pub async fn get_result(client: &mut Client, run_id: &str, wait: bool) -> pb::RunResult {
     client
-        .get_result(pb::GetResultRequest { run_id: run_id.into(), wait, max_wait: None })
+        .get_result(pb::GetResultRequest { run_id: run_id.into(), wait, max_wait: None, fields: vec![] })
         .await
         .expect("GetResult")
         .into_inner()

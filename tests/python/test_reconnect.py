@@ -11,6 +11,10 @@ Scenarios:
              live and suspended, resume it from another channel: the re-attached stream follows through the
              resume to the end, every seq exactly once.
   errors     ResumeStream on a finished run, an unknown workflow, input that fails the schema.
+  limits     with grpcio's default 4 MiB receive limit: an `order-approval` whose input is ~2.5 MB streams, resumes
+             and its GetResult is readable (the input once); asking for the step inputs too is RESOURCE_EXHAUSTED
+             naming the size and the limit, and so is a 5 MB request; a run id reused with other input is
+             ALREADY_EXISTS; an unknown input field is named.
 
 Prints one line per check (PASS/FAIL) and exits non-zero if any check failed.
 """
@@ -369,6 +373,68 @@ def run_scenario(name, fn, *args):
         return None
 
 
+def scenario_limits(addr):
+    channel = grpc.insecure_channel(addr)  # grpcio's defaults: 4 MiB per received message
+    stub = service_pb2_grpc.RunServiceStub(channel)
+    run_id = f"py-large-{uuid.uuid4()}"
+    print(f"-- limits: order-approval with a ~2.5 MB orderId, run_id={run_id}", flush=True)
+    big = {"orderId": "o" * 2_500_000, "amount": 5}
+    events = list(stub.StreamRun(
+        service_pb2.StreamRunRequest(workflow_id="order-approval", run_id=run_id, input=to_value(big)),
+        timeout=CALL_TIMEOUT))
+    check("limits: the large run suspends", kind(events[-1]) == "workflow_finish"
+          and events[-1].workflow_finish.status == common_pb2.RUN_STATUS_SUSPENDED, describe(events[-1]))
+    resumed = list(stub.ResumeStream(
+        service_pb2.ResumeStreamRequest(run_id=run_id, resume_data=to_value({"approved": True, "approver": "ada"})),
+        timeout=CALL_TIMEOUT))
+    check("limits: the large run resumes to SUCCESS",
+          resumed[-1].workflow_finish.status == common_pb2.RUN_STATUS_SUCCESS, describe(resumed[-1]))
+    result = stub.GetResult(service_pb2.GetResultRequest(run_id=run_id), timeout=CALL_TIMEOUT)
+    check("limits: GetResult of the large run is readable",
+          from_value(result.result) == {"status": "approved by ada"} and result.ByteSize() < 4 * 1024 * 1024,
+          f"{result.ByteSize()} bytes")
+    check("limits: the input comes once", len(from_value(result.input)["orderId"]) == 2_500_000
+          and not result.steps["prepare"].HasField("input") and not result.steps["prepare"].HasField("output"))
+    try:
+        stub.GetResult(service_pb2.GetResultRequest(run_id=run_id, fields=["input", "steps.input", "steps.output"]),
+                       timeout=CALL_TIMEOUT)
+        check("limits: a too large GetResult is refused", False, "it was answered")
+    except grpc.RpcError as err:
+        check("limits: a too large GetResult is RESOURCE_EXHAUSTED naming the limit",
+              err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "4194304-byte response limit" in err.details()
+              and "fields" in err.details(), f"{err.code().name}: {err.details()[:300]}")
+    only = stub.GetResult(service_pb2.GetResultRequest(run_id=run_id, fields=["result"]), timeout=CALL_TIMEOUT)
+    check("limits: fields=[result] gives just the result",
+          from_value(only.result) == {"status": "approved by ada"} and not only.HasField("input") and not only.steps)
+    try:
+        list(stub.StreamRun(service_pb2.StreamRunRequest(
+            workflow_id="order-approval", input=to_value({"orderId": "o" * 5_000_000, "amount": 5})),
+            timeout=CALL_TIMEOUT))
+        check("limits: a 5 MB request is refused", False, "it was accepted")
+    except grpc.RpcError as err:
+        check("limits: a 5 MB request is RESOURCE_EXHAUSTED naming the limit",
+              err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "4194304-byte request limit" in err.details()
+              and "--max-request-bytes" in err.details(), f"{err.code().name}: {err.details()[:300]}")
+    try:
+        list(stub.StreamRun(service_pb2.StreamRunRequest(
+            workflow_id="order-approval", run_id=run_id, input=to_value({"orderId": "other", "amount": 5})),
+            timeout=CALL_TIMEOUT))
+        check("limits: a reused run id with other input is refused", False, "it attached")
+    except grpc.RpcError as err:
+        check("limits: a reused run id with other input is ALREADY_EXISTS",
+              err.code() == grpc.StatusCode.ALREADY_EXISTS and "ObserveStream" in err.details(),
+              f"{err.code().name}: {err.details()[:300]}")
+    try:
+        list(stub.StreamRun(service_pb2.StreamRunRequest(
+            workflow_id="chain", input=to_value({"value": 1, "delayMS": 3000})), timeout=CALL_TIMEOUT))
+        check("limits: a typo in the input is refused", False, "it ran")
+    except grpc.RpcError as err:
+        check("limits: a typo in the input is INVALID_ARGUMENT naming it",
+              err.code() == grpc.StatusCode.INVALID_ARGUMENT and "input.delayMS" in err.details(),
+              f"{err.code().name}: {err.details()[:300]}")
+    channel.close()
+
+
 def main():
     addr = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("RUNSTREAM_ADDR")
     if not addr:
@@ -379,6 +445,7 @@ def main():
     order_run = run_scenario("suspend/resume", scenario_suspend_resume, addr)
     run_scenario("live", scenario_live_reattach, addr)
     run_scenario("errors", scenario_errors, addr, order_run or flood_run)
+    run_scenario("limits", scenario_limits, addr)
     if FAILURES:
         print(f"{len(FAILURES)} check(s) FAILED:", flush=True)
         for name in FAILURES:
