@@ -372,7 +372,7 @@ async fn an_approved_booking_runs_after_the_resume() {
     // Usage spans both phases.
     let run = get_result(&mut client, &run_id, false).await;
     let calls: u64 =
-        run.steps["concierge"].output.as_ref().map(|o| json(&Some(o.clone()))).unwrap()["usage"]["total_tokens"]
+        run.steps["concierge"].output.as_ref().map(|o| json(&Some(o.clone()))).unwrap()["usage"]["totalTokens"]
             .as_u64()
             .unwrap();
     assert_eq!(run.usage.map(|u| u.total_tokens), Some(calls));

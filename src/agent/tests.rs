@@ -782,6 +782,21 @@ mod approvals_guardrails_and_structured_output {
         assert_eq!(second.last(), Some(&Message::tool_result("c1", "book", r#"{"booked":"tour"}"#)));
     }
 
+    /// A state a build before issue 10 saved (its usage in snake_case) resumes with the usage it had.
+    #[tokio::test]
+    async fn a_state_saved_with_snake_case_usage_resumes_with_its_usage() {
+        let model = Scripted::new(booking_calls());
+        let (agent, state) = until_approval(model.clone()).await;
+        let old = crate::engine::with_old_usage_keys(state);
+        assert_eq!(old["total"]["total_tokens"], 7, "{old}");
+        let data = json!({ "approved": true });
+        let (outcome, lines) =
+            run_with(&agent, AgentInput::Resume { state: old, data }, &AgentOptions::default()).await;
+        assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
+        assert_eq!(outcome.usage.total_tokens, 16, "usage of the call before the suspension is kept");
+        assert_eq!(lines[1], r#"step-finish 1 ToolCalls "" continued"#);
+    }
+
     #[tokio::test]
     async fn a_declined_call_is_denied_and_the_model_is_told_why() {
         let model = Scripted::new(booking_calls());

@@ -26,6 +26,8 @@ pub use agent_event::{
 };
 pub use catalog::WorkflowCatalog;
 pub use error::{ResumeError, SchemaViolation};
+#[cfg(test)]
+pub(crate) use event::with_old_usage_keys;
 pub use event::{ErrorInfo, Event, EventKind, EventSink, EventSource, RunStatus, StepStatus, Usage};
 pub use executor::{Phase, PhaseOutcome, execute_phase, recovered_snapshot};
 pub use snapshot::{ResumeRequest, ResumeTarget, RunSnapshot, StepRecord, SuspendedStep};

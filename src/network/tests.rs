@@ -510,7 +510,7 @@ async fn research_network_runs_each_named_primitive_in_order_and_adds_up_usage()
     assert_eq!(result["result"], published);
     assert_eq!(result["completion_reason"], json!("task complete"));
     assert_eq!(result["iterations"], json!(4));
-    assert_eq!(result["usage"]["total_tokens"], json!(usage.total_tokens));
+    assert_eq!(result["usage"]["totalTokens"], json!(usage.total_tokens));
     assert!(result.get("object").is_none());
 }
 
@@ -1184,7 +1184,29 @@ async fn travel_network_suspends_for_each_wait_and_resumes_where_it_stopped() {
     assert_eq!(out4.snapshot.usage, model.total());
     let result = out4.result.unwrap();
     assert_eq!((result["result"].clone(), result["iterations"].clone()), (booking, json!(4)));
-    assert_eq!(result["usage"]["total_tokens"], json!(model.total().total_tokens));
+    assert_eq!(result["usage"]["totalTokens"], json!(model.total().total_tokens));
+}
+
+/// A travel network suspended by a build before issue 10 (the run's snapshot, the network's saved state, the
+/// delegated agent's and the nested workflow run's, all with snake_case usage) resumes at each wait and ends with
+/// the same result and usage as a run that never left this build.
+#[tokio::test]
+async fn a_network_suspended_by_an_older_build_resumes_with_its_usage() {
+    let wf = workflow(travel::travel_network_with(Arc::new(OfflineModel::new())));
+    let (mut current, _) = run(&wf, json!({ "task": TRAVEL_TASK })).await;
+    let mut old = current.clone();
+    let decisions =
+        [json!({ "approved": true }), json!({ "approved": true, "approver": "ann" }), json!({ "approved": true })];
+    for (phase, data) in (2..).zip(decisions) {
+        let stored = crate::engine::with_old_usage_keys(serde_json::to_value(&old.snapshot).unwrap());
+        old.snapshot = serde_json::from_value(stored).unwrap();
+        assert_eq!(old.snapshot.usage, current.snapshot.usage);
+        (old, _) = resume_travel(&wf, &old, data.clone(), phase).await;
+        (current, _) = resume_travel(&wf, &current, data, phase).await;
+        assert_eq!((old.status, old.snapshot.usage), (current.status, current.snapshot.usage), "phase {phase}");
+    }
+    assert_eq!(current.status, RunStatus::Success, "{:?}", current.error);
+    assert_eq!(old.result, current.result);
 }
 
 #[tokio::test]

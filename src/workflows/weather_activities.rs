@@ -138,7 +138,7 @@ mod tests {
         assert_eq!(result["text"], json!(deltas));
         assert!(deltas.contains("Plan three activities for a day in Paris"), "{deltas}");
         assert!(deltas.contains(weather["conditions"].as_str().unwrap()), "{deltas}");
-        assert!(result["usage"]["total_tokens"].as_u64().unwrap() > 0);
+        assert!(result["usage"]["totalTokens"].as_u64().unwrap() > 0);
     }
 
     #[tokio::test]
