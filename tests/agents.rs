@@ -140,7 +140,7 @@ async fn an_agent_run_streams_reasoning_then_text_in_the_run_envelope() {
     assert_eq!(finish.usage.map(|u| u.total_tokens), Some(usage.total_tokens));
     let result = finish_result(&events[n - 1]);
     assert_eq!(result["text"], json!(text));
-    assert_eq!(result["finish_reason"], "stop");
+    assert_eq!(result["finishReason"], "stop");
     let run = get_result(&mut client, &events[0].run_id, false).await;
     assert_eq!((run.kind, run.workflow_id.as_str()), (pb::RunKind::Agent as i32, "assistant"));
     assert_eq!(run.usage.map(|u| u.total_tokens), Some(usage.total_tokens));
@@ -225,7 +225,7 @@ async fn a_report_cites_its_tool_as_a_source_and_attaches_a_csv_file() {
     assert_eq!(file.mime_type, "text/csv");
     let csv = String::from_utf8(file.data).expect("utf-8");
     let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some("tool,city,conditions,humidity,temperature,wind_kph"));
+    assert_eq!(lines.next(), Some("tool,city,conditions,humidity,temperature,windKph"));
     assert!(lines.next().is_some_and(|row| row.starts_with("get-weather,Paris,")), "{csv}");
     let text: String = texts(&events).collect();
     assert!(text.ends_with("The results are attached as a CSV file."), "{text}");
@@ -320,7 +320,7 @@ async fn until_approval(client: &mut Client) -> (String, u64) {
     assert_eq!(suspended.step_id, "concierge");
     let payload = json(&suspended.suspend_payload);
     assert_eq!(payload["reason"], "tool-call-approval");
-    assert_eq!(payload["tool_call_id"].as_str(), Some(approval.tool_call_id.as_str()));
+    assert_eq!(payload["toolCallId"].as_str(), Some(approval.tool_call_id.as_str()));
     assert!(payload.get("conversation").is_none(), "the agent's state is private");
     assert_eq!(finish_status(&events[n - 1]), Some(pb::RunStatus::Suspended));
     (events[0].run_id.clone(), events[n - 1].seq)
@@ -423,8 +423,8 @@ async fn a_tool_that_suspends_itself_resumes_with_the_guests_answer() {
     assert_eq!(json(&step.resume_schema), schema);
     let step_payload = json(&step.suspend_payload);
     assert_eq!(step_payload["reason"], "tool-call-suspended");
-    assert_eq!(step_payload["tool_call_id"].as_str(), Some(suspended.tool_call_id.as_str()));
-    assert_eq!(step_payload["suspend_payload"], payload);
+    assert_eq!(step_payload["toolCallId"].as_str(), Some(suspended.tool_call_id.as_str()));
+    assert_eq!(step_payload["suspendPayload"], payload);
     assert_eq!(finish_status(&events[n - 1]), Some(pb::RunStatus::Suspended));
     let (run_id, last) = (events[0].run_id.clone(), events[n - 1].seq);
     assert_eq!(status_of(&get_result(&mut client, &run_id, false).await), pb::RunStatus::Suspended);

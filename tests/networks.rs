@@ -298,7 +298,7 @@ async fn research_network_streams_every_delegation_in_order_with_usage_adding_up
     assert_eq!((result.kind, status_of(&result)), (pb::RunKind::Network as i32, pb::RunStatus::Success));
     assert_eq!(result.usage.map(|u| u.total_tokens), Some(total));
     let output = json(&result.result);
-    assert_eq!((output["completion_reason"].clone(), output["iterations"].clone()), (json!("task complete"), json!(4)));
+    assert_eq!((output["completionReason"].clone(), output["iterations"].clone()), (json!("task complete"), json!(4)));
     server.stop().await;
 }
 
@@ -399,7 +399,7 @@ async fn content_pipeline_streams_the_analysis_progress_and_the_publish_ready_re
         Event::StepOutput(o) => Some(json(&o.output)),
         _ => None,
     });
-    assert!(output["progress_percent"].is_number(), "{output}");
+    assert!(output["progressPercent"].is_number(), "{output}");
     let custom = first(&events, |e| match e {
         Event::Custom(c) => Some(c.clone()),
         _ => None,
@@ -492,8 +492,8 @@ async fn travel_network_suspends_for_each_wait_and_resume_stream_continues_it_to
     assert!(agent_so_far > 0);
     let (payload, schema) = suspended(&phase1);
     assert_eq!(payload["reason"], "agent-execution-approval");
-    assert_eq!((payload["iteration"].clone(), payload["agent_id"].clone()), (json!(1), json!("concierge")));
-    assert_eq!(payload["tool_call_id"], json!(call.tool_call_id));
+    assert_eq!((payload["iteration"].clone(), payload["agentId"].clone()), (json!(1), json!("concierge")));
+    assert_eq!(payload["toolCallId"], json!(call.tool_call_id));
     assert!(payload.get("conversation").is_none() && payload.get("state").is_none(), "the loop's state is private");
     assert_eq!(schema, json(&call.resume_schema), "the run resumes with the approval's data");
     let result = get_result(&mut client, &run_id, false).await;
@@ -566,7 +566,7 @@ async fn travel_network_suspends_for_each_wait_and_resume_stream_continues_it_to
     assert!(wf_suspended.usage.is_some() && !wf_suspended.selection_reason.is_empty());
     let (payload, schema) = suspended(&phase2);
     assert_eq!(
-        (payload["reason"].clone(), payload["step"].clone(), payload["workflow_run_id"].clone()),
+        (payload["reason"].clone(), payload["step"].clone(), payload["workflowRunId"].clone()),
         (json!("workflow-execution-suspended"), json!("approve"), json!(wf_start.workflow_run_id))
     );
     assert_eq!(schema["required"], json!(["approved", "approver"]), "the nested step's resume schema");
@@ -679,7 +679,7 @@ async fn travel_network_suspends_for_each_wait_and_resume_stream_continues_it_to
     assert_eq!(result.usage.map(|u| u.total_tokens), Some(total), "the run counts every call once, over all phases");
     let output = json(&result.result);
     assert_eq!((output["result"].clone(), output["iterations"].clone()), (booking, json!(4)));
-    assert_eq!(output["completion_reason"], "task complete");
+    assert_eq!(output["completionReason"], "task complete");
     server.stop().await;
 }
 

@@ -460,7 +460,7 @@ fn agent_step_with(
                         "text": outcome.text,
                         "usage": outcome.usage,
                         "steps": outcome.steps,
-                        "finish_reason": reason.as_str(),
+                        "finishReason": reason.as_str(),
                     });
                     if let Some(object) = outcome.object {
                         output["object"] = object;
@@ -471,8 +471,8 @@ fn agent_step_with(
                     ctx.save_state(state);
                     let payload = json!({
                         "reason": "tool-call-approval",
-                        "tool_call_id": &*approval.tool_call_id,
-                        "tool_name": &*approval.tool_name,
+                        "toolCallId": &*approval.tool_call_id,
+                        "toolName": &*approval.tool_name,
                         "args": approval.args,
                     });
                     Ok(StepOutcome::suspend(payload).with_resume_schema(APPROVAL_SCHEMA.clone()))
@@ -483,10 +483,10 @@ fn agent_step_with(
                     let schema = agent.find_tool(&suspended.tool_name).and_then(|t| t.resume_schema.clone());
                     let payload = json!({
                         "reason": "tool-call-suspended",
-                        "tool_call_id": &*suspended.tool_call_id,
-                        "tool_name": &*suspended.tool_name,
+                        "toolCallId": &*suspended.tool_call_id,
+                        "toolName": &*suspended.tool_name,
                         "args": suspended.args,
-                        "suspend_payload": suspended.suspend_payload,
+                        "suspendPayload": suspended.suspend_payload,
                     });
                     Ok(match schema {
                         Some(schema) => StepOutcome::suspend(payload).with_resume_schema(schema),
@@ -494,7 +494,7 @@ fn agent_step_with(
                     })
                 }
                 AgentEnd::Tripwire { reason, processor_id } => Err(StepError::tripwire(reason)
-                    .with_details(json!({ "processor_id": processor_id, "agent_id": &*agent.id }))),
+                    .with_details(json!({ "processorId": processor_id, "agentId": &*agent.id }))),
                 // The model client already retried transient failures; running the whole agent again would repeat
                 // its streamed chunks and tool calls.
                 AgentEnd::Failed(error) => Err(StepError::new(error.message).non_retryable()),
@@ -528,7 +528,7 @@ fn with_resume_schemas(step: Step, agent: &Agent) -> Step {
 /// Input: `{"prompt": "..."}` or `{"messages": [{"role": "user", "content": "..."}, ...]}` (both: the prompt is
 /// appended as a last user message), and optionally `"output_schema"` (a JSON Schema: structured output) and
 /// `"reasoning_effort"` (`low`, `medium`, `high`, or `hidden`: see [`ReasoningEffort::Hidden`]). Result:
-/// `{"text", "usage", "steps", "finish_reason", "object"?}`.
+/// `{"text", "usage", "steps", "finishReason", "object"?}`.
 pub fn workflow(agent: Arc<Agent>) -> Arc<Workflow> {
     let step = agent_step_with(agent.id.to_string(), Arc::clone(&agent), |input| {
         agent_run_input(input).map_err(|e| StepError::new(e.to_string()).non_retryable())

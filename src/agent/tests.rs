@@ -641,7 +641,7 @@ mod as_a_step {
                 "text": "hi",
                 "usage": Usage { input_tokens: 2, output_tokens: 1, total_tokens: 3, ..Usage::default() },
                 "steps": 1,
-                "finish_reason": "stop",
+                "finishReason": "stop",
             })
         );
         assert_eq!(agent_lines(&events).len(), 7);
@@ -1031,7 +1031,7 @@ mod approvals_guardrails_and_structured_output {
         let (outcome, lines) = run_with(&agent, AgentInput::Resume { state, data }, &AgentOptions::default()).await;
         assert_eq!(
             lines[0],
-            r#"tool-result call_offline_1 {"city":"Porto","guests":4,"reservation_id":"rt-call_offline_1","status":"confirmed","time":"19:30"}"#
+            r#"tool-result call_offline_1 {"city":"Porto","guests":4,"reservationId":"rt-call_offline_1","status":"confirmed","time":"19:30"}"#
         );
         assert!(outcome.text.contains("reserve-table returned"), "{}", outcome.text);
         assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));

@@ -64,12 +64,12 @@
 //!   wait, the network waits for the first (in path order); the others follow, one suspension each.
 //!
 //! The step's suspend payload says what is awaited: `{"reason": "agent-execution-approval", "iteration",
-//! "agent_id", "tool_call_id", "tool_name", "args"}`, `{"reason": "tool-execution-approval", "iteration",
-//! "tool_call_id", "tool_name", "args"}` or `{"reason": "workflow-execution-suspended", "iteration",
-//! "workflow_id", "workflow_run_id", "step", "suspend_payload", "for_each_index"?}`; for a tool that suspended
-//! itself, `{"reason": "agent-execution-suspended", "iteration", "agent_id", "tool_call_id", "tool_name",
-//! "suspend_payload"}` or `{"reason": "tool-execution-suspended", "iteration", "tool_call_id", "tool_name",
-//! "suspend_payload"}`. Its resume schema is the approval's (`{"approved": bool, "reason"?: string}`), the nested
+//! "agentId", "toolCallId", "toolName", "args"}`, `{"reason": "tool-execution-approval", "iteration",
+//! "toolCallId", "toolName", "args"}` or `{"reason": "workflow-execution-suspended", "iteration",
+//! "workflowId", "workflowRunId", "step", "suspendPayload", "forEachIndex"?}`; for a tool that suspended
+//! itself, `{"reason": "agent-execution-suspended", "iteration", "agentId", "toolCallId", "toolName",
+//! "suspendPayload"}` or `{"reason": "tool-execution-suspended", "iteration", "toolCallId", "toolName",
+//! "suspendPayload"}`. Its resume schema is the approval's (`{"approved": bool, "reason"?: string}`), the nested
 //! step's or the tool's, so `ResumeStream` refuses data that does not fit. The loop's state (the iteration, the router's conversation, the delegations so far, the usage, and
 //! the waiting primitive's own state: the agent loop's, or the nested run's snapshot) goes into the run's snapshot
 //! through [`StepContext::save_state`](crate::engine::StepContext::save_state), never into the payload.
@@ -458,7 +458,7 @@ pub fn network_input(input: &Value) -> Result<NetworkInput, SchemaViolation> {
 /// A workflow step (id: the network's id) that runs `network` on its input (`{"task", "output_schema"?}`),
 /// streaming every network event through the step's writer.
 ///
-/// Output: `{"result", "object"?, "completion_reason", "iterations", "usage"}`. A failed network fails the step,
+/// Output: `{"result", "object"?, "completionReason", "iterations", "usage"}`. A failed network fails the step,
 /// and is not retried (a retry would run every delegation again); a canceled one returns an error that the executor,
 /// seeing the cancel, reports as a canceled step.
 pub fn network_step(network: Arc<Network>) -> Step {
@@ -488,7 +488,7 @@ pub fn network_step(network: Arc<Network>) -> Step {
                 NetworkEnd::Complete | NetworkEnd::MaxIterations => {
                     let mut output = json!({
                         "result": outcome.result,
-                        "completion_reason": outcome.end.completion_reason(),
+                        "completionReason": outcome.end.completion_reason(),
                         "iterations": outcome.iterations,
                         "usage": outcome.usage,
                     });

@@ -508,7 +508,7 @@ async fn research_network_runs_each_named_primitive_in_order_and_adds_up_usage()
 
     let result = out.result.unwrap();
     assert_eq!(result["result"], published);
-    assert_eq!(result["completion_reason"], json!("task complete"));
+    assert_eq!(result["completionReason"], json!("task complete"));
     assert_eq!(result["iterations"], json!(4));
     assert_eq!(result["usage"]["totalTokens"], json!(usage.total_tokens));
     assert!(result.get("object").is_none());
@@ -994,9 +994,9 @@ async fn travel_network_suspends_for_each_wait_and_resumes_where_it_stopped() {
         json!({
             "reason": "agent-execution-approval",
             "iteration": 1,
-            "agent_id": "concierge",
-            "tool_call_id": "call_offline_1",
-            "tool_name": "book-activity",
+            "agentId": "concierge",
+            "toolCallId": "call_offline_1",
+            "toolName": "book-activity",
             "args": booking_args(),
         }),
         "what is awaited, and nothing of the loop's state"
@@ -1080,10 +1080,10 @@ async fn travel_network_suspends_for_each_wait_and_resumes_where_it_stopped() {
         json!({
             "reason": "workflow-execution-suspended",
             "iteration": 2,
-            "workflow_id": "order-approval",
-            "workflow_run_id": &*start_run_id,
+            "workflowId": "order-approval",
+            "workflowRunId": &*start_run_id,
             "step": "approve",
-            "suspend_payload": { "reason": "needs approval", "amount": 90 },
+            "suspendPayload": { "reason": "needs approval", "amount": 90 },
         })
     );
     // The resume data is the nested step's: its schema applies.
@@ -1144,8 +1144,8 @@ async fn travel_network_suspends_for_each_wait_and_resumes_where_it_stopped() {
         json!({
             "reason": "tool-execution-approval",
             "iteration": 3,
-            "tool_call_id": "travel-network-book-activity-3",
-            "tool_name": "book-activity",
+            "toolCallId": "travel-network-book-activity-3",
+            "toolName": "book-activity",
             "args": booking_args(),
         })
     );
@@ -1155,7 +1155,7 @@ async fn travel_network_suspends_for_each_wait_and_resumes_where_it_stopped() {
     let (out4, events) = resume_travel(&wf, &out3, json!({ "approved": true }), 4).await;
     let net = network_events(&events, travel::ID);
     let booking = json!({
-        "booking_id": "bk-travel-network-book-activity-3",
+        "bookingId": "bk-travel-network-book-activity-3",
         "activity": booking_args()["activity"],
         "city": "Lisbon",
         "status": "confirmed",
@@ -1279,7 +1279,7 @@ async fn a_delegated_workflow_with_two_waiting_steps_suspends_the_network_for_ea
     let (out1, events) = run(&wf, input.clone()).await;
     let net = network_events(&events, "net");
     let (payload, schema) = suspension(&out1, "net");
-    assert_eq!((payload["step"].clone(), payload["suspend_payload"].clone()), (json!("a"), json!({ "at": "a" })));
+    assert_eq!((payload["step"].clone(), payload["suspendPayload"].clone()), (json!("a"), json!({ "at": "a" })));
     assert_eq!(schema, None, "the nested step declares none: any resume data");
     let run_id = find(&net, |e| match e {
         NetworkEvent::WorkflowExecutionStart { workflow_run_id, .. } => Some(Arc::clone(workflow_run_id)),
@@ -1290,7 +1290,7 @@ async fn a_delegated_workflow_with_two_waiting_steps_suspends_the_network_for_ea
     let (out2, events) = resume(&wf, input.clone(), &out1, req("", json!("A")), 2).await.unwrap();
     let net = network_events(&events, "net");
     let (payload, _) = suspension(&out2, "net");
-    assert_eq!((payload["step"].clone(), payload["workflow_run_id"].clone()), (json!("b"), json!(&*run_id)));
+    assert_eq!((payload["step"].clone(), payload["workflowRunId"].clone()), (json!("b"), json!(&*run_id)));
     assert_eq!(
         lines(&net),
         [

@@ -63,15 +63,15 @@ pub fn workflow_with(analyst: Arc<Agent>) -> Arc<Workflow> {
         }))
         .output_schema(json!({
             "type": "object",
-            "required": ["title", "summary", "body", "type", "analysis", "word_count", "reading_time_minutes", "status"],
+            "required": ["title", "summary", "body", "type", "analysis", "wordCount", "readingTimeMinutes", "status"],
             "properties": {
                 "title": { "type": "string" },
                 "summary": { "type": "string" },
                 "body": { "type": "string" },
                 "type": { "enum": TYPES },
                 "analysis": { "type": "string" },
-                "word_count": { "type": "integer" },
-                "reading_time_minutes": { "type": "integer" },
+                "wordCount": { "type": "integer" },
+                "readingTimeMinutes": { "type": "integer" },
                 "status": { "const": "ready" }
             }
         }))
@@ -105,10 +105,10 @@ fn track_progress() -> Step {
         ctx.writer().write(json!({
             "stage": "analyze-content",
             "status": "done",
-            "progress_percent": 50,
-            "analysis_words": analysis.split_whitespace().count(),
+            "progressPercent": 50,
+            "analysisWords": analysis.split_whitespace().count(),
         }));
-        ctx.writer().custom("progress", json!({ "stage": "publish", "status": "starting", "progress_percent": 75 }));
+        ctx.writer().custom("progress", json!({ "stage": "publish", "status": "starting", "progressPercent": 75 }));
         Ok(StepOutcome::Done(json!({ "analysis": analysis })))
     })
     .description("Reports progress: the analysis is done, publishing starts.")
@@ -127,9 +127,9 @@ fn publish() -> Step {
             "body": body,
             "type": content_type(ctx.run_input()),
             "analysis": analysis,
-            "word_count": word_count,
+            "wordCount": word_count,
             // At 200 words a minute, at least one minute.
-            "reading_time_minutes": word_count.div_ceil(200).max(1),
+            "readingTimeMinutes": word_count.div_ceil(200).max(1),
             "status": "ready",
         })))
     })
@@ -236,8 +236,8 @@ mod tests {
                 "body": content,
                 "type": "article",
                 "analysis": analysis,
-                "word_count": 11,
-                "reading_time_minutes": 1,
+                "wordCount": 11,
+                "readingTimeMinutes": 1,
                 "status": "ready",
             })
         );
