@@ -63,7 +63,13 @@ pub fn workflow_with(analyst: Arc<Agent>) -> Arc<Workflow> {
         }))
         .output_schema(json!({
             "type": "object",
-            "required": ["title", "summary", "body", "type", "analysis", "wordCount", "readingTimeMinutes", "status"],
+            "required": ["title", "summary", "body", "type", "analysis", "status"],
+            // The snake_case spellings: a `publish` output recorded by a build before issue 10 is the result of
+            // a run it left in flight, once recovered. Until the next release, as the old input spellings.
+            "anyOf": [
+                { "required": ["wordCount", "readingTimeMinutes"] },
+                { "required": ["word_count", "reading_time_minutes"] }
+            ],
             "properties": {
                 "title": { "type": "string" },
                 "summary": { "type": "string" },
@@ -72,6 +78,12 @@ pub fn workflow_with(analyst: Arc<Agent>) -> Arc<Workflow> {
                 "analysis": { "type": "string" },
                 "wordCount": { "type": "integer" },
                 "readingTimeMinutes": { "type": "integer" },
+                "word_count": { "type": "integer", "deprecated": true, "description": "older runs: wordCount" },
+                "reading_time_minutes": {
+                    "type": "integer",
+                    "deprecated": true,
+                    "description": "older runs: readingTimeMinutes"
+                },
                 "status": { "const": "ready" }
             }
         }))
@@ -251,6 +263,25 @@ mod tests {
         assert_eq!(wf.validate_input(&json!({ "content": "" })).unwrap_err().path, "input.content");
         assert_eq!(wf.validate_input(&json!({ "content": "x", "type": "poem" })).unwrap_err().path, "input.type");
         assert!(wf.validate_input(&json!({ "text": "x" })).is_err());
+    }
+
+    #[test]
+    fn the_output_schema_takes_the_result_and_one_recorded_by_an_older_build() {
+        let wf = workflow_with(analyst_with(Arc::new(OfflineModel::new())));
+        let schema = crate::engine::schema::Schema::compile(wf.output_schema().unwrap().clone()).unwrap();
+        let result = json!({
+            "title": "T", "summary": "S.", "body": "S.", "type": "blog", "analysis": "A",
+            "wordCount": 1, "readingTimeMinutes": 1, "status": "ready",
+        });
+        assert!(schema.validate(&result, "output").is_ok());
+        let mut old = result.as_object().unwrap().clone();
+        let (words, minutes) = (old.remove("wordCount").unwrap(), old.remove("readingTimeMinutes").unwrap());
+        old.insert("word_count".into(), words);
+        old.insert("reading_time_minutes".into(), minutes);
+        assert!(schema.validate(&Value::Object(old.clone()), "output").is_ok());
+        old.remove("word_count");
+        let error = schema.validate(&Value::Object(old), "output");
+        assert!(error.is_err(), "the counts are required, in one spelling or the other");
     }
 
     #[test]
