@@ -524,7 +524,7 @@ async fn structured_output_streams_partial_objects_then_the_checked_object() {
         "properties": { "answer": { "type": "string" }, "value": { "type": "integer" } },
         "additionalProperties": false
     });
-    let input = network_input(&json!({ "task": TASK, "output_schema": schema })).unwrap();
+    let input = network_input(&json!({ "task": TASK, "outputSchema": schema })).unwrap();
     let (outcome, events) = run_collecting(&network, input, |_| false).await;
     assert_eq!(outcome.end, NetworkEnd::Complete);
     let all = lines(&events);
@@ -878,13 +878,46 @@ fn run_input_is_checked() {
     let wf = research::workflow();
     assert_eq!(&**wf.id(), research::ID);
     assert_eq!(wf.steps().iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), [research::ID]);
-    assert!(wf.validate_input(&json!({ "task": "x", "output_schema": { "type": "object" } })).is_ok());
+    assert!(wf.validate_input(&json!({ "task": "x", "outputSchema": { "type": "object" } })).is_ok());
     assert_eq!(wf.validate_input(&json!({ "task": "" })).unwrap_err().path, "input.task");
     assert!(wf.validate_input(&json!({ "task": "x", "extra": 1 })).is_err());
-    let err = network_input(&json!({ "task": "x", "output_schema": { "type": 5 } })).unwrap_err();
-    assert_eq!(err.path, "input.output_schema");
+    let err = network_input(&json!({ "task": "x", "outputSchema": { "type": 5 } })).unwrap_err();
+    assert_eq!(err.path, "input.outputSchema");
     assert!(err.message.starts_with("invalid JSON Schema"), "{err}");
     assert_eq!(research::research_network().primitive_ids(), ["assistant", "content-pipeline", "calculator"]);
+}
+
+/// `output_schema`, the spelling before issue 10, is still taken until the next release: listed in the input
+/// schema as deprecated, warned about once when the run's input is checked (once per run), and named as given in
+/// errors. Both spellings at once are refused, naming the field.
+#[test]
+fn the_old_spelling_of_output_schema_is_still_taken_with_a_warning() {
+    let wf = research::workflow();
+    let schema = json!({ "type": "object", "required": ["answer"], "properties": { "answer": { "type": "integer" } } });
+    let old = json!({ "task": "x", "output_schema": schema });
+    let (checked, warnings) = crate::engine::renamed::capture_warnings(|| wf.validate_input(&old));
+    assert_eq!(checked, Ok(()));
+    assert_eq!(
+        warnings,
+        ["network 'research-network': input key `output_schema` is deprecated, use `outputSchema` (the old spelling \
+          is accepted until the next release)"]
+    );
+    assert_eq!(network_input(&old).unwrap().output_schema.map(|s| s.raw().clone()), Some(schema.clone()));
+    let new = json!({ "task": "x", "outputSchema": schema });
+    let (checked, warnings) = crate::engine::renamed::capture_warnings(|| wf.validate_input(&new));
+    assert_eq!((checked, warnings.len()), (Ok(()), 0));
+    assert_eq!(network_input(&new).unwrap().output_schema.map(|s| s.raw().clone()), Some(schema.clone()));
+
+    let both = wf.validate_input(&json!({ "task": "x", "outputSchema": schema, "output_schema": schema }));
+    let both = both.unwrap_err();
+    assert_eq!(both.path, "input.outputSchema");
+    assert!(both.message.contains("send only `outputSchema`"), "{both}");
+    let err = network_input(&json!({ "task": "x", "output_schema": { "type": 5 } })).unwrap_err();
+    assert_eq!(err.path, "input.output_schema");
+
+    let properties = &wf.input_schema().unwrap()["properties"];
+    assert!(properties["outputSchema"].get("deprecated").is_none(), "{properties}");
+    assert_eq!(properties["output_schema"]["deprecated"], true, "{properties}");
 }
 
 #[test]
