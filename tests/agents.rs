@@ -79,7 +79,7 @@ async fn list_workflows_shows_agents_with_their_tools() {
 async fn an_agent_run_streams_reasoning_then_text_in_the_run_envelope() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let request = agent_request("assistant", json!({"prompt": "Tell me about Lisbon", "reasoning_effort": "low"}));
+    let request = agent_request("assistant", json!({"prompt": "Tell me about Lisbon", "reasoningEffort": "low"}));
     let events = stream_run(&mut client, request).await;
     assert_seqs(&events, 1, events.len() as u64);
     assert_eq!(
@@ -140,7 +140,7 @@ async fn an_agent_run_streams_reasoning_then_text_in_the_run_envelope() {
     assert_eq!(finish.usage.map(|u| u.total_tokens), Some(usage.total_tokens));
     let result = finish_result(&events[n - 1]);
     assert_eq!(result["text"], json!(text));
-    assert_eq!(result["finish_reason"], "stop");
+    assert_eq!(result["finishReason"], "stop");
     let run = get_result(&mut client, &events[0].run_id, false).await;
     assert_eq!((run.kind, run.workflow_id.as_str()), (pb::RunKind::Agent as i32, "assistant"));
     assert_eq!(run.usage.map(|u| u.total_tokens), Some(usage.total_tokens));
@@ -151,7 +151,7 @@ async fn an_agent_run_streams_reasoning_then_text_in_the_run_envelope() {
 async fn hidden_reasoning_streams_only_its_redacted_part() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let request = agent_request("assistant", json!({"prompt": "Tell me about Lisbon", "reasoning_effort": "hidden"}));
+    let request = agent_request("assistant", json!({"prompt": "Tell me about Lisbon", "reasoningEffort": "hidden"}));
     let events = stream_run(&mut client, request).await;
     assert_eq!(
         shape(&events)[5..10],
@@ -225,7 +225,7 @@ async fn a_report_cites_its_tool_as_a_source_and_attaches_a_csv_file() {
     assert_eq!(file.mime_type, "text/csv");
     let csv = String::from_utf8(file.data).expect("utf-8");
     let mut lines = csv.lines();
-    assert_eq!(lines.next(), Some("tool,city,conditions,humidity,temperature,wind_kph"));
+    assert_eq!(lines.next(), Some("tool,city,conditions,humidity,temperature,windKph"));
     assert!(lines.next().is_some_and(|row| row.starts_with("get-weather,Paris,")), "{csv}");
     let text: String = texts(&events).collect();
     assert!(text.ends_with("The results are attached as a CSV file."), "{text}");
@@ -320,7 +320,7 @@ async fn until_approval(client: &mut Client) -> (String, u64) {
     assert_eq!(suspended.step_id, "concierge");
     let payload = json(&suspended.suspend_payload);
     assert_eq!(payload["reason"], "tool-call-approval");
-    assert_eq!(payload["tool_call_id"].as_str(), Some(approval.tool_call_id.as_str()));
+    assert_eq!(payload["toolCallId"].as_str(), Some(approval.tool_call_id.as_str()));
     assert!(payload.get("conversation").is_none(), "the agent's state is private");
     assert_eq!(finish_status(&events[n - 1]), Some(pb::RunStatus::Suspended));
     (events[0].run_id.clone(), events[n - 1].seq)
@@ -371,7 +371,7 @@ async fn an_approved_booking_runs_after_the_resume() {
     assert_eq!(finish_status(events.last().unwrap()), Some(pb::RunStatus::Success));
     // Usage spans both phases.
     let run = get_result(&mut client, &run_id, false).await;
-    let calls: u64 = json(&run.result)["usage"]["total_tokens"].as_u64().unwrap();
+    let calls: u64 = json(&run.result)["usage"]["totalTokens"].as_u64().unwrap();
     assert_eq!(run.usage.map(|u| u.total_tokens), Some(calls));
     server.stop().await;
 }
@@ -420,8 +420,8 @@ async fn a_tool_that_suspends_itself_resumes_with_the_guests_answer() {
     assert_eq!(json(&step.resume_schema), schema);
     let step_payload = json(&step.suspend_payload);
     assert_eq!(step_payload["reason"], "tool-call-suspended");
-    assert_eq!(step_payload["tool_call_id"].as_str(), Some(suspended.tool_call_id.as_str()));
-    assert_eq!(step_payload["suspend_payload"], payload);
+    assert_eq!(step_payload["toolCallId"].as_str(), Some(suspended.tool_call_id.as_str()));
+    assert_eq!(step_payload["suspendPayload"], payload);
     assert_eq!(finish_status(&events[n - 1]), Some(pb::RunStatus::Suspended));
     let (run_id, last) = (events[0].run_id.clone(), events[n - 1].seq);
     assert_eq!(status_of(&get_result(&mut client, &run_id, false).await), pb::RunStatus::Suspended);
@@ -505,7 +505,7 @@ async fn structured_output_streams_objects_and_returns_the_checked_one() {
         "required": ["city", "days"],
         "properties": { "city": { "type": "string" }, "days": { "type": "integer" } }
     });
-    let request = agent_request("assistant", json!({"prompt": "Plan 3 days in Porto", "output_schema": schema}));
+    let request = agent_request("assistant", json!({"prompt": "Plan 3 days in Porto", "outputSchema": schema}));
     let events = stream_run(&mut client, request).await;
     assert_eq!(
         shape(&events)[2..],
@@ -569,4 +569,59 @@ async fn bad_agent_requests_get_precise_statuses() {
     let bad_role = agent_request("assistant", json!({"messages": [{"role": "robot", "content": "hi"}]}));
     assert_status(client.stream_run(bad_role).await, Code::InvalidArgument, &["input.messages[0].role"]);
     server.stop().await;
+}
+
+/// The input keys renamed to camelCase (`outputSchema`, `reasoningEffort`) over the real binary: ListWorkflows names
+/// the new spellings; the old ones (`output_schema`, `reasoning_effort`) still work until the next release, listed
+/// as deprecated and warned about in the server's log once per run; both spellings at once are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_old_input_spellings_still_work_with_a_deprecation_warning() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("agents-old-spellings");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the test dir");
+    let args = ["--store".as_ref(), "memory".as_ref()];
+    let server = process::ServerProcess::start(&args, None, dir.join("server.log"), std::time::Duration::from_secs(30));
+    let mut client = Client::connect(format!("http://{}", server.addr)).await.expect("connect");
+
+    let all = client.list_workflows(pb::ListWorkflowsRequest {}).await.expect("list").into_inner().workflows;
+    let assistant = all.iter().find(|w| w.id == "assistant").expect("assistant");
+    let properties = json(&assistant.input_schema)["properties"].clone();
+    for (key, old) in [("outputSchema", "output_schema"), ("reasoningEffort", "reasoning_effort")] {
+        assert!(properties[key].is_object() && properties[key].get("deprecated").is_none(), "{properties}");
+        assert_eq!(properties[old]["deprecated"], true, "{properties}");
+    }
+
+    let schema = json!({
+        "type": "object",
+        "required": ["city", "days"],
+        "properties": { "city": { "type": "string" }, "days": { "type": "integer" } }
+    });
+    let old = json!({"prompt": "Plan 3 days in Porto", "output_schema": schema, "reasoning_effort": "low"});
+    let events = stream_run(&mut client, agent_request("assistant", old)).await;
+    assert_eq!(finish_status(events.last().expect("events")), Some(pb::RunStatus::Success));
+    assert!(events.iter().any(|e| matches!(e.event, Some(Event::ReasoningDelta(_)))), "reasoning was asked for");
+    let result = finish_result(events.last().expect("events"));
+    assert_eq!(result["object"]["days"], 3, "{result}");
+    assert_eq!(result["finishReason"], "stop", "{result}");
+
+    let both = json!({"prompt": "hi", "reasoningEffort": "low", "reasoning_effort": "low"});
+    let refused = ["input.reasoningEffort", "also as `reasoning_effort`", "send only `reasoningEffort`"];
+    assert_status(client.stream_run(agent_request("assistant", both)).await, Code::InvalidArgument, &refused);
+    let bad = json!({"prompt": "hi", "reasoningEffort": "extreme"});
+    assert_status(
+        client.stream_run(agent_request("assistant", bad)).await,
+        Code::InvalidArgument,
+        &["input.reasoningEffort"],
+    );
+
+    // One warning per old spelling, for the one run that used them. (A RUST_LOG the tests run under may filter
+    // warnings out of the server's log; the server inherits it.)
+    if std::env::var_os("RUST_LOG").is_none() {
+        let log = std::fs::read_to_string(&server.log).expect("the server's log");
+        let warned = |needle: &str| log.lines().filter(|line| line.contains(needle)).count();
+        let output_schema = "agent 'assistant': input key `output_schema` is deprecated, use `outputSchema`";
+        let reasoning_effort = "agent 'assistant': input key `reasoning_effort` is deprecated, use `reasoningEffort`";
+        assert_eq!((warned(output_schema), warned(reasoning_effort)), (1, 1), "{}", server.log_tail());
+        assert!(log.lines().any(|line| line.contains("WARN") && line.contains(output_schema)), "{log}");
+    }
 }

@@ -298,21 +298,29 @@ async fn research_network_streams_every_delegation_in_order_with_usage_adding_up
     assert_eq!((result.kind, status_of(&result)), (pb::RunKind::Network as i32, pb::RunStatus::Success));
     assert_eq!(result.usage.map(|u| u.total_tokens), Some(total));
     let output = json(&result.result);
-    assert_eq!((output["completion_reason"].clone(), output["iterations"].clone()), (json!("task complete"), json!(4)));
+    assert_eq!((output["completionReason"].clone(), output["iterations"].clone()), (json!("task complete"), json!(4)));
     server.stop().await;
 }
 
+/// Also under `output_schema`, the spelling before issue 10, still taken until the next release.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_network_asked_for_a_schema_streams_partial_objects_then_the_checked_object() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
+    for key in ["outputSchema", "output_schema"] {
+        a_network_asked_for_a_schema(&mut client, key).await;
+    }
+    server.stop().await;
+}
+
+async fn a_network_asked_for_a_schema(client: &mut Client, key: &str) {
     let schema = json!({
         "type": "object",
         "required": ["answer", "value"],
         "properties": { "answer": { "type": "string" }, "value": { "type": "integer" } }
     });
-    let input = json!({ "task": "What is 12 * 7? Use the calculator.", "output_schema": schema });
-    let events = stream_run(&mut client, network_request("research-network", input)).await;
+    let input = json!({ "task": "What is 12 * 7? Use the calculator.", key: schema });
+    let events = stream_run(client, network_request("research-network", input)).await;
     let tail: Vec<String> = shape(&events).into_iter().rev().take(6).rev().collect();
     assert_eq!(
         tail,
@@ -333,8 +341,7 @@ async fn a_network_asked_for_a_schema_streams_partial_objects_then_the_checked_o
         _ => None,
     });
     assert_eq!(finish, object);
-    assert_eq!(json(&get_result(&mut client, &events[0].run_id, false).await.result)["object"], object);
-    server.stop().await;
+    assert_eq!(json(&get_result(client, &events[0].run_id, false).await.result)["object"], object, "{key}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,6 +362,10 @@ async fn networks_are_listed_and_their_input_is_checked_at_start() {
     assert!(travel.tools.iter().any(|t| t.name == "book-activity" && t.requires_approval));
     let pipeline = all.iter().find(|w| w.id == "content-pipeline").expect("content-pipeline listed");
     assert_eq!(pipeline.kind, pb::RunKind::Workflow as i32);
+    // The input's keys are camelCase; the spelling before issue 10 is listed as deprecated, so strict schemas take it.
+    let properties = json(&network.input_schema)["properties"].clone();
+    assert!(properties["outputSchema"].is_object() && properties["outputSchema"].get("deprecated").is_none());
+    assert_eq!(properties["output_schema"]["deprecated"], true, "{properties}");
 
     let stream = |input: Value, id: &str| {
         let request = network_request(id, input);
@@ -363,8 +374,13 @@ async fn networks_are_listed_and_their_input_is_checked_at_start() {
     };
     assert_status(stream(json!({}), "research-network").await, Code::InvalidArgument, &["input.task"]);
     assert_status(stream(json!({ "task": "  " }), "research-network").await, Code::InvalidArgument, &["input.task"]);
+    let bad_schema = json!({ "task": "hi", "outputSchema": { "type": "frog" } });
+    assert_status(stream(bad_schema, "research-network").await, Code::InvalidArgument, &["input.outputSchema"]);
     let bad_schema = json!({ "task": "hi", "output_schema": { "type": "frog" } });
     assert_status(stream(bad_schema, "research-network").await, Code::InvalidArgument, &["input.output_schema"]);
+    let both = json!({ "task": "hi", "outputSchema": { "type": "object" }, "output_schema": { "type": "object" } });
+    let refused = &["input.outputSchema", "also as `output_schema`", "send only `outputSchema`"];
+    assert_status(stream(both, "research-network").await, Code::InvalidArgument, refused);
     // An id that is not a network's is not found among the networks, and the message lists those there are.
     let not_a_network = stream(json!({ "task": "hi" }), "assistant").await;
     assert_status(not_a_network, Code::NotFound, &["network 'assistant'", "research-network"]);
@@ -399,7 +415,7 @@ async fn content_pipeline_streams_the_analysis_progress_and_the_publish_ready_re
         Event::StepOutput(o) => Some(json(&o.output)),
         _ => None,
     });
-    assert!(output["progress_percent"].is_number(), "{output}");
+    assert!(output["progressPercent"].is_number(), "{output}");
     let custom = first(&events, |e| match e {
         Event::Custom(c) => Some(c.clone()),
         _ => None,
@@ -492,8 +508,8 @@ async fn travel_network_suspends_for_each_wait_and_resume_stream_continues_it_to
     assert!(agent_so_far > 0);
     let (payload, schema) = suspended(&phase1);
     assert_eq!(payload["reason"], "agent-execution-approval");
-    assert_eq!((payload["iteration"].clone(), payload["agent_id"].clone()), (json!(1), json!("concierge")));
-    assert_eq!(payload["tool_call_id"], json!(call.tool_call_id));
+    assert_eq!((payload["iteration"].clone(), payload["agentId"].clone()), (json!(1), json!("concierge")));
+    assert_eq!(payload["toolCallId"], json!(call.tool_call_id));
     assert!(payload.get("conversation").is_none() && payload.get("state").is_none(), "the loop's state is private");
     assert_eq!(schema, json(&call.resume_schema), "the run resumes with the approval's data");
     let result = get_result(&mut client, &run_id, false).await;
@@ -566,7 +582,7 @@ async fn travel_network_suspends_for_each_wait_and_resume_stream_continues_it_to
     assert!(wf_suspended.usage.is_some() && !wf_suspended.selection_reason.is_empty());
     let (payload, schema) = suspended(&phase2);
     assert_eq!(
-        (payload["reason"].clone(), payload["step"].clone(), payload["workflow_run_id"].clone()),
+        (payload["reason"].clone(), payload["step"].clone(), payload["workflowRunId"].clone()),
         (json!("workflow-execution-suspended"), json!("approve"), json!(wf_start.workflow_run_id))
     );
     assert_eq!(schema["required"], json!(["approved", "approver"]), "the nested step's resume schema");
@@ -679,7 +695,7 @@ async fn travel_network_suspends_for_each_wait_and_resume_stream_continues_it_to
     assert_eq!(result.usage.map(|u| u.total_tokens), Some(total), "the run counts every call once, over all phases");
     let output = json(&result.result);
     assert_eq!((output["result"].clone(), output["iterations"].clone()), (booking, json!(4)));
-    assert_eq!(output["completion_reason"], "task complete");
+    assert_eq!(output["completionReason"], "task complete");
     server.stop().await;
 }
 

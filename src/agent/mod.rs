@@ -85,7 +85,9 @@ pub use run::{
 
 use crate::{
     engine::{
-        RunKind, RunnableMeta, SchemaViolation, Step, StepError, StepOutcome, ToolMeta, Workflow, schema::Schema,
+        RunKind, RunnableMeta, SchemaViolation, Step, StepError, StepOutcome, ToolMeta, Workflow,
+        renamed::{self, RenamedKey},
+        schema::Schema,
     },
     model::{Message, ModelProvider, OfflineModel, ReasoningEffort, ToolSpec, model_from_env},
 };
@@ -460,7 +462,7 @@ fn agent_step_with(
                         "text": outcome.text,
                         "usage": outcome.usage,
                         "steps": outcome.steps,
-                        "finish_reason": reason.as_str(),
+                        "finishReason": reason.as_str(),
                     });
                     if let Some(object) = outcome.object {
                         output["object"] = object;
@@ -471,8 +473,8 @@ fn agent_step_with(
                     ctx.save_state(state);
                     let payload = json!({
                         "reason": "tool-call-approval",
-                        "tool_call_id": &*approval.tool_call_id,
-                        "tool_name": &*approval.tool_name,
+                        "toolCallId": &*approval.tool_call_id,
+                        "toolName": &*approval.tool_name,
                         "args": approval.args,
                     });
                     Ok(StepOutcome::suspend(payload).with_resume_schema(APPROVAL_SCHEMA.clone()))
@@ -483,10 +485,10 @@ fn agent_step_with(
                     let schema = agent.find_tool(&suspended.tool_name).and_then(|t| t.resume_schema.clone());
                     let payload = json!({
                         "reason": "tool-call-suspended",
-                        "tool_call_id": &*suspended.tool_call_id,
-                        "tool_name": &*suspended.tool_name,
+                        "toolCallId": &*suspended.tool_call_id,
+                        "toolName": &*suspended.tool_name,
                         "args": suspended.args,
-                        "suspend_payload": suspended.suspend_payload,
+                        "suspendPayload": suspended.suspend_payload,
                     });
                     Ok(match schema {
                         Some(schema) => StepOutcome::suspend(payload).with_resume_schema(schema),
@@ -494,7 +496,7 @@ fn agent_step_with(
                     })
                 }
                 AgentEnd::Tripwire { reason, processor_id } => Err(StepError::tripwire(reason)
-                    .with_details(json!({ "processor_id": processor_id, "agent_id": &*agent.id }))),
+                    .with_details(json!({ "processorId": processor_id, "agentId": &*agent.id }))),
                 // The model client already retried transient failures; running the whole agent again would repeat
                 // its streamed chunks and tool calls.
                 AgentEnd::Failed(error) => Err(StepError::new(error.message).non_retryable()),
@@ -526,14 +528,16 @@ fn with_resume_schemas(step: Step, agent: &Agent) -> Step {
 /// The agent as a runnable: a one-step workflow of the same id, whose step (also named after the agent) runs it.
 ///
 /// Input: `{"prompt": "..."}` or `{"messages": [{"role": "user", "content": "..."}, ...]}` (both: the prompt is
-/// appended as a last user message), and optionally `"output_schema"` (a JSON Schema: structured output) and
-/// `"reasoning_effort"` (`low`, `medium`, `high`, or `hidden`: see [`ReasoningEffort::Hidden`]). Result:
-/// `{"text", "usage", "steps", "finish_reason", "object"?}`.
+/// appended as a last user message), and optionally `"outputSchema"` (a JSON Schema: structured output) and
+/// `"reasoningEffort"` (`low`, `medium`, `high`, or `hidden`: see [`ReasoningEffort::Hidden`]); the old spellings
+/// `output_schema` and `reasoning_effort` are still taken until the next release, with a deprecation warning
+/// (see [`renamed`](crate::engine::renamed)). Result: `{"text", "usage", "steps", "finishReason", "object"?}`.
 pub fn workflow(agent: Arc<Agent>) -> Arc<Workflow> {
     let step = agent_step_with(agent.id.to_string(), Arc::clone(&agent), |input| {
         agent_run_input(input).map_err(|e| StepError::new(e.to_string()).non_retryable())
     });
     let step = with_resume_schemas(step, &agent).description(format!("Runs agent '{}'.", agent.id));
+    let runnable = format!("agent '{}'", agent.id);
     Workflow::builder(agent.id.to_string())
         .kind(RunKind::Agent)
         .meta(RunnableMeta {
@@ -543,14 +547,23 @@ pub fn workflow(agent: Arc<Agent>) -> Arc<Workflow> {
         })
         .description(agent.description.clone())
         .input_schema(agent_input_schema())
-        .input_check(|input| agent_run_input(input).map(|_| ()))
+        // Checked once per run, when it starts: the place to warn about old spellings once.
+        .input_check(move |input| {
+            agent_run_input(input)?;
+            renamed::warn_deprecated(input, &RENAMED_INPUT_KEYS, &runnable);
+            Ok(())
+        })
         .then(step)
         .commit()
 }
 
-/// JSON Schema of an agent run's input.
+/// Keys of an agent run's input that were snake_case before issue 10 (see [`renamed`]).
+const RENAMED_INPUT_KEYS: [RenamedKey; 2] =
+    [RenamedKey::new("outputSchema", "output_schema"), RenamedKey::new("reasoningEffort", "reasoning_effort")];
+
+/// JSON Schema of an agent run's input (the old spellings of [`RENAMED_INPUT_KEYS`] as deprecated properties).
 fn agent_input_schema() -> Value {
-    json!({
+    let schema = json!({
         "type": "object",
         "properties": {
             "prompt": { "type": "string", "minLength": 1, "description": "the user's message" },
@@ -568,15 +581,16 @@ fn agent_input_schema() -> Value {
                     "additionalProperties": false
                 }
             },
-            "output_schema": { "type": "object", "description": "JSON Schema of a structured answer" },
-            "reasoning_effort": {
+            "outputSchema": { "type": "object", "description": "JSON Schema of a structured answer" },
+            "reasoningEffort": {
                 "enum": ["low", "medium", "high", "hidden"],
                 "description": "ask the model to reason first; hidden: reason, but stream no readable reasoning"
             }
         },
         "anyOf": [{ "required": ["prompt"] }, { "required": ["messages"] }],
         "additionalProperties": false
-    })
+    });
+    renamed::with_deprecated_spellings(schema, &RENAMED_INPUT_KEYS)
 }
 
 /// The messages and options of an agent run's input (already checked against [`agent_input_schema`]).
@@ -589,17 +603,18 @@ fn agent_run_input(input: &Value) -> Result<(Vec<Message>, AgentOptions), Schema
     if let Some(prompt) = input.get("prompt").and_then(Value::as_str) {
         messages.push(Message::user(prompt));
     }
-    let output_schema = match input.get("output_schema") {
-        Some(schema) => Some(
-            Schema::compile(schema.clone())
-                .map_err(|e| violation("input.output_schema", format!("not a valid JSON Schema: {e}")))?,
+    let [output_schema_key, reasoning_effort_key] = RENAMED_INPUT_KEYS;
+    let output_schema = match output_schema_key.get(input)? {
+        Some(given) => Some(
+            Schema::compile(given.value.clone())
+                .map_err(|e| violation(&given.path(), format!("not a valid JSON Schema: {e}")))?,
         ),
         None => None,
     };
-    let reasoning_effort = match input.get("reasoning_effort") {
-        Some(effort) => Some(
-            serde_json::from_value::<ReasoningEffort>(effort.clone())
-                .map_err(|e| violation("input.reasoning_effort", e.to_string()))?,
+    let reasoning_effort = match reasoning_effort_key.get(input)? {
+        Some(given) => Some(
+            serde_json::from_value::<ReasoningEffort>(given.value.clone())
+                .map_err(|e| violation(&given.path(), e.to_string()))?,
         ),
         None => None,
     };

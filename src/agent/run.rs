@@ -864,7 +864,7 @@ fn tool_error_chunk(
         error: ErrorInfo {
             name: error.name.clone(),
             message: error.message.clone(),
-            details: args_text.map(|t| json!({ "args_text": t })),
+            details: args_text.map(|t| json!({ "argsText": t })),
         },
         provider_executed: false,
     }

@@ -641,7 +641,7 @@ mod as_a_step {
                 "text": "hi",
                 "usage": Usage { input_tokens: 2, output_tokens: 1, total_tokens: 3, ..Usage::default() },
                 "steps": 1,
-                "finish_reason": "stop",
+                "finishReason": "stop",
             })
         );
         assert_eq!(agent_lines(&events).len(), 7);
@@ -780,6 +780,21 @@ mod approvals_guardrails_and_structured_output {
         assert_eq!(outcome.usage.total_tokens, 16, "usage of the call before the suspension is kept");
         let second = &model.requests()[1].messages;
         assert_eq!(second.last(), Some(&Message::tool_result("c1", "book", r#"{"booked":"tour"}"#)));
+    }
+
+    /// A state a build before issue 10 saved (its usage in snake_case) resumes with the usage it had.
+    #[tokio::test]
+    async fn a_state_saved_with_snake_case_usage_resumes_with_its_usage() {
+        let model = Scripted::new(booking_calls());
+        let (agent, state) = until_approval(model.clone()).await;
+        let old = crate::engine::with_old_usage_keys(state);
+        assert_eq!(old["total"]["total_tokens"], 7, "{old}");
+        let data = json!({ "approved": true });
+        let (outcome, lines) =
+            run_with(&agent, AgentInput::Resume { state: old, data }, &AgentOptions::default()).await;
+        assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
+        assert_eq!(outcome.usage.total_tokens, 16, "usage of the call before the suspension is kept");
+        assert_eq!(lines[1], r#"step-finish 1 ToolCalls "" continued"#);
     }
 
     #[tokio::test]
@@ -1016,9 +1031,61 @@ mod approvals_guardrails_and_structured_output {
         let (outcome, lines) = run_with(&agent, AgentInput::Resume { state, data }, &AgentOptions::default()).await;
         assert_eq!(
             lines[0],
-            r#"tool-result call_offline_1 {"city":"Porto","guests":4,"reservation_id":"rt-call_offline_1","status":"confirmed","time":"19:30"}"#
+            r#"tool-result call_offline_1 {"city":"Porto","guests":4,"reservationId":"rt-call_offline_1","status":"confirmed","time":"19:30"}"#
         );
         assert!(outcome.text.contains("reserve-table returned"), "{}", outcome.text);
         assert_eq!(outcome.end, AgentEnd::Finished(FinishReason::Stop));
+    }
+}
+
+/// An agent run's input takes `outputSchema` and `reasoningEffort` and, until the next release, their spellings
+/// before issue 10 (`output_schema`, `reasoning_effort`): listed as deprecated in the input schema, warned about
+/// once when the run's input is checked (once per run). Both spellings of one key at once are refused, naming it.
+#[test]
+fn the_renamed_input_keys_are_taken_in_either_spelling() {
+    let wf = workflow(Arc::new(Agent::new("a", "", Arc::new(OfflineModel::new()))));
+    let schema = json!({ "type": "object", "required": ["n"], "properties": { "n": { "type": "integer" } } });
+    let warning = |old: &str, new: &str| {
+        format!(
+            "agent 'a': input key `{old}` is deprecated, use `{new}` (the old spelling is accepted until the next \
+             release)"
+        )
+    };
+    let (old_schema, old_effort) =
+        (warning("output_schema", "outputSchema"), warning("reasoning_effort", "reasoningEffort"));
+    for (input, expected) in [
+        (json!({ "prompt": "hi", "outputSchema": schema, "reasoningEffort": "high" }), vec![]),
+        (
+            json!({ "prompt": "hi", "output_schema": schema, "reasoning_effort": "high" }),
+            vec![&old_schema, &old_effort],
+        ),
+        (json!({ "prompt": "hi", "outputSchema": schema, "reasoning_effort": "high" }), vec![&old_effort]),
+    ] {
+        let (checked, warnings) = crate::engine::renamed::capture_warnings(|| wf.validate_input(&input));
+        assert_eq!(checked, Ok(()), "{input}");
+        assert_eq!(warnings.iter().collect::<Vec<_>>(), expected, "{input}");
+        let (messages, options) = agent_run_input(&input).unwrap();
+        assert_eq!(messages, [Message::user("hi")]);
+        assert_eq!(options.output_schema.map(|s| s.raw().clone()), Some(schema.clone()), "{input}");
+        assert_eq!(options.reasoning_effort, Some(ReasoningEffort::High), "{input}");
+    }
+
+    let both = wf.validate_input(&json!({ "prompt": "hi", "outputSchema": {}, "output_schema": {} })).unwrap_err();
+    assert_eq!(both.path, "input.outputSchema");
+    assert!(both.message.contains("also as `output_schema`"), "{both}");
+    let both = wf.validate_input(&json!({ "prompt": "hi", "reasoningEffort": "low", "reasoning_effort": "low" }));
+    assert_eq!(both.unwrap_err().path, "input.reasoningEffort");
+    // A bad value is named as it was given.
+    let bad = |input: Value| wf.validate_input(&input).unwrap_err().path;
+    assert_eq!(bad(json!({ "prompt": "hi", "reasoningEffort": "extreme" })), "input.reasoningEffort");
+    assert_eq!(bad(json!({ "prompt": "hi", "reasoning_effort": "extreme" })), "input.reasoning_effort");
+    assert_eq!(bad(json!({ "prompt": "hi", "outputSchema": { "type": "nonsense" } })), "input.outputSchema");
+    assert_eq!(bad(json!({ "prompt": "hi", "output_schema": { "type": "nonsense" } })), "input.output_schema");
+
+    let properties = &wf.input_schema().unwrap()["properties"];
+    for (key, old) in [("outputSchema", "output_schema"), ("reasoningEffort", "reasoning_effort")] {
+        assert!(properties[key].get("deprecated").is_none(), "{properties}");
+        assert_eq!(properties[old]["deprecated"], true, "{properties}");
+        assert_eq!(properties[old].get("enum"), properties[key].get("enum"), "the same values");
     }
 }

@@ -37,7 +37,7 @@ pub fn book_activity_tool() -> Tool {
             ctx.write(json!({ "stage": "checking availability", "city": city }));
             ctx.write(json!({ "stage": "reserving" }));
             Ok(json!({
-                "booking_id": format!("bk-{}", &*ctx.tool_call_id),
+                "bookingId": format!("bk-{}", &*ctx.tool_call_id),
                 "activity": activity,
                 "city": city,
                 "status": "confirmed",
@@ -88,7 +88,7 @@ pub fn reserve_table_tool() -> Tool {
                 })));
             };
             Ok(json!({
-                "reservation_id": format!("rt-{}", &*ctx.tool_call_id),
+                "reservationId": format!("rt-{}", &*ctx.tool_call_id),
                 "city": city,
                 "guests": guests,
                 "time": time,
@@ -164,7 +164,7 @@ pub fn get_weather(city: &str) -> Result<Value, ToolError> {
         "temperature": temperature,
         "conditions": conditions,
         "humidity": humidity,
-        "wind_kph": wind_kph,
+        "windKph": wind_kph,
     }))
 }
 

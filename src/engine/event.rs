@@ -91,14 +91,24 @@ impl ErrorInfo {
 }
 
 /// Token usage, summed.
+///
+/// In JSON (an agent's or network's result, and the run store) its keys are camelCase, as proto JSON prints
+/// `Usage`: `{"inputTokens", "outputTokens", ...}`. The snake_case names that builds before issue 10 wrote are still
+/// read (aliases), so that a store they wrote loads and its runs resume with their usage.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, rename_all = "camelCase")]
 pub struct Usage {
+    #[serde(alias = "input_tokens")]
     pub input_tokens: u64,
+    #[serde(alias = "output_tokens")]
     pub output_tokens: u64,
+    #[serde(alias = "total_tokens")]
     pub total_tokens: u64,
+    #[serde(alias = "reasoning_tokens")]
     pub reasoning_tokens: u64,
+    #[serde(alias = "cached_input_tokens")]
     pub cached_input_tokens: u64,
+    #[serde(alias = "cache_creation_input_tokens")]
     pub cache_creation_input_tokens: u64,
 }
 
@@ -261,4 +271,77 @@ pub trait EventSink: Send + Sync + 'static {
 pub struct EventTooLarge {
     pub size: usize,
     pub limit: usize,
+}
+
+/// Test support: `value` with every [`Usage`] key spelled as builds before issue 10 wrote it (`input_tokens`, ...),
+/// wherever it is nested: a run snapshot, or the saved state of an agent or network inside one, as such a build
+/// stored it. Panics if `value` holds no usage at all (the test would prove nothing).
+#[cfg(test)]
+pub(crate) fn with_old_usage_keys(value: Value) -> Value {
+    const KEYS: [(&str, &str); 6] = [
+        ("inputTokens", "input_tokens"),
+        ("outputTokens", "output_tokens"),
+        ("totalTokens", "total_tokens"),
+        ("reasoningTokens", "reasoning_tokens"),
+        ("cachedInputTokens", "cached_input_tokens"),
+        ("cacheCreationInputTokens", "cache_creation_input_tokens"),
+    ];
+    fn rename(value: Value, renamed: &mut usize) -> Value {
+        match value {
+            Value::Object(map) => Value::Object(
+                map.into_iter()
+                    .map(|(key, value)| {
+                        let key = match KEYS.iter().find(|(new, _)| *new == key) {
+                            Some((_, old)) => {
+                                *renamed += 1;
+                                (*old).to_owned()
+                            }
+                            None => key,
+                        };
+                        (key, rename(value, renamed))
+                    })
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.into_iter().map(|v| rename(v, renamed)).collect()),
+            other => other,
+        }
+    }
+    let mut renamed = 0;
+    let value = rename(value, &mut renamed);
+    assert!(renamed > 0, "no usage to rename in {value}");
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn usage_is_camel_case_json_and_still_reads_the_old_snake_case_names() {
+        let usage = Usage {
+            input_tokens: 1,
+            output_tokens: 2,
+            total_tokens: 3,
+            reasoning_tokens: 4,
+            cached_input_tokens: 5,
+            cache_creation_input_tokens: 6,
+        };
+        let camel = json!({
+            "inputTokens": 1, "outputTokens": 2, "totalTokens": 3,
+            "reasoningTokens": 4, "cachedInputTokens": 5, "cacheCreationInputTokens": 6,
+        });
+        assert_eq!(serde_json::to_value(usage).unwrap(), camel);
+        assert_eq!(serde_json::from_value::<Usage>(camel).unwrap(), usage);
+        // As builds before issue 10 stored it.
+        let snake = json!({
+            "input_tokens": 1, "output_tokens": 2, "total_tokens": 3,
+            "reasoning_tokens": 4, "cached_input_tokens": 5, "cache_creation_input_tokens": 6,
+        });
+        assert_eq!(serde_json::from_value::<Usage>(snake).unwrap(), usage);
+        // Missing counters are 0, in either spelling.
+        assert_eq!(serde_json::from_value::<Usage>(json!({ "input_tokens": 7 })).unwrap().input_tokens, 7);
+        assert_eq!(serde_json::from_value::<Usage>(json!({})).unwrap(), Usage::default());
+    }
 }

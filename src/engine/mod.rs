@@ -8,7 +8,7 @@
 //! - [`workflow`]: the builder (`then`, `parallel`, `branch`, loops, `foreach`, `sleep`, `map`, nesting).
 //! - [`step`]: what step code sees (input, writer, suspend, bail, cancel).
 //! - [`executor`]: walks the graph for one phase.
-//! - [`schema`]: JSON Schema checks at the boundaries.
+//! - [`schema`]: JSON Schema checks at the boundaries; [`renamed`]: input keys whose old spelling is still taken.
 //! - [`agent_event`]: the chunks agents and agent networks emit (the loop that emits them is `crate::agent`).
 
 pub mod agent_event;
@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod error;
 pub mod event;
 pub mod executor;
+pub mod renamed;
 pub mod schema;
 pub mod snapshot;
 pub mod step;
@@ -26,6 +27,8 @@ pub use agent_event::{
 };
 pub use catalog::WorkflowCatalog;
 pub use error::{ResumeError, SchemaViolation};
+#[cfg(test)]
+pub(crate) use event::with_old_usage_keys;
 pub use event::{ErrorInfo, Event, EventKind, EventSink, EventSource, EventTooLarge, RunStatus, StepStatus, Usage};
 pub use executor::{Phase, PhaseOutcome, execute_phase, recovered_snapshot};
 pub use snapshot::{ResumeRequest, ResumeTarget, RunSnapshot, StepRecord, SuspendedStep};

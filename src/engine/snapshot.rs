@@ -241,4 +241,30 @@ mod tests {
         map.clear();
         assert!(map.is_empty());
     }
+
+    /// A snapshot as builds before issue 10 stored it (usage in snake_case) loads with its usage.
+    #[test]
+    fn a_snapshot_stored_with_snake_case_usage_keeps_its_usage() {
+        let stored = serde_json::json!({
+            "steps": {},
+            "suspended": {},
+            "control": {},
+            "usage": { "input_tokens": 12, "output_tokens": 30, "total_tokens": 42, "reasoning_tokens": 5,
+                       "cached_input_tokens": 2, "cache_creation_input_tokens": 1 }
+        });
+        let snapshot: RunSnapshot = serde_json::from_value(stored).unwrap();
+        let expected = Usage {
+            input_tokens: 12,
+            output_tokens: 30,
+            total_tokens: 42,
+            reasoning_tokens: 5,
+            cached_input_tokens: 2,
+            cache_creation_input_tokens: 1,
+        };
+        assert_eq!(snapshot.usage, expected);
+        // Written again, it is camelCase, and reads back the same.
+        let written = serde_json::to_value(&snapshot).unwrap();
+        assert_eq!(written["usage"]["totalTokens"], 42);
+        assert_eq!(serde_json::from_value::<RunSnapshot>(written).unwrap(), snapshot);
+    }
 }

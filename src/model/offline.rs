@@ -28,9 +28,9 @@
 //!    routes an agent network (whose first option is "none").
 //! 4. Otherwise: a text answer that quotes the user's last message and says what this model is.
 //!
-//! With `reasoning_effort` set, a one-sentence reasoning section about the script it follows streams first, then
-//! its signature ([`ModelChunk::ReasoningSignature`]: `offline-sig-` and an FNV-1a hash of the reasoning text, so
-//! the same reasoning always has the same signature). With effort
+//! With a reasoning effort set (`reasoningEffort` in an agent run's input), a one-sentence reasoning section about
+//! the script it follows streams first, then its signature ([`ModelChunk::ReasoningSignature`]: `offline-sig-` and
+//! an FNV-1a hash of the reasoning text, so the same reasoning always has the same signature). With effort
 //! [`Hidden`](super::ReasoningEffort::Hidden) the section is not streamed as text: one
 //! [`ModelChunk::RedactedReasoning`] stands for it (`offline-redacted-` and the same hash).
 //! Text streams in word-sized deltas. Usage counts words (runs of letters and digits) as tokens: input over all
@@ -593,7 +593,7 @@ fn place(text: &str) -> Option<String> {
 }
 
 /// A deterministic value for `schema` (field `name`), from what the message says where it fits.
-/// Most values one answer fills in. The schema may come from a client (`output_schema`): `minItems` of 10^12 must
+/// Most values one answer fills in. The schema may come from a client (`outputSchema`): `minItems` of 10^12 must
 /// not make the server build 10^12 values. An answer cut short fails the schema check, as a real model's would.
 const FILL_BUDGET: usize = 10_000;
 

@@ -64,12 +64,12 @@
 //!   wait, the network waits for the first (in path order); the others follow, one suspension each.
 //!
 //! The step's suspend payload says what is awaited: `{"reason": "agent-execution-approval", "iteration",
-//! "agent_id", "tool_call_id", "tool_name", "args"}`, `{"reason": "tool-execution-approval", "iteration",
-//! "tool_call_id", "tool_name", "args"}` or `{"reason": "workflow-execution-suspended", "iteration",
-//! "workflow_id", "workflow_run_id", "step", "suspend_payload", "for_each_index"?}`; for a tool that suspended
-//! itself, `{"reason": "agent-execution-suspended", "iteration", "agent_id", "tool_call_id", "tool_name",
-//! "suspend_payload"}` or `{"reason": "tool-execution-suspended", "iteration", "tool_call_id", "tool_name",
-//! "suspend_payload"}`. Its resume schema is the approval's (`{"approved": bool, "reason"?: string}`), the nested
+//! "agentId", "toolCallId", "toolName", "args"}`, `{"reason": "tool-execution-approval", "iteration",
+//! "toolCallId", "toolName", "args"}` or `{"reason": "workflow-execution-suspended", "iteration",
+//! "workflowId", "workflowRunId", "step", "suspendPayload", "forEachIndex"?}`; for a tool that suspended
+//! itself, `{"reason": "agent-execution-suspended", "iteration", "agentId", "toolCallId", "toolName",
+//! "suspendPayload"}` or `{"reason": "tool-execution-suspended", "iteration", "toolCallId", "toolName",
+//! "suspendPayload"}`. Its resume schema is the approval's (`{"approved": bool, "reason"?: string}`), the nested
 //! step's or the tool's, so `ResumeStream` refuses data that does not fit. The loop's state (the iteration, the router's conversation, the delegations so far, the usage, and
 //! the waiting primitive's own state: the agent loop's, or the nested run's snapshot) goes into the run's snapshot
 //! through [`StepContext::save_state`](crate::engine::StepContext::save_state), never into the payload.
@@ -103,7 +103,9 @@ use crate::{
     clock::{Clock, SystemClock},
     engine::{
         Delegation, ErrorInfo, NetworkEvent, PrimitiveType, RunKind, RunnableMeta, SchemaViolation, Step, StepError,
-        StepOutcome, Usage, Workflow, schema::Schema,
+        StepOutcome, Usage, Workflow,
+        renamed::{self, Given, RenamedKey},
+        schema::Schema,
     },
     model::ModelProvider,
 };
@@ -427,38 +429,43 @@ fn mentions(text: &str, word: &str) -> bool {
         })
 }
 
-/// JSON Schema of a network run's input.
+/// Keys of a network run's input that were snake_case before issue 10 (see [`renamed`]).
+const RENAMED_INPUT_KEYS: [RenamedKey; 1] = [RenamedKey::new("outputSchema", "output_schema")];
+
+/// JSON Schema of a network run's input (the old spelling `output_schema` as a deprecated property).
 pub fn input_schema() -> Value {
-    json!({
+    let schema = json!({
         "type": "object",
         "required": ["task"],
         "properties": {
             "task": { "type": "string", "minLength": 1, "description": "what the network should get done" },
-            "output_schema": { "type": "object", "description": "JSON Schema of a structured final answer" }
+            "outputSchema": { "type": "object", "description": "JSON Schema of a structured final answer" }
         },
         "additionalProperties": false
-    })
+    });
+    renamed::with_deprecated_spellings(schema, &RENAMED_INPUT_KEYS)
 }
 
 /// The [`NetworkInput`] of a run input (see [`input_schema`]). Also checks what the schema cannot: that
-/// `output_schema` is itself a valid JSON Schema.
+/// `outputSchema` (or its deprecated spelling `output_schema`, not both) is itself a valid JSON Schema.
 pub fn network_input(input: &Value) -> Result<NetworkInput, SchemaViolation> {
     let violation = |path: &str, message: String| SchemaViolation { path: path.to_owned(), message };
     let task = match input.get("task").and_then(Value::as_str) {
         Some(task) if !task.trim().is_empty() => task.to_owned(),
         _ => return Err(violation("input.task", "must be a non-empty string".to_owned())),
     };
-    let output_schema = match input.get("output_schema") {
-        None | Some(Value::Null) => None,
-        Some(schema) => Some(Schema::compile(schema.clone()).map_err(|e| violation("input.output_schema", e))?),
+    let [output_schema_key] = RENAMED_INPUT_KEYS;
+    let output_schema = match output_schema_key.get(input)? {
+        None | Some(Given { value: Value::Null, .. }) => None,
+        Some(given) => Some(Schema::compile(given.value.clone()).map_err(|e| violation(&given.path(), e))?),
     };
     Ok(NetworkInput { task, output_schema })
 }
 
-/// A workflow step (id: the network's id) that runs `network` on its input (`{"task", "output_schema"?}`),
+/// A workflow step (id: the network's id) that runs `network` on its input (`{"task", "outputSchema"?}`),
 /// streaming every network event through the step's writer.
 ///
-/// Output: `{"result", "object"?, "completion_reason", "iterations", "usage"}`. A failed network fails the step,
+/// Output: `{"result", "object"?, "completionReason", "iterations", "usage"}`. A failed network fails the step,
 /// and is not retried (a retry would run every delegation again); a canceled one returns an error that the executor,
 /// seeing the cancel, reports as a canceled step.
 pub fn network_step(network: Arc<Network>) -> Step {
@@ -488,7 +495,7 @@ pub fn network_step(network: Arc<Network>) -> Step {
                 NetworkEnd::Complete | NetworkEnd::MaxIterations => {
                     let mut output = json!({
                         "result": outcome.result,
-                        "completion_reason": outcome.end.completion_reason(),
+                        "completionReason": outcome.end.completion_reason(),
                         "iterations": outcome.iterations,
                         "usage": outcome.usage,
                     });
@@ -522,7 +529,8 @@ pub fn network_step(network: Arc<Network>) -> Step {
 }
 
 /// The network as a standalone run: a one-step workflow whose id and step id are the network's id, with input
-/// `{"task": string, "output_schema"?: object}` (see [`input_schema`]) and [`network_step`]'s output as result.
+/// `{"task": string, "outputSchema"?: object}` (see [`input_schema`]; `output_schema` is still taken until the next
+/// release, with a deprecation warning) and [`network_step`]'s output as result.
 pub fn workflow(network: Arc<Network>) -> Arc<Workflow> {
     let meta = RunnableMeta {
         model: network.model.model_id().to_owned(),
@@ -534,12 +542,18 @@ pub fn workflow(network: Arc<Network>) -> Arc<Workflow> {
             .chain(network.workflows.iter().map(|workflow| workflow.id().to_string()))
             .collect(),
     };
+    let runnable = format!("network '{}'", network.id);
     Workflow::builder(network.id.to_string())
         .kind(RunKind::Network)
         .meta(meta)
         .description(network.description.clone())
         .input_schema(input_schema())
-        .input_check(|input| network_input(input).map(|_| ()))
+        // Checked once per run, when it starts: the place to warn about old spellings once.
+        .input_check(move |input| {
+            network_input(input)?;
+            renamed::warn_deprecated(input, &RENAMED_INPUT_KEYS, &runnable);
+            Ok(())
+        })
         .then(network_step(network))
         .commit()
 }

@@ -487,9 +487,9 @@ impl NetworkRun<'_> {
                 let payload = json!({
                     "reason": "agent-execution-approval",
                     "iteration": delegation.iteration,
-                    "agent_id": &*agent.id,
-                    "tool_call_id": &*approval.tool_call_id,
-                    "tool_name": &*approval.tool_name,
+                    "agentId": &*agent.id,
+                    "toolCallId": &*approval.tool_call_id,
+                    "toolName": &*approval.tool_name,
                     "args": approval.args,
                 });
                 self.emit(NetworkEvent::AgentExecutionApproval {
@@ -512,10 +512,10 @@ impl NetworkRun<'_> {
                 let payload = json!({
                     "reason": "agent-execution-suspended",
                     "iteration": delegation.iteration,
-                    "agent_id": &*agent.id,
-                    "tool_call_id": &*suspended.tool_call_id,
-                    "tool_name": &*suspended.tool_name,
-                    "suspend_payload": suspended.suspend_payload,
+                    "agentId": &*agent.id,
+                    "toolCallId": &*suspended.tool_call_id,
+                    "toolName": &*suspended.tool_name,
+                    "suspendPayload": suspended.suspend_payload,
                 });
                 // The loop suspends only for a tool that has a resume schema (compiled, on the tool).
                 let resume_schema =
@@ -635,13 +635,13 @@ impl NetworkRun<'_> {
                 let mut payload = json!({
                     "reason": "workflow-execution-suspended",
                     "iteration": delegation.iteration,
-                    "workflow_id": &*workflow_id,
-                    "workflow_run_id": &*workflow_run_id,
+                    "workflowId": &*workflow_id,
+                    "workflowRunId": &*workflow_run_id,
                     "step": &step,
-                    "suspend_payload": suspended.suspend_payload,
+                    "suspendPayload": suspended.suspend_payload,
                 });
                 if let Some(index) = suspended.for_each_index {
-                    payload["for_each_index"] = json!(index);
+                    payload["forEachIndex"] = json!(index);
                 }
                 let waiting = Waiting::Workflow {
                     delegation,
@@ -707,8 +707,8 @@ impl NetworkRun<'_> {
             let payload = json!({
                 "reason": "tool-execution-approval",
                 "iteration": delegation.iteration,
-                "tool_call_id": &*tool_call_id,
-                "tool_name": &*tool_name,
+                "toolCallId": &*tool_call_id,
+                "toolName": &*tool_name,
                 "args": args,
             });
             self.emit(NetworkEvent::ToolExecutionApproval {
@@ -758,9 +758,9 @@ impl NetworkRun<'_> {
                     let payload = json!({
                         "reason": "tool-execution-suspended",
                         "iteration": delegation.iteration,
-                        "tool_call_id": &*tool_call_id,
-                        "tool_name": tool.name(),
-                        "suspend_payload": suspend_payload,
+                        "toolCallId": &*tool_call_id,
+                        "toolName": tool.name(),
+                        "suspendPayload": suspend_payload,
                     });
                     self.emit(NetworkEvent::ToolExecutionSuspended {
                         suspended: Box::new(ToolCallSuspended {

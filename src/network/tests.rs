@@ -508,9 +508,9 @@ async fn research_network_runs_each_named_primitive_in_order_and_adds_up_usage()
 
     let result = out.result.unwrap();
     assert_eq!(result["result"], published);
-    assert_eq!(result["completion_reason"], json!("task complete"));
+    assert_eq!(result["completionReason"], json!("task complete"));
     assert_eq!(result["iterations"], json!(4));
-    assert_eq!(result["usage"]["total_tokens"], json!(usage.total_tokens));
+    assert_eq!(result["usage"]["totalTokens"], json!(usage.total_tokens));
     assert!(result.get("object").is_none());
 }
 
@@ -524,7 +524,7 @@ async fn structured_output_streams_partial_objects_then_the_checked_object() {
         "properties": { "answer": { "type": "string" }, "value": { "type": "integer" } },
         "additionalProperties": false
     });
-    let input = network_input(&json!({ "task": TASK, "output_schema": schema })).unwrap();
+    let input = network_input(&json!({ "task": TASK, "outputSchema": schema })).unwrap();
     let (outcome, events) = run_collecting(&network, input, |_| false).await;
     assert_eq!(outcome.end, NetworkEnd::Complete);
     let all = lines(&events);
@@ -878,13 +878,46 @@ fn run_input_is_checked() {
     let wf = research::workflow();
     assert_eq!(&**wf.id(), research::ID);
     assert_eq!(wf.steps().iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), [research::ID]);
-    assert!(wf.validate_input(&json!({ "task": "x", "output_schema": { "type": "object" } })).is_ok());
+    assert!(wf.validate_input(&json!({ "task": "x", "outputSchema": { "type": "object" } })).is_ok());
     assert_eq!(wf.validate_input(&json!({ "task": "" })).unwrap_err().path, "input.task");
     assert!(wf.validate_input(&json!({ "task": "x", "extra": 1 })).is_err());
-    let err = network_input(&json!({ "task": "x", "output_schema": { "type": 5 } })).unwrap_err();
-    assert_eq!(err.path, "input.output_schema");
+    let err = network_input(&json!({ "task": "x", "outputSchema": { "type": 5 } })).unwrap_err();
+    assert_eq!(err.path, "input.outputSchema");
     assert!(err.message.starts_with("invalid JSON Schema"), "{err}");
     assert_eq!(research::research_network().primitive_ids(), ["assistant", "content-pipeline", "calculator"]);
+}
+
+/// `output_schema`, the spelling before issue 10, is still taken until the next release: listed in the input
+/// schema as deprecated, warned about once when the run's input is checked (once per run), and named as given in
+/// errors. Both spellings at once are refused, naming the field.
+#[test]
+fn the_old_spelling_of_output_schema_is_still_taken_with_a_warning() {
+    let wf = research::workflow();
+    let schema = json!({ "type": "object", "required": ["answer"], "properties": { "answer": { "type": "integer" } } });
+    let old = json!({ "task": "x", "output_schema": schema });
+    let (checked, warnings) = crate::engine::renamed::capture_warnings(|| wf.validate_input(&old));
+    assert_eq!(checked, Ok(()));
+    assert_eq!(
+        warnings,
+        ["network 'research-network': input key `output_schema` is deprecated, use `outputSchema` (the old spelling \
+          is accepted until the next release)"]
+    );
+    assert_eq!(network_input(&old).unwrap().output_schema.map(|s| s.raw().clone()), Some(schema.clone()));
+    let new = json!({ "task": "x", "outputSchema": schema });
+    let (checked, warnings) = crate::engine::renamed::capture_warnings(|| wf.validate_input(&new));
+    assert_eq!((checked, warnings.len()), (Ok(()), 0));
+    assert_eq!(network_input(&new).unwrap().output_schema.map(|s| s.raw().clone()), Some(schema.clone()));
+
+    let both = wf.validate_input(&json!({ "task": "x", "outputSchema": schema, "output_schema": schema }));
+    let both = both.unwrap_err();
+    assert_eq!(both.path, "input.outputSchema");
+    assert!(both.message.contains("send only `outputSchema`"), "{both}");
+    let err = network_input(&json!({ "task": "x", "output_schema": { "type": 5 } })).unwrap_err();
+    assert_eq!(err.path, "input.output_schema");
+
+    let properties = &wf.input_schema().unwrap()["properties"];
+    assert!(properties["outputSchema"].get("deprecated").is_none(), "{properties}");
+    assert_eq!(properties["output_schema"]["deprecated"], true, "{properties}");
 }
 
 #[test]
@@ -994,9 +1027,9 @@ async fn travel_network_suspends_for_each_wait_and_resumes_where_it_stopped() {
         json!({
             "reason": "agent-execution-approval",
             "iteration": 1,
-            "agent_id": "concierge",
-            "tool_call_id": "call_offline_1",
-            "tool_name": "book-activity",
+            "agentId": "concierge",
+            "toolCallId": "call_offline_1",
+            "toolName": "book-activity",
             "args": booking_args(),
         }),
         "what is awaited, and nothing of the loop's state"
@@ -1080,10 +1113,10 @@ async fn travel_network_suspends_for_each_wait_and_resumes_where_it_stopped() {
         json!({
             "reason": "workflow-execution-suspended",
             "iteration": 2,
-            "workflow_id": "order-approval",
-            "workflow_run_id": &*start_run_id,
+            "workflowId": "order-approval",
+            "workflowRunId": &*start_run_id,
             "step": "approve",
-            "suspend_payload": { "reason": "needs approval", "amount": 90 },
+            "suspendPayload": { "reason": "needs approval", "amount": 90 },
         })
     );
     // The resume data is the nested step's: its schema applies.
@@ -1144,8 +1177,8 @@ async fn travel_network_suspends_for_each_wait_and_resumes_where_it_stopped() {
         json!({
             "reason": "tool-execution-approval",
             "iteration": 3,
-            "tool_call_id": "travel-network-book-activity-3",
-            "tool_name": "book-activity",
+            "toolCallId": "travel-network-book-activity-3",
+            "toolName": "book-activity",
             "args": booking_args(),
         })
     );
@@ -1155,7 +1188,7 @@ async fn travel_network_suspends_for_each_wait_and_resumes_where_it_stopped() {
     let (out4, events) = resume_travel(&wf, &out3, json!({ "approved": true }), 4).await;
     let net = network_events(&events, travel::ID);
     let booking = json!({
-        "booking_id": "bk-travel-network-book-activity-3",
+        "bookingId": "bk-travel-network-book-activity-3",
         "activity": booking_args()["activity"],
         "city": "Lisbon",
         "status": "confirmed",
@@ -1184,7 +1217,29 @@ async fn travel_network_suspends_for_each_wait_and_resumes_where_it_stopped() {
     assert_eq!(out4.snapshot.usage, model.total());
     let result = out4.result.unwrap();
     assert_eq!((result["result"].clone(), result["iterations"].clone()), (booking, json!(4)));
-    assert_eq!(result["usage"]["total_tokens"], json!(model.total().total_tokens));
+    assert_eq!(result["usage"]["totalTokens"], json!(model.total().total_tokens));
+}
+
+/// A travel network suspended by a build before issue 10 (the run's snapshot, the network's saved state, the
+/// delegated agent's and the nested workflow run's, all with snake_case usage) resumes at each wait and ends with
+/// the same result and usage as a run that never left this build.
+#[tokio::test]
+async fn a_network_suspended_by_an_older_build_resumes_with_its_usage() {
+    let wf = workflow(travel::travel_network_with(Arc::new(OfflineModel::new())));
+    let (mut current, _) = run(&wf, json!({ "task": TRAVEL_TASK })).await;
+    let mut old = current.clone();
+    let decisions =
+        [json!({ "approved": true }), json!({ "approved": true, "approver": "ann" }), json!({ "approved": true })];
+    for (phase, data) in (2..).zip(decisions) {
+        let stored = crate::engine::with_old_usage_keys(serde_json::to_value(&old.snapshot).unwrap());
+        old.snapshot = serde_json::from_value(stored).unwrap();
+        assert_eq!(old.snapshot.usage, current.snapshot.usage);
+        (old, _) = resume_travel(&wf, &old, data.clone(), phase).await;
+        (current, _) = resume_travel(&wf, &current, data, phase).await;
+        assert_eq!((old.status, old.snapshot.usage), (current.status, current.snapshot.usage), "phase {phase}");
+    }
+    assert_eq!(current.status, RunStatus::Success, "{:?}", current.error);
+    assert_eq!(old.result, current.result);
 }
 
 #[tokio::test]
@@ -1257,7 +1312,7 @@ async fn a_delegated_workflow_with_two_waiting_steps_suspends_the_network_for_ea
     let (out1, events) = run(&wf, input.clone()).await;
     let net = network_events(&events, "net");
     let (payload, schema) = suspension(&out1, "net");
-    assert_eq!((payload["step"].clone(), payload["suspend_payload"].clone()), (json!("a"), json!({ "at": "a" })));
+    assert_eq!((payload["step"].clone(), payload["suspendPayload"].clone()), (json!("a"), json!({ "at": "a" })));
     assert_eq!(schema, None, "the nested step declares none: any resume data");
     let run_id = find(&net, |e| match e {
         NetworkEvent::WorkflowExecutionStart { workflow_run_id, .. } => Some(Arc::clone(workflow_run_id)),
@@ -1268,7 +1323,7 @@ async fn a_delegated_workflow_with_two_waiting_steps_suspends_the_network_for_ea
     let (out2, events) = resume(&wf, input.clone(), &out1, req("", json!("A")), 2).await.unwrap();
     let net = network_events(&events, "net");
     let (payload, _) = suspension(&out2, "net");
-    assert_eq!((payload["step"].clone(), payload["workflow_run_id"].clone()), (json!("b"), json!(&*run_id)));
+    assert_eq!((payload["step"].clone(), payload["workflowRunId"].clone()), (json!("b"), json!(&*run_id)));
     assert_eq!(
         lines(&net),
         [

@@ -132,6 +132,31 @@ fn sqlite_store_keeps_the_contract_across_reopening() {
     assert_eq!(loaded[0].record.state.phase, 2);
 }
 
+/// A run state as builds before issue 10 wrote it (its snapshot's usage in snake_case) loads with its usage.
+#[test]
+fn a_state_stored_with_snake_case_usage_loads_with_its_usage() {
+    let dir = TempDir::new();
+    let store = SqliteStore::open(&dir.0, Sync::Normal).unwrap();
+    store.commit(&[Write::CreateRun(Box::new(record("a")))]).unwrap();
+    drop(store);
+    let db = rusqlite::Connection::open(dir.0.join(sqlite::FILE_NAME)).unwrap();
+    let state: String = db.query_row("SELECT state FROM runs WHERE run_id = 'a'", [], |row| row.get(0)).unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    state["snapshot"]["usage"] =
+        json!({ "input_tokens": 3, "output_tokens": 4, "total_tokens": 7, "reasoning_tokens": 1 });
+    db.execute("UPDATE runs SET state = ?1 WHERE run_id = 'a'", [state.to_string()]).unwrap();
+    drop(db);
+    let loaded = SqliteStore::open(&dir.0, Sync::Normal).unwrap().load().unwrap();
+    let usage = crate::engine::Usage {
+        input_tokens: 3,
+        output_tokens: 4,
+        total_tokens: 7,
+        reasoning_tokens: 1,
+        ..Default::default()
+    };
+    assert_eq!(loaded[0].record.state.snapshot.usage, usage);
+}
+
 #[test]
 fn a_failed_batch_leaves_nothing_behind() {
     let dir = TempDir::new();

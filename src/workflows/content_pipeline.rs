@@ -63,15 +63,27 @@ pub fn workflow_with(analyst: Arc<Agent>) -> Arc<Workflow> {
         }))
         .output_schema(json!({
             "type": "object",
-            "required": ["title", "summary", "body", "type", "analysis", "word_count", "reading_time_minutes", "status"],
+            "required": ["title", "summary", "body", "type", "analysis", "status"],
+            // The snake_case spellings: a `publish` output recorded by a build before issue 10 is the result of
+            // a run it left in flight, once recovered. Until the next release, as the old input spellings.
+            "anyOf": [
+                { "required": ["wordCount", "readingTimeMinutes"] },
+                { "required": ["word_count", "reading_time_minutes"] }
+            ],
             "properties": {
                 "title": { "type": "string" },
                 "summary": { "type": "string" },
                 "body": { "type": "string" },
                 "type": { "enum": TYPES },
                 "analysis": { "type": "string" },
-                "word_count": { "type": "integer" },
-                "reading_time_minutes": { "type": "integer" },
+                "wordCount": { "type": "integer" },
+                "readingTimeMinutes": { "type": "integer" },
+                "word_count": { "type": "integer", "deprecated": true, "description": "older runs: wordCount" },
+                "reading_time_minutes": {
+                    "type": "integer",
+                    "deprecated": true,
+                    "description": "older runs: readingTimeMinutes"
+                },
                 "status": { "const": "ready" }
             }
         }))
@@ -105,10 +117,10 @@ fn track_progress() -> Step {
         ctx.writer().write(json!({
             "stage": "analyze-content",
             "status": "done",
-            "progress_percent": 50,
-            "analysis_words": analysis.split_whitespace().count(),
+            "progressPercent": 50,
+            "analysisWords": analysis.split_whitespace().count(),
         }))?;
-        ctx.writer().custom("progress", json!({ "stage": "publish", "status": "starting", "progress_percent": 75 }))?;
+        ctx.writer().custom("progress", json!({ "stage": "publish", "status": "starting", "progressPercent": 75 }))?;
         Ok(StepOutcome::Done(json!({ "analysis": analysis })))
     })
     .description("Reports progress: the analysis is done, publishing starts.")
@@ -127,9 +139,9 @@ fn publish() -> Step {
             "body": body,
             "type": content_type(ctx.run_input()),
             "analysis": analysis,
-            "word_count": word_count,
+            "wordCount": word_count,
             // At 200 words a minute, at least one minute.
-            "reading_time_minutes": word_count.div_ceil(200).max(1),
+            "readingTimeMinutes": word_count.div_ceil(200).max(1),
             "status": "ready",
         })))
     })
@@ -236,8 +248,8 @@ mod tests {
                 "body": content,
                 "type": "article",
                 "analysis": analysis,
-                "word_count": 11,
-                "reading_time_minutes": 1,
+                "wordCount": 11,
+                "readingTimeMinutes": 1,
                 "status": "ready",
             })
         );
@@ -251,6 +263,25 @@ mod tests {
         assert_eq!(wf.validate_input(&json!({ "content": "" })).unwrap_err().path, "input.content");
         assert_eq!(wf.validate_input(&json!({ "content": "x", "type": "poem" })).unwrap_err().path, "input.type");
         assert!(wf.validate_input(&json!({ "text": "x" })).is_err());
+    }
+
+    #[test]
+    fn the_output_schema_takes_the_result_and_one_recorded_by_an_older_build() {
+        let wf = workflow_with(analyst_with(Arc::new(OfflineModel::new())));
+        let schema = crate::engine::schema::Schema::compile(wf.output_schema().unwrap().clone()).unwrap();
+        let result = json!({
+            "title": "T", "summary": "S.", "body": "S.", "type": "blog", "analysis": "A",
+            "wordCount": 1, "readingTimeMinutes": 1, "status": "ready",
+        });
+        assert!(schema.validate(&result, "output").is_ok());
+        let mut old = result.as_object().unwrap().clone();
+        let (words, minutes) = (old.remove("wordCount").unwrap(), old.remove("readingTimeMinutes").unwrap());
+        old.insert("word_count".into(), words);
+        old.insert("reading_time_minutes".into(), minutes);
+        assert!(schema.validate(&Value::Object(old.clone()), "output").is_ok());
+        old.remove("word_count");
+        let error = schema.validate(&Value::Object(old), "output");
+        assert!(error.is_err(), "the counts are required, in one spelling or the other");
     }
 
     #[test]

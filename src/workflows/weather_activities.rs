@@ -50,13 +50,15 @@ fn fetch_weather() -> Step {
 /// The agent's prompt. It hands the agent the weather already fetched (and does not say "weather", which would
 /// make the offline model fetch it again).
 fn prompt(weather: &Value) -> String {
+    // `wind_kph`: a `fetch-weather` output recorded by a build before issue 10, reused when such a run is recovered.
+    let wind = weather.get("windKph").or_else(|| weather.get("wind_kph")).unwrap_or(&Value::Null);
     format!(
         "Plan three activities for a day in {}. Conditions: {}, {}°C, humidity {}%, wind {} km/h.",
         weather["city"].as_str().unwrap_or("the city"),
         weather["conditions"].as_str().unwrap_or("unknown"),
         weather["temperature"],
         weather["humidity"],
-        weather["wind_kph"],
+        wind,
     )
 }
 
@@ -139,7 +141,21 @@ mod tests {
         assert_eq!(result["text"], json!(deltas));
         assert!(deltas.contains("Plan three activities for a day in Paris"), "{deltas}");
         assert!(deltas.contains(weather["conditions"].as_str().unwrap()), "{deltas}");
-        assert!(result["usage"]["total_tokens"].as_u64().unwrap() > 0);
+        assert!(result["usage"]["totalTokens"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
+    fn the_prompt_reads_the_wind_in_either_spelling() {
+        let weather = get_weather("Paris").unwrap();
+        let wind = weather["windKph"].clone();
+        assert!(wind.is_u64(), "{weather}");
+        let expected = format!("wind {wind} km/h.");
+        assert!(prompt(&weather).ends_with(&expected), "{}", prompt(&weather));
+        // As a build before issue 10 recorded `fetch-weather`'s output.
+        let mut old = weather.clone();
+        let old_wind = old.as_object_mut().and_then(|o| o.remove("windKph")).unwrap();
+        old["wind_kph"] = old_wind;
+        assert_eq!(prompt(&old), prompt(&weather));
     }
 
     #[tokio::test]
