@@ -875,7 +875,7 @@ async fn a_failed_primitive_is_a_result_the_router_reads() {
 
 #[test]
 fn run_input_is_checked() {
-    let wf = research::workflow();
+    let wf = research::workflow(Arc::new(OfflineModel::new()));
     assert_eq!(&**wf.id(), research::ID);
     assert_eq!(wf.steps().iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), [research::ID]);
     assert!(wf.validate_input(&json!({ "task": "x", "output_schema": { "type": "object" } })).is_ok());
@@ -884,7 +884,10 @@ fn run_input_is_checked() {
     let err = network_input(&json!({ "task": "x", "output_schema": { "type": 5 } })).unwrap_err();
     assert_eq!(err.path, "input.output_schema");
     assert!(err.message.starts_with("invalid JSON Schema"), "{err}");
-    assert_eq!(research::research_network().primitive_ids(), ["assistant", "content-pipeline", "calculator"]);
+    assert_eq!(
+        research::research_network_with(Arc::new(OfflineModel::new())).primitive_ids(),
+        ["assistant", "content-pipeline", "calculator"]
+    );
 }
 
 #[test]
