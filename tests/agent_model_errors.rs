@@ -1,16 +1,28 @@
-//! A real model server that keeps failing: the built-in assistant, configured through the environment to use it,
-//! retries per policy, then emits `agent_error`; the step fails and the run's result says why. One test per binary,
-//! because the model configuration is read from the process environment when the server starts.
+//! The model settings of `runstream serve`, on the real binary:
+//!
+//! - a real model server that keeps failing: the built-in assistant, configured through the environment to use
+//!   it, retries per policy, then emits `agent_error`; the step fails and the run's result says why;
+//! - a setting that cannot be used stops the server at start with a message naming the setting and what to write;
+//! - `runstream serve --help` lists the settings and their variables, and never prints a key.
 
 mod common;
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU32, Ordering},
+use std::{
+    ffi::OsStr,
+    path::Path,
+    process::Output,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
 };
 
-use common::*;
-use runstream::pb::{self, run_event::Event};
+use common::{
+    process::{ServerProcess, run_with_timeout, runstream_command},
+    *,
+};
+use runstream::pb::{self, run_event::Event, run_service_client::RunServiceClient};
 use serde_json::json;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -64,17 +76,40 @@ async fn rate_limited_model_server() -> (String, Arc<AtomicU32>) {
     (format!("http://{addr}/v1"), requests)
 }
 
+/// How long a server may take to start, or to refuse to.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn log_path(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("agent-model-errors-{name}.log"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spent_retries_end_the_agent_with_an_error_and_fail_the_run_saying_why() {
     let (base_url, requests) = rate_limited_model_server().await;
-    // SAFETY: this binary's only test sets these before anything reads the environment.
-    unsafe {
-        std::env::set_var("RUNSTREAM_MODEL", "test-model");
-        std::env::set_var("RUNSTREAM_MODEL_BASE_URL", &base_url);
-        std::env::set_var("RUNSTREAM_MODEL_API_KEY", "test-key");
-    }
-    let server = TestServer::start().await;
-    let mut client = server.client().await;
+    // The settings as a user exports them: clap reads the variables.
+    let env = [
+        ("RUNSTREAM_MODEL", "test-model"),
+        ("RUNSTREAM_MODEL_BASE_URL", base_url.as_str()),
+        ("RUNSTREAM_MODEL_API_KEY", "test-key"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let server = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        ServerProcess::start_with_env(
+            &[OsStr::new("--store"), OsStr::new("memory")],
+            &env,
+            None,
+            log_path("rate-limited"),
+            START_TIMEOUT,
+        )
+    })
+    .await
+    .expect("start the server");
+    let mut client = RunServiceClient::connect(format!("http://{}", server.addr)).await.expect("connect");
+    let all = client.list_workflows(pb::ListWorkflowsRequest {}).await.expect("list").into_inner().workflows;
+    let assistant = all.iter().find(|w| w.id == "assistant").expect("assistant");
+    assert_eq!(assistant.model, "test-model", "ListWorkflows names the model the settings chose");
+
     let request = pb::StreamRunRequest {
         agent_id: "assistant".into(),
         input: Some(pb_value(json!({"prompt": "hello"}))),
@@ -96,5 +131,66 @@ async fn spent_retries_end_the_agent_with_an_error_and_fail_the_run_saying_why()
     let run_error = result.error.expect("run error");
     assert!(run_error.message.contains("HTTP 429"), "{}", run_error.message);
     assert_eq!(result.steps["assistant"].status, pb::StepStatus::Failed as i32);
-    server.stop().await;
+}
+
+/// Runs `runstream serve` on a free port and an in-memory store with `args` and `env`, expecting it to refuse to
+/// start: returns its stderr after checking that it exited non-zero, promptly, without listening.
+fn refused_start(args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut command = runstream_command(["serve", "--listen", "127.0.0.1:0", "--store", "memory"]);
+    command.args(args).envs(env.iter().copied());
+    let Output { status, stdout, stderr } = run_with_timeout(command, START_TIMEOUT, "runstream serve");
+    let (stdout, stderr) = (String::from_utf8_lossy(&stdout), String::from_utf8_lossy(&stderr).into_owned());
+    assert!(!status.success(), "the server started with {args:?} {env:?}:\n{stdout}\n{stderr}");
+    assert!(!stdout.contains("listening"), "it listened before refusing: {stdout}");
+    stderr
+}
+
+#[test]
+fn a_base_url_without_a_scheme_stops_the_server_saying_what_to_write() {
+    let env = [("RUNSTREAM_MODEL", "x"), ("RUNSTREAM_MODEL_BASE_URL", "127.0.0.1:9")];
+    let stderr = refused_start(&[], &env);
+    for part in
+        ["RUNSTREAM_MODEL_BASE_URL", "--model-base-url", "'127.0.0.1:9' has no scheme", "write http://127.0.0.1:9/v1"]
+    {
+        assert!(stderr.contains(part), "stderr lacks {part:?}:\n{stderr}");
+    }
+    // The same through the flags.
+    let stderr = refused_start(&["--model", "x", "--model-base-url", "127.0.0.1:9"], &[]);
+    assert!(stderr.contains("write http://127.0.0.1:9/v1"), "{stderr}");
+}
+
+#[test]
+fn other_settings_that_cannot_be_used_stop_the_server() {
+    // A base URL but no model: the offline model would ignore the server.
+    let stderr = refused_start(&[], &[("RUNSTREAM_MODEL_BASE_URL", "http://127.0.0.1:9/v1")]);
+    assert!(stderr.contains("RUNSTREAM_MODEL / --model is offline; set RUNSTREAM_MODEL / --model to"), "{stderr}");
+    // Not an http(s) URL.
+    let stderr = refused_start(&["--model", "x", "--model-base-url", "ftp://127.0.0.1:9/v1"], &[]);
+    assert!(stderr.contains("write http://127.0.0.1:9/v1"), "{stderr}");
+    // OpenAI (the default server) without a key: every call would be refused.
+    let stderr = refused_start(&["--model", "llama3.2"], &[("OPENAI_API_KEY", "")]);
+    assert!(stderr.contains("which needs an API key; set RUNSTREAM_MODEL_API_KEY"), "{stderr}");
+}
+
+#[test]
+fn serve_help_lists_the_model_settings_and_hides_the_key() {
+    let mut command = runstream_command(["serve", "--help"]);
+    command.env("RUNSTREAM_MODEL_API_KEY", "sk-do-not-print").env("OPENAI_API_KEY", "sk-nor-this");
+    let out = run_with_timeout(command, START_TIMEOUT, "runstream serve --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    for part in [
+        "--model <NAME>",
+        "env: RUNSTREAM_MODEL=",
+        "--model-base-url <URL>",
+        "env: RUNSTREAM_MODEL_BASE_URL",
+        "--model-api-key <KEY>",
+        "env: RUNSTREAM_MODEL_API_KEY]",
+        "OPENAI_API_KEY",
+        "http://127.0.0.1:11434/v1 (Ollama)",
+        "http://127.0.0.1:8000/v1 (vLLM)",
+    ] {
+        assert!(help.contains(part), "`runstream serve --help` lacks {part:?}:\n{help}");
+    }
+    assert!(!help.contains("sk-do-not-print") && !help.contains("sk-nor-this"), "the help prints a key:\n{help}");
 }

@@ -1,30 +1,33 @@
 //! Cross-language client tests: real clients against the real `runstream` binary.
 //!
 //! - `python_client_reconnects_without_loss` runs `tests/python/test_reconnect.py` (grpcio) against a server.
-//! - `grpcurl_readme_walkthrough` runs the grpcurl walkthrough of README.md, command by command, and checks what
-//!   each prints.
+//! - `grpcurl_readme_walkthrough` runs the grpcurl walkthrough of README.md as a user pastes it: its setup lines,
+//!   then the walkthrough twice, in one shell that has run nothing else, and checks what each command prints.
 //!
 //! The tools (a venv with grpcio, grpcio-tools and grpcurl 1.8.6) come from `scripts/test-deps.sh`, run once per
 //! test process, so a plain `cargo test` works on a fresh machine.
 
-use std::io::Read;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 mod common;
 
-use common::process::ServerProcess;
+use common::process::{ServerProcess, run_with_timeout};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const PYTHON_TIMEOUT: Duration = Duration::from_secs(600);
-const GRPCURL_TIMEOUT: Duration = Duration::from_secs(120);
+const WALKTHROUGH_TIMEOUT: Duration = Duration::from_secs(600);
+const SETUP_START: &str = "<!-- walkthrough-setup:start -->";
+const SETUP_END: &str = "<!-- walkthrough-setup:end -->";
 const WALKTHROUGH_START: &str = "<!-- walkthrough:start -->";
 const WALKTHROUGH_END: &str = "<!-- walkthrough:end -->";
+/// The PATH of the shell the walkthrough runs in: a fresh login's, without the venv.
+const CLEAN_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -34,6 +37,8 @@ fn repo() -> &'static Path {
 struct Tools {
     python: PathBuf,
     grpcurl: PathBuf,
+    /// Its last line, to paste: `export PATH="<repo>/.venv/bin:$PATH"`.
+    export_line: String,
 }
 
 fn tools() -> &'static Tools {
@@ -63,7 +68,8 @@ fn tools() -> &'static Tools {
             assert!(path.is_file(), "{} does not exist", path.display());
             path
         };
-        Tools { python: field("python:"), grpcurl: field("grpcurl:") }
+        let export_line = stdout.lines().last().unwrap_or_default().to_owned();
+        Tools { python: field("python:"), grpcurl: field("grpcurl:"), export_line }
     })
 }
 
@@ -78,40 +84,6 @@ fn start_server(name: &str) -> ServerProcess {
         ServerProcess::start(&["--data-dir".as_ref(), data_dir.as_os_str()], Some(repo()), log, STARTUP_TIMEOUT);
     eprintln!("runstream server at {} (log: {})", server.addr, server.log.display());
     server
-}
-
-/// Runs a command with piped output; kills it after `timeout`.
-fn run_with_timeout(mut cmd: Command, timeout: Duration, what: &str) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
-    let drain = |mut r: Box<dyn Read + Send>| {
-        thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = r.read_to_end(&mut buf);
-            buf
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
-    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for child") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let out = String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned();
-            let err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
-            panic!("{what} did not finish within {timeout:?}\n--- stdout\n{out}\n--- stderr\n{err}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() }
 }
 
 #[test]
@@ -135,57 +107,198 @@ fn python_client_reconnects_without_loss() {
     assert!(out.status.success(), "test_reconnect.py failed ({})\n{}", out.status, server.log_tail());
 }
 
-/// The grpcurl commands of README.md's walkthrough: the ```sh blocks between the walkthrough markers; a line
-/// starting with `grpcurl` begins a command, and a line ending in `\` continues it.
-fn walkthrough_commands(readme: &str) -> Vec<String> {
-    let start = readme.find(WALKTHROUGH_START).unwrap_or_else(|| panic!("README.md has no {WALKTHROUGH_START}"));
-    let len = readme[start..].find(WALKTHROUGH_END).unwrap_or_else(|| panic!("README.md has no {WALKTHROUGH_END}"));
-    let section = &readme[start + WALKTHROUGH_START.len()..start + len];
-
-    let mut commands = Vec::new();
-    let mut in_block = false;
-    let mut current: Option<String> = None;
-    for line in section.lines() {
-        let trimmed = line.trim();
-        if !in_block {
-            if trimmed.strip_prefix("```").is_some_and(|lang| lang.trim() == "sh") {
-                in_block = true;
-            }
-            continue;
-        }
-        if trimmed.starts_with("```") {
-            assert!(current.is_none(), "unterminated continuation at the end of a ```sh block");
-            in_block = false;
-            continue;
-        }
-        let (part, continues) = match trimmed.strip_suffix('\\') {
-            Some(part) => (part.trim_end(), true),
-            None => (trimmed, false),
-        };
-        match current.as_mut() {
-            Some(cmd) => {
-                cmd.push(' ');
-                cmd.push_str(part);
-            }
-            None if trimmed.starts_with("grpcurl") => current = Some(part.to_owned()),
-            None => continue,
-        }
-        if !continues {
-            commands.extend(current.take());
-        }
-    }
-    assert!(!in_block, "a ```sh block of the walkthrough is not closed");
-    assert!(current.is_none(), "the last walkthrough command ends with a continuation");
-    assert!(!commands.is_empty(), "the README walkthrough has no grpcurl commands");
-    commands
+/// The lines of the ```sh block between the markers `start` and `end` of README.md.
+fn sh_block(readme: &str, start: &str, end: &str) -> Vec<String> {
+    let from = readme.find(start).unwrap_or_else(|| panic!("README.md has no {start}"));
+    let len = readme[from..].find(end).unwrap_or_else(|| panic!("README.md has no {end} after {start}"));
+    let section = &readme[from + start.len()..from + len];
+    let mut lines = section.lines().skip_while(|l| l.trim() != "```sh");
+    assert!(lines.next().is_some(), "no ```sh block between {start} and {end}");
+    let block: Vec<String> = lines.by_ref().take_while(|l| l.trim() != "```").map(str::to_owned).collect();
+    assert!(!block.is_empty(), "the ```sh block between {start} and {end} is empty or not closed");
+    block
 }
 
-/// The JSON request of a command (`-d '...'`), or `{}`.
-fn request_of(command: &str) -> Value {
-    let Some(i) = command.find("-d '") else { return Value::Object(Default::default()) };
-    let rest = &command[i + 4..];
-    let end = rest.find('\'').unwrap_or_else(|| panic!("unterminated -d '...' in {command}"));
-    serde_json::from_str(&rest[..end]).unwrap_or_else(|e| panic!("-d payload of {command} is not JSON: {e}"))
+/// A piece of the walkthrough: a grpcurl command, or any other line, passed to the shell as it is.
+enum Piece {
+    /// A line that begins a grpcurl call, with its continuation lines (`\`) and, if it reads a here-document, the
+    /// document's lines and terminator: `lines` as written; `text` its first line and continuations joined.
+    Grpcurl {
+        lines: Vec<String>,
+        text: String,
+    },
+    Other(String),
+}
+
+/// The here-document a command line opens (`<<EOF`, `<<-'EOF'`, ...): its terminator, and whether leading tabs
+/// are stripped. `<<<` (a here-string) opens none.
+fn heredoc(text: &str) -> Option<(String, bool)> {
+    let at = text.match_indices("<<").map(|(i, _)| i).find(|&i| !text[i + 2..].starts_with('<'))?;
+    let rest = &text[at + 2..];
+    let (rest, strip_tabs) = match rest.strip_prefix('-') {
+        Some(rest) => (rest, true),
+        None => (rest, false),
+    };
+    let word: String = rest.trim_start().chars().take_while(|c| !c.is_whitespace() && !";|&)".contains(*c)).collect();
+    let word = word.replace(['\'', '"', '\\'], "");
+    assert!(!word.is_empty(), "a here-document without a terminator word in {text}");
+    Some((word, strip_tabs))
+}
+
+/// Splits the walkthrough block into its grpcurl commands and the other lines.
+fn walkthrough_pieces(block: &[String]) -> Vec<Piece> {
+    let mut pieces = Vec::new();
+    let mut lines = block.iter();
+    while let Some(line) = lines.next() {
+        if !(line.trim_start() == "grpcurl" || line.trim_start().starts_with("grpcurl ")) {
+            pieces.push(Piece::Other(line.clone()));
+            continue;
+        }
+        let mut command = vec![line.clone()];
+        let mut text = line.trim().to_owned();
+        while let Some(head) = text.strip_suffix('\\') {
+            let next = lines.next().unwrap_or_else(|| panic!("the walkthrough ends inside the continuation of {text}"));
+            command.push(next.clone());
+            text = format!("{} {}", head.trim_end(), next.trim());
+        }
+        if let Some((terminator, strip_tabs)) = heredoc(&text) {
+            loop {
+                let next =
+                    lines.next().unwrap_or_else(|| panic!("the here-document of {text} has no {terminator} line"));
+                command.push(next.clone());
+                let ends = if strip_tabs { next.trim_start_matches('\t') } else { next.as_str() };
+                if ends == terminator {
+                    break;
+                }
+            }
+        }
+        pieces.push(Piece::Grpcurl { lines: command, text });
+    }
+    assert!(
+        pieces.iter().any(|p| matches!(p, Piece::Grpcurl { .. })),
+        "the README walkthrough has no grpcurl commands"
+    );
+    pieces
+}
+
+/// Starts the marker lines the walkthrough script prints around each command (and nothing else prints).
+const MARK: &str = "@@@walkthrough";
+
+/// A shell function the script defines after the README's setup lines: it prints what a grpcurl command sends
+/// (its `-d` argument, or its standard input for `-d @`) on a marker line, then runs grpcurl with it.
+const GRPCURL_SPY: &str = r#"grpcurl() {
+    local previous= request=
+    for arg in "$@"; do
+        case "$previous:$arg" in
+            -d:*) request=$arg ;;
+            *:-d=*) request=${arg#-d=} ;;
+        esac
+        previous=$arg
+    done
+    if [ "$request" = @ ]; then
+        request=$(cat)
+        printf '%s request %s\n' "@@MARK@@" "$(printf '%s' "$request" | tr '\n' ' ')"
+        printf '%s\n' "$request" | command grpcurl "$@"
+    else
+        printf '%s request %s\n' "@@MARK@@" "$request"
+        command grpcurl "$@"
+    fi
+}"#;
+
+/// The script the walkthrough test runs in one shell: the setup lines, a marker line naming the grpcurl they put
+/// on PATH, the grpcurl spy, then the walkthrough `pastes` times as written, with `localhost:50051` replaced by
+/// `addr` and each grpcurl command between a `cmd N` marker (on stdout and stderr) and a `status N $?` marker.
+/// Returns the script and each command's text, by N - 1.
+fn walkthrough_script(setup: &[String], pieces: &[Piece], pastes: usize, addr: &str) -> (String, Vec<String>) {
+    let mut script = String::new();
+    let mut commands = Vec::new();
+    let mut push = |line: &str| {
+        script.push_str(&line.replace("localhost:50051", addr));
+        script.push('\n');
+    };
+    for line in setup {
+        push(line);
+    }
+    push(&format!("printf '%s grpcurl-is %s\\n' '{MARK}' \"$(command -v grpcurl)\""));
+    push(&GRPCURL_SPY.replace("@@MARK@@", MARK));
+    for _ in 0..pastes {
+        for piece in pieces {
+            match piece {
+                Piece::Other(line) => push(line),
+                Piece::Grpcurl { lines, text } => {
+                    commands.push(text.clone());
+                    let n = commands.len();
+                    push(&format!("echo '{MARK} cmd {n}'; echo '{MARK} cmd {n}' >&2"));
+                    for line in lines {
+                        push(line);
+                    }
+                    push(&format!("echo \"{MARK} status {n} $?\""));
+                }
+            }
+        }
+    }
+    (script, commands)
+}
+
+/// What one command of the script printed and sent.
+#[derive(Default)]
+struct Ran {
+    /// Its request as sent (`{}` without `-d`).
+    request: Value,
+    stdout: String,
+    stderr: String,
+    status: Option<i32>,
+}
+
+/// Splits the script's output at its markers: the grpcurl the setup put on PATH, and what each command did.
+fn split_runs(stdout: &str, stderr: &str, commands: usize) -> (String, Vec<Ran>) {
+    let mut runs: Vec<Ran> = (0..commands).map(|_| Ran::default()).collect();
+    let mut grpcurl_is = String::new();
+    let mut current: Option<usize> = None;
+    for line in stdout.lines() {
+        let Some(marker) = line.strip_prefix(MARK).map(str::trim_start) else {
+            if let Some(n) = current {
+                runs[n].stdout.push_str(line);
+                runs[n].stdout.push('\n');
+            }
+            continue;
+        };
+        let (name, rest) = marker.split_once(' ').unwrap_or((marker, ""));
+        match name {
+            "grpcurl-is" => grpcurl_is = rest.trim().to_owned(),
+            "cmd" => current = Some(rest.trim().parse::<usize>().expect("command number") - 1),
+            "request" => {
+                let n = current.expect("a request marker outside a command");
+                let sent = rest.trim();
+                runs[n].request = if sent.is_empty() {
+                    Value::Object(Default::default())
+                } else {
+                    serde_json::from_str(sent)
+                        .unwrap_or_else(|e| panic!("command {} sent no JSON ({e}): {sent}", n + 1))
+                };
+            }
+            "status" => {
+                let (n, code) = rest.trim().split_once(' ').expect("status marker: N CODE");
+                let n = n.parse::<usize>().expect("command number") - 1;
+                runs[n].status = Some(code.parse().expect("exit status"));
+                current = None;
+            }
+            _ => panic!("unknown marker line {line}"),
+        }
+    }
+    let mut current: Option<usize> = None;
+    for line in stderr.lines() {
+        match line.strip_prefix(MARK).and_then(|m| m.trim().strip_prefix("cmd ")) {
+            Some(n) => current = Some(n.trim().parse::<usize>().expect("command number") - 1),
+            None => {
+                if let Some(n) = current {
+                    runs[n].stderr.push_str(line);
+                    runs[n].stderr.push('\n');
+                }
+            }
+        }
+    }
+    (grpcurl_is, runs)
 }
 
 /// grpcurl's output: a sequence of pretty-printed JSON objects.
@@ -239,36 +352,83 @@ fn has_number(value: &Value, key: &str, n: f64) -> bool {
     }
 }
 
+/// How many times the test pastes the walkthrough into the same shell, against the same server.
+const PASTES: usize = 2;
+
 #[test]
 fn grpcurl_readme_walkthrough() {
     let tools = tools();
     let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
-    let commands = walkthrough_commands(&readme);
+    let setup = sh_block(&readme, SETUP_START, SETUP_END);
+    let pieces = walkthrough_pieces(&sh_block(&readme, WALKTHROUGH_START, WALKTHROUGH_END));
+    let venv_grpcurl = repo().join(".venv/bin/grpcurl");
+    let same_file = |a: &Path, b: &Path| a.canonicalize().ok().is_some_and(|a| b.canonicalize().ok() == Some(a));
+    assert!(
+        tools.grpcurl.ends_with(".venv/bin/grpcurl") && same_file(&tools.grpcurl, &venv_grpcurl),
+        "scripts/test-deps.sh put grpcurl at {}, not {}",
+        tools.grpcurl.display(),
+        venv_grpcurl.display()
+    );
+
+    // A shell that has run nothing else: no grpcurl on its PATH until the README's setup lines put it there.
+    let home = std::env::var_os("HOME").unwrap_or_else(|| env!("CARGO_TARGET_TMPDIR").into());
+    let clean_shell = |script: &str, cwd: &Path| {
+        let mut bash = Command::new("bash");
+        bash.env_clear()
+            .env("HOME", &home)
+            .env("LANG", "C.UTF-8")
+            .env("PATH", CLEAN_PATH)
+            .arg("-c")
+            .arg(script)
+            .current_dir(cwd);
+        bash
+    };
+    let out = run_with_timeout(clean_shell("command -v grpcurl", repo()), STARTUP_TIMEOUT, "command -v grpcurl");
+    if out.status.success() {
+        eprintln!(
+            "note: a grpcurl is on {CLEAN_PATH} ({}); the walkthrough must still run the one the setup installs",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+    }
+
+    // The line test-deps.sh prints to paste works from any directory.
+    let bin = tools.grpcurl.parent().expect("grpcurl's directory");
+    let line = format!("export PATH=\"{}:$PATH\"", bin.display());
+    assert_eq!(tools.export_line, line, "the last line of scripts/test-deps.sh");
+    let script = format!("{line}\ncommand -v grpcurl");
+    let out = run_with_timeout(clean_shell(&script, Path::new("/")), STARTUP_TIMEOUT, "the printed export line");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), tools.grpcurl.display().to_string(), "after {line}");
+
     let server = start_server("grpcurl");
-    let grpcurl = format!("'{}'", tools.grpcurl.display());
+    let (script, commands) = walkthrough_script(&setup, &pieces, PASTES, &server.addr);
+    let out = run_with_timeout(clean_shell(&script, repo()), WALKTHROUGH_TIMEOUT, "the README walkthrough");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let (grpcurl_is, runs) = split_runs(&stdout, &stderr, commands.len());
+    assert_eq!(
+        grpcurl_is,
+        venv_grpcurl.display().to_string(),
+        "after the README's setup lines, `grpcurl` is not .venv/bin/grpcurl\n--- script\n{script}\n--- stdout\n\
+         {stdout}\n--- stderr\n{stderr}"
+    );
 
     let mut checked = Vec::new();
-    // Last seq of the most recent stream that ended with a suspension.
-    let mut suspended_at: Option<u64> = None;
-    for (n, original) in commands.iter().enumerate() {
-        let command = format!("{grpcurl}{}", &original["grpcurl".len()..]).replace("localhost:50051", &server.addr);
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c").arg(&command).current_dir(repo());
-        let out = run_with_timeout(cmd, GRPCURL_TIMEOUT, original);
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        println!("$ {original}\n{stdout}");
-        assert!(
-            out.status.success(),
-            "walkthrough command {} failed ({}): {original}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n{}",
+    // The runs whose last stream ended with a suspension: run id -> (last seq, workflow, agent or network id).
+    let mut suspended: HashMap<String, (u64, String)> = HashMap::new();
+    for (n, (original, ran)) in commands.iter().zip(&runs).enumerate() {
+        let Ran { request, stdout, stderr, status } = ran;
+        println!("$ {original}\n# sent: {request}\n{stdout}");
+        assert_eq!(
+            *status,
+            Some(0),
+            "walkthrough command {} failed (exit status {status:?}; None: it did not run): {original}\n--- stdout\n\
+             {stdout}\n--- stderr\n{stderr}\n{}",
             n + 1,
-            out.status,
             server.log_tail()
         );
 
         let words: Vec<&str> = original.split_whitespace().collect();
         let method = words.iter().find_map(|w| w.split_once("runstream.v1.RunService/").map(|(_, m)| m));
-        let request = request_of(original);
         match method {
             None if words.contains(&"list") => {
                 for service in ["runstream.v1.RunService", "grpc.health.v1.Health", "grpc.reflection."] {
@@ -282,14 +442,15 @@ fn grpcurl_readme_walkthrough() {
             }
             None => {}
             Some(method) => {
-                let events = json_messages(&stdout, original);
+                let events = json_messages(stdout, original);
                 assert!(!events.is_empty(), "{original} printed nothing");
                 match method {
                     "StreamRun" | "ResumeStream" | "ObserveStream" => {
                         let first = seq(&events[0]);
                         assert_gapless(&events, first, original);
-                        let last = events.last().unwrap();
+                        let last = events.last().expect("not empty");
                         assert_eq!(kind(last), "workflowFinish", "{original} does not end with workflowFinish");
+                        let run_id = last["runId"].as_str().unwrap_or_default().to_owned();
                         let workflow = request["workflowId"]
                             .as_str()
                             .or(request["agentId"].as_str())
@@ -309,11 +470,11 @@ fn grpcurl_readme_walkthrough() {
                                 checked.push("StreamRun chain");
                             }
                             ("StreamRun", "order-approval") => {
-                                assert_eq!(first, 1, "a new run's first seq");
+                                assert_eq!(first, 1, "a new run's first seq (a pasted run id must be new)");
                                 let tail = &kinds(&events)[events.len().saturating_sub(2)..];
                                 assert_eq!(tail, ["stepSuspended", "workflowFinish"], "end of {original}");
                                 assert_eq!(finish_status(last), "RUN_STATUS_SUSPENDED", "suspension: {last}");
-                                suspended_at = Some(seq(last));
+                                suspended.insert(run_id, (seq(last), workflow.to_owned()));
                                 checked.push("StreamRun order-approval");
                             }
                             ("StreamRun", "assistant") => {
@@ -325,9 +486,10 @@ fn grpcurl_readme_walkthrough() {
                                 checked.push("StreamRun assistant");
                             }
                             ("StreamRun", "concierge") => {
+                                assert_eq!(first, 1, "a new run's first seq (a pasted run id must be new)");
                                 let tail = &kinds(&events)[events.len().saturating_sub(3)..];
                                 assert_eq!(tail, ["toolCallApproval", "stepSuspended", "workflowFinish"], "{original}");
-                                suspended_at = Some(seq(last));
+                                suspended.insert(run_id, (seq(last), workflow.to_owned()));
                                 checked.push("StreamRun concierge");
                             }
                             ("StreamRun", "content-pipeline") => {
@@ -361,11 +523,18 @@ fn grpcurl_readme_walkthrough() {
                                 checked.push("StreamRun research-network");
                             }
                             ("ResumeStream", _) => {
-                                let suspended = suspended_at.take().expect("ResumeStream before any suspension");
-                                assert_eq!(first, suspended + 1, "ResumeStream must continue after seq {suspended}");
+                                let resumed = request["runId"].as_str().unwrap_or_default();
+                                let (suspended_at, workflow) = suspended
+                                    .remove(resumed)
+                                    .unwrap_or_else(|| panic!("{original} resumes {resumed:?}, not a suspended run"));
+                                assert_eq!(
+                                    first,
+                                    suspended_at + 1,
+                                    "ResumeStream must continue after seq {suspended_at}"
+                                );
                                 assert_eq!(kind(&events[0]), "workflowStart", "a resumed phase starts: {}", events[0]);
-                                let (proof, step) = match request["runId"].as_str() {
-                                    Some("trip-1") => ("\"toolResult\"", "ResumeStream concierge"),
+                                let (proof, step) = match workflow.as_str() {
+                                    "concierge" => ("\"toolResult\"", "ResumeStream concierge"),
                                     _ => ("\"approved by", "ResumeStream"),
                                 };
                                 assert!(stdout.contains(proof), "ResumeStream output lacks {proof}");
@@ -407,6 +576,10 @@ fn grpcurl_readme_walkthrough() {
         "StreamRun content-pipeline",
         "StreamRun research-network",
     ] {
-        assert!(checked.contains(&step), "the README walkthrough has no `{step}` command (checked: {checked:?})");
+        let times = checked.iter().filter(|c| **c == step).count();
+        assert_eq!(
+            times, PASTES,
+            "`{step}` of the README walkthrough was checked {times} times in {PASTES} pastes (checked: {checked:?})"
+        );
     }
 }

@@ -64,8 +64,7 @@ async fn reflection_v1_and_v1alpha_list_run_service() {
 /// SIGTERM: the binary stops taking calls, ends open streams with UNAVAILABLE and a cursor, and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_drains_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_runstream"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
+    let mut child = common::process::runstream_command(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()

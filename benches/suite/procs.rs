@@ -42,6 +42,7 @@ impl Server {
         let program = program.unwrap_or(std::path::Path::new(env!("CARGO_BIN_EXE_runstream")));
         let mut command = Command::new(program);
         command.args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"]).env("RUST_LOG", "warn");
+        offline_model(&mut command);
         Self::spawn(command, "runstream")
     }
 
@@ -53,6 +54,7 @@ impl Server {
         let _ = std::fs::remove_dir_all(&data_dir);
         let mut command = Command::new(program);
         command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&data_dir).env("RUST_LOG", "warn");
+        offline_model(&mut command);
         let mut server = Self::spawn(command, "runstream (durable)");
         server.data_dir = Some(data_dir);
         server
@@ -133,4 +135,12 @@ fn clock_ticks() -> f64 {
 /// Gives a just-started server's runtime a moment to settle (threads spawned, listener polled).
 pub async fn settle() {
     tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// Clears the model settings a benchmark server would otherwise inherit: the built-in agents stay on the offline
+/// model, and a stray `RUNSTREAM_MODEL_BASE_URL` cannot stop the server at start.
+fn offline_model(command: &mut Command) {
+    for name in ["RUNSTREAM_MODEL", "RUNSTREAM_MODEL_BASE_URL", "RUNSTREAM_MODEL_API_KEY"] {
+        command.env_remove(name);
+    }
 }

@@ -4,8 +4,8 @@
 //!   run, because the arguments come from a model and may be anything.
 //! - [`run_agent`]: the loop. It emits chunks through a callback, so that it knows nothing of the engine; run as a
 //!   workflow step ([`agent_step`]) the callback is the step's [`Writer::agent`](crate::engine::Writer::agent).
-//! - [`tools`]: the built-in tools (`get-weather`, `calculator`, `book-activity`, `reserve-table`); [`assistant`]
-//!   and [`concierge`]: the built-in agents using them.
+//! - [`tools`]: the built-in tools (`get-weather`, `calculator`, `book-activity`, `reserve-table`); [`assistant_with`]
+//!   and [`concierge_with`]: the built-in agents using them.
 //!
 //! # The loop and the chunks it emits
 //!
@@ -89,7 +89,7 @@ use crate::{
         renamed::{self, RenamedKey},
         schema::Schema,
     },
-    model::{Message, ModelProvider, OfflineModel, ReasoningEffort, ToolSpec, model_from_env},
+    model::{Message, ModelProvider, ReasoningEffort, ToolSpec},
 };
 
 /// Default bound on model calls per run: enough for a few rounds of tool use, small enough that a model stuck
@@ -621,25 +621,10 @@ fn agent_run_input(input: &Value) -> Result<(Vec<Message>, AgentOptions), Schema
     Ok((messages, AgentOptions { output_schema, reasoning_effort }))
 }
 
-/// The model from the environment ([`model_from_env`]) for `user` (a built-in agent or network, or all of them); a
-/// broken model configuration falls back to the offline model (with a warning) rather than making the built-ins
-/// unusable.
-pub fn env_model(user: &str) -> Arc<dyn ModelProvider> {
-    model_from_env().unwrap_or_else(|e| {
-        tracing::warn!("{e}; {user} uses the offline model instead");
-        Arc::new(OfflineModel::new())
-    })
-}
-
-/// Id of the built-in [`assistant`] agent.
+/// Id of the built-in [`assistant_with`] agent.
 pub const ASSISTANT_ID: &str = "assistant";
 
-/// The built-in assistant: answers questions, using `get-weather` and `calculator`; its model is [`env_model`].
-pub fn assistant() -> Arc<Agent> {
-    assistant_with(env_model("agent 'assistant'"))
-}
-
-/// The [`assistant`] with a given model (tests use the offline model whatever the environment says).
+/// The built-in assistant, on `model`: answers questions, using `get-weather` and `calculator`.
 pub fn assistant_with(model: Arc<dyn ModelProvider>) -> Arc<Agent> {
     Arc::new(
         Agent::new(
@@ -655,17 +640,12 @@ pub fn assistant_with(model: Arc<dyn ModelProvider>) -> Arc<Agent> {
     )
 }
 
-/// Id of the built-in [`concierge`] agent.
+/// Id of the built-in [`concierge_with`] agent.
 pub const CONCIERGE_ID: &str = "concierge";
 
-/// The built-in concierge: checks the weather, books activities and reserves tables. Every booking waits for the
-/// user's approval (its run suspends with `ToolCallApproval`); a reservation without party size or time asks the
-/// guest (`reserve-table` suspends itself: `ToolCallSuspended`). Its model is [`env_model`].
-pub fn concierge() -> Arc<Agent> {
-    concierge_with(env_model("agent 'concierge'"))
-}
-
-/// The [`concierge`] with a given model.
+/// The built-in concierge, on `model`: checks the weather, books activities and reserves tables. Every booking waits
+/// for the user's approval (its run suspends with `ToolCallApproval`); a reservation without party size or time asks
+/// the guest (`reserve-table` suspends itself: `ToolCallSuspended`).
 pub fn concierge_with(model: Arc<dyn ModelProvider>) -> Arc<Agent> {
     Arc::new(
         Agent::new(

@@ -1043,7 +1043,7 @@ mod approvals_guardrails_and_structured_output {
 /// once when the run's input is checked (once per run). Both spellings of one key at once are refused, naming it.
 #[test]
 fn the_renamed_input_keys_are_taken_in_either_spelling() {
-    let wf = workflow(Arc::new(Agent::new("a", "", Arc::new(OfflineModel::new()))));
+    let wf = workflow(Arc::new(Agent::new("a", "", Arc::new(crate::model::OfflineModel::new()))));
     let schema = json!({ "type": "object", "required": ["n"], "properties": { "n": { "type": "integer" } } });
     let warning = |old: &str, new: &str| {
         format!(

@@ -7,7 +7,10 @@
 //! - [`OfflineModel`]: a deterministic, scripted stand-in that needs no network, so that the service and its
 //!   built-in agents work out of the box. It is not a language model.
 //! - [`RetryingModel`]: wraps any provider and re-issues a call after a transient failure, per [`RetryPolicy`].
-//! - [`model_from_env`]: picks one of these from the environment (see there for the variables).
+//! - [`parse_base_url`]: checks a server's base URL, saying what to write instead of one that cannot be used.
+//!
+//! The library reads no environment variable: `runstream serve` builds the model from its settings
+//! (`--model`, `--model-base-url`, `--model-api-key` or their `RUNSTREAM_MODEL*` variables) and hands it in.
 //!
 //! # The stream contract
 //!
@@ -41,7 +44,7 @@ mod sse;
 #[cfg(test)]
 mod tests;
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{pin::Pin, time::Duration};
 
 use futures_util::Stream;
 use serde_json::Value;
@@ -50,7 +53,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::engine::event::Usage;
 pub(crate) use offline::Fnv1a;
 pub use offline::OfflineModel;
-pub use openai::{OpenAiConfig, OpenAiModel};
+pub use openai::{OpenAiConfig, OpenAiModel, parse_base_url};
 pub use retry::{RetryPolicy, RetryingModel};
 
 /// The stream one model call returns; see the [module docs](self) for its contract.
@@ -333,7 +336,7 @@ pub enum ModelError {
     #[error("the model server at {url} failed (HTTP {status}): {message}")]
     Server { url: String, status: u16, message: String },
     #[error(
-        "could not reach the model server at {url}: {message}; check RUNSTREAM_MODEL_BASE_URL and that the server is up"
+        "could not reach the model server at {url}: {message}; check RUNSTREAM_MODEL_BASE_URL / --model-base-url and that the server is up"
     )]
     Connect { url: String, message: String },
     #[error("the model server at {url} sent nothing for {}s; it may be overloaded", after.as_secs_f32())]
@@ -383,34 +386,6 @@ impl ModelError {
         match self {
             Self::RateLimited { retry_after, .. } => *retry_after,
             _ => None,
-        }
-    }
-}
-
-/// The model the service uses, chosen from the environment:
-///
-/// - `RUNSTREAM_MODEL`: the model name to ask an OpenAI-compatible server for (e.g. `gpt-4o-mini`,
-///   `Qwen/Qwen3-8B`, `llama3.2`). Unset, empty or `offline`: the built-in [`OfflineModel`], no network.
-/// - `RUNSTREAM_MODEL_BASE_URL`: the server's API root, up to and including `/v1` (default
-///   `https://api.openai.com/v1`; e.g. `http://127.0.0.1:8000/v1` for vLLM, `http://127.0.0.1:11434/v1` for Ollama,
-///   `http://127.0.0.1:8080/v1` for llama.cpp, `http://127.0.0.1:1234/v1` for LM Studio).
-/// - `RUNSTREAM_MODEL_API_KEY`, else `OPENAI_API_KEY`: sent as `Authorization: Bearer`; local servers need none.
-///
-/// A networked model is wrapped in a [`RetryingModel`] with the default [`RetryPolicy`]. The offline model is the
-/// default (rather than OpenAI whenever `OPENAI_API_KEY` happens to be set) so that nothing calls a paid API
-/// unless asked to by name.
-pub fn model_from_env() -> Result<Arc<dyn ModelProvider>, ModelError> {
-    model_from_vars(|name| std::env::var(name).ok())
-}
-
-/// [`model_from_env`] over any variable lookup, so tests need not touch the process environment.
-pub fn model_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Arc<dyn ModelProvider>, ModelError> {
-    match var(openai::ENV_MODEL).map(|m| m.trim().to_owned()) {
-        None => Ok(Arc::new(OfflineModel::new())),
-        Some(m) if m.is_empty() || m == OfflineModel::MODEL_ID => Ok(Arc::new(OfflineModel::new())),
-        Some(_) => {
-            let model = OpenAiModel::new(OpenAiConfig::from_vars(var)?)?;
-            Ok(Arc::new(RetryingModel::new(Arc::new(model), RetryPolicy::default())))
         }
     }
 }

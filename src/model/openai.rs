@@ -31,10 +31,11 @@ use super::{
     sse::{SseDecoder, SseEvent},
 };
 
-pub(crate) const ENV_BASE_URL: &str = "RUNSTREAM_MODEL_BASE_URL";
-pub(crate) const ENV_API_KEY: &str = "RUNSTREAM_MODEL_API_KEY";
-pub(crate) const ENV_OPENAI_API_KEY: &str = "OPENAI_API_KEY";
-pub(crate) const ENV_MODEL: &str = "RUNSTREAM_MODEL";
+// The settings of `runstream serve` that choose the model, named in the hints of errors that a setting may cause.
+// The library reads none of them: the binary builds the model and hands it in.
+const BASE_URL_SETTING: &str = "RUNSTREAM_MODEL_BASE_URL / --model-base-url";
+const API_KEY_SETTING: &str = "RUNSTREAM_MODEL_API_KEY / --model-api-key, or OPENAI_API_KEY";
+const MODEL_SETTING: &str = "RUNSTREAM_MODEL / --model";
 
 /// How much of an error response body is read, so a misbehaving server cannot make us buffer without bound.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -76,35 +77,47 @@ impl OpenAiConfig {
         self
     }
 
-    /// From `RUNSTREAM_MODEL` (required), `RUNSTREAM_MODEL_BASE_URL` (default OpenAI's) and
-    /// `RUNSTREAM_MODEL_API_KEY` (else `OPENAI_API_KEY`). See [`model_from_env`](super::model_from_env).
-    pub fn from_env() -> Result<Self, ModelError> {
-        Self::from_vars(|name| std::env::var(name).ok())
-    }
-
-    /// [`from_env`](Self::from_env) over any variable lookup.
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Self, ModelError> {
-        let set = |name: &str| var(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
-        let model = set(ENV_MODEL).ok_or_else(|| {
-            ModelError::Config(format!("set {ENV_MODEL} to the name of the model to use (e.g. gpt-4o-mini)"))
-        })?;
-        let base_url = set(ENV_BASE_URL).unwrap_or_else(|| Self::DEFAULT_BASE_URL.to_owned());
-        let mut config = Self::new(base_url, model);
-        config.api_key = set(ENV_API_KEY).or_else(|| set(ENV_OPENAI_API_KEY));
-        Ok(config)
-    }
-
+    /// `{base_url}/chat/completions`, or why the base URL cannot be used (see [`parse_base_url`]).
     fn endpoint(&self) -> Result<String, ModelError> {
-        let base = self.base_url.trim().trim_end_matches('/');
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(ModelError::Config(format!(
-                "{ENV_BASE_URL} must be an http:// or https:// URL such as {} or http://127.0.0.1:8000/v1, not '{}'",
-                Self::DEFAULT_BASE_URL,
-                self.base_url
-            )));
-        }
-        Ok(format!("{base}/chat/completions"))
+        let url = parse_base_url(&self.base_url).map_err(|e| ModelError::Config(format!("the base URL {e}")))?;
+        Ok(format!("{}/chat/completions", url.as_str().trim_end_matches('/')))
     }
+}
+
+/// Checks an OpenAI-compatible server's base URL (its API root, e.g. `http://127.0.0.1:11434/v1`): an `http://` or
+/// `https://` URL with a host and no query or fragment. The error quotes the text and says what to write instead,
+/// e.g. `'127.0.0.1:9' has no scheme; write http://127.0.0.1:9/v1 (https:// if the server uses TLS)`; callers put
+/// the setting's name in front of it.
+pub fn parse_base_url(text: &str) -> Result<reqwest::Url, String> {
+    let text = text.trim();
+    let example =
+        "write the server's API root, e.g. http://127.0.0.1:11434/v1 (Ollama) or http://127.0.0.1:8000/v1 (vLLM)";
+    if text.is_empty() {
+        return Err(format!("is empty; {example}"));
+    }
+    // Without `://` there is no scheme, even where the URL grammar sees one (`localhost:8000/v1` would be a URL
+    // of scheme `localhost`).
+    if !text.contains("://") {
+        let path = if text.contains('/') { "" } else { "/v1" };
+        return Err(format!("'{text}' has no scheme; write http://{text}{path} (https:// if the server uses TLS)"));
+    }
+    let url = reqwest::Url::parse(text).map_err(|e| format!("'{text}' is not a valid URL ({e}); {example}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        let rest = text.split_once("://").map_or(text, |(_, rest)| rest);
+        return Err(format!(
+            "'{text}' is not an http:// or https:// URL; write http://{rest} (https:// if the server uses TLS)"
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("'{text}' has no host; {example}"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        let root = text.split(['?', '#']).next().unwrap_or(text);
+        return Err(format!(
+            "'{text}' has a query or fragment; write only the API root the requests go under, e.g. {root}"
+        ));
+    }
+    Ok(url)
 }
 
 impl fmt::Debug for OpenAiConfig {
@@ -360,10 +373,10 @@ fn status_error(url: &str, status: StatusCode, message: String, retry_after: Opt
         408 | 500..=599 => ModelError::Server { url, status: code, message },
         _ => {
             let hint = match code {
-                401 | 403 => format!("; check the API key ({ENV_API_KEY} or {ENV_OPENAI_API_KEY})"),
+                401 | 403 => format!("; check the API key ({API_KEY_SETTING})"),
                 404 => format!(
-                    "; check {ENV_BASE_URL} (it usually ends in /v1) and that {ENV_MODEL} names a model this server \
-                     serves"
+                    "; check {BASE_URL_SETTING} (it usually ends in /v1) and that {MODEL_SETTING} names a model this \
+                     server serves"
                 ),
                 413 => "; the conversation is too long for the server".to_owned(),
                 400 | 422 => "; the server does not accept something in the request (a parameter, a tool or \
@@ -976,28 +989,43 @@ mod tests {
     }
 
     #[test]
-    fn config_from_vars() {
-        let vars = |pairs: &'static [(&'static str, &'static str)]| {
-            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| (*v).to_owned())
-        };
-        let config =
-            OpenAiConfig::from_vars(vars(&[("RUNSTREAM_MODEL", "gpt-4o-mini"), ("OPENAI_API_KEY", "sk-1")])).unwrap();
-        assert_eq!(config.base_url, OpenAiConfig::DEFAULT_BASE_URL);
-        assert_eq!(config.api_key.as_deref(), Some("sk-1"));
+    fn config_debug_hides_the_key() {
+        let config = OpenAiConfig::new(OpenAiConfig::DEFAULT_BASE_URL, "gpt-4o-mini").with_api_key("sk-1");
         assert!(!format!("{config:?}").contains("sk-1"), "Debug must not show the key");
-        let config = OpenAiConfig::from_vars(vars(&[
-            ("RUNSTREAM_MODEL", "llama3.2"),
-            ("RUNSTREAM_MODEL_BASE_URL", "http://127.0.0.1:11434/v1/"),
-            ("RUNSTREAM_MODEL_API_KEY", "local"),
-            ("OPENAI_API_KEY", "sk-1"),
-        ]))
-        .unwrap();
-        assert_eq!(config.api_key.as_deref(), Some("local"));
+        let config = OpenAiConfig::new("http://127.0.0.1:11434/v1/", "llama3.2");
         assert_eq!(config.endpoint().unwrap(), "http://127.0.0.1:11434/v1/chat/completions");
-        let err = OpenAiConfig::from_vars(vars(&[])).unwrap_err();
-        assert!(err.to_string().contains("RUNSTREAM_MODEL"), "{err}");
+        assert_eq!(OpenAiConfig::new("http://gpu:8000", "m").endpoint().unwrap(), "http://gpu:8000/chat/completions");
         let err = OpenAiModel::new(OpenAiConfig::new("localhost:8000/v1", "m")).unwrap_err();
-        assert!(err.to_string().contains("RUNSTREAM_MODEL_BASE_URL"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "model configuration: the base URL 'localhost:8000/v1' has no scheme; write http://localhost:8000/v1 \
+             (https:// if the server uses TLS)"
+        );
+    }
+
+    #[test]
+    fn base_urls_that_cannot_be_used_say_what_to_write() {
+        let ok = |text: &str| parse_base_url(text).map(|url| url.to_string());
+        assert_eq!(ok("http://127.0.0.1:11434/v1").unwrap(), "http://127.0.0.1:11434/v1");
+        assert_eq!(ok(" https://api.openai.com/v1/ ").unwrap(), "https://api.openai.com/v1/");
+        assert_eq!(ok("http://[::1]:8000/v1").unwrap(), "http://[::1]:8000/v1");
+        let err = |text: &str| parse_base_url(text).unwrap_err();
+        assert_eq!(
+            err("127.0.0.1:9"),
+            "'127.0.0.1:9' has no scheme; write http://127.0.0.1:9/v1 (https:// if the server uses TLS)"
+        );
+        assert!(
+            err("localhost:11434/v1").contains("write http://localhost:11434/v1 "),
+            "{}",
+            err("localhost:11434/v1")
+        );
+        assert!(err("ftp://host/v1").contains("not an http:// or https:// URL; write http://host/v1"));
+        assert!(err("ws://host:8000/v1").contains("write http://host:8000/v1"));
+        assert!(err("http://").contains("is not a valid URL"), "{}", err("http://"));
+        assert!(err("http://:8000/v1").contains("is not a valid URL"), "{}", err("http://:8000/v1"));
+        assert!(err("http://exa mple/v1").contains("is not a valid URL"));
+        assert!(err("http://h/v1?x=1").contains("e.g. http://h/v1"), "{}", err("http://h/v1?x=1"));
+        assert!(err("").starts_with("is empty; write the server's API root"));
     }
 
     #[test]

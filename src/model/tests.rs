@@ -833,18 +833,3 @@ async fn a_silent_server_times_out_retryably() {
     assert!(matches!(error, ModelError::Timeout { .. }), "{error:?}");
     assert!(error.is_retryable());
 }
-
-#[test]
-fn the_environment_picks_the_model() {
-    let offline = model_from_vars(|_| None).unwrap();
-    assert_eq!((offline.provider(), offline.model_id()), ("offline", "offline"));
-    let offline = model_from_vars(|name| (name == "OPENAI_API_KEY").then(|| "sk-1".to_owned())).unwrap();
-    assert_eq!(offline.provider(), "offline", "an OpenAI key alone does not switch to a paid API");
-    let remote = model_from_vars(|name| match name {
-        "RUNSTREAM_MODEL" => Some("llama3.2".to_owned()),
-        "RUNSTREAM_MODEL_BASE_URL" => Some("http://127.0.0.1:11434/v1".to_owned()),
-        _ => None,
-    })
-    .unwrap();
-    assert_eq!((remote.provider(), remote.model_id()), ("openai-compatible", "llama3.2"));
-}

@@ -875,7 +875,7 @@ async fn a_failed_primitive_is_a_result_the_router_reads() {
 
 #[test]
 fn run_input_is_checked() {
-    let wf = research::workflow();
+    let wf = research::workflow(Arc::new(OfflineModel::new()));
     assert_eq!(&**wf.id(), research::ID);
     assert_eq!(wf.steps().iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), [research::ID]);
     assert!(wf.validate_input(&json!({ "task": "x", "outputSchema": { "type": "object" } })).is_ok());
@@ -884,7 +884,10 @@ fn run_input_is_checked() {
     let err = network_input(&json!({ "task": "x", "outputSchema": { "type": 5 } })).unwrap_err();
     assert_eq!(err.path, "input.outputSchema");
     assert!(err.message.starts_with("invalid JSON Schema"), "{err}");
-    assert_eq!(research::research_network().primitive_ids(), ["assistant", "content-pipeline", "calculator"]);
+    assert_eq!(
+        research::research_network_with(Arc::new(OfflineModel::new())).primitive_ids(),
+        ["assistant", "content-pipeline", "calculator"]
+    );
 }
 
 /// `output_schema`, the spelling before issue 10, is still taken until the next release: listed in the input
@@ -892,7 +895,7 @@ fn run_input_is_checked() {
 /// errors. Both spellings at once are refused, naming the field.
 #[test]
 fn the_old_spelling_of_output_schema_is_still_taken_with_a_warning() {
-    let wf = research::workflow();
+    let wf = research::workflow(Arc::new(OfflineModel::new()));
     let schema = json!({ "type": "object", "required": ["answer"], "properties": { "answer": { "type": "integer" } } });
     let old = json!({ "task": "x", "output_schema": schema });
     let (checked, warnings) = crate::engine::renamed::capture_warnings(|| wf.validate_input(&old));

@@ -8,31 +8,20 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::{
-    agent::{Agent, agent_step, env_model},
+    agent::{Agent, agent_step},
     engine::{Step, StepOutcome, Workflow},
     model::ModelProvider,
 };
 
 pub const ID: &str = "content-pipeline";
 
-/// Id of the [`analyst`] agent.
+/// Id of the content analyst agent ([`analyst_with`]).
 pub const ANALYST_ID: &str = "content-analyst";
 
 /// Content types the pipeline publishes; the first is the default.
 const TYPES: [&str; 3] = ["article", "blog", "social"];
 
-/// The workflow with the [`analyst`] (its model from the environment).
-pub fn workflow() -> Arc<Workflow> {
-    workflow_with(analyst())
-}
-
-/// The content analyst: no tools, just a reading. Its model comes from the environment ([`env_model`]); a
-/// broken model configuration falls back to the offline model (with a warning), as for the built-in assistant.
-pub fn analyst() -> Arc<Agent> {
-    analyst_with(env_model("the content analyst"))
-}
-
-/// The [`analyst`] with a given model (tests pin the offline model).
+/// The content analyst, on `model`: no tools, just a reading.
 pub fn analyst_with(model: Arc<dyn ModelProvider>) -> Arc<Agent> {
     Arc::new(
         Agent::new(

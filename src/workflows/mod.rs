@@ -3,11 +3,12 @@
 //! and the built-in agents and networks as runnables (`assistant`, `concierge`, `research-network`,
 //! `travel-network`).
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use crate::{
     agent,
     engine::{StepContext, WorkflowCatalog},
+    model::{ModelProvider, OfflineModel},
 };
 
 pub mod batch_foreach;
@@ -34,10 +35,16 @@ pub(crate) fn delay_schema() -> serde_json::Value {
     serde_json::json!({ "type": "integer", "minimum": 0 })
 }
 
-/// A catalog holding every built-in workflow. Its agents and networks share one model from the environment (one
-/// client and connection pool; a bad configuration is reported once).
+/// A catalog holding every built-in workflow, its agents and networks on the offline model (deterministic, no
+/// network): what tests and benchmarks run. `runstream serve` uses [`builtin_catalog_with`] and the model its
+/// settings choose.
 pub fn builtin_catalog() -> WorkflowCatalog {
-    let model = agent::env_model("every built-in agent and network");
+    builtin_catalog_with(Arc::new(OfflineModel::new()))
+}
+
+/// A catalog holding every built-in workflow, its agents and networks sharing `model` (one client and connection
+/// pool).
+pub fn builtin_catalog_with(model: Arc<dyn ModelProvider>) -> WorkflowCatalog {
     let mut catalog = WorkflowCatalog::new();
     catalog.register(chain::workflow());
     catalog.register(content_pipeline::workflow_with(content_pipeline::analyst_with(model.clone())));

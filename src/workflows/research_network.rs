@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::content_pipeline;
 use crate::{
-    agent::{assistant_with, env_model, tools::calculator_tool},
+    agent::{assistant_with, tools::calculator_tool},
     engine::Workflow,
     model::ModelProvider,
     network::{self, Network},
@@ -15,13 +15,7 @@ use crate::{
 
 pub const ID: &str = "research-network";
 
-/// The network, every model (routing, assistant, content analyst) from the environment ([`env_model`]); a
-/// broken model configuration falls back to the offline model (with a warning), as for the built-in agents.
-pub fn research_network() -> Arc<Network> {
-    research_network_with(env_model("the research network"))
-}
-
-/// The network with one model for everything in it (tests pin the offline model).
+/// The network with one model for everything in it (routing, assistant, content analyst).
 pub fn research_network_with(model: Arc<dyn ModelProvider>) -> Arc<Network> {
     Arc::new(
         Network::new(
@@ -37,7 +31,7 @@ pub fn research_network_with(model: Arc<dyn ModelProvider>) -> Arc<Network> {
     )
 }
 
-/// `research-network` as a standalone run (see [`network::workflow`]).
-pub fn workflow() -> Arc<Workflow> {
-    network::workflow(research_network())
+/// `research-network` on `model` as a standalone run (see [`network::workflow`]).
+pub fn workflow(model: Arc<dyn ModelProvider>) -> Arc<Workflow> {
+    network::workflow(research_network_with(model))
 }

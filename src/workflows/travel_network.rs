@@ -13,7 +13,7 @@ use std::sync::Arc;
 use super::order_approval;
 use crate::{
     agent::{
-        concierge_with, env_model,
+        concierge_with,
         tools::{book_activity_tool, reserve_table_tool},
     },
     engine::Workflow,
@@ -23,13 +23,7 @@ use crate::{
 
 pub const ID: &str = "travel-network";
 
-/// The network, its models (routing, concierge) from the environment ([`env_model`]); a broken model
-/// configuration falls back to the offline model (with a warning), as for the built-in agents.
-pub fn travel_network() -> Arc<Network> {
-    travel_network_with(env_model("the travel network"))
-}
-
-/// The network with one model for everything in it (tests pin the offline model).
+/// The network with one model for everything in it (routing, concierge).
 pub fn travel_network_with(model: Arc<dyn ModelProvider>) -> Arc<Network> {
     Arc::new(
         Network::new(
@@ -47,7 +41,7 @@ pub fn travel_network_with(model: Arc<dyn ModelProvider>) -> Arc<Network> {
     )
 }
 
-/// `travel-network` as a standalone run (see [`network::workflow`]).
-pub fn workflow() -> Arc<Workflow> {
-    network::workflow(travel_network())
+/// `travel-network` on `model` as a standalone run (see [`network::workflow`]).
+pub fn workflow(model: Arc<dyn ModelProvider>) -> Arc<Workflow> {
+    network::workflow(travel_network_with(model))
 }

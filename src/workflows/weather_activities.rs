@@ -7,18 +7,14 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::{
-    agent::{Agent, agent_step, assistant, tools::get_weather},
+    agent::{Agent, agent_step, tools::get_weather},
     engine::{Step, StepError, StepOutcome, Workflow},
 };
 
 pub const ID: &str = "weather-activities";
 
-/// The workflow with the [`assistant`] agent (its model from the environment).
-pub fn workflow() -> Arc<Workflow> {
-    workflow_with(assistant())
-}
-
-/// The workflow with a given agent, so tests can pin the model.
+/// The workflow with `agent` planning the activities (the built-in catalog gives it the assistant,
+/// [`assistant_with`](crate::agent::assistant_with)).
 pub fn workflow_with(agent: Arc<Agent>) -> Arc<Workflow> {
     Workflow::builder(ID)
         .description("Fetches a city's weather, then asks the assistant agent to plan activities for it.")

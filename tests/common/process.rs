@@ -1,17 +1,35 @@
 //! `runstream serve` as a child process, as a user runs it: on an ephemeral loopback port, stderr to a log file,
 //! its `runstream listening on ADDR` line read from stdout (which is then drained, so the server never blocks on
-//! it), killed when dropped.
+//! it), killed when dropped. Also: running any command with a deadline.
 
 use std::{
     ffi::OsStr,
     fs::File,
-    io::{BufRead, BufReader},
+    io::{BufRead, BufReader, Read},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, Output, Stdio},
     sync::mpsc,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
+
+/// The variables that choose the server's model. A child server does not inherit them from whoever runs the tests
+/// (it would leave the offline model the tests expect); a test that wants them sets them.
+const MODEL_VARIABLES: [&str; 3] = ["RUNSTREAM_MODEL", "RUNSTREAM_MODEL_BASE_URL", "RUNSTREAM_MODEL_API_KEY"];
+
+/// The `runstream` binary with `args`, its model settings cleared from the environment and colors off.
+pub fn runstream_command<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut command = Command::new(env!("CARGO_BIN_EXE_runstream"));
+    command.args(args).env("NO_COLOR", "1");
+    for name in MODEL_VARIABLES {
+        command.env_remove(name);
+    }
+    command
+}
 
 pub struct ServerProcess {
     pub child: Child,
@@ -23,9 +41,20 @@ impl ServerProcess {
     /// Runs `runstream serve --listen 127.0.0.1:0 ARGS...` (in `cwd`, if given) and waits up to `timeout` for its
     /// listening line; panics with the log's tail if it does not come.
     pub fn start(args: &[&OsStr], cwd: Option<&Path>, log: PathBuf, timeout: Duration) -> Self {
+        Self::start_with_env(args, &[], cwd, log, timeout)
+    }
+
+    /// [`start`](Self::start) with environment variables `env` set for the server.
+    pub fn start_with_env(
+        args: &[&OsStr],
+        env: &[(&str, &str)],
+        cwd: Option<&Path>,
+        log: PathBuf,
+        timeout: Duration,
+    ) -> Self {
         let log_file = File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_runstream"));
-        command.args(["serve", "--listen", "127.0.0.1:0"]).args(args).env("NO_COLOR", "1");
+        let mut command = runstream_command(["serve", "--listen", "127.0.0.1:0"]);
+        command.args(args).envs(env.iter().copied());
         if let Some(cwd) = cwd {
             command.current_dir(cwd);
         }
@@ -84,4 +113,39 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs `command` with stdin closed and stdout and stderr captured; kills it and panics (with what it printed)
+/// if it has not finished after `timeout`.
+pub fn run_with_timeout(mut command: Command, timeout: Duration, what: &str) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let drain = |mut r: Box<dyn Read + Send>| {
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
+        })
+    };
+    let stdout = drain(Box::new(child.stdout.take().expect("piped stdout")));
+    let stderr = drain(Box::new(child.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let out = String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned();
+            let err = String::from_utf8_lossy(&stderr.join().unwrap_or_default()).into_owned();
+            panic!("{what} did not finish within {timeout:?}\n--- stdout\n{out}\n--- stderr\n{err}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() }
 }
