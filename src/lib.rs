@@ -8,9 +8,10 @@
 //! - [`agent`]: agents (instructions, a model, tools) and the loop that runs them, alone or as a workflow step;
 //! - [`model`]: language-model providers (OpenAI-compatible streaming client, offline stand-in);
 //! - [`network`]: agent networks (a routing agent delegating to agents, workflows and tools), run as a step;
-//! - [`workflows`]: the built-in workflows.
+//! - [`builtin`]: the built-in demos (workflows, agents, tools, networks).
 
 pub mod agent;
+pub mod builtin;
 pub mod clock;
 pub mod engine;
 pub mod grpc;
@@ -19,7 +20,6 @@ pub mod network;
 pub mod registry;
 pub mod server;
 pub mod store;
-pub mod workflows;
 
 /// Generated protobuf messages and the client of `runstream.v1`.
 pub mod pb {

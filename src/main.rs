@@ -4,6 +4,7 @@ use std::{convert::Infallible, fmt, net::SocketAddr, path::PathBuf, process::Exi
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
 use runstream::{
+    builtin,
     clock::SystemClock,
     engine::WorkflowCatalog,
     grpc::{ServiceConfig, wire::WireEncoder},
@@ -11,7 +12,6 @@ use runstream::{
     registry::RunRegistry,
     server,
     store::{SqliteStore, sqlite::Sync},
-    workflows,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -255,7 +255,7 @@ fn main() -> ExitCode {
         Ok(model) => model,
         Err(message) => return setting_error(message),
     };
-    let catalog = workflows::builtin_catalog_with(model);
+    let catalog = builtin::catalog_with(model);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {

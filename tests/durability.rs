@@ -915,12 +915,9 @@ fn check_stored_run(run: &LoadedRun, catalog: &WorkflowCatalog) -> Result<(), St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_commit_leaves_a_store_a_restart_reads_right() {
     let recording = Arc::new(RecordingStore::default());
-    let registry = RunRegistry::open(
-        runstream::workflows::builtin_catalog(),
-        Arc::new(runstream::clock::SystemClock),
-        recording.clone(),
-    )
-    .expect("open");
+    let registry =
+        RunRegistry::open(runstream::builtin::catalog(), Arc::new(runstream::clock::SystemClock), recording.clone())
+            .expect("open");
     let start = |workflow: &str, run_id: String, input: Value| StartRequest {
         workflow_id: workflow.into(),
         run_id,
@@ -968,7 +965,7 @@ async fn every_commit_leaves_a_store_a_restart_reads_right() {
     tokio::task::spawn_blocking(move || flushing.flush()).await.expect("flush");
 
     let batches = std::mem::take(&mut *recording.batches.lock().expect("batches"));
-    let catalog = runstream::workflows::builtin_catalog();
+    let catalog = runstream::builtin::catalog();
     let store = MemoryStore::new();
     let mut broken = Vec::new();
     for (n, batch) in batches.iter().enumerate() {

@@ -824,11 +824,11 @@ async fn tools_that_suspend_themselves_suspend_the_network_and_resume_with_the_g
 /// A server whose `research-network` and `assistant` stream on an offline model slowed to 20 ms per chunk, so that
 /// a cancel arrives while they stream.
 async fn slow_server() -> TestServer {
-    use runstream::{agent, model::OfflineModel, network, workflows::research_network};
+    use runstream::{agent, builtin::research_network, model::OfflineModel, network};
     let slow = std::sync::Arc::new(OfflineModel::new().with_chunk_delay(std::time::Duration::from_millis(20)));
     let mut catalog = runstream::engine::WorkflowCatalog::new();
     catalog.register(network::workflow(research_network::research_network_with(slow.clone())));
-    catalog.register(agent::workflow(agent::assistant_with(slow)));
+    catalog.register(agent::workflow(runstream::builtin::assistant_with(slow)));
     TestServer::start_with_catalog(catalog).await
 }
 

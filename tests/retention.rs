@@ -14,12 +14,12 @@ use std::{
 
 use common::*;
 use runstream::{
+    builtin,
     clock::Clock,
     grpc::{ServiceConfig, status::EARLIEST_SEQ_HEADER},
     pb,
     registry::RunRegistry,
     store::MemoryStore,
-    workflows,
 };
 use serde_json::json;
 use tonic::Code;
@@ -41,7 +41,7 @@ async fn expired_runs_are_not_found_and_expired_cursors_get_out_of_range_with_th
     let start = SystemTime::now();
     let clock = Arc::new(MovableClock(Mutex::new(start)));
     let store = Arc::new(MemoryStore::new());
-    let registry = RunRegistry::open(workflows::builtin_catalog(), clock.clone(), store).expect("open");
+    let registry = RunRegistry::open(builtin::catalog(), clock.clone(), store).expect("open");
     let server = TestServer::start_with_registry(registry.clone(), ServiceConfig::default()).await;
     let mut client = server.client().await;
 

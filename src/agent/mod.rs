@@ -4,8 +4,6 @@
 //!   run, because the arguments come from a model and may be anything.
 //! - [`run_agent`]: the loop. It emits chunks through a callback, so that it knows nothing of the engine; run as a
 //!   workflow step ([`agent_step`]) the callback is the step's [`Writer::agent`](crate::engine::Writer::agent).
-//! - [`tools`]: the built-in tools (`get-weather`, `calculator`, `book-activity`, `reserve-table`); [`assistant_with`]
-//!   and [`concierge_with`]: the built-in agents using them.
 //!
 //! # The loop and the chunks it emits
 //!
@@ -71,7 +69,6 @@ mod partial_json;
 mod run;
 #[cfg(test)]
 mod tests;
-pub mod tools;
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
@@ -619,49 +616,4 @@ fn agent_run_input(input: &Value) -> Result<(Vec<Message>, AgentOptions), Schema
         None => None,
     };
     Ok((messages, AgentOptions { output_schema, reasoning_effort }))
-}
-
-/// Id of the built-in [`assistant_with`] agent.
-pub const ASSISTANT_ID: &str = "assistant";
-
-/// The built-in assistant, on `model`: answers questions, using `get-weather` and `calculator`.
-pub fn assistant_with(model: Arc<dyn ModelProvider>) -> Arc<Agent> {
-    Arc::new(
-        Agent::new(
-            ASSISTANT_ID,
-            "You are a helpful assistant. Use the get-weather tool for current weather and the calculator tool for \
-             arithmetic; never guess either. Answer briefly and concretely.",
-            model,
-        )
-        .description("A helpful assistant with weather and calculator tools.")
-        .tool(tools::get_weather_tool())
-        .tool(tools::calculator_tool())
-        .output_guardrail(tools::secret_guard()),
-    )
-}
-
-/// Id of the built-in [`concierge_with`] agent.
-pub const CONCIERGE_ID: &str = "concierge";
-
-/// The built-in concierge, on `model`: checks the weather, books activities and reserves tables. Every booking waits
-/// for the user's approval (its run suspends with `ToolCallApproval`); a reservation without party size or time asks
-/// the guest (`reserve-table` suspends itself: `ToolCallSuspended`).
-pub fn concierge_with(model: Arc<dyn ModelProvider>) -> Arc<Agent> {
-    Arc::new(
-        Agent::new(
-            CONCIERGE_ID,
-            "You are a concierge. Check the weather with get-weather when it matters, book activities with \
-             book-activity when the user asks (the user approves each booking), and reserve restaurant tables with \
-             reserve-table (it asks the guest what it lacks). Confirm what was booked or reserved.",
-            model,
-        )
-        .description(
-            "Checks the weather, books activities (each booking needs the user's approval) and reserves tables \
-             (asking the guest for party size and time).",
-        )
-        .tool(tools::get_weather_tool())
-        .tool(tools::book_activity_tool())
-        .tool(tools::reserve_table_tool())
-        .output_guardrail(tools::secret_guard()),
-    )
 }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::{
+    builtin::{assistant_with, concierge_with, tools},
     engine::{AgentChunk, FinishReason, Usage},
     model::{self, ModelChunk, ModelError, ModelRequest, ModelStream},
 };

@@ -11,13 +11,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::*;
 use crate::{
-    agent::{approval_schema, assistant_with, tools::calculator_tool},
+    agent::approval_schema,
+    builtin::{assistant_with, tools::calculator_tool},
+    builtin::{research_network as research, travel_network as travel},
     engine::{
         AgentChunk, Event, EventKind, EventSource, PhaseOutcome, ResumeError, RunStatus, StepStatus, Workflow,
         executor::test_support::{describe, req, resume, run},
     },
     model::{FinishReason, Message, ModelChunk, ModelError, ModelRequest, ModelStream, OfflineModel},
-    workflows::{research_network as research, travel_network as travel},
 };
 
 const TASK: &str = "Ask the assistant what 12 * 7 is, verify it with the calculator, then publish the answer as an \

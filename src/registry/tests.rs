@@ -14,11 +14,11 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::{
+    builtin,
     clock::SystemClock,
     engine::{ResumeRequest, Step, StepOutcome, Workflow, WorkflowCatalog},
     pb::{self, run_event::Event as E},
     store::{LoadedRun, MemoryStore, RunStore, StoreError, Write},
-    workflows,
 };
 
 /// A store whose commits wait while the gate is closed: to see what readers get before a commit.
@@ -74,7 +74,7 @@ fn name(event: &pb::RunEvent) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_see_an_event_only_once_it_is_committed() {
     let store = Arc::new(GatedStore::default());
-    let registry = RunRegistry::open(workflows::builtin_catalog(), Arc::new(SystemClock), store.clone()).unwrap();
+    let registry = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone()).unwrap();
     let run = start(&registry, "chain", "c1", json!({ "value": 1 }));
     // The run finishes in memory, but nothing is committed: readers and the view see nothing yet.
     run.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await;
@@ -94,14 +94,14 @@ async fn readers_see_an_event_only_once_it_is_committed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reopened_registry_serves_finished_and_suspended_runs() {
     let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
-    let first = RunRegistry::open(workflows::builtin_catalog(), Arc::new(SystemClock), store.clone()).unwrap();
+    let first = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone()).unwrap();
     let chain = start(&first, "chain", "c1", json!({ "value": 1 }));
     let before = read(&chain, 0).await;
     let order = start(&first, "order-approval", "o1", json!({ "orderId": "A-1", "amount": 5 }));
     let suspended = read(&order, 0).await;
     first.flush();
 
-    let second = RunRegistry::open(workflows::builtin_catalog(), Arc::new(SystemClock), store.clone()).unwrap();
+    let second = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone()).unwrap();
     let chain = second.get("c1").unwrap();
     assert_eq!(chain.view().state.result, Some(json!({ "value": 4 })));
     assert_eq!(read(&chain, 0).await, before, "the same events with the same seqs");
@@ -199,7 +199,7 @@ async fn retention_forgets_finished_runs_and_trims_old_events_with_an_explicit_e
     let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
     let start_time = SystemTime::now();
     let clock = Arc::new(ManualClock(Mutex::new(start_time)));
-    let registry = RunRegistry::open(workflows::builtin_catalog(), clock.clone(), store.clone()).unwrap();
+    let registry = RunRegistry::open(builtin::catalog(), clock.clone(), store.clone()).unwrap();
     let chain = start(&registry, "chain", "c1", json!({ "value": 1 }));
     read(&chain, 0).await;
     let order = start(&registry, "order-approval", "o1", json!({ "orderId": "A-1", "amount": 5 }));
@@ -232,7 +232,7 @@ async fn retention_forgets_finished_runs_and_trims_old_events_with_an_explicit_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_overtaken_by_retention_ends_with_the_earliest_seq_not_a_gap() {
     let clock = Arc::new(ManualClock(Mutex::new(SystemTime::now())));
-    let registry = RunRegistry::new(workflows::builtin_catalog(), clock.clone());
+    let registry = RunRegistry::new(builtin::catalog(), clock.clone());
     let order = start(&registry, "order-approval", "o1", json!({ "orderId": "A-1", "amount": 5 }));
     let last = read(&order, 0).await.len() as u64;
     // A reader created at seq 1 that has read nothing when retention trims the log.
@@ -246,7 +246,7 @@ async fn a_reader_overtaken_by_retention_ends_with_the_earliest_seq_not_a_gap() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_is_reported_only_once_it_is_stored() {
     let store = Arc::new(GatedStore::default());
-    let registry = RunRegistry::open(workflows::builtin_catalog(), Arc::new(SystemClock), store.clone()).unwrap();
+    let registry = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone()).unwrap();
     let run = start(&registry, "chain", "c1", json!({ "value": 1 }));
     run.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await;
     // SUCCESS in memory, nothing committed: what GetResult, GetRun and StartRun would report must wait.
@@ -271,14 +271,14 @@ async fn a_status_is_reported_only_once_it_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_run_this_build_cannot_serve_keeps_its_id() {
     let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
-    let first = RunRegistry::open(workflows::builtin_catalog(), Arc::new(SystemClock), store.clone()).unwrap();
+    let first = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone()).unwrap();
     read(&start(&first, "chain", "c1", json!({ "value": 1 })), 0).await;
     first.flush();
 
     // A build without `chain`: the run is not served, its id is not given to another run, and the store (whose
     // writer would otherwise be stuck on the duplicate id) goes on storing other runs.
     let mut catalog = WorkflowCatalog::new();
-    catalog.register(crate::workflows::timer::workflow());
+    catalog.register(crate::builtin::timer::workflow());
     let second = RunRegistry::open(catalog, Arc::new(SystemClock), store.clone()).unwrap();
     assert!(matches!(second.get("c1"), Err(RegistryError::RunNotFound { .. })));
     let request = StartRequest {

@@ -6,11 +6,12 @@ pub mod process;
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use runstream::{
+    builtin,
     clock::SystemClock,
     grpc::ServiceConfig,
     pb::{self, run_event::Event, run_service_client::RunServiceClient},
     registry::RunRegistry,
-    server, workflows,
+    server,
 };
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -31,7 +32,7 @@ impl TestServer {
     }
 
     pub async fn start_with(config: ServiceConfig) -> Self {
-        Self::start_serving(workflows::builtin_catalog(), config).await
+        Self::start_serving(builtin::catalog(), config).await
     }
 
     /// A server running `catalog` instead of the built-ins (e.g. agents on a slowed-down offline model).

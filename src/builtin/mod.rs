@@ -11,6 +11,7 @@ use crate::{
     model::{ModelProvider, OfflineModel},
 };
 
+pub mod agents;
 pub mod batch_foreach;
 pub mod chain;
 pub mod content_pipeline;
@@ -18,9 +19,12 @@ pub mod flaky;
 pub mod order_approval;
 pub mod research_network;
 pub mod timer;
+pub mod tools;
 pub mod travel_network;
 pub mod weather_activities;
 pub mod writer_flood;
+
+pub use agents::{ASSISTANT_ID, CONCIERGE_ID, assistant_with, concierge_with};
 
 /// Waits the run input's optional `delayMs` (on the step's clock; a cancel drops the wait with the step). The demo
 /// workflows that take it use it to make a step last long enough to be watched, or interrupted, mid-way.
@@ -36,15 +40,15 @@ pub(crate) fn delay_schema() -> serde_json::Value {
 }
 
 /// A catalog holding every built-in workflow, its agents and networks on the offline model (deterministic, no
-/// network): what tests and benchmarks run. `runstream serve` uses [`builtin_catalog_with`] and the model its
+/// network): what tests and benchmarks run. `runstream serve` uses [`catalog_with`] and the model its
 /// settings choose.
-pub fn builtin_catalog() -> WorkflowCatalog {
-    builtin_catalog_with(Arc::new(OfflineModel::new()))
+pub fn catalog() -> WorkflowCatalog {
+    catalog_with(Arc::new(OfflineModel::new()))
 }
 
 /// A catalog holding every built-in workflow, its agents and networks sharing `model` (one client and connection
 /// pool).
-pub fn builtin_catalog_with(model: Arc<dyn ModelProvider>) -> WorkflowCatalog {
+pub fn catalog_with(model: Arc<dyn ModelProvider>) -> WorkflowCatalog {
     let mut catalog = WorkflowCatalog::new();
     catalog.register(chain::workflow());
     catalog.register(content_pipeline::workflow_with(content_pipeline::analyst_with(model.clone())));
@@ -53,9 +57,9 @@ pub fn builtin_catalog_with(model: Arc<dyn ModelProvider>) -> WorkflowCatalog {
     catalog.register(order_approval::workflow());
     catalog.register(timer::workflow());
     catalog.register(flaky::workflow());
-    catalog.register(weather_activities::workflow_with(agent::assistant_with(model.clone())));
-    catalog.register(agent::workflow(agent::assistant_with(model.clone())));
-    catalog.register(agent::workflow(agent::concierge_with(model.clone())));
+    catalog.register(weather_activities::workflow_with(assistant_with(model.clone())));
+    catalog.register(agent::workflow(assistant_with(model.clone())));
+    catalog.register(agent::workflow(concierge_with(model.clone())));
     catalog.register(crate::network::workflow(research_network::research_network_with(model.clone())));
     catalog.register(crate::network::workflow(travel_network::travel_network_with(model)));
     catalog
@@ -67,7 +71,7 @@ mod tests {
 
     #[test]
     fn catalog_lists_builtins_sorted() {
-        let ids: Vec<String> = builtin_catalog().list().iter().map(|w| w.id().to_string()).collect();
+        let ids: Vec<String> = catalog().list().iter().map(|w| w.id().to_string()).collect();
         assert_eq!(
             ids,
             [
@@ -85,7 +89,7 @@ mod tests {
                 "writer-flood"
             ]
         );
-        assert!(builtin_catalog().get("chain").is_some());
-        assert!(builtin_catalog().get("nope").is_none());
+        assert!(catalog().get("chain").is_some());
+        assert!(catalog().get("nope").is_none());
     }
 }

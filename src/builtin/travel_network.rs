@@ -6,16 +6,16 @@
 //! (`AgentExecutionApproval`, `AgentExecutionSuspended`, `WorkflowExecutionSuspended`, `ToolExecutionApproval`,
 //! `ToolExecutionSuspended`); `ResumeStream` continues it where it stopped. With the
 //! offline model it runs each primitive the task names once, in the order named, then finishes.
-//! Registered in [`builtin_catalog`](super::builtin_catalog) as a network run ([`workflow`]).
+//! Registered in [`catalog`](super::catalog) as a network run ([`workflow`]).
 
 use std::sync::Arc;
 
 use super::order_approval;
+use super::{
+    concierge_with,
+    tools::{book_activity_tool, reserve_table_tool},
+};
 use crate::{
-    agent::{
-        concierge_with,
-        tools::{book_activity_tool, reserve_table_tool},
-    },
     engine::Workflow,
     model::ModelProvider,
     network::{self, Network},

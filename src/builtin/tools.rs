@@ -7,7 +7,7 @@
 
 use serde_json::{Value, json};
 
-use super::{OutputGuardrail, Tool, ToolError};
+use crate::agent::{OutputGuardrail, Tool, ToolError};
 use crate::model::Fnv1a;
 
 pub const GET_WEATHER: &str = "get-weather";

@@ -7,14 +7,15 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use crate::{
-    agent::{Agent, agent_step, tools::get_weather},
+    agent::{Agent, agent_step},
+    builtin::tools::get_weather,
     engine::{Step, StepError, StepOutcome, Workflow},
 };
 
 pub const ID: &str = "weather-activities";
 
 /// The workflow with `agent` planning the activities (the built-in catalog gives it the assistant,
-/// [`assistant_with`](crate::agent::assistant_with)).
+/// [`assistant_with`](crate::builtin::assistant_with)).
 pub fn workflow_with(agent: Arc<Agent>) -> Arc<Workflow> {
     Workflow::builder(ID)
         .description("Fetches a city's weather, then asks the assistant agent to plan activities for it.")
@@ -64,7 +65,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        agent::assistant_with,
+        builtin::assistant_with,
         engine::{AgentChunk, EventKind, EventSource, RunStatus, executor::test_support::run},
         model::OfflineModel,
     };

@@ -1,13 +1,13 @@
 //! `research-network`: the built-in agent network. Its routing agent delegates among the `assistant` agent, the
 //! `content-pipeline` workflow and the `calculator` tool. With the offline model it runs each primitive the task
 //! names once, in the order named, then finishes.
-//! Registered in [`builtin_catalog`](super::builtin_catalog) as a network run ([`workflow`]).
+//! Registered in [`catalog`](super::catalog) as a network run ([`workflow`]).
 
 use std::sync::Arc;
 
 use super::content_pipeline;
 use crate::{
-    agent::{assistant_with, tools::calculator_tool},
+    builtin::{assistant_with, tools::calculator_tool},
     engine::Workflow,
     model::ModelProvider,
     network::{self, Network},
