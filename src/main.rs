@@ -1,20 +1,13 @@
-//! `runstream serve`: runs the service with the built-in workflows.
+//! `runstream serve`: the service with the built-in demos, configured by flags ([`runstream::Server`] underneath).
 
 use std::{convert::Infallible, fmt, net::SocketAddr, path::PathBuf, process::ExitCode, str::FromStr, sync::Arc};
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
 use runstream::{
-    builtin,
-    clock::SystemClock,
-    engine::WorkflowCatalog,
-    grpc::{ServiceConfig, wire::WireEncoder},
+    ServeError, Server, ServerBuilder, Store,
     model::{ModelProvider, OfflineModel, OpenAiConfig, OpenAiModel, RetryPolicy, RetryingModel, parse_base_url},
-    registry::RunRegistry,
-    server,
-    store::{SqliteStore, sqlite::Sync},
+    store::sqlite::Sync,
 };
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 #[derive(Debug, Parser)]
@@ -46,6 +39,9 @@ enum Command {
         /// events: e.g. `7d`, `12h`, `30m`, `90s`. Older cursors get OUT_OF_RANGE naming the earliest seq kept.
         #[arg(long, default_value = "7d", value_parser = parse_duration)]
         retention: std::time::Duration,
+        /// Serve none of the built-in demo workflows, agents and networks.
+        #[arg(long)]
+        no_builtins: bool,
         #[command(flatten)]
         limits: Limits,
         #[command(flatten)]
@@ -250,12 +246,32 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     // The model before anything else: a setting that cannot be used stops the server before it opens the store.
-    let Command::Serve { listen, store, data_dir, sync, retention, limits, model } = cli.command;
+    let Command::Serve { listen, store, data_dir, sync, retention, limits, model, no_builtins } = cli.command;
     let model = match model.build(std::env::var("OPENAI_API_KEY").ok()) {
         Ok(model) => model,
         Err(message) => return setting_error(message),
     };
-    let catalog = builtin::catalog_with(model);
+    let builder = Server::builder()
+        .listen(listen)
+        .store(match store {
+            StoreKind::Memory => Store::Memory,
+            StoreKind::Sqlite => Store::Sqlite {
+                data_dir,
+                sync: match sync {
+                    SyncMode::Normal => Sync::Normal,
+                    SyncMode::Full => Sync::Full,
+                },
+            },
+        })
+        .retention(retention)
+        .builtins(!no_builtins)
+        .builtin_model(model)
+        .max_request_bytes(limits.max_request_bytes)
+        .max_response_bytes(limits.max_response_bytes);
+    let builder = match limits.max_event_bytes {
+        Some(bytes) => builder.max_event_bytes(bytes),
+        None => builder,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -263,7 +279,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(catalog, listen, store, data_dir, sync, retention, limits)) {
+    match runtime.block_on(serve(builder)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -272,60 +288,20 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(
-    catalog: WorkflowCatalog,
-    listen: SocketAddr,
-    store: StoreKind,
-    data_dir: PathBuf,
-    sync: SyncMode,
-    retention: std::time::Duration,
-    limits: Limits,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let max_event_bytes = limits.max_event_bytes.unwrap_or(limits.max_response_bytes);
-    if max_event_bytes > limits.max_response_bytes {
-        return Err(format!(
-            "--max-event-bytes ({max_event_bytes}) is larger than --max-response-bytes ({}): an event is a response; \
-             raise --max-response-bytes too",
-            limits.max_response_bytes
-        )
-        .into());
-    }
-    let config = ServiceConfig {
-        max_request_bytes: limits.max_request_bytes,
-        max_response_bytes: limits.max_response_bytes,
-        ..ServiceConfig::default()
-    };
-    let encoder = Arc::new(WireEncoder::new(max_event_bytes));
-    // The store first: a bad store must stop the server before it takes calls.
-    let registry = match store {
-        StoreKind::Memory => RunRegistry::with_encoder(catalog, Arc::new(SystemClock), encoder),
-        StoreKind::Sqlite => {
-            let sync = match sync {
-                SyncMode::Normal => Sync::Normal,
-                SyncMode::Full => Sync::Full,
-            };
-            let store = SqliteStore::open(&data_dir, sync)?;
-            info!(store = %runstream::store::RunStore::describe(&store), "opened the run store");
-            RunRegistry::open_with_encoder(catalog, Arc::new(SystemClock), Arc::new(store), encoder)?
-        }
-    };
-    registry.spawn_retention(retention);
-    let listener = TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-    let local = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+async fn serve(builder: ServerBuilder) -> Result<(), ServeError> {
+    // The store first (in build): a bad store must stop the server before it takes calls.
+    let listening = builder.build()?.bind().await?;
+    let local = listening.local_addr();
     // Tests and scripts read this line to learn the port; keep its format.
     println!("runstream listening on {local}");
     info!(%local, "serving runstream.v1.RunService");
-    server::serve(listener, registry.clone(), config, shutdown).await?;
-    // Whatever runs appended while the server stopped is stored before the process exits.
-    tokio::task::spawn_blocking(move || registry.flush()).await?;
+    listening.serve(stop_on_signal()).await?;
     info!("stopped");
     Ok(())
 }
 
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn stop_on_signal(shutdown: CancellationToken) {
+/// Completes on SIGINT or SIGTERM.
+async fn stop_on_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -334,7 +310,6 @@ async fn stop_on_signal(shutdown: CancellationToken) {
             Err(e) => {
                 error!("cannot listen for SIGTERM: {e}");
                 let _ = interrupt.await;
-                shutdown.cancel();
                 return;
             }
         };
@@ -346,7 +321,6 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     #[cfg(not(unix))]
     let _ = interrupt.await;
     info!("shutting down: no new calls, open streams end");
-    shutdown.cancel();
 }
 
 #[cfg(test)]

@@ -1,85 +1,351 @@
-//! Serving: the tonic server with RunService, server reflection (v1 and v1alpha, since grpcurl 1.8.6 speaks only
-//! v1alpha) and grpc.health.v1, on a listener the caller bound.
-//!
-//! Shutdown is graceful: when `shutdown` is cancelled the server stops accepting calls, open streams end with
-//! UNAVAILABLE carrying the cursor to re-attach with (an endless stream would otherwise keep the server from
-//! ever draining), and in-flight unary calls finish. Connections still open after a grace period (a client that
-//! stopped reading) are closed.
+//! The way to run runstream: [`Server::builder`] collects what to serve (your workflows, agents and networks, and the
+//! built-in demos if you want them), where runs are kept and the limits; [`Server`] serves them over gRPC until a
+//! shutdown signal, then stores what is left to store. `runstream serve` is this builder with flags.
 
-use std::{sync::Arc, time::Duration};
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
-    grpc::{RunService, ServiceConfig, server::run_service_server::RunServiceServer, status::LimitStatusLayer},
+    agent::{self, Agent},
+    builtin,
+    clock::{Clock, SystemClock},
+    engine::{Workflow, WorkflowCatalog},
+    grpc::{ServiceConfig, serve::GrpcError, wire::WireEncoder},
+    model::{ModelProvider, OfflineModel},
+    network::{self, Network},
     registry::RunRegistry,
+    store::{RunStore, SqliteStore, StoreError, sqlite::Sync},
 };
 
-/// The encoded descriptor set of proto/, for server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/runstream_descriptor.bin"));
-
-/// How often the server pings idle connections. Proxies and meshes cut connections that look dead; a stream
-/// waiting for a long step is quiet, not dead.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    #[error("building the reflection service failed: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    #[error("the gRPC server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
+/// Where a server keeps its runs.
+#[derive(Clone, Default)]
+pub enum Store {
+    /// In memory only: nothing outlives the process (tests, throwaway use). The default of the builder.
+    #[default]
+    Memory,
+    /// One SQLite file, `runstream.db`, in `data_dir` (created if missing): runs survive restarts and crashes.
+    Sqlite {
+        /// The directory of the database file.
+        data_dir: PathBuf,
+        /// How hard each commit is pushed to disk.
+        sync: Sync,
+    },
+    /// A store of your own (see [`RunStore`]).
+    Custom(Arc<dyn RunStore>),
 }
 
-/// Serves until `shutdown` is cancelled and every connection has drained.
-pub async fn serve(
-    listener: TcpListener,
+impl Store {
+    /// SQLite in `data_dir`, with the default sync (a commit survives the process being killed).
+    pub fn sqlite(data_dir: impl Into<PathBuf>) -> Self {
+        Self::Sqlite { data_dir: data_dir.into(), sync: Sync::Normal }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::Sqlite { data_dir, sync } => {
+                f.debug_struct("Sqlite").field("data_dir", data_dir).field("sync", sync).finish()
+            }
+            Self::Custom(store) => f.debug_tuple("Custom").field(&store.describe()).finish(),
+        }
+    }
+}
+
+/// Why a server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The store could not be opened or read; nothing was changed in it.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Two things to serve share an id (ids are one namespace across workflows, agents and networks).
+    #[error("'{id}' is served twice (as a {first} and as a {second}); give one of them another id")]
+    DuplicateId {
+        /// The id.
+        id: String,
+        /// What had it first: "workflow", "agent" or "network".
+        first: &'static str,
+        /// What asked for it again.
+        second: &'static str,
+    },
+    /// A setting that cannot work.
+    #[error("{0}")]
+    Config(String),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error(transparent)]
+    Grpc(#[from] GrpcError),
+    /// The final store flush could not run.
+    #[error("storing the last changes failed: {0}")]
+    Flush(String),
+}
+
+/// Builds a [`Server`]. Every setting has a default: an empty server on 127.0.0.1:50051 keeping runs in memory.
+#[must_use]
+pub struct ServerBuilder {
+    listen: SocketAddr,
+    store: Store,
+    retention: Duration,
+    runnables: Vec<Arc<Workflow>>,
+    builtins: bool,
+    builtin_model: Option<Arc<dyn ModelProvider>>,
+    config: ServiceConfig,
+    max_event_bytes: Option<usize>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            store: Store::Memory,
+            retention: Duration::from_secs(7 * 86_400),
+            runnables: Vec::new(),
+            builtins: false,
+            builtin_model: None,
+            config: ServiceConfig::default(),
+            max_event_bytes: None,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl ServerBuilder {
+    /// The address to listen on (default `127.0.0.1:50051`; port 0 picks a free port, see [`Listening`]).
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.listen = addr;
+        self
+    }
+
+    /// Where runs are kept (default [`Store::Memory`]).
+    pub fn store(mut self, store: Store) -> Self {
+        self.store = store;
+        self
+    }
+
+    /// How long a finished run (result and log) is kept after it ends, and how long any run keeps its events
+    /// (default 7 days).
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Serves a workflow (`StreamRun` with `workflow_id`).
+    pub fn workflow(mut self, workflow: Arc<Workflow>) -> Self {
+        self.runnables.push(workflow);
+        self
+    }
+
+    /// Serves an agent (`StreamRun` with `agent_id`), as a one-step run of the agent's id.
+    pub fn agent(mut self, agent: Arc<Agent>) -> Self {
+        self.runnables.push(agent::workflow(agent));
+        self
+    }
+
+    /// Serves an agent network (`StreamRun` with `network_id`).
+    pub fn network(mut self, network: Arc<Network>) -> Self {
+        self.runnables.push(network::workflow(network));
+        self
+    }
+
+    /// Serves everything in `catalog`.
+    pub fn catalog(mut self, catalog: WorkflowCatalog) -> Self {
+        self.runnables.extend(catalog.list());
+        self
+    }
+
+    /// Also serves the built-in demos (`chain`, `order-approval`, the `assistant` agent, ...; see the README);
+    /// default false.
+    pub fn builtins(mut self, include: bool) -> Self {
+        self.builtins = include;
+        self
+    }
+
+    /// The model of the built-in agents and networks (default: the offline stand-in).
+    pub fn builtin_model(mut self, model: Arc<dyn ModelProvider>) -> Self {
+        self.builtin_model = Some(model);
+        self
+    }
+
+    /// The largest request accepted (default 4 MiB); larger ones get RESOURCE_EXHAUSTED.
+    pub fn max_request_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_request_bytes = bytes;
+        self
+    }
+
+    /// The largest response sent (default 4 MiB, what gRPC clients accept unless told otherwise).
+    pub fn max_response_bytes(mut self, bytes: usize) -> Self {
+        self.config.max_response_bytes = bytes;
+        self
+    }
+
+    /// The largest event streamed (default: the response limit); a step's write or output that would be larger is
+    /// refused and fails the step.
+    pub fn max_event_bytes(mut self, bytes: usize) -> Self {
+        self.max_event_bytes = Some(bytes);
+        self
+    }
+
+    /// The service's limits and timings all at once.
+    pub fn service_config(mut self, config: ServiceConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The clock runs read and sleep on (default: the system's); tests move time with their own.
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Opens the store and loads what it holds (runs that were in flight are recovered and go on running), ready
+    /// to serve. Must be called within a tokio runtime.
+    pub fn build(self) -> Result<Server, ServeError> {
+        let max_event_bytes = self.max_event_bytes.unwrap_or(self.config.max_response_bytes);
+        if max_event_bytes > self.config.max_response_bytes {
+            return Err(ServeError::Config(format!(
+                "the event limit (--max-event-bytes, {max_event_bytes} bytes) is larger than the response limit \
+                 (--max-response-bytes, {} bytes): an event is a response; raise the response limit too",
+                self.config.max_response_bytes
+            )));
+        }
+        let mut catalog = WorkflowCatalog::new();
+        let mut add = |workflow: Arc<Workflow>| match catalog.get(workflow.id()) {
+            Some(first) => Err(ServeError::DuplicateId {
+                id: workflow.id().to_string(),
+                first: first.kind().as_str(),
+                second: workflow.kind().as_str(),
+            }),
+            None => {
+                catalog.register(workflow);
+                Ok(())
+            }
+        };
+        if self.builtins {
+            let model = self.builtin_model.unwrap_or_else(|| Arc::new(OfflineModel::new()));
+            builtin::catalog_with(model).list().into_iter().try_for_each(&mut add)?;
+        }
+        self.runnables.into_iter().try_for_each(&mut add)?;
+        let encoder = Arc::new(WireEncoder::new(max_event_bytes));
+        let registry = match self.store {
+            Store::Memory => RunRegistry::new(catalog, self.clock, encoder),
+            Store::Sqlite { data_dir, sync } => {
+                let store = SqliteStore::open(&data_dir, sync)?;
+                tracing::info!(store = %store.describe(), "opened the run store");
+                RunRegistry::open(catalog, self.clock, Arc::new(store), encoder)?
+            }
+            Store::Custom(store) => RunRegistry::open(catalog, self.clock, store, encoder)?,
+        };
+        Ok(Server { registry, config: self.config, listen: self.listen, retention: self.retention })
+    }
+
+    /// [`build`](Self::build), bind the listen address and serve until `shutdown` completes.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+        self.build()?.bind().await?.serve(shutdown).await
+    }
+}
+
+/// A runstream server, built by [`Server::builder`]: its runs are loaded and it is ready to serve.
+///
+/// ```no_run
+/// use std::sync::Arc;
+///
+/// use runstream::{Server, Store, engine::{Step, StepOutcome, Workflow}};
+/// use serde_json::json;
+///
+/// # async fn run() -> Result<(), runstream::ServeError> {
+/// let greet = Workflow::builder("greet")
+///     .then(Step::new("hello", |ctx| async move {
+///         ctx.writer().write(json!({ "note": "saying hello" }))?;
+///         Ok(StepOutcome::Done(json!({ "greeting": format!("hello, {}", ctx.input()["name"]) })))
+///     }))
+///     .commit();
+/// Server::builder()
+///     .listen("127.0.0.1:50051".parse().expect("an address"))
+///     .store(Store::sqlite("./data"))
+///     .workflow(greet)
+///     .serve(async { let _ = tokio::signal::ctrl_c().await; })
+///     .await
+/// # }
+/// ```
+pub struct Server {
     registry: Arc<RunRegistry>,
     config: ServiceConfig,
-    shutdown: CancellationToken,
-) -> Result<(), ServeError> {
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+    listen: SocketAddr,
+    retention: Duration,
+}
 
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_serving::<RunServiceServer<RunService>>().await;
-
-    let grace = config.shutdown_grace;
-    let run_service = RunServiceServer::new(RunService::new(registry, config.clone(), shutdown.clone()))
-        .max_decoding_message_size(config.max_request_bytes)
-        .max_encoding_message_size(config.max_response_bytes);
-    let server = Server::builder()
-        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
-        // A request over the limit is RESOURCE_EXHAUSTED naming the limit, not tonic's OUT_OF_RANGE.
-        .layer(LimitStatusLayer)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(run_service)
-        // TCP_NODELAY: tonic applies its `tcp_nodelay` setting only to listeners it binds itself, so without this
-        // every accepted socket keeps Nagle's algorithm, and a small response waits for the client's delayed ACK
-        // (~40 ms per run of a short workflow; docs/performance.md).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.clone().cancelled_owned(),
-        );
-    let forced = async {
-        shutdown.cancelled().await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        served = server => served?,
-        () = forced => tracing::warn!(?grace, "connections still open after the shutdown grace period; closing them"),
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("listen", &self.listen).finish_non_exhaustive()
     }
-    Ok(())
+}
+
+impl Server {
+    /// A builder with every setting at its default.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder::default()
+    }
+
+    /// Binds the listen address.
+    pub async fn bind(self) -> Result<Listening, ServeError> {
+        let addr = self.listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+        Ok(self.on(listener))
+    }
+
+    /// Serves on a listener you bound.
+    pub fn on(self, listener: TcpListener) -> Listening {
+        Listening { server: self, listener }
+    }
+
+    /// The run registry, for the project's own tests.
+    #[doc(hidden)]
+    pub fn registry(&self) -> &Arc<RunRegistry> {
+        &self.registry
+    }
+}
+
+/// A [`Server`] with its listener bound: its address is known (port 0 was given a free port).
+#[derive(Debug)]
+pub struct Listening {
+    server: Server,
+    listener: TcpListener,
+}
+
+impl Listening {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.server.listen)
+    }
+
+    /// Serves until `shutdown` completes: then no new calls are taken, open streams end with UNAVAILABLE naming
+    /// the cursor to re-attach with, and what runs appended meanwhile is stored before this returns.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+        let Server { registry, config, retention, .. } = self.server;
+        registry.spawn_retention(retention);
+        let token = CancellationToken::new();
+        tokio::spawn({
+            let token = token.clone();
+            async move {
+                shutdown.await;
+                token.cancel();
+            }
+        });
+        let served = crate::grpc::serve::serve(self.listener, registry.clone(), config, token).await;
+        // Whatever runs appended while the server stopped is stored before the caller goes on (e.g. exits).
+        let flushed = tokio::task::spawn_blocking(move || registry.flush()).await;
+        served?;
+        flushed.map_err(|e| ServeError::Flush(e.to_string()))
+    }
 }

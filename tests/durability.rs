@@ -915,9 +915,13 @@ fn check_stored_run(run: &LoadedRun, catalog: &WorkflowCatalog) -> Result<(), St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_commit_leaves_a_store_a_restart_reads_right() {
     let recording = Arc::new(RecordingStore::default());
-    let registry =
-        RunRegistry::open(runstream::builtin::catalog(), Arc::new(runstream::clock::SystemClock), recording.clone())
-            .expect("open");
+    let registry = RunRegistry::open(
+        runstream::builtin::catalog(),
+        Arc::new(runstream::clock::SystemClock),
+        recording.clone(),
+        Arc::new(runstream::grpc::wire::WireEncoder::default()),
+    )
+    .expect("open");
     let start = |workflow: &str, run_id: String, input: Value| StartRequest {
         workflow_id: workflow.into(),
         run_id,

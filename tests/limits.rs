@@ -78,7 +78,7 @@ fn catalog() -> WorkflowCatalog {
 
 async fn server_with(config: ServiceConfig, max_event_bytes: usize) -> TestServer {
     let encoder = Arc::new(WireEncoder::new(max_event_bytes));
-    TestServer::start_with_registry(RunRegistry::with_encoder(catalog(), Arc::new(SystemClock), encoder), config).await
+    TestServer::start_with_registry(RunRegistry::new(catalog(), Arc::new(SystemClock), encoder), config).await
 }
 
 fn result_request(run_id: &str, fields: &[&str]) -> pb::GetResultRequest {

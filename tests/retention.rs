@@ -16,7 +16,7 @@ use common::*;
 use runstream::{
     builtin,
     clock::Clock,
-    grpc::{ServiceConfig, status::EARLIEST_SEQ_HEADER},
+    grpc::{ServiceConfig, status::EARLIEST_SEQ_HEADER, wire::WireEncoder},
     pb,
     registry::RunRegistry,
     store::MemoryStore,
@@ -41,7 +41,8 @@ async fn expired_runs_are_not_found_and_expired_cursors_get_out_of_range_with_th
     let start = SystemTime::now();
     let clock = Arc::new(MovableClock(Mutex::new(start)));
     let store = Arc::new(MemoryStore::new());
-    let registry = RunRegistry::open(builtin::catalog(), clock.clone(), store).expect("open");
+    let registry =
+        RunRegistry::open(builtin::catalog(), clock.clone(), store, Arc::new(WireEncoder::default())).expect("open");
     let server = TestServer::start_with_registry(registry.clone(), ServiceConfig::default()).await;
     let mut client = server.client().await;
 

@@ -5,6 +5,7 @@
 
 pub mod convert;
 pub mod convert_agent;
+pub mod serve;
 pub mod status;
 pub mod wire;
 

@@ -90,13 +90,9 @@ impl std::fmt::Debug for RunRegistry {
 }
 
 impl RunRegistry {
-    /// A registry whose logs keep events in the gRPC wire encoding, the one transport runstream serves.
-    pub fn new(catalog: WorkflowCatalog, clock: Arc<dyn Clock>) -> Arc<Self> {
-        Self::with_encoder(catalog, clock, Arc::new(crate::grpc::wire::WireEncoder::default()))
-    }
-
-    /// A registry whose logs keep events as `encoder` writes them (each event is encoded once, at append).
-    pub fn with_encoder(catalog: WorkflowCatalog, clock: Arc<dyn Clock>, encoder: Arc<dyn EventEncoder>) -> Arc<Self> {
+    /// A registry without a store (runs live in memory only) whose logs keep events as `encoder` writes them
+    /// (each event is encoded once, at append).
+    pub fn new(catalog: WorkflowCatalog, clock: Arc<dyn Clock>, encoder: Arc<dyn EventEncoder>) -> Arc<Self> {
         Arc::new(Self {
             catalog,
             runs: RwLock::new(HashMap::new()),
@@ -113,15 +109,6 @@ impl RunRegistry {
     /// [`Run::recover`]), and from now on every change is stored (see the persister). Fails, changing nothing,
     /// if the store cannot be read.
     pub fn open(
-        catalog: WorkflowCatalog,
-        clock: Arc<dyn Clock>,
-        store: Arc<dyn RunStore>,
-    ) -> Result<Arc<Self>, StoreError> {
-        Self::open_with_encoder(catalog, clock, store, Arc::new(crate::grpc::wire::WireEncoder::default()))
-    }
-
-    /// [`open`](Self::open), with logs that keep events as `encoder` writes them.
-    pub fn open_with_encoder(
         catalog: WorkflowCatalog,
         clock: Arc<dyn Clock>,
         store: Arc<dyn RunStore>,

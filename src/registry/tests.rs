@@ -74,7 +74,7 @@ fn name(event: &pb::RunEvent) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_see_an_event_only_once_it_is_committed() {
     let store = Arc::new(GatedStore::default());
-    let registry = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone()).unwrap();
+    let registry = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire()).unwrap();
     let run = start(&registry, "chain", "c1", json!({ "value": 1 }));
     // The run finishes in memory, but nothing is committed: readers and the view see nothing yet.
     run.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await;
@@ -94,14 +94,14 @@ async fn readers_see_an_event_only_once_it_is_committed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reopened_registry_serves_finished_and_suspended_runs() {
     let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
-    let first = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone()).unwrap();
+    let first = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire()).unwrap();
     let chain = start(&first, "chain", "c1", json!({ "value": 1 }));
     let before = read(&chain, 0).await;
     let order = start(&first, "order-approval", "o1", json!({ "orderId": "A-1", "amount": 5 }));
     let suspended = read(&order, 0).await;
     first.flush();
 
-    let second = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone()).unwrap();
+    let second = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire()).unwrap();
     let chain = second.get("c1").unwrap();
     assert_eq!(chain.view().state.result, Some(json!({ "value": 4 })));
     assert_eq!(read(&chain, 0).await, before, "the same events with the same seqs");
@@ -146,7 +146,8 @@ async fn a_run_in_flight_is_recovered_from_its_last_completed_step() {
     let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
     let step_one_runs = Arc::new(AtomicUsize::new(0));
     let blocked = Arc::new(tokio::sync::Semaphore::new(0));
-    let first = RunRegistry::open(two_steps(step_one_runs.clone(), blocked), Arc::new(SystemClock), store.clone());
+    let first =
+        RunRegistry::open(two_steps(step_one_runs.clone(), blocked), Arc::new(SystemClock), store.clone(), wire());
     let run = start(&first.unwrap(), "two-steps", "r1", json!({ "n": 1 }));
     // Once a reader sees step-2 start, step-1's result and checkpoint are committed; then the process "dies".
     let mut reader = run.reader(0, ReadUntil::Run { close_on_suspend: true }).unwrap();
@@ -162,7 +163,8 @@ async fn a_run_in_flight_is_recovered_from_its_last_completed_step() {
     assert_eq!(seen.len(), 4, "workflow_start, step-1 start/result, step-2 start: {seen:?}");
 
     let released = Arc::new(tokio::sync::Semaphore::new(100));
-    let second = RunRegistry::open(two_steps(step_one_runs.clone(), released), Arc::new(SystemClock), store.clone());
+    let second =
+        RunRegistry::open(two_steps(step_one_runs.clone(), released), Arc::new(SystemClock), store.clone(), wire());
     let run = second.unwrap().get("r1").unwrap();
     assert!(run.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await);
     assert_eq!(run.view().state.result, Some(json!({ "n": 20 })));
@@ -199,7 +201,7 @@ async fn retention_forgets_finished_runs_and_trims_old_events_with_an_explicit_e
     let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
     let start_time = SystemTime::now();
     let clock = Arc::new(ManualClock(Mutex::new(start_time)));
-    let registry = RunRegistry::open(builtin::catalog(), clock.clone(), store.clone()).unwrap();
+    let registry = RunRegistry::open(builtin::catalog(), clock.clone(), store.clone(), wire()).unwrap();
     let chain = start(&registry, "chain", "c1", json!({ "value": 1 }));
     read(&chain, 0).await;
     let order = start(&registry, "order-approval", "o1", json!({ "orderId": "A-1", "amount": 5 }));
@@ -232,7 +234,7 @@ async fn retention_forgets_finished_runs_and_trims_old_events_with_an_explicit_e
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_overtaken_by_retention_ends_with_the_earliest_seq_not_a_gap() {
     let clock = Arc::new(ManualClock(Mutex::new(SystemTime::now())));
-    let registry = RunRegistry::new(builtin::catalog(), clock.clone());
+    let registry = RunRegistry::new(builtin::catalog(), clock.clone(), wire());
     let order = start(&registry, "order-approval", "o1", json!({ "orderId": "A-1", "amount": 5 }));
     let last = read(&order, 0).await.len() as u64;
     // A reader created at seq 1 that has read nothing when retention trims the log.
@@ -246,7 +248,7 @@ async fn a_reader_overtaken_by_retention_ends_with_the_earliest_seq_not_a_gap() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_status_is_reported_only_once_it_is_stored() {
     let store = Arc::new(GatedStore::default());
-    let registry = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone()).unwrap();
+    let registry = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire()).unwrap();
     let run = start(&registry, "chain", "c1", json!({ "value": 1 }));
     run.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await;
     // SUCCESS in memory, nothing committed: what GetResult, GetRun and StartRun would report must wait.
@@ -271,7 +273,7 @@ async fn a_status_is_reported_only_once_it_is_stored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stored_run_this_build_cannot_serve_keeps_its_id() {
     let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
-    let first = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone()).unwrap();
+    let first = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire()).unwrap();
     read(&start(&first, "chain", "c1", json!({ "value": 1 })), 0).await;
     first.flush();
 
@@ -279,7 +281,7 @@ async fn a_stored_run_this_build_cannot_serve_keeps_its_id() {
     // writer would otherwise be stuck on the duplicate id) goes on storing other runs.
     let mut catalog = WorkflowCatalog::new();
     catalog.register(crate::builtin::timer::workflow());
-    let second = RunRegistry::open(catalog, Arc::new(SystemClock), store.clone()).unwrap();
+    let second = RunRegistry::open(catalog, Arc::new(SystemClock), store.clone(), wire()).unwrap();
     assert!(matches!(second.get("c1"), Err(RegistryError::RunNotFound { .. })));
     let request = StartRequest {
         workflow_id: "timer".into(),
@@ -296,4 +298,9 @@ async fn a_stored_run_this_build_cannot_serve_keeps_its_id() {
     timer.stored().await;
     let ids: Vec<String> = store.load().unwrap().into_iter().map(|r| r.record.run_id).collect();
     assert_eq!(ids, ["c1", "t1"]);
+}
+
+/// The encoder `runstream serve` gives the registry.
+fn wire() -> Arc<dyn super::EventEncoder> {
+    Arc::new(crate::grpc::wire::WireEncoder::default())
 }

@@ -8,10 +8,9 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use runstream::{
     builtin,
     clock::SystemClock,
-    grpc::ServiceConfig,
+    grpc::{ServiceConfig, serve, wire::WireEncoder},
     pb::{self, run_event::Event, run_service_client::RunServiceClient},
     registry::RunRegistry,
-    server,
 };
 use serde_json::{Value, json};
 use tokio::{net::TcpListener, task::JoinHandle};
@@ -41,7 +40,11 @@ impl TestServer {
     }
 
     async fn start_serving(catalog: runstream::engine::WorkflowCatalog, config: ServiceConfig) -> Self {
-        Self::start_with_registry(RunRegistry::new(catalog, Arc::new(SystemClock)), config).await
+        Self::start_with_registry(
+            RunRegistry::new(catalog, Arc::new(SystemClock), Arc::new(WireEncoder::default())),
+            config,
+        )
+        .await
     }
 
     /// A server over a registry the test made (e.g. with a clock it moves).
@@ -52,7 +55,7 @@ impl TestServer {
         let handle = tokio::spawn({
             let shutdown = shutdown.clone();
             async move {
-                server::serve(listener, registry, config, shutdown).await.expect("server runs");
+                serve::serve(listener, registry, config, shutdown).await.expect("server runs");
             }
         });
         Self { addr, shutdown, handle: Some(handle) }

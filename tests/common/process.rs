@@ -52,18 +52,30 @@ impl ServerProcess {
         log: PathBuf,
         timeout: Duration,
     ) -> Self {
-        let log_file = File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let mut command = runstream_command(["serve", "--listen", "127.0.0.1:0"]);
         command.args(args).envs(env.iter().copied());
         if let Some(cwd) = cwd {
             command.current_dir(cwd);
         }
+        Self::spawn(command, log, timeout)
+    }
+
+    /// Runs `program ARGS...`, another server that prints `runstream listening on ADDR` (an example, say), as
+    /// [`start`](Self::start) does.
+    pub fn start_program(program: &Path, args: &[&OsStr], log: PathBuf, timeout: Duration) -> Self {
+        let mut command = Command::new(program);
+        command.args(args).env("NO_COLOR", "1");
+        Self::spawn(command, log, timeout)
+    }
+
+    fn spawn(mut command: Command, log: PathBuf, timeout: Duration) -> Self {
+        let log_file = File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", env!("CARGO_BIN_EXE_runstream")));
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", command.get_program()));
 
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel::<Result<String, Vec<String>>>();

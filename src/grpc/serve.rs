@@ -1,0 +1,86 @@
+//! The tonic server: RunService, server reflection (v1 and v1alpha, since grpcurl 1.8.6 speaks only v1alpha) and
+//! grpc.health.v1, on a listener the caller bound. [`crate::Server`] is how users start it.
+//!
+//! Shutdown is graceful: when `shutdown` is cancelled the server stops accepting calls, open streams end with
+//! UNAVAILABLE carrying the cursor to re-attach with (an endless stream would otherwise keep the server from
+//! ever draining), and in-flight unary calls finish. Connections still open after a grace period (a client that
+//! stopped reading) are closed.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::TcpIncoming};
+
+use super::{RunService, ServiceConfig, server::run_service_server::RunServiceServer, status::LimitStatusLayer};
+use crate::registry::RunRegistry;
+
+/// The encoded descriptor set of proto/, for server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/runstream_descriptor.bin"));
+
+/// How often the server pings idle connections. Proxies and meshes cut connections that look dead; a stream
+/// waiting for a long step is quiet, not dead.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Why serving failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GrpcError {
+    /// The descriptor set could not be registered for reflection (a build problem).
+    #[error("building the reflection service failed: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed while serving.
+    #[error("the gRPC server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Serves until `shutdown` is cancelled and every connection has drained.
+pub async fn serve(
+    listener: TcpListener,
+    registry: Arc<RunRegistry>,
+    config: ServiceConfig,
+    shutdown: CancellationToken,
+) -> Result<(), GrpcError> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_serving::<RunServiceServer<RunService>>().await;
+
+    let grace = config.shutdown_grace;
+    let run_service = RunServiceServer::new(RunService::new(registry, config.clone(), shutdown.clone()))
+        .max_decoding_message_size(config.max_request_bytes)
+        .max_encoding_message_size(config.max_response_bytes);
+    let server = Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        // A request over the limit is RESOURCE_EXHAUSTED naming the limit, not tonic's OUT_OF_RANGE.
+        .layer(LimitStatusLayer)
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(run_service)
+        // TCP_NODELAY: tonic applies its `tcp_nodelay` setting only to listeners it binds itself, so without this
+        // every accepted socket keeps Nagle's algorithm, and a small response waits for the client's delayed ACK
+        // (~40 ms per run of a short workflow; docs/performance.md).
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown.clone().cancelled_owned(),
+        );
+    let forced = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        served = server => served?,
+        () = forced => tracing::warn!(?grace, "connections still open after the shutdown grace period; closing them"),
+    }
+    Ok(())
+}
