@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     event::{ErrorInfo, Event, EventKind, EventSink, EventSource, EventTooLarge, RunStatus, StepStatus},
     schema::Schema,
-    snapshot::{PathMap, ResumeTarget, RunSnapshot, StepRecord, SuspendedStep},
+    snapshot::{ForeachState, ItemState, PathMap, ResumeTarget, RunSnapshot, StepRecord, SuspendedStep},
     step::{ContextShared, RetrySpec, Step, StepContext, StepError, StepOutcome, UsageMeter, Writer},
     workflow::{Concurrency, LoopCond, LoopKind, MapFn, Node, Wait, Workflow},
 };
@@ -182,29 +182,6 @@ fn repeating_paths(workflow: &Workflow, prefix: Option<&str>, out: &mut Vec<Stri
             Node::Workflow(child) => repeating_paths(child, Some(&path(child.id())), out),
             _ => {}
         }
-    }
-}
-
-/// The suspended iterations of foreach step `path`, or `None` when `path` is not a suspended foreach.
-pub(crate) fn foreach_suspended_indices(snapshot: &RunSnapshot, path: &str) -> Option<Vec<u32>> {
-    if !snapshot.suspended.contains_key(path) {
-        return None;
-    }
-    let items = ForeachState::from_control(snapshot.control.get(path)?)?;
-    Some(items.suspended().map(|(i, _, _)| i).collect())
-}
-
-/// The suspended iteration of foreach step `path` that registered `label`.
-pub(crate) fn foreach_label(snapshot: &RunSnapshot, path: &str, label: &str) -> Option<u32> {
-    let items = ForeachState::from_control(snapshot.control.get(path)?)?;
-    items.suspended().find(|(_, _, l)| l.as_deref() == Some(label)).map(|(i, _, _)| i)
-}
-
-/// Resume labels registered by the suspended iterations of foreach step `path`.
-pub(crate) fn foreach_labels(snapshot: &RunSnapshot, path: &str) -> Vec<String> {
-    match snapshot.control.get(path).and_then(ForeachState::from_control) {
-        Some(items) => items.suspended().filter_map(|(_, _, l)| l).collect(),
-        None => Vec::new(),
     }
 }
 
@@ -1210,64 +1187,6 @@ impl Exec {
                 LeafResult::Suspended { payload, label: resume_label }
             }
         }
-    }
-}
-
-/// Per-item state of a foreach that suspended, kept in `snapshot.control` so that a resume re-runs only what is
-/// needed (finished items keep their outputs).
-#[derive(Clone, Debug, PartialEq)]
-enum ItemState {
-    Pending,
-    Done(Value),
-    Suspended { payload: Value, label: Option<String> },
-}
-
-struct ForeachState {
-    items: Vec<ItemState>,
-}
-
-impl ForeachState {
-    fn to_control(&self) -> Value {
-        let items: Vec<Value> = self
-            .items
-            .iter()
-            .map(|s| match s {
-                ItemState::Pending => json!({ "status": "pending" }),
-                ItemState::Done(v) => json!({ "status": "success", "output": v }),
-                ItemState::Suspended { payload, label } => {
-                    json!({ "status": "suspended", "payload": payload, "label": label })
-                }
-            })
-            .collect();
-        json!({ "kind": "foreach", "items": items })
-    }
-
-    fn from_control(control: &Value) -> Option<Self> {
-        if control.get("kind")?.as_str()? != "foreach" {
-            return None;
-        }
-        let items = control
-            .get("items")?
-            .as_array()?
-            .iter()
-            .map(|item| match item.get("status").and_then(Value::as_str) {
-                Some("success") => ItemState::Done(item.get("output").cloned().unwrap_or(Value::Null)),
-                Some("suspended") => ItemState::Suspended {
-                    payload: item.get("payload").cloned().unwrap_or(Value::Null),
-                    label: item.get("label").and_then(Value::as_str).map(str::to_owned),
-                },
-                _ => ItemState::Pending,
-            })
-            .collect();
-        Some(Self { items })
-    }
-
-    /// `(index, payload, label)` of each suspended item, in index order.
-    fn suspended(&self) -> impl Iterator<Item = (u32, Value, Option<String>)> + '_ {
-        self.items.iter().enumerate().filter_map(|(i, s)| match s {
-            ItemState::Suspended { payload, label } => Some((i as u32, payload.clone(), label.clone())),
-            _ => None,
-        })
     }
 }
 
