@@ -12,27 +12,34 @@
 //! Recovery after a crash ([`Phase::recovering`]) is the same replay without a resume target: the registry hands in
 //! the last stored snapshot with the steps the interrupted phase completed added ([`recovered_snapshot`]), so those
 //! are skipped and the step that was running when the process died runs again.
+//!
+//! This file holds the phase itself, the graph walk and what every kind of step shares (events, records, replay
+//! decisions); each kind of node runs in its own file: `leaf.rs` (a step function's invocation), `foreach.rs`,
+//! `control.rs` (parallel, branch, loops, sleep, map, nested workflows).
+
+mod control;
+mod foreach;
+mod leaf;
 
 use std::{
     any::Any,
     collections::BTreeMap,
     future::Future,
-    panic::AssertUnwindSafe,
     pin::Pin,
     sync::{Arc, Mutex, MutexGuard},
-    time::{Duration, SystemTime},
+    time::SystemTime,
 };
 
-use futures_util::{FutureExt, StreamExt, future::join_all, stream::FuturesUnordered};
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
+use self::leaf::{Call, LeafResult};
 use super::{
     event::{ErrorInfo, Event, EventKind, EventSink, EventSource, EventTooLarge, RunStatus, StepStatus},
     schema::Schema,
-    snapshot::{ForeachState, ItemState, PathMap, ResumeTarget, RunSnapshot, StepRecord, SuspendedStep},
-    step::{ContextShared, RetrySpec, Step, StepContext, StepError, StepOutcome, UsageMeter, Writer},
-    workflow::{Concurrency, LoopCond, LoopKind, MapFn, Node, Wait, Workflow},
+    snapshot::{PathMap, ResumeTarget, RunSnapshot, StepRecord, SuspendedStep},
+    step::{Step, StepError, UsageMeter},
+    workflow::{Node, Workflow},
 };
 use crate::clock::Clock;
 
@@ -196,27 +203,6 @@ enum Flow {
     Canceled,
 }
 
-/// How one invocation of a step's function ended.
-enum LeafResult {
-    Done(Value),
-    Suspended { payload: Value, label: Option<String> },
-    Bailed(Value),
-    Failed(ErrorInfo),
-    Canceled,
-}
-
-impl From<LeafResult> for Flow {
-    fn from(r: LeafResult) -> Self {
-        match r {
-            LeafResult::Done(v) => Flow::Done(v),
-            LeafResult::Suspended { .. } => Flow::Suspended,
-            LeafResult::Bailed(v) => Flow::Bailed(v),
-            LeafResult::Failed(e) => Flow::Failed(e),
-            LeafResult::Canceled => Flow::Canceled,
-        }
-    }
-}
-
 /// What replay mode decides for a step.
 enum Decision {
     /// Succeeded in an earlier phase: reuse the recorded output, emit nothing.
@@ -251,20 +237,6 @@ impl Scope<'_> {
             Some(prefix) => format!("{prefix}.{id}").into(),
         }
     }
-}
-
-/// One step invocation, as the executor prepares it.
-struct Call<'a> {
-    step: &'a Step,
-    path: Arc<str>,
-    input: Value,
-    default_retry: &'a RetrySpec,
-    /// 1-based loop iteration, 0 outside loops.
-    iteration: u32,
-    for_each_index: Option<u32>,
-    /// Inside a foreach: no step events and no step record (the foreach reports for its iterations).
-    hidden: bool,
-    resume_data: Option<Value>,
 }
 
 type BoxFlow<'a> = Pin<Box<dyn Future<Output = Flow> + Send + 'a>>;
@@ -428,368 +400,24 @@ impl Exec {
         }
     }
 
-    async fn run_step(&self, scope: Scope<'_>, step: &Step, input: Value, replay: bool) -> Flow {
-        let path = scope.path(&step.id);
-        let resume_data = match self.decide(&path, replay) {
-            Decision::Skip(output) => return Flow::Done(output),
-            Decision::StaySuspended => return Flow::Suspended,
-            Decision::Resume(data) => Some(data),
-            Decision::Run => None,
-        };
-        let call = Call {
-            step,
-            path,
-            input,
-            default_retry: &scope.workflow.retry,
-            iteration: 0,
-            for_each_index: None,
-            hidden: false,
+    /// Stamps a step's start, gives the invocation a fresh call id and emits `step_start`.
+    fn start_step(
+        &self,
+        path: &Arc<str>,
+        input: &Value,
+        resume_data: Option<Value>,
+        iteration_count: u32,
+    ) -> (SystemTime, String) {
+        let started_at = self.clock.now();
+        let call_id = new_call_id();
+        self.emit(EventKind::StepStart {
+            step_id: Arc::clone(path),
+            step_call_id: call_id.clone(),
+            input: input.clone(),
             resume_data,
-        };
-        self.run_leaf(call).await.into()
-    }
-
-    /// Runs `steps` concurrently on `input`; the output is an object keyed by step id.
-    async fn run_parallel<'s>(
-        &self,
-        scope: Scope<'_>,
-        steps: impl Iterator<Item = &'s Step>,
-        input: Value,
-        replay: bool,
-    ) -> Flow {
-        let steps: Vec<&Step> = steps.collect();
-        let flows = join_all(steps.iter().map(|s| self.run_step(scope, s, input.clone(), replay))).await;
-        let mut outputs = Map::new();
-        let (mut failed, mut bailed, mut suspended, mut canceled) = (None, None, false, false);
-        for (step, flow) in steps.iter().zip(flows) {
-            match flow {
-                Flow::Done(v) => {
-                    outputs.insert(step.id.to_string(), v);
-                }
-                Flow::Suspended => suspended = true,
-                Flow::Bailed(v) => {
-                    bailed.get_or_insert(v);
-                }
-                Flow::Failed(e) => {
-                    failed.get_or_insert(e);
-                }
-                Flow::Canceled => canceled = true,
-            }
-        }
-        // A cancel ends everything; a failure fails the run; a bail ends it successfully even if a sibling waits.
-        if canceled {
-            Flow::Canceled
-        } else if let Some(e) = failed {
-            Flow::Failed(e)
-        } else if let Some(v) = bailed {
-            Flow::Bailed(v)
-        } else if suspended {
-            Flow::Suspended
-        } else {
-            Flow::Done(Value::Object(outputs))
-        }
-    }
-
-    async fn run_loop(
-        &self,
-        scope: Scope<'_>,
-        step: &Step,
-        cond: &LoopCond,
-        kind: LoopKind,
-        input: Value,
-        replay: bool,
-    ) -> Flow {
-        let path = scope.path(&step.id);
-        let (mut iteration, mut input, mut resume_data) = (1u32, input, None);
-        if replay {
-            let suspended_at = self.prev.control.get(&*path).and_then(|c| c.get("iteration")).and_then(Value::as_u64);
-            match suspended_at {
-                Some(k) => match self.is_target(&path) {
-                    // Re-enter the iteration that suspended, with the input it had.
-                    Some(target) => {
-                        iteration = u32::try_from(k).unwrap_or(u32::MAX);
-                        input = self.prev.steps.get(&*path).map(|r| r.input.clone()).unwrap_or(input);
-                        resume_data = Some(target.resume_data.clone());
-                    }
-                    None => return Flow::Suspended,
-                },
-                None => match self.decide(&path, true) {
-                    Decision::Skip(output) => return Flow::Done(output),
-                    Decision::StaySuspended => return Flow::Suspended,
-                    Decision::Resume(data) => resume_data = Some(data),
-                    Decision::Run => {}
-                },
-            }
-        }
-        loop {
-            let call = Call {
-                step,
-                path: Arc::clone(&path),
-                input,
-                default_retry: &scope.workflow.retry,
-                iteration,
-                for_each_index: None,
-                hidden: false,
-                resume_data: resume_data.take(),
-            };
-            match self.run_leaf(call).await {
-                LeafResult::Done(output) => {
-                    let again = match kind {
-                        LoopKind::While => cond(&output, iteration),
-                        LoopKind::Until => !cond(&output, iteration),
-                    };
-                    if !again {
-                        self.state().control.remove(&*path);
-                        return Flow::Done(output);
-                    }
-                    if self.cancel.is_cancelled() {
-                        return Flow::Canceled;
-                    }
-                    input = output;
-                    iteration = iteration.saturating_add(1);
-                }
-                LeafResult::Suspended { .. } => {
-                    self.state().control.insert(path.to_string(), json!({ "kind": "loop", "iteration": iteration }));
-                    return Flow::Suspended;
-                }
-                other => return other.into(),
-            }
-        }
-    }
-
-    async fn run_foreach(
-        &self,
-        scope: Scope<'_>,
-        step: &Step,
-        concurrency: &Concurrency,
-        input: Value,
-        replay: bool,
-    ) -> Flow {
-        let path = scope.path(&step.id);
-        // Which items to run, and with what resume data.
-        let mut resumed: Option<(u32, Value)> = None;
-        let mut prior: Option<ForeachState> = None;
-        if replay {
-            match self.prev.control.get(&*path).and_then(ForeachState::from_control) {
-                Some(items) => match self.is_target(&path) {
-                    Some(target) => {
-                        let index =
-                            target.for_each_index.or_else(|| items.suspended().next().map(|(i, _, _)| i)).unwrap_or(0);
-                        resumed = Some((index, target.resume_data.clone()));
-                        prior = Some(items);
-                    }
-                    None => return Flow::Suspended,
-                },
-                None => match self.decide(&path, true) {
-                    Decision::Skip(output) => return Flow::Done(output),
-                    Decision::StaySuspended => return Flow::Suspended,
-                    Decision::Resume(_) | Decision::Run => {}
-                },
-            }
-        }
-
-        let (started_at, call_id) = self.start_step(&path, &input, resumed.as_ref().map(|(_, d)| d.clone()), 0);
-        let Some(items) = input.as_array() else {
-            let error = ErrorInfo {
-                name: "StepError".to_owned(),
-                message: format!("foreach step '{path}' needs an array as input, got {}", json_type(&input)),
-                details: Some(json!({ "stepId": &*path })),
-            };
-            return self.finish_foreach_failed(&path, call_id, input.clone(), started_at, error);
-        };
-
-        let total = items.len();
-        let mut states = match prior {
-            Some(p) if p.items.len() == total => p,
-            _ => ForeachState { items: vec![ItemState::Pending; total] },
-        };
-        // Fresh runs take every item; a resume takes the resumed item and anything never started.
-        let mut queue: Vec<usize> = Vec::new();
-        if let Some((i, _)) = &resumed {
-            let i = *i as usize;
-            if i < total {
-                queue.push(i);
-            }
-        }
-        let first = queue.first().copied();
-        queue.extend(
-            states
-                .items
-                .iter()
-                .enumerate()
-                .filter(|(i, s)| matches!(s, ItemState::Pending) && Some(*i) != first)
-                .map(|(i, _)| i),
-        );
-        let limit = concurrency.resolve(&self.run_input);
-        let mut completed = states.items.iter().filter(|s| matches!(s, ItemState::Done(_))).count() as u32;
-
-        let mut running = FuturesUnordered::new();
-        let mut next = 0;
-        let (mut failure, mut bail, mut canceled) = (None::<ErrorInfo>, None::<Value>, false);
-        loop {
-            while failure.is_none() && bail.is_none() && !canceled && running.len() < limit && next < queue.len() {
-                if self.cancel.is_cancelled() {
-                    canceled = true;
-                    break;
-                }
-                let index = queue[next];
-                next += 1;
-                let resume_data = match &resumed {
-                    Some((i, data)) if *i as usize == index => Some(data.clone()),
-                    _ => None,
-                };
-                let call = Call {
-                    step,
-                    path: Arc::clone(&path),
-                    input: items[index].clone(),
-                    default_retry: &scope.workflow.retry,
-                    iteration: 0,
-                    for_each_index: Some(index as u32),
-                    hidden: true,
-                    resume_data,
-                };
-                running.push(self.run_leaf(call).map(move |r| (index, r)));
-            }
-            let Some((index, result)) = running.next().await else { break };
-            let (status, output) = match result {
-                LeafResult::Done(v) => {
-                    completed += 1;
-                    (StepStatus::Success, Some(v))
-                }
-                LeafResult::Suspended { payload, label } => {
-                    states.items[index] = ItemState::Suspended { payload, label };
-                    (StepStatus::Suspended, None)
-                }
-                LeafResult::Failed(e) => {
-                    completed += 1;
-                    failure.get_or_insert(e);
-                    (StepStatus::Failed, None)
-                }
-                LeafResult::Bailed(v) => {
-                    bail.get_or_insert(v);
-                    (StepStatus::Bailed, None)
-                }
-                LeafResult::Canceled => {
-                    canceled = true;
-                    continue;
-                }
-            };
-            let progress = self.emit_keep(EventKind::StepProgress {
-                step_id: Arc::clone(&path),
-                completed_count: completed,
-                total_count: total as u32,
-                current_index: index as u32,
-                iteration_status: status,
-                iteration_output: output,
-            });
-            // Only a finished item has an output: it goes on into the foreach's state.
-            if let EventKind::StepProgress { iteration_output: Some(v), .. } = progress {
-                states.items[index] = ItemState::Done(v);
-            }
-        }
-        canceled |= self.cancel.is_cancelled() && states.items.iter().any(|s| matches!(s, ItemState::Pending));
-        drop(running);
-        let input = input.clone();
-
-        if canceled {
-            self.finish_plain(&path, call_id, input, started_at, StepStatus::Canceled, None, None);
-            return Flow::Canceled;
-        }
-        if let Some(error) = failure {
-            return self.finish_foreach_failed(&path, call_id, input, started_at, error);
-        }
-        if let Some(value) = bail {
-            if let Some(error) =
-                self.finish_plain(&path, call_id, input, started_at, StepStatus::Bailed, Some(value.clone()), None)
-            {
-                return Flow::Failed(error);
-            }
-            return Flow::Bailed(value);
-        }
-        if states.suspended().next().is_some() {
-            let now = self.clock.now();
-            let resume_schema = step.resume_schema.clone();
-            let mut first: Option<SuspendedStep> = None;
-            for (index, payload, label) in states.suspended() {
-                self.emit(EventKind::StepSuspended {
-                    step_id: Arc::clone(&path),
-                    step_call_id: call_id.clone(),
-                    suspend_payload: payload.clone(),
-                    resume_schema: resume_schema.as_ref().map(|s| s.raw().clone()),
-                    resume_label: label.clone(),
-                    for_each_index: Some(index),
-                });
-                first.get_or_insert(SuspendedStep {
-                    path: split_path(&path),
-                    suspend_payload: payload,
-                    resume_schema: resume_schema.clone(),
-                    resume_label: label,
-                    for_each_index: Some(index),
-                });
-            }
-            let mut st = self.state();
-            if let Some(first) = first {
-                st.steps.insert(
-                    path.to_string(),
-                    StepRecord {
-                        status: StepStatus::Suspended,
-                        input,
-                        output: None,
-                        error: None,
-                        suspend_payload: Some(first.suspend_payload.clone()),
-                        resume_data: None,
-                        attempts: 1,
-                        started_at,
-                        ended_at: None,
-                        suspended_at: Some(now),
-                        resumed_at: None,
-                    },
-                );
-                // The snapshot keeps one entry per path; the full list of suspended items is in `control`.
-                st.suspended.insert(path.to_string(), first);
-            }
-            st.control.insert(path.to_string(), states.to_control());
-            return Flow::Suspended;
-        }
-        let outputs: Vec<Value> = states
-            .items
-            .into_iter()
-            .map(|s| match s {
-                ItemState::Done(v) => v,
-                _ => Value::Null,
-            })
-            .collect();
-        let output = Value::Array(outputs);
-        self.state().control.remove(&*path);
-        self.done_unless_refused(&path, call_id, input, started_at, output)
-    }
-
-    fn finish_foreach_failed(
-        &self,
-        path: &Arc<str>,
-        call_id: String,
-        input: Value,
-        started_at: SystemTime,
-        error: ErrorInfo,
-    ) -> Flow {
-        self.finish_plain(path, call_id, input, started_at, StepStatus::Failed, None, Some(error.clone()));
-        Flow::Failed(error)
-    }
-
-    /// Finishes a step the executor runs itself with its output: done, or failed if the output was too large to
-    /// stream.
-    fn done_unless_refused(
-        &self,
-        path: &Arc<str>,
-        call_id: String,
-        input: Value,
-        started_at: SystemTime,
-        output: Value,
-    ) -> Flow {
-        match self.finish_plain(path, call_id, input, started_at, StepStatus::Success, Some(output.clone()), None) {
-            Some(error) => Flow::Failed(error),
-            None => Flow::Done(output),
-        }
+            iteration_count,
+        });
+        (started_at, call_id)
     }
 
     /// Emits the `StepResult` of a step the executor runs itself (foreach, map, sleep, nested workflow) and
@@ -828,371 +456,21 @@ impl Exec {
         refused
     }
 
-    async fn run_nested(&self, scope: Scope<'_>, child: &Workflow, input: Value, replay: bool) -> Flow {
-        let path = scope.path(&child.id);
-        let inner_prefix = format!("{path}.");
-        let mut child_replay = self.recovering;
-        let mut resume_data = None;
-        if replay {
-            if let Some(rec) = self.prev.steps.get(&*path).filter(|r| r.status == StepStatus::Success) {
-                return Flow::Done(rec.output.clone().unwrap_or(Value::Null));
-            }
-            let target_inside = self.resume.as_ref().filter(|t| t.step_id.starts_with(&inner_prefix));
-            let suspended_inside = self.prev.suspended.keys().any(|k| k.starts_with(&inner_prefix));
-            match target_inside {
-                Some(target) => {
-                    child_replay = true;
-                    resume_data = Some(target.resume_data.clone());
-                }
-                None if suspended_inside => return Flow::Suspended,
-                None => {}
-            }
-        }
-        let (started_at, call_id) = self.start_step(&path, &input, resume_data, 0);
-        if let Err(error) = check_schema(child.input_schema.as_ref(), &input, "input", Some(&path)) {
-            self.finish_plain(&path, call_id, input, started_at, StepStatus::Failed, None, Some(error.clone()));
-            return Flow::Failed(error);
-        }
-        let inner = Scope { workflow: child, prefix: Some(&path) };
-        let flow = self.run_sequence(inner, input.clone(), child_replay).await;
-        match flow {
-            // A bail ends the nested workflow (successfully), not its parent.
-            Flow::Done(output) | Flow::Bailed(output) => {
-                if let Err(error) = check_schema(child.output_schema.as_ref(), &output, "output", Some(&path)) {
-                    self.finish_plain(&path, call_id, input, started_at, StepStatus::Failed, None, Some(error.clone()));
-                    return Flow::Failed(error);
-                }
-                self.done_unless_refused(&path, call_id, input, started_at, output)
-            }
-            Flow::Failed(error) => {
-                self.finish_plain(&path, call_id, input, started_at, StepStatus::Failed, None, Some(error.clone()));
-                Flow::Failed(error)
-            }
-            Flow::Canceled => {
-                self.finish_plain(&path, call_id, input, started_at, StepStatus::Canceled, None, None);
-                Flow::Canceled
-            }
-            Flow::Suspended => {
-                // The nesting step suspends too (its start needs an end); it reports the first inner suspension.
-                let now = self.clock.now();
-                let first = {
-                    let st = self.state();
-                    st.suspended.iter().find(|(k, _)| k.starts_with(&inner_prefix)).map(|(_, s)| s.clone())
-                };
-                if let Some(first) = &first {
-                    self.emit(EventKind::StepSuspended {
-                        step_id: Arc::clone(&path),
-                        step_call_id: call_id,
-                        suspend_payload: first.suspend_payload.clone(),
-                        resume_schema: first.resume_schema.as_ref().map(|s| s.raw().clone()),
-                        resume_label: first.resume_label.clone(),
-                        for_each_index: first.for_each_index,
-                    });
-                }
-                self.record(
-                    &path,
-                    StepRecord {
-                        status: StepStatus::Suspended,
-                        input,
-                        output: None,
-                        error: None,
-                        suspend_payload: first.map(|f| f.suspend_payload),
-                        resume_data: None,
-                        attempts: 1,
-                        started_at,
-                        ended_at: None,
-                        suspended_at: Some(now),
-                        resumed_at: None,
-                    },
-                );
-                Flow::Suspended
-            }
-        }
-    }
-
-    async fn run_sleep(&self, path: Arc<str>, wait: &Wait, input: Value, replay: bool) -> Flow {
-        match self.decide(&path, replay) {
-            Decision::Skip(output) => return Flow::Done(output),
-            Decision::StaySuspended => return Flow::Suspended,
-            Decision::Resume(_) | Decision::Run => {}
-        }
-        let started_at = self.clock.now();
-        let wake_at = match wait {
-            Wait::For(d) => later(started_at, *d),
-            Wait::ForFn(f) => later(started_at, f(&input)),
-            Wait::Until(f) => f(&input),
-        };
-        let call_id = new_call_id();
-        self.emit(EventKind::StepWaiting { step_id: Arc::clone(&path), wake_at });
-        let woke = tokio::select! {
-            biased;
-            _ = self.cancel.cancelled() => false,
-            _ = self.clock.sleep_until(wake_at) => true,
-        };
-        if woke {
-            self.done_unless_refused(&path, call_id, input.clone(), started_at, input)
-        } else {
-            self.finish_plain(&path, call_id, input, started_at, StepStatus::Canceled, None, None);
-            Flow::Canceled
-        }
-    }
-
-    /// Stamps a step's start, gives the invocation a fresh call id and emits `step_start`.
-    fn start_step(
+    /// Finishes a step the executor runs itself with its output: done, or failed if the output was too large to
+    /// stream.
+    fn done_unless_refused(
         &self,
         path: &Arc<str>,
-        input: &Value,
-        resume_data: Option<Value>,
-        iteration_count: u32,
-    ) -> (SystemTime, String) {
-        let started_at = self.clock.now();
-        let call_id = new_call_id();
-        self.emit(EventKind::StepStart {
-            step_id: Arc::clone(path),
-            step_call_id: call_id.clone(),
-            input: input.clone(),
-            resume_data,
-            iteration_count,
-        });
-        (started_at, call_id)
-    }
-
-    fn run_map(&self, path: Arc<str>, f: &MapFn, input: Value, replay: bool) -> Flow {
-        match self.decide(&path, replay) {
-            Decision::Skip(output) => return Flow::Done(output),
-            Decision::StaySuspended => return Flow::Suspended,
-            Decision::Resume(_) | Decision::Run => {}
-        }
-        let (started_at, call_id) = self.start_step(&path, &input, None, 0);
-        match std::panic::catch_unwind(AssertUnwindSafe(|| f(&input, &self.run_input))) {
-            Ok(output) => self.done_unless_refused(&path, call_id, input, started_at, output),
-            Err(panic) => {
-                let error = step_error_info(&path, &StepError::new(panic_message(&*panic)), 1, None);
-                self.finish_plain(&path, call_id, input, started_at, StepStatus::Failed, None, Some(error.clone()));
-                Flow::Failed(error)
-            }
+        call_id: String,
+        input: Value,
+        started_at: SystemTime,
+        output: Value,
+    ) -> Flow {
+        match self.finish_plain(path, call_id, input, started_at, StepStatus::Success, Some(output.clone()), None) {
+            Some(error) => Flow::Failed(error),
+            None => Flow::Done(output),
         }
     }
-
-    /// Runs one invocation of a step function: start event, schema checks, attempts with retries raced against
-    /// cancellation, then the result or suspended event and the step record.
-    async fn run_leaf(&self, call: Call<'_>) -> LeafResult {
-        let Call { step, path, input, default_retry, iteration, for_each_index, hidden, resume_data } = call;
-        // Foreach iterations are hidden: no step_start, no call id (Mastra emits none for them either).
-        let (started_at, call_id) = if hidden {
-            (self.clock.now(), String::new())
-        } else {
-            self.start_step(&path, &input, resume_data.clone(), iteration)
-        };
-        let resumed_at = resume_data.as_ref().map(|_| started_at);
-        let resume_record = resume_data.clone();
-        let finish =
-            |status: StepStatus, output: Option<Value>, error: Option<ErrorInfo>, attempts: u32, input: Value| {
-                let ended_at = self.clock.now();
-                let mut refused = None;
-                if !hidden {
-                    let call_id = call_id.clone();
-                    let (status, output, error) =
-                        self.emit_step_result(&path, call_id, status, output, error, attempts, started_at, ended_at);
-                    if status == StepStatus::Failed {
-                        refused.clone_from(&error);
-                    }
-                    let suspend_payload = self.prev.steps.get(&*path).and_then(|r| r.suspend_payload.clone());
-                    self.record(
-                        &path,
-                        StepRecord {
-                            status,
-                            input,
-                            output,
-                            error,
-                            suspend_payload: suspend_payload.filter(|_| resumed_at.is_some()),
-                            resume_data: resume_record.clone(),
-                            attempts,
-                            started_at,
-                            ended_at: Some(ended_at),
-                            suspended_at: None,
-                            resumed_at,
-                        },
-                    );
-                }
-                refused
-            };
-
-        if let Err(error) = check_schema(step.input_schema.as_ref(), &input, "input", Some(&path)) {
-            let error = with_index(error, for_each_index);
-            finish(StepStatus::Failed, None, Some(error.clone()), 0, input);
-            return LeafResult::Failed(error);
-        }
-
-        let (max_attempts, delay) = step.retry.as_ref().unwrap_or(default_retry).resolve(&self.run_input);
-        // A resumed step gets back the state it saved when it suspended; it is consumed here, and saved anew if
-        // the step suspends again.
-        let saved_state = match (&resume_data, hidden) {
-            (Some(_), false) => self.state().control.remove(&saved_state_key(&path)),
-            _ => None,
-        };
-        let shared = Arc::new(ContextShared {
-            run_id: Arc::clone(&self.run_id),
-            step_id: Arc::clone(&path),
-            input,
-            run_input: Arc::clone(&self.run_input),
-            resume_data,
-            saved_state,
-            state_to_save: Mutex::default(),
-            request_context: Arc::clone(&self.request_context),
-            for_each_index,
-            iteration,
-            writer: Writer::new(Arc::clone(&self.sink), Arc::clone(&path), Arc::clone(&self.usage)),
-            cancel: self.cancel.clone(),
-            clock: Arc::clone(&self.clock),
-        });
-        let mut attempt = 0u32;
-        let result: Option<Result<StepOutcome, StepError>> = loop {
-            let ctx = StepContext { shared: Arc::clone(&shared), attempt };
-            let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| (step.func)(ctx))) {
-                Ok(fut) => {
-                    let r = tokio::select! {
-                        biased;
-                        _ = self.cancel.cancelled() => break None,
-                        r = AssertUnwindSafe(fut).catch_unwind() => r,
-                    };
-                    // A step that noticed the cancel and returned early has not really finished: its result
-                    // would otherwise race the cancel and could report success for a canceled run.
-                    if self.cancel.is_cancelled() {
-                        break None;
-                    }
-                    r
-                }
-                Err(panic) => Err(panic),
-            };
-            let outcome = outcome.unwrap_or_else(|panic| Err(StepError::new(panic_message(&*panic)).non_retryable()));
-            match outcome {
-                Err(e) if e.is_retryable() && attempt + 1 < max_attempts => {
-                    attempt += 1;
-                    if !delay.is_zero() {
-                        tokio::select! {
-                            biased;
-                            _ = self.cancel.cancelled() => break None,
-                            _ = self.clock.sleep(delay) => {}
-                        }
-                    }
-                }
-                other => break Some(other),
-            }
-        };
-        let attempts = attempt + 1;
-        let input = shared.input.clone();
-        let state_to_save = shared.state_to_save.lock().unwrap_or_else(|e| e.into_inner()).take();
-        // A write refused for its size fails the step, whatever the step made of the refusal.
-        let result = match (shared.writer.refused(), result) {
-            (Some(refused), Some(_)) => Some(Err(refused)),
-            (_, result) => result,
-        };
-        drop(shared);
-
-        match result {
-            None => {
-                finish(StepStatus::Canceled, None, None, attempts, input);
-                LeafResult::Canceled
-            }
-            Some(Err(e)) => {
-                let error = step_error_info(&path, &e, attempts, for_each_index);
-                finish(StepStatus::Failed, None, Some(error.clone()), attempts, input);
-                LeafResult::Failed(error)
-            }
-            Some(Ok(StepOutcome::Done(output))) => {
-                match check_schema(step.output_schema.as_ref(), &output, "output", Some(&path)) {
-                    Ok(()) => {
-                        // A foreach iteration has no event or record of its own: no copy of its output for them.
-                        let recorded = if hidden { None } else { Some(output.clone()) };
-                        match finish(StepStatus::Success, recorded, None, attempts, input) {
-                            // The output was too large to stream: the step failed instead.
-                            Some(error) => LeafResult::Failed(error),
-                            None => LeafResult::Done(output),
-                        }
-                    }
-                    Err(error) => {
-                        let error = with_index(error, for_each_index);
-                        finish(StepStatus::Failed, None, Some(error.clone()), attempts, input);
-                        LeafResult::Failed(error)
-                    }
-                }
-            }
-            Some(Ok(StepOutcome::Bail(value))) => {
-                match finish(StepStatus::Bailed, Some(value.clone()), None, attempts, input) {
-                    Some(error) => LeafResult::Failed(error),
-                    None => LeafResult::Bailed(value),
-                }
-            }
-            Some(Ok(StepOutcome::Suspend { payload, resume_label, resume_schema })) => {
-                if let Err(error) = check_schema(step.suspend_schema.as_ref(), &payload, "suspend_payload", Some(&path))
-                {
-                    let error = with_index(error, for_each_index);
-                    finish(StepStatus::Failed, None, Some(error.clone()), attempts, input);
-                    return LeafResult::Failed(error);
-                }
-                if !hidden {
-                    // The schema this suspension names (StepOutcome::with_resume_schema), else the step's own.
-                    let resume_schema = resume_schema.or_else(|| step.resume_schema.clone());
-                    let now = self.clock.now();
-                    let suspended = Event {
-                        source: EventSource::Workflow,
-                        kind: EventKind::StepSuspended {
-                            step_id: Arc::clone(&path),
-                            step_call_id: call_id.clone(),
-                            suspend_payload: payload.clone(),
-                            resume_schema: resume_schema.as_ref().map(|s| s.raw().clone()),
-                            resume_label: resume_label.clone(),
-                            for_each_index,
-                        },
-                    };
-                    if let Err(too_large) = self.sink.try_emit_ref(&suspended) {
-                        // Like an output too large to stream: the step fails instead of suspending.
-                        let mut error = output_too_large(&path, too_large);
-                        error.message = error.message.replacen("its output", "its suspend payload", 1);
-                        finish(StepStatus::Failed, None, Some(error.clone()), attempts, input);
-                        return LeafResult::Failed(error);
-                    }
-                    let mut st = self.state();
-                    if let Some(state) = state_to_save {
-                        st.control.insert(saved_state_key(&path), state);
-                    }
-                    st.steps.insert(
-                        path.to_string(),
-                        StepRecord {
-                            status: StepStatus::Suspended,
-                            input,
-                            output: None,
-                            error: None,
-                            suspend_payload: Some(payload.clone()),
-                            resume_data: resume_record,
-                            attempts,
-                            started_at,
-                            ended_at: None,
-                            suspended_at: Some(now),
-                            resumed_at,
-                        },
-                    );
-                    st.suspended.insert(
-                        path.to_string(),
-                        SuspendedStep {
-                            path: split_path(&path),
-                            suspend_payload: payload.clone(),
-                            resume_schema,
-                            resume_label: resume_label.clone(),
-                            for_each_index,
-                        },
-                    );
-                }
-                LeafResult::Suspended { payload, label: resume_label }
-            }
-        }
-    }
-}
-
-/// `t + d`, without the panic on overflow (durations can come from run input).
-fn later(t: SystemTime, d: Duration) -> SystemTime {
-    t.checked_add(d).unwrap_or_else(|| t + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 fn new_call_id() -> String {
@@ -1201,17 +479,6 @@ fn new_call_id() -> String {
 
 fn split_path(path: &str) -> Vec<String> {
     path.split('.').map(str::to_owned).collect()
-}
-
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
 }
 
 /// A schema check at a step boundary, as the error that fails the step (`path` is the step's path, `None` for the
@@ -1230,13 +497,6 @@ fn check_schema(schema: Option<&Schema>, value: &Value, root: &str, path: Option
         };
         ErrorInfo { name: "SchemaError".to_owned(), message, details: Some(Value::Object(details)) }
     })
-}
-
-fn with_index(mut error: ErrorInfo, for_each_index: Option<u32>) -> ErrorInfo {
-    if let (Some(i), Some(Value::Object(details))) = (for_each_index, error.details.as_mut()) {
-        details.insert("forEachIndex".to_owned(), json!(i));
-    }
-    error
 }
 
 /// The run error for a failed step: the step's message, with where it happened in `details`.
@@ -1273,11 +533,6 @@ fn output_too_large(path: &str, too_large: EventTooLarge) -> ErrorInfo {
 /// TRIPWIRE.
 pub const TRIPWIRE_ERROR: &str = "TripwireError";
 
-/// Where a suspended step's private state ([`StepContext::save_state`]) is kept in `snapshot.control`.
-fn saved_state_key(path: &str) -> String {
-    format!("state:{path}")
-}
-
 fn panic_message(panic: &(dyn Any + Send)) -> String {
     format!("step panicked: {}", panic_text(panic))
 }
@@ -1294,151 +549,5 @@ pub fn panic_text(panic: &(dyn Any + Send)) -> String {
 #[cfg(test)]
 mod tests;
 
-/// Helpers for the engine's and the built-in workflows' unit tests: a sink that collects events, one-call runs and
-/// resumes, and a compact text form of events that makes expected sequences readable.
 #[cfg(test)]
-pub(crate) mod test_support {
-    use std::sync::{Arc, Mutex};
-
-    use serde_json::{Map, Value};
-    use tokio::sync::Notify;
-    use tokio_util::sync::CancellationToken;
-
-    use super::{Phase, PhaseOutcome, execute_phase};
-    use crate::{
-        clock::SystemClock,
-        engine::{
-            Event, EventKind, EventSink, ResumeError, ResumeRequest, RunSnapshot, Workflow, snapshot::ResumeTarget,
-        },
-    };
-
-    /// Collects events; tests can wait for a condition on them without sleeping.
-    #[derive(Default)]
-    pub(crate) struct Collect {
-        events: Mutex<Vec<Event>>,
-        changed: Notify,
-    }
-
-    impl EventSink for Collect {
-        fn emit(&self, event: Event) {
-            self.events.lock().unwrap().push(event);
-            self.changed.notify_waiters();
-        }
-    }
-
-    impl Collect {
-        pub(crate) fn events(&self) -> Vec<Event> {
-            self.events.lock().unwrap().clone()
-        }
-
-        /// Completes once `pred` holds for the events collected so far.
-        pub(crate) async fn wait_for(&self, pred: impl Fn(&[Event]) -> bool) {
-            loop {
-                let notified = self.changed.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if pred(&self.events.lock().unwrap()) {
-                    return;
-                }
-                notified.await;
-            }
-        }
-    }
-
-    pub(crate) fn phase(
-        workflow: &Arc<Workflow>,
-        input: Value,
-        number: u32,
-        snapshot: RunSnapshot,
-        resume: Option<ResumeTarget>,
-    ) -> (Phase, Arc<Collect>, CancellationToken) {
-        let sink = Arc::new(Collect::default());
-        let cancel = CancellationToken::new();
-        let phase = Phase {
-            run_id: Arc::from("run-1"),
-            workflow: Arc::clone(workflow),
-            input,
-            request_context: Arc::new(Map::new()),
-            phase: number,
-            snapshot,
-            resume,
-            recovering: false,
-            sink: sink.clone(),
-            clock: Arc::new(SystemClock),
-            cancel: cancel.clone(),
-        };
-        (phase, sink, cancel)
-    }
-
-    /// Runs phase 1 to its end.
-    pub(crate) async fn run(workflow: &Arc<Workflow>, input: Value) -> (PhaseOutcome, Vec<Event>) {
-        let (phase, sink, _cancel) = phase(workflow, input, 1, RunSnapshot::default(), None);
-        let outcome = execute_phase(phase).await;
-        (outcome, sink.events())
-    }
-
-    /// Resolves `req` against the previous outcome's snapshot and runs the resume phase `number`.
-    pub(crate) async fn resume(
-        workflow: &Arc<Workflow>,
-        input: Value,
-        previous: &PhaseOutcome,
-        req: ResumeRequest,
-        number: u32,
-    ) -> Result<(PhaseOutcome, Vec<Event>), ResumeError> {
-        let target = workflow.resolve_resume(&previous.snapshot, req)?;
-        let (phase, sink, _cancel) = phase(workflow, input, number, previous.snapshot.clone(), Some(target));
-        let outcome = execute_phase(phase).await;
-        Ok((outcome, sink.events()))
-    }
-
-    /// A resume request naming a step by path and carrying `data`.
-    pub(crate) fn req(step: &str, data: Value) -> ResumeRequest {
-        ResumeRequest {
-            step: if step.is_empty() { vec![] } else { vec![step.to_owned()] },
-            resume_data: data,
-            ..ResumeRequest::default()
-        }
-    }
-
-    /// One line per event, e.g. `result step-1 Success`.
-    pub(crate) fn describe(event: &Event) -> String {
-        match &event.kind {
-            EventKind::WorkflowStart { workflow_id, phase, resumed } => {
-                format!("start {workflow_id} {phase}{}", if *resumed { " resumed" } else { "" })
-            }
-            EventKind::StepStart { step_id, resume_data, iteration_count, .. } => {
-                let mut s = format!("step-start {step_id}");
-                if *iteration_count > 0 {
-                    s.push_str(&format!(" #{iteration_count}"));
-                }
-                if resume_data.is_some() {
-                    s.push_str(" resumed");
-                }
-                s
-            }
-            EventKind::StepOutput { step_id, output } => format!("output {step_id} {output}"),
-            EventKind::StepProgress {
-                step_id, completed_count, total_count, current_index, iteration_status, ..
-            } => {
-                format!("progress {step_id} {completed_count}/{total_count} @{current_index} {iteration_status:?}")
-            }
-            EventKind::StepSuspended { step_id, for_each_index, .. } => match for_each_index {
-                Some(i) => format!("suspended {step_id} @{i}"),
-                None => format!("suspended {step_id}"),
-            },
-            EventKind::StepWaiting { step_id, .. } => format!("waiting {step_id}"),
-            EventKind::StepResult { step_id, status, .. } => format!("result {step_id} {status:?}"),
-            EventKind::WorkflowPaused => "paused".to_owned(),
-            EventKind::WorkflowCanceled { reason } => format!("canceled {reason}"),
-            EventKind::WorkflowFinish { status, .. } => format!("finish {}", status.as_str()),
-            EventKind::Custom { step_id, kind, data, .. } => format!("custom {step_id} {kind} {data}"),
-            EventKind::Agent { chunk, .. } => format!("agent {chunk:?}"),
-            EventKind::Network { event, .. } => format!("network {event:?}"),
-            EventKind::RunRecovered { interrupted_phase, .. } => format!("recovered {interrupted_phase}"),
-        }
-    }
-
-    pub(crate) fn describe_all(events: &[Event]) -> Vec<String> {
-        events.iter().map(describe).collect()
-    }
-}
+pub(crate) mod test_support;
