@@ -21,6 +21,9 @@ pub mod server;
 pub mod store;
 pub mod workflows;
 
+// Shared by the offline model and the built-in tools; not part of the API.
+mod fnv;
+
 /// Generated protobuf messages and the client of `runstream.v1`.
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/pb/runstream.v1.rs"));
