@@ -79,6 +79,9 @@ mod server;
 pub use grpc::ServiceConfig;
 pub use server::{Listening, ServeError, Server, ServerBuilder, Store};
 
+// Shared by the offline model and the built-in tools; not part of the API.
+mod fnv;
+
 /// Generated protobuf messages and the client of `runstream.v1`.
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/pb/runstream.v1.rs"));

@@ -13,12 +13,13 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("grpc", &["registry", "engine", "pb"]),
     ("registry", &["store", "engine", "clock"]),
     ("store", &["engine"]),
-    ("builtin", &["network", "agent", "engine", "model"]),
+    ("builtin", &["network", "agent", "engine", "model", "fnv"]),
     ("network", &["agent", "engine", "model"]),
     ("agent", &["engine", "model"]),
     ("engine", &["clock"]),
-    ("model", &[]),
+    ("model", &["fnv"]),
     ("clock", &[]),
+    ("fnv", &[]),
 ];
 
 /// The top-level names of the crate paths in `code`: `crate::engine::X` and `use crate::{engine::X, model}`.

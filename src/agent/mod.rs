@@ -65,8 +65,10 @@
 //! Not yet: memory (threads); reasoning signatures and redacted reasoning are streamed but not sent back to the
 //! model in later calls.
 
+mod chunks;
 mod partial_json;
 mod run;
+mod suspend;
 #[cfg(test)]
 mod tests;
 
@@ -75,10 +77,9 @@ use std::{fmt, future::Future, pin::Pin, sync::Arc};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-pub(crate) use run::APPROVAL_SCHEMA;
-pub use run::{
-    AgentEnd, AgentInput, AgentOptions, AgentOutcome, ApprovalDecision, approval_schema, run_agent, run_agent_with,
-};
+pub use run::{AgentEnd, AgentInput, AgentOptions, AgentOutcome, run_agent, run_agent_with};
+pub(crate) use suspend::APPROVAL_SCHEMA;
+pub use suspend::{ApprovalDecision, approval_schema};
 
 use crate::{
     engine::{

@@ -1,20 +1,21 @@
-//! The agent loop; see the [module docs](super) for the chunks it emits and why.
+//! The agent loop: model call, then the tool calls it made, until the model answers without tools, a limit or an
+//! error ends it, a guardrail trips, a tool call waits for a person, or the run is canceled; see the
+//! [module docs](super) for the chunks it emits and why.
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
-use base64::{Engine as _, engine::general_purpose::STANDARD as BASE64};
 use futures_util::StreamExt;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use super::{Agent, ToolContext, ToolError, partial_json::parse_partial};
+use super::{
+    Agent, ToolContext, ToolError,
+    chunks::{CallState, PartIds, QueuedCall, ToolAnswer, error_content, tool_error_chunk},
+    suspend::{LoopState, approval_schema, resume_state},
+};
 use crate::{
     engine::{AgentChunk, ErrorInfo, FinishReason, ToolCallApproval, ToolCallSuspended, Usage, schema::Schema},
-    model::{self, Message, ModelChunk, ModelError, ModelRequest, ReasoningEffort, ResponseSchema, ToolCall},
+    model::{Message, ModelError, ModelRequest, ReasoningEffort, ResponseSchema},
 };
 
 /// How a run of the loop ended, and what it produced.
@@ -61,23 +62,6 @@ pub enum AgentInput {
     Resume { state: Value, data: Value },
 }
 
-/// A person's answer to a `ToolCallApproval`.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct ApprovalDecision {
-    pub approved: bool,
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
-impl ApprovalDecision {
-    /// The decision resume data carries (checked against [`approval_schema`] before a resume starts; this only
-    /// fails on data that bypassed that check), with a message saying what it must be.
-    pub fn from_resume_data(data: Value) -> Result<Self, String> {
-        serde_json::from_value(data)
-            .map_err(|e| format!("resume_data must be {{\"approved\": bool, \"reason\"?: string}}: {e}"))
-    }
-}
-
 /// Per-run options of the loop.
 #[derive(Debug, Clone, Default)]
 pub struct AgentOptions {
@@ -109,57 +93,6 @@ impl<F: Fn(AgentChunk)> Drop for AbortGuard<'_, F> {
             (self.emit)(AgentChunk::AgentAbort { reason: "canceled".to_owned() });
         }
     }
-}
-
-/// Everything the loop needs to go on after a suspension. Kept by the engine in the run's snapshot (see
-/// `StepContext::save_state`), never shown to callers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct LoopState {
-    message_id: String,
-    conversation: Vec<Message>,
-    steps: u32,
-    total: Usage,
-    parts: PartIds,
-    /// The tool half of the current model call, while its tools run (or wait for approval).
-    pending: Option<ToolPhase>,
-}
-
-/// A model call whose response is complete and whose tool calls are being executed.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ToolPhase {
-    text: String,
-    reason: model::FinishReason,
-    raw: String,
-    usage: Usage,
-    /// The calls as the model made them, for the conversation.
-    tool_calls: Vec<ToolCall>,
-    /// Calls still to execute, in the model's order. The first may be waiting for approval.
-    queue: VecDeque<QueuedCall>,
-    /// Answers so far, errors included: every call gets one.
-    answers: Vec<ToolAnswer>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct QueuedCall {
-    id: String,
-    name: String,
-    args: Value,
-    /// A person approved this call: run it without asking again.
-    #[serde(default)]
-    approved: bool,
-    /// The tool suspended itself on this call and waits for resume data.
-    #[serde(default)]
-    suspended: bool,
-    /// The data the call was resumed with, for the tool's next invocation.
-    #[serde(default)]
-    resume_data: Option<Value>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ToolAnswer {
-    id: String,
-    name: String,
-    content: String,
 }
 
 /// What stopped a model call's stream early.
@@ -243,7 +176,7 @@ where
             request.response_schema = response_schema.clone();
             request.reasoning_effort = options.reasoning_effort;
             let mut stream = agent.model.stream(request, cancel.clone());
-            let mut call = CallState { structured: options.output_schema.is_some(), ..CallState::default() };
+            let mut call = CallState::new(options.output_schema.is_some());
             let end = loop {
                 let item = tokio::select! {
                     biased;
@@ -488,27 +421,6 @@ fn outcome(
     AgentOutcome { end, text, object, usage, steps, messages }
 }
 
-/// JSON Schema of the resume data an approval takes (compiled: [`APPROVAL_SCHEMA`]).
-pub fn approval_schema() -> Value {
-    APPROVAL_SCHEMA.raw().clone()
-}
-
-/// The approval schema, compiled once; what every approval suspension names as its resume schema.
-pub(crate) static APPROVAL_SCHEMA: std::sync::LazyLock<Schema> =
-    std::sync::LazyLock::new(|| Schema::compile_or_panic(approval_schema_json(), "the approval schema"));
-
-fn approval_schema_json() -> Value {
-    json!({
-        "type": "object",
-        "required": ["approved"],
-        "properties": {
-            "approved": { "type": "boolean", "description": "true runs the tool call; false declines it" },
-            "reason": { "type": "string", "description": "why, shown to the model when declined" }
-        },
-        "additionalProperties": false
-    })
-}
-
 /// Saves the loop's state for a resume and ends the run as `end` makes of it.
 fn suspend(st: LoopState, emit: &impl Fn(AgentChunk), end: impl FnOnce(Value) -> AgentEnd) -> AgentOutcome {
     let (usage, steps) = (st.total, st.steps);
@@ -523,46 +435,6 @@ fn suspend(st: LoopState, emit: &impl Fn(AgentChunk), end: impl FnOnce(Value) ->
     }
 }
 
-/// Restores the loop after a suspension and hands `data` to the call that waited: the decision on a call awaiting
-/// approval, the resume data of a tool that suspended itself (checked against its schema here too, for callers of
-/// the loop that did not check it).
-fn resume_state(agent: &Agent, state: Value, data: Value, emit: &impl Fn(AgentChunk)) -> Result<LoopState, String> {
-    let mut st: LoopState =
-        serde_json::from_value(state).map_err(|e| format!("the agent's saved state is unreadable: {e}"))?;
-    let Some(phase) = st.pending.as_mut().filter(|p| !p.queue.is_empty()) else {
-        return Err("the agent's saved state has no tool call waiting for a decision or resume data".to_owned());
-    };
-    if let Some(head) = phase.queue.front_mut().filter(|c| c.suspended) {
-        if let Some(schema) = agent.find_tool(&head.name).and_then(|t| t.resume_schema.as_ref()) {
-            schema
-                .validate(&data, "resume_data")
-                .map_err(|v| format!("{v}; the tool '{}' cannot resume", head.name))?;
-        }
-        head.suspended = false;
-        head.resume_data = Some(data);
-        return Ok(st);
-    }
-    let decision = ApprovalDecision::from_resume_data(data)?;
-    if decision.approved {
-        if let Some(head) = phase.queue.front_mut() {
-            head.approved = true;
-        }
-    } else if let Some(call) = phase.queue.pop_front() {
-        emit(AgentChunk::ToolOutputDenied {
-            tool_call_id: Arc::from(call.id.as_str()),
-            tool_name: Arc::from(call.name.as_str()),
-            args: Some(call.args),
-            approval_id: call.id.clone(),
-            reason: decision.reason.clone(),
-        });
-        // The model learns that the call was declined (and why), so it can answer without it.
-        let why = decision.reason.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
-        let content = error_content(&format!("the user declined this call to '{}'{why}", call.name));
-        phase.answers.push(ToolAnswer { id: call.id, name: call.name, content });
-    }
-    Ok(st)
-}
-
 /// Parses and checks the final structured answer.
 fn structured_output(schema: &Schema, text: &str) -> Result<Value, String> {
     let object: Value = serde_json::from_str(text.trim())
@@ -571,318 +443,4 @@ fn structured_output(schema: &Schema, text: &str) -> Result<Value, String> {
         .validate(&object, "object")
         .map_err(|v| format!("the model's answer does not match the output schema: {v}"))?;
     Ok(object)
-}
-
-/// A tool call as the model streams it.
-struct PendingCall {
-    id: Arc<str>,
-    name: Arc<str>,
-    arguments: String,
-}
-
-/// What one model call (one attempt of it) has produced so far.
-#[derive(Default)]
-struct CallState {
-    /// Text deltas are the structured answer: stream them as `ObjectPartial`s, not as text parts.
-    structured: bool,
-    text: String,
-    last_partial: Option<Value>,
-    open_text: Option<Arc<str>>,
-    open_reasoning: Option<Arc<str>>,
-    /// The open reasoning part's signature, repeated in its `ReasoningEnd`.
-    reasoning_signature: Option<String>,
-    /// This call's latest reasoning part, open or closed: what a late signature signs.
-    last_reasoning: Option<Arc<str>>,
-    /// By the model's `index`, so calls come out in the order the model made them.
-    calls: BTreeMap<u32, PendingCall>,
-    finish: Option<(model::FinishReason, String)>,
-    usage: Usage,
-}
-
-impl CallState {
-    /// Maps one model chunk to agent chunks. Returns the guardrail that tripped, if one did: the offending text is
-    /// then not emitted.
-    fn on_chunk(
-        &mut self,
-        chunk: ModelChunk,
-        agent: &Agent,
-        emit: &impl Fn(AgentChunk),
-        parts: &mut PartIds,
-    ) -> Option<(String, String)> {
-        match chunk {
-            ModelChunk::ResponseMetadata { id, model } => {
-                emit(AgentChunk::ResponseMetadata { id, model_id: model, signature: None });
-            }
-            ModelChunk::TextDelta { text } => {
-                if text.is_empty() {
-                    return None;
-                }
-                // Guardrails see the whole answer so far, so a secret split across deltas is still caught, and
-                // they see it before the client does (a tripped call is abandoned with its text).
-                self.text.push_str(&text);
-                for guardrail in &agent.output_guardrails {
-                    if let Some(reason) = guardrail.check(&self.text) {
-                        return Some((guardrail.id().to_owned(), reason));
-                    }
-                }
-                self.close_reasoning(emit);
-                if self.structured {
-                    if let Some(object) = parse_partial(&self.text)
-                        && self.last_partial.as_ref() != Some(&object)
-                    {
-                        self.last_partial = Some(object.clone());
-                        emit(AgentChunk::ObjectPartial { object });
-                    }
-                    return None;
-                }
-                let id = match &self.open_text {
-                    Some(id) => Arc::clone(id),
-                    None => {
-                        let id = parts.next("text");
-                        emit(AgentChunk::TextStart { id: Arc::clone(&id) });
-                        self.open_text = Some(Arc::clone(&id));
-                        id
-                    }
-                };
-                emit(AgentChunk::TextDelta { id, text });
-            }
-            ModelChunk::ReasoningDelta { text } => {
-                if text.is_empty() {
-                    return None;
-                }
-                self.close_text(emit);
-                let id = self.reasoning_part(emit, parts);
-                emit(AgentChunk::ReasoningDelta { id, text });
-            }
-            ModelChunk::ReasoningSignature { signature } => {
-                if signature.is_empty() {
-                    return None;
-                }
-                // It signs the reasoning before it: the open part; else this call's last part, closed early by
-                // other content; else (a signature with no reasoning) a part of its own.
-                let id = match (&self.open_reasoning, &self.last_reasoning) {
-                    (None, Some(last)) => Arc::clone(last),
-                    _ => {
-                        self.close_text(emit);
-                        let id = self.reasoning_part(emit, parts);
-                        self.reasoning_signature = Some(signature.clone());
-                        id
-                    }
-                };
-                emit(AgentChunk::ReasoningSignature { id, signature });
-            }
-            ModelChunk::RedactedReasoning { data } => {
-                if data.is_empty() {
-                    return None;
-                }
-                // Withheld reasoning is still reasoning: it goes in (or opens) a reasoning part.
-                self.close_text(emit);
-                let id = self.reasoning_part(emit, parts);
-                emit(AgentChunk::RedactedReasoning { id, data });
-            }
-            ModelChunk::Source { url, title } => {
-                // A source is content of its own (a part in Mastra's message), so it ends the open text or
-                // reasoning part, as any switch of content does.
-                self.close_parts(emit);
-                emit(AgentChunk::SourceRef {
-                    id: parts.next("source").to_string(),
-                    source_type: "url".to_owned(),
-                    title: title.unwrap_or_default(),
-                    mime_type: None,
-                    filename: None,
-                    url: Some(url),
-                });
-            }
-            ModelChunk::File { media_type, base64 } => match BASE64.decode(base64.trim()) {
-                Ok(data) => {
-                    self.close_parts(emit);
-                    emit(AgentChunk::FileData { data, mime_type: media_type, filename: None });
-                }
-                // The provider's bytes are unreadable; the rest of the response still stands.
-                Err(e) => tracing::warn!(%media_type, "dropping a generated file whose base64 data is invalid: {e}"),
-            },
-            ModelChunk::ToolCallStart { index, id, name } => {
-                self.close_parts(emit);
-                let (id, name): (Arc<str>, Arc<str>) = (Arc::from(id), Arc::from(name));
-                emit(AgentChunk::ToolCallInputStreamingStart {
-                    tool_call_id: Arc::clone(&id),
-                    tool_name: Arc::clone(&name),
-                    provider_executed: false,
-                    dynamic: false,
-                    title: None,
-                });
-                self.calls.insert(index, PendingCall { id, name, arguments: String::new() });
-            }
-            ModelChunk::ToolCallDelta { index, arguments } => {
-                // A delta for a call that never started breaks the provider contract; there is no id to report it
-                // under, and the call cannot be made, so it is dropped.
-                if let Some(call) = self.calls.get_mut(&index) {
-                    call.arguments.push_str(&arguments);
-                    emit(AgentChunk::ToolCallDelta {
-                        tool_call_id: Arc::clone(&call.id),
-                        tool_name: Arc::clone(&call.name),
-                        args_text_delta: arguments,
-                    });
-                }
-            }
-            ModelChunk::Finish { reason, raw } => self.finish = Some((reason, raw)),
-            ModelChunk::Usage { usage } => self.usage = usage,
-            ModelChunk::Restart { .. } => {
-                self.close_parts(emit);
-                self.close_tool_inputs(emit);
-                *self = CallState { structured: self.structured, ..CallState::default() };
-            }
-        }
-        None
-    }
-
-    /// The response is complete: close the tool calls' input streams, parse their arguments (a call whose
-    /// arguments are not JSON is answered with an error at once) and queue the rest for execution.
-    fn into_tool_phase(self, emit: &impl Fn(AgentChunk)) -> ToolPhase {
-        let (reason, raw) = self.finish.unwrap_or((model::FinishReason::Other, String::new()));
-        let mut queue = VecDeque::new();
-        let mut answers = Vec::new();
-        let mut tool_calls = Vec::with_capacity(self.calls.len());
-        for pending in self.calls.into_values() {
-            emit(AgentChunk::ToolCallInputStreamingEnd { tool_call_id: Arc::clone(&pending.id) });
-            let parsed = if pending.arguments.trim().is_empty() {
-                // Models send no arguments at all for tools without parameters.
-                Ok(json!({}))
-            } else {
-                serde_json::from_str::<Value>(&pending.arguments)
-            };
-            match parsed {
-                Ok(args) => {
-                    emit(AgentChunk::ToolCall {
-                        tool_call_id: Arc::clone(&pending.id),
-                        tool_name: Arc::clone(&pending.name),
-                        args: args.clone(),
-                        provider_executed: false,
-                        dynamic: false,
-                        title: None,
-                    });
-                    queue.push_back(QueuedCall {
-                        id: pending.id.to_string(),
-                        name: pending.name.to_string(),
-                        args,
-                        approved: false,
-                        suspended: false,
-                        resume_data: None,
-                    });
-                }
-                Err(e) => {
-                    let error =
-                        ToolError::args(format!("the arguments of tool '{}' are not valid JSON: {e}", pending.name));
-                    emit(tool_error_chunk(&pending.id, &pending.name, None, &error, Some(&pending.arguments)));
-                    answers.push(ToolAnswer {
-                        id: pending.id.to_string(),
-                        name: pending.name.to_string(),
-                        content: error_content(&error.message),
-                    });
-                }
-            }
-            tool_calls.push(ToolCall {
-                id: pending.id.to_string(),
-                name: pending.name.to_string(),
-                arguments: pending.arguments,
-            });
-        }
-        ToolPhase { text: self.text, reason, raw, usage: self.usage, tool_calls, queue, answers }
-    }
-
-    fn close_text(&mut self, emit: &impl Fn(AgentChunk)) {
-        if let Some(id) = self.open_text.take() {
-            emit(AgentChunk::TextEnd { id });
-        }
-    }
-
-    /// The open reasoning part, or a new one (`ReasoningStart`).
-    fn reasoning_part(&mut self, emit: &impl Fn(AgentChunk), parts: &mut PartIds) -> Arc<str> {
-        if let Some(id) = &self.open_reasoning {
-            return Arc::clone(id);
-        }
-        let id = parts.next("reasoning");
-        emit(AgentChunk::ReasoningStart { id: Arc::clone(&id), signature: None });
-        self.open_reasoning = Some(Arc::clone(&id));
-        self.last_reasoning = Some(Arc::clone(&id));
-        id
-    }
-
-    fn close_reasoning(&mut self, emit: &impl Fn(AgentChunk)) {
-        if let Some(id) = self.open_reasoning.take() {
-            emit(AgentChunk::ReasoningEnd { id, signature: self.reasoning_signature.take() });
-        }
-    }
-
-    /// Ends the input streams of the calls so far, for an attempt that is abandoned.
-    fn close_tool_inputs(&self, emit: &impl Fn(AgentChunk)) {
-        for call in self.calls.values() {
-            emit(AgentChunk::ToolCallInputStreamingEnd { tool_call_id: Arc::clone(&call.id) });
-        }
-    }
-
-    fn close_parts(&mut self, emit: &impl Fn(AgentChunk)) {
-        self.close_reasoning(emit);
-        self.close_text(emit);
-    }
-}
-
-/// Text and reasoning part ids and source ids, unique within one agent run (`text-1`, `reasoning-1`, `text-2`,
-/// `source-1`, ...). Counters rather than random ids keep streams reproducible.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct PartIds {
-    text: u32,
-    reasoning: u32,
-    /// Default: states saved before sources had ids.
-    #[serde(default)]
-    source: u32,
-}
-
-impl PartIds {
-    fn next(&mut self, kind: &'static str) -> Arc<str> {
-        let n = match kind {
-            "text" => &mut self.text,
-            "reasoning" => &mut self.reasoning,
-            _ => &mut self.source,
-        };
-        *n += 1;
-        Arc::from(format!("{kind}-{n}"))
-    }
-}
-
-fn tool_error_chunk(
-    id: &Arc<str>,
-    name: &Arc<str>,
-    args: Option<Value>,
-    error: &ToolError,
-    args_text: Option<&str>,
-) -> AgentChunk {
-    AgentChunk::ToolError {
-        tool_call_id: Arc::clone(id),
-        tool_name: Arc::clone(name),
-        args,
-        error: ErrorInfo {
-            name: error.name.clone(),
-            message: error.message.clone(),
-            details: args_text.map(|t| json!({ "argsText": t })),
-        },
-        provider_executed: false,
-    }
-}
-
-/// What the model reads for a failed (or declined) call: the error as JSON, so it can tell it from a result.
-fn error_content(message: &str) -> String {
-    json!({ "error": message }).to_string()
-}
-
-impl From<model::FinishReason> for FinishReason {
-    fn from(reason: model::FinishReason) -> Self {
-        match reason {
-            model::FinishReason::Stop => FinishReason::Stop,
-            model::FinishReason::Length => FinishReason::Length,
-            model::FinishReason::ContentFilter => FinishReason::ContentFilter,
-            model::FinishReason::ToolCalls => FinishReason::ToolCalls,
-            model::FinishReason::Other => FinishReason::Other,
-        }
-    }
 }

@@ -8,7 +8,7 @@
 use serde_json::{Value, json};
 
 use crate::agent::{OutputGuardrail, Tool, ToolError};
-use crate::model::Fnv1a;
+use crate::fnv::Fnv1a;
 
 pub const GET_WEATHER: &str = "get-weather";
 pub const CALCULATOR: &str = "calculator";

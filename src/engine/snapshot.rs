@@ -7,7 +7,7 @@
 use std::{borrow::Borrow, collections::BTreeMap, ops::Index, time::SystemTime};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::{
     event::{ErrorInfo, StepStatus, Usage},
@@ -25,7 +25,8 @@ pub struct RunSnapshot {
     /// The steps suspended now, keyed by dotted path. Empty unless the run is suspended.
     pub suspended: PathMap<SuspendedStep>,
     /// Executor bookkeeping for control flow that must survive a suspension (loop iteration counts, finished
-    /// foreach items...). Opaque to everyone but the executor; JSON so that it can be stored as is.
+    /// foreach items...). Written by the executor; read elsewhere only through the foreach codec below (resolving a
+    /// resume must know which iterations wait). JSON so that it can be stored as is.
     pub control: BTreeMap<String, Value>,
     /// Token usage accumulated over all phases.
     pub usage: Usage,
@@ -214,6 +215,88 @@ impl<T> FromIterator<(String, T)> for PathMap<T> {
             map.insert(k, v);
         }
         map
+    }
+}
+
+/// Per-item state of a foreach that suspended, kept in `snapshot.control` so that a resume re-runs only what is
+/// needed (finished items keep their outputs). The codec lives here, beside the snapshot, rather than in the
+/// executor, so that `Workflow::resolve_resume` can read it without depending on the executor.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum ItemState {
+    Pending,
+    Done(Value),
+    Suspended { payload: Value, label: Option<String> },
+}
+
+pub(super) struct ForeachState {
+    pub(super) items: Vec<ItemState>,
+}
+
+impl ForeachState {
+    pub(super) fn to_control(&self) -> Value {
+        let items: Vec<Value> = self
+            .items
+            .iter()
+            .map(|s| match s {
+                ItemState::Pending => json!({ "status": "pending" }),
+                ItemState::Done(v) => json!({ "status": "success", "output": v }),
+                ItemState::Suspended { payload, label } => {
+                    json!({ "status": "suspended", "payload": payload, "label": label })
+                }
+            })
+            .collect();
+        json!({ "kind": "foreach", "items": items })
+    }
+
+    pub(super) fn from_control(control: &Value) -> Option<Self> {
+        if control.get("kind")?.as_str()? != "foreach" {
+            return None;
+        }
+        let items = control
+            .get("items")?
+            .as_array()?
+            .iter()
+            .map(|item| match item.get("status").and_then(Value::as_str) {
+                Some("success") => ItemState::Done(item.get("output").cloned().unwrap_or(Value::Null)),
+                Some("suspended") => ItemState::Suspended {
+                    payload: item.get("payload").cloned().unwrap_or(Value::Null),
+                    label: item.get("label").and_then(Value::as_str).map(str::to_owned),
+                },
+                _ => ItemState::Pending,
+            })
+            .collect();
+        Some(Self { items })
+    }
+
+    /// `(index, payload, label)` of each suspended item, in index order.
+    pub(super) fn suspended(&self) -> impl Iterator<Item = (u32, Value, Option<String>)> + '_ {
+        self.items.iter().enumerate().filter_map(|(i, s)| match s {
+            ItemState::Suspended { payload, label } => Some((i as u32, payload.clone(), label.clone())),
+            _ => None,
+        })
+    }
+}
+
+/// The suspended iterations of foreach step `path`, or `None` when `path` is not a suspended foreach.
+pub(super) fn foreach_suspended_indices(snapshot: &RunSnapshot, path: &str) -> Option<Vec<u32>> {
+    if !snapshot.suspended.contains_key(path) {
+        return None;
+    }
+    let items = ForeachState::from_control(snapshot.control.get(path)?)?;
+    Some(items.suspended().map(|(i, _, _)| i).collect())
+}
+
+/// The suspended iteration of foreach step `path` that registered `label`.
+pub(super) fn foreach_label(snapshot: &RunSnapshot, path: &str, label: &str) -> Option<u32> {
+    let items = ForeachState::from_control(snapshot.control.get(path)?)?;
+    items.suspended().find(|(_, _, l)| l.as_deref() == Some(label)).map(|(i, _, _)| i)
+}
+
+/// Resume labels registered by the suspended iterations of foreach step `path`.
+pub(super) fn foreach_labels(snapshot: &RunSnapshot, path: &str) -> Vec<String> {
+    match snapshot.control.get(path).and_then(ForeachState::from_control) {
+        Some(items) => items.suspended().filter_map(|(_, _, l)| l).collect(),
+        None => Vec::new(),
     }
 }
 

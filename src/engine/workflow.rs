@@ -16,7 +16,7 @@ use serde_json::Value;
 use super::{
     error::{ResumeError, SchemaViolation},
     schema::Schema,
-    snapshot::{ResumeRequest, ResumeTarget, RunSnapshot},
+    snapshot::{ResumeRequest, ResumeTarget, RunSnapshot, foreach_label, foreach_labels, foreach_suspended_indices},
     step::{RetrySpec, Step, check_id},
 };
 
@@ -288,7 +288,7 @@ impl Workflow {
             }
         };
 
-        let for_each_index = match crate::engine::executor::foreach_suspended_indices(snapshot, &step_id) {
+        let for_each_index = match foreach_suspended_indices(snapshot, &step_id) {
             None => None,
             Some(indices) => {
                 let wanted = req.for_each_index.or(label_index);
@@ -324,7 +324,7 @@ impl Workflow {
 /// The suspended step (and foreach index) that registered `label`.
 fn find_label(snapshot: &RunSnapshot, label: &str) -> Option<(String, Option<u32>)> {
     for (path, s) in &snapshot.suspended {
-        if let Some(hit) = crate::engine::executor::foreach_label(snapshot, path, label) {
+        if let Some(hit) = foreach_label(snapshot, path, label) {
             return Some((path.clone(), Some(hit)));
         }
         if s.resume_label.as_deref() == Some(label) {
@@ -337,7 +337,7 @@ fn find_label(snapshot: &RunSnapshot, label: &str) -> Option<(String, Option<u32
 fn all_labels(snapshot: &RunSnapshot) -> Vec<String> {
     let mut labels: Vec<String> = Vec::new();
     for (path, s) in &snapshot.suspended {
-        labels.extend(crate::engine::executor::foreach_labels(snapshot, path));
+        labels.extend(foreach_labels(snapshot, path));
         labels.extend(s.resume_label.clone());
     }
     labels.sort();

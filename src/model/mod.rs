@@ -51,7 +51,6 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::engine::event::Usage;
-pub(crate) use offline::Fnv1a;
 pub use offline::OfflineModel;
 pub use openai::{OpenAiConfig, OpenAiModel, parse_base_url};
 pub use retry::{RetryPolicy, RetryingModel};

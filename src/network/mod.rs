@@ -87,6 +87,8 @@
 //!
 //! Not yet: memory (threads) across network runs.
 
+mod delegate;
+mod routing;
 mod run;
 #[cfg(test)]
 mod tests;
