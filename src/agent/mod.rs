@@ -527,8 +527,8 @@ fn with_resume_schemas(step: Step, agent: &Agent) -> Step {
 /// Input: `{"prompt": "..."}` or `{"messages": [{"role": "user", "content": "..."}, ...]}` (both: the prompt is
 /// appended as a last user message), and optionally `"outputSchema"` (a JSON Schema: structured output) and
 /// `"reasoningEffort"` (`low`, `medium`, `high`, or `hidden`: see [`ReasoningEffort::Hidden`]); the old spellings
-/// `output_schema` and `reasoning_effort` are still taken until the next release, with a deprecation warning
-/// (see [`renamed`](crate::engine::renamed)). Result: `{"text", "usage", "steps", "finishReason", "object"?}`.
+/// `output_schema` and `reasoning_effort` are still taken until the next release, with a deprecation warning.
+/// Result: `{"text", "usage", "steps", "finishReason", "object"?}`.
 pub fn workflow(agent: Arc<Agent>) -> Arc<Workflow> {
     let step = agent_step_with(agent.id.to_string(), Arc::clone(&agent), |input| {
         agent_run_input(input).map_err(|e| StepError::new(e.to_string()).non_retryable())

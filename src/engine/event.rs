@@ -1,6 +1,6 @@
 //! The events a run emits, in the engine's own terms (no protobuf here: the gRPC layer translates).
 //!
-//! The engine hands each event to an [`EventSink`]; the sink (the run registry's event log) gives it its `seq` and
+//! The engine hands each event to a sink; the sink (the run registry's event log) gives it its `seq` and
 //! timestamp. Emitting never blocks and never fails: the log is append-only and readers catch up at their own pace,
 //! so a slow reader can never stall a step.
 
@@ -247,7 +247,7 @@ impl EventKind {
 /// Where the engine puts the events it emits. Implemented by the run registry's event log.
 ///
 /// `emit` must not block: it is called from step code (the writer), possibly millions of times per run.
-pub trait EventSink: Send + Sync + 'static {
+pub(crate) trait EventSink: Send + Sync + 'static {
     fn emit(&self, event: Event);
 
     /// Emits a copy of `event`. A sink that keeps only an encoding of each event (the run registry's log) does

@@ -251,7 +251,11 @@ impl Workflow {
     }
 
     /// Works out which suspended step a resume request targets and checks its resume data.
-    pub fn resolve_resume(&self, snapshot: &RunSnapshot, req: ResumeRequest) -> Result<ResumeTarget, ResumeError> {
+    pub(crate) fn resolve_resume(
+        &self,
+        snapshot: &RunSnapshot,
+        req: ResumeRequest,
+    ) -> Result<ResumeTarget, ResumeError> {
         let suspended: Vec<String> = snapshot.suspended.keys().cloned().collect();
         let requested: String =
             req.step.iter().map(String::as_str).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(".");
@@ -360,13 +364,13 @@ pub struct WorkflowBuilder {
 
 impl WorkflowBuilder {
     /// Model and tools to show callers (agents and networks).
-    pub fn meta(mut self, meta: RunnableMeta) -> Self {
+    pub(crate) fn meta(mut self, meta: RunnableMeta) -> Self {
         self.meta = Some(Arc::new(meta));
         self
     }
 
     /// Marks the workflow as the runnable form of an agent or network (see [`RunKind`]).
-    pub fn kind(mut self, kind: RunKind) -> Self {
+    pub(crate) fn kind(mut self, kind: RunKind) -> Self {
         self.kind = kind;
         self
     }

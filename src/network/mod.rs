@@ -6,7 +6,7 @@
 //!   of the run registry; as a workflow step ([`network_step`]) the callback is the step's
 //!   [`Writer::network`](crate::engine::Writer::network).
 //! - [`workflow`]: the network as a standalone run, a one-step workflow of the same id.
-//! - The built-in networks, `research-network` and `travel-network`, are in [`crate::workflows`].
+//! - The built-in networks, `research-network` and `travel-network`, are in [`crate::builtin`].
 //!
 //! # One iteration
 //!
@@ -20,7 +20,7 @@
 //! - agent: `AgentExecutionStart`, its chunks as `AgentExecutionEvent`s, `AgentExecutionEnd` (its text, usage);
 //! - workflow: `WorkflowExecutionStart` (a fresh nested run id), the nested run's events from `workflow_start` to
 //!   `workflow_finish` as `WorkflowExecutionEvent`s, `WorkflowExecutionEnd` (status, result, usage). The nested
-//!   run is a real phase ([`execute_phase`](crate::engine::execute_phase)) with the network's clock and cancel token;
+//!   run is a real phase of the engine with the network's clock and cancel token;
 //! - tool: `ToolExecutionStart` (its arguments), `ToolExecutionEnd` (its result);
 //!
 //! and `NetworkStepFinish`. A workflow's or tool's input is the prompt when that is a JSON object; otherwise one
@@ -149,14 +149,14 @@ impl fmt::Debug for Network {
 
 /// One thing a network can delegate to.
 #[derive(Debug, Clone, Copy)]
-pub enum Primitive<'a> {
+pub(crate) enum Primitive<'a> {
     Agent(&'a Arc<Agent>),
     Workflow(&'a Arc<Workflow>),
     Tool(&'a Tool),
 }
 
 impl Primitive<'_> {
-    pub fn primitive_type(&self) -> PrimitiveType {
+    pub(crate) fn primitive_type(&self) -> PrimitiveType {
         match self {
             Self::Agent(_) => PrimitiveType::Agent,
             Self::Workflow(_) => PrimitiveType::Workflow,
@@ -227,7 +227,7 @@ impl Network {
     }
 
     /// The primitive with id `id`.
-    pub fn primitive(&self, id: &str) -> Option<Primitive<'_>> {
+    pub(crate) fn primitive(&self, id: &str) -> Option<Primitive<'_>> {
         if let Some(agent) = self.agents.iter().find(|a| &*a.id == id) {
             return Some(Primitive::Agent(agent));
         }

@@ -403,7 +403,7 @@ impl RunStore for SqliteStore {
 
 /// JSON text of the serde values a row holds, with a plain-text error.
 mod erased {
-    pub trait Json {
+    pub(super) trait Json {
         fn to_json(&self) -> Result<String, String>;
     }
 
