@@ -72,6 +72,7 @@ pub enum Sync {
     Full,
 }
 
+/// The embedded [`RunStore`]: one SQLite file, `runstream.db`, under the data directory.
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
