@@ -58,6 +58,11 @@
 //! - [`builtin`]: the demos `runstream serve` offers (workflows, agents, tools, networks);
 //! - [`clock`]: the time runs read and sleep on.
 
+// Every public item outside `pb` is documented except in the files being split (issue 11, change 5):
+// `agent/run.rs`, `network/run.rs`, `model/openai.rs`, `model/offline.rs`. Enable then (CI runs clippy with
+// `-D warnings`).
+// #![warn(missing_docs)]  // TODO: enable once the split files are documented
+
 pub mod agent;
 pub mod builtin;
 pub mod clock;
@@ -83,6 +88,9 @@ pub use server::{Listening, ServeError, Server, ServerBuilder, Store};
 mod fnv;
 
 /// Generated protobuf messages and the client of `runstream.v1`.
+// prost documents only what the .proto files comment: most enum values and oneof variants (about 140 items)
+// have none.
+#[allow(missing_docs)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/pb/runstream.v1.rs"));
 }

@@ -1,4 +1,5 @@
-//! Agents: instructions, a model and tools, run in a loop that streams every step as [`AgentChunk`]s.
+//! Agents: instructions, a model and tools, run in a loop that streams every step as
+//! [`AgentChunk`](crate::engine::AgentChunk)s.
 //!
 //! - [`Agent`] and [`Tool`]: what an agent is. Tools check their arguments against their JSON Schema before they
 //!   run, because the arguments come from a model and may be anything.
@@ -98,10 +99,15 @@ pub const DEFAULT_MAX_STEPS: u32 = 5;
 /// as `Arc<Agent>`.
 #[derive(Clone)]
 pub struct Agent {
+    /// Unique among the agents served; also the id of its runs' workflow and step.
     pub id: Arc<str>,
+    /// What the agent does, for callers (ListWorkflows) and for a network's routing agent.
     pub description: String,
+    /// The system message.
     pub instructions: String,
+    /// The model it calls.
     pub model: Arc<dyn ModelProvider>,
+    /// The tools the model may call.
     pub tools: Vec<Tool>,
     /// Checks of the answer as it streams; the first that objects stops the agent with a tripwire.
     pub output_guardrails: Vec<OutputGuardrail>,
@@ -121,6 +127,7 @@ impl fmt::Debug for Agent {
 }
 
 impl Agent {
+    /// An agent without tools, description or guardrails, making at most [`DEFAULT_MAX_STEPS`] model calls a run.
     pub fn new(id: impl Into<String>, instructions: impl Into<String>, model: Arc<dyn ModelProvider>) -> Self {
         Self {
             id: Arc::from(id.into()),
@@ -133,6 +140,7 @@ impl Agent {
         }
     }
 
+    /// Adds a check of the answer as it streams.
     pub fn output_guardrail(mut self, guardrail: OutputGuardrail) -> Self {
         self.output_guardrails.push(guardrail);
         self
@@ -148,16 +156,19 @@ impl Agent {
         self.tools.iter().any(|t| t.requires_approval() || t.resume_schema.is_some())
     }
 
+    /// Sets the description.
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.description = description.into();
         self
     }
 
+    /// Adds a tool.
     pub fn tool(mut self, tool: Tool) -> Self {
         self.tools.push(tool);
         self
     }
 
+    /// Sets the most model calls one run makes (at least 1).
     pub fn max_steps(mut self, max_steps: u32) -> Self {
         self.max_steps = max_steps.max(1);
         self
@@ -172,7 +183,9 @@ impl Agent {
 /// What a tool sees besides its arguments.
 #[derive(Debug, Clone)]
 pub struct ToolContext {
+    /// The agent whose model called the tool.
     pub agent_id: Arc<str>,
+    /// The call's id, as the model assigned it.
     pub tool_call_id: Arc<str>,
     /// Fired when the run is canceled; long-running tools should stop then (the loop also stops waiting).
     pub cancel: CancellationToken,
@@ -183,6 +196,7 @@ pub struct ToolContext {
 }
 
 impl ToolContext {
+    /// A context for one call (no output stream, no resume data), e.g. to call a [`Tool`] directly.
     pub fn new(agent_id: Arc<str>, tool_call_id: Arc<str>, cancel: CancellationToken) -> Self {
         Self { agent_id, tool_call_id, cancel, output: None, resume: None }
     }
@@ -223,12 +237,14 @@ impl ToolContext {
 pub struct ToolError {
     /// Error class for the `ToolError` chunk, e.g. `ToolError`, `ToolArgsError`.
     pub name: String,
+    /// What went wrong; the model is shown it.
     pub message: String,
     /// Set by [`ToolContext::suspend`]: not a failure but a suspension, with this payload.
     suspend_payload: Option<Box<Value>>,
 }
 
 impl ToolError {
+    /// The tool failed (class `ToolError`).
     pub fn new(message: impl Into<String>) -> Self {
         Self { name: "ToolError".to_owned(), message: message.into(), suspend_payload: None }
     }
@@ -327,6 +343,7 @@ impl Tool {
         self
     }
 
+    /// Whether calls wait for a person's approval ([`Tool::with_approval`]).
     pub fn requires_approval(&self) -> bool {
         self.requires_approval
     }
@@ -342,10 +359,12 @@ impl Tool {
         }
     }
 
+    /// The name the model calls it by.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// What the tool does, as the model is told.
     pub fn description(&self) -> &str {
         &self.description
     }
@@ -391,10 +410,13 @@ impl fmt::Debug for OutputGuardrail {
 }
 
 impl OutputGuardrail {
+    /// A guardrail named `id` (reported as the tripwire's processor id); `check` returns why the text must not go
+    /// out, or `None`.
     pub fn new(id: impl Into<String>, check: impl Fn(&str) -> Option<String> + Send + Sync + 'static) -> Self {
         Self { id: Arc::from(id.into()), check: Arc::new(check) }
     }
 
+    /// The guardrail's id.
     pub fn id(&self) -> &str {
         &self.id
     }
@@ -528,8 +550,8 @@ fn with_resume_schemas(step: Step, agent: &Agent) -> Step {
 /// Input: `{"prompt": "..."}` or `{"messages": [{"role": "user", "content": "..."}, ...]}` (both: the prompt is
 /// appended as a last user message), and optionally `"outputSchema"` (a JSON Schema: structured output) and
 /// `"reasoningEffort"` (`low`, `medium`, `high`, or `hidden`: see [`ReasoningEffort::Hidden`]); the old spellings
-/// `output_schema` and `reasoning_effort` are still taken until the next release, with a deprecation warning
-/// (see [`renamed`](crate::engine::renamed)). Result: `{"text", "usage", "steps", "finishReason", "object"?}`.
+/// `output_schema` and `reasoning_effort` are still taken until the next release, with a deprecation warning.
+/// Result: `{"text", "usage", "steps", "finishReason", "object"?}`.
 pub fn workflow(agent: Arc<Agent>) -> Arc<Workflow> {
     let step = agent_step_with(agent.id.to_string(), Arc::clone(&agent), |input| {
         agent_run_input(input).map_err(|e| StepError::new(e.to_string()).non_retryable())

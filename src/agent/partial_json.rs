@@ -9,7 +9,7 @@ use serde_json::Value;
 
 /// The value `text` (a prefix of a JSON document) is on its way to, as far as it can be told; `None` when nothing
 /// sensible can be made of it yet.
-pub fn parse_partial(text: &str) -> Option<Value> {
+pub(crate) fn parse_partial(text: &str) -> Option<Value> {
     let text = text.trim_start();
     if text.is_empty() {
         return None;

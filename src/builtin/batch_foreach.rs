@@ -11,8 +11,10 @@ use serde_json::{Value, json};
 use super::{delay_schema, input_delay};
 use crate::engine::{Step, StepError, StepOutcome, Workflow};
 
+/// The workflow's id.
 pub const ID: &str = "batch-foreach";
 
+/// The `batch-foreach` workflow.
 pub fn workflow() -> Arc<Workflow> {
     Workflow::builder(ID)
         .description("Squares 0..count in a foreach running `concurrency` items at once.")

@@ -10,8 +10,10 @@ use serde_json::json;
 use super::{delay_schema, input_delay};
 use crate::engine::{Step, StepError, StepOutcome, Workflow};
 
+/// The workflow's id.
 pub const ID: &str = "chain";
 
+/// The `chain` workflow.
 pub fn workflow() -> Arc<Workflow> {
     let value_schema = json!({
         "type": "object",

@@ -13,6 +13,7 @@ use crate::{
     model::ModelProvider,
 };
 
+/// The workflow's id.
 pub const ID: &str = "content-pipeline";
 
 /// Id of the content analyst agent ([`analyst_with`]).

@@ -7,11 +7,13 @@ use serde_json::{Value, json};
 
 use crate::engine::{Step, StepError, StepOutcome, Workflow};
 
+/// The workflow's id.
 pub const ID: &str = "flaky";
 
 /// Short, so that tests and demos of several retries stay fast.
 const RETRY_DELAY: Duration = Duration::from_millis(10);
 
+/// The `flaky` workflow.
 pub fn workflow() -> Arc<Workflow> {
     Workflow::builder(ID)
         .description("Fails the first `failTimes` tries of its step, which may try `attempts` times.")

@@ -11,8 +11,10 @@ use serde_json::json;
 use super::{delay_schema, input_delay};
 use crate::engine::{Step, StepOutcome, Workflow};
 
+/// The workflow's id.
 pub const ID: &str = "order-approval";
 
+/// The `order-approval` workflow.
 pub fn workflow() -> Arc<Workflow> {
     Workflow::builder(ID)
         .description("Prepares an order, waits for a human approval, then finalizes it.")

@@ -13,6 +13,7 @@ use crate::{
     network::{self, Network},
 };
 
+/// The network's id.
 pub const ID: &str = "research-network";
 
 /// The network with one model for everything in it (routing, assistant, content analyst).

@@ -6,8 +6,10 @@ use serde_json::json;
 
 use crate::engine::{Step, StepOutcome, Workflow};
 
+/// The workflow's id.
 pub const ID: &str = "timer";
 
+/// The `timer` workflow.
 pub fn workflow() -> Arc<Workflow> {
     Workflow::builder(ID)
         .description("Sleeps `ms` milliseconds, then reports it.")

@@ -10,10 +10,15 @@ use serde_json::{Value, json};
 use crate::agent::{OutputGuardrail, Tool, ToolError};
 use crate::fnv::Fnv1a;
 
+/// Name of [`get_weather_tool`].
 pub const GET_WEATHER: &str = "get-weather";
+/// Name of [`calculator_tool`].
 pub const CALCULATOR: &str = "calculator";
+/// Name of [`book_activity_tool`].
 pub const BOOK_ACTIVITY: &str = "book-activity";
+/// Name of [`reserve_table_tool`].
 pub const RESERVE_TABLE: &str = "reserve-table";
+/// Id of the [`secret_guard`] guardrail.
 pub const SECRET_GUARD: &str = "secret-guard";
 
 /// `book-activity`: `{"activity": string, "city": string}` → a (made-up) confirmed booking. It spends money in

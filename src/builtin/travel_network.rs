@@ -21,6 +21,7 @@ use crate::{
     network::{self, Network},
 };
 
+/// The network's id.
 pub const ID: &str = "travel-network";
 
 /// The network with one model for everything in it (routing, concierge).

@@ -12,6 +12,7 @@ use crate::{
     engine::{Step, StepError, StepOutcome, Workflow},
 };
 
+/// The workflow's id.
 pub const ID: &str = "weather-activities";
 
 /// The workflow with `agent` planning the activities (the built-in catalog gives it the assistant,

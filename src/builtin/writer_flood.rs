@@ -7,6 +7,7 @@ use serde_json::{Map, Value, json};
 
 use crate::engine::{Step, StepOutcome, Workflow};
 
+/// The workflow's id.
 pub const ID: &str = "writer-flood";
 
 /// Writes between cancellation checks and scheduler yields: rare enough to cost nothing, frequent enough that a
@@ -19,6 +20,7 @@ pub const ID: &str = "writer-flood";
 /// much as one write, so every 256 writes it is noise.
 const CHECK_EVERY: u64 = 256;
 
+/// The `writer-flood` workflow.
 pub fn workflow() -> Arc<Workflow> {
     Workflow::builder(ID)
         .description("Writes `count` step outputs {\"i\": k} from one step; the throughput benchmark.")

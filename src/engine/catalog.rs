@@ -11,6 +11,7 @@ pub struct WorkflowCatalog {
 }
 
 impl WorkflowCatalog {
+    /// An empty catalog.
     pub fn new() -> Self {
         Self::default()
     }
@@ -32,6 +33,7 @@ impl WorkflowCatalog {
         self.workflows.insert(Arc::clone(workflow.id()), workflow);
     }
 
+    /// The workflow (or agent or network) with id `id`.
     pub fn get(&self, id: &str) -> Option<Arc<Workflow>> {
         self.workflows.get(id).cloned()
     }

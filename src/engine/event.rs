@@ -1,6 +1,6 @@
 //! The events a run emits, in the engine's own terms (no protobuf here: the gRPC layer translates).
 //!
-//! The engine hands each event to an [`EventSink`]; the sink (the run registry's event log) gives it its `seq` and
+//! The engine hands each event to a sink; the sink (the run registry's event log) gives it its `seq` and
 //! timestamp. Emitting never blocks and never fails: the log is append-only and readers catch up at their own pace,
 //! so a slow reader can never stall a step.
 
@@ -28,14 +28,23 @@ pub enum EventSource {
 /// Lifecycle state of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum RunStatus {
+    /// Created, not yet executing.
     Pending,
+    /// A phase is executing steps.
     Running,
+    /// A step suspended; the run waits for a resume. Not terminal.
     Suspended,
+    /// A sleep step waits for its wake-up time. Not terminal.
     Waiting,
+    /// Terminal: the workflow returned a result (a bailed step also ends the run with success).
     Success,
+    /// Terminal: a step failed after its retries.
     Failed,
+    /// Terminal: the run was canceled.
     Canceled,
+    /// Terminal: a guardrail (tripwire) stopped an agent.
     Tripwire,
+    /// The run stopped after one step in per-step mode (no RPC asks for that mode yet). Not terminal.
     Paused,
 }
 
@@ -64,14 +73,23 @@ impl RunStatus {
 /// Outcome of one step or one foreach iteration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum StepStatus {
+    /// Started, not finished.
     Running,
+    /// Returned an output.
     Success,
+    /// Failed after its retries.
     Failed,
+    /// Suspended, waiting for a resume.
     Suspended,
+    /// A sleep step waiting for its wake-up time.
     Waiting,
+    /// Called bail: the run ends successfully with the bail value as its result.
     Bailed,
+    /// Stopped because the run was canceled.
     Canceled,
+    /// Stopped after this step in per-step mode (no RPC asks for that mode yet).
     Paused,
+    /// Not run (Mastra's `skipped`; runstream does not report it yet).
     Skipped,
 }
 
@@ -80,17 +98,20 @@ pub enum StepStatus {
 pub struct ErrorInfo {
     /// Error class, e.g. "StepError".
     pub name: String,
+    /// Human-readable message.
     pub message: String,
+    /// Structured details (for example the failing step id or the attempt count).
     pub details: Option<Value>,
 }
 
 impl ErrorInfo {
+    /// An error of class `name` without details.
     pub fn new(name: impl Into<String>, message: impl Into<String>) -> Self {
         Self { name: name.into(), message: message.into(), details: None }
     }
 }
 
-/// Token usage, summed.
+/// Token usage, summed over every model call that contributed to it.
 ///
 /// In JSON (an agent's or network's result, and the run store) its keys are camelCase, as proto JSON prints
 /// `Usage`: `{"inputTokens", "outputTokens", ...}`. The snake_case names that builds before issue 10 wrote are still
@@ -98,16 +119,22 @@ impl ErrorInfo {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Usage {
+    /// Tokens in the prompts (OpenAI's `prompt_tokens`).
     #[serde(alias = "input_tokens")]
     pub input_tokens: u64,
+    /// Tokens generated (OpenAI's `completion_tokens`).
     #[serde(alias = "output_tokens")]
     pub output_tokens: u64,
+    /// Input plus output tokens, as the provider reported it.
     #[serde(alias = "total_tokens")]
     pub total_tokens: u64,
+    /// Of the output tokens, those spent on reasoning.
     #[serde(alias = "reasoning_tokens")]
     pub reasoning_tokens: u64,
+    /// Of the input tokens, those served from the provider's prompt cache.
     #[serde(alias = "cached_input_tokens")]
     pub cached_input_tokens: u64,
+    /// Of the input tokens, those written to the provider's prompt cache.
     #[serde(alias = "cache_creation_input_tokens")]
     pub cache_creation_input_tokens: u64,
 }
@@ -128,7 +155,9 @@ impl Usage {
 /// One event of a run, before the log numbers it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
+    /// Who produced it.
     pub source: EventSource,
+    /// What happened.
     pub kind: EventKind,
 }
 
@@ -140,89 +169,143 @@ pub struct Event {
 pub enum EventKind {
     /// A phase begins: phase 1 is the first execution, each resume starts the next phase.
     WorkflowStart {
+        /// The workflow the run executes.
         workflow_id: Arc<str>,
+        /// 1 for the first execution, +1 for each resume.
         phase: u32,
+        /// True when this phase resumes a suspended run.
         resumed: bool,
     },
+    /// A step begins. Earlier steps' outputs are never repeated here.
     StepStart {
+        /// Dotted path of the step.
         step_id: Arc<str>,
+        /// Unique id of this invocation (a fresh one per attempt series and per loop iteration).
         step_call_id: String,
+        /// The step's input.
         input: Value,
+        /// The data the step is resumed with, when this start is a resume.
         resume_data: Option<Value>,
         /// 1-based loop iteration inside dowhile/dountil, 0 elsewhere.
         iteration_count: u32,
     },
     /// `writer.write(value)`.
     StepOutput {
+        /// Dotted path of the step that wrote.
         step_id: Arc<str>,
+        /// The value written.
         output: Value,
     },
     /// One finished foreach iteration.
     StepProgress {
+        /// Dotted path of the foreach step.
         step_id: Arc<str>,
+        /// Iterations finished so far (successes and failures, not suspensions).
         completed_count: u32,
+        /// Number of items.
         total_count: u32,
+        /// Index of the item that just finished.
         current_index: u32,
+        /// Success, failed or suspended.
         iteration_status: StepStatus,
+        /// The iteration's output (on success).
         iteration_output: Option<Value>,
     },
+    /// A step suspended; the phase then finishes with [`RunStatus::Suspended`].
     StepSuspended {
+        /// Dotted path of the suspended step.
         step_id: Arc<str>,
+        /// Id of the invocation that suspended (as in its `StepStart`).
         step_call_id: String,
+        /// What the step handed to suspend: what the resumer needs to decide.
         suspend_payload: Value,
+        /// JSON Schema the resume data must satisfy, when there is one.
         resume_schema: Option<Value>,
+        /// The resume label the step registered, if any.
         resume_label: Option<String>,
+        /// The suspended iteration, when the step runs inside a foreach.
         for_each_index: Option<u32>,
     },
+    /// A sleep step waits.
     StepWaiting {
+        /// Dotted path of the sleep step.
         step_id: Arc<str>,
+        /// When it wakes up.
         wake_at: SystemTime,
     },
+    /// A step finished without suspending.
     StepResult {
+        /// Dotted path of the step.
         step_id: Arc<str>,
+        /// Id of the invocation (as in its `StepStart`).
         step_call_id: String,
+        /// Success, failed, bailed or canceled.
         status: StepStatus,
+        /// The step's output (success) or bail value (bailed).
         output: Option<Value>,
+        /// Why the step failed (failed).
         error: Option<ErrorInfo>,
+        /// How many attempts the step took (1 without retries).
         attempts: u32,
+        /// When the first attempt started.
         started_at: SystemTime,
+        /// When the step ended.
         ended_at: SystemTime,
     },
+    /// The run paused after one step (per-step mode, which no RPC asks for yet).
     WorkflowPaused,
+    /// The run was canceled; the phase then finishes with [`RunStatus::Canceled`].
     WorkflowCanceled {
+        /// Why, e.g. "canceled by CancelRun".
         reason: String,
     },
     /// A phase ends. Emitted by the run registry, never by the executor, so that the run's state and its log change
     /// together.
     WorkflowFinish {
+        /// How the phase ended: suspended ends a phase; success, failed, canceled and tripwire end the run.
         status: RunStatus,
+        /// The workflow's result (success).
         result: Option<Value>,
+        /// Why the run failed (failed, tripwire).
         error: Option<ErrorInfo>,
+        /// Token usage of the whole run so far.
         usage: Usage,
     },
     /// `writer.custom(...)`: Mastra's `data-*` chunks.
     Custom {
+        /// Dotted path of the step that wrote.
         step_id: Arc<str>,
+        /// The chunk type, e.g. "data-progress" (always starts with "data-").
         kind: String,
+        /// The data written.
         data: Value,
+        /// The id the step gave the chunk, if any.
         id: Option<String>,
+        /// Meant for live display only (still logged and numbered).
         transient: bool,
     },
     /// A chunk an agent streams; `step_id` is set when the agent runs as a workflow step.
     Agent {
+        /// Dotted path of the agent's step, when it runs as one.
         step_id: Option<Arc<str>>,
+        /// The chunk.
         chunk: AgentChunk,
     },
     /// An event of an agent network; `step_id` is set when the network runs as a workflow step.
     Network {
+        /// Dotted path of the network's step, when it runs as one.
         step_id: Option<Arc<str>>,
+        /// The event.
         event: NetworkEvent,
     },
     /// runstream restarted while the run was in flight and continues it (source `System`): the steps the
     /// interrupted phase completed are reused, the one that was running runs again.
     RunRecovered {
+        /// The phase the restart interrupted.
         interrupted_phase: u32,
+        /// Dotted paths of the steps whose recorded outputs are reused.
         completed_steps: Vec<String>,
+        /// Human-readable account, e.g. "the server restarted while the run was in flight".
         reason: String,
     },
 }
@@ -247,7 +330,8 @@ impl EventKind {
 /// Where the engine puts the events it emits. Implemented by the run registry's event log.
 ///
 /// `emit` must not block: it is called from step code (the writer), possibly millions of times per run.
-pub trait EventSink: Send + Sync + 'static {
+pub(crate) trait EventSink: Send + Sync + 'static {
+    /// Appends `event` to the run's log.
     fn emit(&self, event: Event);
 
     /// Emits a copy of `event`. A sink that keeps only an encoding of each event (the run registry's log) does
@@ -269,7 +353,9 @@ pub trait EventSink: Send + Sync + 'static {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{size} bytes encoded, over the {limit}-byte event limit")]
 pub struct EventTooLarge {
+    /// Size of the encoded event, in bytes.
     pub size: usize,
+    /// The largest event the sink takes, in bytes.
     pub limit: usize,
 }
 

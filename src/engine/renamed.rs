@@ -9,34 +9,34 @@ use super::error::SchemaViolation;
 
 /// An input key and its deprecated old spelling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RenamedKey {
+pub(crate) struct RenamedKey {
     /// The spelling to use (camelCase).
-    pub key: &'static str,
+    pub(crate) key: &'static str,
     /// The old spelling, still accepted.
-    pub old: &'static str,
+    pub(crate) old: &'static str,
 }
 
 /// A renamed key's value in an input, and the spelling it was given under.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Given<'a> {
-    pub spelling: &'static str,
-    pub value: &'a Value,
+pub(crate) struct Given<'a> {
+    pub(crate) spelling: &'static str,
+    pub(crate) value: &'a Value,
 }
 
 impl Given<'_> {
     /// Where the value is, for an error about it: `input.` and the spelling the caller used.
-    pub fn path(&self) -> String {
+    pub(crate) fn path(&self) -> String {
         format!("input.{}", self.spelling)
     }
 }
 
 impl RenamedKey {
-    pub const fn new(key: &'static str, old: &'static str) -> Self {
+    pub(crate) const fn new(key: &'static str, old: &'static str) -> Self {
         Self { key, old }
     }
 
     /// The value `input` gives this key under either spelling; both at once is an error naming the field.
-    pub fn get<'a>(&self, input: &'a Value) -> Result<Option<Given<'a>>, SchemaViolation> {
+    pub(crate) fn get<'a>(&self, input: &'a Value) -> Result<Option<Given<'a>>, SchemaViolation> {
         match (input.get(self.key), input.get(self.old)) {
             (Some(_), Some(_)) => Err(SchemaViolation {
                 path: format!("input.{}", self.key),
@@ -54,7 +54,7 @@ impl RenamedKey {
 
 /// `schema` (an object schema) with the old spelling of each of `keys` as a property too: a copy of the new
 /// spelling's, marked `deprecated`, so that a strict schema (`additionalProperties: false`) still takes it.
-pub fn with_deprecated_spellings(mut schema: Value, keys: &[RenamedKey]) -> Value {
+pub(crate) fn with_deprecated_spellings(mut schema: Value, keys: &[RenamedKey]) -> Value {
     if let Some(properties) = schema.get_mut("properties").and_then(Value::as_object_mut) {
         for key in keys {
             let Some(mut property) = properties.get(key.key).cloned() else { continue };
@@ -73,7 +73,7 @@ pub fn with_deprecated_spellings(mut schema: Value, keys: &[RenamedKey]) -> Valu
 
 /// Logs a deprecation warning for each of `keys` that `input` gives under its old spelling. Called once per run,
 /// when its input is checked; `runnable` names what runs (`agent 'assistant'`).
-pub fn warn_deprecated(input: &Value, keys: &[RenamedKey], runnable: &str) {
+pub(crate) fn warn_deprecated(input: &Value, keys: &[RenamedKey], runnable: &str) {
     for key in keys.iter().filter(|key| input.get(key.old).is_some()) {
         tracing::warn!(
             "{runnable}: input key `{}` is deprecated, use `{}` (the old spelling is accepted until the next release)",

@@ -35,16 +35,27 @@ pub struct RunSnapshot {
 /// The recorded outcome of one step (Mastra's StepResult).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
+    /// How the step ended (or that it is suspended).
     pub status: StepStatus,
+    /// The step's input.
     pub input: Value,
+    /// Its output (success) or bail value (bailed).
     pub output: Option<Value>,
+    /// Why it failed (failed).
     pub error: Option<ErrorInfo>,
+    /// What it handed to suspend, when it suspended.
     pub suspend_payload: Option<Value>,
+    /// The data it was resumed with, when it was.
     pub resume_data: Option<Value>,
+    /// Attempts made (1 without retries).
     pub attempts: u32,
+    /// When the first attempt started.
     pub started_at: SystemTime,
+    /// When the step ended; `None` while it is suspended.
     pub ended_at: Option<SystemTime>,
+    /// When it suspended.
     pub suspended_at: Option<SystemTime>,
+    /// When it was resumed.
     pub resumed_at: Option<SystemTime>,
 }
 
@@ -53,11 +64,13 @@ pub struct StepRecord {
 pub struct SuspendedStep {
     /// Path segments, e.g. `["child", "approve"]`.
     pub path: Vec<String>,
+    /// What the step handed to suspend.
     pub suspend_payload: Value,
     /// JSON Schema the resume data must satisfy, if any: the one the suspension named
     /// ([`StepOutcome::with_resume_schema`](super::StepOutcome::with_resume_schema)), else the step definition's own.
     /// Shared, not copied.
     pub resume_schema: Option<Schema>,
+    /// The resume label the step registered, if any.
     pub resume_label: Option<String>,
     /// The suspended iteration, when the step runs inside a foreach.
     pub for_each_index: Option<u32>,
@@ -70,7 +83,9 @@ pub struct ResumeRequest {
     pub step: Vec<String>,
     /// A resume label instead of `step`.
     pub label: Option<String>,
+    /// The foreach iteration to resume, when the step runs inside a foreach.
     pub for_each_index: Option<u32>,
+    /// The data to resume with (checked against the step's resume schema).
     pub resume_data: Value,
 }
 
@@ -79,7 +94,9 @@ pub struct ResumeRequest {
 pub struct ResumeTarget {
     /// Dotted path of the suspended step.
     pub step_id: String,
+    /// The foreach iteration to resume, when the step runs inside a foreach.
     pub for_each_index: Option<u32>,
+    /// The data to resume with (already checked).
     pub resume_data: Value,
 }
 
@@ -98,6 +115,7 @@ impl<T> Default for PathMap<T> {
 }
 
 impl<T> PathMap<T> {
+    /// An empty map.
     pub fn new() -> Self {
         Self::default()
     }
@@ -109,6 +127,7 @@ impl<T> PathMap<T> {
         self.entries.binary_search_by(|(k, _)| k.borrow().cmp(key))
     }
 
+    /// The value at `key`.
     pub fn get<Q: Ord + ?Sized>(&self, key: &Q) -> Option<&T>
     where
         String: Borrow<Q>,
@@ -116,6 +135,7 @@ impl<T> PathMap<T> {
         self.find(key).ok().map(|i| &self.entries[i].1)
     }
 
+    /// Whether `key` has a value.
     pub fn contains_key<Q: Ord + ?Sized>(&self, key: &Q) -> bool
     where
         String: Borrow<Q>,
@@ -134,6 +154,7 @@ impl<T> PathMap<T> {
         }
     }
 
+    /// Removes and returns the value at `key`.
     pub fn remove<Q: Ord + ?Sized>(&mut self, key: &Q) -> Option<T>
     where
         String: Borrow<Q>,
@@ -141,14 +162,17 @@ impl<T> PathMap<T> {
         self.find(key).ok().map(|i| self.entries.remove(i).1)
     }
 
+    /// Number of entries.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// True when there are no entries.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
+    /// Removes every entry (and frees the memory).
     pub fn clear(&mut self) {
         self.entries = Vec::new();
     }
@@ -163,10 +187,12 @@ impl<T> PathMap<T> {
         self.entries.iter().map(|(k, v)| (k, v))
     }
 
+    /// Paths in order.
     pub fn keys(&self) -> impl DoubleEndedIterator<Item = &String> + ExactSizeIterator {
         self.entries.iter().map(|(k, _)| k)
     }
 
+    /// Values in path order.
     pub fn values(&self) -> impl DoubleEndedIterator<Item = &T> + ExactSizeIterator {
         self.entries.iter().map(|(_, v)| v)
     }

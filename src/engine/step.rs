@@ -95,6 +95,7 @@ impl Step {
         &self.id
     }
 
+    /// Sets the description (shown by ListWorkflows).
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.description = description.into();
         self
@@ -169,16 +170,25 @@ pub enum StepOutcome {
     /// Wait for a resume. `payload` tells the resumer what is needed; `resume_label` lets it resume by label;
     /// `resume_schema`, when set, is what the resume data must satisfy this time, instead of the step's own
     /// [`Step::resume_schema`] (for a step whose suspensions wait for different things, such as an agent's tools).
-    Suspend { payload: Value, resume_label: Option<String>, resume_schema: Option<Schema> },
+    Suspend {
+        /// What the resumer needs to decide (streamed in `StepSuspended`).
+        payload: Value,
+        /// A label to resume by, instead of the step's path.
+        resume_label: Option<String>,
+        /// What the resume data must satisfy this time.
+        resume_schema: Option<Schema>,
+    },
     /// End the run now, successfully, with this value as its result.
     Bail(Value),
 }
 
 impl StepOutcome {
+    /// [`StepOutcome::Done`].
     pub fn done(output: Value) -> Self {
         Self::Done(output)
     }
 
+    /// [`StepOutcome::Suspend`] without a label or a schema of its own.
     pub fn suspend(payload: Value) -> Self {
         Self::Suspend { payload, resume_label: None, resume_schema: None }
     }
@@ -205,6 +215,7 @@ impl StepOutcome {
         }
     }
 
+    /// [`StepOutcome::Bail`].
     pub fn bail(value: Value) -> Self {
         Self::Bail(value)
     }
@@ -227,6 +238,7 @@ pub struct StepError {
 }
 
 impl StepError {
+    /// A retryable failure.
     pub fn new(message: impl Into<String>) -> Self {
         Self { message: message.into(), details: None, retryable: true, tripwire: false }
     }
@@ -237,6 +249,7 @@ impl StepError {
         Self { message: message.into(), details: None, retryable: false, tripwire: true }
     }
 
+    /// Whether this is a guardrail's stop ([`StepError::tripwire`]).
     pub fn is_tripwire(&self) -> bool {
         self.tripwire
     }
@@ -253,14 +266,17 @@ impl StepError {
         self
     }
 
+    /// What went wrong.
     pub fn message(&self) -> &str {
         &self.message
     }
 
+    /// The structured details, if any ([`StepError::with_details`]).
     pub fn details(&self) -> Option<&Value> {
         self.details.as_ref()
     }
 
+    /// Whether the remaining attempts are tried.
     pub fn is_retryable(&self) -> bool {
         self.retryable
     }
@@ -315,6 +331,7 @@ impl fmt::Debug for StepContext {
 }
 
 impl StepContext {
+    /// The run's id.
     pub fn run_id(&self) -> &str {
         &self.shared.run_id
     }
@@ -358,6 +375,7 @@ impl StepContext {
         self.attempt
     }
 
+    /// The run's key/value request context, handed to every step.
     pub fn request_context(&self) -> &Map<String, Value> {
         &self.shared.request_context
     }
@@ -392,6 +410,7 @@ impl StepContext {
         &self.shared.cancel
     }
 
+    /// The run's clock (injectable; tests use a manual one).
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.shared.clock
     }

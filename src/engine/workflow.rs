@@ -38,6 +38,7 @@ pub fn when(cond: impl Fn(&Value) -> bool + Send + Sync + 'static) -> Condition 
 /// How many foreach iterations may run at once.
 #[derive(Clone)]
 pub enum Concurrency {
+    /// At most this many (0 counts as 1).
     Fixed(usize),
     /// Computed from the run input when the foreach starts.
     FromInput(Arc<dyn Fn(&Value) -> usize + Send + Sync + 'static>),
@@ -110,8 +111,11 @@ pub(crate) enum Node {
 pub struct StepInfo {
     /// Dotted path, e.g. `child.approve` for step `approve` of nested workflow `child`.
     pub id: String,
+    /// The step's description.
     pub description: String,
+    /// JSON Schema of the data that resumes it, if it declares one.
     pub resume_schema: Option<Value>,
+    /// JSON Schema of its suspend payload, if it declares one.
     pub suspend_schema: Option<Value>,
 }
 
@@ -143,6 +147,7 @@ pub struct Workflow {
 pub struct RunnableMeta {
     /// The model (an agent's, a network's routing agent's).
     pub model: String,
+    /// The tools the model may call.
     pub tools: Vec<ToolMeta>,
     /// A network's agents and workflows, by id.
     pub members: Vec<String>,
@@ -151,10 +156,13 @@ pub struct RunnableMeta {
 /// A tool as callers are shown it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ToolMeta {
+    /// The name the model calls it by.
     pub name: String,
+    /// What it does.
     pub description: String,
     /// JSON Schema of the arguments.
     pub parameters: Value,
+    /// Whether calls wait for a person's approval.
     pub requires_approval: bool,
     /// Set for a tool that may suspend itself: JSON Schema of the data that resumes it.
     pub resume_schema: Option<Value>,
@@ -164,9 +172,12 @@ pub struct ToolMeta {
 /// the same id (so that every run has the same lifecycle, events envelope and result).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum RunKind {
+    /// A workflow.
     #[default]
     Workflow,
+    /// An agent (see [`crate::agent::workflow`]).
     Agent,
+    /// An agent network (see [`crate::network::workflow`]).
     Network,
 }
 
@@ -208,18 +219,22 @@ impl Workflow {
         }
     }
 
+    /// The workflow's id.
     pub fn id(&self) -> &Arc<str> {
         &self.id
     }
 
+    /// Its description.
     pub fn description(&self) -> &str {
         &self.description
     }
 
+    /// JSON Schema of the run input, if it has one.
     pub fn input_schema(&self) -> Option<&Value> {
         self.input_schema.as_ref().map(Schema::raw)
     }
 
+    /// JSON Schema of the result, if it has one.
     pub fn output_schema(&self) -> Option<&Value> {
         self.output_schema.as_ref().map(Schema::raw)
     }
@@ -251,7 +266,11 @@ impl Workflow {
     }
 
     /// Works out which suspended step a resume request targets and checks its resume data.
-    pub fn resolve_resume(&self, snapshot: &RunSnapshot, req: ResumeRequest) -> Result<ResumeTarget, ResumeError> {
+    pub(crate) fn resolve_resume(
+        &self,
+        snapshot: &RunSnapshot,
+        req: ResumeRequest,
+    ) -> Result<ResumeTarget, ResumeError> {
         let suspended: Vec<String> = snapshot.suspended.keys().cloned().collect();
         let requested: String =
             req.step.iter().map(String::as_str).filter(|s| !s.is_empty()).collect::<Vec<_>>().join(".");
@@ -360,13 +379,13 @@ pub struct WorkflowBuilder {
 
 impl WorkflowBuilder {
     /// Model and tools to show callers (agents and networks).
-    pub fn meta(mut self, meta: RunnableMeta) -> Self {
+    pub(crate) fn meta(mut self, meta: RunnableMeta) -> Self {
         self.meta = Some(Arc::new(meta));
         self
     }
 
     /// Marks the workflow as the runnable form of an agent or network (see [`RunKind`]).
-    pub fn kind(mut self, kind: RunKind) -> Self {
+    pub(crate) fn kind(mut self, kind: RunKind) -> Self {
         self.kind = kind;
         self
     }
@@ -380,6 +399,7 @@ impl WorkflowBuilder {
         self
     }
 
+    /// Sets the description (shown by ListWorkflows).
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.description = description.into();
         self

@@ -79,15 +79,18 @@ pub trait ModelProvider: Send + Sync + 'static {
 /// `Clone` because a retry re-issues the same request.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelRequest {
+    /// The conversation so far, system message first.
     pub messages: Vec<Message>,
     /// Tools the model may call. Empty: the model can only answer in text.
     pub tools: Vec<ToolSpec>,
+    /// Whether and which tool the model must call.
     pub tool_choice: ToolChoice,
     /// Ask for a JSON answer that satisfies this schema (structured output).
     pub response_schema: Option<ResponseSchema>,
     /// Sent as `max_tokens`, or as `max_completion_tokens` when `reasoning_effort` is set (OpenAI's reasoning
     /// models accept only that name; other servers do not all know it).
     pub max_tokens: Option<u32>,
+    /// Sampling temperature; `None` leaves the server's default.
     pub temperature: Option<f32>,
     /// Ask for reasoning. The OpenAI-compatible client sends it as `reasoning_effort` (only reasoning models accept
     /// it; leave `None` for others); the offline model streams a short scripted reasoning section (and its
@@ -96,10 +99,12 @@ pub struct ModelRequest {
 }
 
 impl ModelRequest {
+    /// A request with these messages and nothing else set.
     pub fn new(messages: Vec<Message>) -> Self {
         Self { messages, ..Self::default() }
     }
 
+    /// Sets the tools the model may call.
     pub fn with_tools(mut self, tools: Vec<ToolSpec>) -> Self {
         self.tools = tools;
         self
@@ -111,21 +116,28 @@ impl ModelRequest {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "role", rename_all = "lowercase")]
 pub enum Message {
+    /// Instructions to the model.
     System {
+        /// The instructions.
         content: String,
     },
+    /// What the user said.
     User {
+        /// The user's text.
         content: String,
     },
     /// A previous model response: its text (if any) and the tool calls it made (if any).
     Assistant {
+        /// Its text, if it answered in text.
         #[serde(default)]
         content: Option<String>,
+        /// The tool calls it made.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         tool_calls: Vec<ToolCall>,
     },
     /// The result of one tool call, answering the assistant's call with id `tool_call_id`.
     Tool {
+        /// The id of the call answered.
         tool_call_id: String,
         /// The tool's name. Chat Completions does not need it; other providers (and the offline model) do.
         #[serde(default)]
@@ -136,18 +148,22 @@ pub enum Message {
 }
 
 impl Message {
+    /// A system message.
     pub fn system(content: impl Into<String>) -> Self {
         Self::System { content: content.into() }
     }
 
+    /// A user message.
     pub fn user(content: impl Into<String>) -> Self {
         Self::User { content: content.into() }
     }
 
+    /// An assistant message with text and no tool calls.
     pub fn assistant(content: impl Into<String>) -> Self {
         Self::Assistant { content: Some(content.into()), tool_calls: Vec::new() }
     }
 
+    /// The result of tool call `tool_call_id` (of tool `tool_name`).
     pub fn tool_result(
         tool_call_id: impl Into<String>,
         tool_name: impl Into<String>,
@@ -160,7 +176,9 @@ impl Message {
 /// A tool call the model made, as it goes back into the conversation.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ToolCall {
+    /// The call's id, as the model assigned it.
     pub id: String,
+    /// The tool called.
     pub name: String,
     /// The arguments exactly as the model streamed them (JSON text), so the conversation replays verbatim.
     pub arguments: String,
@@ -171,6 +189,7 @@ pub struct ToolCall {
 pub struct ToolSpec {
     /// OpenAI accepts `^[a-zA-Z0-9_-]{1,64}$`.
     pub name: String,
+    /// What the tool does, as the model is told.
     pub description: String,
     /// JSON Schema of the arguments object.
     pub parameters: Value,
@@ -182,8 +201,11 @@ pub enum ToolChoice {
     /// The model decides. Not sent on the wire: it is every server's default.
     #[default]
     Auto,
+    /// The model must not call tools.
     None,
+    /// The model must call some tool.
     Required,
+    /// The model must call the tool with this name.
     Tool(String),
 }
 
@@ -192,16 +214,21 @@ pub enum ToolChoice {
 pub struct ResponseSchema {
     /// OpenAI requires `^[a-zA-Z0-9_-]{1,64}$`.
     pub name: String,
+    /// The JSON Schema.
     pub schema: Value,
     /// OpenAI's strict mode: guaranteed conformance, but only for a subset of JSON Schema.
     pub strict: bool,
 }
 
+/// How hard a reasoning model should think (OpenAI's `reasoning_effort`), or [`Hidden`](Self::Hidden).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReasoningEffort {
+    /// Little reasoning: faster, cheaper.
     Low,
+    /// The usual amount.
     Medium,
+    /// Most reasoning: slower, more tokens.
     High,
     /// Reason (at medium effort), but keep the reasoning private: the response carries no readable reasoning, only
     /// what the provider sends redacted ([`ModelChunk::RedactedReasoning`]). For callers who want reasoning's
@@ -210,6 +237,7 @@ pub enum ReasoningEffort {
 }
 
 impl ReasoningEffort {
+    /// Its name in JSON: `low`, `medium`, `high`, `hidden`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Low => "low",
@@ -238,60 +266,83 @@ impl ReasoningEffort {
 pub enum ModelChunk {
     /// The provider's id for the response and the model that actually answered (may differ from the one asked).
     ResponseMetadata {
+        /// The provider's response id.
         id: Option<String>,
+        /// The model that answered.
         model: Option<String>,
     },
+    /// More of the answer's text.
     TextDelta {
+        /// The text since the previous delta.
         text: String,
     },
+    /// More of the model's reasoning.
     ReasoningDelta {
+        /// The reasoning text since the previous delta.
         text: String,
     },
     /// The provider's signature of the reasoning streamed since the previous signature (it lets the provider
     /// verify that reasoning when it is sent back). Follows the reasoning it signs.
     ReasoningSignature {
+        /// The signature, as the provider sent it.
         signature: String,
     },
     /// Reasoning the provider withheld: an opaque payload (usually encrypted) that only the provider can read.
     RedactedReasoning {
+        /// The payload, as the provider sent it.
         data: String,
     },
     /// A web page the model cites (a URL citation).
     Source {
+        /// The page's URL.
         url: String,
+        /// Its title, when the provider gives one.
         title: Option<String>,
     },
     /// A file the model generated (an image, a document): its media type (`image/png`) and its bytes in standard
     /// base64, as providers send them.
     File {
+        /// Media type, e.g. `image/png`.
         media_type: String,
+        /// The bytes, in standard base64.
         base64: String,
     },
     /// The model begins tool call number `index` (0-based, in the order the model made them).
     ToolCallStart {
+        /// 0-based position of the call in the response.
         index: u32,
+        /// The call's id, as the model assigned it.
         id: String,
+        /// The tool called.
         name: String,
     },
     /// More of the arguments (JSON text) of tool call `index`.
     ToolCallDelta {
+        /// Which call (as in its `ToolCallStart`).
         index: u32,
+        /// More of the arguments' JSON text, to be concatenated.
         arguments: String,
     },
     /// The response is complete. `raw` is the provider's own word for why it stopped.
     Finish {
+        /// Why it stopped.
         reason: FinishReason,
+        /// The provider's own word for it.
         raw: String,
     },
     /// Tokens the whole response used.
     Usage {
+        /// The response's total.
         usage: Usage,
     },
     /// From [`RetryingModel`] only: the previous attempt failed after yielding chunks; discard them, because the
     /// call is re-issued (attempt number `attempt`, 2 for the first retry) after `delay`.
     Restart {
+        /// The attempt about to be made (2 for the first retry).
         attempt: u32,
+        /// Why the previous attempt failed.
         reason: String,
+        /// How long the retry waits before it is issued.
         delay: Duration,
     },
 }
@@ -330,30 +381,96 @@ impl FinishReason {
 /// same request) from permanent ones (the same request would fail again). Messages name what to check.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ModelError {
+    /// HTTP 429. Retryable.
     #[error("the model server at {url} is rate-limiting requests (HTTP 429{}): {message}", retry_after_text(*retry_after))]
-    RateLimited { url: String, message: String, retry_after: Option<Duration> },
+    RateLimited {
+        /// The endpoint called.
+        url: String,
+        /// What the server said.
+        message: String,
+        /// How long the server asked to wait, if it said.
+        retry_after: Option<Duration>,
+    },
+    /// A 5xx or 408 answer. Retryable.
     #[error("the model server at {url} failed (HTTP {status}): {message}")]
-    Server { url: String, status: u16, message: String },
+    Server {
+        /// The endpoint called.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// What the server said.
+        message: String,
+    },
+    /// The request could not be sent: the server is down or unreachable. Retryable.
     #[error(
         "could not reach the model server at {url}: {message}; check RUNSTREAM_MODEL_BASE_URL / --model-base-url and that the server is up"
     )]
-    Connect { url: String, message: String },
+    Connect {
+        /// The endpoint called.
+        url: String,
+        /// What failed.
+        message: String,
+    },
+    /// The server sent nothing for too long. Retryable.
     #[error("the model server at {url} sent nothing for {}s; it may be overloaded", after.as_secs_f32())]
-    Timeout { url: String, after: Duration },
+    Timeout {
+        /// The endpoint called.
+        url: String,
+        /// How long it was silent.
+        after: Duration,
+    },
+    /// The response stream ended before the response was complete. Retryable.
     #[error("the model's response stream from {url} ended before the response was complete: {message}")]
-    StreamDropped { url: String, message: String },
+    StreamDropped {
+        /// The endpoint called.
+        url: String,
+        /// What ended it.
+        message: String,
+    },
+    /// The server reported an error inside the stream.
     #[error("the model server at {url} reported an error mid-stream: {message}")]
-    StreamError { url: String, message: String, retryable: bool },
+    StreamError {
+        /// The endpoint called.
+        url: String,
+        /// What the server said.
+        message: String,
+        /// Whether the error is transient (e.g. the server said it is overloaded).
+        retryable: bool,
+    },
+    /// A 4xx answer other than 429: the same request would fail again.
     #[error("the model server at {url} rejected the request (HTTP {status}): {message}{hint}")]
-    Rejected { url: String, status: u16, message: String, hint: String },
+    Rejected {
+        /// The endpoint called.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// What the server said.
+        message: String,
+        /// What to check, e.g. the API key on a 401 (empty, or starting with "; ").
+        hint: String,
+    },
+    /// The server's answer could not be read as a Chat Completions stream.
     #[error("the model server at {url} sent a response runstream cannot read: {message}")]
-    InvalidResponse { url: String, message: String },
+    InvalidResponse {
+        /// The endpoint called.
+        url: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The client cannot be set up or the request built (e.g. a base URL that cannot be used).
     #[error("model configuration: {0}")]
     Config(String),
+    /// The call was canceled through its token.
     #[error("the model call was canceled")]
     Canceled,
+    /// [`RetryingModel`] gave up.
     #[error("the model call failed {attempts} times, giving up; last error: {last}")]
-    RetriesExhausted { attempts: u32, last: Box<ModelError> },
+    RetriesExhausted {
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's error.
+        last: Box<ModelError>,
+    },
 }
 
 fn retry_after_text(retry_after: Option<Duration>) -> String {

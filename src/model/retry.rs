@@ -73,7 +73,7 @@ fn random_fraction() -> f64 {
     (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// Any provider, with transient failures retried per a [`RetryPolicy`]. See the [module docs](self) for
+/// Any provider, with transient failures retried per a [`RetryPolicy`]. See the [module docs](super) for
 /// [`ModelChunk::Restart`].
 #[derive(Clone)]
 pub struct RetryingModel {
@@ -82,10 +82,12 @@ pub struct RetryingModel {
 }
 
 impl RetryingModel {
+    /// Wraps `inner`, retrying its calls per `policy`.
     pub fn new(inner: Arc<dyn ModelProvider>, policy: RetryPolicy) -> Self {
         Self { inner, policy }
     }
 
+    /// The policy it retries by.
     pub fn policy(&self) -> &RetryPolicy {
         &self.policy
     }

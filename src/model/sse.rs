@@ -28,13 +28,13 @@ pub(crate) struct SseDecoder {
 }
 
 impl SseDecoder {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self { at_start: true, ..Self::default() }
     }
 
     /// Decodes the complete lines in `bytes` (plus what earlier calls left over) and appends the events they
     /// complete to `out`.
-    pub fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
+    pub(crate) fn feed(&mut self, bytes: &[u8], out: &mut Vec<SseEvent>) {
         // Taken out of `self` so that lines can be borrowed from it while `self.line` mutates the rest.
         let mut buf = std::mem::take(&mut self.buf);
         buf.extend_from_slice(bytes);
@@ -67,7 +67,7 @@ impl SseDecoder {
     /// The stream ended. Returns the event still being assembled (its data lines arrived, but not the blank line
     /// that dispatches it): the spec says to discard it, but servers that close right after `data: [DONE]` are
     /// common, so the caller decides.
-    pub fn finish(&mut self, out: &mut Vec<SseEvent>) -> Option<SseEvent> {
+    pub(crate) fn finish(&mut self, out: &mut Vec<SseEvent>) -> Option<SseEvent> {
         if !self.buf.is_empty() {
             let mut line = std::mem::take(&mut self.buf);
             if line.last() == Some(&b'\r') {

@@ -6,7 +6,7 @@
 //!   of the run registry; as a workflow step ([`network_step`]) the callback is the step's
 //!   [`Writer::network`](crate::engine::Writer::network).
 //! - [`workflow`]: the network as a standalone run, a one-step workflow of the same id.
-//! - The built-in networks, `research-network` and `travel-network`, are in [`crate::workflows`].
+//! - The built-in networks, `research-network` and `travel-network`, are in [`crate::builtin`].
 //!
 //! # One iteration
 //!
@@ -20,7 +20,7 @@
 //! - agent: `AgentExecutionStart`, its chunks as `AgentExecutionEvent`s, `AgentExecutionEnd` (its text, usage);
 //! - workflow: `WorkflowExecutionStart` (a fresh nested run id), the nested run's events from `workflow_start` to
 //!   `workflow_finish` as `WorkflowExecutionEvent`s, `WorkflowExecutionEnd` (status, result, usage). The nested
-//!   run is a real phase ([`execute_phase`](crate::engine::execute_phase)) with the network's clock and cancel token;
+//!   run is a real phase of the engine with the network's clock and cancel token;
 //! - tool: `ToolExecutionStart` (its arguments), `ToolExecutionEnd` (its result);
 //!
 //! and `NetworkStepFinish`. A workflow's or tool's input is the prompt when that is a JSON object; otherwise one
@@ -123,14 +123,19 @@ pub const NONE_ID: &str = "none";
 /// Primitive ids are one namespace (the router names a primitive by id alone). Cheap to share as `Arc<Network>`.
 #[derive(Clone)]
 pub struct Network {
+    /// Unique among the runnables served; also the id of its runs' workflow and step.
     pub id: Arc<str>,
+    /// What the network does, for callers (ListWorkflows).
     pub description: String,
     /// Added to the routing agent's system message.
     pub instructions: String,
     /// The routing agent's model; it also turns prompts into workflow and tool inputs, and writes structured output.
     pub model: Arc<dyn ModelProvider>,
+    /// The agents it may delegate to.
     pub agents: Vec<Arc<Agent>>,
+    /// The workflows it may delegate to (each runs as a nested run).
     pub workflows: Vec<Arc<Workflow>>,
+    /// The tools it may call.
     pub tools: Vec<Tool>,
     /// Most iterations one run makes (at least 1).
     pub max_iterations: u32,
@@ -151,14 +156,14 @@ impl fmt::Debug for Network {
 
 /// One thing a network can delegate to.
 #[derive(Debug, Clone, Copy)]
-pub enum Primitive<'a> {
+pub(crate) enum Primitive<'a> {
     Agent(&'a Arc<Agent>),
     Workflow(&'a Arc<Workflow>),
     Tool(&'a Tool),
 }
 
 impl Primitive<'_> {
-    pub fn primitive_type(&self) -> PrimitiveType {
+    pub(crate) fn primitive_type(&self) -> PrimitiveType {
         match self {
             Self::Agent(_) => PrimitiveType::Agent,
             Self::Workflow(_) => PrimitiveType::Workflow,
@@ -183,11 +188,14 @@ impl Network {
         }
     }
 
+    /// Sets the description.
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.description = description.into();
         self
     }
 
+    /// Adds an agent to delegate to.
+    ///
     /// # Panics
     /// If the id is taken (ids are written in code, so this is a programming error).
     pub fn agent(mut self, agent: Arc<Agent>) -> Self {
@@ -196,6 +204,8 @@ impl Network {
         self
     }
 
+    /// Adds a workflow to delegate to.
+    ///
     /// # Panics
     /// If the id is taken.
     pub fn workflow(mut self, workflow: Arc<Workflow>) -> Self {
@@ -204,6 +214,8 @@ impl Network {
         self
     }
 
+    /// Adds a tool to call.
+    ///
     /// # Panics
     /// If the name is taken.
     pub fn tool(mut self, tool: Tool) -> Self {
@@ -212,6 +224,7 @@ impl Network {
         self
     }
 
+    /// Sets the most iterations one run makes (at least 1).
     pub fn max_iterations(mut self, max_iterations: u32) -> Self {
         self.max_iterations = max_iterations.max(1);
         self
@@ -229,7 +242,7 @@ impl Network {
     }
 
     /// The primitive with id `id`.
-    pub fn primitive(&self, id: &str) -> Option<Primitive<'_>> {
+    pub(crate) fn primitive(&self, id: &str) -> Option<Primitive<'_>> {
         if let Some(agent) = self.agents.iter().find(|a| &*a.id == id) {
             return Some(Primitive::Agent(agent));
         }
@@ -250,12 +263,14 @@ impl Network {
 /// What a network run is asked to do.
 #[derive(Debug, Clone)]
 pub struct NetworkInput {
+    /// The task, in words.
     pub task: String,
     /// Ask for the final answer as JSON satisfying this schema (`NetworkObject`, `NetworkObjectResult`).
     pub output_schema: Option<Schema>,
 }
 
 impl NetworkInput {
+    /// The task, without an output schema.
     pub fn new(task: impl Into<String>) -> Self {
         Self { task: task.into(), output_schema: None }
     }
@@ -264,8 +279,11 @@ impl NetworkInput {
 /// What a network run gets from whoever runs it, handed on to the workflows it runs.
 #[derive(Clone)]
 pub struct NetworkEnv {
+    /// The clock the delegated workflows read and sleep on.
     pub clock: Arc<dyn Clock>,
+    /// The run's request context, seen by the delegated workflows' steps.
     pub request_context: Arc<Map<String, Value>>,
+    /// Fired to cancel the run.
     pub cancel: CancellationToken,
 }
 
@@ -292,6 +310,7 @@ pub enum NetworkEnd {
     Suspended {
         /// What is awaited, for callers (the step's suspend payload).
         payload: Value,
+        /// What the resume data must satisfy, when the waiting primitive says.
         resume_schema: Option<Schema>,
         /// The loop's own state, for the resume only.
         state: Value,
@@ -312,6 +331,7 @@ impl NetworkEnd {
 /// How a network run ended, and what it produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NetworkOutcome {
+    /// How it ended.
     pub end: NetworkEnd,
     /// The last delegation, with its result.
     pub delegation: Option<Delegation>,
@@ -324,13 +344,16 @@ pub struct NetworkOutcome {
     /// The part of `usage` that no event reports (input and structured-output calls, an unusable routing answer):
     /// [`network_step`] adds it to the run's count itself, in the phase that made the calls.
     pub unreported_usage: Usage,
+    /// Iterations run.
     pub iterations: u32,
 }
 
 /// What a completion check sees.
 #[derive(Debug)]
 pub struct CheckInput<'a> {
+    /// The network checked.
     pub network: &'a Network,
+    /// The task of the run.
     pub task: &'a str,
     /// The delegations that ran so far, in order, with their results.
     pub ran: &'a [Delegation],
@@ -355,6 +378,7 @@ impl fmt::Debug for CompletionCheck {
 }
 
 impl CompletionCheck {
+    /// A check named `id` (reported in `NetworkValidationEnd`'s results).
     pub fn new(
         id: impl Into<String>,
         check: impl Fn(&CheckInput<'_>) -> Result<String, String> + Send + Sync + 'static,
@@ -362,10 +386,12 @@ impl CompletionCheck {
         Self { id: Arc::from(id.into()), check: Arc::new(check) }
     }
 
+    /// The check's id.
     pub fn id(&self) -> &str {
         &self.id
     }
 
+    /// Runs the check: `Ok(why it passed)` or `Err(why it failed)`.
     pub fn check(&self, input: &CheckInput<'_>) -> Result<String, String> {
         (self.check)(input)
     }

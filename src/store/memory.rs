@@ -8,6 +8,8 @@ use std::{
 
 use super::{LoadedRun, RunRecord, RunStore, StepCheckpoint, StoreError, StoredEvent, Write};
 
+/// A [`RunStore`] in memory: runs outlive a registry (a new one opened on the same store sees them), not the
+/// process.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     runs: Mutex<BTreeMap<String, Stored>>,
@@ -23,6 +25,7 @@ struct Stored {
 }
 
 impl MemoryStore {
+    /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }

@@ -33,23 +33,36 @@ use crate::engine::{ErrorInfo, ResumeTarget, RunSnapshot, RunStatus, StepRecord}
 /// A run as stored: what it was started with, and its state as of its last recorded change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunRecord {
+    /// The run's id (the key).
     pub run_id: String,
+    /// The workflow it runs (for an agent or network run, the agent's or network's id).
     pub workflow_id: String,
+    /// The run input.
     pub input: Value,
+    /// The request context it was started with.
     pub request_context: Map<String, Value>,
+    /// Owner of the run (a user, thread or tenant id), as given at start.
     pub resource_id: String,
+    /// When it was started.
     pub created_at: SystemTime,
+    /// Its state as of its last recorded change.
     pub state: StateRecord,
 }
 
 /// The mutable part of a run, written whole at each change of status (start, suspension, resume, end).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct StateRecord {
+    /// The run's status.
     pub status: RunStatus,
+    /// The current (or last) phase: 1 for the first execution, +1 for each resume.
     pub phase: u32,
+    /// What the engine remembers of the finished phases.
     pub snapshot: RunSnapshot,
+    /// The workflow's result, once it succeeded.
     pub result: Option<Value>,
+    /// Why it failed, once it did.
     pub error: Option<ErrorInfo>,
+    /// When this state was recorded.
     pub updated_at: SystemTime,
     /// The resume the running phase is carrying out, so that a phase interrupted mid-resume is resumed again.
     pub resuming: Option<ResumeTarget>,
@@ -59,19 +72,24 @@ pub struct StateRecord {
 /// `workflow_finish`, the status it announced (readers need it to know where streams end).
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
+    /// Its position in the run's log (1, 2, ..., gapless).
     pub seq: u64,
     /// When it was appended (retention drops old events by it).
     pub time: SystemTime,
+    /// The encoded event, stored as is.
     pub body: Bytes,
+    /// For a `workflow_finish`, the status it announced.
     pub finish: Option<RunStatus>,
 }
 
 /// A step the running phase completed, recorded as it completes so that recovery need not run it again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepCheckpoint {
+    /// The phase that completed the step.
     pub phase: u32,
     /// Dotted step path.
     pub path: String,
+    /// The step's recorded outcome.
     pub record: StepRecord,
 }
 
@@ -82,24 +100,36 @@ pub enum Write {
     CreateRun(Box<RunRecord>),
     /// Events of one run, with consecutive seqs following what is stored.
     Events {
+        /// The run.
         run_id: String,
+        /// The events, in seq order.
         events: Vec<StoredEvent>,
     },
+    /// A step checkpoint; replaces one of the same phase and path.
     Step {
+        /// The run.
         run_id: String,
+        /// The checkpoint.
         checkpoint: Box<StepCheckpoint>,
     },
+    /// The run's new state, replacing the stored one; checkpoints of earlier phases may then be dropped (the
+    /// snapshot has them).
     State {
+        /// The run.
         run_id: String,
+        /// The state.
         state: Box<StateRecord>,
     },
     /// Forget a run whose retention has passed: its record, events and checkpoints.
     DeleteRun {
+        /// The run.
         run_id: String,
     },
     /// Drop a run's events with seq < `before_seq` (retention of long-lived runs' old events).
     TrimEvents {
+        /// The run.
         run_id: String,
+        /// The first seq to keep.
         before_seq: u64,
     },
 }
@@ -107,8 +137,11 @@ pub enum Write {
 /// A run as loaded at start: its record, its whole stored log, and the checkpoints of its current phase.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadedRun {
+    /// The run's record, with its last state.
     pub record: RunRecord,
+    /// Its stored events, in seq order.
     pub events: Vec<StoredEvent>,
+    /// The checkpoints of its current phase.
     pub checkpoints: Vec<StepCheckpoint>,
 }
 
@@ -128,15 +161,33 @@ pub trait RunStore: Send + Sync + 'static {
 /// A store that cannot be used. Every message names the store (its file) and what the operator can do.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The store cannot be opened: e.g. another process has it open, or it was written by another version.
     #[error("cannot open the run store {location}: {reason}")]
-    Open { location: String, reason: String },
+    Open {
+        /// The store (its file).
+        location: String,
+        /// Why.
+        reason: String,
+    },
 
+    /// What is stored cannot be read; the store was left as it is.
     #[error(
         "the run store {location} is unreadable ({reason}); it was left untouched: restore it from a backup, or move it \
          away to start with an empty store"
     )]
-    Corrupt { location: String, reason: String },
+    Corrupt {
+        /// The store (its file).
+        location: String,
+        /// What is wrong.
+        reason: String,
+    },
 
+    /// A read or write failed.
     #[error("the run store {location} failed: {reason}")]
-    Io { location: String, reason: String },
+    Io {
+        /// The store (its file).
+        location: String,
+        /// Why.
+        reason: String,
+    },
 }

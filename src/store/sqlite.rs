@@ -72,6 +72,7 @@ pub enum Sync {
     Full,
 }
 
+/// The embedded [`RunStore`]: one SQLite file, `runstream.db`, under the data directory.
 pub struct SqliteStore {
     path: PathBuf,
     conn: Mutex<Connection>,
@@ -403,7 +404,7 @@ impl RunStore for SqliteStore {
 
 /// JSON text of the serde values a row holds, with a plain-text error.
 mod erased {
-    pub trait Json {
+    pub(super) trait Json {
         fn to_json(&self) -> Result<String, String>;
     }
 
