@@ -61,7 +61,7 @@
 // Every public item outside `pb` is documented except in the files being split (issue 11, change 5):
 // `agent/run.rs`, `network/run.rs`, `model/openai.rs`, `model/offline.rs`. Enable then (CI runs clippy with
 // `-D warnings`).
-// #![warn(missing_docs)]  // TODO: enable once the split files are documented
+#![warn(missing_docs)]
 
 pub mod agent;
 pub mod builtin;

@@ -21,6 +21,7 @@ use crate::{
 /// How a run of the loop ended, and what it produced.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentOutcome {
+    /// Why the loop stopped.
     pub end: AgentEnd,
     /// The last model call's text (empty when the agent did not finish). With an output schema, the JSON text.
     pub text: String,
@@ -34,6 +35,7 @@ pub struct AgentOutcome {
     pub messages: Vec<Message>,
 }
 
+/// Why the agent loop stopped.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AgentEnd {
     /// The agent answered (the last call's finish reason; `ToolCalls` when `max_steps` cut it short).
@@ -44,12 +46,27 @@ pub enum AgentEnd {
     Aborted,
     /// A tool call needs a person's decision; streamed as `ToolCallApproval`. Continue with
     /// [`AgentInput::Resume`], handing back `state` and the decision.
-    AwaitingApproval { approval: ToolCallApproval, state: Value },
+    AwaitingApproval {
+        /// The call that waits, as streamed.
+        approval: ToolCallApproval,
+        /// The loop's state to hand back on resume (kept in the run's snapshot, never shown to clients).
+        state: Value,
+    },
     /// A tool suspended itself ([`ToolContext::suspend`]); streamed as `ToolCallSuspended`. Continue with
     /// [`AgentInput::Resume`], handing back `state` and data for the tool (its resume schema says what).
-    Suspended { suspended: ToolCallSuspended, state: Value },
+    Suspended {
+        /// The suspension, as streamed (with the tool's payload and resume schema).
+        suspended: ToolCallSuspended,
+        /// The loop's state to hand back on resume.
+        state: Value,
+    },
     /// An output guardrail stopped the agent; streamed as `Tripwire`.
-    Tripwire { reason: String, processor_id: String },
+    Tripwire {
+        /// What the guardrail said.
+        reason: String,
+        /// Which guardrail it was.
+        processor_id: String,
+    },
 }
 
 /// What the loop starts from.
@@ -59,7 +76,12 @@ pub enum AgentInput {
     Messages(Vec<Message>),
     /// Continue after [`AgentEnd::AwaitingApproval`] or [`AgentEnd::Suspended`]: `data` is the decision on the
     /// waiting call (an [`ApprovalDecision`] as JSON) or the data the suspended tool is called again with.
-    Resume { state: Value, data: Value },
+    Resume {
+        /// The state the loop ended with ([`AgentEnd::AwaitingApproval`] or [`AgentEnd::Suspended`]).
+        state: Value,
+        /// The decision, or the suspended tool's data.
+        data: Value,
+    },
 }
 
 /// Per-run options of the loop.

@@ -18,7 +18,9 @@ use crate::{
 /// A person's answer to a `ToolCallApproval`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct ApprovalDecision {
+    /// Whether the call may run.
     pub approved: bool,
+    /// Why, if the person said (told to the model when declined).
     #[serde(default)]
     pub reason: Option<String>,
 }

@@ -30,7 +30,12 @@ pub enum NetworkStart {
     New,
     /// Continue after [`NetworkEnd::Suspended`], handing back its `state`, with the resume data (already checked
     /// against its resume schema).
-    Resume { state: Value, resume_data: Value },
+    Resume {
+        /// The state the network ended with.
+        state: Value,
+        /// What the waiting primitive is resumed with.
+        resume_data: Value,
+    },
 }
 
 /// Runs `network` on `input` from the start; see [`run_network_with`].

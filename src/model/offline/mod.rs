@@ -70,8 +70,10 @@ pub struct OfflineModel {
 }
 
 impl OfflineModel {
+    /// The model id it reports (and that `--model offline` selects).
     pub const MODEL_ID: &str = "offline";
 
+    /// The offline model (stateless; cheap to create).
     pub fn new() -> Self {
         Self::default()
     }

@@ -50,15 +50,19 @@ pub struct OpenAiConfig {
     /// The longest wait for the response to begin, and then for each next piece of it. A generation that keeps
     /// streaming is never cut off, however long it runs.
     pub request_timeout: Duration,
+    /// The longest wait for a connection to the server.
     pub connect_timeout: Duration,
 }
 
 impl OpenAiConfig {
+    /// OpenAI's API root.
     pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
     /// Generous: reasoning models can think for minutes before their first token, and a local server may queue.
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+    /// Ten seconds: a server that does not accept a connection by then is down or unreachable.
     pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+    /// Model `model` at `base_url`, without an API key, with the default timeouts.
     pub fn new(base_url: impl Into<String>, model: impl Into<String>) -> Self {
         Self {
             base_url: base_url.into(),
@@ -69,6 +73,7 @@ impl OpenAiConfig {
         }
     }
 
+    /// The same, with an API key (sent as `Authorization: Bearer`).
     pub fn with_api_key(mut self, api_key: impl Into<String>) -> Self {
         self.api_key = Some(api_key.into());
         self
@@ -143,6 +148,7 @@ struct Inner {
 }
 
 impl OpenAiModel {
+    /// A client for `config`; fails when its base URL cannot be used (say why) or the HTTP client cannot be built.
     pub fn new(config: OpenAiConfig) -> Result<Self, ModelError> {
         let url = config.endpoint()?;
         install_crypto_provider();
@@ -155,6 +161,7 @@ impl OpenAiModel {
         Ok(Self { inner: Arc::new(Inner { config, url: url.into(), client }) })
     }
 
+    /// The configuration it was made with.
     pub fn config(&self) -> &OpenAiConfig {
         &self.inner.config
     }
