@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    event::{ErrorInfo, Event, EventKind, EventSink, EventSource, EventTooLarge, RunStatus, StepStatus},
+    event::{ErrorInfo, Event, EventKind, EventSink, EventSource, EventTooLarge, RunStatus, StepStatus, WaitReason},
     schema::Schema,
     snapshot::{PathMap, ResumeTarget, RunSnapshot, StepRecord, SuspendedStep},
     step::{ContextShared, RetrySpec, Step, StepContext, StepError, StepOutcome, UsageMeter, Writer},
@@ -946,7 +946,12 @@ impl Exec {
             Wait::Until(f) => f(&input),
         };
         let call_id = new_call_id();
-        self.emit(EventKind::StepWaiting { step_id: Arc::clone(&path), wake_at });
+        self.emit(EventKind::StepWaiting {
+            step_id: Arc::clone(&path),
+            wake_at: Some(wake_at),
+            reason: WaitReason::Sleep,
+            task_type: None,
+        });
         let woke = tokio::select! {
             biased;
             _ = self.cancel.cancelled() => false,
@@ -976,6 +981,7 @@ impl Exec {
             input: input.clone(),
             resume_data,
             iteration_count,
+            attempt: 1,
         });
         (started_at, call_id)
     }
@@ -1057,6 +1063,7 @@ impl Exec {
         let shared = Arc::new(ContextShared {
             run_id: Arc::clone(&self.run_id),
             step_id: Arc::clone(&path),
+            step_call_id: call_id.clone(),
             input,
             run_input: Arc::clone(&self.run_input),
             resume_data,

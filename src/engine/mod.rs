@@ -29,7 +29,9 @@ pub use catalog::WorkflowCatalog;
 pub use error::{ResumeError, SchemaViolation};
 #[cfg(test)]
 pub(crate) use event::with_old_usage_keys;
-pub use event::{ErrorInfo, Event, EventKind, EventSink, EventSource, EventTooLarge, RunStatus, StepStatus, Usage};
+pub use event::{
+    ErrorInfo, Event, EventKind, EventSink, EventSource, EventTooLarge, RunStatus, StepStatus, Usage, WaitReason,
+};
 pub use executor::{Phase, PhaseOutcome, execute_phase, recovered_snapshot};
 pub use snapshot::{ResumeRequest, ResumeTarget, RunSnapshot, StepRecord, SuspendedStep};
 pub use step::{Step, StepContext, StepError, StepOutcome, Writer};

@@ -494,7 +494,7 @@ mod tests {
 
     use super::*;
     use crate::{
-        engine::{ErrorInfo, Event, EventSource, RunStatus, Usage},
+        engine::{ErrorInfo, Event, EventSource, RunStatus, Usage, WaitReason},
         grpc::{convert, wire},
     };
 
@@ -1255,6 +1255,7 @@ mod tests {
                 input: json!({ "n": 1 }),
                 resume_data: None,
                 iteration_count: 0,
+                attempt: 1,
             }),
         };
         let pb::run_event::Event::WorkflowExecutionEvent(nested) = network_run_event(&event) else {
@@ -1271,6 +1272,7 @@ mod tests {
                 input: pbv(json!({ "n": 1 })),
                 resume_data: None,
                 iteration_count: 0,
+                attempt: 1,
             }))
         );
     }
@@ -1281,7 +1283,12 @@ mod tests {
         let kinds = [
             EventKind::WorkflowStart { workflow_id: "wf".into(), phase: 2, resumed: true },
             EventKind::StepOutput { step_id: "s".into(), output: json!([1, 2]) },
-            EventKind::StepWaiting { step_id: "s".into(), wake_at: t0 },
+            EventKind::StepWaiting {
+                step_id: "s".into(),
+                wake_at: Some(t0),
+                reason: WaitReason::Sleep,
+                task_type: Some("t".into()),
+            },
             EventKind::WorkflowPaused,
             EventKind::WorkflowFinish {
                 status: RunStatus::Success,
