@@ -198,6 +198,8 @@ struct Task {
     holder: Option<Holder>,
     /// The step stopped waiting (run canceled): the task ends when the worker says Canceled or its lease runs out.
     abandoned: bool,
+    /// Sessions that let a lease of this task run out: it goes to them again only if no other worker can take it.
+    lost_by: HashSet<String>,
     last_chunk_seq: u64,
     events: mpsc::UnboundedSender<TaskEvent>,
 }
@@ -520,6 +522,7 @@ impl WorkerHub {
             let Some(task) = state.tasks.get_mut(&task_id) else { continue };
             let Some(holder) = task.holder.take() else { continue };
             let old = task.assignment.task.clone();
+            task.lost_by.insert(holder.session_id.clone());
             if let Some(session) = state.sessions.get_mut(&holder.session_id) {
                 session.in_flight.remove(&task_id);
                 let _ = session.outbox.send(ToWorker::Cancel { task: old, reason: CancelReason::LeaseLost });
@@ -572,6 +575,7 @@ impl WorkerHub {
                 assignment,
                 holder: None,
                 abandoned: false,
+                lost_by: HashSet::new(),
                 last_chunk_seq: 0,
                 events: tx.clone(),
             },
@@ -650,15 +654,20 @@ fn dispatch(state: &mut State, task_type: &str, settings: &WorkerSettings) {
         if queue.is_empty() {
             return;
         }
+        let Some(task_id) = queue.front().cloned() else { return };
+        let Some(task) = state.tasks.get_mut(&task_id) else {
+            queue.pop_front();
+            continue;
+        };
+        // The least busy worker with a free slot, preferring one that has not let this task's lease run out.
         let best = state
             .sessions
             .iter()
             .filter(|(_, s)| s.free_slots() > 0 && s.info.task_types.iter().any(|t| t == task_type))
-            .max_by_key(|(id, s)| (s.free_slots(), std::cmp::Reverse((*id).clone())))
+            .max_by_key(|(id, s)| (!task.lost_by.contains(*id), s.free_slots(), std::cmp::Reverse((*id).clone())))
             .map(|(id, _)| id.clone());
         let Some(session_id) = best else { return };
-        let Some(task_id) = queue.pop_front() else { return };
-        let Some(task) = state.tasks.get_mut(&task_id) else { continue };
+        queue.pop_front();
         let Some(session) = state.sessions.get_mut(&session_id) else { return };
         task.holder = Some(Holder {
             session_id: session_id.clone(),
