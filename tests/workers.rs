@@ -551,3 +551,114 @@ async fn a_malformed_hello_is_invalid_argument_naming_the_field() {
     assert_eq!(code, Code::ResourceExhausted);
     server.stop().await;
 }
+
+/// Builds `examples/workers.rs` with the cargo that runs the tests and returns its path.
+fn workers_example() -> std::path::PathBuf {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--example", "workers"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .expect("run cargo build --example workers");
+    assert!(status.success(), "cargo build --example workers failed");
+    let deps = std::env::current_exe().expect("test path");
+    let profile = deps.parent().and_then(|d| d.parent()).expect("the profile directory above deps/");
+    profile.join("examples").join("workers")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_a_worker_holds_tasks_loses_nothing() {
+    use common::process::ServerProcess;
+    let binary = workers_example();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("workers-kill9-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("data dir");
+    let start = |log: &str| {
+        let args: [&std::ffi::OsStr; 6] = [
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "--data-dir".as_ref(),
+            dir.as_os_str(),
+            "--lease-ms".as_ref(),
+            "600".as_ref(),
+        ];
+        ServerProcess::start_program(&binary, &args, dir.join(log), Duration::from_secs(60))
+    };
+    let channel = |addr: &str| Channel::from_shared(format!("http://{addr}")).expect("uri").connect_lazy();
+    let types = ["list-images", "resize-image"];
+
+    let first = start("first.log");
+    let mut worker = TestWorker::connect(channel(&first.addr), hello("w-k", &types, 20)).await.unwrap();
+    worker.heartbeat();
+    let mut client = RunServiceClient::new(channel(&first.addr));
+    client
+        .start_run(pb::StartRunRequest {
+            workflow_id: "thumbnails".into(),
+            run_id: "k-1".into(),
+            input: Some(pb_value(json!({}))),
+            ..Default::default()
+        })
+        .await
+        .expect("StartRun");
+    let list = worker.assigned().await;
+    assert_eq!(list.idempotency_key, "k-1/list");
+    worker.complete_acked(&task_ref(&list), json!([0, 1, 2])).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let assign = worker.assigned().await;
+        assert_eq!(assign.task_type, "resize-image");
+        held.push(task_ref(&assign));
+    }
+
+    // kill -9 while the worker holds three tasks.
+    drop(first);
+    worker.stop_heartbeats();
+    drop(worker);
+    let second = start("second.log");
+    let mut again = hello("w-k", &types, 20);
+    again.held = held.clone();
+    let mut worker = TestWorker::connect(channel(&second.addr), again).await.unwrap();
+    assert!(worker.welcome.resumed.is_empty());
+    assert_eq!(worker.welcome.revoked, held, "the restarted server does not know the old attempts");
+    worker.heartbeat();
+
+    // The recovered run queues its tasks again, with the same keys; the worker runs whatever comes.
+    let mut client = RunServiceClient::new(channel(&second.addr));
+    let mut waiter = client.clone();
+    let result = tokio::spawn(async move { get_result(&mut waiter, "k-1", true).await });
+    let mut keys = Vec::new();
+    while keys.iter().filter(|k: &&String| k.starts_with("k-1/resize/")).count() < 3 {
+        // Several tasks may be in flight: assignments and acks interleave.
+        let Out::Assign(assign) = worker.next().await else { continue };
+        keys.push(assign.idempotency_key.clone());
+        let output = match assign.task_type.as_str() {
+            "list-images" => json!([0, 1, 2]),
+            _ => json!({ "thumb": assign.for_each_index }),
+        };
+        worker.complete(&task_ref(&assign), output);
+    }
+    keys.sort();
+    keys.retain(|k| k != "k-1/list");
+    assert_eq!(keys, ["k-1/resize/0", "k-1/resize/1", "k-1/resize/2"]);
+    let result = tokio::time::timeout(DEADLINE, result).await.expect("result in time").expect("task");
+    assert_eq!(status_of(&result), pb::RunStatus::Success);
+    assert_eq!(json(&result.result), json!({ "thumbnails": 3 }));
+
+    // Each step's result is in the log once.
+    let log = client
+        .observe_stream(pb::ObserveStreamRequest { run_id: "k-1".into(), after_seq: 0, ..Default::default() })
+        .await
+        .expect("observe");
+    let events = tokio::time::timeout(DEADLINE, collect(log.into_inner())).await.expect("log in time");
+    assert_seqs(&events, 1, events.len() as u64);
+    let mut results: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::StepResult(r)) if r.status == pb::StepStatus::Success as i32 => Some(r.step_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    results.sort();
+    assert_eq!(results, ["list", "report", "resize"]);
+    drop(second);
+    let _ = std::fs::remove_dir_all(&dir);
+}
