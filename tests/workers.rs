@@ -449,6 +449,35 @@ async fn a_step_without_a_worker_waits_then_runs_when_one_connects() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_whose_workers_are_all_busy_waits_with_that_reason() {
+    let server = Harness::start(|hub| one_step(hub, "job", "crunch")).await;
+    let mut worker = TestWorker::connect(server.channel().await, hello("w-1", &["crunch"], 1)).await.unwrap();
+    worker.heartbeat();
+    let first = run_in_background(server.client().await, stream_request("job", "b-1", json!(1)));
+    let one = worker.assigned().await;
+    assert_eq!(one.run_id, "b-1");
+    let second = run_in_background(server.client().await, stream_request("job", "b-2", json!(2)));
+    // The only slot is taken: b-2 waits until it frees.
+    let extra = tokio::time::timeout(Duration::from_millis(200), worker.rx.message()).await;
+    assert!(extra.is_err(), "a second task was assigned beyond max_in_flight: {extra:?}");
+    worker.complete_acked(&task_ref(&one), json!("one")).await;
+    let two = worker.assigned().await;
+    assert_eq!(two.run_id, "b-2");
+    worker.complete_acked(&task_ref(&two), json!("two")).await;
+
+    let first = events_of(first).await;
+    assert_eq!(finish_result(first.last().unwrap()), json!("one"));
+    assert!(!kinds(&first).contains(&"step_waiting"));
+    let second = events_of(second).await;
+    assert_eq!(kinds(&second), ["workflow_start", "step_start", "step_waiting", "step_result", "workflow_finish"]);
+    let Some(Event::StepWaiting(waiting)) = &second[2].event else { panic!("not a step_waiting") };
+    assert_eq!(waiting.reason, pb::WaitReason::WorkersBusy as i32);
+    assert_eq!(waiting.task_type, "crunch");
+    assert_eq!(finish_result(second.last().unwrap()), json!("two"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancel_run_pushes_cancel_to_the_worker() {
     let server = Harness::start(|hub| one_step(hub, "job", "crunch")).await;
     let mut worker = TestWorker::connect(server.channel().await, hello("w-c", &["crunch"], 1)).await.unwrap();
