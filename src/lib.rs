@@ -68,6 +68,7 @@ pub mod engine;
 pub mod model;
 pub mod network;
 pub mod store;
+pub mod worker;
 
 /// The gRPC layer: a thin translation between `runstream.v1` and the run registry. Not part of the API (use
 /// [`Server`]); public for the project's own integration tests and benchmarks.
@@ -91,4 +92,6 @@ mod fnv;
 #[allow(missing_docs)]
 pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/pb/runstream.v1.rs"));
+    // The WorkerService client: no `connect` constructor (it would clash with the RPC); use `new(channel)`.
+    include!(concat!(env!("OUT_DIR"), "/worker_client/runstream.v1.rs"));
 }

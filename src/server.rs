@@ -17,6 +17,7 @@ use crate::{
     network::{self, Network},
     registry::RunRegistry,
     store::{RunStore, SqliteStore, StoreError, sqlite::Sync},
+    worker::{WorkerHub, WorkerSettings},
 };
 
 /// Where a server keeps its runs.
@@ -102,6 +103,7 @@ pub struct ServerBuilder {
     config: ServiceConfig,
     max_event_bytes: Option<usize>,
     clock: Arc<dyn Clock>,
+    workers: Option<Arc<WorkerHub>>,
 }
 
 impl Default for ServerBuilder {
@@ -116,6 +118,7 @@ impl Default for ServerBuilder {
             config: ServiceConfig::default(),
             max_event_bytes: None,
             clock: Arc::new(SystemClock),
+            workers: None,
         }
     }
 }
@@ -208,6 +211,24 @@ impl ServerBuilder {
         self
     }
 
+    /// The worker hub that `runstream.v1.WorkerService` connects workers to: the one whose
+    /// [`WorkerHub::step`]s your workflows use. Without it the server has a hub of its own, which workers can
+    /// connect to but no step uses.
+    ///
+    /// ```no_run
+    /// use runstream::{Server, engine::Workflow, worker::{WorkerHub, WorkerSettings}};
+    ///
+    /// # async fn run() -> Result<(), runstream::ServeError> {
+    /// let hub = WorkerHub::new(WorkerSettings::default());
+    /// let thumbnails = Workflow::builder("thumbnails").then(hub.step("resize", "resize-image")).commit();
+    /// Server::builder().workers(hub).workflow(thumbnails).serve(std::future::pending()).await
+    /// # }
+    /// ```
+    pub fn workers(mut self, hub: Arc<WorkerHub>) -> Self {
+        self.workers = Some(hub);
+        self
+    }
+
     /// Opens the store and loads what it holds (runs that were in flight are recovered and go on running), ready
     /// to serve. Must be called within a tokio runtime.
     pub fn build(self) -> Result<Server, ServeError> {
@@ -246,7 +267,8 @@ impl ServerBuilder {
             }
             Store::Custom(store) => RunRegistry::open(catalog, self.clock, store, encoder)?,
         };
-        Ok(Server { registry, config: self.config, listen: self.listen, retention: self.retention })
+        let workers = self.workers.unwrap_or_else(|| WorkerHub::new(WorkerSettings::default()));
+        Ok(Server { registry, workers, config: self.config, listen: self.listen, retention: self.retention })
     }
 
     /// [`build`](Self::build), bind the listen address and serve until `shutdown` completes.
@@ -280,6 +302,7 @@ impl ServerBuilder {
 /// ```
 pub struct Server {
     registry: Arc<RunRegistry>,
+    workers: Arc<WorkerHub>,
     config: ServiceConfig,
     listen: SocketAddr,
     retention: Duration,
@@ -332,7 +355,7 @@ impl Listening {
     /// Serves until `shutdown` completes: then no new calls are taken, open streams end with UNAVAILABLE naming
     /// the cursor to re-attach with, and what runs appended meanwhile is stored before this returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Server { registry, config, retention, .. } = self.server;
+        let Server { registry, workers, config, retention, .. } = self.server;
         registry.spawn_retention(retention);
         let token = CancellationToken::new();
         tokio::spawn({
@@ -342,7 +365,8 @@ impl Listening {
                 token.cancel();
             }
         });
-        let served = crate::grpc::serve::serve(self.listener, registry.clone(), config, token).await;
+        let served =
+            crate::grpc::serve::serve_with_workers(self.listener, registry.clone(), workers, config, token).await;
         // Whatever runs appended while the server stopped is stored before the caller goes on (e.g. exits).
         let flushed = tokio::task::spawn_blocking(move || registry.flush()).await;
         served?;

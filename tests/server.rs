@@ -43,6 +43,7 @@ async fn reflection_v1_and_v1alpha_list_run_service() {
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
     assert!(names.contains(&"runstream.v1.RunService".to_string()), "{names:?}");
+    assert!(names.contains(&"runstream.v1.WorkerService".to_string()), "{names:?}");
     assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
 
     let mut client = v1alpha::server_reflection_client::ServerReflectionClient::new(server.channel().await);

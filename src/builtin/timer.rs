@@ -54,7 +54,7 @@ mod tests {
         );
         match &events[1].kind {
             EventKind::StepWaiting { wake_at, .. } => {
-                let wait = wake_at.duration_since(before).unwrap();
+                let wait = wake_at.expect("a sleep has a wake_at").duration_since(before).unwrap();
                 assert!(wait >= Duration::from_millis(20) && wait < Duration::from_secs(5), "{wait:?}");
             }
             other => panic!("{other:?}"),

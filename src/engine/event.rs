@@ -70,6 +70,19 @@ impl RunStatus {
     }
 }
 
+/// Why a step waits (`StepWaiting`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WaitReason {
+    /// A sleep step, until its `wake_at`.
+    Sleep,
+    /// A remote step whose task type no connected worker serves.
+    NoWorker,
+    /// A remote step whose workers are all at their `max_in_flight`.
+    WorkersBusy,
+    /// The delay before a step's next attempt.
+    RetryBackoff,
+}
+
 /// Outcome of one step or one foreach iteration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum StepStatus {
@@ -188,6 +201,9 @@ pub enum EventKind {
         resume_data: Option<Value>,
         /// 1-based loop iteration inside dowhile/dountil, 0 elsewhere.
         iteration_count: u32,
+        /// 1 for a step's first delivery; a remote step handed to another worker after a lease ran out emits a
+        /// second `StepStart` (same call id) with 2, and so on.
+        attempt: u32,
     },
     /// `writer.write(value)`.
     StepOutput {
@@ -230,8 +246,12 @@ pub enum EventKind {
     StepWaiting {
         /// Dotted path of the sleep step.
         step_id: Arc<str>,
-        /// When it wakes up.
-        wake_at: SystemTime,
+        /// When the step wakes up, if known (a sleep's end; not a wait for a worker).
+        wake_at: Option<SystemTime>,
+        /// Why it waits.
+        reason: WaitReason,
+        /// The task type a remote step waits for a worker of.
+        task_type: Option<Arc<str>>,
     },
     /// A step finished without suspending.
     StepResult {

@@ -34,7 +34,7 @@ pub use error::{ResumeError, SchemaViolation};
 pub(crate) use event::EventSink;
 #[cfg(test)]
 pub(crate) use event::with_old_usage_keys;
-pub use event::{ErrorInfo, Event, EventKind, EventSource, EventTooLarge, RunStatus, StepStatus, Usage};
+pub use event::{ErrorInfo, Event, EventKind, EventSource, EventTooLarge, RunStatus, StepStatus, Usage, WaitReason};
 /// Not part of the API: the durability test checks with it that a restart would not run a stored step again.
 #[doc(hidden)]
 pub use executor::recovered_snapshot;

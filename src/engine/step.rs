@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     agent_event::{AgentChunk, NetworkEvent},
-    event::{Event, EventKind, EventSink, EventSource, Usage},
+    event::{Event, EventKind, EventSink, EventSource, Usage, WaitReason},
     schema::Schema,
 };
 use crate::clock::Clock;
@@ -306,6 +306,8 @@ pub struct StepContext {
 pub(crate) struct ContextShared {
     pub(crate) run_id: Arc<str>,
     pub(crate) step_id: Arc<str>,
+    /// The call id of this invocation's `step_start` (empty inside a foreach, whose iterations have none).
+    pub(crate) step_call_id: String,
     pub(crate) input: Value,
     pub(crate) run_input: Arc<Value>,
     pub(crate) resume_data: Option<Value>,
@@ -418,6 +420,37 @@ impl StepContext {
     /// The current time on the run's clock.
     pub fn now(&self) -> SystemTime {
         self.shared.clock.now()
+    }
+
+    /// Emits `step_waiting` for this step (a remote step waiting for a worker). Not inside a foreach, whose
+    /// iterations have no step events of their own.
+    pub(crate) fn report_waiting(&self, reason: WaitReason, wake_at: Option<SystemTime>, task_type: Option<Arc<str>>) {
+        if self.shared.for_each_index.is_some() {
+            return;
+        }
+        self.shared.writer.sink.emit(Event {
+            source: EventSource::Workflow,
+            kind: EventKind::StepWaiting { step_id: Arc::clone(&self.shared.step_id), wake_at, reason, task_type },
+        });
+    }
+
+    /// Emits another `step_start` (same call id) for delivery `attempt` (2, 3, ...) of a remote step handed to a
+    /// new worker. Not inside a foreach.
+    pub(crate) fn report_redelivery(&self, attempt: u32) {
+        if self.shared.for_each_index.is_some() || self.shared.step_call_id.is_empty() {
+            return;
+        }
+        self.shared.writer.sink.emit(Event {
+            source: EventSource::Workflow,
+            kind: EventKind::StepStart {
+                step_id: Arc::clone(&self.shared.step_id),
+                step_call_id: self.shared.step_call_id.clone(),
+                input: self.shared.input.clone(),
+                resume_data: self.shared.resume_data.clone(),
+                iteration_count: self.shared.iteration,
+                attempt,
+            },
+        });
     }
 }
 

@@ -7,7 +7,10 @@ use serde_json::{Map, Number, Value};
 
 use super::convert_agent;
 use crate::{
-    engine::{self, ErrorInfo, EventKind, EventSource, RunKind, RunStatus, StepRecord, StepStatus, ToolMeta, Usage},
+    engine::{
+        self, ErrorInfo, EventKind, EventSource, RunKind, RunStatus, StepRecord, StepStatus, ToolMeta, Usage,
+        WaitReason,
+    },
     pb,
     registry::RunView,
 };
@@ -130,6 +133,15 @@ pub fn step_status(status: StepStatus) -> pb::StepStatus {
     }
 }
 
+pub fn wait_reason(reason: WaitReason) -> pb::WaitReason {
+    match reason {
+        WaitReason::Sleep => pb::WaitReason::Sleep,
+        WaitReason::NoWorker => pb::WaitReason::NoWorker,
+        WaitReason::WorkersBusy => pb::WaitReason::WorkersBusy,
+        WaitReason::RetryBackoff => pb::WaitReason::RetryBackoff,
+    }
+}
+
 pub fn event_source(source: EventSource) -> pb::EventSource {
     match source {
         EventSource::Workflow => pb::EventSource::Workflow,
@@ -200,13 +212,14 @@ pub fn workflow_event(kind: &EventKind) -> Option<pb::workflow_event::Event> {
             phase: *phase,
             resumed: *resumed,
         }),
-        EventKind::StepStart { step_id, step_call_id, input, resume_data, iteration_count } => {
+        EventKind::StepStart { step_id, step_call_id, input, resume_data, iteration_count, attempt } => {
             E::StepStart(pb::StepStart {
                 step_id: step_id.to_string(),
                 step_call_id: step_call_id.clone(),
                 input: Some(json_to_pb(input)),
                 resume_data: opt_json(resume_data),
                 iteration_count: *iteration_count,
+                attempt: *attempt,
             })
         }
         EventKind::StepOutput { step_id, output } => {
@@ -242,9 +255,12 @@ pub fn workflow_event(kind: &EventKind) -> Option<pb::workflow_event::Event> {
             resume_label: resume_label.clone().unwrap_or_default(),
             for_each_index: *for_each_index,
         }),
-        EventKind::StepWaiting { step_id, wake_at } => {
-            E::StepWaiting(pb::StepWaiting { step_id: step_id.to_string(), wake_at: time(*wake_at) })
-        }
+        EventKind::StepWaiting { step_id, wake_at, reason, task_type } => E::StepWaiting(pb::StepWaiting {
+            step_id: step_id.to_string(),
+            wake_at: wake_at.and_then(time),
+            reason: wait_reason(*reason) as i32,
+            task_type: task_type.as_deref().unwrap_or_default().to_owned(),
+        }),
         EventKind::StepResult { step_id, step_call_id, status, output, error, attempts, started_at, ended_at } => {
             E::StepResult(pb::StepResult {
                 step_id: step_id.to_string(),

@@ -8,6 +8,7 @@ pub mod convert_agent;
 pub mod serve;
 pub mod status;
 pub mod wire;
+pub mod worker;
 
 /// The generated server (streams typed as [`wire::EncodedRunEvent`]); see build.rs.
 pub mod server {

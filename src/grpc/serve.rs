@@ -12,8 +12,16 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 
-use super::{RunService, ServiceConfig, server::run_service_server::RunServiceServer, status::LimitStatusLayer};
-use crate::registry::RunRegistry;
+use super::{
+    RunService, ServiceConfig,
+    server::{run_service_server::RunServiceServer, worker_service_server::WorkerServiceServer},
+    status::LimitStatusLayer,
+    worker::WorkerService,
+};
+use crate::{
+    registry::RunRegistry,
+    worker::{WorkerHub, WorkerSettings},
+};
 
 /// The encoded descriptor set of proto/, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/runstream_descriptor.bin"));
@@ -34,10 +42,23 @@ pub enum GrpcError {
     Transport(#[from] tonic::transport::Error),
 }
 
-/// Serves until `shutdown` is cancelled and every connection has drained.
+/// Serves until `shutdown` is cancelled and every connection has drained, with a worker hub of its own (no remote
+/// steps use it).
 pub async fn serve(
     listener: TcpListener,
     registry: Arc<RunRegistry>,
+    config: ServiceConfig,
+    shutdown: CancellationToken,
+) -> Result<(), GrpcError> {
+    serve_with_workers(listener, registry, WorkerHub::new(WorkerSettings::default()), config, shutdown).await
+}
+
+/// Serves RunService and WorkerService (workers connect to `workers`) until `shutdown` is cancelled and every
+/// connection has drained.
+pub async fn serve_with_workers(
+    listener: TcpListener,
+    registry: Arc<RunRegistry>,
+    workers: Arc<WorkerHub>,
     config: ServiceConfig,
     shutdown: CancellationToken,
 ) -> Result<(), GrpcError> {
@@ -57,6 +78,10 @@ pub async fn serve(
     let run_service = RunServiceServer::new(RunService::new(registry, config.clone(), shutdown.clone()))
         .max_decoding_message_size(config.max_request_bytes)
         .max_encoding_message_size(config.max_response_bytes);
+    let max_worker_message = workers.settings().max_message_bytes;
+    let worker_service = WorkerServiceServer::new(WorkerService::new(workers, shutdown.clone()))
+        .max_decoding_message_size(max_worker_message)
+        .max_encoding_message_size(config.max_response_bytes);
     let server = Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
@@ -67,6 +92,7 @@ pub async fn serve(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(run_service)
+        .add_service(worker_service)
         // TCP_NODELAY: tonic applies its `tcp_nodelay` setting only to listeners it binds itself, so without this
         // every accepted socket keeps Nagle's algorithm, and a small response waits for the client's delayed ACK
         // (~40 ms per run of a short workflow; docs/performance.md).

@@ -2,7 +2,7 @@
 
 use tonic::{Code, Status};
 
-use crate::{engine::ResumeError, registry::RegistryError};
+use crate::{engine::ResumeError, registry::RegistryError, worker::WorkerError};
 
 impl From<RegistryError> for Status {
     fn from(error: RegistryError) -> Self {
@@ -30,6 +30,17 @@ impl From<RegistryError> for Status {
             status.metadata_mut().insert(EARLIEST_SEQ_HEADER, tonic::metadata::MetadataValue::from(*first_seq));
         }
         status
+    }
+}
+
+impl From<WorkerError> for Status {
+    fn from(error: WorkerError) -> Self {
+        // Every worker error is a malformed message: the message names the field or the rule broken.
+        match &error {
+            WorkerError::InvalidHello { .. } | WorkerError::NoHello | WorkerError::Protocol(_) => {
+                Status::invalid_argument(error.to_string())
+            }
+        }
     }
 }
 

@@ -151,15 +151,18 @@ pub fn encode_body(time: SystemTime, event: &Event, out: &mut Vec<u8>) {
             w.uint(2, u64::from(*phase));
             w.bool(3, *resumed);
         }),
-        EventKind::StepStart { step_id, step_call_id, input, resume_data, iteration_count } => w.message(11, |w| {
-            w.string(1, step_id);
-            w.string(2, step_call_id);
-            w.json(3, input);
-            if let Some(data) = resume_data {
-                w.json(4, data);
-            }
-            w.uint(5, u64::from(*iteration_count));
-        }),
+        EventKind::StepStart { step_id, step_call_id, input, resume_data, iteration_count, attempt } => {
+            w.message(11, |w| {
+                w.string(1, step_id);
+                w.string(2, step_call_id);
+                w.json(3, input);
+                if let Some(data) = resume_data {
+                    w.json(4, data);
+                }
+                w.uint(5, u64::from(*iteration_count));
+                w.uint(6, u64::from(*attempt));
+            })
+        }
         EventKind::StepOutput { step_id, output } => w.message(12, |w| {
             w.string(1, step_id);
             w.json(2, output);
@@ -202,9 +205,13 @@ pub fn encode_body(time: SystemTime, event: &Event, out: &mut Vec<u8>) {
                 encode_varint(u64::from(*index), w.buf);
             }
         }),
-        EventKind::StepWaiting { step_id, wake_at } => w.message(15, |w| {
+        EventKind::StepWaiting { step_id, wake_at, reason, task_type } => w.message(15, |w| {
             w.string(1, step_id);
-            w.timestamp(2, *wake_at);
+            if let Some(wake_at) = wake_at {
+                w.timestamp(2, *wake_at);
+            }
+            w.enumeration(3, convert::wait_reason(*reason) as i32);
+            w.string(4, task_type.as_deref().unwrap_or_default());
         }),
         EventKind::StepResult { step_id, step_call_id, status, output, error, attempts, started_at, ended_at } => w
             .message(16, |w| {
@@ -384,7 +391,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::engine::{ErrorInfo, EventSource, RunStatus, StepStatus, Usage};
+    use crate::engine::{ErrorInfo, EventSource, RunStatus, StepStatus, Usage, WaitReason};
 
     #[test]
     fn direct_encoding_is_byte_identical_to_prost() {
@@ -411,7 +418,24 @@ mod tests {
             (EventSource::Workflow, EventKind::WorkflowPaused),
             (EventSource::Workflow, EventKind::WorkflowCanceled { reason: "canceled by CancelRun".into() }),
             (EventSource::Workflow, EventKind::WorkflowCanceled { reason: String::new() }),
-            (EventSource::Workflow, EventKind::StepWaiting { step_id: step.clone(), wake_at: t0 }),
+            (
+                EventSource::Workflow,
+                EventKind::StepWaiting {
+                    step_id: step.clone(),
+                    wake_at: Some(t0),
+                    reason: WaitReason::Sleep,
+                    task_type: None,
+                },
+            ),
+            (
+                EventSource::Workflow,
+                EventKind::StepWaiting {
+                    step_id: step.clone(),
+                    wake_at: None,
+                    reason: WaitReason::NoWorker,
+                    task_type: Some("resize".into()),
+                },
+            ),
             (
                 EventSource::Workflow,
                 EventKind::WorkflowFinish {
@@ -443,6 +467,7 @@ mod tests {
                     input: v.clone(),
                     resume_data: Some(v.clone()),
                     iteration_count: 2,
+                    attempt: 2,
                 },
             ));
             events.push((
@@ -498,6 +523,7 @@ mod tests {
                 input: json!(null),
                 resume_data: None,
                 iteration_count: 0,
+                attempt: 0,
             },
         ));
         events.push((

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::{Call, Decision, Exec, Flow, LeafResult, Scope, check_schema, new_call_id, panic_message, step_error_info};
 use crate::engine::{
-    event::{EventKind, StepStatus},
+    event::{EventKind, StepStatus, WaitReason},
     snapshot::StepRecord,
     step::{Step, StepError},
     workflow::{LoopCond, LoopKind, MapFn, Wait, Workflow},
@@ -139,7 +139,12 @@ impl Exec {
             Wait::Until(f) => f(&input),
         };
         let call_id = new_call_id();
-        self.emit(EventKind::StepWaiting { step_id: Arc::clone(&path), wake_at });
+        self.emit(EventKind::StepWaiting {
+            step_id: Arc::clone(&path),
+            wake_at: Some(wake_at),
+            reason: WaitReason::Sleep,
+            task_type: None,
+        });
         let woke = tokio::select! {
             biased;
             _ = self.cancel.cancelled() => false,

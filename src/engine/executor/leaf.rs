@@ -134,6 +134,7 @@ impl Exec {
         let shared = Arc::new(ContextShared {
             run_id: Arc::clone(&self.run_id),
             step_id: Arc::clone(&path),
+            step_call_id: call_id.clone(),
             input,
             run_input: Arc::clone(&self.run_input),
             resume_data,

@@ -416,6 +416,7 @@ impl Exec {
             input: input.clone(),
             resume_data,
             iteration_count,
+            attempt: 1,
         });
         (started_at, call_id)
     }

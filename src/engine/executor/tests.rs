@@ -487,7 +487,7 @@ async fn sleep_waits_and_passes_input_on() {
         ["start w 1", "waiting nap", "result nap Success", "waiting until", "result until Success"]
     );
     match &events[1].kind {
-        EventKind::StepWaiting { wake_at, .. } => assert!(*wake_at >= before + Duration::from_millis(5)),
+        EventKind::StepWaiting { wake_at, .. } => assert!(*wake_at >= Some(before + Duration::from_millis(5))),
         other => panic!("{other:?}"),
     }
 }

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::*;
 use crate::{
-    engine::{ErrorInfo, Event, EventSource, RunStatus, Usage},
+    engine::{ErrorInfo, Event, EventSource, RunStatus, Usage, WaitReason},
     grpc::{convert, wire},
 };
 
@@ -758,6 +758,7 @@ fn a_workflow_execution_event_nests_the_event_with_its_step_id() {
             input: json!({ "n": 1 }),
             resume_data: None,
             iteration_count: 0,
+            attempt: 1,
         }),
     };
     let pb::run_event::Event::WorkflowExecutionEvent(nested) = network_run_event(&event) else {
@@ -774,6 +775,7 @@ fn a_workflow_execution_event_nests_the_event_with_its_step_id() {
             input: pbv(json!({ "n": 1 })),
             resume_data: None,
             iteration_count: 0,
+            attempt: 1,
         }))
     );
 }
@@ -784,7 +786,12 @@ fn nested_workflow_events_are_the_run_event_messages() {
     let kinds = [
         EventKind::WorkflowStart { workflow_id: "wf".into(), phase: 2, resumed: true },
         EventKind::StepOutput { step_id: "s".into(), output: json!([1, 2]) },
-        EventKind::StepWaiting { step_id: "s".into(), wake_at: t0 },
+        EventKind::StepWaiting {
+            step_id: "s".into(),
+            wake_at: Some(t0),
+            reason: WaitReason::Sleep,
+            task_type: Some("t".into()),
+        },
         EventKind::WorkflowPaused,
         EventKind::WorkflowFinish { status: RunStatus::Success, result: Some(json!(1)), error: None, usage: usage_1() },
         EventKind::Custom { step_id: "s".into(), kind: "data-x".into(), data: json!({}), id: None, transient: true },
