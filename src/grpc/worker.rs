@@ -16,8 +16,8 @@ use super::{convert, server::worker_service_server, status::invalid_field};
 use crate::{
     pb::{self, server_message::Msg as Out, worker_message::Msg as In},
     worker::{
-        CancelReason, Chunk, FromWorker, Hello, RejectCode, TaskRef, ToWorker, Welcome, WorkerError, WorkerHub,
-        WorkerInfo,
+        Assignment, CancelReason, Chunk, FromWorker, Hello, RejectCode, TaskRef, ToWorker, Welcome, WorkerError,
+        WorkerHub, WorkerInfo,
     },
 };
 
@@ -261,19 +261,22 @@ fn welcome_to_pb(w: Welcome) -> pb::ServerMessage {
 
 fn to_pb(message: ToWorker) -> pb::ServerMessage {
     let msg = match message {
-        ToWorker::Assign(a) => Out::Assign(pb::Assign {
-            r#ref: Some(ref_to_pb(a.task)),
-            task_type: a.task_type,
-            run_id: a.run_id,
-            workflow_id: String::new(),
-            step_id: a.step_id,
-            for_each_index: a.for_each_index,
-            input: Some(convert::json_to_pb(&a.input)),
-            resume_data: convert::opt_json(&a.resume_data),
-            suspend_payload: convert::opt_json(&a.suspend_payload),
-            request_context: Some(convert::map_to_struct(&a.request_context)),
-            idempotency_key: a.idempotency_key,
-        }),
+        ToWorker::Assign(assignment) => {
+            let Assignment { task, spec: a } = *assignment;
+            Out::Assign(pb::Assign {
+                r#ref: Some(ref_to_pb(task)),
+                task_type: a.task_type,
+                run_id: a.run_id,
+                workflow_id: String::new(),
+                step_id: a.step_id,
+                for_each_index: a.for_each_index,
+                input: Some(convert::json_to_pb(&a.input)),
+                resume_data: convert::opt_json(&a.resume_data),
+                suspend_payload: convert::opt_json(&a.suspend_payload),
+                request_context: Some(convert::map_to_struct(&a.request_context)),
+                idempotency_key: a.idempotency_key,
+            })
+        }
         ToWorker::Cancel { task, reason } => Out::Cancel(pb::Cancel {
             r#ref: Some(ref_to_pb(task)),
             reason: match reason {

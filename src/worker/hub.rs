@@ -115,19 +115,11 @@ pub enum RejectCode {
     UnknownTask,
 }
 
-/// What one task hands a worker.
+/// What one task hands a worker: the attempt it is, and the task.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Assignment {
     pub task: TaskRef,
-    pub task_type: String,
-    pub run_id: String,
-    pub step_id: String,
-    pub for_each_index: Option<u32>,
-    pub input: Value,
-    pub resume_data: Option<Value>,
-    pub suspend_payload: Option<Value>,
-    pub request_context: Map<String, Value>,
-    pub idempotency_key: String,
+    pub spec: NewTask,
 }
 
 /// A message the hub sends a worker.
@@ -190,6 +182,7 @@ pub(crate) enum TaskEvent {
 }
 
 /// A task handed to the hub by a remote step.
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct NewTask {
     pub task_type: String,
     pub run_id: String,
@@ -203,7 +196,6 @@ pub(crate) struct NewTask {
 }
 
 struct Task {
-    task_type: String,
     assignment: Assignment,
     holder: Option<Holder>,
     /// The step stopped waiting (run canceled): the task ends when the worker says Canceled or its lease runs out.
@@ -517,7 +509,7 @@ impl WorkerHub {
         if let Some(session) = state.sessions.get_mut(session_id) {
             session.in_flight.remove(&r.task_id);
         }
-        dispatch(state, &task.task_type, &self.settings);
+        dispatch(state, &task.assignment.spec.task_type, &self.settings);
     }
 
     /// Hands every task whose lease ran out to another worker (next attempt, new lease token).
@@ -548,9 +540,9 @@ impl WorkerHub {
             task.assignment.task.lease_token = new_token();
             task.last_chunk_seq = 0;
             let _ = task.events.send(TaskEvent::Redelivered(task.assignment.task.attempt));
-            types.insert(task.task_type.clone());
+            types.insert(task.assignment.spec.task_type.clone());
             // A redelivery goes first: it has waited longest.
-            state.queues.entry(task.task_type.clone()).or_default().push_front(task_id.clone());
+            state.queues.entry(task.assignment.spec.task_type.clone()).or_default().push_front(task_id.clone());
             if let Some(reason) = wait_reason(state, &task_type_of(state, &task_id)) {
                 if let Some(task) = state.tasks.get(&task_id) {
                     let _ = task.events.send(TaskEvent::Waiting(reason));
@@ -567,24 +559,14 @@ impl WorkerHub {
         self.ensure_reaper();
         let (tx, rx) = mpsc::unbounded_channel();
         let task_id = uuid::Uuid::now_v7().to_string();
-        let assignment = Assignment {
-            task: TaskRef { task_id: task_id.clone(), attempt: 1, lease_token: new_token() },
-            task_type: new.task_type.clone(),
-            run_id: new.run_id,
-            step_id: new.step_id,
-            for_each_index: new.for_each_index,
-            input: new.input,
-            resume_data: new.resume_data,
-            suspend_payload: new.suspend_payload,
-            request_context: new.request_context,
-            idempotency_key: new.idempotency_key,
-        };
+        let task_type = new.task_type.clone();
+        let assignment =
+            Assignment { task: TaskRef { task_id: task_id.clone(), attempt: 1, lease_token: new_token() }, spec: new };
         let mut guard = self.state();
         let state = &mut *guard;
         state.tasks.insert(
             task_id.clone(),
             Task {
-                task_type: new.task_type.clone(),
                 assignment,
                 holder: None,
                 abandoned: false,
@@ -593,11 +575,11 @@ impl WorkerHub {
                 events: tx.clone(),
             },
         );
-        state.queues.entry(new.task_type.clone()).or_default().push_back(task_id.clone());
-        if let Some(reason) = wait_reason(state, &new.task_type) {
+        state.queues.entry(task_type.clone()).or_default().push_back(task_id.clone());
+        if let Some(reason) = wait_reason(state, &task_type) {
             let _ = tx.send(TaskEvent::Waiting(reason));
         }
-        dispatch(state, &new.task_type, &self.settings);
+        dispatch(state, &task_type, &self.settings);
         (task_id, rx)
     }
 
@@ -609,7 +591,7 @@ impl WorkerHub {
         let Some(task) = state.tasks.get_mut(task_id) else { return };
         match &task.holder {
             None => {
-                let task_type = task.task_type.clone();
+                let task_type = task.assignment.spec.task_type.clone();
                 state.tasks.remove(task_id);
                 if let Some(queue) = state.queues.get_mut(&task_type) {
                     queue.retain(|id| id != task_id);
@@ -642,7 +624,7 @@ impl WorkerHub {
 }
 
 fn task_type_of(state: &State, task_id: &str) -> String {
-    state.tasks.get(task_id).map(|t| t.task_type.clone()).unwrap_or_default()
+    state.tasks.get(task_id).map(|t| t.assignment.spec.task_type.clone()).unwrap_or_default()
 }
 
 fn renew(tasks: &mut HashMap<String, Task>, task_id: &str, until: Instant) {

@@ -20,4 +20,6 @@ mod step;
 
 pub use hub::{PROTOCOL_VERSION, WorkerHub, WorkerInfo, WorkerSettings};
 // The protocol's messages as the hub speaks them, for the gRPC layer's translation only.
-pub(crate) use hub::{CancelReason, Chunk, FromWorker, Hello, RejectCode, TaskRef, ToWorker, Welcome, WorkerError};
+pub(crate) use hub::{
+    Assignment, CancelReason, Chunk, FromWorker, Hello, RejectCode, TaskRef, ToWorker, Welcome, WorkerError,
+};
