@@ -21,6 +21,7 @@ const PROTO_FILES: &[&str] = &[
     "proto/runstream/v1/agent.proto",
     "proto/runstream/v1/network.proto",
     "proto/runstream/v1/events.proto",
+    "proto/runstream/v1/definition.proto",
     "proto/runstream/v1/service.proto",
     "proto/runstream/v1/worker.proto",
 ];

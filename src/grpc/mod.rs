@@ -269,6 +269,7 @@ impl server::run_service_server::RunService for RunService {
                         suspend_schema: step.suspend_schema.as_ref().map(convert::json_to_pb),
                     })
                     .collect(),
+                version: 0,
             })
             .collect();
         Ok(Response::new(pb::ListWorkflowsResponse { workflows }))
@@ -432,6 +433,34 @@ impl server::run_service_server::RunService for RunService {
         let (run, canceled) = self.registry.cancel(&request.get_ref().run_id, self.config.cancel_settle).await?;
         run.stored().await;
         Ok(Response::new(pb::CancelRunResponse { run: Some(convert::run_info(&run.view())), canceled }))
+    }
+
+    async fn register_workflow(
+        &self,
+        _request: Request<pb::RegisterWorkflowRequest>,
+    ) -> Result<Response<pb::WorkflowDefinition>, Status> {
+        Err(Status::unimplemented("RegisterWorkflow is not implemented yet"))
+    }
+
+    async fn get_workflow_definition(
+        &self,
+        _request: Request<pb::GetDefinitionRequest>,
+    ) -> Result<Response<pb::WorkflowDefinition>, Status> {
+        Err(Status::unimplemented("GetWorkflowDefinition is not implemented yet"))
+    }
+
+    async fn register_agent(
+        &self,
+        _request: Request<pb::RegisterAgentRequest>,
+    ) -> Result<Response<pb::AgentDefinition>, Status> {
+        Err(Status::unimplemented("RegisterAgent is not implemented yet"))
+    }
+
+    async fn get_agent_definition(
+        &self,
+        _request: Request<pb::GetDefinitionRequest>,
+    ) -> Result<Response<pb::AgentDefinition>, Status> {
+        Err(Status::unimplemented("GetAgentDefinition is not implemented yet"))
     }
 }
 
