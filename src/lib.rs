@@ -64,6 +64,8 @@
 pub mod agent;
 pub mod builtin;
 pub mod clock;
+// Workflows defined as data (RegisterWorkflow): internal; users write them in proto JSON.
+pub(crate) mod definition;
 pub mod engine;
 pub mod model;
 pub mod network;

@@ -11,11 +11,12 @@ use crate::{
     agent::{self, Agent},
     builtin,
     clock::{Clock, SystemClock},
+    definition,
     engine::{Workflow, WorkflowCatalog},
     grpc::{ServiceConfig, serve::GrpcError, wire::WireEncoder},
     model::{ModelProvider, OfflineModel},
     network::{self, Network},
-    registry::RunRegistry,
+    registry::{DefinitionCompiler, RunRegistry},
     store::{RunStore, SqliteStore, StoreError, sqlite::Sync},
     worker::{WorkerHub, WorkerSettings},
 };
@@ -258,16 +259,18 @@ impl ServerBuilder {
         }
         self.runnables.into_iter().try_for_each(&mut add)?;
         let encoder = Arc::new(WireEncoder::new(max_event_bytes));
+        // Always a hub: workflows registered over gRPC run their steps in its workers.
+        let workers = self.workers.unwrap_or_else(|| WorkerHub::new(WorkerSettings::default()));
+        let compiler: Arc<dyn DefinitionCompiler> = Arc::new(definition::Compiler::new(Arc::clone(&workers)));
         let registry = match self.store {
-            Store::Memory => RunRegistry::new(catalog, self.clock, encoder),
+            Store::Memory => RunRegistry::new_with(catalog, self.clock, encoder, Some(compiler)),
             Store::Sqlite { data_dir, sync } => {
                 let store = SqliteStore::open(&data_dir, sync)?;
                 tracing::info!(store = %store.describe(), "opened the run store");
-                RunRegistry::open(catalog, self.clock, Arc::new(store), encoder)?
+                RunRegistry::open_with(catalog, self.clock, Arc::new(store), encoder, Some(compiler))?
             }
-            Store::Custom(store) => RunRegistry::open(catalog, self.clock, store, encoder)?,
+            Store::Custom(store) => RunRegistry::open_with(catalog, self.clock, store, encoder, Some(compiler))?,
         };
-        let workers = self.workers.unwrap_or_else(|| WorkerHub::new(WorkerSettings::default()));
         Ok(Server { registry, workers, config: self.config, listen: self.listen, retention: self.retention })
     }
 

@@ -37,7 +37,7 @@ use runstream::{
     engine::{ResumeRequest, RunStatus, WorkflowCatalog, recovered_snapshot},
     pb::{self, run_event::Event, run_service_client::RunServiceClient},
     registry::{RunRegistry, StartRequest},
-    store::{LoadedRun, MemoryStore, RunStore, StoreError, Write},
+    store::{DefinitionRecord, LoadedRun, MemoryStore, RunStore, StoreError, Write},
 };
 use serde_json::{Value, json};
 use tonic::{Code, Streaming};
@@ -869,6 +869,10 @@ impl RunStore for RecordingStore {
         Ok(Vec::new())
     }
 
+    fn load_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
         self.batches.lock().expect("batches").push(writes.to_vec());
         Ok(())
@@ -977,13 +981,15 @@ async fn every_commit_leaves_a_store_a_restart_reads_right() {
         // Only the runs this commit wrote to can have changed.
         let touched: HashSet<&str> = batch
             .iter()
-            .map(|write| match write {
-                Write::CreateRun(record) => record.run_id.as_str(),
+            .filter_map(|write| match write {
+                Write::CreateRun(record) => Some(record.run_id.as_str()),
                 Write::Events { run_id, .. }
                 | Write::Step { run_id, .. }
                 | Write::State { run_id, .. }
                 | Write::DeleteRun { run_id }
-                | Write::TrimEvents { run_id, .. } => run_id.as_str(),
+                | Write::TrimEvents { run_id, .. } => Some(run_id.as_str()),
+                // Registrations touch no run.
+                Write::Definition(_) => None,
             })
             .collect();
         for run in store.load().expect("load").iter().filter(|run| touched.contains(run.record.run_id.as_str())) {

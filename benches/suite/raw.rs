@@ -56,6 +56,34 @@ impl RunService for Raw {
         Err(Status::unimplemented("raw ceiling server"))
     }
 
+    async fn register_workflow(
+        &self,
+        _: Request<pb::RegisterWorkflowRequest>,
+    ) -> Result<Response<pb::WorkflowDefinition>, Status> {
+        Err(Status::unimplemented("raw ceiling server"))
+    }
+
+    async fn get_workflow_definition(
+        &self,
+        _: Request<pb::GetDefinitionRequest>,
+    ) -> Result<Response<pb::WorkflowDefinition>, Status> {
+        Err(Status::unimplemented("raw ceiling server"))
+    }
+
+    async fn register_agent(
+        &self,
+        _: Request<pb::RegisterAgentRequest>,
+    ) -> Result<Response<pb::AgentDefinition>, Status> {
+        Err(Status::unimplemented("raw ceiling server"))
+    }
+
+    async fn get_agent_definition(
+        &self,
+        _: Request<pb::GetDefinitionRequest>,
+    ) -> Result<Response<pb::AgentDefinition>, Status> {
+        Err(Status::unimplemented("raw ceiling server"))
+    }
+
     type StreamRunStream = EventStream;
 
     /// Streams `input.count` copies of the pre-built event.

@@ -5,6 +5,7 @@
 
 pub mod convert;
 pub mod convert_agent;
+pub mod convert_definition;
 pub mod serve;
 pub mod status;
 pub mod wire;
@@ -27,7 +28,7 @@ use crate::{
     engine::{ResumeRequest, RunKind, RunStatus},
     pb,
     registry::{
-        LogReader, ReadUntil, RegistryError, RunFilter, RunRegistry, StartRequest, Started, TraceContext,
+        Definition, LogReader, ReadUntil, RegistryError, RunFilter, RunRegistry, StartRequest, Started, TraceContext,
         validate_run_id,
     },
 };
@@ -250,7 +251,7 @@ impl server::run_service_server::RunService for RunService {
             .registry
             .workflows()
             .iter()
-            .map(|wf| pb::WorkflowInfo {
+            .map(|(wf, version)| pb::WorkflowInfo {
                 id: wf.id().to_string(),
                 kind: convert::run_kind(wf.kind()) as i32,
                 model: wf.meta().map(|m| m.model.clone()).unwrap_or_default(),
@@ -269,7 +270,7 @@ impl server::run_service_server::RunService for RunService {
                         suspend_schema: step.suspend_schema.as_ref().map(convert::json_to_pb),
                     })
                     .collect(),
-                version: 0,
+                version: *version,
             })
             .collect();
         Ok(Response::new(pb::ListWorkflowsResponse { workflows }))
@@ -437,16 +438,31 @@ impl server::run_service_server::RunService for RunService {
 
     async fn register_workflow(
         &self,
-        _request: Request<pb::RegisterWorkflowRequest>,
+        request: Request<pb::RegisterWorkflowRequest>,
     ) -> Result<Response<pb::WorkflowDefinition>, Status> {
-        Err(Status::unimplemented("RegisterWorkflow is not implemented yet"))
+        let Some(definition) = request.into_inner().definition else {
+            return Err(invalid_field("definition", "required: the workflow definition to register"));
+        };
+        let definition = convert_definition::workflow_from_pb(definition)?;
+        let body = serde_json::to_value(&definition).map_err(|e| Status::internal(e.to_string()))?;
+        let registry = self.registry.clone();
+        // Registration waits for the store.
+        let registered = tokio::task::spawn_blocking(move || registry.register_definition(RunKind::Workflow, body))
+            .await
+            .map_err(|e| Status::internal(format!("registration failed: {e}")))??;
+        Ok(Response::new(workflow_definition(registered)?))
     }
 
     async fn get_workflow_definition(
         &self,
-        _request: Request<pb::GetDefinitionRequest>,
+        request: Request<pb::GetDefinitionRequest>,
     ) -> Result<Response<pb::WorkflowDefinition>, Status> {
-        Err(Status::unimplemented("GetWorkflowDefinition is not implemented yet"))
+        let request = request.into_inner();
+        if request.id.is_empty() {
+            return Err(invalid_field("id", "required: the id of a registered workflow"));
+        }
+        let found = self.registry.definition(RunKind::Workflow, &request.id, request.version)?;
+        Ok(Response::new(workflow_definition(found)?))
     }
 
     async fn register_agent(
@@ -462,6 +478,13 @@ impl server::run_service_server::RunService for RunService {
     ) -> Result<Response<pb::AgentDefinition>, Status> {
         Err(Status::unimplemented("GetAgentDefinition is not implemented yet"))
     }
+}
+
+/// A registered workflow as GetWorkflowDefinition returns it.
+fn workflow_definition(found: Definition) -> Result<pb::WorkflowDefinition, Status> {
+    let def = serde_json::from_value(found.body)
+        .map_err(|e| Status::internal(format!("the stored definition of '{}' is unreadable: {e}", found.id)))?;
+    Ok(convert_definition::workflow_to_pb(def, found.version, found.registered_at))
 }
 
 #[cfg(test)]

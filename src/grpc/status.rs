@@ -23,6 +23,12 @@ impl From<RegistryError> for Status {
             },
             RegistryError::CursorAhead { .. } | RegistryError::CursorExpired { .. } => Code::OutOfRange,
             RegistryError::ShuttingDown => Code::Unavailable,
+            RegistryError::InvalidDefinition { missing: false, .. } => Code::InvalidArgument,
+            RegistryError::InvalidDefinition { missing: true, .. }
+            | RegistryError::DefinitionIdTaken { .. }
+            | RegistryError::DefinitionsUnsupported => Code::FailedPrecondition,
+            RegistryError::DefinitionNotFound { .. } => Code::NotFound,
+            RegistryError::DefinitionNotStored { .. } => Code::Unavailable,
         };
         let mut status = Status::new(code, error.to_string());
         if let RegistryError::CursorExpired { first_seq, .. } = &error {

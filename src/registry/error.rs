@@ -52,6 +52,26 @@ pub enum RegistryError {
 
     #[error("the server is shutting down; retry against another replica or after restart")]
     ShuttingDown,
+
+    /// A definition that does not compile: the field at fault (`steps[2].foreach.node.step.task`) and why.
+    /// `missing`: it refers to something the server does not have.
+    #[error("{}: {reason}", if path.is_empty() { "definition".to_owned() } else { format!("definition.{path}") })]
+    InvalidDefinition { path: String, reason: String, missing: bool },
+
+    /// Registering over an id that names something else (a runnable built into the server, or a registered
+    /// definition of another kind).
+    #[error("{}", id_taken_message(id, *existing, *built_in))]
+    DefinitionIdTaken { id: String, existing: RunKind, built_in: bool },
+
+    #[error("{}", definition_not_found_message(*kind, id, *version, *latest, *built_in))]
+    DefinitionNotFound { kind: RunKind, id: String, version: u32, latest: Option<u32>, built_in: bool },
+
+    #[error("this server takes no definitions registered as data")]
+    DefinitionsUnsupported,
+
+    /// The store refused the registration: nothing was registered.
+    #[error("registering '{id}' failed, nothing was registered: {reason}; retry later")]
+    DefinitionNotStored { id: String, reason: String },
 }
 
 fn not_found_message(kind: RunKind, id: &str, available: &[String], actual: Option<RunKind>) -> String {
@@ -68,5 +88,29 @@ fn not_found_message(kind: RunKind, id: &str, available: &[String], actual: Opti
             "{kind_name} '{id}' does not exist; call ListWorkflows for the available ids (this server's {kind_name}s: {})",
             available.join(", ")
         ),
+    }
+}
+
+fn id_taken_message(id: &str, existing: RunKind, built_in: bool) -> String {
+    let what = existing.as_str();
+    if built_in {
+        format!("'{id}' is a {what} built into this server; a registered definition cannot replace it: pick another id")
+    } else {
+        format!(
+            "'{id}' is a registered {what}; ids are one namespace across workflows, agents and networks: pick another id"
+        )
+    }
+}
+
+fn definition_not_found_message(kind: RunKind, id: &str, version: u32, latest: Option<u32>, built_in: bool) -> String {
+    let kind = kind.as_str();
+    match (latest, built_in) {
+        (Some(latest), _) => {
+            format!("{kind} '{id}' has no version {version}; its versions are 1 to {latest} (0 asks for the latest)")
+        }
+        (None, true) => {
+            format!("'{id}' is built into this server, not registered as data: it has no definition to return")
+        }
+        (None, false) => format!("no {kind} '{id}' is registered; ListWorkflows lists what this server runs"),
     }
 }

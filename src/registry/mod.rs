@@ -3,6 +3,7 @@
 //! The registry creates runs, hands out readers of their logs, claims resumes and cancels. It knows workflows and
 //! runs, not gRPC: the gRPC layer translates requests into these calls and their errors into status codes.
 
+mod definitions;
 mod error;
 mod log;
 mod persist;
@@ -11,12 +12,13 @@ mod run;
 use std::{
     collections::HashMap,
     sync::{
-        Arc, RwLock,
+        Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard,
         atomic::{AtomicU64, Ordering},
     },
     time::Duration,
 };
 
+pub use definitions::{Definition, DefinitionCompiler, InvalidDefinition};
 pub use error::RegistryError;
 pub use log::{EventEncoder, EventLog, LogReader, LoggedEvent, ReadUntil};
 pub use run::{Run, RunSpec, RunState, RunView};
@@ -27,6 +29,7 @@ use crate::{
     engine::{ResumeRequest, RunKind, RunStatus, Workflow, WorkflowCatalog},
     store::{RunStore, StoreError},
 };
+use definitions::Catalog;
 use persist::Persister;
 
 /// The longest client-chosen run id.
@@ -71,7 +74,14 @@ pub struct RunFilter {
 }
 
 pub struct RunRegistry {
-    catalog: WorkflowCatalog,
+    /// Changes while runs execute: definitions are registered at any time.
+    catalog: RwLock<Catalog>,
+    /// Compiles registered definitions; `None`: the registry takes none.
+    compiler: Option<Arc<dyn DefinitionCompiler>>,
+    /// Registrations are stored directly (not through the persister), before they are answered.
+    store: Option<Arc<dyn RunStore>>,
+    /// Held while a definition is registered, so versions are numbered and stored in order.
+    registering: Mutex<()>,
     runs: RwLock<HashMap<Arc<str>, Arc<Run>>>,
     next_order: AtomicU64,
     clock: Arc<dyn Clock>,
@@ -93,8 +103,21 @@ impl RunRegistry {
     /// A registry without a store (runs live in memory only) whose logs keep events as `encoder` writes them
     /// (each event is encoded once, at append).
     pub fn new(catalog: WorkflowCatalog, clock: Arc<dyn Clock>, encoder: Arc<dyn EventEncoder>) -> Arc<Self> {
+        Self::new_with(catalog, clock, encoder, None)
+    }
+
+    /// [`new`](Self::new) that takes definitions registered as data, compiled by `compiler` (kept in memory only).
+    pub fn new_with(
+        catalog: WorkflowCatalog,
+        clock: Arc<dyn Clock>,
+        encoder: Arc<dyn EventEncoder>,
+        compiler: Option<Arc<dyn DefinitionCompiler>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
-            catalog,
+            catalog: RwLock::new(Catalog::new(&catalog)),
+            compiler,
+            store: None,
+            registering: Mutex::new(()),
             runs: RwLock::new(HashMap::new()),
             next_order: AtomicU64::new(1),
             clock,
@@ -114,15 +137,39 @@ impl RunRegistry {
         store: Arc<dyn RunStore>,
         encoder: Arc<dyn EventEncoder>,
     ) -> Result<Arc<Self>, StoreError> {
+        Self::open_with(catalog, clock, store, encoder, None)
+    }
+
+    /// [`open`](Self::open) that takes definitions registered as data, compiled by `compiler`: those the store
+    /// keeps are compiled again, in the order they were registered, before the runs are loaded.
+    pub fn open_with(
+        fixed: WorkflowCatalog,
+        clock: Arc<dyn Clock>,
+        store: Arc<dyn RunStore>,
+        encoder: Arc<dyn EventEncoder>,
+        compiler: Option<Arc<dyn DefinitionCompiler>>,
+    ) -> Result<Arc<Self>, StoreError> {
+        let mut catalog = Catalog::new(&fixed);
+        let definitions = store.load_definitions()?;
+        if compiler.is_none() && !definitions.is_empty() {
+            tracing::warn!(
+                definitions = definitions.len(),
+                "the store holds registered definitions, but this server takes none: their runs are not served"
+            );
+        }
+        let defined = definitions.len();
+        for record in definitions {
+            catalog.restore(compiler.as_deref(), record);
+        }
         let loaded = store.load()?;
-        let persister = Persister::start(store)?;
+        let persister = Persister::start(store.clone())?;
         let mut runs = HashMap::new();
         let mut recover = Vec::new();
         let mut unserved = HashMap::new();
         let mut order = 0;
         for run in loaded {
             let record = run.record;
-            let Some(workflow) = catalog.get(&record.workflow_id) else {
+            let Some(workflow) = catalog.version(&record.workflow_id, record.workflow_version) else {
                 // Kept in the store untouched: a later build that has the workflow again serves it.
                 tracing::warn!(run_id = %record.run_id, workflow = %record.workflow_id, "stored run of a workflow this server does not have; not served");
                 unserved.insert(record.run_id, record.workflow_id);
@@ -132,6 +179,7 @@ impl RunRegistry {
             let spec = RunSpec {
                 run_id: record.run_id.as_str().into(),
                 workflow,
+                version: record.workflow_version,
                 input: record.input,
                 request_context: Arc::new(record.request_context),
                 resource_id: record.resource_id,
@@ -153,9 +201,17 @@ impl RunRegistry {
             }
             runs.insert(restored.id().clone(), restored);
         }
-        tracing::info!(runs = runs.len(), recovering = recover.len(), "loaded runs from the store");
+        tracing::info!(
+            runs = runs.len(),
+            recovering = recover.len(),
+            definitions = defined,
+            "loaded runs from the store"
+        );
         let registry = Arc::new(Self {
-            catalog,
+            catalog: RwLock::new(catalog),
+            compiler,
+            store: Some(store),
+            registering: Mutex::new(()),
             runs: RwLock::new(runs),
             next_order: AtomicU64::new(order + 1),
             clock,
@@ -223,35 +279,47 @@ impl RunRegistry {
         }
     }
 
-    /// The workflows runs can be started of, sorted by id.
-    pub fn workflows(&self) -> Vec<Arc<Workflow>> {
-        self.catalog.list()
+    /// The workflows runs can be started of, sorted by id, each with its version (0: built into the server; a
+    /// registered one's latest otherwise).
+    pub fn workflows(&self) -> Vec<(Arc<Workflow>, u32)> {
+        self.catalog().list()
+    }
+
+    fn catalog(&self) -> RwLockReadGuard<'_, Catalog> {
+        self.catalog.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn catalog_mut(&self) -> RwLockWriteGuard<'_, Catalog> {
+        self.catalog.write().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Starts a run, or returns the existing run with the requested id (which is then not started again).
     pub fn start(&self, request: StartRequest) -> Result<(Arc<Run>, Started), RegistryError> {
         let kind = request.kind;
-        let workflow = self.catalog.get(&request.workflow_id).filter(|wf| wf.kind() == kind).ok_or_else(|| {
-            if request.workflow_id.is_empty() {
-                return RegistryError::InvalidId {
-                    field: "workflow_id",
-                    reason: "set one of workflow_id, agent_id or network_id; call ListWorkflows for the available ids"
-                        .into(),
-                };
-            }
-            RegistryError::WorkflowNotFound {
-                kind,
-                id: request.workflow_id.clone(),
-                actual: self.catalog.get(&request.workflow_id).map(|wf| wf.kind()),
-                available: self
-                    .catalog
-                    .list()
-                    .iter()
-                    .filter(|wf| wf.kind() == kind)
-                    .map(|wf| wf.id().to_string())
-                    .collect(),
-            }
-        })?;
+        let catalog = self.catalog();
+        let (workflow, version) =
+            catalog.get(&request.workflow_id).filter(|(wf, _)| wf.kind() == kind).ok_or_else(|| {
+                if request.workflow_id.is_empty() {
+                    return RegistryError::InvalidId {
+                        field: "workflow_id",
+                        reason:
+                            "set one of workflow_id, agent_id or network_id; call ListWorkflows for the available ids"
+                                .into(),
+                    };
+                }
+                RegistryError::WorkflowNotFound {
+                    kind,
+                    id: request.workflow_id.clone(),
+                    actual: catalog.get(&request.workflow_id).map(|(wf, _)| wf.kind()),
+                    available: catalog
+                        .list()
+                        .iter()
+                        .filter(|(wf, _)| wf.kind() == kind)
+                        .map(|(wf, _)| wf.id().to_string())
+                        .collect(),
+                }
+            })?;
+        drop(catalog);
         let run_id: Arc<str> = if request.run_id.is_empty() {
             uuid::Uuid::now_v7().to_string().into()
         } else {
@@ -273,6 +341,7 @@ impl RunRegistry {
         let spec = RunSpec {
             run_id: run_id.clone(),
             workflow,
+            version,
             input: request.input,
             request_context: Arc::new(request.request_context),
             resource_id: request.resource_id,

@@ -40,6 +40,8 @@ use crate::{
 pub struct RunSpec {
     pub run_id: Arc<str>,
     pub workflow: Arc<Workflow>,
+    /// The version of a registered workflow; 0 for one built into the server.
+    pub version: u32,
     pub input: Value,
     pub request_context: Arc<Map<String, Value>>,
     pub resource_id: String,
@@ -267,6 +269,7 @@ impl Run {
                 let record = RunRecord {
                     run_id: self.spec.run_id.to_string(),
                     workflow_id: self.spec.workflow.id().to_string(),
+                    workflow_version: self.spec.version,
                     input: self.spec.input.clone(),
                     request_context: (*self.spec.request_context).clone(),
                     resource_id: self.spec.resource_id.clone(),

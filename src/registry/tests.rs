@@ -18,7 +18,7 @@ use crate::{
     clock::SystemClock,
     engine::{ResumeRequest, Step, StepOutcome, Workflow, WorkflowCatalog},
     pb::{self, run_event::Event as E},
-    store::{LoadedRun, MemoryStore, RunStore, StoreError, Write},
+    store::{DefinitionRecord, LoadedRun, MemoryStore, RunStore, StoreError, Write},
 };
 
 /// A store whose commits wait while the gate is closed: to see what readers get before a commit.
@@ -42,6 +42,9 @@ impl RunStore for GatedStore {
     }
     fn load(&self) -> Result<Vec<LoadedRun>, StoreError> {
         self.inner.load()
+    }
+    fn load_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
+        self.inner.load_definitions()
     }
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
         let mut open = self.open.lock().unwrap();

@@ -6,13 +6,14 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use super::{LoadedRun, RunRecord, RunStore, StepCheckpoint, StoreError, StoredEvent, Write};
+use super::{DefinitionRecord, LoadedRun, RunRecord, RunStore, StepCheckpoint, StoreError, StoredEvent, Write};
 
 /// A [`RunStore`] in memory: runs outlive a registry (a new one opened on the same store sees them), not the
 /// process.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     runs: Mutex<BTreeMap<String, Stored>>,
+    definitions: Mutex<Vec<DefinitionRecord>>,
 }
 
 #[derive(Debug)]
@@ -59,13 +60,24 @@ impl RunStore for MemoryStore {
         Ok(loaded.into_iter().map(|(_, run)| run).collect())
     }
 
+    fn load_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
+        Ok(self.definitions.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone())
+    }
+
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
         let mut runs = self.lock();
+        // Taken after `runs`, as everywhere: definitions are appended only when the whole batch applies.
+        let mut definitions = self.definitions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut new_definitions = Vec::new();
         // Atomic: apply to a copy of the touched runs, then swap them in.
         let mut next_order = runs.values().map(|s| s.order + 1).max().unwrap_or(0);
         let mut work: BTreeMap<String, Option<Stored>> = BTreeMap::new();
         for write in writes {
             let run_id = match write {
+                Write::Definition(record) => {
+                    new_definitions.push((**record).clone());
+                    continue;
+                }
                 Write::CreateRun(record) => record.run_id.clone(),
                 Write::Events { run_id, .. }
                 | Write::Step { run_id, .. }
@@ -115,6 +127,7 @@ impl RunStore for MemoryStore {
                     stored.checkpoints.retain(|c| c.phase >= phase);
                 }
                 Write::DeleteRun { .. } => *slot = None,
+                Write::Definition(_) => {}
                 Write::TrimEvents { before_seq, .. } => {
                     if let Some(stored) = slot.as_mut() {
                         stored.events.retain(|e| e.seq >= *before_seq);
@@ -122,6 +135,7 @@ impl RunStore for MemoryStore {
                 }
             }
         }
+        definitions.extend(new_definitions);
         for (run_id, stored) in work {
             match stored {
                 Some(stored) => runs.insert(run_id, stored),

@@ -37,6 +37,8 @@ pub struct RunRecord {
     pub run_id: String,
     /// The workflow it runs (for an agent or network run, the agent's or network's id).
     pub workflow_id: String,
+    /// The version of a registered workflow (or agent) the run runs; 0 for one built into the server.
+    pub workflow_version: u32,
     /// The run input.
     pub input: Value,
     /// The request context it was started with.
@@ -93,6 +95,21 @@ pub struct StepCheckpoint {
     pub record: StepRecord,
 }
 
+/// A workflow (or agent) registered as data, one record per version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DefinitionRecord {
+    /// What it defines: "workflow" or "agent".
+    pub kind: String,
+    /// Its id.
+    pub id: String,
+    /// 1 for the first registration of the id, +1 for each later one.
+    pub version: u32,
+    /// The definition as its compiler reads it (JSON; opaque here).
+    pub body: Value,
+    /// When it was registered.
+    pub registered_at: SystemTime,
+}
+
 /// One write of a batch.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Write {
@@ -125,6 +142,8 @@ pub enum Write {
         /// The run.
         run_id: String,
     },
+    /// A new version of a registered definition (never replaced: runs keep the version they started with).
+    Definition(Box<DefinitionRecord>),
     /// Drop a run's events with seq < `before_seq` (retention of long-lived runs' old events).
     TrimEvents {
         /// The run.
@@ -153,6 +172,10 @@ pub trait RunStore: Send + Sync + 'static {
 
     /// Every stored run, oldest first, with its events and the checkpoints of its current phase.
     fn load(&self) -> Result<Vec<LoadedRun>, StoreError>;
+
+    /// Every registered definition version, in the order they were registered (a definition may nest one
+    /// registered before it).
+    fn load_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError>;
 
     /// Applies `writes` in order, atomically: after a crash either all of them are stored or none.
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;

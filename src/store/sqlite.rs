@@ -25,20 +25,23 @@ use std::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::Value;
 
-use super::{LoadedRun, RunRecord, RunStore, StateRecord, StepCheckpoint, StoreError, StoredEvent, Write};
+use super::{
+    DefinitionRecord, LoadedRun, RunRecord, RunStore, StateRecord, StepCheckpoint, StoreError, StoredEvent, Write,
+};
 use crate::engine::{RunStatus, StepRecord};
 
 /// The store's file name inside the data dir.
 pub const FILE_NAME: &str = "runstream.db";
 
 /// Bumped when the tables change; a store of another version is refused, not migrated silently.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY,
     workflow_id TEXT NOT NULL,
+    workflow_version INTEGER NOT NULL DEFAULT 0,
     input TEXT NOT NULL,
     request_context TEXT NOT NULL,
     resource_id TEXT NOT NULL,
@@ -60,6 +63,21 @@ CREATE TABLE IF NOT EXISTS steps (
     record TEXT NOT NULL,
     PRIMARY KEY (run_id, phase, path)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS definitions (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    registered_at_ms INTEGER NOT NULL,
+    PRIMARY KEY (kind, id, version)
+);
+";
+
+/// Brings a store of schema version 2 to 3: runs learn the version of the registered workflow they run (0, a
+/// built-in one, for every run stored before), and `definitions` (created by [`SCHEMA`]) keeps registered ones.
+const MIGRATE_2_TO_3: &str = "
+ALTER TABLE runs ADD COLUMN workflow_version INTEGER NOT NULL DEFAULT 0;
+UPDATE meta SET value = '3' WHERE key = 'schema_version';
 ";
 
 /// How hard a commit is pushed to disk.
@@ -142,6 +160,10 @@ impl SqliteStore {
                 .map_err(corrupt)?;
             }
             Some(v) if v == SCHEMA_VERSION.to_string() => {}
+            Some(v) if v == "2" => {
+                conn.execute_batch(&format!("BEGIN;{MIGRATE_2_TO_3}COMMIT;")).map_err(corrupt)?;
+                tracing::info!(store = %self.location(), "migrated the store from schema version 2 to 3");
+            }
             Some(v) => {
                 return Err(StoreError::Open {
                     location: self.location(),
@@ -256,8 +278,8 @@ impl RunStore for SqliteStore {
         let mut runs_stmt = conn
             .prepare(
                 // rowid: insertion order, i.e. creation order.
-                "SELECT run_id, workflow_id, input, request_context, resource_id, created_at_ms, state, events_from \
-                 FROM runs ORDER BY rowid",
+                "SELECT run_id, workflow_id, input, request_context, resource_id, created_at_ms, state, events_from, \
+                 workflow_version FROM runs ORDER BY rowid",
             )
             .map_err(err)?;
         let rows = runs_stmt
@@ -271,6 +293,7 @@ impl RunStore for SqliteStore {
                     row.get::<_, i64>(5)?,
                     row.get::<_, String>(6)?,
                     row.get::<_, i64>(7)?,
+                    row.get::<_, i64>(8)?,
                 ))
             })
             .map_err(err)?;
@@ -282,8 +305,10 @@ impl RunStore for SqliteStore {
             .map_err(err)?;
         let mut loaded = Vec::new();
         for row in rows {
-            let (run_id, workflow_id, input, request_context, resource_id, created_ms, state, events_from) =
+            let (run_id, workflow_id, input, request_context, resource_id, created_ms, state, events_from, version) =
                 row.map_err(err)?;
+            let workflow_version = u32::try_from(version)
+                .map_err(|_| self.corrupt(format!("run '{run_id}': its workflow version {version} is out of range")))?;
             let bad = |what: &str, e: serde_json::Error| self.corrupt(format!("run '{run_id}': its {what}: {e}"));
             let input: Value = serde_json::from_str(&input).map_err(|e| bad("input", e))?;
             let request_context = serde_json::from_str(&request_context).map_err(|e| bad("request context", e))?;
@@ -322,10 +347,47 @@ impl RunStore for SqliteStore {
                     Ok(StepCheckpoint { phase: state.phase, path, record })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            let record = RunRecord { run_id, workflow_id, input, request_context, resource_id, created_at, state };
+            let record = RunRecord {
+                run_id,
+                workflow_id,
+                workflow_version,
+                input,
+                request_context,
+                resource_id,
+                created_at,
+                state,
+            };
             loaded.push(LoadedRun { record, events, checkpoints });
         }
         Ok(loaded)
+    }
+
+    fn load_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
+        let conn = self.lock();
+        let err = |e: rusqlite::Error| self.classify(e);
+        let mut stmt = conn
+            // rowid: registration order.
+            .prepare("SELECT kind, id, version, body, registered_at_ms FROM definitions ORDER BY rowid")
+            .map_err(err)?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, u32>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            })
+            .map_err(err)?;
+        rows.map(|row| {
+            let (kind, id, version, body, registered_ms) = row.map_err(err)?;
+            let body = serde_json::from_str(&body)
+                .map_err(|e| self.corrupt(format!("{kind} definition '{id}' version {version}: {e}")))?;
+            let registered_at = UNIX_EPOCH + Duration::from_millis(u64::try_from(registered_ms).unwrap_or(0));
+            Ok(DefinitionRecord { kind, id, version, body, registered_at })
+        })
+        .collect()
     }
 
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
@@ -344,7 +406,7 @@ impl RunStore for SqliteStore {
                         exec(
                             &tx,
                             "INSERT INTO runs (run_id, workflow_id, input, request_context, resource_id, created_at_ms, \
-                             state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                             state, workflow_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                             params![
                                 run.run_id,
                                 run.workflow_id,
@@ -353,6 +415,7 @@ impl RunStore for SqliteStore {
                                 run.resource_id,
                                 millis(run.created_at),
                                 json(&run.state)?,
+                                run.workflow_version,
                             ],
                         )
                         .map_err(err)?;
@@ -382,6 +445,15 @@ impl RunStore for SqliteStore {
                         for table in ["events", "steps", "runs"] {
                             exec(&tx, &format!("DELETE FROM {table} WHERE run_id = ?1"), [run_id]).map_err(err)?;
                         }
+                    }
+                    Write::Definition(def) => {
+                        exec(
+                            &tx,
+                            "INSERT INTO definitions (kind, id, version, body, registered_at_ms) \
+                             VALUES (?1, ?2, ?3, ?4, ?5)",
+                            params![def.kind, def.id, def.version, json(&def.body)?, millis(def.registered_at)],
+                        )
+                        .map_err(err)?;
                     }
                     Write::TrimEvents { run_id, before_seq } => {
                         let before = seq_i64(*before_seq);

@@ -48,6 +48,7 @@ fn record(run_id: &str) -> RunRecord {
     RunRecord {
         run_id: run_id.into(),
         workflow_id: "chain".into(),
+        workflow_version: 0,
         input: json!({ "value": 1 }),
         request_context: json!({ "tenant": "t" }).as_object().cloned().unwrap_or_default(),
         resource_id: "user-1".into(),
@@ -113,6 +114,52 @@ fn contract(store: &dyn RunStore) {
     let loaded = store.load().unwrap();
     assert_eq!(loaded.len(), 1);
     assert_eq!(loaded[0].events, [event(3, Some(RunStatus::Suspended))]);
+
+    // Definitions load in the order they were registered, with a run that names its version.
+    store
+        .commit(&[
+            Write::Definition(Box::new(definition("wf", 1))),
+            Write::Definition(Box::new(definition("other", 1))),
+            Write::CreateRun(Box::new(RunRecord { workflow_version: 2, ..record("c") })),
+        ])
+        .unwrap();
+    store.commit(&[Write::Definition(Box::new(definition("wf", 2)))]).unwrap();
+    assert_eq!(store.load_definitions().unwrap(), [definition("wf", 1), definition("other", 1), definition("wf", 2)]);
+    assert_eq!(store.load().unwrap()[1].record.workflow_version, 2);
+}
+
+fn definition(id: &str, version: u32) -> DefinitionRecord {
+    DefinitionRecord {
+        kind: "workflow".into(),
+        id: id.into(),
+        version,
+        body: json!({"id": id, "steps": [{"sleep": {"id": "s", "ms": version}}]}),
+        registered_at: at(u64::from(version)),
+    }
+}
+
+/// A data dir written before definitions existed (schema version 2) is migrated: its runs run built-in workflows
+/// (version 0), and definitions can be registered.
+#[test]
+fn a_version_2_store_is_migrated() {
+    let dir = TempDir::new();
+    let store = SqliteStore::open(&dir.0, Sync::Normal).unwrap();
+    store.commit(&[Write::CreateRun(Box::new(record("old")))]).unwrap();
+    drop(store);
+    {
+        let conn = rusqlite::Connection::open(dir.0.join(sqlite::FILE_NAME)).unwrap();
+        conn.execute_batch(
+            "ALTER TABLE runs DROP COLUMN workflow_version; DROP TABLE definitions; \
+             UPDATE meta SET value = '2' WHERE key = 'schema_version';",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&dir.0, Sync::Normal).unwrap();
+    assert_eq!(store.load().unwrap()[0].record, record("old"));
+    store.commit(&[Write::Definition(Box::new(definition("wf", 1)))]).unwrap();
+    drop(store);
+    let store = SqliteStore::open(&dir.0, Sync::Normal).unwrap();
+    assert_eq!(store.load_definitions().unwrap(), [definition("wf", 1)]);
 }
 
 #[test]
@@ -128,8 +175,9 @@ fn sqlite_store_keeps_the_contract_across_reopening() {
     drop(store);
     let store = SqliteStore::open(&dir.0, Sync::Full).unwrap();
     let loaded = store.load().unwrap();
-    assert_eq!(loaded.len(), 1);
+    assert_eq!(loaded.len(), 2);
     assert_eq!(loaded[0].record.state.phase, 2);
+    assert_eq!(store.load_definitions().unwrap().len(), 3);
 }
 
 /// A run state as builds before issue 10 wrote it (its snapshot's usage in snake_case) loads with its usage.

@@ -19,6 +19,7 @@ mod hub;
 mod step;
 
 pub use hub::{PROTOCOL_VERSION, WorkerHub, WorkerInfo, WorkerSettings};
+pub(crate) use step::InputFn;
 // The protocol's messages as the hub speaks them, for the gRPC layer's translation only.
 pub(crate) use hub::{
     Assignment, CancelReason, Chunk, FromWorker, Hello, RejectCode, TaskRef, ToWorker, Welcome, WorkerError,

@@ -7,6 +7,9 @@ use serde_json::{Value, json};
 use super::hub::{Chunk, NewTask, TaskEvent, WorkerHub};
 use crate::engine::{Step, StepContext, StepError, StepOutcome};
 
+/// Makes a remote step's task input from the step's input and the run input.
+pub(crate) type InputFn = Arc<dyn Fn(&Value, &Value) -> Value + Send + Sync + 'static>;
+
 /// Where a remote step keeps, across a suspension, how often it was resumed and what it suspended with.
 const RESUME_COUNT: &str = "resumeCount";
 const SUSPEND_PAYLOAD: &str = "suspendPayload";
@@ -33,16 +36,33 @@ impl WorkerHub {
     /// step's error (retried by the step's retry policy unless non-retryable), its Suspend suspends the run, and
     /// the resume data goes to whichever worker takes the step next. Chain options as on any [`Step`].
     pub fn step(self: &Arc<Self>, id: impl Into<String>, task_type: impl Into<String>) -> Step {
+        self.step_with_input(id, task_type, None)
+    }
+
+    /// [`WorkerHub::step`] whose task gets `input(step input, run input)` instead of the step's input (a
+    /// definition's input mapping); `None` sends the step's input as it is.
+    pub(crate) fn step_with_input(
+        self: &Arc<Self>,
+        id: impl Into<String>,
+        task_type: impl Into<String>,
+        input: Option<InputFn>,
+    ) -> Step {
         let hub = Arc::clone(self);
         let task_type: Arc<str> = task_type.into().into();
         Step::new(id, move |ctx: StepContext| {
             let hub = Arc::clone(&hub);
             let task_type = Arc::clone(&task_type);
-            async move { hub.run_remote(ctx, task_type).await }
+            let input = input.clone();
+            async move { hub.run_remote(ctx, task_type, input).await }
         })
     }
 
-    async fn run_remote(self: Arc<Self>, ctx: StepContext, task_type: Arc<str>) -> Result<StepOutcome, StepError> {
+    async fn run_remote(
+        self: Arc<Self>,
+        ctx: StepContext,
+        task_type: Arc<str>,
+        input: Option<InputFn>,
+    ) -> Result<StepOutcome, StepError> {
         let saved = ctx.saved_state();
         let resume_count = saved.and_then(|s| s.get(RESUME_COUNT)).and_then(Value::as_u64).unwrap_or(0);
         let suspend_payload = saved.and_then(|s| s.get(SUSPEND_PAYLOAD)).cloned();
@@ -63,7 +83,10 @@ impl WorkerHub {
             run_id: ctx.run_id().to_owned(),
             step_id: ctx.step_id().to_owned(),
             for_each_index: ctx.for_each_index(),
-            input: ctx.input().clone(),
+            input: match &input {
+                Some(map) => map(ctx.input(), ctx.run_input()),
+                None => ctx.input().clone(),
+            },
             resume_data: ctx.resume_data().cloned(),
             suspend_payload,
             request_context: ctx.request_context().clone(),

@@ -1,0 +1,258 @@
+//! Workflow definitions: protobuf (`runstream.v1.WorkflowDefinition`) ↔ the `definition` module's types.
+//!
+//! Converting in catches only what the types cannot hold (a node or a source with nothing set, a negative delay);
+//! everything else is the definition's validation, when it is registered. Both name the field at fault by its
+//! path in the request (`definition.steps[2].foreach.node`).
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use prost_types::Timestamp;
+use tonic::Status;
+
+use super::{
+    convert::{json_to_pb, pb_to_json},
+    status::invalid_field,
+};
+use crate::{
+    definition::{
+        BranchCase, BranchNode, Condition, ForeachNode, LoopNode, MapNode, Node, ParallelNode, Retries, SleepNode,
+        Source, StepNode, Test, WorkflowDef, WorkflowNode,
+    },
+    pb,
+};
+
+type In<T> = Result<T, Status>;
+
+/// A definition as sent (its `version` and `registered_at` are the server's, so ignored).
+pub(crate) fn workflow_from_pb(def: pb::WorkflowDefinition) -> In<WorkflowDef> {
+    Ok(WorkflowDef {
+        id: def.id,
+        description: def.description,
+        input_schema: def.input_schema.map(pb_to_json),
+        output_schema: def.output_schema.map(pb_to_json),
+        steps: def
+            .steps
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| node_from_pb(&format!("definition.steps[{i}]"), n))
+            .collect::<In<_>>()?,
+    })
+}
+
+/// A registered definition, with its version and registration time.
+pub(crate) fn workflow_to_pb(def: WorkflowDef, version: u32, registered_at: SystemTime) -> pb::WorkflowDefinition {
+    pb::WorkflowDefinition {
+        id: def.id,
+        description: def.description,
+        input_schema: def.input_schema.as_ref().map(json_to_pb),
+        output_schema: def.output_schema.as_ref().map(json_to_pb),
+        steps: def.steps.into_iter().map(node_to_pb).collect(),
+        version,
+        registered_at: Some(Timestamp::from(registered_at)),
+    }
+}
+
+fn node_from_pb(path: &str, node: pb::Node) -> In<Node> {
+    use pb::node::Node as N;
+    let inner = |path: String, node: Option<pb::Node>| -> In<Option<Box<Node>>> {
+        node.map(|n| node_from_pb(&path, n).map(Box::new)).transpose()
+    };
+    Ok(match node.node {
+        None => {
+            return Err(invalid_field(
+                path,
+                "an empty node; set one of step, parallel, branch, dowhile, dountil, foreach, sleep, map, workflow",
+            ));
+        }
+        Some(N::Step(s)) => Node::Step(step_from_pb(&format!("{path}.step"), s)?),
+        Some(N::Parallel(p)) => Node::Parallel(ParallelNode {
+            nodes: p
+                .nodes
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| node_from_pb(&format!("{path}.parallel.nodes[{i}]"), n))
+                .collect::<In<_>>()?,
+        }),
+        Some(N::Branch(b)) => Node::Branch(BranchNode {
+            cases: b
+                .cases
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    Ok(BranchCase {
+                        when: c.when.map(condition_from_pb),
+                        node: inner(format!("{path}.branch.cases[{i}].node"), c.node)?,
+                    })
+                })
+                .collect::<In<_>>()?,
+        }),
+        Some(N::Dowhile(l)) => Node::Dowhile(loop_from_pb(&format!("{path}.dowhile"), *l)?),
+        Some(N::Dountil(l)) => Node::Dountil(loop_from_pb(&format!("{path}.dountil"), *l)?),
+        Some(N::Foreach(f)) => Node::Foreach(ForeachNode {
+            node: inner(format!("{path}.foreach.node"), f.node.map(|n| *n))?,
+            concurrency: f.concurrency,
+        }),
+        Some(N::Sleep(s)) => Node::Sleep(SleepNode { id: s.id, ms: s.ms }),
+        Some(N::Map(m)) => {
+            Node::Map(MapNode { id: m.id, fields: sources_from_pb(&format!("{path}.map.fields"), m.fields)? })
+        }
+        Some(N::Workflow(w)) => Node::Workflow(WorkflowNode { id: w.id }),
+    })
+}
+
+fn loop_from_pb(path: &str, l: pb::LoopNode) -> In<LoopNode> {
+    Ok(LoopNode {
+        node: l.node.map(|n| node_from_pb(&format!("{path}.node"), *n).map(Box::new)).transpose()?,
+        condition: l.condition.map(condition_from_pb),
+        max_iterations: l.max_iterations,
+    })
+}
+
+fn step_from_pb(path: &str, s: pb::StepNode) -> In<StepNode> {
+    let retries = match s.retries {
+        None => None,
+        Some(r) => {
+            let delay = r.delay.unwrap_or_default();
+            if delay.seconds < 0 || delay.nanos < 0 {
+                return Err(invalid_field(&format!("{path}.retries.delay"), "must not be negative"));
+            }
+            let delay_ms = u64::try_from(delay.seconds)
+                .unwrap_or(u64::MAX)
+                .saturating_mul(1000)
+                .saturating_add(u64::try_from(delay.nanos / 1_000_000).unwrap_or(0));
+            Some(Retries { attempts: r.attempts, delay_ms })
+        }
+    };
+    Ok(StepNode {
+        id: s.id,
+        task: s.task,
+        description: s.description,
+        retries,
+        input: sources_from_pb(&format!("{path}.input"), s.input)?,
+        resume_schema: s.resume_schema.map(pb_to_json),
+    })
+}
+
+fn sources_from_pb(path: &str, fields: std::collections::HashMap<String, pb::Source>) -> In<BTreeMap<String, Source>> {
+    use pb::source::Source as S;
+    fields
+        .into_iter()
+        .map(|(name, source)| {
+            let source = match source.source {
+                Some(S::Path(p)) => Source::Path(p),
+                Some(S::RunInput(p)) => Source::RunInput(p),
+                Some(S::Value(v)) => Source::Value(pb_to_json(v)),
+                None => {
+                    return Err(invalid_field(
+                        &format!("{path}.{name}"),
+                        "an empty source; set path, runInput or value",
+                    ));
+                }
+            };
+            Ok((name, source))
+        })
+        .collect()
+}
+
+fn condition_from_pb(c: pb::Condition) -> Condition {
+    use pb::condition::Test as T;
+    Condition {
+        path: c.path,
+        test: c.test.map(|t| match t {
+            T::Equals(v) => Test::Equals(pb_to_json(v)),
+            T::NotEquals(v) => Test::NotEquals(pb_to_json(v)),
+            T::GreaterThan(n) => Test::GreaterThan(n),
+            T::GreaterOrEqual(n) => Test::GreaterOrEqual(n),
+            T::LessThan(n) => Test::LessThan(n),
+            T::LessOrEqual(n) => Test::LessOrEqual(n),
+            T::Exists(b) => Test::Exists(b),
+        }),
+        all: c.all.into_iter().map(condition_from_pb).collect(),
+        any: c.any.into_iter().map(condition_from_pb).collect(),
+        not: c.not,
+    }
+}
+
+fn node_to_pb(node: Node) -> pb::Node {
+    use pb::node::Node as N;
+    let inner = |n: Option<Box<Node>>| n.map(|n| node_to_pb(*n));
+    let node = match node {
+        Node::Step(s) => N::Step(step_to_pb(s)),
+        Node::Parallel(p) => N::Parallel(pb::ParallelNode { nodes: p.nodes.into_iter().map(node_to_pb).collect() }),
+        Node::Branch(b) => N::Branch(pb::BranchNode {
+            cases: b
+                .cases
+                .into_iter()
+                .map(|c| pb::BranchCase { when: c.when.map(condition_to_pb), node: inner(c.node) })
+                .collect(),
+        }),
+        Node::Dowhile(l) => N::Dowhile(Box::new(loop_to_pb(l))),
+        Node::Dountil(l) => N::Dountil(Box::new(loop_to_pb(l))),
+        Node::Foreach(f) => {
+            N::Foreach(Box::new(pb::ForeachNode { node: inner(f.node).map(Box::new), concurrency: f.concurrency }))
+        }
+        Node::Sleep(s) => N::Sleep(pb::SleepNode { id: s.id, ms: s.ms }),
+        Node::Map(m) => N::Map(pb::MapNode { id: m.id, fields: sources_to_pb(m.fields) }),
+        Node::Workflow(w) => N::Workflow(pb::WorkflowNode { id: w.id }),
+    };
+    pb::Node { node: Some(node) }
+}
+
+fn loop_to_pb(l: LoopNode) -> pb::LoopNode {
+    pb::LoopNode {
+        node: l.node.map(|n| Box::new(node_to_pb(*n))),
+        condition: l.condition.map(condition_to_pb),
+        max_iterations: l.max_iterations,
+    }
+}
+
+fn step_to_pb(s: StepNode) -> pb::StepNode {
+    pb::StepNode {
+        id: s.id,
+        task: s.task,
+        description: s.description,
+        retries: s.retries.map(|r| pb::Retries {
+            attempts: r.attempts,
+            delay: Some(prost_types::Duration {
+                seconds: i64::try_from(r.delay_ms / 1000).unwrap_or(i64::MAX),
+                nanos: i32::try_from((r.delay_ms % 1000) * 1_000_000).unwrap_or(0),
+            }),
+        }),
+        input: sources_to_pb(s.input),
+        resume_schema: s.resume_schema.as_ref().map(json_to_pb),
+    }
+}
+
+fn sources_to_pb(fields: BTreeMap<String, Source>) -> std::collections::HashMap<String, pb::Source> {
+    use pb::source::Source as S;
+    fields
+        .into_iter()
+        .map(|(name, source)| {
+            let source = match source {
+                Source::Path(p) => S::Path(p),
+                Source::RunInput(p) => S::RunInput(p),
+                Source::Value(v) => S::Value(json_to_pb(&v)),
+            };
+            (name, pb::Source { source: Some(source) })
+        })
+        .collect()
+}
+
+fn condition_to_pb(c: Condition) -> pb::Condition {
+    use pb::condition::Test as T;
+    pb::Condition {
+        path: c.path,
+        test: c.test.map(|t| match t {
+            Test::Equals(v) => T::Equals(json_to_pb(&v)),
+            Test::NotEquals(v) => T::NotEquals(json_to_pb(&v)),
+            Test::GreaterThan(n) => T::GreaterThan(n),
+            Test::GreaterOrEqual(n) => T::GreaterOrEqual(n),
+            Test::LessThan(n) => T::LessThan(n),
+            Test::LessOrEqual(n) => T::LessOrEqual(n),
+            Test::Exists(b) => T::Exists(b),
+        }),
+        all: c.all.into_iter().map(condition_to_pb).collect(),
+        any: c.any.into_iter().map(condition_to_pb).collect(),
+        not: c.not,
+    }
+}
