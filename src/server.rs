@@ -213,8 +213,8 @@ impl ServerBuilder {
     }
 
     /// The worker hub that `runstream.v1.WorkerService` connects workers to: the one whose
-    /// [`WorkerHub::step`]s your workflows use. Without it the server has a hub of its own, which workers can
-    /// connect to but no step uses.
+    /// [`WorkerHub::step`]s your workflows use. Without it the server has a hub of its own. Either way the steps of
+    /// workflows registered over gRPC (`RegisterWorkflow`) run in this hub's workers.
     ///
     /// ```no_run
     /// use runstream::{Server, engine::Workflow, worker::{WorkerHub, WorkerSettings}};

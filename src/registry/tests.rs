@@ -303,6 +303,111 @@ async fn a_stored_run_this_build_cannot_serve_keeps_its_id() {
     assert_eq!(ids, ["c1", "t1"]);
 }
 
+/// Compiles `{"id", "value"}` into a one-step workflow whose step waits for a permit of `gate`, then outputs
+/// `value`: the registry's part of registration, with no definition format.
+struct StubCompiler {
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl DefinitionCompiler for StubCompiler {
+    fn compile(
+        &self,
+        kind: RunKind,
+        body: &Value,
+        resolve: &dyn Fn(&str) -> Option<Arc<Workflow>>,
+    ) -> Result<Arc<Workflow>, InvalidDefinition> {
+        assert_eq!(kind, RunKind::Workflow);
+        let id = body["id"].as_str().filter(|id| !id.is_empty()).ok_or_else(|| InvalidDefinition {
+            path: "id".into(),
+            reason: "required".into(),
+            missing: false,
+        })?;
+        if let Some(nested) = body["nests"].as_str()
+            && resolve(nested).is_none()
+        {
+            return Err(InvalidDefinition { path: "nests".into(), reason: "no such workflow".into(), missing: true });
+        }
+        let (gate, value) = (Arc::clone(&self.gate), body["value"].clone());
+        let step = Step::new("only", move |_| {
+            let (gate, value) = (Arc::clone(&gate), value.clone());
+            async move {
+                let _permit = gate.acquire().await.map_err(|e| e.to_string())?;
+                Ok(StepOutcome::Done(value))
+            }
+        });
+        Ok(Workflow::builder(id).then(step).commit())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_definitions_are_versioned_stored_and_runs_keep_their_version() {
+    let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let compiler = || Some(Arc::new(StubCompiler { gate: Arc::clone(&gate) }) as Arc<dyn DefinitionCompiler>);
+    let first =
+        RunRegistry::open_with(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire(), compiler()).unwrap();
+
+    let v1 = first.register_definition(RunKind::Workflow, json!({ "id": "mine", "value": 1 })).expect("v1");
+    assert_eq!((v1.id.as_str(), v1.version), ("mine", 1));
+    let held = start(&first, "mine", "on-v1", json!({}));
+    let v2 = first.register_definition(RunKind::Workflow, json!({ "id": "mine", "value": 2 })).expect("v2");
+    assert_eq!(v2.version, 2);
+    gate.add_permits(10);
+    assert!(held.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await);
+    assert_eq!(held.view().state.result, Some(json!(1)), "the run kept version 1");
+    let newer = start(&first, "mine", "on-v2", json!({}));
+    assert!(newer.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await);
+    assert_eq!(newer.view().state.result, Some(json!(2)));
+    let listed: Vec<(String, u32)> = first
+        .workflows()
+        .iter()
+        .filter(|(wf, _)| &**wf.id() == "mine")
+        .map(|(wf, v)| (wf.id().to_string(), *v))
+        .collect();
+    assert_eq!(listed, [("mine".to_owned(), 2)]);
+
+    // Refusals: a built-in id, a bad body, a missing reference; none of them registers anything.
+    assert!(matches!(
+        first.register_definition(RunKind::Workflow, json!({ "id": "chain" })),
+        Err(RegistryError::DefinitionIdTaken { built_in: true, .. })
+    ));
+    assert!(matches!(
+        first.register_definition(RunKind::Workflow, json!({})),
+        Err(RegistryError::InvalidDefinition { missing: false, .. })
+    ));
+    assert!(matches!(
+        first.register_definition(RunKind::Workflow, json!({ "id": "x", "nests": "nowhere" })),
+        Err(RegistryError::InvalidDefinition { missing: true, .. })
+    ));
+    assert_eq!(first.definition(RunKind::Workflow, "mine", 1).expect("v1").body, json!({ "id": "mine", "value": 1 }));
+    assert!(matches!(
+        first.definition(RunKind::Workflow, "mine", 3),
+        Err(RegistryError::DefinitionNotFound { latest: Some(2), .. })
+    ));
+    assert!(matches!(first.definition(RunKind::Agent, "mine", 0), Err(RegistryError::DefinitionNotFound { .. })));
+    held.stored().await;
+    newer.stored().await;
+    first.flush();
+
+    // Reopened: the definitions and each run's version are back, and versions number on.
+    let second =
+        RunRegistry::open_with(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire(), compiler()).unwrap();
+    assert_eq!(second.get("on-v1").expect("served").view().state.result, Some(json!(1)));
+    assert_eq!(second.definition(RunKind::Workflow, "mine", 0).expect("latest").version, 2);
+    let v3 = second.register_definition(RunKind::Workflow, json!({ "id": "mine", "value": 3 })).expect("v3");
+    assert_eq!(v3.version, 3);
+    let records: Vec<u32> = store.load().unwrap().iter().map(|r| r.record.workflow_version).collect();
+    assert_eq!(records, [1, 2]);
+
+    // A registry that takes no definitions does not serve their runs, and says so when asked to register.
+    let third = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire()).unwrap();
+    assert!(matches!(third.get("on-v1"), Err(RegistryError::RunNotFound { .. })));
+    assert!(matches!(
+        third.register_definition(RunKind::Workflow, json!({ "id": "mine" })),
+        Err(RegistryError::DefinitionsUnsupported)
+    ));
+}
+
 /// The encoder `runstream serve` gives the registry.
 fn wire() -> Arc<dyn super::EventEncoder> {
     Arc::new(crate::grpc::wire::WireEncoder::default())
