@@ -64,7 +64,10 @@ pub(crate) fn holds(cond: &Condition, data: &Value, iteration: Option<u32>) -> b
     } else {
         lookup(data, &cond.path)
     };
+    // A condition of only `all` / `any` is a combinator: it tests nothing of its own.
+    let combinator = cond.path.is_empty() && cond.test.is_none() && !(cond.all.is_empty() && cond.any.is_empty());
     let own = match &cond.test {
+        None if combinator => true,
         None => value.as_deref().is_some_and(truthy),
         Some(Test::Exists(want)) => value.as_deref().is_some_and(|v| !v.is_null()) == *want,
         Some(Test::Equals(expected)) => value.as_deref().is_some_and(|v| same(v, expected)),

@@ -117,6 +117,8 @@ fn conditions_compare_test_and_combine() {
     assert!(!holds(&all, &data, None));
     let any = cond(json!({"path": "n", "any": [{"path": "flag"}, {"path": "s"}]}));
     assert!(holds(&any, &data, None));
+    let either = cond(json!({"any": [{"path": "flag"}, {"path": "n", "equals": 3}]}));
+    assert!(!holds(&either, &json!(0), None) && holds(&either, &data, None), "a combinator tests nothing itself");
     let iteration = cond(json!({"path": "$iteration", "greaterOrEqual": 3}));
     assert!(!holds(&iteration, &data, Some(2)));
     assert!(holds(&iteration, &data, Some(3)));

@@ -256,3 +256,83 @@ fn condition_to_pb(c: Condition) -> pb::Condition {
         not: c.not,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    /// Every node kind, condition test and source survives definition → protobuf → definition.
+    #[test]
+    fn every_node_converts_both_ways() {
+        let def: WorkflowDef = serde_json::from_value(json!({
+            "id": "all", "description": "d", "inputSchema": {"type": "object"}, "outputSchema": {"type": "object"},
+            "steps": [
+                {"step": {"id": "a", "task": "t", "description": "x", "retries": {"attempts": 2, "delayMs": 1500},
+                          "input": {"p": {"path": "a.b"}, "r": {"runInput": "c"}, "v": {"value": [1, "x"]}},
+                          "resumeSchema": {"type": "object"}}},
+                {"parallel": {"nodes": [{"step": {"id": "b", "task": "t"}}]}},
+                {"branch": {"cases": [
+                    {"when": {"path": "n", "equals": null}, "node": {"step": {"id": "c", "task": "t"}}},
+                    {"when": {"path": "n", "notEquals": 1, "not": true}, "node": {"step": {"id": "d", "task": "t"}}},
+                    {"node": {"step": {"id": "e", "task": "t"}}}]}},
+                {"dowhile": {"node": {"step": {"id": "f", "task": "t"}}, "maxIterations": 4,
+                             "condition": {"all": [{"path": "n", "greaterThan": 1.5}, {"path": "n", "lessThan": 9}],
+                                           "any": [{"path": "m", "greaterOrEqual": 0}, {"path": "m", "lessOrEqual": 0}]}}},
+                {"dountil": {"node": {"step": {"id": "g", "task": "t"}}, "condition": {"path": "z", "exists": true}}},
+                {"foreach": {"node": {"step": {"id": "h", "task": "t"}}, "concurrency": 3}},
+                {"sleep": {"id": "i", "ms": 5}},
+                {"map": {"id": "j", "fields": {"k": {"path": ""}}}},
+                {"workflow": {"id": "other"}}]
+        }))
+        .expect("a definition");
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        let pb = workflow_to_pb(def.clone(), 7, at);
+        assert_eq!((pb.version, pb.registered_at), (7, Some(Timestamp::from(at))));
+        let delay = match &pb.steps[0].node {
+            Some(pb::node::Node::Step(s)) => s.retries.and_then(|r| r.delay),
+            _ => None,
+        };
+        assert_eq!(delay, Some(prost_types::Duration { seconds: 1, nanos: 500_000_000 }));
+        assert_eq!(workflow_from_pb(pb).expect("converts back"), def);
+    }
+
+    #[test]
+    fn what_the_types_cannot_hold_is_refused_naming_the_field() {
+        let empty_source = pb::WorkflowDefinition {
+            id: "x".into(),
+            steps: vec![pb::Node {
+                node: Some(pb::node::Node::Map(pb::MapNode {
+                    id: "m".into(),
+                    fields: [("f".to_owned(), pb::Source { source: None })].into_iter().collect(),
+                })),
+            }],
+            ..Default::default()
+        };
+        let status = workflow_from_pb(empty_source).expect_err("an empty source");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().starts_with("definition.steps[0].map.fields.f: an empty source"),
+            "{}",
+            status.message()
+        );
+        let negative = pb::WorkflowDefinition {
+            id: "x".into(),
+            steps: vec![pb::Node {
+                node: Some(pb::node::Node::Step(pb::StepNode {
+                    id: "s".into(),
+                    task: "t".into(),
+                    retries: Some(pb::Retries {
+                        attempts: 1,
+                        delay: Some(prost_types::Duration { seconds: -1, nanos: 0 }),
+                    }),
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        };
+        let status = workflow_from_pb(negative).expect_err("a negative delay");
+        assert!(status.message().starts_with("definition.steps[0].step.retries.delay: must not be negative"));
+    }
+}
