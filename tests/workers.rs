@@ -208,6 +208,25 @@ fn step_starts(events: &[pb::RunEvent]) -> Vec<(String, u32)> {
         .collect()
 }
 
+async fn run_status(client: &mut Client, run_id: &str) -> pb::RunStatus {
+    let info = client.get_run(pb::GetRunRequest { run_id: run_id.into() }).await.expect("get run").into_inner();
+    pb::RunStatus::try_from(info.status).expect("a known status")
+}
+
+/// Polls GetRun until the run has `status` (the status follows the hub's events on the run's own task).
+async fn status_becomes(client: &mut Client, run_id: &str, status: pb::RunStatus) {
+    let polled = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if run_status(client, run_id).await == status {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(polled.is_ok(), "run {run_id} never became {status:?} (it is {:?})", run_status(client, run_id).await);
+}
+
 fn one_step(hub: &Arc<WorkerHub>, workflow: &str, task_type: &str) -> Vec<Arc<Workflow>> {
     vec![Workflow::builder(workflow).then(hub.step("work", task_type)).commit()]
 }
@@ -235,6 +254,7 @@ async fn remote_steps_and_a_foreach_of_ten_stream_in_order_within_max_in_flight(
     // The list step: two writes, then its output (the foreach's items).
     let list = worker.assigned().await;
     assert_eq!(list.task_type, "list-images");
+    assert_eq!(list.workflow_id, "gallery");
     assert_eq!(list.idempotency_key, "g-1/list");
     assert_eq!(json(&list.input), json!({ "n": 12 }));
     let r = task_ref(&list);
@@ -343,6 +363,69 @@ async fn a_worker_that_dies_has_its_task_redelivered_after_the_lease() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_remote_step_waits_its_retry_delay_then_its_next_attempt_runs() {
+    const DELAY: Duration = Duration::from_millis(300);
+    let server = Harness::start(|hub| {
+        vec![Workflow::builder("job").then(hub.step("work", "crunch").retries(3, DELAY)).commit()]
+    })
+    .await;
+    let mut worker = TestWorker::connect(server.channel().await, hello("w-retry", &["crunch"], 1)).await.unwrap();
+    worker.heartbeat();
+    let mut client = server.client().await;
+    let run = run_in_background(client.clone(), stream_request("job", "retry-1", json!({ "x": 1 })));
+    let one = worker.assigned().await;
+    let r1 = task_ref(&one);
+    assert_eq!((r1.attempt, one.workflow_id.as_str()), (1, "job"));
+    worker.release(&r1);
+    worker.send(In::Fail(pb::Fail {
+        r#ref: Some(r1.clone()),
+        error: Some(pb::ErrorInfo { name: "Flaky".into(), message: "try again".into(), details: None }),
+        non_retryable: false,
+        last_chunk_seq: 0,
+    }));
+    match worker.next().await {
+        Out::ResultAck(ack) => assert_eq!(ack.r#ref.as_ref(), Some(&r1)),
+        other => panic!("expected a result ack, got {other:?}"),
+    }
+    // During the delay the run waits (and says so); no task is offered before the delay is over.
+    status_becomes(&mut client, "retry-1", pb::RunStatus::Waiting).await;
+    let two = worker.assigned().await;
+    let r2 = task_ref(&two);
+    assert_eq!(r2.attempt, 2, "the retry's task carries the step's attempt");
+    assert_ne!(r2.task_id, r1.task_id);
+    assert_eq!(two.idempotency_key, one.idempotency_key);
+    status_becomes(&mut client, "retry-1", pb::RunStatus::Running).await;
+    worker.complete_acked(&r2, json!("second time")).await;
+
+    let events = events_of(run).await;
+    assert_seqs(&events, 1, events.len() as u64);
+    assert_eq!(
+        kinds(&events),
+        ["workflow_start", "step_start", "step_waiting", "step_start", "step_result", "workflow_finish"]
+    );
+    let Some(Event::StepWaiting(waiting)) = &events[2].event else { panic!("not a step_waiting") };
+    assert_eq!(waiting.reason, pb::WaitReason::RetryBackoff as i32);
+    assert_eq!((waiting.attempt, waiting.task_type.as_str()), (2, ""));
+    let wake_at = std::time::SystemTime::try_from(waiting.wake_at.expect("wake_at")).expect("a time");
+    let waited_at = std::time::SystemTime::try_from(events[2].time.expect("time")).expect("a time");
+    let delay = wake_at.duration_since(waited_at).expect("wakes after it waits");
+    assert!(delay <= DELAY && delay >= DELAY - Duration::from_millis(50), "wake_at is the delay away: {delay:?}");
+    assert_eq!(step_starts(&events), [("work".to_owned(), 1), ("work".to_owned(), 2)]);
+    let call_ids: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::StepStart(s)) => Some(s.step_call_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(call_ids[0], call_ids[1], "one step call, two attempts");
+    let Some(Event::StepResult(result)) = &events[4].event else { panic!("not a step_result") };
+    assert_eq!(result.attempts, 2);
+    assert_eq!(finish_result(events.last().unwrap()), json!("second time"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_result_of_an_abandoned_attempt_is_rejected() {
     let server = Harness::start(|hub| one_step(hub, "job", "crunch")).await;
     let mut slow = TestWorker::connect(server.channel().await, hello("w-slow", &["crunch"], 1)).await.unwrap();
@@ -438,9 +521,23 @@ async fn a_step_without_a_worker_waits_then_runs_when_one_connects() {
     assert_eq!(waiting.task_type, "render");
     assert_eq!(waiting.wake_at, None);
 
+    assert_eq!(run_status(&mut client, "nw-1").await, pb::RunStatus::Waiting);
+
     let mut worker = TestWorker::connect(server.channel().await, hello("w-late", &["render"], 1)).await.unwrap();
     worker.heartbeat();
     let assign = worker.assigned().await;
+    // A worker took the task: the run is RUNNING again, in GetRun and in ListRuns, while the worker holds it.
+    status_becomes(&mut client, "nw-1", pb::RunStatus::Running).await;
+    let listed = client
+        .list_runs(pb::ListRunsRequest { workflow_id: "job".into(), ..Default::default() })
+        .await
+        .expect("list runs")
+        .into_inner()
+        .runs;
+    assert_eq!(
+        listed.iter().map(|r| (r.run_id.as_str(), r.status)).collect::<Vec<_>>(),
+        [("nw-1", pb::RunStatus::Running as i32)]
+    );
     worker.complete_acked(&task_ref(&assign), json!("rendered")).await;
     let events = events_of(run).await;
     assert_eq!(kinds(&events), ["workflow_start", "step_start", "step_waiting", "step_result", "workflow_finish"]);

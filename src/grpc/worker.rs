@@ -267,7 +267,7 @@ fn to_pb(message: ToWorker) -> pb::ServerMessage {
                 r#ref: Some(ref_to_pb(task)),
                 task_type: a.task_type,
                 run_id: a.run_id,
-                workflow_id: String::new(),
+                workflow_id: a.workflow_id,
                 step_id: a.step_id,
                 for_each_index: a.for_each_index,
                 input: Some(convert::json_to_pb(&a.input)),
