@@ -788,3 +788,72 @@ async fn kill_9_while_a_worker_holds_tasks_loses_nothing() {
     drop(second);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `runstream serve` takes the worker timings as flags: unusable ones stop it at start naming the flags; the others
+/// reach workers in their Welcome.
+#[test]
+fn serve_takes_the_worker_timings_as_flags() {
+    use common::process::{ServerProcess, run_with_timeout, runstream_command};
+
+    let refused = run_with_timeout(
+        runstream_command([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "memory",
+            "--worker-heartbeat",
+            "10s",
+            "--worker-lease",
+            "5s",
+        ]),
+        DEADLINE,
+        "runstream serve with a lease shorter than the heartbeat",
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--worker-lease") && stderr.contains("--worker-heartbeat"), "{stderr}");
+    let refused = run_with_timeout(
+        runstream_command(["serve", "--store", "memory", "--worker-lease", "30 seconds"]),
+        DEADLINE,
+        "runstream serve with a malformed lease",
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--worker-lease") && stderr.contains("500ms"), "{stderr}");
+
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("worker-flags-server.log");
+    let args = ["--store", "memory", "--worker-heartbeat", "250ms", "--worker-lease", "2s"];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    let args = [&args[..], &["--max-worker-message-bytes".as_ref(), "64KiB".as_ref()]].concat();
+    let server = ServerProcess::start(&args, None, log, Duration::from_secs(30));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let channel =
+            Channel::from_shared(format!("http://{}", server.addr)).expect("uri").connect().await.expect("connect");
+        let worker = TestWorker::connect(channel, hello("w-flags", &["anything"], 1)).await.expect("welcome");
+        assert_eq!(worker.welcome.heartbeat_interval, Some(Duration::from_millis(250).try_into().unwrap()));
+        assert_eq!(worker.welcome.lease_duration, Some(Duration::from_secs(2).try_into().unwrap()));
+        assert_eq!(worker.welcome.max_message_bytes, 64 * 1024);
+    });
+}
+
+#[tokio::test]
+async fn worker_settings_are_given_once_and_must_work() {
+    let hub = WorkerHub::new(WorkerSettings::default());
+    let both = Server::builder().workers(hub).worker_settings(WorkerSettings::default()).build();
+    let Err(runstream::ServeError::Config(message)) = both else { panic!("both accepted") };
+    assert!(message.contains(".worker_settings()"), "{message}");
+    let silent = WorkerSettings { heartbeat_interval: Duration::ZERO, ..WorkerSettings::default() };
+    let Err(runstream::ServeError::Config(message)) = Server::builder().worker_settings(silent).build() else {
+        panic!("a zero heartbeat accepted")
+    };
+    assert!(message.contains("--worker-heartbeat"), "{message}");
+    let tiny = WorkerSettings { max_message_bytes: 10, ..WorkerSettings::default() };
+    let Err(runstream::ServeError::Config(message)) = Server::builder().worker_settings(tiny).build() else {
+        panic!("a 10-byte message limit accepted")
+    };
+    assert!(message.contains("--max-worker-message-bytes"), "{message}");
+    let quick = WorkerSettings { heartbeat_interval: Duration::from_millis(50), ..WorkerSettings::default() };
+    assert!(Server::builder().worker_settings(quick).build().is_ok());
+}
