@@ -133,13 +133,24 @@ impl TestWorker {
         self.tx.send(pb::WorkerMessage { msg: Some(msg) }).expect("stream open");
     }
 
+    /// The next server message other than a Ping (sent when the stream is idle).
     async fn next(&mut self) -> Out {
-        let message = tokio::time::timeout(DEADLINE, self.rx.message())
-            .await
-            .expect("a server message in time")
-            .expect("stream ok")
-            .expect("stream open");
-        message.msg.expect("a message")
+        loop {
+            let message = tokio::time::timeout(DEADLINE, self.rx.message())
+                .await
+                .expect("a server message in time")
+                .expect("stream ok")
+                .expect("stream open");
+            match message.msg.expect("a message") {
+                Out::Ping(_) => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// What the server sends within `wait` other than Pings, if anything.
+    async fn within(&mut self, wait: Duration) -> Option<Out> {
+        tokio::time::timeout(wait, self.next()).await.ok()
     }
 
     /// The next Assign, which the worker then holds (and heartbeats) and acks.
@@ -282,8 +293,8 @@ async fn remote_steps_and_a_foreach_of_ten_stream_in_order_within_max_in_flight(
             open.insert(assign.r#ref.as_ref().unwrap().task_id.clone(), assign);
         }
         // No fourth task arrives while three are held.
-        let extra = tokio::time::timeout(Duration::from_millis(150), worker.rx.message()).await;
-        assert!(extra.is_err(), "a fourth task was assigned: {extra:?}");
+        let extra = worker.within(Duration::from_millis(150)).await;
+        assert!(extra.is_none(), "a fourth task was assigned: {extra:?}");
         let (_, assign) = open.iter().next().map(|(k, v)| (k.clone(), v.clone())).unwrap();
         open.remove(&assign.r#ref.as_ref().unwrap().task_id);
         let index = assign.for_each_index.expect("a foreach index");
@@ -426,6 +437,24 @@ async fn a_failed_remote_step_waits_its_retry_delay_then_its_next_attempt_runs()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_gets_a_ping_each_heartbeat_interval() {
+    let server = Harness::start(|hub| one_step(hub, "job", "crunch")).await;
+    let mut worker = TestWorker::connect(server.channel().await, hello("w-idle", &["crunch"], 1)).await.unwrap();
+    let mut raw = async || {
+        let message = tokio::time::timeout(DEADLINE, worker.rx.message()).await.expect("in time");
+        let message = message.expect("stream ok").expect("stream open");
+        (std::time::Instant::now(), message.msg)
+    };
+    let (first, message) = raw().await;
+    assert!(matches!(message, Some(Out::Ping(_))), "{message:?}");
+    let (second, message) = raw().await;
+    assert!(matches!(message, Some(Out::Ping(_))), "{message:?}");
+    // One per interval of silence (100 ms here), not a flood.
+    assert!(second - first >= Duration::from_millis(90), "pings {:?} apart", second - first);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_result_of_an_abandoned_attempt_is_rejected() {
     let server = Harness::start(|hub| one_step(hub, "job", "crunch")).await;
     let mut slow = TestWorker::connect(server.channel().await, hello("w-slow", &["crunch"], 1)).await.unwrap();
@@ -555,8 +584,8 @@ async fn a_step_whose_workers_are_all_busy_waits_with_that_reason() {
     assert_eq!(one.run_id, "b-1");
     let second = run_in_background(server.client().await, stream_request("job", "b-2", json!(2)));
     // The only slot is taken: b-2 waits until it frees.
-    let extra = tokio::time::timeout(Duration::from_millis(200), worker.rx.message()).await;
-    assert!(extra.is_err(), "a second task was assigned beyond max_in_flight: {extra:?}");
+    let extra = worker.within(Duration::from_millis(200)).await;
+    assert!(extra.is_none(), "a second task was assigned beyond max_in_flight: {extra:?}");
     worker.complete_acked(&task_ref(&one), json!("one")).await;
     let two = worker.assigned().await;
     assert_eq!(two.run_id, "b-2");
