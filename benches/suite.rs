@@ -8,7 +8,9 @@
 //! The raw ceiling runs in a separate process too: this binary re-executed with `--raw-server`.
 //!
 //! Scenarios: raw, b (writer-flood), a (chain), c (batch-foreach), d (order-approval), e (10k concurrent runs),
-//! e-held (suspended runs held), f (fan-out), g (reconnect storm), latency. See docs/performance.md. Each runs
+//! e-held (suspended runs held), f (fan-out), g (reconnect storm), latency, workers (remote steps through one
+//! Rust worker; its server is this binary re-executed with `--workers-server`, also with `--addr`). See
+//! docs/performance.md. Each runs
 //! against the in-memory store (`--store memory`); `NAME@durable` runs the same scenario against the default
 //! SQLite store on a fresh data dir, its figures keyed `durable.*`, with ratios to the in-memory figures of the
 //! same run.
@@ -21,6 +23,8 @@ mod procs;
 mod raw;
 #[path = "suite/scenarios.rs"]
 mod scenarios;
+#[path = "suite/workers.rs"]
+mod workers;
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Instant};
 
@@ -91,6 +95,33 @@ const ROWS: &[Row] = &[
     Row { key: "g.duplicated", label: "G reconnect storm: duplicated", unit: "", goal: Goal::Zero },
     Row { key: "latency.p50_ms", label: "latency append→client, under B: p50", unit: "ms", goal: Goal::Info },
     Row { key: "latency.p99_ms", label: "latency append→client, under B: p99", unit: "ms", goal: Goal::Under(1.0) },
+    Row {
+        key: "workers.tasks_per_s",
+        label: "workers: tasks/s, one Rust worker, 64 in flight",
+        unit: "tasks/s",
+        goal: Goal::Info,
+    },
+    // Filled by the Python SDK's scenario when it lands (docs/performance.md, Workers).
+    Row {
+        key: "workers.python_tasks_per_s",
+        label: "workers: tasks/s, one Python worker, 64 in flight",
+        unit: "tasks/s",
+        goal: Goal::Info,
+    },
+    Row { key: "workers.remote_step_ms", label: "workers: remote step, p50 per step", unit: "ms", goal: Goal::Info },
+    Row { key: "workers.local_step_ms", label: "workers: in-process step, p50 per step", unit: "ms", goal: Goal::Info },
+    Row {
+        key: "workers.remote_over_local",
+        label: "workers: remote ÷ in-process per step",
+        unit: "×",
+        goal: Goal::Info,
+    },
+    Row {
+        key: "workers.overhead_ms",
+        label: "workers: remote step overhead (remote − in-process)",
+        unit: "ms",
+        goal: Goal::Info,
+    },
     // The same scenarios in durable mode (SQLite, group commit): the goals still apply.
     Row { key: "durable.b.events_per_s", label: "durable B writer-flood: events/s", unit: "ev/s", goal: Goal::Info },
     Row { key: "durable.b.ratio_to_memory", label: "durable B ÷ in-memory B", unit: "×", goal: Goal::Info },
@@ -135,6 +166,7 @@ const SCENARIOS: &[&str] = &[
     "f",
     "g",
     "latency",
+    "workers",
     "b@durable",
     "a@durable",
     "c@durable",
@@ -201,9 +233,10 @@ fn parse_args() -> Options {
 }
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("--raw-server") {
-        raw::serve();
-        return;
+    match std::env::args().nth(1).as_deref() {
+        Some("--raw-server") => return raw::serve(),
+        Some("--workers-server") => return workers::serve(),
+        _ => {}
     }
     let options = parse_args();
     let sizes = if options.quick { Sizes::quick() } else { Sizes::full() };
@@ -238,6 +271,7 @@ async fn run(options: &Options, sizes: &Sizes) -> Report {
         for rep in 1..=options.runs {
             let server = match (name, options.addr) {
                 ("raw", _) => Server::raw(),
+                ("workers", _) => Server::workers(),
                 (_, Some(addr)) => Server::external(addr),
                 _ if durable => Server::runstream_durable(options.server_bin.as_deref()),
                 _ => Server::runstream(options.server_bin.as_deref()),
@@ -256,6 +290,7 @@ async fn run(options: &Options, sizes: &Sizes) -> Report {
                 "f" => scenarios::fan_out(&server, sizes).await,
                 "g" => scenarios::reconnect_storm(&server, sizes).await,
                 "latency" => scenarios::latency(&server, sizes).await,
+                "workers" => workers::scenario(&server, sizes).await,
                 _ => unreachable!("scenario names are checked"),
             };
             // Durable figures get their own keys (leaked: a few dozen short strings per suite run).
@@ -327,6 +362,11 @@ fn print_and_save(options: &Options, sizes: &Sizes, report: &Report, seconds: f6
     }
     if let (Some(g), Some(b)) = (medians.get("g.events_per_s"), medians.get("b.events_per_s")) {
         medians.insert("g.ratio_to_b", g / b);
+    }
+    if let (Some(&remote), Some(&local)) = (medians.get("workers.remote_step_ms"), medians.get("workers.local_step_ms"))
+    {
+        medians.insert("workers.remote_over_local", remote / local);
+        medians.insert("workers.overhead_ms", remote - local);
     }
     for (durable, memory, ratio) in [
         ("durable.b.events_per_s", "b.events_per_s", "durable.b.ratio_to_memory"),

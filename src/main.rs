@@ -7,6 +7,7 @@ use runstream::{
     ServeError, Server, ServerBuilder, Store,
     model::{ModelProvider, OfflineModel, OpenAiConfig, OpenAiModel, RetryPolicy, RetryingModel, parse_base_url},
     store::sqlite::Sync,
+    worker::WorkerSettings,
 };
 use tracing::{error, info, warn};
 
@@ -45,8 +46,37 @@ enum Command {
         #[command(flatten)]
         limits: Limits,
         #[command(flatten)]
+        workers: WorkerArgs,
+        #[command(flatten)]
         model: ModelArgs,
     },
+}
+
+/// The worker protocol's timings (docs/workers.md), told to each worker in its Welcome.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Workers (remote steps)")]
+struct WorkerArgs {
+    /// How often a worker must heartbeat the tasks it runs (e.g. `5s`, `500ms`).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    worker_heartbeat: std::time::Duration,
+    /// How long a task stays with a worker not heard from; then it goes to another worker as its next attempt.
+    /// Longer than --worker-heartbeat; a shorter lease hands work on sooner after a crash, a longer one rides out
+    /// longer network cuts.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    worker_lease: std::time::Duration,
+    /// The largest message accepted from a worker (a task's output or write), like the size flags.
+    #[arg(long, default_value = "4MiB", value_parser = parse_size, value_name = "BYTES")]
+    max_worker_message_bytes: usize,
+}
+
+impl WorkerArgs {
+    fn settings(&self) -> WorkerSettings {
+        WorkerSettings {
+            heartbeat_interval: self.worker_heartbeat,
+            lease_duration: self.worker_lease,
+            max_message_bytes: self.max_worker_message_bytes,
+        }
+    }
 }
 
 /// Message size limits. gRPC clients refuse messages over 4 MiB unless told otherwise, so raising a limit here
@@ -204,22 +234,23 @@ fn setting_error(message: String) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// `<n><unit>` with unit `d`, `h`, `m` or `s`.
+/// `<n><unit>` with unit `d`, `h`, `m`, `s` or `ms`.
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let n: u64 =
-        number.parse().map_err(|_| format!("{text:?}: expected a number and a unit, e.g. 7d, 12h, 30m, 90s"))?;
-    let secs = match unit {
-        "d" => n.checked_mul(86_400),
-        "h" => n.checked_mul(3_600),
-        "m" => n.checked_mul(60),
-        "s" => Some(n),
-        _ => return Err(format!("{text:?}: the unit must be d, h, m or s (e.g. 7d, 12h, 30m, 90s)")),
+        number.parse().map_err(|_| format!("{text:?}: expected a number and a unit, e.g. 7d, 12h, 30m, 90s, 500ms"))?;
+    let millis = match unit {
+        "d" => n.checked_mul(86_400_000),
+        "h" => n.checked_mul(3_600_000),
+        "m" => n.checked_mul(60_000),
+        "s" => n.checked_mul(1_000),
+        "ms" => Some(n),
+        _ => return Err(format!("{text:?}: the unit must be d, h, m, s or ms (e.g. 7d, 12h, 30m, 90s, 500ms)")),
     };
-    match secs {
-        Some(secs) if secs > 0 => Ok(std::time::Duration::from_secs(secs)),
-        Some(_) => Err(format!("{text:?}: retention must be longer than zero")),
+    match millis {
+        Some(millis) if millis > 0 => Ok(std::time::Duration::from_millis(millis)),
+        Some(_) => Err(format!("{text:?}: must be longer than zero")),
         None => Err(format!("{text:?}: too long")),
     }
 }
@@ -246,7 +277,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     // The model before anything else: a setting that cannot be used stops the server before it opens the store.
-    let Command::Serve { listen, store, data_dir, sync, retention, limits, model, no_builtins } = cli.command;
+    let Command::Serve { listen, store, data_dir, sync, retention, limits, workers, model, no_builtins } = cli.command;
     let model = match model.build(std::env::var("OPENAI_API_KEY").ok()) {
         Ok(model) => model,
         Err(message) => return setting_error(message),
@@ -267,7 +298,8 @@ fn main() -> ExitCode {
         .builtins(!no_builtins)
         .builtin_model(model)
         .max_request_bytes(limits.max_request_bytes)
-        .max_response_bytes(limits.max_response_bytes);
+        .max_response_bytes(limits.max_response_bytes)
+        .worker_settings(workers.settings());
     let builder = match limits.max_event_bytes {
         Some(bytes) => builder.max_event_bytes(bytes),
         None => builder,
@@ -382,6 +414,16 @@ mod tests {
         assert!(message.contains("e.g. http://127.0.0.1:11434/v1 for Ollama"), "{message}");
         let message = error(settings("x", Some("ftp://h/v1"), None), None);
         assert!(message.contains("'ftp://h/v1' is not an http:// or https:// URL; write http://h/v1"), "{message}");
+    }
+
+    #[test]
+    fn durations_take_units_down_to_milliseconds() {
+        assert_eq!(parse_duration("7d"), Ok(std::time::Duration::from_secs(7 * 86_400)));
+        assert_eq!(parse_duration("90s"), Ok(std::time::Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(std::time::Duration::from_millis(250)));
+        assert!(parse_duration("0s").unwrap_err().contains("longer than zero"));
+        assert!(parse_duration("5 minutes").unwrap_err().contains("d, h, m, s or ms"));
+        assert!(parse_duration("99999999999999999d").unwrap_err().contains("too long"));
     }
 
     #[test]

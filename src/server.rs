@@ -105,6 +105,7 @@ pub struct ServerBuilder {
     max_event_bytes: Option<usize>,
     clock: Arc<dyn Clock>,
     workers: Option<Arc<WorkerHub>>,
+    worker_settings: Option<WorkerSettings>,
 }
 
 impl Default for ServerBuilder {
@@ -120,6 +121,7 @@ impl Default for ServerBuilder {
             max_event_bytes: None,
             clock: Arc::new(SystemClock),
             workers: None,
+            worker_settings: None,
         }
     }
 }
@@ -230,6 +232,14 @@ impl ServerBuilder {
         self
     }
 
+    /// The worker protocol's timings and limits (heartbeat interval, lease, largest message) of the hub the server
+    /// makes for itself when it is given none (default [`WorkerSettings::default`]). A hub given with
+    /// [`workers`](Self::workers) has its own settings: giving both is a [`ServeError::Config`].
+    pub fn worker_settings(mut self, settings: WorkerSettings) -> Self {
+        self.worker_settings = Some(settings);
+        self
+    }
+
     /// Opens the store and loads what it holds (runs that were in flight are recovered and go on running), ready
     /// to serve. Must be called within a tokio runtime.
     pub fn build(self) -> Result<Server, ServeError> {
@@ -260,7 +270,18 @@ impl ServerBuilder {
         self.runnables.into_iter().try_for_each(&mut add)?;
         let encoder = Arc::new(WireEncoder::new(max_event_bytes));
         // Always a hub: workflows registered over gRPC run their steps in its workers.
-        let workers = self.workers.unwrap_or_else(|| WorkerHub::new(WorkerSettings::default()));
+        let workers = match (self.workers, self.worker_settings) {
+            (Some(_), Some(_)) => {
+                return Err(ServeError::Config(
+                    "worker settings given twice: the hub given to .workers() has its own (WorkerHub::new(settings)); \
+                     drop .worker_settings()"
+                        .into(),
+                ));
+            }
+            (Some(hub), None) => hub,
+            (None, settings) => WorkerHub::new(settings.unwrap_or_default()),
+        };
+        check_worker_settings(workers.settings())?;
         let compiler: Arc<dyn DefinitionCompiler> = Arc::new(definition::Compiler::new(Arc::clone(&workers)));
         let registry = match self.store {
             Store::Memory => RunRegistry::new_with(catalog, self.clock, encoder, Some(compiler)),
@@ -278,6 +299,32 @@ impl ServerBuilder {
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
         self.build()?.bind().await?.serve(shutdown).await
     }
+}
+
+/// Worker timings that cannot work stop the server at start, naming the flag (and the field) to change.
+fn check_worker_settings(settings: &WorkerSettings) -> Result<(), ServeError> {
+    let WorkerSettings { heartbeat_interval, lease_duration, max_message_bytes } = settings;
+    if heartbeat_interval.is_zero() {
+        return Err(ServeError::Config(
+            "the worker heartbeat interval (--worker-heartbeat, WorkerSettings::heartbeat_interval) must be longer \
+             than zero"
+                .into(),
+        ));
+    }
+    if lease_duration <= heartbeat_interval {
+        return Err(ServeError::Config(format!(
+            "the worker lease (--worker-lease, WorkerSettings::lease_duration, {lease_duration:?}) must be longer \
+             than the heartbeat interval (--worker-heartbeat, {heartbeat_interval:?}), or leases run out between \
+             heartbeats; a lease of several heartbeats (the default is 6) survives a lost one"
+        )));
+    }
+    if *max_message_bytes < 1024 {
+        return Err(ServeError::Config(format!(
+            "the largest worker message (--max-worker-message-bytes, WorkerSettings::max_message_bytes, \
+             {max_message_bytes} bytes) must be at least 1KiB"
+        )));
+    }
+    Ok(())
 }
 
 /// A runstream server, built by [`Server::builder`]: its runs are loaded and it is ready to serve.

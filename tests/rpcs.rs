@@ -121,8 +121,33 @@ async fn flaky_retries_then_succeeds_or_fails() {
         _ => None,
     });
     assert_eq!(attempts, Some(3));
-    // Retries emit no events between attempts.
-    assert_eq!(kinds(&ok), ["workflow_start", "step_start", "step_result", "workflow_finish"]);
+    // Each retry waits its delay in the open (step_waiting RETRY_BACKOFF naming the next attempt), then starts.
+    assert_eq!(
+        kinds(&ok),
+        [
+            "workflow_start",
+            "step_start",
+            "step_waiting",
+            "step_start",
+            "step_waiting",
+            "step_start",
+            "step_result",
+            "workflow_finish"
+        ]
+    );
+    let shown: Vec<(&str, u32)> = ok
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::StepStart(s)) => Some(("start", s.attempt)),
+            Some(Event::StepWaiting(w)) => {
+                assert_eq!(w.reason, pb::WaitReason::RetryBackoff as i32);
+                assert!(w.wake_at.is_some(), "a retry wait says when it ends");
+                Some(("waiting", w.attempt))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(shown, [("start", 1), ("waiting", 2), ("start", 2), ("waiting", 3), ("start", 3)]);
 
     let failed =
         stream_run(&mut client, stream_request("flaky", "flaky-fail", json!({"failTimes": 3, "attempts": 3}))).await;

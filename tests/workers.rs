@@ -133,13 +133,24 @@ impl TestWorker {
         self.tx.send(pb::WorkerMessage { msg: Some(msg) }).expect("stream open");
     }
 
+    /// The next server message other than a Ping (sent when the stream is idle).
     async fn next(&mut self) -> Out {
-        let message = tokio::time::timeout(DEADLINE, self.rx.message())
-            .await
-            .expect("a server message in time")
-            .expect("stream ok")
-            .expect("stream open");
-        message.msg.expect("a message")
+        loop {
+            let message = tokio::time::timeout(DEADLINE, self.rx.message())
+                .await
+                .expect("a server message in time")
+                .expect("stream ok")
+                .expect("stream open");
+            match message.msg.expect("a message") {
+                Out::Ping(_) => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// What the server sends within `wait` other than Pings, if anything.
+    async fn within(&mut self, wait: Duration) -> Option<Out> {
+        tokio::time::timeout(wait, self.next()).await.ok()
     }
 
     /// The next Assign, which the worker then holds (and heartbeats) and acks.
@@ -208,6 +219,25 @@ fn step_starts(events: &[pb::RunEvent]) -> Vec<(String, u32)> {
         .collect()
 }
 
+async fn run_status(client: &mut Client, run_id: &str) -> pb::RunStatus {
+    let info = client.get_run(pb::GetRunRequest { run_id: run_id.into() }).await.expect("get run").into_inner();
+    pb::RunStatus::try_from(info.status).expect("a known status")
+}
+
+/// Polls GetRun until the run has `status` (the status follows the hub's events on the run's own task).
+async fn status_becomes(client: &mut Client, run_id: &str, status: pb::RunStatus) {
+    let polled = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if run_status(client, run_id).await == status {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(polled.is_ok(), "run {run_id} never became {status:?} (it is {:?})", run_status(client, run_id).await);
+}
+
 fn one_step(hub: &Arc<WorkerHub>, workflow: &str, task_type: &str) -> Vec<Arc<Workflow>> {
     vec![Workflow::builder(workflow).then(hub.step("work", task_type)).commit()]
 }
@@ -235,6 +265,7 @@ async fn remote_steps_and_a_foreach_of_ten_stream_in_order_within_max_in_flight(
     // The list step: two writes, then its output (the foreach's items).
     let list = worker.assigned().await;
     assert_eq!(list.task_type, "list-images");
+    assert_eq!(list.workflow_id, "gallery");
     assert_eq!(list.idempotency_key, "g-1/list");
     assert_eq!(json(&list.input), json!({ "n": 12 }));
     let r = task_ref(&list);
@@ -262,8 +293,8 @@ async fn remote_steps_and_a_foreach_of_ten_stream_in_order_within_max_in_flight(
             open.insert(assign.r#ref.as_ref().unwrap().task_id.clone(), assign);
         }
         // No fourth task arrives while three are held.
-        let extra = tokio::time::timeout(Duration::from_millis(150), worker.rx.message()).await;
-        assert!(extra.is_err(), "a fourth task was assigned: {extra:?}");
+        let extra = worker.within(Duration::from_millis(150)).await;
+        assert!(extra.is_none(), "a fourth task was assigned: {extra:?}");
         let (_, assign) = open.iter().next().map(|(k, v)| (k.clone(), v.clone())).unwrap();
         open.remove(&assign.r#ref.as_ref().unwrap().task_id);
         let index = assign.for_each_index.expect("a foreach index");
@@ -339,6 +370,87 @@ async fn a_worker_that_dies_has_its_task_redelivered_after_the_lease() {
     assert_eq!(step_starts(&events), [("work".to_owned(), 1), ("work".to_owned(), 2)]);
     let results = events.iter().filter(|e| kind(e) == "step_result").count();
     assert_eq!(results, 1, "one result");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_remote_step_waits_its_retry_delay_then_its_next_attempt_runs() {
+    const DELAY: Duration = Duration::from_millis(300);
+    let server = Harness::start(|hub| {
+        vec![Workflow::builder("job").then(hub.step("work", "crunch").retries(3, DELAY)).commit()]
+    })
+    .await;
+    let mut worker = TestWorker::connect(server.channel().await, hello("w-retry", &["crunch"], 1)).await.unwrap();
+    worker.heartbeat();
+    let mut client = server.client().await;
+    let run = run_in_background(client.clone(), stream_request("job", "retry-1", json!({ "x": 1 })));
+    let one = worker.assigned().await;
+    let r1 = task_ref(&one);
+    assert_eq!((r1.attempt, one.workflow_id.as_str()), (1, "job"));
+    worker.release(&r1);
+    worker.send(In::Fail(pb::Fail {
+        r#ref: Some(r1.clone()),
+        error: Some(pb::ErrorInfo { name: "Flaky".into(), message: "try again".into(), details: None }),
+        non_retryable: false,
+        last_chunk_seq: 0,
+    }));
+    match worker.next().await {
+        Out::ResultAck(ack) => assert_eq!(ack.r#ref.as_ref(), Some(&r1)),
+        other => panic!("expected a result ack, got {other:?}"),
+    }
+    // During the delay the run waits (and says so); no task is offered before the delay is over.
+    status_becomes(&mut client, "retry-1", pb::RunStatus::Waiting).await;
+    let two = worker.assigned().await;
+    let r2 = task_ref(&two);
+    assert_eq!(r2.attempt, 2, "the retry's task carries the step's attempt");
+    assert_ne!(r2.task_id, r1.task_id);
+    assert_eq!(two.idempotency_key, one.idempotency_key);
+    status_becomes(&mut client, "retry-1", pb::RunStatus::Running).await;
+    worker.complete_acked(&r2, json!("second time")).await;
+
+    let events = events_of(run).await;
+    assert_seqs(&events, 1, events.len() as u64);
+    assert_eq!(
+        kinds(&events),
+        ["workflow_start", "step_start", "step_waiting", "step_start", "step_result", "workflow_finish"]
+    );
+    let Some(Event::StepWaiting(waiting)) = &events[2].event else { panic!("not a step_waiting") };
+    assert_eq!(waiting.reason, pb::WaitReason::RetryBackoff as i32);
+    assert_eq!((waiting.attempt, waiting.task_type.as_str()), (2, ""));
+    let wake_at = std::time::SystemTime::try_from(waiting.wake_at.expect("wake_at")).expect("a time");
+    let waited_at = std::time::SystemTime::try_from(events[2].time.expect("time")).expect("a time");
+    let delay = wake_at.duration_since(waited_at).expect("wakes after it waits");
+    assert!(delay <= DELAY && delay >= DELAY - Duration::from_millis(50), "wake_at is the delay away: {delay:?}");
+    assert_eq!(step_starts(&events), [("work".to_owned(), 1), ("work".to_owned(), 2)]);
+    let call_ids: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match &e.event {
+            Some(Event::StepStart(s)) => Some(s.step_call_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(call_ids[0], call_ids[1], "one step call, two attempts");
+    let Some(Event::StepResult(result)) = &events[4].event else { panic!("not a step_result") };
+    assert_eq!(result.attempts, 2);
+    assert_eq!(finish_result(events.last().unwrap()), json!("second time"));
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_stream_gets_a_ping_each_heartbeat_interval() {
+    let server = Harness::start(|hub| one_step(hub, "job", "crunch")).await;
+    let mut worker = TestWorker::connect(server.channel().await, hello("w-idle", &["crunch"], 1)).await.unwrap();
+    let mut raw = async || {
+        let message = tokio::time::timeout(DEADLINE, worker.rx.message()).await.expect("in time");
+        let message = message.expect("stream ok").expect("stream open");
+        (std::time::Instant::now(), message.msg)
+    };
+    let (first, message) = raw().await;
+    assert!(matches!(message, Some(Out::Ping(_))), "{message:?}");
+    let (second, message) = raw().await;
+    assert!(matches!(message, Some(Out::Ping(_))), "{message:?}");
+    // One per interval of silence (100 ms here), not a flood.
+    assert!(second - first >= Duration::from_millis(90), "pings {:?} apart", second - first);
     server.stop().await;
 }
 
@@ -438,9 +550,23 @@ async fn a_step_without_a_worker_waits_then_runs_when_one_connects() {
     assert_eq!(waiting.task_type, "render");
     assert_eq!(waiting.wake_at, None);
 
+    assert_eq!(run_status(&mut client, "nw-1").await, pb::RunStatus::Waiting);
+
     let mut worker = TestWorker::connect(server.channel().await, hello("w-late", &["render"], 1)).await.unwrap();
     worker.heartbeat();
     let assign = worker.assigned().await;
+    // A worker took the task: the run is RUNNING again, in GetRun and in ListRuns, while the worker holds it.
+    status_becomes(&mut client, "nw-1", pb::RunStatus::Running).await;
+    let listed = client
+        .list_runs(pb::ListRunsRequest { workflow_id: "job".into(), ..Default::default() })
+        .await
+        .expect("list runs")
+        .into_inner()
+        .runs;
+    assert_eq!(
+        listed.iter().map(|r| (r.run_id.as_str(), r.status)).collect::<Vec<_>>(),
+        [("nw-1", pb::RunStatus::Running as i32)]
+    );
     worker.complete_acked(&task_ref(&assign), json!("rendered")).await;
     let events = events_of(run).await;
     assert_eq!(kinds(&events), ["workflow_start", "step_start", "step_waiting", "step_result", "workflow_finish"]);
@@ -458,8 +584,8 @@ async fn a_step_whose_workers_are_all_busy_waits_with_that_reason() {
     assert_eq!(one.run_id, "b-1");
     let second = run_in_background(server.client().await, stream_request("job", "b-2", json!(2)));
     // The only slot is taken: b-2 waits until it frees.
-    let extra = tokio::time::timeout(Duration::from_millis(200), worker.rx.message()).await;
-    assert!(extra.is_err(), "a second task was assigned beyond max_in_flight: {extra:?}");
+    let extra = worker.within(Duration::from_millis(200)).await;
+    assert!(extra.is_none(), "a second task was assigned beyond max_in_flight: {extra:?}");
     worker.complete_acked(&task_ref(&one), json!("one")).await;
     let two = worker.assigned().await;
     assert_eq!(two.run_id, "b-2");
@@ -690,4 +816,73 @@ async fn kill_9_while_a_worker_holds_tasks_loses_nothing() {
     assert_eq!(results, ["list", "report", "resize"]);
     drop(second);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `runstream serve` takes the worker timings as flags: unusable ones stop it at start naming the flags; the others
+/// reach workers in their Welcome.
+#[test]
+fn serve_takes_the_worker_timings_as_flags() {
+    use common::process::{ServerProcess, run_with_timeout, runstream_command};
+
+    let refused = run_with_timeout(
+        runstream_command([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "memory",
+            "--worker-heartbeat",
+            "10s",
+            "--worker-lease",
+            "5s",
+        ]),
+        DEADLINE,
+        "runstream serve with a lease shorter than the heartbeat",
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--worker-lease") && stderr.contains("--worker-heartbeat"), "{stderr}");
+    let refused = run_with_timeout(
+        runstream_command(["serve", "--store", "memory", "--worker-lease", "30 seconds"]),
+        DEADLINE,
+        "runstream serve with a malformed lease",
+    );
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("--worker-lease") && stderr.contains("500ms"), "{stderr}");
+
+    let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("worker-flags-server.log");
+    let args = ["--store", "memory", "--worker-heartbeat", "250ms", "--worker-lease", "2s"];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    let args = [&args[..], &["--max-worker-message-bytes".as_ref(), "64KiB".as_ref()]].concat();
+    let server = ServerProcess::start(&args, None, log, Duration::from_secs(30));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let channel =
+            Channel::from_shared(format!("http://{}", server.addr)).expect("uri").connect().await.expect("connect");
+        let worker = TestWorker::connect(channel, hello("w-flags", &["anything"], 1)).await.expect("welcome");
+        assert_eq!(worker.welcome.heartbeat_interval, Some(Duration::from_millis(250).try_into().unwrap()));
+        assert_eq!(worker.welcome.lease_duration, Some(Duration::from_secs(2).try_into().unwrap()));
+        assert_eq!(worker.welcome.max_message_bytes, 64 * 1024);
+    });
+}
+
+#[tokio::test]
+async fn worker_settings_are_given_once_and_must_work() {
+    let hub = WorkerHub::new(WorkerSettings::default());
+    let both = Server::builder().workers(hub).worker_settings(WorkerSettings::default()).build();
+    let Err(runstream::ServeError::Config(message)) = both else { panic!("both accepted") };
+    assert!(message.contains(".worker_settings()"), "{message}");
+    let silent = WorkerSettings { heartbeat_interval: Duration::ZERO, ..WorkerSettings::default() };
+    let Err(runstream::ServeError::Config(message)) = Server::builder().worker_settings(silent).build() else {
+        panic!("a zero heartbeat accepted")
+    };
+    assert!(message.contains("--worker-heartbeat"), "{message}");
+    let tiny = WorkerSettings { max_message_bytes: 10, ..WorkerSettings::default() };
+    let Err(runstream::ServeError::Config(message)) = Server::builder().worker_settings(tiny).build() else {
+        panic!("a 10-byte message limit accepted")
+    };
+    assert!(message.contains("--max-worker-message-bytes"), "{message}");
+    let quick = WorkerSettings { heartbeat_interval: Duration::from_millis(50), ..WorkerSettings::default() };
+    assert!(Server::builder().worker_settings(quick).build().is_ok());
 }

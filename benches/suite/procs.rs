@@ -68,6 +68,14 @@ impl Server {
         Self::spawn(command, "raw ceiling")
     }
 
+    /// The `workers` scenario's server: this very binary with `--workers-server`.
+    pub fn workers() -> Self {
+        let exe = std::env::current_exe().expect("the bench binary's own path");
+        let mut command = Command::new(exe);
+        command.arg("--workers-server");
+        Self::spawn(command, "workers")
+    }
+
     /// A server someone else runs; its memory and CPU cannot be read.
     pub fn external(addr: SocketAddr) -> Self {
         Self { addr, child: None, data_dir: None }

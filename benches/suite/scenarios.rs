@@ -36,6 +36,8 @@ pub struct Sizes {
     pub observers: usize,
     pub storm_events: u64,
     pub storm_every: u64,
+    pub worker_tasks: u64,
+    pub worker_chain_runs: usize,
 }
 
 impl Sizes {
@@ -54,6 +56,8 @@ impl Sizes {
             observers: 1_000,
             storm_events: 1_000_000,
             storm_every: 1_000,
+            worker_tasks: 20_000,
+            worker_chain_runs: 300,
         }
     }
 
@@ -72,6 +76,8 @@ impl Sizes {
             observers: 50,
             storm_events: 100_000,
             storm_every: 1_000,
+            worker_tasks: 2_000,
+            worker_chain_runs: 30,
         }
     }
 
@@ -83,6 +89,7 @@ impl Sizes {
             "cycles": self.cycles, "concurrent_runs": self.concurrent_runs,
             "suspended_runs": self.suspended_runs, "fanout_events": self.fanout_events,
             "observers": self.observers, "storm_events": self.storm_events, "storm_every": self.storm_every,
+            "worker_tasks": self.worker_tasks, "worker_chain_runs": self.worker_chain_runs,
         })
     }
 }

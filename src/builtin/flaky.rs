@@ -1,5 +1,6 @@
-//! `flaky`: a step that fails its first `failTimes` tries, with `attempts` tries allowed; shows that retries emit
-//! no events and that the step result counts the attempts.
+//! `flaky`: a step that fails its first `failTimes` tries, with `attempts` tries allowed; shows how retries stream
+//! (`step_waiting` RETRY_BACKOFF for the delay, then `step_start` of the next attempt) and that the step result
+//! counts the attempts.
 
 use std::{sync::Arc, time::Duration};
 
@@ -62,8 +63,19 @@ mod tests {
         let (out, events) = run(&workflow(), json!({ "failTimes": 2, "attempts": 3 })).await;
         assert_eq!(out.status, RunStatus::Success);
         assert_eq!(out.result, Some(json!({ "attempts": 3 })));
-        assert_eq!(describe_all(&events), ["start flaky 1", "step-start unreliable", "result unreliable Success"]);
-        match &events[2].kind {
+        assert_eq!(
+            describe_all(&events),
+            [
+                "start flaky 1",
+                "step-start unreliable",
+                "waiting unreliable retry 2",
+                "step-start unreliable attempt 2",
+                "waiting unreliable retry 3",
+                "step-start unreliable attempt 3",
+                "result unreliable Success"
+            ]
+        );
+        match &events[6].kind {
             EventKind::StepResult { attempts, .. } => assert_eq!(*attempts, 3),
             other => panic!("{other:?}"),
         }
@@ -77,7 +89,8 @@ mod tests {
         assert_eq!(error.name, "StepError");
         assert_eq!(error.message, "attempt 3 of 3 failed");
         assert_eq!(error.details.unwrap()["stepId"], json!("unreliable"));
-        assert_eq!(describe_all(&events), ["start flaky 1", "step-start unreliable", "result unreliable Failed"]);
+        assert_eq!(describe_all(&events).last().map(String::as_str), Some("result unreliable Failed"));
+        assert_eq!(describe_all(&events).iter().filter(|e| e.starts_with("step-start")).count(), 3);
         let (out, _) = run(&workflow(), json!({ "failTimes": 0, "attempts": 1 })).await;
         assert_eq!(out.result, Some(json!({ "attempts": 1 })));
     }

@@ -252,6 +252,8 @@ pub enum EventKind {
         reason: WaitReason,
         /// The task type a remote step waits for a worker of.
         task_type: Option<Arc<str>>,
+        /// For [`WaitReason::RetryBackoff`]: the attempt that comes next (2, 3, ...); 0 otherwise.
+        attempt: u32,
     },
     /// A step finished without suspending.
     StepResult {
@@ -367,6 +369,10 @@ pub(crate) trait EventSink: Send + Sync + 'static {
         self.emit_ref(event);
         Ok(())
     }
+
+    /// A step that emitted `step_waiting` runs again with no event to say so (a worker took a remote step's
+    /// task): a sink that tracks the run's status moves it from WAITING back to RUNNING.
+    fn step_running(&self) {}
 }
 
 /// An event a sink refused for its size: `size` bytes encoded, over the sink's `limit`.

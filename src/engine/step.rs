@@ -8,7 +8,10 @@ use std::{
     fmt,
     future::Future,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicU32, Ordering},
+    },
     time::{Duration, SystemTime},
 };
 
@@ -138,7 +141,8 @@ impl Step {
     }
 
     /// Try the step up to `attempts` times in total (0 counts as 1), waiting `delay` between tries. Overrides the
-    /// workflow's default. Failed tries emit no events; the step result reports how many tries were made.
+    /// workflow's default. Each retry waits in the open (`step_waiting` RETRY_BACKOFF, unless the delay is 0), then
+    /// starts again (`step_start` with the next attempt); the step result reports how many tries were made.
     pub fn retries(mut self, attempts: u32, delay: Duration) -> Self {
         self.retry = Some(RetrySpec::Fixed { attempts, delay });
         self
@@ -305,6 +309,8 @@ pub struct StepContext {
 /// The part of a [`StepContext`] that does not change between attempts.
 pub(crate) struct ContextShared {
     pub(crate) run_id: Arc<str>,
+    /// The run's workflow (the top-level one, also for a step of a nested workflow).
+    pub(crate) workflow_id: Arc<str>,
     pub(crate) step_id: Arc<str>,
     /// The call id of this invocation's `step_start` (empty inside a foreach, whose iterations have none).
     pub(crate) step_call_id: String,
@@ -320,6 +326,9 @@ pub(crate) struct ContextShared {
     pub(crate) writer: Writer,
     pub(crate) cancel: CancellationToken,
     pub(crate) clock: Arc<dyn Clock>,
+    /// The attempt the stream shows (`step_start.attempt`, 1 for the first): retries and a remote step's
+    /// redeliveries both count, so the numbers of one step call only grow.
+    pub(crate) shown_attempt: AtomicU32,
 }
 
 impl fmt::Debug for StepContext {
@@ -336,6 +345,11 @@ impl StepContext {
     /// The run's id.
     pub fn run_id(&self) -> &str {
         &self.shared.run_id
+    }
+
+    /// The id of the run's workflow (the top-level one, also for a step of a nested workflow).
+    pub fn workflow_id(&self) -> &str {
+        &self.shared.workflow_id
     }
 
     /// Dotted path of the step (`child.step` inside nested workflow `child`).
@@ -430,13 +444,33 @@ impl StepContext {
         }
         self.shared.writer.sink.emit(Event {
             source: EventSource::Workflow,
-            kind: EventKind::StepWaiting { step_id: Arc::clone(&self.shared.step_id), wake_at, reason, task_type },
+            kind: EventKind::StepWaiting {
+                step_id: Arc::clone(&self.shared.step_id),
+                wake_at,
+                reason,
+                task_type,
+                attempt: 0,
+            },
         });
+    }
+
+    /// The step waited (it emitted `step_waiting`) and now runs without an event saying so (a remote step's task
+    /// was taken by a worker): the run is no longer waiting.
+    pub(crate) fn report_running(&self) {
+        if self.shared.for_each_index.is_none() {
+            self.shared.writer.sink.step_running();
+        }
+    }
+
+    /// The attempt the stream shows now (`step_start.attempt`): 1, then one more per retry or redelivery.
+    pub(crate) fn shown_attempt(&self) -> u32 {
+        self.shared.shown_attempt.load(Ordering::Acquire)
     }
 
     /// Emits another `step_start` (same call id) for delivery `attempt` (2, 3, ...) of a remote step handed to a
     /// new worker. Not inside a foreach.
     pub(crate) fn report_redelivery(&self, attempt: u32) {
+        self.shared.shown_attempt.fetch_max(attempt, Ordering::AcqRel);
         if self.shared.for_each_index.is_some() || self.shared.step_call_id.is_empty() {
             return;
         }

@@ -255,11 +255,12 @@ pub fn workflow_event(kind: &EventKind) -> Option<pb::workflow_event::Event> {
             resume_label: resume_label.clone().unwrap_or_default(),
             for_each_index: *for_each_index,
         }),
-        EventKind::StepWaiting { step_id, wake_at, reason, task_type } => E::StepWaiting(pb::StepWaiting {
+        EventKind::StepWaiting { step_id, wake_at, reason, task_type, attempt } => E::StepWaiting(pb::StepWaiting {
             step_id: step_id.to_string(),
             wake_at: wake_at.and_then(time),
             reason: wait_reason(*reason) as i32,
             task_type: task_type.as_deref().unwrap_or_default().to_owned(),
+            attempt: *attempt,
         }),
         EventKind::StepResult { step_id, step_call_id, status, output, error, attempts, started_at, ended_at } => {
             E::StepResult(pb::StepResult {

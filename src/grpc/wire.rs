@@ -205,13 +205,14 @@ pub fn encode_body(time: SystemTime, event: &Event, out: &mut Vec<u8>) {
                 encode_varint(u64::from(*index), w.buf);
             }
         }),
-        EventKind::StepWaiting { step_id, wake_at, reason, task_type } => w.message(15, |w| {
+        EventKind::StepWaiting { step_id, wake_at, reason, task_type, attempt } => w.message(15, |w| {
             w.string(1, step_id);
             if let Some(wake_at) = wake_at {
                 w.timestamp(2, *wake_at);
             }
             w.enumeration(3, convert::wait_reason(*reason) as i32);
             w.string(4, task_type.as_deref().unwrap_or_default());
+            w.uint(5, u64::from(*attempt));
         }),
         EventKind::StepResult { step_id, step_call_id, status, output, error, attempts, started_at, ended_at } => w
             .message(16, |w| {
@@ -425,6 +426,7 @@ mod tests {
                     wake_at: Some(t0),
                     reason: WaitReason::Sleep,
                     task_type: None,
+                    attempt: 0,
                 },
             ),
             (
@@ -434,6 +436,17 @@ mod tests {
                     wake_at: None,
                     reason: WaitReason::NoWorker,
                     task_type: Some("resize".into()),
+                    attempt: 0,
+                },
+            ),
+            (
+                EventSource::Workflow,
+                EventKind::StepWaiting {
+                    step_id: step.clone(),
+                    wake_at: Some(t0),
+                    reason: WaitReason::RetryBackoff,
+                    task_type: None,
+                    attempt: 3,
                 },
             ),
             (

@@ -81,8 +81,10 @@ impl worker_service_server::WorkerService for WorkerService {
             tracing::info!(session_id, "worker disconnected");
             hub.disconnect(&session_id);
         });
+        let idle = self.hub.settings().heartbeat_interval;
         let out = Outbound {
             welcome: Some(welcome_to_pb(connected.welcome)),
+            idle,
             outbox: connected.outbox,
             fatal: Some(fatal_rx),
             shutdown: self.shutdown.clone(),
@@ -102,9 +104,12 @@ impl worker_service_server::WorkerService for WorkerService {
     }
 }
 
-/// The answer stream: Welcome, then the hub's messages; a Drain at shutdown; a protocol error ends it.
+/// The answer stream: Welcome, then the hub's messages, a Ping after each `idle` without one (so that a worker
+/// hears from a live server at least every heartbeat interval, through proxies that answer HTTP/2 pings
+/// themselves, and can take silence for a dead server); a Drain at shutdown; a protocol error ends it.
 struct Outbound {
     welcome: Option<pb::ServerMessage>,
+    idle: Duration,
     outbox: tokio::sync::mpsc::UnboundedReceiver<ToWorker>,
     fatal: Option<oneshot::Receiver<Status>>,
     shutdown: CancellationToken,
@@ -119,6 +124,8 @@ impl Outbound {
         if let Some(welcome) = self.welcome.take() {
             return Some((Ok(welcome), self));
         }
+        // Each call follows a message sent: the stream has been idle since now.
+        let ping_at = tokio::time::sleep(self.idle);
         let fatal = async {
             match self.fatal.as_mut() {
                 Some(rx) => rx.await.ok(),
@@ -144,6 +151,7 @@ impl Outbound {
                 let drain = pb::Drain { reconnect_after: RECONNECT_AFTER.try_into().ok() };
                 Some((Ok(pb::ServerMessage { msg: Some(Out::Drain(drain)) }), self))
             }
+            () = ping_at => Some((Ok(pb::ServerMessage { msg: Some(Out::Ping(pb::Ping {})) }), self)),
         }
     }
 }
@@ -267,7 +275,7 @@ fn to_pb(message: ToWorker) -> pb::ServerMessage {
                 r#ref: Some(ref_to_pb(task)),
                 task_type: a.task_type,
                 run_id: a.run_id,
-                workflow_id: String::new(),
+                workflow_id: a.workflow_id,
                 step_id: a.step_id,
                 for_each_index: a.for_each_index,
                 input: Some(convert::json_to_pb(&a.input)),

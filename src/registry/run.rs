@@ -503,6 +503,12 @@ impl EventSink for Run {
     fn try_emit_ref(&self, event: &Event) -> Result<(), EventTooLarge> {
         self.append(event, true)
     }
+
+    fn step_running(&self) {
+        if self.waiting.load(Ordering::Acquire) {
+            self.set_status_if(RunStatus::Waiting, RunStatus::Running);
+        }
+    }
 }
 
 impl Run {
@@ -513,8 +519,9 @@ impl Run {
             // The executor's last event of a canceled phase: `finish_phase` logs it with the finish, in one commit.
             EventKind::WorkflowCanceled { .. } => return Ok(()),
             EventKind::StepWaiting { .. } => self.set_status_if(RunStatus::Running, RunStatus::Waiting),
-            // Only a run a sleep made WAITING needs the state lock here; every other step result skips it.
-            EventKind::StepResult { .. } if self.waiting.load(Ordering::Acquire) => {
+            // Only a run a step_waiting made WAITING needs the state lock here; every other step result skips it. A
+            // step_start after a wait is the next attempt of a step that waited out its retry delay.
+            EventKind::StepResult { .. } | EventKind::StepStart { .. } if self.waiting.load(Ordering::Acquire) => {
                 self.set_status_if(RunStatus::Waiting, RunStatus::Running)
             }
             _ => {}

@@ -176,6 +176,8 @@ pub(crate) enum TaskEvent {
     Output(Chunk),
     /// The task waits in its queue.
     Waiting(WaitReason),
+    /// A task that waited (after `Waiting`) was handed to a worker.
+    Running,
     /// The task was handed to a worker again after a lease ran out.
     Redelivered(u32),
     Finished(Result<StepOutcome, StepError>),
@@ -186,6 +188,7 @@ pub(crate) enum TaskEvent {
 pub(crate) struct NewTask {
     pub task_type: String,
     pub run_id: String,
+    pub workflow_id: String,
     pub step_id: String,
     pub for_each_index: Option<u32>,
     pub input: Value,
@@ -203,6 +206,8 @@ struct Task {
     /// Sessions that let a lease of this task run out: it goes to them again only if no other worker can take it.
     lost_by: HashSet<String>,
     last_chunk_seq: u64,
+    /// The step was told the task waits: it is told again when a worker takes it.
+    waited: bool,
     events: mpsc::UnboundedSender<TaskEvent>,
 }
 
@@ -543,10 +548,11 @@ impl WorkerHub {
             types.insert(task.assignment.spec.task_type.clone());
             // A redelivery goes first: it has waited longest.
             state.queues.entry(task.assignment.spec.task_type.clone()).or_default().push_front(task_id.clone());
-            if let Some(reason) = wait_reason(state, &task_type_of(state, &task_id)) {
-                if let Some(task) = state.tasks.get(&task_id) {
-                    let _ = task.events.send(TaskEvent::Waiting(reason));
-                }
+            if let Some(reason) = wait_reason(state, &task_type_of(state, &task_id))
+                && let Some(task) = state.tasks.get_mut(&task_id)
+            {
+                task.waited = true;
+                let _ = task.events.send(TaskEvent::Waiting(reason));
             }
         }
         for task_type in types {
@@ -554,14 +560,21 @@ impl WorkerHub {
         }
     }
 
-    /// Queues a task; returns its id and the channel its events arrive on.
-    pub(crate) fn enqueue(self: &Arc<Self>, new: NewTask) -> (String, mpsc::UnboundedReceiver<TaskEvent>) {
+    /// Queues a task whose first attempt is `attempt` (the step's attempt: 1, or more for a retry); returns its id
+    /// and the channel its events arrive on.
+    pub(crate) fn enqueue(
+        self: &Arc<Self>,
+        new: NewTask,
+        attempt: u32,
+    ) -> (String, mpsc::UnboundedReceiver<TaskEvent>) {
         self.ensure_reaper();
         let (tx, rx) = mpsc::unbounded_channel();
         let task_id = uuid::Uuid::now_v7().to_string();
         let task_type = new.task_type.clone();
-        let assignment =
-            Assignment { task: TaskRef { task_id: task_id.clone(), attempt: 1, lease_token: new_token() }, spec: new };
+        let assignment = Assignment {
+            task: TaskRef { task_id: task_id.clone(), attempt: attempt.max(1), lease_token: new_token() },
+            spec: new,
+        };
         let mut guard = self.state();
         let state = &mut *guard;
         state.tasks.insert(
@@ -572,11 +585,15 @@ impl WorkerHub {
                 abandoned: false,
                 lost_by: HashSet::new(),
                 last_chunk_seq: 0,
+                waited: false,
                 events: tx.clone(),
             },
         );
         state.queues.entry(task_type.clone()).or_default().push_back(task_id.clone());
         if let Some(reason) = wait_reason(state, &task_type) {
+            if let Some(task) = state.tasks.get_mut(&task_id) {
+                task.waited = true;
+            }
             let _ = tx.send(TaskEvent::Waiting(reason));
         }
         dispatch(state, &task_type, &self.settings);
@@ -670,6 +687,9 @@ fn dispatch(state: &mut State, task_type: &str, settings: &WorkerSettings) {
             lease_until: Instant::now() + settings.lease_duration,
         });
         session.in_flight.insert(task_id);
+        if std::mem::take(&mut task.waited) {
+            let _ = task.events.send(TaskEvent::Running);
+        }
         if session.outbox.send(ToWorker::Assign(Box::new(task.assignment.clone()))).is_err() {
             // The stream is gone; the lease will run out and the task go to another worker.
             tracing::debug!(session_id, "assigned to a session whose stream just closed");

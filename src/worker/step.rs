@@ -78,20 +78,25 @@ impl WorkerHub {
                 idempotency_key.push_str("/r");
             }
         }
-        let (task_id, mut events) = self.enqueue(NewTask {
-            task_type: task_type.to_string(),
-            run_id: ctx.run_id().to_owned(),
-            step_id: ctx.step_id().to_owned(),
-            for_each_index: ctx.for_each_index(),
-            input: match &input {
-                Some(map) => map(ctx.input(), ctx.run_input()),
-                None => ctx.input().clone(),
+        let (task_id, mut events) = self.enqueue(
+            NewTask {
+                task_type: task_type.to_string(),
+                run_id: ctx.run_id().to_owned(),
+                workflow_id: ctx.workflow_id().to_owned(),
+                step_id: ctx.step_id().to_owned(),
+                for_each_index: ctx.for_each_index(),
+                input: match &input {
+                    Some(map) => map(ctx.input(), ctx.run_input()),
+                    None => ctx.input().clone(),
+                },
+                resume_data: ctx.resume_data().cloned(),
+                suspend_payload,
+                request_context: ctx.request_context().clone(),
+                idempotency_key,
             },
-            resume_data: ctx.resume_data().cloned(),
-            suspend_payload,
-            request_context: ctx.request_context().clone(),
-            idempotency_key,
-        });
+            // A retry's task carries the step's attempt number, so the worker and the stream agree on it.
+            ctx.shown_attempt(),
+        );
         let mut guard = Abandon { hub: Arc::clone(&self), task_id, done: false };
         let writer = ctx.writer();
         loop {
@@ -101,6 +106,7 @@ impl WorkerHub {
             };
             match event {
                 TaskEvent::Waiting(reason) => ctx.report_waiting(reason, None, Some(Arc::clone(&task_type))),
+                TaskEvent::Running => ctx.report_running(),
                 TaskEvent::Redelivered(attempt) => ctx.report_redelivery(attempt),
                 TaskEvent::Output(chunk) => {
                     // A write refused for its size fails the step when it returns; the worker's result then does

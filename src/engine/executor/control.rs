@@ -144,6 +144,7 @@ impl Exec {
             wake_at: Some(wake_at),
             reason: WaitReason::Sleep,
             task_type: None,
+            attempt: 0,
         });
         let woke = tokio::select! {
             biased;

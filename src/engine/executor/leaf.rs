@@ -4,7 +4,10 @@
 
 use std::{
     panic::AssertUnwindSafe,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
 use futures_util::FutureExt;
@@ -12,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::{Decision, Exec, Flow, Scope, check_schema, output_too_large, panic_message, split_path, step_error_info};
 use crate::engine::{
-    event::{ErrorInfo, Event, EventKind, EventSource, StepStatus},
+    event::{ErrorInfo, Event, EventKind, EventSource, StepStatus, WaitReason},
     snapshot::{StepRecord, SuspendedStep},
     step::{ContextShared, RetrySpec, Step, StepContext, StepError, StepOutcome, Writer},
 };
@@ -133,6 +136,7 @@ impl Exec {
         };
         let shared = Arc::new(ContextShared {
             run_id: Arc::clone(&self.run_id),
+            workflow_id: Arc::clone(&self.workflow_id),
             step_id: Arc::clone(&path),
             step_call_id: call_id.clone(),
             input,
@@ -146,6 +150,7 @@ impl Exec {
             writer: Writer::new(Arc::clone(&self.sink), Arc::clone(&path), Arc::clone(&self.usage)),
             cancel: self.cancel.clone(),
             clock: Arc::clone(&self.clock),
+            shown_attempt: AtomicU32::new(1),
         });
         let mut attempt = 0u32;
         let result: Option<Result<StepOutcome, StepError>> = loop {
@@ -170,18 +175,39 @@ impl Exec {
             match outcome {
                 Err(e) if e.is_retryable() && attempt + 1 < max_attempts => {
                     attempt += 1;
+                    // Numbered after any redelivery of a remote step, so a step call's attempts only grow.
+                    let next = shared.shown_attempt.fetch_add(1, Ordering::AcqRel) + 1;
                     if !delay.is_zero() {
+                        if !hidden {
+                            self.emit(EventKind::StepWaiting {
+                                step_id: Arc::clone(&path),
+                                wake_at: Some(self.clock.now() + delay),
+                                reason: WaitReason::RetryBackoff,
+                                task_type: None,
+                                attempt: next,
+                            });
+                        }
                         tokio::select! {
                             biased;
                             _ = self.cancel.cancelled() => break None,
                             _ = self.clock.sleep(delay) => {}
                         }
                     }
+                    if !hidden {
+                        self.emit(EventKind::StepStart {
+                            step_id: Arc::clone(&path),
+                            step_call_id: call_id.clone(),
+                            input: shared.input.clone(),
+                            resume_data: shared.resume_data.clone(),
+                            iteration_count: iteration,
+                            attempt: next,
+                        });
+                    }
                 }
                 other => break Some(other),
             }
         };
-        let attempts = attempt + 1;
+        let attempts = shared.shown_attempt.load(Ordering::Acquire);
         let input = shared.input.clone();
         let state_to_save = shared.state_to_save.lock().unwrap_or_else(|e| e.into_inner()).take();
         // A write refused for its size fails the step, whatever the step made of the refusal.

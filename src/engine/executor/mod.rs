@@ -96,6 +96,7 @@ pub async fn execute_phase(phase: Phase) -> PhaseOutcome {
     }
     let exec = Exec {
         run_id,
+        workflow_id: Arc::clone(workflow.id()),
         run_input: Arc::new(input),
         request_context,
         sink,
@@ -243,6 +244,8 @@ type BoxFlow<'a> = Pin<Box<dyn Future<Output = Flow> + Send + 'a>>;
 
 struct Exec {
     run_id: Arc<str>,
+    /// The run's (top-level) workflow.
+    workflow_id: Arc<str>,
     run_input: Arc<Value>,
     request_context: Arc<Map<String, Value>>,
     sink: Arc<dyn EventSink>,

@@ -10,7 +10,10 @@ use tokio_util::sync::CancellationToken;
 use super::{Phase, PhaseOutcome, execute_phase};
 use crate::{
     clock::SystemClock,
-    engine::{Event, EventKind, EventSink, ResumeError, ResumeRequest, RunSnapshot, Workflow, snapshot::ResumeTarget},
+    engine::{
+        Event, EventKind, EventSink, ResumeError, ResumeRequest, RunSnapshot, WaitReason, Workflow,
+        snapshot::ResumeTarget,
+    },
 };
 
 /// Collects events; tests can wait for a condition on them without sleeping.
@@ -107,10 +110,13 @@ pub(crate) fn describe(event: &Event) -> String {
         EventKind::WorkflowStart { workflow_id, phase, resumed } => {
             format!("start {workflow_id} {phase}{}", if *resumed { " resumed" } else { "" })
         }
-        EventKind::StepStart { step_id, resume_data, iteration_count, .. } => {
+        EventKind::StepStart { step_id, resume_data, iteration_count, attempt, .. } => {
             let mut s = format!("step-start {step_id}");
             if *iteration_count > 0 {
                 s.push_str(&format!(" #{iteration_count}"));
+            }
+            if *attempt > 1 {
+                s.push_str(&format!(" attempt {attempt}"));
             }
             if resume_data.is_some() {
                 s.push_str(" resumed");
@@ -125,6 +131,9 @@ pub(crate) fn describe(event: &Event) -> String {
             Some(i) => format!("suspended {step_id} @{i}"),
             None => format!("suspended {step_id}"),
         },
+        EventKind::StepWaiting { step_id, reason: WaitReason::RetryBackoff, attempt, .. } => {
+            format!("waiting {step_id} retry {attempt}")
+        }
         EventKind::StepWaiting { step_id, .. } => format!("waiting {step_id}"),
         EventKind::StepResult { step_id, status, .. } => format!("result {step_id} {status:?}"),
         EventKind::WorkflowPaused => "paused".to_owned(),

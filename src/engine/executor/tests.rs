@@ -1,6 +1,7 @@
 //! Executor tests: each control-flow primitive, nesting, retries, bail, failure, cancel, suspend/resume.
 
 use std::{
+    collections::HashSet,
     sync::{
         Arc,
         atomic::{AtomicU32, AtomicUsize, Ordering},
@@ -373,7 +374,7 @@ async fn foreach_failure_stops_taking_items() {
 }
 
 #[tokio::test]
-async fn retries_are_silent_and_counted() {
+async fn retries_are_numbered_and_counted() {
     let step = Step::new("s", |ctx| async move {
         if ctx.attempt() < 2 {
             return Err(StepError::new(format!("try {}", ctx.attempt())));
@@ -383,14 +384,39 @@ async fn retries_are_silent_and_counted() {
     let wf = Workflow::builder("w").then(step.clone().retries(3, Duration::ZERO)).commit();
     let (out, events) = run(&wf, Value::Null).await;
     assert_eq!(out.result, Some(json!(2)));
-    assert_eq!(describe_all(&events), ["start w 1", "step-start s", "result s Success"]);
-    match &events[2].kind {
+    // Without a delay there is nothing to wait for: each next attempt just starts, under the same call id.
+    assert_eq!(
+        describe_all(&events),
+        ["start w 1", "step-start s", "step-start s attempt 2", "step-start s attempt 3", "result s Success"]
+    );
+    let call_ids: HashSet<&str> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::StepStart { step_call_id, .. } => Some(step_call_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(call_ids.len(), 1);
+    match &events[4].kind {
         EventKind::StepResult { attempts, .. } => assert_eq!(*attempts, 3),
         other => panic!("{other:?}"),
     }
-    // The workflow default applies to steps without their own policy.
+    // The workflow default applies to steps without their own policy; a delay is waited out in the open.
     let wf = Workflow::builder("w").retries(3, Duration::from_millis(1)).then(step.clone()).commit();
-    assert_eq!(run(&wf, Value::Null).await.0.snapshot.steps["s"].attempts, 3);
+    let (out, events) = run(&wf, Value::Null).await;
+    assert_eq!(out.snapshot.steps["s"].attempts, 3);
+    assert_eq!(
+        describe_all(&events),
+        [
+            "start w 1",
+            "step-start s",
+            "waiting s retry 2",
+            "step-start s attempt 2",
+            "waiting s retry 3",
+            "step-start s attempt 3",
+            "result s Success"
+        ]
+    );
     // Too few attempts: the last error fails the run.
     let wf = Workflow::builder("w").then(step.retries(2, Duration::ZERO)).commit();
     let (out, _) = run(&wf, Value::Null).await;

@@ -789,8 +789,9 @@ fn nested_workflow_events_are_the_run_event_messages() {
         EventKind::StepWaiting {
             step_id: "s".into(),
             wake_at: Some(t0),
-            reason: WaitReason::Sleep,
+            reason: WaitReason::RetryBackoff,
             task_type: Some("t".into()),
+            attempt: 2,
         },
         EventKind::WorkflowPaused,
         EventKind::WorkflowFinish { status: RunStatus::Success, result: Some(json!(1)), error: None, usage: usage_1() },
