@@ -209,6 +209,7 @@ class Worker:
         self._session = None
         self._stop = threading.Event()
         self._heartbeat_interval = DEFAULT_HEARTBEAT_INTERVAL
+        self._heartbeat_wake = threading.Event()
         self._max_message_bytes = DEFAULT_MAX_MESSAGE_BYTES
         self._thread = None
         self._pool = None
@@ -272,6 +273,7 @@ class Worker:
         """Closes the connection and stops. Tasks still running are abandoned: their leases run out and the server
         hands them to another worker."""
         self._stop.set()
+        self._heartbeat_wake.set()
         with self._lock:
             session = self._session
         if session is not None and session.call is not None:
@@ -361,6 +363,7 @@ class Worker:
             for attempt in self._attempts.values():
                 if _ref_key(attempt.ref) in resumed and attempt.result is not None:
                     session.outbox.put(attempt.result)
+        self._heartbeat_wake.set()
         log.info("worker %s: connected to %s (session %s, %d task(s) resumed)", self.worker_id, self.address,
                  welcome.session_id, len(welcome.resumed))
 
@@ -431,7 +434,12 @@ class Worker:
                 self._pending.append((_ref_key(attempt.ref), message))
 
     def _heartbeats(self):
-        while not self._stop.wait(self._heartbeat_interval):
+        while not self._stop.is_set():
+            # A Welcome wakes it: its interval may be shorter than the one this wait began with.
+            self._heartbeat_wake.wait(self._heartbeat_interval)
+            self._heartbeat_wake.clear()
+            if self._stop.is_set():
+                return
             with self._lock:
                 refs = [a.ref for a in self._attempts.values() if a.rejected is None]
                 session = self._session
