@@ -130,3 +130,87 @@ fn python_sdk_workers_against_the_workers_example() {
     );
     run_python("test_workers.py", &[&server.addr, LEASE_MS], Some(&server));
 }
+
+/// The ```python block between the markers `<!-- NAME:start -->` and `<!-- NAME:end -->` of README.md.
+fn readme_python(readme: &str, name: &str) -> String {
+    let (start, end) = (format!("<!-- {name}:start -->"), format!("<!-- {name}:end -->"));
+    let from = readme.find(&start).unwrap_or_else(|| panic!("README.md has no {start}"));
+    let len = readme[from..].find(&end).unwrap_or_else(|| panic!("README.md has no {end} after {start}"));
+    let section = &readme[from + start.len()..from + len];
+    let mut lines = section.lines().skip_while(|l| l.trim() != "```python");
+    assert!(lines.next().is_some(), "no ```python block between {start} and {end}");
+    let block: Vec<&str> = lines.take_while(|l| l.trim() != "```").collect();
+    assert!(!block.is_empty(), "the ```python block between {start} and {end} is empty or not closed");
+    block.join("\n") + "\n"
+}
+
+/// A child process killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// README's "Your own workflow in Python, in five minutes": its worker.py and stream.py, as written there but for
+/// the server's address (an ephemeral port here), against `examples/workers.rs`.
+#[test]
+fn python_readme_five_minutes() {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-python-readme");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).expect("create the test's directory");
+    let server = ServerProcess::start_program(
+        &workers_example(),
+        &["--listen", "127.0.0.1:0"].map(OsStr::new),
+        tmp.join("server.log"),
+        STARTUP_TIMEOUT,
+    );
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
+    for (name, file) in [("python-worker", "worker.py"), ("python-stream", "stream.py")] {
+        let code = readme_python(&readme, name);
+        assert!(code.contains("localhost:50051"), "{file} in README.md does not connect to localhost:50051");
+        std::fs::write(tmp.join(file), code.replace("localhost:50051", &server.addr)).expect("write the script");
+    }
+    let log = std::fs::File::create(tmp.join("worker.log")).expect("create the worker's log");
+    let _worker = Child(
+        Command::new(python())
+            .arg("worker.py")
+            .current_dir(&tmp)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start worker.py"),
+    );
+    // stream.py waits for the worker if it is not connected yet (the run shows step_waiting NO_WORKER).
+    let out = run_with_timeout(
+        {
+            let mut cmd = Command::new(python());
+            cmd.arg("stream.py").current_dir(&tmp).env("PYTHONDONTWRITEBYTECODE", "1");
+            cmd
+        },
+        PYTHON_TIMEOUT,
+        "README's stream.py",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let worker_log = std::fs::read_to_string(tmp.join("worker.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "stream.py failed ({}):\n{stdout}\n{}\n--- worker.log\n{worker_log}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        server.log_tail()
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.last(), Some(&"{'thumbnails': 5}"), "stream.py printed:\n{stdout}");
+    let events = &lines[..lines.len() - 1];
+    let seqs: Vec<usize> = events.iter().filter_map(|l| l.split(' ').next()?.parse().ok()).collect();
+    assert_eq!(seqs, (1..=events.len()).collect::<Vec<_>>(), "events numbered from 1 without a gap:\n{stdout}");
+    for expected in ["1 workflowStart", "stepOutput list", "custom resize", "stepProgress resize", "workflowFinish"] {
+        assert!(stdout.contains(expected), "stream.py printed no `{expected}`:\n{stdout}");
+    }
+    assert_eq!(stdout.matches("stepProgress").count(), 5, "a stepProgress per image:\n{stdout}");
+}
