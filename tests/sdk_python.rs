@@ -7,6 +7,9 @@
 //! - `python_sdk_workers_against_the_workers_example`: `tests/python/sdk/test_workers.py` (no worker then one,
 //!   max_in_flight, SIGKILL and redelivery, a cut connection restored within the lease, cancel, suspend and
 //!   resume, a late result rejected, an oversized output, a non-retryable error) against `examples/workers.rs`.
+//! - `python_sdk_worker_survives_a_server_kill_9`: `tests/python/sdk/test_server_restart.py`, the example server
+//!   killed with SIGKILL while a Python worker holds tasks and restarted: the run completes, each step result once.
+//! - `python_readme_five_minutes`: README's Python walkthrough, its worker.py and stream.py as written there.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -129,6 +132,17 @@ fn python_sdk_workers_against_the_workers_example() {
         STARTUP_TIMEOUT,
     );
     run_python("test_workers.py", &[&server.addr, LEASE_MS], Some(&server));
+}
+
+/// `tests/python/sdk/test_server_restart.py`: the example server killed with SIGKILL while a Python worker holds
+/// tasks, restarted on the same address and data directory (the script runs both servers).
+#[test]
+fn python_sdk_worker_survives_a_server_kill_9() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-python-server-restart");
+    let _ = std::fs::remove_dir_all(&dir);
+    let binary = workers_example();
+    let (binary, dir) = (binary.to_string_lossy(), dir.to_string_lossy());
+    run_python("test_server_restart.py", &[&binary, &dir, LEASE_MS], None);
 }
 
 /// The ```python block between the markers `<!-- NAME:start -->` and `<!-- NAME:end -->` of README.md.

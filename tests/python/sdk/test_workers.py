@@ -37,12 +37,13 @@ import traceback
 import runstream
 
 HERE = pathlib.Path(__file__).resolve().parent
-ADDR = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("RUNSTREAM_ADDR", "127.0.0.1:50051")
-LEASE = (int(sys.argv[2]) if len(sys.argv) > 2 else 3000) / 1000
+# Set by main() (or by a script that imports this one's helpers).
+ADDR = os.environ.get("RUNSTREAM_ADDR", "127.0.0.1:50051")
+LEASE = 3.0
+client = None
 DEADLINE = 30.0
 TMP = pathlib.Path(tempfile.mkdtemp(prefix="runstream-sdk-workers-"))
 FAILURES = []
-client = runstream.Client(ADDR, timeout=DEADLINE)
 
 
 def check(name, ok, detail=""):
@@ -67,7 +68,8 @@ def wait_for(what, predicate, timeout=DEADLINE, every=0.05):
 
 
 class WorkerProcess:
-    def __init__(self, name, addr=ADDR, max_in_flight=1):
+    def __init__(self, name, addr=None, max_in_flight=1):
+        addr = addr or ADDR
         self.id = f"{name}-{os.getpid()}-{time.monotonic_ns()}"
         self.events = TMP / f"{self.id}.events"
         self.log = TMP / f"{self.id}.log"
@@ -445,6 +447,12 @@ SCENARIOS = [scenario_no_worker, scenario_max_in_flight, scenario_kill9, scenari
 
 
 def main():
+    global ADDR, LEASE, client
+    if len(sys.argv) > 1:
+        ADDR = sys.argv[1]
+    if len(sys.argv) > 2:
+        LEASE = int(sys.argv[2]) / 1000
+    client = runstream.Client(ADDR, timeout=DEADLINE)
     only = os.environ.get("SDK_SCENARIO")
     for scenario in SCENARIOS:
         name = scenario.__name__.removeprefix("scenario_")

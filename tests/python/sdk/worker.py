@@ -54,7 +54,7 @@ def list_images(ctx, input):
         ctx.write({"listing": count})
         ctx.progress(1, 2, "listing")
         ctx.custom("note", {"images": count})
-        return [{"name": f"img{i}", "ms": input.get("ms", 0)} for i in range(count)]
+        return [{"name": f"img{i}", "ms": input.get("ms", 0), "ms_first": input.get("ms_first")} for i in range(count)]
     if mode in ("sleep", "late"):
         sleep_unless_cancelled(ctx, input["ms"] if ctx.attempt == 1 else input.get("ms_retry", 0))
         record(ctx, "end", cancelled=ctx.cancelled)
@@ -74,15 +74,25 @@ def list_images(ctx, input):
     raise ValueError(f"unknown mode {mode}")
 
 
+seen_keys = set()
+
+
 @worker.task("resize-image")
 async def resize_image(ctx, image):
     global active
     with lock:
         active += 1
         now = active
-    record(ctx, "resize", active=now, index=ctx.for_each_index)
+        # `ms_first` the first time this worker sees the step execution (its idempotency key), `ms` after.
+        first = ctx.idempotency_key not in seen_keys
+        seen_keys.add(ctx.idempotency_key)
+    record(ctx, "resize", active=now, index=ctx.for_each_index, first=first)
+    ms = image["ms_first"] if first and image.get("ms_first") is not None else image.get("ms", 0)
     try:
-        await asyncio.sleep(image.get("ms", 0) / 1000)
+        end = time.monotonic() + ms / 1000
+        while not ctx.cancelled and time.monotonic() < end:
+            await asyncio.sleep(min(0.05, max(0.0, end - time.monotonic())))
+        record(ctx, "resized", cancelled=ctx.cancelled, index=ctx.for_each_index)
     finally:
         with lock:
             active -= 1
