@@ -334,6 +334,9 @@ class Worker:
             why = f"connection lost ({code.name if code else 'error'}: {e.details() if hasattr(e, 'details') else e})"
             if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED):
                 log.error("worker %s: the server ended the stream: %s", self.worker_id, why)
+        except Exception as e:  # noqa: BLE001  (a bug here must not stop the worker: start a new session)
+            log.exception("worker %s: error while handling the server's messages", self.worker_id)
+            why = f"internal error ({type(e).__name__}: {e})"
         finally:
             with self._lock:
                 session.connected = False
