@@ -255,6 +255,7 @@ class Worker:
             log.info("worker %s: interrupted", self.worker_id)
         finally:
             self._stop.set()
+            self._heartbeat_wake.set()
             self._abandon_all("the worker stopped")
             self._pool.shutdown(wait=False, cancel_futures=True)
             if self._loop is not None:
