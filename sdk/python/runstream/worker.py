@@ -14,6 +14,7 @@ import queue
 import random
 import socket
 import threading
+import time
 import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -270,9 +271,21 @@ class Worker:
         self._thread.start()
         return self
 
-    def stop(self, timeout=10.0):
+    def stop(self, timeout=10.0, drain=False):
         """Closes the connection and stops. Tasks still running are abandoned: their leases run out and the server
-        hands them to another worker."""
+        hands them to another worker. With `drain=True` it first asks for no more tasks (SetCapacity 0) and waits
+        up to `timeout` seconds for the running ones to end and their results to be acknowledged."""
+        if drain:
+            self._send(worker_pb2.WorkerMessage(set_capacity=worker_pb2.SetCapacity(max_in_flight=0)))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                with self._lock:
+                    if not self._attempts:
+                        break
+                time.sleep(0.05)
+            else:
+                log.warning("worker %s: %d task(s) still running after %.1fs of draining", self.worker_id,
+                            len(self._attempts), timeout)
         self._stop.set()
         self._heartbeat_wake.set()
         with self._lock:

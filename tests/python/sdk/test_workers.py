@@ -15,8 +15,10 @@ Scenarios, one after the other (each stops its workers, so the next one's tasks 
   late_result      a worker stopped (SIGSTOP) past its lease, continued while attempt 2 runs: its late result is
                    rejected (STALE_ATTEMPT, logged and dropped) and attempt 2's is the step's
   oversized        an output over the server's message limit: a clear error in the worker's log, the step fails
-                   saying so, and the same connection serves the next run
+                   saying so; an oversized ctx.write raises OutputTooLarge in the task, which goes on; the same
+                   connection serves the next run
   non_retryable    runstream.NonRetryableError fails the step at once with its message
+  drain            Worker.stop(drain=True) (SIGTERM in worker.py) finishes the running task, takes no new one, exits
 
 Prints one PASS/FAIL line per check; exits non-zero if any failed.
 """
@@ -421,6 +423,14 @@ def scenario_oversized():
               (finish(events), result))
         check("oversized: the worker's log names the error", "over the server's message limit" in worker.log_text(),
               worker.log_text()[-2000:])
+        events = list(client.stream("thumbnails", {"mode": "bigwrite", "bytes": 5_000_000}))
+        refused = [e for e in worker.lines() if e["event"] == "too-large"]
+        check("oversized: an oversized ctx.write raises OutputTooLarge in the task, naming the limit",
+              len(refused) == 1 and "over the server's message limit" in refused[0]["message"], refused)
+        outputs = [e["stepOutput"]["output"] for e in events if "stepOutput" in e]
+        check("oversized: the task goes on, its next write streams and the run succeeds",
+              outputs == [{"after": "the refused write"}] and finish(events).get("status") == "RUN_STATUS_SUCCESS",
+              (outputs, finish(events)))
         events = list(client.stream("thumbnails", {"images": 2}))
         check("oversized: the same worker serves the next run", finish(events).get("status") == "RUN_STATUS_SUCCESS",
               finish(events))
@@ -442,8 +452,34 @@ def scenario_non_retryable():
         worker.stop()
 
 
+def scenario_drain():
+    leaving = WorkerProcess("leaving")
+    staying = None
+    try:
+        leaving.connected()
+        run_id = client.start("thumbnails", {"mode": "sleep", "ms": 1500})["runId"]
+        leaving.wait_event("start", run=run_id)
+        leaving.proc.send_signal(signal.SIGTERM)
+        code = leaving.proc.wait(DEADLINE)
+        check("drain: the worker finished its task and exited 0", code == 0
+              and [e["cancelled"] for e in leaving.lines() if e["event"] == "end"] == [False], (code, leaving.lines()))
+        check("drain: it took no new task while draining", not [e for e in leaving.lines() if e["task"] != "list-images"],
+              leaving.lines())
+        staying = WorkerProcess("staying")
+        result = client.result(run_id, wait=True, max_wait=DEADLINE)
+        check("drain: another worker takes the next step; the run succeeds", result["status"] == "RUN_STATUS_SUCCESS",
+              result)
+        events = list(client.observe(run_id))
+        check("drain: the drained step was not redelivered", step_starts(events, "list") == [1],
+              step_starts(events, "list"))
+    finally:
+        leaving.stop()
+        if staying:
+            staying.stop()
+
+
 SCENARIOS = [scenario_no_worker, scenario_max_in_flight, scenario_kill9, scenario_reconnect, scenario_cancel,
-             scenario_suspend, scenario_late_result, scenario_oversized, scenario_non_retryable]
+             scenario_suspend, scenario_late_result, scenario_oversized, scenario_non_retryable, scenario_drain]
 
 
 def main():

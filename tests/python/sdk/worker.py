@@ -3,6 +3,8 @@
 the run's input (`mode`); every step of interest is appended as a JSON line to the --events file.
 
 Usage: python worker.py ADDR --id WORKER_ID --events FILE [--max-in-flight N]
+
+SIGTERM drains it (Worker.stop(drain=True)): it finishes its tasks, takes no new ones, and exits 0.
 """
 
 import argparse
@@ -10,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import threading
 import time
 
@@ -69,6 +72,13 @@ def list_images(ctx, input):
         return made_by(ctx)
     if mode == "big":
         return [{"name": "huge", "blob": "x" * input.get("bytes", 5_000_000)}]
+    if mode == "bigwrite":
+        try:
+            ctx.write("x" * input.get("bytes", 5_000_000))
+        except runstream.OutputTooLarge as e:
+            record(ctx, "too-large", message=str(e))
+        ctx.write({"after": "the refused write"})
+        return []
     if mode == "fail":
         raise runstream.NonRetryableError(f"no images in {input.get('bucket')}")
     raise ValueError(f"unknown mode {mode}")
@@ -99,4 +109,12 @@ async def resize_image(ctx, image):
     return {"name": image["name"], "width": 128, "attempt": image.get("attempt"), "worker": image.get("worker")}
 
 
+
+
+def drain(*_):
+    # SIGTERM: finish what runs, take nothing new, then exit (stop() waits, so not on the signal handler's thread).
+    threading.Thread(target=worker.stop, kwargs={"drain": True, "timeout": 30}, daemon=True).start()
+
+
+signal.signal(signal.SIGTERM, drain)
 worker.run()
