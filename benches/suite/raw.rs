@@ -125,34 +125,6 @@ impl RunService for Raw {
     async fn cancel_run(&self, _: Request<pb::CancelRunRequest>) -> Result<Response<pb::CancelRunResponse>, Status> {
         Err(Status::unimplemented("raw ceiling server"))
     }
-
-    async fn register_workflow(
-        &self,
-        _: Request<pb::RegisterWorkflowRequest>,
-    ) -> Result<Response<pb::WorkflowDefinition>, Status> {
-        Err(Status::unimplemented("raw ceiling server"))
-    }
-
-    async fn get_workflow_definition(
-        &self,
-        _: Request<pb::GetDefinitionRequest>,
-    ) -> Result<Response<pb::WorkflowDefinition>, Status> {
-        Err(Status::unimplemented("raw ceiling server"))
-    }
-
-    async fn register_agent(
-        &self,
-        _: Request<pb::RegisterAgentRequest>,
-    ) -> Result<Response<pb::AgentDefinition>, Status> {
-        Err(Status::unimplemented("raw ceiling server"))
-    }
-
-    async fn get_agent_definition(
-        &self,
-        _: Request<pb::GetDefinitionRequest>,
-    ) -> Result<Response<pb::AgentDefinition>, Status> {
-        Err(Status::unimplemented("raw ceiling server"))
-    }
 }
 
 /// `suite --raw-server`: serves on an ephemeral port, prints `raw listening on ADDR`, runs until killed.
