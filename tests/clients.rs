@@ -8,9 +8,8 @@
 //! test process, so a plain `cargo test` works on a fresh machine.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -18,6 +17,7 @@ use serde_json::Value;
 mod common;
 
 use common::process::{ServerProcess, run_with_timeout};
+use common::tools::tools;
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const PYTHON_TIMEOUT: Duration = Duration::from_secs(600);
@@ -31,46 +31,6 @@ const CLEAN_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Where `scripts/test-deps.sh` put the tools.
-struct Tools {
-    python: PathBuf,
-    grpcurl: PathBuf,
-    /// Its last line, to paste: `export PATH="<repo>/.venv/bin:$PATH"`.
-    export_line: String,
-}
-
-fn tools() -> &'static Tools {
-    static TOOLS: OnceLock<Tools> = OnceLock::new();
-    TOOLS.get_or_init(|| {
-        let script = repo().join("scripts/test-deps.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .current_dir(repo())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success(),
-            "{} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-            script.display(),
-            out.status
-        );
-        let field = |name: &str| -> PathBuf {
-            let path = stdout
-                .lines()
-                .find_map(|l| l.strip_prefix(name).map(|rest| rest.trim().to_owned()))
-                .unwrap_or_else(|| panic!("{} printed no `{name}` line:\n{stdout}", script.display()));
-            let path = PathBuf::from(path);
-            assert!(path.is_file(), "{} does not exist", path.display());
-            path
-        };
-        let export_line = stdout.lines().last().unwrap_or_default().to_owned();
-        Tools { python: field("python:"), grpcurl: field("grpcurl:"), export_line }
-    })
 }
 
 /// A `runstream serve` child process for client `name`, with its own fresh store (the default, SQLite): these

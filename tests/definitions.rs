@@ -416,14 +416,7 @@ async fn versions_and_definitions_survive_a_sigkill_and_runs_keep_their_version(
 
 /// Where `scripts/test-deps.sh` put grpcurl.
 fn grpcurl() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut command = Command::new("bash");
-    command.arg(repo.join("scripts/test-deps.sh")).current_dir(repo);
-    let out = run_with_timeout(command, Duration::from_secs(600), "scripts/test-deps.sh");
-    assert!(out.status.success(), "test-deps.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = stdout.lines().find_map(|l| l.strip_prefix("grpcurl:")).expect("a grpcurl: line").trim().to_owned();
-    PathBuf::from(path)
+    common::tools::tools().grpcurl.clone()
 }
 
 /// The file users keep, registered with grpcurl as the docs show, then run.

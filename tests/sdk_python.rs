@@ -14,7 +14,6 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 mod common;
@@ -33,31 +32,7 @@ fn repo() -> &'static Path {
 
 /// The venv's python, with the SDK installed (`scripts/test-deps.sh`, once per test process).
 fn python() -> &'static Path {
-    static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| {
-        let script = repo().join("scripts/test-deps.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .current_dir(repo())
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{}",
-            script.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let python = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("python:"))
-            .map(|p| PathBuf::from(p.trim()))
-            .unwrap_or_else(|| panic!("{} printed no `python:` line:\n{stdout}", script.display()));
-        assert!(python.is_file(), "{} does not exist", python.display());
-        python
-    })
+    &common::tools::tools().python
 }
 
 /// Runs `tests/python/sdk/SCRIPT ARGS...` with the venv's python; panics with its output (and the server's log

@@ -4,7 +4,7 @@ proto/ with grpc_tools' protoc (grpcio-tools 1.85.1, as scripts/test-deps.sh ins
     python sdk/python/gen_stubs.py          # regenerate runstream/v1/*_pb2*.py
     python sdk/python/gen_stubs.py --check  # exit 1 if the committed stubs differ from what proto/ gives
 
-The generation is tests/python/gen_stubs.py's: every .proto under proto/, the well-known types from the protos
+The generation: every .proto under proto/, the well-known types from the protos
 bundled with grpc_tools; the `*_pb2_grpc.py` files import by package path (`runstream.v1....`), which is this
 package's own.
 """

@@ -31,38 +31,27 @@ pub(crate) fn validate(def: &WorkflowDef) -> Checked {
 
 /// A definition id: what callers pass as `workflow_id` (or `agent_id`).
 pub(crate) fn check_definition_id(path: &str, id: &str) -> Checked {
+    // No dots: a workflow's id names its steps when it is nested (`<id>.<step>`).
+    check_name(path, id, "; use letters, digits, _ and -")
+}
+
+/// An id of at most MAX_ID_LEN letters, digits, `_` and `-`; `hint` ends the message about a bad character.
+fn check_name(path: &str, id: &str, hint: &str) -> Checked {
     if id.is_empty() {
         return Err(DefinitionError::new(path, "must not be empty"));
     }
     if id.len() > MAX_ID_LEN {
         return Err(DefinitionError::new(path, format!("{} characters long; at most {MAX_ID_LEN}", id.len())));
     }
-    // No dots: a workflow's id names its steps when it is nested (`<id>.<step>`).
     if let Some(bad) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))) {
-        return Err(DefinitionError::new(
-            path,
-            format!("character {bad:?} is not allowed; use letters, digits, _ and -"),
-        ));
+        return Err(DefinitionError::new(path, format!("character {bad:?} is not allowed{hint}")));
     }
     Ok(())
 }
 
 /// A node id: names the step in events and resume paths, where dots separate nesting.
 fn check_node_id(path: &str, id: &str, ids: &mut HashMap<String, String>) -> Checked {
-    if id.is_empty() {
-        return Err(DefinitionError::new(path, "must not be empty"));
-    }
-    if id.len() > MAX_ID_LEN {
-        return Err(DefinitionError::new(path, format!("{} characters long; at most {MAX_ID_LEN}", id.len())));
-    }
-    if let Some(bad) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))) {
-        return Err(DefinitionError::new(
-            path,
-            format!(
-                "character {bad:?} is not allowed in a step id; use letters, digits, _ and - (dots separate nested steps)"
-            ),
-        ));
-    }
+    check_name(path, id, " in a step id; use letters, digits, _ and - (dots separate nested steps)")?;
     if let Some(first) = ids.get(id) {
         return Err(DefinitionError::new(
             path,

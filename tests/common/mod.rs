@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod tools;
 pub mod worker;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

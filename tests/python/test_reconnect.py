@@ -20,23 +20,15 @@ Prints one line per check (PASS/FAIL) and exits non-zero if any check failed.
 """
 
 import os
-import pathlib
 import sys
-import tempfile
 import traceback
 import uuid
 
 import grpc
 from google.protobuf import json_format, struct_pb2
 
-HERE = pathlib.Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-import gen_stubs  # noqa: E402
-
-_STUBS = tempfile.TemporaryDirectory(prefix="runstream-stubs-")
-gen_stubs.generate(_STUBS.name)
-sys.path.insert(0, _STUBS.name)
-
+# The plain generated stubs, as a grpcio user has them: those of sdk/python (scripts/test-deps.sh installs it;
+# tests/sdk_python.rs checks that they match proto/). Only the stubs are used here, not the SDK's client.
 from runstream.v1 import common_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 
 CALL_TIMEOUT = float(os.environ.get("RUNSTREAM_CALL_TIMEOUT", "120"))
