@@ -161,16 +161,17 @@ fn limit_iterations(mut step: Step, cond: Arc<Condition>, until: bool, max: u32)
         Box::pin(async move {
             let iteration = ctx.iteration();
             let outcome = inner(ctx).await?;
-            if let StepOutcome::Done(output) = &outcome {
-                let again = holds(&cond, output, Some(iteration)) != until;
-                if again && iteration >= max {
-                    let word = if until { "until" } else { "while" };
-                    return Err(StepError::new(format!(
-                        "loop '{id}' reached its maxIterations ({max}) and its {word}-condition still asks for \
-                         another iteration; raise maxIterations or check the condition"
-                    ))
-                    .non_retryable());
-                }
+            // Only the last allowed iteration needs the condition here (the loop itself evaluates it anyway).
+            if iteration >= max
+                && let StepOutcome::Done(output) = &outcome
+                && holds(&cond, output, Some(iteration)) != until
+            {
+                let word = if until { "until" } else { "while" };
+                return Err(StepError::new(format!(
+                    "loop '{id}' reached its maxIterations ({max}) and its {word}-condition still asks for \
+                     another iteration; raise maxIterations or check the condition"
+                ))
+                .non_retryable());
             }
             Ok(outcome)
         })
