@@ -88,6 +88,7 @@ impl worker_service_server::WorkerService for WorkerService {
             outbox: connected.outbox,
             fatal: Some(fatal_rx),
             shutdown: self.shutdown.clone(),
+            ping_at: Box::pin(tokio::time::sleep(idle)),
             done: false,
         };
         Ok(Response::new(Box::pin(stream::unfold(out, Outbound::next))))
@@ -113,6 +114,8 @@ struct Outbound {
     outbox: tokio::sync::mpsc::UnboundedReceiver<ToWorker>,
     fatal: Option<oneshot::Receiver<Status>>,
     shutdown: CancellationToken,
+    /// One timer for the stream's life, re-armed after each message (cheaper than a new one per message).
+    ping_at: Pin<Box<tokio::time::Sleep>>,
     done: bool,
 }
 
@@ -125,7 +128,8 @@ impl Outbound {
             return Some((Ok(welcome), self));
         }
         // Each call follows a message sent: the stream has been idle since now.
-        let ping_at = tokio::time::sleep(self.idle);
+        let idle = self.idle;
+        self.ping_at.as_mut().reset(tokio::time::Instant::now() + idle);
         let fatal = async {
             match self.fatal.as_mut() {
                 Some(rx) => rx.await.ok(),
@@ -151,7 +155,7 @@ impl Outbound {
                 let drain = pb::Drain { reconnect_after: RECONNECT_AFTER.try_into().ok() };
                 Some((Ok(pb::ServerMessage { msg: Some(Out::Drain(drain)) }), self))
             }
-            () = ping_at => Some((Ok(pb::ServerMessage { msg: Some(Out::Ping(pb::Ping {})) }), self)),
+            () = self.ping_at.as_mut() => Some((Ok(pb::ServerMessage { msg: Some(Out::Ping(pb::Ping {})) }), self)),
         }
     }
 }
