@@ -112,14 +112,9 @@ fn step_from_pb(path: &str, s: pb::StepNode) -> In<StepNode> {
     let retries = match s.retries {
         None => None,
         Some(r) => {
-            let delay = r.delay.unwrap_or_default();
-            if delay.seconds < 0 || delay.nanos < 0 {
-                return Err(invalid_field(&format!("{path}.retries.delay"), "must not be negative"));
-            }
-            let delay_ms = u64::try_from(delay.seconds)
-                .unwrap_or(u64::MAX)
-                .saturating_mul(1000)
-                .saturating_add(u64::try_from(delay.nanos / 1_000_000).unwrap_or(0));
+            let delay = std::time::Duration::try_from(r.delay.unwrap_or_default())
+                .map_err(|_| invalid_field(&format!("{path}.retries.delay"), "must not be negative"))?;
+            let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
             Some(Retries { attempts: r.attempts, delay_ms })
         }
     };
@@ -213,10 +208,8 @@ fn step_to_pb(s: StepNode) -> pb::StepNode {
         description: s.description,
         retries: s.retries.map(|r| pb::Retries {
             attempts: r.attempts,
-            delay: Some(prost_types::Duration {
-                seconds: i64::try_from(r.delay_ms / 1000).unwrap_or(i64::MAX),
-                nanos: i32::try_from((r.delay_ms % 1000) * 1_000_000).unwrap_or(0),
-            }),
+            // Whole milliseconds always fit a protobuf Duration.
+            delay: prost_types::Duration::try_from(std::time::Duration::from_millis(r.delay_ms)).ok(),
         }),
         input: sources_to_pb(s.input),
         resume_schema: s.resume_schema.as_ref().map(json_to_pb),
