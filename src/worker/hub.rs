@@ -577,6 +577,11 @@ impl WorkerHub {
         };
         let mut guard = self.state();
         let state = &mut *guard;
+        // Whether it must wait depends on the workers only, not on this task: known before it is queued.
+        let waiting = wait_reason(state, &task_type);
+        if let Some(reason) = waiting {
+            let _ = tx.send(TaskEvent::Waiting(reason));
+        }
         state.tasks.insert(
             task_id.clone(),
             Task {
@@ -585,17 +590,11 @@ impl WorkerHub {
                 abandoned: false,
                 lost_by: HashSet::new(),
                 last_chunk_seq: 0,
-                waited: false,
-                events: tx.clone(),
+                waited: waiting.is_some(),
+                events: tx,
             },
         );
         state.queues.entry(task_type.clone()).or_default().push_back(task_id.clone());
-        if let Some(reason) = wait_reason(state, &task_type) {
-            if let Some(task) = state.tasks.get_mut(&task_id) {
-                task.waited = true;
-            }
-            let _ = tx.send(TaskEvent::Waiting(reason));
-        }
         dispatch(state, &task_type, &self.settings);
         (task_id, rx)
     }
