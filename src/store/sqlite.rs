@@ -200,6 +200,11 @@ fn millis(t: SystemTime) -> i64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// [`millis`] read back: a negative column (never written) is the epoch.
+fn time_of_millis(ms: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
 /// Runs `sql` through the connection's statement cache: the writer runs the same few statements for every run.
 fn exec(tx: &rusqlite::Transaction<'_>, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
     tx.prepare_cached(sql)?.execute(params)
@@ -313,7 +318,7 @@ impl RunStore for SqliteStore {
             let input: Value = serde_json::from_str(&input).map_err(|e| bad("input", e))?;
             let request_context = serde_json::from_str(&request_context).map_err(|e| bad("request context", e))?;
             let state: StateRecord = serde_json::from_str(&state).map_err(|e| bad("state", e))?;
-            let created_at = UNIX_EPOCH + Duration::from_millis(u64::try_from(created_ms).unwrap_or(0));
+            let created_at = time_of_millis(created_ms);
             let events_from = u64::try_from(events_from).unwrap_or(1);
             let mut events = Vec::new();
             let rows = events_stmt
@@ -384,7 +389,7 @@ impl RunStore for SqliteStore {
             let (kind, id, version, body, registered_ms) = row.map_err(err)?;
             let body = serde_json::from_str(&body)
                 .map_err(|e| self.corrupt(format!("{kind} definition '{id}' version {version}: {e}")))?;
-            let registered_at = UNIX_EPOCH + Duration::from_millis(u64::try_from(registered_ms).unwrap_or(0));
+            let registered_at = time_of_millis(registered_ms);
             Ok(DefinitionRecord { kind, id, version, body, registered_at })
         })
         .collect()
