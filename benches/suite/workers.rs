@@ -126,10 +126,11 @@ pub fn find_python(explicit: Option<&Path>) -> Result<PathBuf, String> {
     let check = Command::new(&python).args(["-c", "import runstream"]).stdin(Stdio::null()).output();
     match check {
         Ok(out) if out.status.success() => Ok(python),
+        // The traceback's last line names the error (ModuleNotFoundError: ...); the rest is noise here.
         Ok(out) => Err(format!(
             "{} cannot import the SDK (run scripts/test-deps.sh): {}",
             python.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("no message")
         )),
         Err(e) => Err(format!("cannot run {}: {e}", python.display())),
     }
