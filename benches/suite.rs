@@ -1,5 +1,5 @@
 //! runstream's benchmark suite: `cargo bench --bench suite -- [--quick] [--addr HOST:PORT] [--runs N]
-//! [--json PATH] [--only SCENARIO,...] [--server-bin PATH]`.
+//! [--json PATH] [--only SCENARIO,...] [--server-bin PATH] [--python PATH]`.
 //!
 //! Starts `runstream serve` as its own process (a fresh one per scenario repetition, so memory figures are per
 //! scenario) unless `--addr` names a running server, drives it over real gRPC with the generated Rust client,
@@ -9,7 +9,8 @@
 //!
 //! Scenarios: raw, b (writer-flood), a (chain), c (batch-foreach), d (order-approval), e (10k concurrent runs),
 //! e-held (suspended runs held), f (fan-out), g (reconnect storm), latency, workers (remote steps through one
-//! Rust worker; its server is this binary re-executed with `--workers-server`, also with `--addr`). See
+//! Rust worker, then one Python SDK worker run by `--python PATH` or else the venv of scripts/test-deps.sh, skipped
+//! when neither imports the SDK; its server is this binary re-executed with `--workers-server`, also with `--addr`). See
 //! docs/performance.md. Each runs
 //! against the in-memory store (`--store memory`); `NAME@durable` runs the same scenario against the default
 //! SQLite store on a fresh data dir, its figures keyed `durable.*`, with ratios to the in-memory figures of the
@@ -101,11 +102,16 @@ const ROWS: &[Row] = &[
         unit: "tasks/s",
         goal: Goal::Info,
     },
-    // Filled by the Python SDK's scenario when it lands (docs/performance.md, Workers).
     Row {
         key: "workers.python_tasks_per_s",
         label: "workers: tasks/s, one Python worker, 64 in flight",
         unit: "tasks/s",
+        goal: Goal::Info,
+    },
+    Row {
+        key: "workers.python_over_rust",
+        label: "workers: Python worker ÷ Rust worker tasks/s",
+        unit: "×",
         goal: Goal::Info,
     },
     Row { key: "workers.remote_step_ms", label: "workers: remote step, p50 per step", unit: "ms", goal: Goal::Info },
@@ -184,12 +190,14 @@ struct Options {
     json: PathBuf,
     only: Option<Vec<String>>,
     server_bin: Option<PathBuf>,
+    /// The Python for the workers scenario's Python worker (default: the repository's .venv).
+    python: Option<PathBuf>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench suite -- [--quick] [--addr HOST:PORT] [--runs N] [--json PATH] \
-         [--only {}] [--server-bin PATH]",
+         [--only {}] [--server-bin PATH] [--python PATH]",
         SCENARIOS.join(",")
     );
     std::process::exit(2)
@@ -203,6 +211,7 @@ fn parse_args() -> Options {
         json: PathBuf::from("target/bench/suite.json"),
         only: None,
         server_bin: None,
+        python: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -213,6 +222,7 @@ fn parse_args() -> Options {
             "--addr" => options.addr = Some(args.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| usage())),
             "--runs" => options.runs = args.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| usage()),
             "--server-bin" => options.server_bin = Some(args.next().map(PathBuf::from).unwrap_or_else(|| usage())),
+            "--python" => options.python = Some(args.next().map(PathBuf::from).unwrap_or_else(|| usage())),
             "--json" => options.json = args.next().map(PathBuf::from).unwrap_or_else(|| usage()),
             "--only" => {
                 let list: Vec<String> =
@@ -290,7 +300,7 @@ async fn run(options: &Options, sizes: &Sizes) -> Report {
                 "f" => scenarios::fan_out(&server, sizes).await,
                 "g" => scenarios::reconnect_storm(&server, sizes).await,
                 "latency" => scenarios::latency(&server, sizes).await,
-                "workers" => workers::scenario(&server, sizes).await,
+                "workers" => workers::scenario(&server, sizes, options.python.as_deref()).await,
                 _ => unreachable!("scenario names are checked"),
             };
             // Durable figures get their own keys (leaked: a few dozen short strings per suite run).
@@ -367,6 +377,10 @@ fn print_and_save(options: &Options, sizes: &Sizes, report: &Report, seconds: f6
     {
         medians.insert("workers.remote_over_local", remote / local);
         medians.insert("workers.overhead_ms", remote - local);
+    }
+    if let (Some(python), Some(rust)) = (medians.get("workers.python_tasks_per_s"), medians.get("workers.tasks_per_s"))
+    {
+        medians.insert("workers.python_over_rust", python / rust);
     }
     for (durable, memory, ratio) in [
         ("durable.b.events_per_s", "b.events_per_s", "durable.b.ratio_to_memory"),
