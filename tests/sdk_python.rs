@@ -9,6 +9,9 @@
 //!   resume, a late result rejected, an oversized output, a non-retryable error) against `examples/workers.rs`.
 //! - `python_sdk_worker_survives_a_server_kill_9`: `tests/python/sdk/test_server_restart.py`, the example server
 //!   killed with SIGKILL while a Python worker holds tasks and restarted: the run completes, each step result once.
+//! - `python_sdk_registered_workflow_on_runstream_serve`: `tests/python/sdk/test_registered.py`, a workflow
+//!   registered with `Client.register_workflow` (step, foreach at concurrency 4, sleep, parallel, map) run on
+//!   `runstream serve` by a Python worker process: its stream, the foreach's bound, versions.
 //! - `python_readme_five_minutes`: README's Python walkthrough, its worker.py and stream.py as written there.
 
 use std::ffi::OsStr;
@@ -82,6 +85,20 @@ fn python_sdk_client_against_the_builtin_demos() {
         STARTUP_TIMEOUT,
     );
     run_python("test_client.py", &[&server.addr], Some(&server));
+}
+
+#[test]
+fn python_sdk_registered_workflow_on_runstream_serve() {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let data_dir = tmp.join("sdk-python-registered-data");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let server = ServerProcess::start(
+        &["--data-dir".as_ref(), data_dir.as_os_str()],
+        Some(repo()),
+        tmp.join("sdk-python-registered-server.log"),
+        STARTUP_TIMEOUT,
+    );
+    run_python("test_registered.py", &[&server.addr], Some(&server));
 }
 
 /// Builds `examples/workers.rs` with the cargo that runs the tests and returns its path.
