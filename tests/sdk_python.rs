@@ -9,7 +9,11 @@
 //!   resume, a late result rejected, an oversized output, a non-retryable error) against `examples/workers.rs`.
 //! - `python_sdk_worker_survives_a_server_kill_9`: `tests/python/sdk/test_server_restart.py`, the example server
 //!   killed with SIGKILL while a Python worker holds tasks and restarted: the run completes, each step result once.
-//! - `python_readme_five_minutes`: README's Python walkthrough, its worker.py and stream.py as written there.
+//! - `python_sdk_registered_workflow_on_runstream_serve`: `tests/python/sdk/test_registered.py`, a workflow
+//!   registered with `Client.register_workflow` (step, foreach at concurrency 4, sleep, parallel, map) run on
+//!   `runstream serve` by a Python worker process: its stream, the foreach's bound, versions.
+//! - `python_readme_five_minutes`: README's Python walkthrough, its register.py, worker.py and stream.py as written
+//!   there, against `runstream serve`.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -84,6 +88,20 @@ fn python_sdk_client_against_the_builtin_demos() {
     run_python("test_client.py", &[&server.addr], Some(&server));
 }
 
+#[test]
+fn python_sdk_registered_workflow_on_runstream_serve() {
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let data_dir = tmp.join("sdk-python-registered-data");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let server = ServerProcess::start(
+        &["--data-dir".as_ref(), data_dir.as_os_str()],
+        Some(repo()),
+        tmp.join("sdk-python-registered-server.log"),
+        STARTUP_TIMEOUT,
+    );
+    run_python("test_registered.py", &[&server.addr], Some(&server));
+}
+
 /// Builds `examples/workers.rs` with the cargo that runs the tests and returns its path.
 fn workers_example() -> PathBuf {
     let status = Command::new(env!("CARGO"))
@@ -143,25 +161,46 @@ impl Drop for Child {
     }
 }
 
-/// README's "Your own workflow in Python, in five minutes": its worker.py and stream.py, as written there but for
-/// the server's address (an ephemeral port here), against `examples/workers.rs`.
+/// README's "Your own workflow in Python, in five minutes": its register.py, worker.py and stream.py, as written
+/// there but for the server's address (an ephemeral port here), against `runstream serve`, with the definition
+/// the README has the user copy, `examples/definitions/thumbnails.json`.
 #[test]
 fn python_readme_five_minutes() {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-python-readme");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).expect("create the test's directory");
-    let server = ServerProcess::start_program(
-        &workers_example(),
-        &["--listen", "127.0.0.1:0"].map(OsStr::new),
+    let data_dir = tmp.join("data");
+    let server = ServerProcess::start(
+        &["--data-dir".as_ref(), data_dir.as_os_str()],
+        None,
         tmp.join("server.log"),
         STARTUP_TIMEOUT,
     );
+    std::fs::copy(repo().join("examples/definitions/thumbnails.json"), tmp.join("thumbnails.json"))
+        .expect("copy thumbnails.json");
     let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
-    for (name, file) in [("python-worker", "worker.py"), ("python-stream", "stream.py")] {
+    let scripts = [("python-register", "register.py"), ("python-worker", "worker.py"), ("python-stream", "stream.py")];
+    for (name, file) in scripts {
         let code = readme_python(&readme, name);
         assert!(code.contains("localhost:50051"), "{file} in README.md does not connect to localhost:50051");
         std::fs::write(tmp.join(file), code.replace("localhost:50051", &server.addr)).expect("write the script");
     }
+    let out = run_with_timeout(
+        {
+            let mut cmd = Command::new(python());
+            cmd.arg("register.py").current_dir(&tmp).env("PYTHONDONTWRITEBYTECODE", "1");
+            cmd
+        },
+        PYTHON_TIMEOUT,
+        "README's register.py",
+    );
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && printed.trim() == "thumbnails version 1",
+        "register.py failed ({}):\n{printed}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     let log = std::fs::File::create(tmp.join("worker.log")).expect("create the worker's log");
     let _worker = Child(
         Command::new(python())
@@ -194,11 +233,17 @@ fn python_readme_five_minutes() {
         server.log_tail()
     );
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.last(), Some(&"{'thumbnails': 5}"), "stream.py printed:\n{stdout}");
+    // The result is a dict printed in whatever key order the server's Struct gave.
+    let result = lines.last().copied().unwrap_or_default();
+    for field in ["'count': 5", "'first': 'thumb-photo-0.jpg'", "'source': 'https://example.com'"] {
+        assert!(result.starts_with('{') && result.contains(field), "stream.py's result lacks {field}:\n{stdout}");
+    }
     let events = &lines[..lines.len() - 1];
     let seqs: Vec<usize> = events.iter().filter_map(|l| l.split(' ').next()?.parse().ok()).collect();
     assert_eq!(seqs, (1..=events.len()).collect::<Vec<_>>(), "events numbered from 1 without a gap:\n{stdout}");
-    for expected in ["1 workflowStart", "stepOutput list", "custom resize", "stepProgress resize", "workflowFinish"] {
+    let expected =
+        ["1 workflowStart", "stepOutput fetch", "custom resize", "stepProgress resize", "stepWaiting settle"];
+    for expected in expected.into_iter().chain(["stepResult summary", "workflowFinish"]) {
         assert!(stdout.contains(expected), "stream.py printed no `{expected}`:\n{stdout}");
     }
     assert_eq!(stdout.matches("stepProgress").count(), 5, "a stepProgress per image:\n{stdout}");
