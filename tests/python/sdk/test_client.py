@@ -16,18 +16,9 @@ import uuid
 import grpc
 
 import runstream
+from checks import check, exit_with_summary
 
 ADDR = sys.argv[1] if len(sys.argv) > 1 else os.environ.get("RUNSTREAM_ADDR", "127.0.0.1:50051")
-FAILURES = []
-
-
-def check(name, ok, detail=""):
-    if ok:
-        print(f"PASS {name}", flush=True)
-    else:
-        FAILURES.append(name)
-        print(f"FAIL {name}" + (f": {detail}" if detail else ""), flush=True)
-    return ok
 
 
 def raises(name, code, fn, contains=""):
@@ -103,10 +94,7 @@ def main():
               e)
     client.close()
 
-    if FAILURES:
-        print(f"{len(FAILURES)} check(s) failed: {', '.join(FAILURES)}")
-        sys.exit(1)
-    print("all checks passed")
+    exit_with_summary()
 
 
 if __name__ == "__main__":

@@ -23,19 +23,10 @@ import tempfile
 import time
 
 import runstream
+from checks import check, exit_with_summary
 
 HERE = pathlib.Path(__file__).resolve().parent
-FAILURES = []
 WORKFLOW = "squares-py"
-
-
-def check(name, ok, detail=""):
-    if ok:
-        print(f"PASS {name}", flush=True)
-    else:
-        FAILURES.append(name)
-        print(f"FAIL {name}" + (f": {detail}" if detail else ""), flush=True)
-    return ok
 
 
 def definition(final_fields):
@@ -160,10 +151,7 @@ def main():
             worker.wait(10)
         except subprocess.TimeoutExpired:
             worker.kill()
-    if FAILURES:
-        print(f"{len(FAILURES)} failed: {FAILURES}")
-        sys.exit(1)
-    print("all passed")
+    exit_with_summary()
 
 
 if __name__ == "__main__":

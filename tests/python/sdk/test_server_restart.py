@@ -17,7 +17,8 @@ import time
 import traceback
 
 import runstream
-from test_workers import WorkerProcess, check, gapless, FAILURES, wait_for  # noqa: E402
+from checks import check, exit_with_summary
+from test_workers import WorkerProcess, gapless, wait_for  # noqa: E402
 import test_workers
 
 BINARY, DATA_DIR, LEASE_MS = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
@@ -77,10 +78,7 @@ def main():
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
-    if FAILURES:
-        print(f"{len(FAILURES)} check(s) failed: {', '.join(FAILURES)}")
-        sys.exit(1)
-    print("all checks passed")
+    exit_with_summary()
 
 
 if __name__ == "__main__":

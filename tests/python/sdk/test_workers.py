@@ -37,6 +37,7 @@ import time
 import traceback
 
 import runstream
+from checks import check, exit_with_summary
 
 HERE = pathlib.Path(__file__).resolve().parent
 # Set by main() (or by a script that imports this one's helpers).
@@ -45,16 +46,6 @@ LEASE = 3.0
 client = None
 DEADLINE = 30.0
 TMP = pathlib.Path(tempfile.mkdtemp(prefix="runstream-sdk-workers-"))
-FAILURES = []
-
-
-def check(name, ok, detail=""):
-    if ok:
-        print(f"PASS {name}", flush=True)
-    else:
-        FAILURES.append(name)
-        print(f"FAIL {name}" + (f": {detail}" if detail else ""), flush=True)
-    return ok
 
 
 def wait_for(what, predicate, timeout=DEADLINE, every=0.05):
@@ -501,10 +492,7 @@ def main():
             check(name, False, traceback.format_exc())
         print(f"  ({name}: {time.monotonic() - started:.1f}s)", flush=True)
     print(f"worker logs in {TMP}")
-    if FAILURES:
-        print(f"{len(FAILURES)} check(s) failed: {', '.join(FAILURES)}")
-        sys.exit(1)
-    print("all checks passed")
+    exit_with_summary()
 
 
 if __name__ == "__main__":
