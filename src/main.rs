@@ -121,10 +121,10 @@ fn parse_size(text: &str) -> Result<usize, String> {
     }
 }
 
-/// The settings that choose the model of the built-in agents and networks. Each flag can be given instead by its
+/// The settings that choose the model of the built-in agents and networks and of registered agents. Each flag can be given instead by its
 /// environment variable; a flag wins over its variable.
 #[derive(Debug, Args)]
-#[command(next_help_heading = "Model (the built-in agents and networks)")]
+#[command(next_help_heading = "Model (built-in and registered agents)")]
 struct ModelArgs {
     /// `offline` or the name of a model an OpenAI-compatible server serves.
     ///
@@ -185,7 +185,7 @@ impl ModelArgs {
                 )),
                 None => {
                     info!(
-                        "the built-in agents and networks use the offline model (a scripted stand-in; --model names \
+                        "agents and networks use the offline model (a scripted stand-in; --model names \
                          a real one)"
                     );
                     Ok(Arc::new(OfflineModel::new()))
@@ -217,7 +217,7 @@ impl ModelArgs {
         let mut config = OpenAiConfig::new(text, name);
         config.api_key = api_key;
         let client = OpenAiModel::new(config).map_err(|e| e.to_string())?;
-        info!(model = name, base_url = text, "the built-in agents and networks use this model");
+        info!(model = name, base_url = text, "agents and networks use this model");
         Ok(Arc::new(RetryingModel::new(Arc::new(client), RetryPolicy::default())))
     }
 }
@@ -296,7 +296,7 @@ fn main() -> ExitCode {
         })
         .retention(retention)
         .builtins(!no_builtins)
-        .builtin_model(model)
+        .model(model)
         .max_request_bytes(limits.max_request_bytes)
         .max_response_bytes(limits.max_response_bytes)
         .worker_settings(workers.settings());

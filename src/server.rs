@@ -100,7 +100,7 @@ pub struct ServerBuilder {
     retention: Duration,
     runnables: Vec<Arc<Workflow>>,
     builtins: bool,
-    builtin_model: Option<Arc<dyn ModelProvider>>,
+    model: Option<Arc<dyn ModelProvider>>,
     config: ServiceConfig,
     max_event_bytes: Option<usize>,
     clock: Arc<dyn Clock>,
@@ -116,7 +116,7 @@ impl Default for ServerBuilder {
             retention: Duration::from_secs(7 * 86_400),
             runnables: Vec::new(),
             builtins: false,
-            builtin_model: None,
+            model: None,
             config: ServiceConfig::default(),
             max_event_bytes: None,
             clock: Arc::new(SystemClock),
@@ -177,9 +177,10 @@ impl ServerBuilder {
         self
     }
 
-    /// The model of the built-in agents and networks (default: the offline stand-in).
-    pub fn builtin_model(mut self, model: Arc<dyn ModelProvider>) -> Self {
-        self.builtin_model = Some(model);
+    /// The server's model provider (default: the offline stand-in): the model of the built-in agents and networks
+    /// and of agents registered over gRPC (an `AgentDefinition` naming another model gets it from this provider).
+    pub fn model(mut self, model: Arc<dyn ModelProvider>) -> Self {
+        self.model = Some(model);
         self
     }
 
@@ -263,9 +264,9 @@ impl ServerBuilder {
                 Ok(())
             }
         };
+        let model = self.model.unwrap_or_else(|| Arc::new(OfflineModel::new()));
         if self.builtins {
-            let model = self.builtin_model.unwrap_or_else(|| Arc::new(OfflineModel::new()));
-            builtin::catalog_with(model).list().into_iter().try_for_each(&mut add)?;
+            builtin::catalog_with(Arc::clone(&model)).list().into_iter().try_for_each(&mut add)?;
         }
         self.runnables.into_iter().try_for_each(&mut add)?;
         let encoder = Arc::new(WireEncoder::new(max_event_bytes));
@@ -282,7 +283,7 @@ impl ServerBuilder {
             (None, settings) => WorkerHub::new(settings.unwrap_or_default()),
         };
         check_worker_settings(workers.settings())?;
-        let compiler: Arc<dyn DefinitionCompiler> = Arc::new(definition::Compiler::new(Arc::clone(&workers)));
+        let compiler: Arc<dyn DefinitionCompiler> = Arc::new(definition::Compiler::new(Arc::clone(&workers), model));
         let registry = match self.store {
             Store::Memory => RunRegistry::new_with(catalog, self.clock, encoder, Some(compiler)),
             Store::Sqlite { data_dir, sync } => {

@@ -191,6 +191,11 @@ pub struct ToolContext {
     pub cancel: CancellationToken,
     /// Where [`ToolContext::write`] sends output; `None` where nobody streams it.
     pub output: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
+    /// The run the call belongs to, when the agent runs as a step of one (with `step_id`, what makes a call's key
+    /// unique: `run_id/step_id/tool_call_id`, e.g. an idempotency key for a side effect); `None` elsewhere.
+    pub run_id: Option<Arc<str>>,
+    /// The path of the agent's step in that run, with `/<index>` inside a foreach.
+    pub step_id: Option<Arc<str>>,
     /// What the call was resumed with, after it suspended itself; see [`ToolContext::resume_data`].
     pub(crate) resume: Option<Value>,
 }
@@ -198,7 +203,7 @@ pub struct ToolContext {
 impl ToolContext {
     /// A context for one call (no output stream, no resume data), e.g. to call a [`Tool`] directly.
     pub fn new(agent_id: Arc<str>, tool_call_id: Arc<str>, cancel: CancellationToken) -> Self {
-        Self { agent_id, tool_call_id, cancel, output: None, resume: None }
+        Self { agent_id, tool_call_id, cancel, output: None, run_id: None, step_id: None, resume: None }
     }
 
     /// Suspends the call, Mastra's `suspend(payload)`: `return Err(ctx.suspend(payload))`. The agent emits
@@ -306,6 +311,21 @@ impl Tool {
     {
         let name: String = name.into();
         let parameters = Schema::compile_or_panic(parameters, &format!("tool '{name}' parameters"));
+        Self::with_schema(name, description, parameters, f)
+    }
+
+    /// [`Tool::new`] with its parameters' schema already compiled (a definition's, checked when registered).
+    pub(crate) fn with_schema<F, Fut>(
+        name: impl Into<String>,
+        description: impl Into<String>,
+        parameters: Schema,
+        f: F,
+    ) -> Self
+    where
+        F: Fn(ToolContext, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, ToolError>> + Send + 'static,
+    {
+        let name: String = name.into();
         Self {
             name: Arc::from(name),
             description: description.into(),
@@ -461,7 +481,12 @@ fn agent_step_with(
         let input = Arc::clone(&input);
         async move {
             // The options come from the step input, which a resumed step sees again, unchanged.
-            let (messages, options) = input(ctx.input())?;
+            let (messages, mut options) = input(ctx.input())?;
+            options.run_id = Some(Arc::from(ctx.run_id()));
+            options.step_id = Some(match ctx.for_each_index() {
+                Some(index) => Arc::from(format!("{}/{index}", ctx.step_id())),
+                None => Arc::from(ctx.step_id()),
+            });
             let start = match (ctx.resume_data(), ctx.saved_state()) {
                 (None, _) => AgentInput::Messages(messages),
                 (Some(data), Some(state)) => AgentInput::Resume { state: state.clone(), data: data.clone() },
@@ -638,5 +663,5 @@ fn agent_run_input(input: &Value) -> Result<(Vec<Message>, AgentOptions), Schema
         ),
         None => None,
     };
-    Ok((messages, AgentOptions { output_schema, reasoning_effort }))
+    Ok((messages, AgentOptions { output_schema, reasoning_effort, ..AgentOptions::default() }))
 }

@@ -92,6 +92,11 @@ pub struct AgentOptions {
     pub output_schema: Option<Schema>,
     /// Ask the model to reason first (reasoning models; the offline model streams a scripted reasoning part).
     pub reasoning_effort: Option<ReasoningEffort>,
+    /// The run and step the agent runs in, handed to its tools ([`ToolContext::run_id`], [`ToolContext::step_id`]):
+    /// an agent step sets them; `None` elsewhere.
+    pub run_id: Option<Arc<str>>,
+    /// See `run_id`.
+    pub step_id: Option<Arc<str>>,
 }
 
 /// Runs `agent` on `messages`, emitting every chunk through `emit`; see [`run_agent_with`].
@@ -301,6 +306,8 @@ where
                     let ctx = ToolContext {
                         output: Some(tx),
                         resume: call.resume_data.clone(),
+                        run_id: options.run_id.clone(),
+                        step_id: options.step_id.clone(),
                         ..ToolContext::new(Arc::clone(&agent.id), Arc::clone(&id), cancel.clone())
                     };
                     let run = tool.call(ctx, call.args.clone());

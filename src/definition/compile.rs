@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 use serde_json::Value;
 
 use super::{
-    Condition, DEFAULT_MAX_ITERATIONS, DefinitionError, Node, StepNode, WorkflowDef,
+    AgentDef, Condition, DEFAULT_MAX_ITERATIONS, DefinitionError, Node, StepNode, WorkflowDef, agent,
     data::{build, holds},
     validate,
 };
@@ -15,19 +15,22 @@ use crate::{
         RunKind, Step, StepContext, StepError, StepOutcome, Workflow,
         workflow::{WorkflowBuilder, when},
     },
+    model::ModelProvider,
     registry::{DefinitionCompiler, InvalidDefinition},
     worker::{InputFn, WorkerHub},
 };
 
-/// Compiles definitions into workflows whose steps the workers of `hub` run.
-#[derive(Debug, Clone)]
+/// Compiles definitions into workflows whose steps (and agents' tools) the workers of `hub` run; agents call
+/// `model`, the server's.
+#[derive(Clone)]
 pub(crate) struct Compiler {
     hub: Arc<WorkerHub>,
+    model: Arc<dyn ModelProvider>,
 }
 
 impl Compiler {
-    pub(crate) fn new(hub: Arc<WorkerHub>) -> Self {
-        Self { hub }
+    pub(crate) fn new(hub: Arc<WorkerHub>, model: Arc<dyn ModelProvider>) -> Self {
+        Self { hub, model }
     }
 
     /// Checks `def` and compiles it; `resolve` finds the workflows its `workflow` nodes nest (the server's current
@@ -192,6 +195,11 @@ impl DefinitionCompiler for Compiler {
                 let def: WorkflowDef = serde_json::from_value(body.clone())
                     .map_err(|e| invalid(DefinitionError::new("", format!("unreadable: {e}"))))?;
                 self.workflow(&def, resolve).map_err(invalid)
+            }
+            RunKind::Agent => {
+                let def: AgentDef = serde_json::from_value(body.clone())
+                    .map_err(|e| invalid(DefinitionError::new("", format!("unreadable: {e}"))))?;
+                agent::compile(&def, &self.model, &self.hub).map_err(invalid)
             }
             other => Err(InvalidDefinition {
                 path: String::new(),

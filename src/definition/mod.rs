@@ -6,12 +6,14 @@
 //! close to the proto JSON form users write (a retry delay is `delayMs` here, a proto `Duration` there). No code of
 //! the user's runs on the server: conditions and mappings are paths into the data and comparisons (`data.rs`).
 //!
+//! - `agent.rs`: agents defined as data (`RunService.RegisterAgent`), whose tools workers run.
 //! - `validate.rs`: every check, each error naming the node path (`steps[2].foreach.node.step.task`).
 //! - `compile.rs`: definition → engine workflow, and the registry's [`DefinitionCompiler`] for it.
 //! - `data.rs`: paths, conditions and mappings.
 //!
 //! [`DefinitionCompiler`]: crate::registry::DefinitionCompiler
 
+mod agent;
 mod compile;
 mod data;
 #[cfg(test)]
@@ -23,6 +25,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub(crate) use agent::{AgentDef, ToolDef};
 pub(crate) use compile::Compiler;
 pub(crate) use validate::validate;
 

@@ -1,4 +1,4 @@
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use serde_json::{Value, json};
 
@@ -6,7 +6,12 @@ use super::{
     data::{build, holds, lookup},
     *,
 };
-use crate::worker::{WorkerHub, WorkerSettings};
+use crate::{
+    engine::RunKind,
+    model::{ModelProvider, OfflineModel, OpenAiConfig, OpenAiModel},
+    registry::DefinitionCompiler,
+    worker::{WorkerHub, WorkerSettings},
+};
 
 fn def(steps: Value) -> WorkflowDef {
     serde_json::from_value(json!({ "id": "wf", "steps": steps })).expect("a definition")
@@ -144,7 +149,7 @@ fn mappings_build_objects_from_the_data_the_run_input_and_constants() {
 
 #[tokio::test]
 async fn a_definition_compiles_to_a_workflow_of_remote_steps_and_nested_workflows() {
-    let compiler = Compiler::new(WorkerHub::new(WorkerSettings::default()));
+    let compiler = Compiler::new(WorkerHub::new(WorkerSettings::default()), Arc::new(OfflineModel::new()));
     let child = compiler
         .workflow(&WorkflowDef { id: "child".into(), ..def(json!([{"step": {"id": "inner", "task": "t"}}])) }, &|_| {
             None
@@ -163,4 +168,35 @@ async fn a_definition_compiles_to_a_workflow_of_remote_steps_and_nested_workflow
     let missing = compiler.workflow(&d, &|_| None).expect_err("child unknown");
     assert_eq!(missing.path, "steps[2].workflow.id");
     assert!(missing.missing);
+}
+
+/// An agent definition compiles to a one-step agent workflow whose tools are the definition's; a named model is
+/// taken from the server's provider (here an OpenAI-compatible one, never called), else the server's own.
+#[test]
+fn an_agent_definition_compiles_to_an_agent_on_the_servers_provider() {
+    let server_model: Arc<dyn ModelProvider> =
+        Arc::new(OpenAiModel::new(OpenAiConfig::new("http://127.0.0.1:9/v1", "server-default")).expect("client"));
+    let compiler = Compiler::new(WorkerHub::new(WorkerSettings::default()), server_model);
+    let body = json!({
+        "id": "helper",
+        "instructions": "Be brief.",
+        "model": "named-model",
+        "tools": [
+            {"name": "lookup", "task": "lookup-task", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}},
+            {"name": "book", "task": "book-task", "requiresApproval": true},
+        ],
+    });
+    let wf = compiler.compile(RunKind::Agent, &body, &|_| None).expect("compiles");
+    assert_eq!((&**wf.id(), wf.kind()), ("helper", RunKind::Agent));
+    let meta = wf.meta().expect("an agent's meta");
+    assert_eq!(meta.model, "named-model");
+    let tools: Vec<(&str, bool)> = meta.tools.iter().map(|t| (t.name.as_str(), t.requires_approval)).collect();
+    assert_eq!(tools, [("lookup", false), ("book", true)]);
+    assert_eq!(meta.tools[1].parameters, json!({"type": "object", "properties": {}}), "unset: any object");
+
+    let unnamed = compiler.compile(RunKind::Agent, &json!({"id": "plain"}), &|_| None).expect("compiles");
+    assert_eq!(unnamed.meta().expect("meta").model, "server-default");
+    let bad = compiler.compile(RunKind::Agent, &json!({"id": "x", "tools": [{"name": "t"}]}), &|_| None);
+    let bad = bad.expect_err("a tool without a task");
+    assert_eq!((bad.path.as_str(), bad.missing), ("tools[0].task", false), "{bad:?}");
 }

@@ -32,16 +32,16 @@ pub(crate) fn validate(def: &WorkflowDef) -> Checked {
 /// A definition id: what callers pass as `workflow_id` (or `agent_id`).
 pub(crate) fn check_definition_id(path: &str, id: &str) -> Checked {
     // No dots: a workflow's id names its steps when it is nested (`<id>.<step>`).
-    check_name(path, id, "; use letters, digits, _ and -")
+    check_name(path, id, MAX_ID_LEN, "; use letters, digits, _ and -")
 }
 
-/// An id of at most MAX_ID_LEN letters, digits, `_` and `-`; `hint` ends the message about a bad character.
-fn check_name(path: &str, id: &str, hint: &str) -> Checked {
+/// An id of at most `max` letters, digits, `_` and `-`; `hint` ends the message about a bad character.
+pub(super) fn check_name(path: &str, id: &str, max: usize, hint: &str) -> Checked {
     if id.is_empty() {
         return Err(DefinitionError::new(path, "must not be empty"));
     }
-    if id.len() > MAX_ID_LEN {
-        return Err(DefinitionError::new(path, format!("{} characters long; at most {MAX_ID_LEN}", id.len())));
+    if id.len() > max {
+        return Err(DefinitionError::new(path, format!("{} characters long; at most {max}", id.len())));
     }
     if let Some(bad) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-'))) {
         return Err(DefinitionError::new(path, format!("character {bad:?} is not allowed{hint}")));
@@ -51,7 +51,7 @@ fn check_name(path: &str, id: &str, hint: &str) -> Checked {
 
 /// A node id: names the step in events and resume paths, where dots separate nesting.
 fn check_node_id(path: &str, id: &str, ids: &mut HashMap<String, String>) -> Checked {
-    check_name(path, id, " in a step id; use letters, digits, _ and - (dots separate nested steps)")?;
+    check_name(path, id, MAX_ID_LEN, " in a step id; use letters, digits, _ and - (dots separate nested steps)")?;
     if let Some(first) = ids.get(id) {
         return Err(DefinitionError::new(
             path,
@@ -181,18 +181,7 @@ fn inner_step(path: &str, node: Option<&Node>, within: &str, ids: &mut HashMap<S
 
 fn check_step(path: &str, step: &StepNode, ids: &mut HashMap<String, String>) -> Checked {
     check_node_id(&format!("{path}.id"), &step.id, ids)?;
-    if step.task.trim().is_empty() {
-        return Err(DefinitionError::new(
-            format!("{path}.task"),
-            "must not be empty: name the task type a worker serves (Hello.task_types)",
-        ));
-    }
-    if step.task.len() > MAX_ID_LEN {
-        return Err(DefinitionError::new(
-            format!("{path}.task"),
-            format!("{} characters long; at most {MAX_ID_LEN}", step.task.len()),
-        ));
-    }
+    check_task(&format!("{path}.task"), &step.task)?;
     if let Some(retries) = &step.retries {
         if retries.attempts > MAX_RETRIES {
             return Err(DefinitionError::new(
@@ -206,6 +195,20 @@ fn check_step(path: &str, step: &StepNode, ids: &mut HashMap<String, String>) ->
     }
     check_sources(&format!("{path}.input"), &step.input)?;
     schema(&format!("{path}.resumeSchema"), step.resume_schema.as_ref())
+}
+
+/// A task type, as workers name what they serve (Hello.task_types).
+pub(super) fn check_task(path: &str, task: &str) -> Checked {
+    if task.trim().is_empty() {
+        return Err(DefinitionError::new(
+            path,
+            "must not be empty: name the task type a worker serves (Hello.task_types)",
+        ));
+    }
+    if task.len() > MAX_ID_LEN {
+        return Err(DefinitionError::new(path, format!("{} characters long; at most {MAX_ID_LEN}", task.len())));
+    }
+    Ok(())
 }
 
 fn check_sources(path: &str, fields: &BTreeMap<String, Source>) -> Checked {

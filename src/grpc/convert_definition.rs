@@ -1,4 +1,4 @@
-//! Workflow definitions: protobuf (`runstream.v1.WorkflowDefinition`) ↔ the `definition` module's types.
+//! Definitions: protobuf (`runstream.v1.WorkflowDefinition`, `AgentDefinition`) ↔ the `definition` module's types.
 //!
 //! Converting in catches only what the types cannot hold (a node or a source with nothing set, a negative delay);
 //! everything else is the definition's validation, when it is registered. Both name the field at fault by its
@@ -15,8 +15,8 @@ use super::{
 };
 use crate::{
     definition::{
-        BranchCase, BranchNode, Condition, ForeachNode, LoopNode, MapNode, Node, ParallelNode, Retries, SleepNode,
-        Source, StepNode, Test, WorkflowDef, WorkflowNode,
+        AgentDef, BranchCase, BranchNode, Condition, ForeachNode, LoopNode, MapNode, Node, ParallelNode, Retries,
+        SleepNode, Source, StepNode, Test, ToolDef, WorkflowDef, WorkflowNode,
     },
     pb,
 };
@@ -47,6 +47,52 @@ pub(crate) fn workflow_to_pb(def: WorkflowDef, version: u32, registered_at: Syst
         input_schema: def.input_schema.as_ref().map(json_to_pb),
         output_schema: def.output_schema.as_ref().map(json_to_pb),
         steps: def.steps.into_iter().map(node_to_pb).collect(),
+        version,
+        registered_at: Some(Timestamp::from(registered_at)),
+    }
+}
+
+/// An agent definition as sent (its `version` and `registered_at` are the server's, so ignored).
+pub(crate) fn agent_from_pb(def: pb::AgentDefinition) -> AgentDef {
+    AgentDef {
+        id: def.id,
+        description: def.description,
+        instructions: def.instructions,
+        model: def.model,
+        tools: def
+            .tools
+            .into_iter()
+            .map(|t| ToolDef {
+                name: t.name,
+                description: t.description,
+                parameters: t.parameters.map(pb_to_json),
+                task: t.task,
+                requires_approval: t.requires_approval,
+            })
+            .collect(),
+        max_steps: def.max_steps,
+    }
+}
+
+/// A registered agent, with its version and registration time.
+pub(crate) fn agent_to_pb(def: AgentDef, version: u32, registered_at: SystemTime) -> pb::AgentDefinition {
+    pb::AgentDefinition {
+        id: def.id,
+        description: def.description,
+        instructions: def.instructions,
+        model: def.model,
+        tools: def
+            .tools
+            .into_iter()
+            .map(|t| pb::ToolDefinition {
+                name: t.name,
+                description: t.description,
+                parameters: t.parameters.as_ref().map(json_to_pb),
+                task: t.task,
+                requires_approval: t.requires_approval,
+            })
+            .collect(),
+        max_steps: def.max_steps,
         version,
         registered_at: Some(Timestamp::from(registered_at)),
     }

@@ -444,12 +444,7 @@ impl server::run_service_server::RunService for RunService {
             return Err(invalid_field("definition", "required: the workflow definition to register"));
         };
         let definition = convert_definition::workflow_from_pb(definition)?;
-        let body = serde_json::to_value(&definition).map_err(|e| Status::internal(e.to_string()))?;
-        let registry = self.registry.clone();
-        // Registration waits for the store.
-        let registered = tokio::task::spawn_blocking(move || registry.register_definition(RunKind::Workflow, body))
-            .await
-            .map_err(|e| Status::internal(format!("registration failed: {e}")))??;
+        let registered = self.register(RunKind::Workflow, &definition).await?;
         Ok(Response::new(workflow_definition(registered)?))
     }
 
@@ -457,34 +452,65 @@ impl server::run_service_server::RunService for RunService {
         &self,
         request: Request<pb::GetDefinitionRequest>,
     ) -> Result<Response<pb::WorkflowDefinition>, Status> {
-        let request = request.into_inner();
-        if request.id.is_empty() {
-            return Err(invalid_field("id", "required: the id of a registered workflow"));
-        }
-        let found = self.registry.definition(RunKind::Workflow, &request.id, request.version)?;
+        let found = self.definition(RunKind::Workflow, request.into_inner())?;
         Ok(Response::new(workflow_definition(found)?))
     }
 
     async fn register_agent(
         &self,
-        _request: Request<pb::RegisterAgentRequest>,
+        request: Request<pb::RegisterAgentRequest>,
     ) -> Result<Response<pb::AgentDefinition>, Status> {
-        Err(Status::unimplemented("RegisterAgent is not implemented yet"))
+        let Some(definition) = request.into_inner().definition else {
+            return Err(invalid_field("definition", "required: the agent definition to register"));
+        };
+        let definition = convert_definition::agent_from_pb(definition);
+        let registered = self.register(RunKind::Agent, &definition).await?;
+        Ok(Response::new(agent_definition(registered)?))
     }
 
     async fn get_agent_definition(
         &self,
-        _request: Request<pb::GetDefinitionRequest>,
+        request: Request<pb::GetDefinitionRequest>,
     ) -> Result<Response<pb::AgentDefinition>, Status> {
-        Err(Status::unimplemented("GetAgentDefinition is not implemented yet"))
+        let found = self.definition(RunKind::Agent, request.into_inner())?;
+        Ok(Response::new(agent_definition(found)?))
+    }
+}
+
+impl RunService {
+    /// Registers `definition` as the next version of its id; waits for the store.
+    async fn register(&self, kind: RunKind, definition: &impl serde::Serialize) -> Result<Definition, Status> {
+        let body = serde_json::to_value(definition).map_err(|e| Status::internal(e.to_string()))?;
+        let registry = self.registry.clone();
+        let registered = tokio::task::spawn_blocking(move || registry.register_definition(kind, body))
+            .await
+            .map_err(|e| Status::internal(format!("registration failed: {e}")))??;
+        Ok(registered)
+    }
+
+    /// The registered definition a GetWorkflowDefinition / GetAgentDefinition asks for.
+    fn definition(&self, kind: RunKind, request: pb::GetDefinitionRequest) -> Result<Definition, Status> {
+        if request.id.is_empty() {
+            return Err(invalid_field("id", format!("required: the id of a registered {}", kind.as_str())));
+        }
+        Ok(self.registry.definition(kind, &request.id, request.version)?)
     }
 }
 
 /// A registered workflow as GetWorkflowDefinition returns it.
 fn workflow_definition(found: Definition) -> Result<pb::WorkflowDefinition, Status> {
-    let def = serde_json::from_value(found.body)
-        .map_err(|e| Status::internal(format!("the stored definition of '{}' is unreadable: {e}", found.id)))?;
-    Ok(convert_definition::workflow_to_pb(def, found.version, found.registered_at))
+    Ok(convert_definition::workflow_to_pb(stored_body(&found)?, found.version, found.registered_at))
+}
+
+/// A registered agent as GetAgentDefinition returns it.
+fn agent_definition(found: Definition) -> Result<pb::AgentDefinition, Status> {
+    Ok(convert_definition::agent_to_pb(stored_body(&found)?, found.version, found.registered_at))
+}
+
+/// The body of a registered definition, in the `definition` module's types.
+fn stored_body<T: serde::de::DeserializeOwned>(found: &Definition) -> Result<T, Status> {
+    T::deserialize(&found.body)
+        .map_err(|e| Status::internal(format!("the stored definition of '{}' is unreadable: {e}", found.id)))
 }
 
 #[cfg(test)]

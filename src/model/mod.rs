@@ -44,7 +44,7 @@ mod sse;
 #[cfg(test)]
 mod tests;
 
-use std::{pin::Pin, time::Duration};
+use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures_util::Stream;
 use serde_json::Value;
@@ -72,6 +72,14 @@ pub trait ModelProvider: Send + Sync + 'static {
     /// Streams one response to `request`. Lazy: nothing happens until the stream is polled. `cancel` ends the
     /// stream with [`ModelError::Canceled`].
     fn stream(&self, request: ModelRequest, cancel: CancellationToken) -> ModelStream;
+
+    /// The same provider calling another of its models (`name`, as the provider knows it), for an agent that names
+    /// its model; `None` when this provider has one model only (the offline stand-in), which then serves every
+    /// name.
+    fn with_model(&self, name: &str) -> Option<Arc<dyn ModelProvider>> {
+        let _ = name;
+        None
+    }
 }
 
 /// What to ask the model: the conversation so far, the tools it may call, and how to answer.

@@ -102,6 +102,11 @@ impl ModelProvider for RetryingModel {
         self.inner.provider()
     }
 
+    fn with_model(&self, name: &str) -> Option<Arc<dyn ModelProvider>> {
+        let inner = self.inner.with_model(name)?;
+        Some(Arc::new(Self { inner, policy: self.policy }))
+    }
+
     fn stream(&self, request: ModelRequest, cancel: CancellationToken) -> ModelStream {
         let call = Attempts {
             inner: self.inner.clone(),

@@ -833,3 +833,22 @@ async fn a_silent_server_times_out_retryably() {
     assert!(matches!(error, ModelError::Timeout { .. }), "{error:?}");
     assert!(error.is_retryable());
 }
+
+/// An agent naming its model gets the same server, key and retries with that model's name; the offline stand-in
+/// has one model and takes no other.
+#[tokio::test]
+async fn with_model_calls_another_model_on_the_same_server() {
+    let server = FakeServer::start(vec![Reply::status(503, "busy"), Reply::stream(sse(&hello_events(), true))]).await;
+    let other = server.retrying(2).with_model("other-model").expect("an OpenAI-compatible server serves any name");
+    assert_eq!((other.model_id(), other.provider()), ("other-model", "openai-compatible"));
+    let (_, error) = run(&*other, hello_request()).await;
+    assert_eq!(error, None, "the 503 was retried");
+    let requests = server.requests();
+    assert_eq!(requests.len(), 2);
+    for recorded in &requests {
+        assert_eq!(recorded.body["model"], "other-model");
+        assert_eq!(recorded.header("authorization"), Some("Bearer sk-test"));
+    }
+    assert_eq!(server.model().model_id(), "test-model", "the server's own model is unchanged");
+    assert!(OfflineModel::new().with_model("gpt-4o").is_none());
+}

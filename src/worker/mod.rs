@@ -17,6 +17,7 @@
 
 mod hub;
 mod step;
+mod tool;
 
 pub use hub::{PROTOCOL_VERSION, WorkerHub, WorkerInfo, WorkerSettings};
 pub(crate) use step::InputFn;

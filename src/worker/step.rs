@@ -16,10 +16,10 @@ const SUSPEND_PAYLOAD: &str = "suspendPayload";
 
 /// Abandons the task when the step stops waiting for it before it ended (the run was canceled: the engine drops
 /// the step's future).
-struct Abandon {
-    hub: Arc<WorkerHub>,
-    task_id: String,
-    done: bool,
+pub(super) struct Abandon {
+    pub(super) hub: Arc<WorkerHub>,
+    pub(super) task_id: String,
+    pub(super) done: bool,
 }
 
 impl Drop for Abandon {

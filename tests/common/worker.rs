@@ -23,6 +23,8 @@ pub enum Reply {
     Done(Value),
     /// Fail; retryable unless `non_retryable`.
     Fail { message: String, non_retryable: bool },
+    /// Write each of `writes` (TaskOutput), then complete with `output`.
+    Stream { writes: Vec<Value>, output: Value },
 }
 
 /// What the handler sees of a task.
@@ -116,6 +118,17 @@ impl AutoWorker {
                 let reply = match handler(&task) {
                     Reply::Done(output) => {
                         In::Complete(pb::Complete { r#ref: Some(r), output: Some(pb_value(output)), last_chunk_seq: 0 })
+                    }
+                    Reply::Stream { writes, output } => {
+                        let last_chunk_seq = writes.len() as u64;
+                        for (seq, value) in (1..).zip(writes) {
+                            send(In::Output(pb::TaskOutput {
+                                r#ref: Some(r.clone()),
+                                chunk_seq: seq,
+                                chunk: Some(pb::task_output::Chunk::Write(pb_value(value))),
+                            }));
+                        }
+                        In::Complete(pb::Complete { r#ref: Some(r), output: Some(pb_value(output)), last_chunk_seq })
                     }
                     Reply::Fail { message, non_retryable } => In::Fail(pb::Fail {
                         r#ref: Some(r),

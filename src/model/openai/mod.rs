@@ -190,6 +190,13 @@ impl ModelProvider for OpenAiModel {
         "openai-compatible"
     }
 
+    fn with_model(&self, name: &str) -> Option<Arc<dyn ModelProvider>> {
+        // Same server, key and connection pool.
+        let config = OpenAiConfig { model: name.to_owned(), ..self.inner.config.clone() };
+        let inner = Inner { config, url: Arc::clone(&self.inner.url), client: self.inner.client.clone() };
+        Some(Arc::new(Self { inner: Arc::new(inner) }))
+    }
+
     fn stream(&self, request: ModelRequest, cancel: CancellationToken) -> ModelStream {
         let show_reasoning = request.reasoning_effort.is_none_or(ReasoningEffort::shows_reasoning);
         let call = Call {
