@@ -9,6 +9,7 @@ import asyncio
 import inspect
 import json
 import logging
+import math
 import os
 import queue
 import random
@@ -20,9 +21,8 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import struct_pb2
 
-from .client import from_value, to_value, whole_numbers
 from .errors import NonRetryableError, OutputTooLarge
 from .v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
@@ -56,17 +56,70 @@ class _Suspend(BaseException):
         self.payload = payload
 
 
+# The two converters below are on every task's path (input, output, request context). They give what
+# `client.from_value` and `client.to_value` (protobuf's json_format) give, built directly: json_format's generic
+# walk costs several times as much (docs/performance.md, "What the Python worker spends per task").
+
+
+def _python(value):
+    """A google.protobuf.Value as a Python value, integral numbers as ints (as `client.from_value`)."""
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        n = value.number_value
+        if math.isinf(n) or math.isnan(n):
+            # As json_format: JSON has no such number.
+            raise ValueError(f"Fail to serialize {n} for Value.number_value, which would parse as string_value")
+        return int(n) if n.is_integer() and abs(n) <= 2**53 else n
+    if kind == "string_value":
+        return value.string_value
+    if kind == "struct_value":
+        return {k: _python(v) for k, v in value.struct_value.fields.items()}
+    if kind == "list_value":
+        return [_python(v) for v in value.list_value.values]
+    if kind == "bool_value":
+        return value.bool_value
+    # null_value, or no kind set.
+    return None
+
+
+def _set_value(value, obj):
+    """Sets the google.protobuf.Value `value` to `obj`, a value as json.loads makes it (as json_format.ParseDict)."""
+    if isinstance(obj, dict):
+        struct = value.struct_value
+        # Marks the struct set even when `obj` is empty.
+        struct.SetInParent()
+        fields = struct.fields
+        for k, v in obj.items():
+            _set_value(fields[k], v)
+    elif isinstance(obj, list):
+        values = value.list_value
+        values.SetInParent()
+        add = values.values.add
+        for v in obj:
+            _set_value(add(), v)
+    elif obj is None:
+        value.null_value = struct_pb2.NULL_VALUE
+    elif isinstance(obj, bool):
+        value.bool_value = obj
+    elif isinstance(obj, str):
+        value.string_value = obj
+    else:
+        value.number_value = obj
+
+
 def _from_value(message, field):
-    return from_value(getattr(message, field)) if message.HasField(field) else None
+    return _python(getattr(message, field)) if message.HasField(field) else None
 
 
 def _json_value(obj, what):
     """`obj` as a google.protobuf.Value; TypeError naming `what` if it is not JSON."""
+    value = struct_pb2.Value()
     try:
         # The round trip turns tuples into lists and says clearly what is not JSON.
-        return to_value(json.loads(json.dumps(obj)))
+        _set_value(value, json.loads(json.dumps(obj)))
     except (TypeError, ValueError) as e:
         raise TypeError(f"{what} is not JSON: {e}") from None
+    return value
 
 
 def _duration_seconds(d, default):
@@ -100,7 +153,7 @@ class TaskContext:
         self.for_each_index = assign.for_each_index if assign.HasField("for_each_index") else None
         self.resume_data = _from_value(assign, "resume_data")
         self.suspend_payload = _from_value(assign, "suspend_payload")
-        self.request_context = whole_numbers(json_format.MessageToDict(assign.request_context))
+        self.request_context = {k: _python(v) for k, v in assign.request_context.fields.items()}
         self.idempotency_key = assign.idempotency_key
         self.worker_id = worker.worker_id
 
