@@ -419,7 +419,7 @@ impl Listening {
         let served =
             crate::grpc::serve::serve_with_workers(self.listener, registry.clone(), workers, config, token).await;
         // Whatever runs appended while the server stopped is stored before the caller goes on (e.g. exits).
-        let flushed = tokio::task::spawn_blocking(move || registry.flush()).await;
+        let flushed = tokio::task::spawn_blocking(move || registry.close()).await;
         served?;
         flushed.map_err(|e| ServeError::Flush(e.to_string()))
     }

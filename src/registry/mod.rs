@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 use crate::{
     clock::Clock,
     engine::{ResumeRequest, RunKind, RunStatus, Workflow, WorkflowCatalog},
-    store::{RunStore, StoreError},
+    store::{LoadedRun, RecoveryMark, RunStore, StoreError, Write},
 };
 use definitions::Catalog;
 use persist::Persister;
@@ -161,7 +161,8 @@ impl RunRegistry {
         for record in definitions {
             catalog.restore(compiler.as_deref(), record);
         }
-        let loaded = store.load()?;
+        let mut loaded = store.load()?;
+        let failed_recoveries = mark_recoveries(store.as_ref(), &mut loaded)?;
         let persister = Persister::start(store.clone())?;
         let mut runs = HashMap::new();
         let mut recover = Vec::new();
@@ -196,7 +197,10 @@ impl RunRegistry {
                 encoder.clone(),
                 persister.clone(),
             );
-            if matches!(status, RunStatus::Pending | RunStatus::Running | RunStatus::Waiting) {
+            if let Some(reason) = failed_recoveries.get(restored.id().as_ref()) {
+                tracing::error!(run_id = %restored.id(), "{reason}");
+                restored.fail_unrecoverable(reason);
+            } else if matches!(status, RunStatus::Pending | RunStatus::Running | RunStatus::Waiting) {
                 recover.push((restored.clone(), run.checkpoints));
             }
             runs.insert(restored.id().clone(), restored);
@@ -272,7 +276,20 @@ impl RunRegistry {
         });
     }
 
-    /// Waits (blocking) until every change made so far is stored; at once without a store. For shutdown.
+    /// A clean stop: clears the recovery marks of the runs still in flight (a clean stop is not a crash their
+    /// recovery caused), then waits (blocking) until every change made so far is stored.
+    pub fn close(&self) {
+        if self.persist.is_some() {
+            let runs: Vec<Arc<Run>> =
+                self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner()).values().cloned().collect();
+            for run in runs {
+                run.clear_recovery_mark();
+            }
+        }
+        self.flush();
+    }
+
+    /// Waits (blocking) until every change made so far is stored; at once without a store.
     pub fn flush(&self) {
         if let Some(persister) = &self.persist {
             persister.flush();
@@ -412,6 +429,44 @@ impl RunRegistry {
         let next = if more { matching.last().map(|run| run.created_order) } else { None };
         (matching, next)
     }
+}
+
+/// After this many recoveries in a row with no step completed in between, a run is failed at start instead of
+/// recovered again: its recovery was in progress each time the server went down, so it is likely what brings it
+/// down (a crash loop that would otherwise need the store edited by hand). A clean stop does not count.
+const MAX_RECOVERIES: u32 = 1;
+
+/// Marks the in-flight runs of `loaded` as being recovered, in the store, before any of them runs (a crash during
+/// their recovery must find the mark), and returns the runs not to recover again, with the reason.
+fn mark_recoveries(store: &dyn RunStore, loaded: &mut [LoadedRun]) -> Result<HashMap<String, String>, StoreError> {
+    let mut marks = Vec::new();
+    let mut failed = HashMap::new();
+    for run in loaded.iter_mut() {
+        let state = &mut run.record.state;
+        if !matches!(state.status, RunStatus::Pending | RunStatus::Running | RunStatus::Waiting) {
+            continue;
+        }
+        // A step completed since the last recovery started: that recovery got somewhere.
+        let progressed = |mark: &RecoveryMark| state.phase > mark.from_phase && !run.checkpoints.is_empty();
+        let attempts = state.recovering.filter(|mark| !progressed(mark)).map_or(0, |mark| mark.attempts);
+        if attempts >= MAX_RECOVERIES {
+            failed.insert(
+                run.record.run_id.clone(),
+                format!(
+                    "runstream stopped without a clean shutdown {attempts} time(s) in a row while recovering this run, \
+                     before any of its steps completed: it is failed instead of recovered again, in case it is what \
+                     brings the server down; start it again (a new run) once the cause is fixed"
+                ),
+            );
+            continue;
+        }
+        state.recovering = Some(RecoveryMark { attempts: attempts + 1, from_phase: state.phase });
+        marks.push(Write::State { run_id: run.record.run_id.clone(), state: Box::new(state.clone()) });
+    }
+    if !marks.is_empty() {
+        store.commit(&marks)?;
+    }
+    Ok(failed)
 }
 
 /// Attaching to an existing run by id is only for a retry of the start that created it (same workflow, same

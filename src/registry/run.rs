@@ -108,6 +108,7 @@ impl Run {
             error: None,
             updated_at: now,
             resuming: None,
+            recovering: None,
         };
         let log = match &persist {
             Some(persister) => EventLog::gated(encoder, spec.run_id.clone(), persister.clone()),
@@ -425,6 +426,8 @@ impl Run {
         state.resuming = None;
         state.result = None;
         state.error = None;
+        // The phase ended: whatever brought the server down before did not stop this run.
+        state.recovering = None;
         // The result and error move through the event into the state: the log keeps only the event's encoding.
         let finish =
             Event { source: EventSource::Workflow, kind: EventKind::WorkflowFinish { status, result, error, usage } };
@@ -452,6 +455,24 @@ impl Run {
         drop(state);
         debug!(run_id = %self.spec.run_id, status = status.as_str(), "phase finished");
         self.status_tx.send_replace(status);
+    }
+
+    /// Fails a run loaded in flight instead of recovering it (its recovery kept bringing the server down): its log
+    /// ends with a `workflow_finish` FAILED whose error says why.
+    pub(super) fn fail_unrecoverable(&self, reason: &str) {
+        let mut state = self.lock_state();
+        let snapshot = std::mem::take(&mut state.snapshot);
+        let error = ErrorInfo::new("RecoveryFailed", reason);
+        let outcome = PhaseOutcome { status: RunStatus::Failed, result: None, error: Some(error), snapshot };
+        self.end_phase(state, outcome);
+    }
+
+    /// At a clean stop: the recovery in progress, if any, did not bring the server down.
+    pub(super) fn clear_recovery_mark(&self) {
+        let mut state = self.lock_state();
+        if state.recovering.take().is_some() && !state.status.is_terminal() {
+            self.persist_state(&state);
+        }
     }
 
     /// Cancels the run. A running or sleeping run is canceled by its executor (whose `workflow_canceled` is logged

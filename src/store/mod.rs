@@ -68,6 +68,19 @@ pub struct StateRecord {
     pub updated_at: SystemTime,
     /// The resume the running phase is carrying out, so that a phase interrupted mid-resume is resumed again.
     pub resuming: Option<ResumeTarget>,
+    /// Set while the run is being recovered after an unclean stop, until its phase ends or the server stops
+    /// cleanly: a run found still marked, with no step completed since, brought the server down during its recovery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovering: Option<RecoveryMark>,
+}
+
+/// A recovery in progress: stored before the recovery starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecoveryMark {
+    /// Recoveries in a row with no step completed in between (1 for the first).
+    pub attempts: u32,
+    /// The phase that was interrupted; the recovery runs as the next one.
+    pub from_phase: u32,
 }
 
 /// One logged event: its seq, its encoded body (the registry's encoding; opaque here) and, for a

@@ -41,6 +41,7 @@ fn state(status: RunStatus, phase: u32) -> StateRecord {
         error: None,
         updated_at: at(5),
         resuming: None,
+        recovering: None,
     }
 }
 

@@ -68,7 +68,8 @@ impl ServerProcess {
         Self::spawn(command, log, timeout)
     }
 
-    fn spawn(mut command: Command, log: PathBuf, timeout: Duration) -> Self {
+    /// Runs `command`, a server that prints `runstream listening on ADDR`, as [`start`](Self::start) does.
+    pub fn spawn(mut command: Command, log: PathBuf, timeout: Duration) -> Self {
         let log_file = File::create(&log).unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
         let mut child = command
             .stdin(Stdio::null())
