@@ -16,13 +16,13 @@
 //!   there, against `runstream serve`.
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
 
-use common::process::{ServerProcess, run_with_timeout};
+use common::process::{ServerProcess, example_binary, run_with_timeout};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const PYTHON_TIMEOUT: Duration = Duration::from_secs(300);
@@ -102,24 +102,11 @@ fn python_sdk_registered_workflow_on_runstream_serve() {
     run_python("test_registered.py", &[&server.addr], Some(&server));
 }
 
-/// Builds `examples/workers.rs` with the cargo that runs the tests and returns its path.
-fn workers_example() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", "workers"])
-        .current_dir(repo())
-        .status()
-        .expect("run cargo build --example workers");
-    assert!(status.success(), "cargo build --example workers failed");
-    let deps = std::env::current_exe().expect("test path");
-    let profile = deps.parent().and_then(|d| d.parent()).expect("the profile directory above deps/");
-    profile.join("examples").join("workers")
-}
-
 #[test]
 fn python_sdk_workers_against_the_workers_example() {
     let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let server = ServerProcess::start_program(
-        &workers_example(),
+        &example_binary("workers"),
         &["--listen", "127.0.0.1:0", "--lease-ms", LEASE_MS].map(OsStr::new),
         tmp.join("sdk-python-workers-server.log"),
         STARTUP_TIMEOUT,
@@ -133,7 +120,7 @@ fn python_sdk_workers_against_the_workers_example() {
 fn python_sdk_worker_survives_a_server_kill_9() {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-python-server-restart");
     let _ = std::fs::remove_dir_all(&dir);
-    let binary = workers_example();
+    let binary = example_binary("workers");
     let (binary, dir) = (binary.to_string_lossy(), dir.to_string_lossy());
     run_python("test_server_restart.py", &[&binary, &dir, LEASE_MS], None);
 }

@@ -707,23 +707,10 @@ async fn a_malformed_hello_is_invalid_argument_naming_the_field() {
     server.stop().await;
 }
 
-/// Builds `examples/workers.rs` with the cargo that runs the tests and returns its path.
-fn workers_example() -> std::path::PathBuf {
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", "workers"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build --example workers");
-    assert!(status.success(), "cargo build --example workers failed");
-    let deps = std::env::current_exe().expect("test path");
-    let profile = deps.parent().and_then(|d| d.parent()).expect("the profile directory above deps/");
-    profile.join("examples").join("workers")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_a_worker_holds_tasks_loses_nothing() {
-    use common::process::ServerProcess;
-    let binary = workers_example();
+    use common::process::{ServerProcess, example_binary};
+    let binary = example_binary("workers");
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("workers-kill9-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("data dir");
