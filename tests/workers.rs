@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use common::{
+    worker::{self, Session, hello},
+    *,
+};
 use runstream::{
     Server,
     engine::{Step, StepOutcome, Workflow},
@@ -74,18 +77,6 @@ impl Harness {
     }
 }
 
-fn hello(worker_id: &str, task_types: &[&str], max_in_flight: u32) -> pb::Hello {
-    pb::Hello {
-        worker_id: worker_id.into(),
-        worker_name: format!("{worker_id}-host"),
-        sdk: "tests/workers.rs".into(),
-        protocol_version: 1,
-        task_types: task_types.iter().map(|t| (*t).to_owned()).collect(),
-        max_in_flight,
-        ..Default::default()
-    }
-}
-
 /// One Connect stream, driven by the test.
 struct TestWorker {
     tx: mpsc::UnboundedSender<pb::WorkerMessage>,
@@ -98,15 +89,8 @@ struct TestWorker {
 
 impl TestWorker {
     async fn connect(channel: Channel, hello: pb::Hello) -> Result<Self, tonic::Status> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tx.send(pb::WorkerMessage { msg: Some(In::Hello(hello)) }).expect("queue hello");
-        let mut stream =
-            WorkerServiceClient::new(channel).connect(UnboundedReceiverStream::new(rx)).await?.into_inner();
-        let first = tokio::time::timeout(DEADLINE, stream.message()).await.expect("welcome in time")?;
-        let Some(pb::ServerMessage { msg: Some(Out::Welcome(welcome)) }) = first else {
-            panic!("expected a welcome, got {first:?}")
-        };
-        Ok(Self { tx, rx: stream, welcome, held: Arc::default(), heartbeats: None })
+        let Session { tx, rx, welcome } = worker::connect(channel, hello).await?;
+        Ok(Self { tx, rx, welcome, held: Arc::default(), heartbeats: None })
     }
 
     /// Sends a heartbeat with every held attempt every 100 ms.
