@@ -4,9 +4,12 @@
 
 mod common;
 
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::time::Duration;
 
-use common::{process::ServerProcess, *};
+use common::{
+    process::{ServerProcess, example_binary},
+    *,
+};
 use runstream::{
     ServeError, Server,
     engine::{Step, StepOutcome, Workflow},
@@ -17,22 +20,6 @@ use tonic::Code;
 
 const STARTUP: Duration = Duration::from_secs(60);
 
-/// Builds the example with the cargo that runs the tests, so the binary is never older than the code, and returns
-/// its path (`<target>/debug/examples/embed`, beside this test's `deps/`).
-fn example_binary() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", "embed"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build --example embed");
-    assert!(status.success(), "cargo build --example embed failed");
-    let deps = std::env::current_exe().expect("test path");
-    let profile = deps.parent().and_then(|d| d.parent()).expect("the profile directory above deps/");
-    let binary = profile.join("examples").join("embed");
-    assert!(binary.is_file(), "{} was not built", binary.display());
-    binary
-}
-
 async fn connect(addr: &str) -> Client {
     RunServiceClient::connect(format!("http://{addr}")).await.expect("connect")
 }
@@ -40,8 +27,12 @@ async fn connect(addr: &str) -> Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embed_example_serves_its_own_workflow_and_agent() {
     let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("embed-example.log");
-    let server =
-        ServerProcess::start_program(&example_binary(), &["--listen".as_ref(), "127.0.0.1:0".as_ref()], log, STARTUP);
+    let server = ServerProcess::start_program(
+        &example_binary("embed"),
+        &["--listen".as_ref(), "127.0.0.1:0".as_ref()],
+        log,
+        STARTUP,
+    );
     let mut client = connect(&server.addr).await;
 
     let listed = client.list_workflows(pb::ListWorkflowsRequest {}).await.expect("list").into_inner().workflows;

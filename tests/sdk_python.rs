@@ -16,13 +16,13 @@
 //!   there, against `runstream serve`.
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 mod common;
 
-use common::process::{ServerProcess, run_with_timeout};
+use common::process::{ServerProcess, example_binary, run_with_timeout};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 const PYTHON_TIMEOUT: Duration = Duration::from_secs(300);
@@ -34,17 +34,33 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The venv's python, with the SDK installed (`scripts/test-deps.sh`, once per test process).
-fn python() -> &'static Path {
-    &common::tools::tools().python
+/// Where the tests keep their servers' data and logs.
+fn tmp() -> &'static Path {
+    Path::new(env!("CARGO_TARGET_TMPDIR"))
+}
+
+/// The venv's python, with the SDK installed (`scripts/test-deps.sh`, once per test process), running
+/// `script ARGS...` in `cwd`: unbuffered, so that a log has its lines as they come, and writing no bytecode beside
+/// the scripts.
+fn python(cwd: &Path, script: impl AsRef<OsStr>, args: &[&str]) -> Command {
+    let mut cmd = Command::new(&common::tools::tools().python);
+    cmd.arg(script).args(args).current_dir(cwd).env("PYTHONUNBUFFERED", "1").env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd
+}
+
+/// `runstream serve` on an ephemeral port over a fresh data directory, `TMP/NAME-data`, logging to
+/// `TMP/NAME-server.log`.
+fn serve_fresh(name: &str) -> ServerProcess {
+    let data_dir = tmp().join(format!("{name}-data"));
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let log = tmp().join(format!("{name}-server.log"));
+    ServerProcess::start(&["--data-dir".as_ref(), data_dir.as_os_str()], Some(repo()), log, STARTUP_TIMEOUT)
 }
 
 /// Runs `tests/python/sdk/SCRIPT ARGS...` with the venv's python; panics with its output (and the server's log
 /// tail) unless it exits 0.
 fn run_python(script: &str, args: &[&str], server: Option<&ServerProcess>) {
-    let path = repo().join("tests/python/sdk").join(script);
-    let mut cmd = Command::new(python());
-    cmd.arg(&path).args(args).current_dir(repo()).env("PYTHONUNBUFFERED", "1").env("PYTHONDONTWRITEBYTECODE", "1");
+    let cmd = python(repo(), repo().join("tests/python/sdk").join(script), args);
     let out = run_with_timeout(cmd, PYTHON_TIMEOUT, script);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -62,66 +78,29 @@ fn run_python(script: &str, args: &[&str], server: Option<&ServerProcess>) {
 
 #[test]
 fn python_sdk_stubs_match_the_protos() {
-    let out = run_with_timeout(
-        {
-            let mut cmd = Command::new(python());
-            cmd.arg(repo().join("sdk/python/gen_stubs.py")).arg("--check").env("PYTHONDONTWRITEBYTECODE", "1");
-            cmd
-        },
-        PYTHON_TIMEOUT,
-        "sdk/python/gen_stubs.py --check",
-    );
+    let cmd = python(repo(), repo().join("sdk/python/gen_stubs.py"), &["--check"]);
+    let out = run_with_timeout(cmd, PYTHON_TIMEOUT, "sdk/python/gen_stubs.py --check");
     assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
 fn python_sdk_client_against_the_builtin_demos() {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let data_dir = tmp.join("sdk-python-client-data");
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let server = ServerProcess::start(
-        &["--data-dir".as_ref(), data_dir.as_os_str()],
-        Some(repo()),
-        tmp.join("sdk-python-client-server.log"),
-        STARTUP_TIMEOUT,
-    );
+    let server = serve_fresh("sdk-python-client");
     run_python("test_client.py", &[&server.addr], Some(&server));
 }
 
 #[test]
 fn python_sdk_registered_workflow_on_runstream_serve() {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-    let data_dir = tmp.join("sdk-python-registered-data");
-    let _ = std::fs::remove_dir_all(&data_dir);
-    let server = ServerProcess::start(
-        &["--data-dir".as_ref(), data_dir.as_os_str()],
-        Some(repo()),
-        tmp.join("sdk-python-registered-server.log"),
-        STARTUP_TIMEOUT,
-    );
+    let server = serve_fresh("sdk-python-registered");
     run_python("test_registered.py", &[&server.addr], Some(&server));
-}
-
-/// Builds `examples/workers.rs` with the cargo that runs the tests and returns its path.
-fn workers_example() -> PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", "workers"])
-        .current_dir(repo())
-        .status()
-        .expect("run cargo build --example workers");
-    assert!(status.success(), "cargo build --example workers failed");
-    let deps = std::env::current_exe().expect("test path");
-    let profile = deps.parent().and_then(|d| d.parent()).expect("the profile directory above deps/");
-    profile.join("examples").join("workers")
 }
 
 #[test]
 fn python_sdk_workers_against_the_workers_example() {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
     let server = ServerProcess::start_program(
-        &workers_example(),
+        &example_binary("workers"),
         &["--listen", "127.0.0.1:0", "--lease-ms", LEASE_MS].map(OsStr::new),
-        tmp.join("sdk-python-workers-server.log"),
+        tmp().join("sdk-python-workers-server.log"),
         STARTUP_TIMEOUT,
     );
     run_python("test_workers.py", &[&server.addr, LEASE_MS], Some(&server));
@@ -131,9 +110,9 @@ fn python_sdk_workers_against_the_workers_example() {
 /// tasks, restarted on the same address and data directory (the script runs both servers).
 #[test]
 fn python_sdk_worker_survives_a_server_kill_9() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-python-server-restart");
+    let dir = tmp().join("sdk-python-server-restart");
     let _ = std::fs::remove_dir_all(&dir);
-    let binary = workers_example();
+    let binary = example_binary("workers");
     let (binary, dir) = (binary.to_string_lossy(), dir.to_string_lossy());
     run_python("test_server_restart.py", &[&binary, &dir, LEASE_MS], None);
 }
@@ -166,34 +145,21 @@ impl Drop for Child {
 /// the README has the user copy, `examples/definitions/thumbnails.json`.
 #[test]
 fn python_readme_five_minutes() {
-    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sdk-python-readme");
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(&tmp).expect("create the test's directory");
-    let data_dir = tmp.join("data");
-    let server = ServerProcess::start(
-        &["--data-dir".as_ref(), data_dir.as_os_str()],
-        None,
-        tmp.join("server.log"),
-        STARTUP_TIMEOUT,
-    );
-    std::fs::copy(repo().join("examples/definitions/thumbnails.json"), tmp.join("thumbnails.json"))
+    let server = serve_fresh("sdk-python-readme");
+    // The scripts and the definition, as the README has the user write them.
+    let dir = tmp().join("sdk-python-readme");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the test's directory");
+    std::fs::copy(repo().join("examples/definitions/thumbnails.json"), dir.join("thumbnails.json"))
         .expect("copy thumbnails.json");
     let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
     let scripts = [("python-register", "register.py"), ("python-worker", "worker.py"), ("python-stream", "stream.py")];
     for (name, file) in scripts {
         let code = readme_python(&readme, name);
         assert!(code.contains("localhost:50051"), "{file} in README.md does not connect to localhost:50051");
-        std::fs::write(tmp.join(file), code.replace("localhost:50051", &server.addr)).expect("write the script");
+        std::fs::write(dir.join(file), code.replace("localhost:50051", &server.addr)).expect("write the script");
     }
-    let out = run_with_timeout(
-        {
-            let mut cmd = Command::new(python());
-            cmd.arg("register.py").current_dir(&tmp).env("PYTHONDONTWRITEBYTECODE", "1");
-            cmd
-        },
-        PYTHON_TIMEOUT,
-        "README's register.py",
-    );
+    let out = run_with_timeout(python(&dir, "register.py", &[]), PYTHON_TIMEOUT, "README's register.py");
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && printed.trim() == "thumbnails version 1",
@@ -201,12 +167,9 @@ fn python_readme_five_minutes() {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-    let log = std::fs::File::create(tmp.join("worker.log")).expect("create the worker's log");
+    let log = std::fs::File::create(dir.join("worker.log")).expect("create the worker's log");
     let _worker = Child(
-        Command::new(python())
-            .arg("worker.py")
-            .current_dir(&tmp)
-            .env("PYTHONDONTWRITEBYTECODE", "1")
+        python(&dir, "worker.py", &[])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -214,17 +177,9 @@ fn python_readme_five_minutes() {
             .expect("start worker.py"),
     );
     // stream.py waits for the worker if it is not connected yet (the run shows step_waiting NO_WORKER).
-    let out = run_with_timeout(
-        {
-            let mut cmd = Command::new(python());
-            cmd.arg("stream.py").current_dir(&tmp).env("PYTHONDONTWRITEBYTECODE", "1");
-            cmd
-        },
-        PYTHON_TIMEOUT,
-        "README's stream.py",
-    );
+    let out = run_with_timeout(python(&dir, "stream.py", &[]), PYTHON_TIMEOUT, "README's stream.py");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let worker_log = std::fs::read_to_string(tmp.join("worker.log")).unwrap_or_default();
+    let worker_log = std::fs::read_to_string(dir.join("worker.log")).unwrap_or_default();
     assert!(
         out.status.success(),
         "stream.py failed ({}):\n{stdout}\n{}\n--- worker.log\n{worker_log}\n{}",

@@ -10,7 +10,10 @@ use std::{
     time::Duration,
 };
 
-use common::*;
+use common::{
+    worker::{self, Session, hello},
+    *,
+};
 use runstream::{
     Server,
     engine::{Step, StepOutcome, Workflow},
@@ -74,18 +77,6 @@ impl Harness {
     }
 }
 
-fn hello(worker_id: &str, task_types: &[&str], max_in_flight: u32) -> pb::Hello {
-    pb::Hello {
-        worker_id: worker_id.into(),
-        worker_name: format!("{worker_id}-host"),
-        sdk: "tests/workers.rs".into(),
-        protocol_version: 1,
-        task_types: task_types.iter().map(|t| (*t).to_owned()).collect(),
-        max_in_flight,
-        ..Default::default()
-    }
-}
-
 /// One Connect stream, driven by the test.
 struct TestWorker {
     tx: mpsc::UnboundedSender<pb::WorkerMessage>,
@@ -98,15 +89,8 @@ struct TestWorker {
 
 impl TestWorker {
     async fn connect(channel: Channel, hello: pb::Hello) -> Result<Self, tonic::Status> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tx.send(pb::WorkerMessage { msg: Some(In::Hello(hello)) }).expect("queue hello");
-        let mut stream =
-            WorkerServiceClient::new(channel).connect(UnboundedReceiverStream::new(rx)).await?.into_inner();
-        let first = tokio::time::timeout(DEADLINE, stream.message()).await.expect("welcome in time")?;
-        let Some(pb::ServerMessage { msg: Some(Out::Welcome(welcome)) }) = first else {
-            panic!("expected a welcome, got {first:?}")
-        };
-        Ok(Self { tx, rx: stream, welcome, held: Arc::default(), heartbeats: None })
+        let Session { tx, rx, welcome } = worker::connect(channel, hello).await?;
+        Ok(Self { tx, rx, welcome, held: Arc::default(), heartbeats: None })
     }
 
     /// Sends a heartbeat with every held attempt every 100 ms.
@@ -707,23 +691,10 @@ async fn a_malformed_hello_is_invalid_argument_naming_the_field() {
     server.stop().await;
 }
 
-/// Builds `examples/workers.rs` with the cargo that runs the tests and returns its path.
-fn workers_example() -> std::path::PathBuf {
-    let status = std::process::Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--example", "workers"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("run cargo build --example workers");
-    assert!(status.success(), "cargo build --example workers failed");
-    let deps = std::env::current_exe().expect("test path");
-    let profile = deps.parent().and_then(|d| d.parent()).expect("the profile directory above deps/");
-    profile.join("examples").join("workers")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_a_worker_holds_tasks_loses_nothing() {
-    use common::process::ServerProcess;
-    let binary = workers_example();
+    use common::process::{ServerProcess, example_binary};
+    let binary = example_binary("workers");
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("workers-kill9-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("data dir");

@@ -331,6 +331,37 @@ pub(crate) struct ContextShared {
     pub(crate) shown_attempt: AtomicU32,
 }
 
+impl ContextShared {
+    /// Emits `step_waiting` for this step call. The one construction of it for a step's own waits (a retry's
+    /// backoff, a remote step waiting for a worker); whether the step shows events at all is the caller's to say.
+    pub(crate) fn emit_waiting(
+        &self,
+        reason: WaitReason,
+        wake_at: Option<SystemTime>,
+        task_type: Option<Arc<str>>,
+        attempt: u32,
+    ) {
+        self.emit(EventKind::StepWaiting { step_id: Arc::clone(&self.step_id), wake_at, reason, task_type, attempt });
+    }
+
+    /// Emits another `step_start` of this step call (same call id and input) for `attempt`: a retry, or a remote
+    /// step's redelivery. Whether the step shows events at all is the caller's to say.
+    pub(crate) fn emit_start(&self, attempt: u32) {
+        self.emit(EventKind::StepStart {
+            step_id: Arc::clone(&self.step_id),
+            step_call_id: self.step_call_id.clone(),
+            input: self.input.clone(),
+            resume_data: self.resume_data.clone(),
+            iteration_count: self.iteration,
+            attempt,
+        });
+    }
+
+    fn emit(&self, kind: EventKind) {
+        self.writer.sink.emit(Event { source: EventSource::Workflow, kind });
+    }
+}
+
 impl fmt::Debug for StepContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StepContext")
@@ -442,16 +473,7 @@ impl StepContext {
         if self.shared.for_each_index.is_some() {
             return;
         }
-        self.shared.writer.sink.emit(Event {
-            source: EventSource::Workflow,
-            kind: EventKind::StepWaiting {
-                step_id: Arc::clone(&self.shared.step_id),
-                wake_at,
-                reason,
-                task_type,
-                attempt: 0,
-            },
-        });
+        self.shared.emit_waiting(reason, wake_at, task_type, 0);
     }
 
     /// The step waited (it emitted `step_waiting`) and now runs without an event saying so (a remote step's task
@@ -474,17 +496,7 @@ impl StepContext {
         if self.shared.for_each_index.is_some() || self.shared.step_call_id.is_empty() {
             return;
         }
-        self.shared.writer.sink.emit(Event {
-            source: EventSource::Workflow,
-            kind: EventKind::StepStart {
-                step_id: Arc::clone(&self.shared.step_id),
-                step_call_id: self.shared.step_call_id.clone(),
-                input: self.shared.input.clone(),
-                resume_data: self.shared.resume_data.clone(),
-                iteration_count: self.shared.iteration,
-                attempt,
-            },
-        });
+        self.shared.emit_start(attempt);
     }
 }
 

@@ -1,6 +1,6 @@
 //! `runstream serve` as a child process, as a user runs it: on an ephemeral loopback port, stderr to a log file,
 //! its `runstream listening on ADDR` line read from stdout (which is then drained, so the server never blocks on
-//! it), killed when dropped. Also: running any command with a deadline.
+//! it), killed when dropped. Also: running any command with a deadline, and building an example.
 
 use std::{
     ffi::OsStr,
@@ -161,4 +161,20 @@ pub fn run_with_timeout(mut command: Command, timeout: Duration, what: &str) -> 
         thread::sleep(Duration::from_millis(20));
     };
     Output { status, stdout: stdout.join().unwrap_or_default(), stderr: stderr.join().unwrap_or_default() }
+}
+
+/// Builds `examples/NAME.rs` with the cargo that runs the tests, so the binary is never older than the code, and
+/// returns its path (`<target>/<profile>/examples/NAME`, beside the test binary's `deps/`).
+pub fn example_binary(name: &str) -> PathBuf {
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--example", name])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run cargo build --example {name}: {e}"));
+    assert!(status.success(), "cargo build --example {name} failed");
+    let deps = std::env::current_exe().expect("test path");
+    let profile = deps.parent().and_then(|d| d.parent()).expect("the profile directory above deps/");
+    let binary = profile.join("examples").join(name);
+    assert!(binary.is_file(), "{} was not built", binary.display());
+    binary
 }

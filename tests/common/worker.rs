@@ -13,9 +13,44 @@ use runstream::pb::{
 use serde_json::Value;
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::UnboundedReceiverStream;
-use tonic::transport::Channel;
+use tonic::{Streaming, transport::Channel};
 
 use super::{json, pb_value};
+
+/// How long a test waits for the server's Welcome.
+const WELCOME_DEADLINE: Duration = Duration::from_secs(15);
+
+/// A Hello for a worker `worker_id` serving `task_types`, at most `max_in_flight` at once.
+pub fn hello(worker_id: &str, task_types: &[&str], max_in_flight: u32) -> pb::Hello {
+    pb::Hello {
+        worker_id: worker_id.into(),
+        worker_name: format!("{worker_id}-host"),
+        sdk: "tests/common/worker.rs".into(),
+        protocol_version: 1,
+        task_types: task_types.iter().map(|t| (*t).to_owned()).collect(),
+        max_in_flight,
+        ..Default::default()
+    }
+}
+
+/// One open Connect stream: what the worker sends on, what the server sent after its Welcome, and the Welcome.
+pub struct Session {
+    pub tx: mpsc::UnboundedSender<pb::WorkerMessage>,
+    pub rx: Streaming<pb::ServerMessage>,
+    pub welcome: pb::Welcome,
+}
+
+/// Opens a Connect stream on `channel` with `hello` and waits for the Welcome; the server's refusal is the error.
+pub async fn connect(channel: Channel, hello: pb::Hello) -> Result<Session, tonic::Status> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tx.send(pb::WorkerMessage { msg: Some(In::Hello(hello)) }).expect("queue hello");
+    let mut stream = WorkerServiceClient::new(channel).connect(UnboundedReceiverStream::new(rx)).await?.into_inner();
+    let first = tokio::time::timeout(WELCOME_DEADLINE, stream.message()).await.expect("a welcome in time")?;
+    let Some(pb::ServerMessage { msg: Some(Out::Welcome(welcome)) }) = first else {
+        panic!("expected a welcome, got {first:?}")
+    };
+    Ok(Session { tx, rx: stream, welcome })
+}
 
 /// What the handler makes of a task.
 pub enum Reply {
@@ -57,29 +92,8 @@ impl AutoWorker {
         handler: impl Fn(&Task) -> Reply + Send + Sync + 'static,
     ) -> Self {
         let channel = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
-        let (tx, rx) = mpsc::unbounded_channel();
-        let hello = pb::Hello {
-            worker_id: worker_id.into(),
-            worker_name: format!("{worker_id}-host"),
-            sdk: "tests/common/worker.rs".into(),
-            protocol_version: 1,
-            task_types: task_types.iter().map(|t| (*t).to_owned()).collect(),
-            max_in_flight,
-            ..Default::default()
-        };
-        tx.send(pb::WorkerMessage { msg: Some(In::Hello(hello)) }).expect("queue hello");
-        let mut stream = WorkerServiceClient::new(channel)
-            .connect(UnboundedReceiverStream::new(rx))
-            .await
-            .expect("Connect")
-            .into_inner();
-        let first = tokio::time::timeout(Duration::from_secs(15), stream.message())
-            .await
-            .expect("a welcome in time")
-            .expect("stream ok");
-        let Some(pb::ServerMessage { msg: Some(Out::Welcome(welcome)) }) = first else {
-            panic!("expected a welcome, got {first:?}")
-        };
+        let Session { tx, rx: mut stream, welcome } =
+            connect(channel, hello(worker_id, task_types, max_in_flight)).await.expect("Connect");
         let every = welcome
             .heartbeat_interval
             .and_then(|d| Duration::try_from(d).ok())

@@ -31,20 +31,13 @@ from google.protobuf import json_format, struct_pb2
 # tests/sdk_python.rs checks that they match proto/). Only the stubs are used here, not the SDK's client.
 from runstream.v1 import common_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 
+# The PASS/FAIL lines and the summary the SDK test scripts share.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "sdk"))
+from checks import check, exit_with_summary  # noqa: E402
+
 CALL_TIMEOUT = float(os.environ.get("RUNSTREAM_CALL_TIMEOUT", "120"))
 FLOOD_COUNT = 5000
 DISCONNECT_AT = 1000
-
-FAILURES = []
-
-
-def check(name, ok, detail=""):
-    if ok:
-        print(f"PASS {name}", flush=True)
-    else:
-        FAILURES.append(name)
-        print(f"FAIL {name}" + (f": {detail}" if detail else ""), flush=True)
-    return ok
 
 
 def to_value(obj):
@@ -438,12 +431,7 @@ def main():
     run_scenario("live", scenario_live_reattach, addr)
     run_scenario("errors", scenario_errors, addr, order_run or flood_run)
     run_scenario("limits", scenario_limits, addr)
-    if FAILURES:
-        print(f"{len(FAILURES)} check(s) FAILED:", flush=True)
-        for name in FAILURES:
-            print(f"  - {name}", flush=True)
-        return 1
-    print("all checks passed", flush=True)
+    exit_with_summary()
     return 0
 
 

@@ -179,13 +179,8 @@ impl Exec {
                     let next = shared.shown_attempt.fetch_add(1, Ordering::AcqRel) + 1;
                     if !delay.is_zero() {
                         if !hidden {
-                            self.emit(EventKind::StepWaiting {
-                                step_id: Arc::clone(&path),
-                                wake_at: Some(self.clock.now() + delay),
-                                reason: WaitReason::RetryBackoff,
-                                task_type: None,
-                                attempt: next,
-                            });
+                            let wake_at = Some(self.clock.now() + delay);
+                            shared.emit_waiting(WaitReason::RetryBackoff, wake_at, None, next);
                         }
                         tokio::select! {
                             biased;
@@ -194,14 +189,7 @@ impl Exec {
                         }
                     }
                     if !hidden {
-                        self.emit(EventKind::StepStart {
-                            step_id: Arc::clone(&path),
-                            step_call_id: call_id.clone(),
-                            input: shared.input.clone(),
-                            resume_data: shared.resume_data.clone(),
-                            iteration_count: iteration,
-                            attempt: next,
-                        });
+                        shared.emit_start(next);
                     }
                 }
                 other => break Some(other),
