@@ -1,39 +1,15 @@
 """`Client`: RunService calls with dictionaries in and out (proto JSON, as grpcurl prints it)."""
 
 import grpc
-from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.protobuf import duration_pb2, json_format
 
 from .errors import RunstreamError
 from .v1 import definition_pb2, service_pb2, service_pb2_grpc, worker_pb2, worker_pb2_grpc
+# Kept importable from here, where they were defined before values.py.
+from .values import from_value, to_struct, to_value, whole_numbers  # noqa: F401
 
 # Large results and events are the server's to limit (--max-response-bytes); the client takes what it sends.
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-
-
-def to_value(obj):
-    """A JSON-like Python value as a google.protobuf.Value."""
-    return json_format.ParseDict(obj, struct_pb2.Value())
-
-
-def to_struct(obj):
-    return json_format.ParseDict(obj, struct_pb2.Struct())
-
-
-def whole_numbers(obj):
-    """`obj` with every integral float made an int: JSON numbers travel as doubles (google.protobuf.Value), and
-    `{"count": 3}` should come back as 3, as grpcurl prints it, not 3.0."""
-    if isinstance(obj, float):
-        return int(obj) if obj.is_integer() and abs(obj) <= 2**53 else obj
-    if isinstance(obj, dict):
-        return {k: whole_numbers(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [whole_numbers(v) for v in obj]
-    return obj
-
-
-def from_value(value):
-    """A google.protobuf.Value as a Python value."""
-    return whole_numbers(json_format.MessageToDict(value))
 
 
 def event_dict(message):

@@ -7,9 +7,7 @@ their own. So a task that computes or sleeps never delays a heartbeat.
 
 import asyncio
 import inspect
-import json
 import logging
-import math
 import os
 import queue
 import random
@@ -21,9 +19,9 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from google.protobuf import struct_pb2
-
 from .errors import NonRetryableError, OutputTooLarge
+# Direct converters, not json_format: they are on every task's path (values.py).
+from .values import field_python, json_value, to_python
 from .v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger("runstream.worker")
@@ -56,72 +54,6 @@ class _Suspend(BaseException):
         self.payload = payload
 
 
-# The two converters below are on every task's path (input, output, request context). They give what
-# `client.from_value` and `client.to_value` (protobuf's json_format) give, built directly: json_format's generic
-# walk costs several times as much (docs/performance.md, "What the Python worker spends per task").
-
-
-def _python(value):
-    """A google.protobuf.Value as a Python value, integral numbers as ints (as `client.from_value`)."""
-    kind = value.WhichOneof("kind")
-    if kind == "number_value":
-        n = value.number_value
-        if math.isinf(n) or math.isnan(n):
-            # As json_format: JSON has no such number.
-            raise ValueError(f"Fail to serialize {n} for Value.number_value, which would parse as string_value")
-        return int(n) if n.is_integer() and abs(n) <= 2**53 else n
-    if kind == "string_value":
-        return value.string_value
-    if kind == "struct_value":
-        return {k: _python(v) for k, v in value.struct_value.fields.items()}
-    if kind == "list_value":
-        return [_python(v) for v in value.list_value.values]
-    if kind == "bool_value":
-        return value.bool_value
-    # null_value, or no kind set.
-    return None
-
-
-def _set_value(value, obj):
-    """Sets the google.protobuf.Value `value` to `obj`, a value as json.loads makes it (as json_format.ParseDict)."""
-    if isinstance(obj, dict):
-        struct = value.struct_value
-        # Marks the struct set even when `obj` is empty.
-        struct.SetInParent()
-        fields = struct.fields
-        for k, v in obj.items():
-            _set_value(fields[k], v)
-    elif isinstance(obj, list):
-        values = value.list_value
-        values.SetInParent()
-        add = values.values.add
-        for v in obj:
-            _set_value(add(), v)
-    elif obj is None:
-        value.null_value = struct_pb2.NULL_VALUE
-    elif isinstance(obj, bool):
-        value.bool_value = obj
-    elif isinstance(obj, str):
-        value.string_value = obj
-    else:
-        value.number_value = obj
-
-
-def _from_value(message, field):
-    return _python(getattr(message, field)) if message.HasField(field) else None
-
-
-def _json_value(obj, what):
-    """`obj` as a google.protobuf.Value; TypeError naming `what` if it is not JSON."""
-    value = struct_pb2.Value()
-    try:
-        # The round trip turns tuples into lists and says clearly what is not JSON.
-        _set_value(value, json.loads(json.dumps(obj)))
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{what} is not JSON: {e}") from None
-    return value
-
-
 def _duration_seconds(d, default):
     seconds = d.seconds + d.nanos / 1e9
     return seconds if seconds > 0 else default
@@ -151,9 +83,9 @@ class TaskContext:
         self.workflow_id = assign.workflow_id
         self.step_id = assign.step_id
         self.for_each_index = assign.for_each_index if assign.HasField("for_each_index") else None
-        self.resume_data = _from_value(assign, "resume_data")
-        self.suspend_payload = _from_value(assign, "suspend_payload")
-        self.request_context = {k: _python(v) for k, v in assign.request_context.fields.items()}
+        self.resume_data = field_python(assign, "resume_data")
+        self.suspend_payload = field_python(assign, "suspend_payload")
+        self.request_context = {k: to_python(v) for k, v in assign.request_context.fields.items()}
         self.idempotency_key = assign.idempotency_key
         self.worker_id = worker.worker_id
 
@@ -174,13 +106,13 @@ class TaskContext:
 
     def write(self, value):
         """Streams `value` (JSON) as a `step_output` event of the step."""
-        self._output(write=_json_value(value, "ctx.write's value"))
+        self._output(write=json_value(value, "ctx.write's value"))
 
     def custom(self, kind, data=None, id=None, transient=False):
         """Streams a `custom` event of the step (its kind prefixed with "data-" unless it is)."""
         chunk = worker_pb2.CustomChunk(kind=kind, id=id or "", transient=transient)
         if data is not None:
-            chunk.data.CopyFrom(_json_value(data, "ctx.custom's data"))
+            chunk.data.CopyFrom(json_value(data, "ctx.custom's data"))
         self._output(custom=chunk)
 
     def progress(self, current, total=0, message=""):
@@ -546,7 +478,7 @@ class Worker:
             self._finish(attempt, error=RuntimeError(f"this worker has no function for {assign.task_type!r}"),
                          non_retryable=True)
             return
-        input = _from_value(assign, "input")
+        input = field_python(assign, "input")
         if inspect.iscoroutinefunction(fn):
             asyncio.run_coroutine_threadsafe(self._run_async(attempt, fn, input), self._loop)
         else:
@@ -591,10 +523,10 @@ class Worker:
                 message = self._fail(attempt, error, non_retryable)
             elif suspend is not _NOT_SUSPENDED:
                 message = worker_pb2.WorkerMessage(suspend=worker_pb2.Suspend(
-                    ref=ref, payload=_json_value(suspend, "ctx.suspend's payload"), last_chunk_seq=attempt.chunk_seq))
+                    ref=ref, payload=json_value(suspend, "ctx.suspend's payload"), last_chunk_seq=attempt.chunk_seq))
             else:
                 message = worker_pb2.WorkerMessage(complete=worker_pb2.Complete(
-                    ref=ref, output=_json_value(output, "the task's output"), last_chunk_seq=attempt.chunk_seq))
+                    ref=ref, output=json_value(output, "the task's output"), last_chunk_seq=attempt.chunk_seq))
         except TypeError as e:
             message = self._fail(attempt, e, non_retryable=True)
         size = message.ByteSize()
