@@ -14,7 +14,6 @@ import random
 import socket
 import threading
 import time
-import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -141,7 +140,8 @@ class _Attempt:
         # The result message once the function ended, kept until the ResultAck (resent after a reconnect).
         self.result = None
         self.chunk_seq = 0
-        self.ctx = TaskContext(worker, self, assign)
+        # Set by `Worker._on_assign`, which fails the task if its values cannot be read.
+        self.ctx = None
 
     def describe(self):
         return (
@@ -478,11 +478,21 @@ class Worker:
             self._finish(attempt, error=RuntimeError(f"this worker has no function for {assign.task_type!r}"),
                          non_retryable=True)
             return
-        input = field_python(assign, "input")
+        try:
+            attempt.ctx = TaskContext(self, attempt, assign)
+            input = field_python(assign, "input")
+        except Exception as e:  # noqa: BLE001  (this thread reads the stream: an escape would end the session)
+            self._finish(attempt, error=ValueError(f"the task's input or context cannot be read: {e}"),
+                         non_retryable=True)
+            return
         if inspect.iscoroutinefunction(fn):
             asyncio.run_coroutine_threadsafe(self._run_async(attempt, fn, input), self._loop)
         else:
             self._pool.submit(self._run_sync, attempt, fn, input)
+
+    # Whatever a task function raises ends its attempt with a Fail, BaseExceptions too (SystemExit from a task
+    # on a pool thread would otherwise vanish into its future): an attempt left without a result keeps its lease
+    # through the heartbeats and its run waits forever.
 
     def _run_sync(self, attempt, fn, input):
         try:
@@ -491,7 +501,7 @@ class Worker:
             self._finish(attempt, suspend=s.payload)
         except NonRetryableError as e:
             self._finish(attempt, error=e, non_retryable=True)
-        except Exception as e:
+        except BaseException as e:  # noqa: BLE001
             self._finish(attempt, error=e)
         else:
             self._finish(attempt, output=output)
@@ -503,12 +513,29 @@ class Worker:
             self._finish(attempt, suspend=s.payload)
         except NonRetryableError as e:
             self._finish(attempt, error=e, non_retryable=True)
-        except Exception as e:
+        except BaseException as e:  # noqa: BLE001
             self._finish(attempt, error=e)
         else:
             self._finish(attempt, output=output)
 
-    def _finish(self, attempt, output=None, suspend=_NOT_SUSPENDED, error=None, non_retryable=False):
+    def _finish(self, attempt, **result):
+        """Sends the attempt's result; never raises (it runs on pool threads and the asyncio loop, where nothing
+        would catch it)."""
+        try:
+            self._send_result(attempt, **result)
+        except Exception as e:  # noqa: BLE001
+            log.exception("worker %s: could not send the result of %s", self.worker_id, attempt.describe())
+            try:
+                error = RuntimeError(f"the worker could not send the task's result ({type(e).__name__}: {e})")
+                self._send_result(attempt, error=error)
+            except Exception:  # noqa: BLE001
+                # Nothing is left to send: forget the attempt so that its lease runs out and the server hands the
+                # task on, rather than holding it forever.
+                log.exception("worker %s: %s is dropped", self.worker_id, attempt.describe())
+                with self._lock:
+                    self._attempts.pop(attempt.ref.task_id, None)
+
+    def _send_result(self, attempt, output=None, suspend=_NOT_SUSPENDED, error=None, non_retryable=False):
         ref = attempt.ref
         if attempt.rejected is not None:
             log.warning("worker %s: the result of %s is dropped: the server rejected the attempt (%s)",
@@ -527,7 +554,8 @@ class Worker:
             else:
                 message = worker_pb2.WorkerMessage(complete=worker_pb2.Complete(
                     ref=ref, output=json_value(output, "the task's output"), last_chunk_seq=attempt.chunk_seq))
-        except TypeError as e:
+        except Exception as e:  # noqa: BLE001
+            # Not JSON, an integer too large for a double, ...: the same value would fail again, so no retry.
             message = self._fail(attempt, e, non_retryable=True)
         size = message.ByteSize()
         if size > self._max_message_bytes:
@@ -548,10 +576,13 @@ class Worker:
                 session.outbox.put(message)
 
     def _fail(self, attempt, error, non_retryable=False):
-        text = str(error) or type(error).__name__
+        try:
+            text = str(error) or type(error).__name__
+        except Exception:  # noqa: BLE001  (an exception class of the user's whose __str__ raises)
+            text = f"{type(error).__name__} (its message could not be formatted)"
         if not isinstance(error, (NonRetryableError, OutputTooLarge)):
-            log.warning("worker %s: %s failed: %s", self.worker_id, attempt.describe(),
-                        "".join(traceback.format_exception_only(type(error), error)).strip())
+            log.warning("worker %s: %s failed: %s: %s", self.worker_id, attempt.describe(), type(error).__name__,
+                        text)
         info = common_pb2.ErrorInfo(name=type(error).__name__, message=text)
         fail = worker_pb2.Fail(ref=attempt.ref, error=info, non_retryable=non_retryable,
                                last_chunk_seq=attempt.chunk_seq)
