@@ -203,3 +203,23 @@ fn python_readme_five_minutes() {
     }
     assert_eq!(stdout.matches("stepProgress").count(), 5, "a stepProgress per image:\n{stdout}");
 }
+
+/// `tests/python/sdk/test_values.py` (the SDK's one value converter against protobuf's json_format) and
+/// `tests/python/sdk/test_agents.py`: an agent registered with `Client.register_agent` on `runstream serve
+/// --no-builtins` (offline model), its tool run by a Python worker process: the run's stream, the task the worker
+/// got, GetAgentDefinition, refused definitions; and a task whose output holds an integer too large for a double
+/// fails its run with that message instead of hanging.
+#[test]
+fn python_sdk_registered_agent_and_values() {
+    run_python("test_values.py", &[], None);
+    let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let data_dir = tmp.join("sdk-python-agents-data");
+    let _ = std::fs::remove_dir_all(&data_dir);
+    let server = ServerProcess::start(
+        &["--data-dir".as_ref(), data_dir.as_os_str(), "--no-builtins".as_ref()],
+        Some(repo()),
+        tmp.join("sdk-python-agents-server.log"),
+        STARTUP_TIMEOUT,
+    );
+    run_python("test_agents.py", &[&server.addr], Some(&server));
+}

@@ -1,39 +1,15 @@
 """`Client`: RunService calls with dictionaries in and out (proto JSON, as grpcurl prints it)."""
 
 import grpc
-from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.protobuf import duration_pb2, json_format
 
 from .errors import RunstreamError
 from .v1 import definition_pb2, service_pb2, service_pb2_grpc, worker_pb2, worker_pb2_grpc
+# Kept importable from here, where they were defined before values.py.
+from .values import from_value, to_struct, to_value, whole_numbers  # noqa: F401
 
 # Large results and events are the server's to limit (--max-response-bytes); the client takes what it sends.
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
-
-
-def to_value(obj):
-    """A JSON-like Python value as a google.protobuf.Value."""
-    return json_format.ParseDict(obj, struct_pb2.Value())
-
-
-def to_struct(obj):
-    return json_format.ParseDict(obj, struct_pb2.Struct())
-
-
-def whole_numbers(obj):
-    """`obj` with every integral float made an int: JSON numbers travel as doubles (google.protobuf.Value), and
-    `{"count": 3}` should come back as 3, as grpcurl prints it, not 3.0."""
-    if isinstance(obj, float):
-        return int(obj) if obj.is_integer() and abs(obj) <= 2**53 else obj
-    if isinstance(obj, dict):
-        return {k: whole_numbers(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [whole_numbers(v) for v in obj]
-    return obj
-
-
-def from_value(value):
-    """A google.protobuf.Value as a Python value."""
-    return whole_numbers(json_format.MessageToDict(value))
 
 
 def event_dict(message):
@@ -176,13 +152,34 @@ class Client:
         request = worker_pb2.ListWorkersRequest(task_type=task_type)
         return answer_dict(self._call(self._workers.ListWorkers, request))["workers"]
 
+    @staticmethod
+    def _definition(definition, message):
+        try:
+            return json_format.ParseDict(definition, message)
+        except json_format.ParseError as e:
+            raise ValueError(f"not a {type(message).__name__}: {e}") from None
+
     def register_workflow(self, definition):
         """Registers a workflow given as its WorkflowDefinition in proto JSON form (a dict, as kept in a file);
         returns the stored definition with its version. Raises ValueError for a dict that is no
         WorkflowDefinition."""
-        try:
-            message = json_format.ParseDict(definition, definition_pb2.WorkflowDefinition())
-        except json_format.ParseError as e:
-            raise ValueError(f"not a WorkflowDefinition: {e}") from None
-        request = service_pb2.RegisterWorkflowRequest(definition=message)
+        request = service_pb2.RegisterWorkflowRequest(
+            definition=self._definition(definition, definition_pb2.WorkflowDefinition()))
         return answer_dict(self._call(self._runs.RegisterWorkflow, request))
+
+    def register_agent(self, definition):
+        """Registers an agent given as its AgentDefinition in proto JSON form (a dict: `id`, `description`,
+        `instructions`, `model`, `maxSteps`, `tools` of `{name, description, parameters, task, requiresApproval}`);
+        returns the stored definition with its `version` and `registeredAt`. The model runs on the server; each
+        tool call is a task of the tool's `task` type for a worker (docs/workers.md, "Registered agents").
+        Registering an id again makes a new version. Raises ValueError for a dict that is no AgentDefinition, and
+        `RunstreamError` INVALID_ARGUMENT naming the field for one the server refuses."""
+        request = service_pb2.RegisterAgentRequest(
+            definition=self._definition(definition, definition_pb2.AgentDefinition()))
+        return answer_dict(self._call(self._runs.RegisterAgent, request))
+
+    def get_agent_definition(self, id, version=0):
+        """A registered agent's definition in proto JSON form, as `register_agent` returned it: the latest
+        version, or `version`. Raises `RunstreamError` NOT_FOUND for an unknown id or version."""
+        request = service_pb2.GetDefinitionRequest(id=id, version=version)
+        return answer_dict(self._call(self._runs.GetAgentDefinition, request))

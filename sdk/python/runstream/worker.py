@@ -7,23 +7,20 @@ their own. So a task that computes or sleeps never delays a heartbeat.
 
 import asyncio
 import inspect
-import json
 import logging
-import math
 import os
 import queue
 import random
 import socket
 import threading
 import time
-import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
-from google.protobuf import struct_pb2
-
 from .errors import NonRetryableError, OutputTooLarge
+# Direct converters, not json_format: they are on every task's path (values.py).
+from .values import field_python, json_value, to_python
 from .v1 import common_pb2, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger("runstream.worker")
@@ -56,72 +53,6 @@ class _Suspend(BaseException):
         self.payload = payload
 
 
-# The two converters below are on every task's path (input, output, request context). They give what
-# `client.from_value` and `client.to_value` (protobuf's json_format) give, built directly: json_format's generic
-# walk costs several times as much (docs/performance.md, "What the Python worker spends per task").
-
-
-def _python(value):
-    """A google.protobuf.Value as a Python value, integral numbers as ints (as `client.from_value`)."""
-    kind = value.WhichOneof("kind")
-    if kind == "number_value":
-        n = value.number_value
-        if math.isinf(n) or math.isnan(n):
-            # As json_format: JSON has no such number.
-            raise ValueError(f"Fail to serialize {n} for Value.number_value, which would parse as string_value")
-        return int(n) if n.is_integer() and abs(n) <= 2**53 else n
-    if kind == "string_value":
-        return value.string_value
-    if kind == "struct_value":
-        return {k: _python(v) for k, v in value.struct_value.fields.items()}
-    if kind == "list_value":
-        return [_python(v) for v in value.list_value.values]
-    if kind == "bool_value":
-        return value.bool_value
-    # null_value, or no kind set.
-    return None
-
-
-def _set_value(value, obj):
-    """Sets the google.protobuf.Value `value` to `obj`, a value as json.loads makes it (as json_format.ParseDict)."""
-    if isinstance(obj, dict):
-        struct = value.struct_value
-        # Marks the struct set even when `obj` is empty.
-        struct.SetInParent()
-        fields = struct.fields
-        for k, v in obj.items():
-            _set_value(fields[k], v)
-    elif isinstance(obj, list):
-        values = value.list_value
-        values.SetInParent()
-        add = values.values.add
-        for v in obj:
-            _set_value(add(), v)
-    elif obj is None:
-        value.null_value = struct_pb2.NULL_VALUE
-    elif isinstance(obj, bool):
-        value.bool_value = obj
-    elif isinstance(obj, str):
-        value.string_value = obj
-    else:
-        value.number_value = obj
-
-
-def _from_value(message, field):
-    return _python(getattr(message, field)) if message.HasField(field) else None
-
-
-def _json_value(obj, what):
-    """`obj` as a google.protobuf.Value; TypeError naming `what` if it is not JSON."""
-    value = struct_pb2.Value()
-    try:
-        # The round trip turns tuples into lists and says clearly what is not JSON.
-        _set_value(value, json.loads(json.dumps(obj)))
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{what} is not JSON: {e}") from None
-    return value
-
-
 def _duration_seconds(d, default):
     seconds = d.seconds + d.nanos / 1e9
     return seconds if seconds > 0 else default
@@ -151,9 +82,9 @@ class TaskContext:
         self.workflow_id = assign.workflow_id
         self.step_id = assign.step_id
         self.for_each_index = assign.for_each_index if assign.HasField("for_each_index") else None
-        self.resume_data = _from_value(assign, "resume_data")
-        self.suspend_payload = _from_value(assign, "suspend_payload")
-        self.request_context = {k: _python(v) for k, v in assign.request_context.fields.items()}
+        self.resume_data = field_python(assign, "resume_data")
+        self.suspend_payload = field_python(assign, "suspend_payload")
+        self.request_context = {k: to_python(v) for k, v in assign.request_context.fields.items()}
         self.idempotency_key = assign.idempotency_key
         self.worker_id = worker.worker_id
 
@@ -174,13 +105,13 @@ class TaskContext:
 
     def write(self, value):
         """Streams `value` (JSON) as a `step_output` event of the step."""
-        self._output(write=_json_value(value, "ctx.write's value"))
+        self._output(write=json_value(value, "ctx.write's value"))
 
     def custom(self, kind, data=None, id=None, transient=False):
         """Streams a `custom` event of the step (its kind prefixed with "data-" unless it is)."""
         chunk = worker_pb2.CustomChunk(kind=kind, id=id or "", transient=transient)
         if data is not None:
-            chunk.data.CopyFrom(_json_value(data, "ctx.custom's data"))
+            chunk.data.CopyFrom(json_value(data, "ctx.custom's data"))
         self._output(custom=chunk)
 
     def progress(self, current, total=0, message=""):
@@ -209,7 +140,8 @@ class _Attempt:
         # The result message once the function ended, kept until the ResultAck (resent after a reconnect).
         self.result = None
         self.chunk_seq = 0
-        self.ctx = TaskContext(worker, self, assign)
+        # Set by `Worker._on_assign`, which fails the task if its values cannot be read.
+        self.ctx = None
 
     def describe(self):
         return (
@@ -546,11 +478,21 @@ class Worker:
             self._finish(attempt, error=RuntimeError(f"this worker has no function for {assign.task_type!r}"),
                          non_retryable=True)
             return
-        input = _from_value(assign, "input")
+        try:
+            attempt.ctx = TaskContext(self, attempt, assign)
+            input = field_python(assign, "input")
+        except Exception as e:  # noqa: BLE001  (this thread reads the stream: an escape would end the session)
+            self._finish(attempt, error=ValueError(f"the task's input or context cannot be read: {e}"),
+                         non_retryable=True)
+            return
         if inspect.iscoroutinefunction(fn):
             asyncio.run_coroutine_threadsafe(self._run_async(attempt, fn, input), self._loop)
         else:
             self._pool.submit(self._run_sync, attempt, fn, input)
+
+    # Whatever a task function raises ends its attempt with a Fail, BaseExceptions too (SystemExit from a task
+    # on a pool thread would otherwise vanish into its future): an attempt left without a result keeps its lease
+    # through the heartbeats and its run waits forever.
 
     def _run_sync(self, attempt, fn, input):
         try:
@@ -559,7 +501,7 @@ class Worker:
             self._finish(attempt, suspend=s.payload)
         except NonRetryableError as e:
             self._finish(attempt, error=e, non_retryable=True)
-        except Exception as e:
+        except BaseException as e:  # noqa: BLE001
             self._finish(attempt, error=e)
         else:
             self._finish(attempt, output=output)
@@ -571,12 +513,29 @@ class Worker:
             self._finish(attempt, suspend=s.payload)
         except NonRetryableError as e:
             self._finish(attempt, error=e, non_retryable=True)
-        except Exception as e:
+        except BaseException as e:  # noqa: BLE001
             self._finish(attempt, error=e)
         else:
             self._finish(attempt, output=output)
 
-    def _finish(self, attempt, output=None, suspend=_NOT_SUSPENDED, error=None, non_retryable=False):
+    def _finish(self, attempt, **result):
+        """Sends the attempt's result; never raises (it runs on pool threads and the asyncio loop, where nothing
+        would catch it)."""
+        try:
+            self._send_result(attempt, **result)
+        except Exception as e:  # noqa: BLE001
+            log.exception("worker %s: could not send the result of %s", self.worker_id, attempt.describe())
+            try:
+                error = RuntimeError(f"the worker could not send the task's result ({type(e).__name__}: {e})")
+                self._send_result(attempt, error=error)
+            except Exception:  # noqa: BLE001
+                # Nothing is left to send: forget the attempt so that its lease runs out and the server hands the
+                # task on, rather than holding it forever.
+                log.exception("worker %s: %s is dropped", self.worker_id, attempt.describe())
+                with self._lock:
+                    self._attempts.pop(attempt.ref.task_id, None)
+
+    def _send_result(self, attempt, output=None, suspend=_NOT_SUSPENDED, error=None, non_retryable=False):
         ref = attempt.ref
         if attempt.rejected is not None:
             log.warning("worker %s: the result of %s is dropped: the server rejected the attempt (%s)",
@@ -591,11 +550,12 @@ class Worker:
                 message = self._fail(attempt, error, non_retryable)
             elif suspend is not _NOT_SUSPENDED:
                 message = worker_pb2.WorkerMessage(suspend=worker_pb2.Suspend(
-                    ref=ref, payload=_json_value(suspend, "ctx.suspend's payload"), last_chunk_seq=attempt.chunk_seq))
+                    ref=ref, payload=json_value(suspend, "ctx.suspend's payload"), last_chunk_seq=attempt.chunk_seq))
             else:
                 message = worker_pb2.WorkerMessage(complete=worker_pb2.Complete(
-                    ref=ref, output=_json_value(output, "the task's output"), last_chunk_seq=attempt.chunk_seq))
-        except TypeError as e:
+                    ref=ref, output=json_value(output, "the task's output"), last_chunk_seq=attempt.chunk_seq))
+        except Exception as e:  # noqa: BLE001
+            # Not JSON, an integer too large for a double, ...: the same value would fail again, so no retry.
             message = self._fail(attempt, e, non_retryable=True)
         size = message.ByteSize()
         if size > self._max_message_bytes:
@@ -616,10 +576,13 @@ class Worker:
                 session.outbox.put(message)
 
     def _fail(self, attempt, error, non_retryable=False):
-        text = str(error) or type(error).__name__
+        try:
+            text = str(error) or type(error).__name__
+        except Exception:  # noqa: BLE001  (an exception class of the user's whose __str__ raises)
+            text = f"{type(error).__name__} (its message could not be formatted)"
         if not isinstance(error, (NonRetryableError, OutputTooLarge)):
-            log.warning("worker %s: %s failed: %s", self.worker_id, attempt.describe(),
-                        "".join(traceback.format_exception_only(type(error), error)).strip())
+            log.warning("worker %s: %s failed: %s: %s", self.worker_id, attempt.describe(), type(error).__name__,
+                        text)
         info = common_pb2.ErrorInfo(name=type(error).__name__, message=text)
         fail = worker_pb2.Fail(ref=attempt.ref, error=info, non_retryable=non_retryable,
                                last_chunk_seq=attempt.chunk_seq)
