@@ -284,16 +284,20 @@ impl ServerBuilder {
         };
         check_worker_settings(workers.settings())?;
         let compiler: Arc<dyn DefinitionCompiler> = Arc::new(definition::Compiler::new(Arc::clone(&workers), model));
-        let registry = match self.store {
-            Store::Memory => RunRegistry::new_with(catalog, self.clock, encoder, Some(compiler)),
+        let store: Option<Arc<dyn RunStore>> = match self.store {
+            Store::Memory => None,
             Store::Sqlite { data_dir, sync } => {
                 let store = SqliteStore::open(&data_dir, sync)?;
                 tracing::info!(store = %store.describe(), "opened the run store");
-                RunRegistry::open_with(catalog, self.clock, Arc::new(store), encoder, Some(compiler))?
+                Some(Arc::new(store))
             }
-            Store::Custom(store) => RunRegistry::open_with(catalog, self.clock, store, encoder, Some(compiler))?,
+            Store::Custom(store) => Some(store),
         };
-        Ok(Server { registry, workers, config: self.config, listen: self.listen, retention: self.retention })
+        let registry = match &store {
+            None => RunRegistry::new_with(catalog, self.clock, encoder, Some(compiler)),
+            Some(store) => RunRegistry::open_with(catalog, self.clock, Arc::clone(store), encoder, Some(compiler))?,
+        };
+        Ok(Server { registry, store, workers, config: self.config, listen: self.listen, retention: self.retention })
     }
 
     /// [`build`](Self::build), bind the listen address and serve until `shutdown` completes.
@@ -353,6 +357,8 @@ fn check_worker_settings(settings: &WorkerSettings) -> Result<(), ServeError> {
 /// ```
 pub struct Server {
     registry: Arc<RunRegistry>,
+    /// The registry's store, checkpointed after the last commit of a clean stop.
+    store: Option<Arc<dyn RunStore>>,
     workers: Arc<WorkerHub>,
     config: ServiceConfig,
     listen: SocketAddr,
@@ -406,7 +412,7 @@ impl Listening {
     /// Serves until `shutdown` completes: then no new calls are taken, open streams end with UNAVAILABLE naming
     /// the cursor to re-attach with, and what runs appended meanwhile is stored before this returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Server { registry, workers, config, retention, .. } = self.server;
+        let Server { registry, store, workers, config, retention, .. } = self.server;
         registry.spawn_retention(retention);
         let token = CancellationToken::new();
         tokio::spawn({
@@ -419,7 +425,14 @@ impl Listening {
         let served =
             crate::grpc::serve::serve_with_workers(self.listener, registry.clone(), workers, config, token).await;
         // Whatever runs appended while the server stopped is stored before the caller goes on (e.g. exits).
-        let flushed = tokio::task::spawn_blocking(move || registry.flush()).await;
+        // Then the store folds in what it keeps aside (SQLite's WAL), so that its file alone is a full copy.
+        let flushed = tokio::task::spawn_blocking(move || {
+            registry.flush();
+            if let Some(Err(e)) = store.as_deref().map(RunStore::checkpoint) {
+                tracing::warn!(error = %e, "stopped with the store's WAL not folded in; the next start reads it");
+            }
+        })
+        .await;
         served?;
         flushed.map_err(|e| ServeError::Flush(e.to_string()))
     }

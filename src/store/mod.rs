@@ -179,6 +179,12 @@ pub trait RunStore: Send + Sync + 'static {
 
     /// Applies `writes` in order, atomically: after a crash either all of them are stored or none.
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
+
+    /// Called at a clean stop after the last commit: folds whatever the store keeps beside its main file into it
+    /// (SQLite's WAL), so that a copy of that file alone holds everything. Nothing to do for most stores.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A store that cannot be used. Every message names the store (its file) and what the operator can do.

@@ -3,8 +3,12 @@
 //! - WAL journal with `synchronous = NORMAL`: a commit is in the WAL file before `commit` returns, so it survives
 //!   the process being killed (kill -9, a panic, OOM); it is fsynced at checkpoints, so an OS crash or power loss
 //!   may lose the last commits (not corrupt the file). `--sync full` fsyncs every commit instead.
-//! - Exclusive locking: a second server on the same data dir fails at start, naming the file, instead of two
-//!   writers interleaving runs.
+//! - One server per data dir: the store holds an exclusive lock on `runstream.lock` beside the database for as long
+//!   as it is open, so a second server on the same data dir fails at start, naming the file, instead of two
+//!   writers interleaving runs. The database itself uses SQLite's normal locking, so that other processes can read
+//!   it while the server runs (a backup).
+//! - A clean stop folds the WAL into the database ([`RunStore::checkpoint`], and when the store is dropped), so
+//!   that `runstream.db` alone then holds every run; only a killed server leaves a `-wal` to be read at next start.
 //! - Opening never repairs or wipes anything: a file that is not a runstream store, or is damaged, is an error
 //!   naming the file ([`StoreError::Corrupt`]).
 //!
@@ -18,11 +22,14 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, config::DbConfig, params};
 use serde_json::Value;
 
 use super::{
@@ -93,7 +100,11 @@ pub enum Sync {
 /// The embedded [`RunStore`]: one SQLite file, `runstream.db`, under the data directory.
 pub struct SqliteStore {
     path: PathBuf,
+    // Dropped before `_lock` (field order): the lock outlives the last write.
     conn: Mutex<Connection>,
+    /// Reading it found damage: it is left as it is (see [`SqliteStore::noting_damage`]).
+    damaged: AtomicBool,
+    _lock: DirLock,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -110,11 +121,32 @@ impl SqliteStore {
         let open_error = |reason: String| StoreError::Open { location: location.clone(), reason };
         std::fs::create_dir_all(data_dir)
             .map_err(|e| open_error(format!("cannot create the data dir {}: {e}", data_dir.display())))?;
+        let lock = DirLock::acquire(data_dir, &location)?;
+        match Self::open_locked(path, sync) {
+            Ok((path, conn)) => Ok(Self { path, conn: Mutex::new(conn), damaged: AtomicBool::new(false), _lock: lock }),
+            Err(e) => {
+                lock.discard();
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens the database and prepares it.
+    fn open_locked(path: PathBuf, sync: Sync) -> Result<(PathBuf, Connection), StoreError> {
+        let location = path.display().to_string();
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&path, flags).map_err(|e| open_error(e.to_string()))?;
-        let store = Self { path, conn: Mutex::new(conn) };
-        store.prepare(sync)?;
-        Ok(store)
+        let conn = Connection::open_with_flags(&path, flags)
+            .map_err(|e| StoreError::Open { location: location.clone(), reason: e.to_string() })?;
+        // Closing the last connection folds the WAL into the database: not while the files may be found damaged.
+        let no_checkpoint_on_close = |on: bool| {
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, on)
+                .map(|_| ())
+                .map_err(|e| classify(&location, e))
+        };
+        no_checkpoint_on_close(true)?;
+        prepare(&conn, &location, sync)?;
+        no_checkpoint_on_close(false)?;
+        Ok((path, conn))
     }
 
     fn location(&self) -> String {
@@ -126,73 +158,123 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Settings, schema and version check. The first statement reads the file header: a file that is not a
-    /// database fails here, before anything is written.
-    fn prepare(&self, sync: Sync) -> Result<(), StoreError> {
-        let conn = self.lock();
-        let corrupt = |e: rusqlite::Error| self.classify(e);
-        conn.busy_timeout(Duration::from_millis(0)).map_err(corrupt)?;
-        conn.query_row("PRAGMA schema_version", [], |_| Ok(())).map_err(corrupt)?;
-        conn.pragma_update(None, "locking_mode", "EXCLUSIVE").map_err(corrupt)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)).map_err(corrupt)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Open {
-                location: self.location(),
-                reason: format!("the file system refuses WAL journaling (journal mode stays {mode})"),
-            });
-        }
-        let sync = match sync {
-            Sync::Normal => "NORMAL",
-            Sync::Full => "FULL",
-        };
-        conn.pragma_update(None, "synchronous", sync).map_err(corrupt)?;
-        conn.execute_batch(SCHEMA).map_err(corrupt)?;
-        let version: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |row| row.get(0))
-            .optional()
-            .map_err(corrupt)?;
-        match version {
-            None => {
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
-                    [SCHEMA_VERSION.to_string()],
-                )
-                .map_err(corrupt)?;
-            }
-            Some(v) if v == SCHEMA_VERSION.to_string() => {}
-            Some(v) if v == "2" => {
-                conn.execute_batch(&format!("BEGIN;{MIGRATE_2_TO_3}COMMIT;")).map_err(corrupt)?;
-                tracing::info!(store = %self.location(), "migrated the store from schema version 2 to 3");
-            }
-            Some(v) => {
-                return Err(StoreError::Open {
-                    location: self.location(),
-                    reason: format!(
-                        "it has schema version {v}, this runstream reads version {SCHEMA_VERSION}; run the \
-                         runstream that wrote it, or use another --data-dir"
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Sorts SQLite's errors into "the file is bad" and "something else failed", with the file named.
     fn classify(&self, e: rusqlite::Error) -> StoreError {
-        use rusqlite::ErrorCode as C;
-        let location = self.location();
-        match e.sqlite_error_code() {
-            Some(C::NotADatabase | C::DatabaseCorrupt) => StoreError::Corrupt { location, reason: e.to_string() },
-            Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Open {
-                location,
-                reason: "another process has it open (is another runstream using this --data-dir?)".into(),
-            },
-            _ => StoreError::Io { location, reason: e.to_string() },
-        }
+        classify(&self.location(), e)
     }
 
     fn corrupt(&self, reason: String) -> StoreError {
         StoreError::Corrupt { location: self.location(), reason }
+    }
+}
+
+/// The lock file's name inside the data dir.
+pub const LOCK_FILE_NAME: &str = "runstream.lock";
+
+/// `runstream.lock` in the data dir, held exclusively while the store is open. It is a SQLite file because that is
+/// the file lock at hand with neither unsafe code nor another dependency: a connection in exclusive locking mode
+/// keeps the lock it took to write until it is closed, and the OS drops it when the process dies.
+struct DirLock {
+    // Behind a mutex only to be Sync (the store is shared between threads); never locked but to drop it.
+    conn: Mutex<Option<Connection>>,
+    path: PathBuf,
+    /// The file was there before: a server has used this data dir.
+    existed: bool,
+}
+
+impl DirLock {
+    /// Takes the lock, or fails naming `location` (the database) if another process holds it.
+    fn acquire(data_dir: &Path, location: &str) -> Result<Self, StoreError> {
+        let path = data_dir.join(LOCK_FILE_NAME);
+        let existed = path.exists();
+        let fail = |e: rusqlite::Error| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => StoreError::Open {
+                location: location.to_owned(),
+                reason: format!(
+                    "another process has it open (is another runstream using this --data-dir? it holds \
+                     {LOCK_FILE_NAME})"
+                ),
+            },
+            _ => StoreError::Open {
+                location: location.to_owned(),
+                reason: format!("cannot lock {}: {e}", path.display()),
+            },
+        };
+        let conn = Connection::open(&path).map_err(fail)?;
+        conn.busy_timeout(Duration::ZERO).map_err(fail)?;
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE").map_err(fail)?;
+        conn.query_row("PRAGMA journal_mode = OFF", [], |_| Ok(())).map_err(fail)?;
+        // The write takes the exclusive lock, which exclusive locking mode then keeps.
+        conn.pragma_update(None, "user_version", 1).map_err(fail)?;
+        Ok(Self { conn: Mutex::new(Some(conn)), path, existed })
+    }
+
+    /// Releases the lock and, if this start created the file, removes it: a failed start leaves nothing behind.
+    fn discard(self) {
+        drop(self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take());
+        if !self.existed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Settings, schema and version check. The first statement reads the file header: a file that is not a database
+/// fails here, before anything is written.
+fn prepare(conn: &Connection, location: &str, sync: Sync) -> Result<(), StoreError> {
+    let corrupt = |e: rusqlite::Error| classify(location, e);
+    // Only a reader (runstream backup) shares the file, and a reader holds off a writer for moments at most.
+    conn.busy_timeout(Duration::from_millis(200)).map_err(corrupt)?;
+    conn.query_row("PRAGMA schema_version", [], |_| Ok(())).map_err(corrupt)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)).map_err(corrupt)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Open {
+            location: location.to_owned(),
+            reason: format!("the file system refuses WAL journaling (journal mode stays {mode})"),
+        });
+    }
+    let sync = match sync {
+        Sync::Normal => "NORMAL",
+        Sync::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", sync).map_err(corrupt)?;
+    conn.execute_batch(SCHEMA).map_err(corrupt)?;
+    let version: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |row| row.get(0))
+        .optional()
+        .map_err(corrupt)?;
+    match version {
+        None => {
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION.to_string()])
+                .map_err(corrupt)?;
+        }
+        Some(v) if v == SCHEMA_VERSION.to_string() => {}
+        Some(v) if v == "2" => {
+            conn.execute_batch(&format!("BEGIN;{MIGRATE_2_TO_3}COMMIT;")).map_err(corrupt)?;
+            tracing::info!(store = %location, "migrated the store from schema version 2 to 3");
+        }
+        Some(v) => {
+            return Err(StoreError::Open {
+                location: location.to_owned(),
+                reason: format!(
+                    "it has schema version {v}, this runstream reads version {SCHEMA_VERSION}; run the runstream \
+                     that wrote it, or use another --data-dir"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Sorts SQLite's errors into "the file is bad" and "something else failed", with the file named.
+fn classify(location: &str, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    let location = location.to_owned();
+    match e.sqlite_error_code() {
+        Some(C::NotADatabase | C::DatabaseCorrupt) => StoreError::Corrupt { location, reason: e.to_string() },
+        Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Open {
+            location,
+            reason: "another process has it open (is another runstream using this --data-dir?)".into(),
+        },
+        _ => StoreError::Io { location, reason: e.to_string() },
     }
 }
 
@@ -272,12 +354,17 @@ fn unpack(first_seq: u64, all: &bytes::Bytes) -> Option<Vec<StoredEvent>> {
     Some(events)
 }
 
-impl RunStore for SqliteStore {
-    fn describe(&self) -> String {
-        format!("sqlite {}", self.location())
+impl SqliteStore {
+    /// A store found damaged is left as it is: neither this store nor SQLite closing it folds its WAL in.
+    fn noting_damage<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Corrupt { .. }) = &result {
+            self.damaged.store(true, Ordering::Relaxed);
+            let _ = self.lock().set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
+        }
+        result
     }
 
-    fn load(&self) -> Result<Vec<LoadedRun>, StoreError> {
+    fn load_runs(&self) -> Result<Vec<LoadedRun>, StoreError> {
         let conn = self.lock();
         let err = |e: rusqlite::Error| self.classify(e);
         let mut runs_stmt = conn
@@ -367,7 +454,7 @@ impl RunStore for SqliteStore {
         Ok(loaded)
     }
 
-    fn load_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
+    fn load_definition_records(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
         let conn = self.lock();
         let err = |e: rusqlite::Error| self.classify(e);
         let mut stmt = conn
@@ -393,6 +480,49 @@ impl RunStore for SqliteStore {
             Ok(DefinitionRecord { kind, id, version, body, registered_at })
         })
         .collect()
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if self.damaged.load(Ordering::Relaxed) {
+            return;
+        }
+        // SQLite folds the WAL in as it closes the last connection too, but says nothing if it cannot.
+        if let Err(e) = RunStore::checkpoint(self) {
+            tracing::warn!(error = %e, "the store closes with its WAL not folded in; the next start reads it");
+        }
+    }
+}
+
+impl RunStore for SqliteStore {
+    fn describe(&self) -> String {
+        format!("sqlite {}", self.location())
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let (busy, pages, folded): (i64, i64, i64) = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .map_err(|e| self.classify(e))?;
+        if busy != 0 {
+            return Err(StoreError::Io {
+                location: self.location(),
+                reason: format!(
+                    "only {folded} of the {pages} pages of its WAL could be folded into it: another process (a \
+                     backup?) was reading it; the WAL stays beside it and is read at the next start"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn load(&self) -> Result<Vec<LoadedRun>, StoreError> {
+        self.noting_damage(self.load_runs())
+    }
+
+    fn load_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
+        self.noting_damage(self.load_definition_records())
     }
 
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
