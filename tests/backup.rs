@@ -1,6 +1,9 @@
 //! Backups that work, on the real binary and its SQLite store:
 //!
-//! - a clean stop (SIGTERM) folds the WAL into `runstream.db`, so a copy of that one file holds every run.
+//! - a clean stop (SIGTERM) folds the WAL into `runstream.db`, so a copy of that one file holds every run;
+//! - `runstream backup` copies a running, writing server's store into one file a server can start on, holding
+//!   every run finished before it began; it refuses what it cannot do with a message saying what to do instead;
+//!   README's backup commands are run as written.
 //!
 //! Each test has its own directory under `CARGO_TARGET_TMPDIR/backup/`, with the servers' logs.
 #![cfg(unix)]
@@ -10,16 +13,23 @@ mod common;
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::{Command, ExitStatus},
+    process::{Command, ExitStatus, Output},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant},
 };
 
-use common::{process::ServerProcess, *};
+use common::{
+    process::{ServerProcess, run_with_timeout, runstream_command},
+    *,
+};
 use runstream::pb::{self, run_service_client::RunServiceClient};
 use serde_json::json;
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a server may take to exit after SIGTERM.
+/// How long a server may take to exit after SIGTERM, or a command to finish.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A test's fresh directory (what an earlier run left is removed).
@@ -80,6 +90,13 @@ fn terminate(mut server: ServerProcess) -> ExitStatus {
     }
 }
 
+/// `runstream ARGS...` to its end (in `cwd`), its output captured.
+fn runstream(args: &[&str], cwd: &Path) -> Output {
+    let mut command = runstream_command(args);
+    command.current_dir(cwd);
+    run_with_timeout(command, EXIT_TIMEOUT, &format!("runstream {}", args.join(" ")))
+}
+
 fn wal_of(data_dir: &Path) -> PathBuf {
     data_dir.join("runstream.db-wal")
 }
@@ -107,4 +124,174 @@ async fn a_clean_stop_leaves_every_run_in_the_database_file() {
     fs::copy(data_dir.join("runstream.db"), copy.join("runstream.db")).expect("copy runstream.db alone");
     let server = serve(&dir, &copy, "server-2.log");
     assert_runs_there(&mut client(&server).await, &runs, &server).await;
+}
+
+// ---- runstream backup ----
+
+/// A backup taken while the server runs and writes holds every run finished before it began, complete; a server
+/// started on a data dir holding only the backup serves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_of_a_busy_server_holds_every_finished_run() {
+    let dir = test_dir("busy");
+    let data_dir = dir.join("data");
+    let server = serve(&dir, &data_dir, "server-1.log");
+    let mut first = client(&server).await;
+    let finished = chains(&mut first, "before", 30).await;
+
+    // Writers that keep going through the backup.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..2 {
+        let (stop, mut client) = (Arc::clone(&stop), first.clone());
+        writers.push(tokio::spawn(async move {
+            let mut done = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let run_id = format!("during-{w}-{done}");
+                stream_run(&mut client, stream_request("chain", &run_id, json!({"value": done}))).await;
+                done += 1;
+            }
+            done
+        }));
+    }
+    // A writer has finished a run: the backup certainly runs while others are being written.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get_result_opt(&mut first, "during-0-1").await.is_none() {
+        assert!(Instant::now() < deadline, "the writers made no progress");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let target = dir.join("backup.db");
+    let (dir_for_backup, target_arg) = (dir.clone(), target.display().to_string());
+    let data_arg = data_dir.display().to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        runstream(&["backup", "--data-dir", &data_arg, "--to", &target_arg], &dir_for_backup)
+    })
+    .await
+    .expect("backup task");
+    stop.store(true, Ordering::Relaxed);
+    let mut written = 0;
+    for writer in writers {
+        written += writer.await.expect("writer");
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "runstream backup failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(written > 2, "the writers wrote only {written} runs");
+    let copied: u64 = stdout
+        .strip_prefix("backed up ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("the backup should say how many runs it copied: {stdout}"));
+    assert!(copied >= finished.len() as u64, "{stdout}");
+    assert!(stdout.contains(" bytes) from ") && stdout.contains("backup.db"), "{stdout}");
+    assert!(!dir.join("backup.db.partial").exists(), "no partial file is left");
+    assert!(!dir.join("backup.db-wal").exists(), "the backup is one file");
+
+    // The original server keeps serving; a second one starts on the backup alone.
+    chains(&mut first, "after", 1).await;
+    let restored = dir.join("restored");
+    fs::create_dir_all(&restored).expect("create the restored data dir");
+    fs::copy(&target, restored.join("runstream.db")).expect("put the backup in place");
+    let second = serve(&dir, &restored, "server-2.log");
+    let mut client = client(&second).await;
+    assert_runs_there(&mut client, &finished, &second).await;
+    let missing = client.get_run(pb::GetRunRequest { run_id: "after-0".into() }).await;
+    assert!(missing.is_err(), "a run started after the backup must not be in it");
+}
+
+/// GetResult without waiting, `None` while the run does not exist.
+async fn get_result_opt(client: &mut Client, run_id: &str) -> Option<pb::RunResult> {
+    let request = pb::GetResultRequest { run_id: run_id.into(), wait: false, max_wait: None, fields: vec![] };
+    let result = client.get_result(request).await.ok()?.into_inner();
+    (status_of(&result) == pb::RunStatus::Success).then_some(result)
+}
+
+/// What `runstream backup` refuses, each with a message that says what to do; nothing is left behind.
+#[test]
+fn backup_refusals_say_what_to_do() {
+    let dir = test_dir("refusals");
+    let out = runstream(&["backup", "--data-dir", "nowhere", "--to", "b.db"], &dir);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no run store in nowhere") && stderr.contains("--data-dir"), "{stderr}");
+
+    // A data dir whose runstream.db is not a store.
+    fs::create_dir_all(dir.join("other")).expect("mkdir");
+    fs::write(dir.join("other/runstream.db"), b"").expect("write");
+    let out = runstream(&["backup", "--data-dir", "other", "--to", "b.db"], &dir);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not a runstream store"), "{stderr}");
+    assert!(!dir.join("b.db").exists() && !dir.join("b.db.partial").exists(), "nothing is left behind");
+
+    // A real store: an existing target is replaced only with --force, and the store itself never is.
+    let server = serve(&dir, &dir.join("data"), "server.log");
+    fs::write(dir.join("b.db"), b"keep me").expect("write");
+    let out = runstream(&["backup", "--data-dir", "data", "--to", "b.db"], &dir);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("b.db already exists") && stderr.contains("--force"), "{stderr}");
+    assert_eq!(fs::read(dir.join("b.db")).expect("read"), b"keep me");
+    let out = runstream(&["backup", "--data-dir", "data", "--to", "data/runstream.db", "--force"], &dir);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is the store itself"));
+    let out = runstream(&["backup", "--data-dir", "data", "--to", "b.db", "--force"], &dir);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("backed up 0 runs"));
+    drop(server);
+}
+
+/// README's backup commands, as written: a backup of a running server, restored into a new data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readme_backup_commands_work() {
+    let dir = test_dir("readme");
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).expect("read README.md");
+    let (start, end) = ("<!-- backup:start -->", "<!-- backup:end -->");
+    let from = readme.find(start).expect("README.md has the backup:start marker") + start.len();
+    let section = &readme[from..from + readme[from..].find(end).expect("README.md has the backup:end marker")];
+    let lines: Vec<&str> = section
+        .lines()
+        .skip_while(|l| l.trim() != "```sh")
+        .skip(1)
+        .take_while(|l| l.trim() != "```")
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    assert_eq!(lines.len(), 3, "the README's backup block: backup, restore, serve: {lines:?}");
+
+    // The server as the README's set-up runs it: in the directory that holds ./data.
+    let server = ServerProcess::start(
+        &["--data-dir".as_ref(), "./data".as_ref()],
+        Some(&dir),
+        dir.join("server-1.log"),
+        START_TIMEOUT,
+    );
+    let runs = chains(&mut client(&server).await, "run", 5).await;
+    let mut restored = None;
+    for line in lines {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["runstream", "serve", args @ ..] => {
+                let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+                restored = Some(ServerProcess::start(&args, Some(&dir), dir.join("server-2.log"), START_TIMEOUT));
+            }
+            ["runstream", args @ ..] => {
+                let out = runstream(args, &dir);
+                assert!(out.status.success(), "`{line}`: {}", String::from_utf8_lossy(&out.stderr));
+                assert!(String::from_utf8_lossy(&out.stdout).starts_with("backed up 5 runs"), "`{line}`");
+            }
+            _ => {
+                let out = run_with_timeout(
+                    {
+                        let mut sh = Command::new("sh");
+                        sh.args(["-c", line]).current_dir(&dir);
+                        sh
+                    },
+                    EXIT_TIMEOUT,
+                    line,
+                );
+                assert!(out.status.success(), "`{line}`: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
+    }
+    let restored = restored.expect("the block starts a server on the restored data dir");
+    assert_runs_there(&mut client(&restored).await, &runs, &restored).await;
+    drop(server);
 }

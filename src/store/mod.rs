@@ -15,6 +15,7 @@
 //! whatever its size. A store for several replicas (PostgreSQL) implements the same three methods: a batch is one
 //! transaction there too, and `load` is what a replica reads when it takes over runs.
 
+pub mod backup;
 mod memory;
 pub mod sqlite;
 #[cfg(test)]
@@ -201,8 +202,8 @@ pub enum StoreError {
 
     /// What is stored cannot be read; the store was left as it is.
     #[error(
-        "the run store {location} is unreadable ({reason}); it was left untouched: restore it from a backup, or move it \
-         away to start with an empty store"
+        "the run store {location} is unreadable ({reason}); it was left untouched: restore it from a backup (see \
+         `runstream backup`), or move it away with its -wal and -shm files to start with an empty store"
     )]
     Corrupt {
         /// The store (its file).

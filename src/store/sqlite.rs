@@ -6,7 +6,7 @@
 //! - One server per data dir: the store holds an exclusive lock on `runstream.lock` beside the database for as long
 //!   as it is open, so a second server on the same data dir fails at start, naming the file, instead of two
 //!   writers interleaving runs. The database itself uses SQLite's normal locking, so that other processes can read
-//!   it while the server runs (a backup).
+//!   it while the server runs (`runstream backup`, [`super::backup`]).
 //! - A clean stop folds the WAL into the database ([`RunStore::checkpoint`], and when the store is dropped), so
 //!   that `runstream.db` alone then holds every run; only a killed server leaves a `-wal` to be read at next start.
 //! - Opening never repairs or wipes anything: a file that is not a runstream store, or is damaged, is an error
