@@ -3,7 +3,10 @@
 //! - a clean stop (SIGTERM) folds the WAL into `runstream.db`, so a copy of that one file holds every run;
 //! - `runstream backup` copies a running, writing server's store into one file a server can start on, holding
 //!   every run finished before it began; it refuses what it cannot do with a message saying what to do instead;
-//!   README's backup commands are run as written.
+//!   README's backup commands are run as written;
+//! - start-time checks: a WAL without its database, a damaged WAL, an emptied database and a damaged database after
+//!   an unclean stop each stop the server at start (nonzero exit) saying what is wrong and what to do, leaving the
+//!   files untouched.
 //!
 //! Each test has its own directory under `CARGO_TARGET_TMPDIR/backup/`, with the servers' logs.
 #![cfg(unix)]
@@ -12,6 +15,7 @@ mod common;
 
 use std::{
     fs,
+    os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Output},
     sync::{
@@ -31,6 +35,8 @@ use serde_json::json;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a server may take to exit after SIGTERM, or a command to finish.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// SQLite's default page size, which the store keeps: WAL frames are a 24-byte header and one page.
+const PAGE: usize = 4096;
 
 /// A test's fresh directory (what an earlier run left is removed).
 fn test_dir(name: &str) -> PathBuf {
@@ -90,11 +96,30 @@ fn terminate(mut server: ServerProcess) -> ExitStatus {
     }
 }
 
+/// SIGKILL: the store is closed by nothing but the process's death, its WAL left as it was.
+fn kill(mut server: ServerProcess) {
+    server.child.kill().expect("SIGKILL the server");
+    let status = server.child.wait().expect("reap the server");
+    assert_eq!(status.signal(), Some(9), "{status:?}");
+}
+
 /// `runstream ARGS...` to its end (in `cwd`), its output captured.
 fn runstream(args: &[&str], cwd: &Path) -> Output {
     let mut command = runstream_command(args);
     command.current_dir(cwd);
     run_with_timeout(command, EXIT_TIMEOUT, &format!("runstream {}", args.join(" ")))
+}
+
+/// A server that must fail at start on `data_dir`: its exit status and stderr.
+fn serve_failing(dir: &Path, data_dir: &Path) -> (ExitStatus, String) {
+    let mut command = runstream_command(["serve", "--listen", "127.0.0.1:0", "--data-dir"]);
+    command.arg(data_dir);
+    let out = run_with_timeout(command, START_TIMEOUT, "a server that must fail at start");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("listening"), "a server that must fail printed its listening line: {stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let _ = fs::write(dir.join("failed-start.log"), &stderr);
+    (out.status, stderr)
 }
 
 fn wal_of(data_dir: &Path) -> PathBuf {
@@ -103,6 +128,45 @@ fn wal_of(data_dir: &Path) -> PathBuf {
 
 fn len(path: &Path) -> u64 {
     fs::metadata(path).map_or(0, |m| m.len())
+}
+
+/// A store whose last server was killed: `runs` finished runs, some of them only in its non-empty WAL.
+async fn killed_store(dir: &Path, runs: usize) -> PathBuf {
+    let data_dir = dir.join("data");
+    let server = serve(dir, &data_dir, "server-1.log");
+    chains(&mut client(&server).await, "run", runs).await;
+    kill(server);
+    assert!(len(&wal_of(&data_dir)) > 0, "a killed server leaves its WAL");
+    data_dir
+}
+
+/// The server stopped with a nonzero exit code (not a signal), its message naming `needles`; the files are as
+/// they were.
+fn assert_refused(dir: &Path, data_dir: &Path, needles: &[&str]) -> String {
+    let before = snapshot(data_dir);
+    let (status, stderr) = serve_failing(dir, data_dir);
+    assert!(status.code().is_some_and(|code| code != 0), "exit status {status:?}\n{stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "the message should say {needle:?}:\n{stderr}");
+    }
+    assert_eq!(snapshot(data_dir), before, "a refused start must leave the files as they were");
+    stderr
+}
+
+/// The data dir's files and their contents.
+fn snapshot(data_dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = fs::read_dir(data_dir)
+        .expect("list the data dir")
+        .map(|entry| {
+            let entry = entry.expect("entry");
+            (entry.file_name().to_string_lossy().into_owned(), fs::read(entry.path()).expect("read"))
+        })
+        // Not the store: the WAL's shared memory is SQLite's scratch space (rebuilt from the WAL), and each start
+        // writes the lock file to take its lock.
+        .filter(|(name, _)| !name.ends_with("-shm") && name != "runstream.lock")
+        .collect();
+    files.sort();
+    files
 }
 
 // ---- a clean stop ----
@@ -294,4 +358,91 @@ async fn readme_backup_commands_work() {
     let restored = restored.expect("the block starts a server on the restored data dir");
     assert_runs_there(&mut client(&restored).await, &runs, &restored).await;
     drop(server);
+}
+
+// ---- start-time checks ----
+
+/// A WAL without its database (missing, or emptied) is not a store: the server refuses to start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_without_its_database_stops_the_server() {
+    let dir = test_dir("wal-alone");
+    let data_dir = killed_store(&dir, 10).await;
+    let db = data_dir.join("runstream.db");
+
+    fs::write(&db, b"").expect("empty the database");
+    let needles = ["runstream.db is unreadable", "empty (0 bytes)", "runstream.db-wal", "restore it from a backup"];
+    assert_refused(&dir, &data_dir, &needles);
+
+    fs::remove_file(&db).expect("remove the database");
+    assert_refused(&dir, &data_dir, &["the database is missing", "runstream.db-wal", "move it away"]);
+}
+
+/// A WAL with a damaged frame and commits after it: SQLite would drop them silently; the server refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_wal_stops_the_server() {
+    let dir = test_dir("damaged-wal");
+    let data_dir = killed_store(&dir, 20).await;
+    let wal = wal_of(&data_dir);
+    let mut bytes = fs::read(&wal).expect("read the WAL");
+    let frame = 24 + PAGE;
+    let frames = (bytes.len() - 32) / frame;
+    assert!(frames >= 4, "the WAL has {frames} frames");
+    // Inside the page of the second frame: its checksum no longer matches, and every later frame follows it.
+    let at = 32 + frame + 24 + PAGE / 2;
+    bytes[at] ^= 0xff;
+    fs::write(&wal, &bytes).expect("write the WAL");
+    assert_refused(
+        &dir,
+        &data_dir,
+        &["runstream.db-wal beside it is damaged", "frame 2 of", "fails its checksum", "move runstream.db-wal"],
+    );
+}
+
+/// An empty database where a server has run is a store cut short: refused. An empty database in a data dir no
+/// server has used is a new store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emptied_database_stops_the_server() {
+    let dir = test_dir("emptied");
+    let data_dir = dir.join("data");
+    let server = serve(&dir, &data_dir, "server-1.log");
+    chains(&mut client(&server).await, "run", 3).await;
+    assert!(terminate(server).success());
+    fs::write(data_dir.join("runstream.db"), b"").expect("empty the database");
+    assert_refused(&dir, &data_dir, &["empty (0 bytes)", "runstream.lock", "restore it from a backup"]);
+
+    let fresh = dir.join("fresh");
+    fs::create_dir_all(&fresh).expect("mkdir");
+    fs::write(fresh.join("runstream.db"), b"").expect("an empty file");
+    let server = serve(&dir, &fresh, "server-fresh.log");
+    chains(&mut client(&server).await, "new", 1).await;
+}
+
+/// After an unclean stop the database is checked whole: a damaged page stops the server at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_database_after_a_crash_stops_the_server() {
+    let dir = test_dir("damaged-db");
+    let data_dir = dir.join("data");
+    // Many runs folded into the database by a clean stop, then one more left in the WAL by a kill.
+    let server = serve(&dir, &data_dir, "server-1.log");
+    chains(&mut client(&server).await, "run", 60).await;
+    assert!(terminate(server).success());
+    let server = serve(&dir, &data_dir, "server-2.log");
+    chains(&mut client(&server).await, "late", 1).await;
+    kill(server);
+
+    // A b-tree page the WAL does not hold a newer copy of gets a page type that does not exist.
+    let wal = fs::read(wal_of(&data_dir)).expect("read the WAL");
+    let in_wal: Vec<u32> = wal[32..]
+        .chunks_exact(24 + PAGE)
+        .map(|frame| u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]))
+        .collect();
+    let db = data_dir.join("runstream.db");
+    let mut bytes = fs::read(&db).expect("read the database");
+    let page = (2..=(bytes.len() / PAGE) as u32)
+        .rev()
+        .find(|p| !in_wal.contains(p) && [0x0d, 0x0a].contains(&bytes[(*p as usize - 1) * PAGE]))
+        .expect("a leaf page only the database holds");
+    bytes[(page as usize - 1) * PAGE] = 0x6b;
+    fs::write(&db, &bytes).expect("write the database");
+    assert_refused(&dir, &data_dir, &["runstream.db is unreadable (SQLite's quick_check", "restore it from a backup"]);
 }

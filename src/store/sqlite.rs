@@ -10,7 +10,12 @@
 //! - A clean stop folds the WAL into the database ([`RunStore::checkpoint`], and when the store is dropped), so
 //!   that `runstream.db` alone then holds every run; only a killed server leaves a `-wal` to be read at next start.
 //! - Opening never repairs or wipes anything: a file that is not a runstream store, or is damaged, is an error
-//!   naming the file ([`StoreError::Corrupt`]).
+//!   naming the file ([`StoreError::Corrupt`]) that says what to do. Checked at open, before anything is written:
+//!   a missing or empty database beside a non-empty WAL (the WAL alone is not a store); a WAL one of whose frames
+//!   fails its checksum with frames of the same WAL after it (SQLite would silently drop every commit from that
+//!   frame on); an empty database where `runstream.lock` shows a server has run before (a new store is never
+//!   empty: an empty file there was truncated). After an unclean stop (a non-empty WAL at open) the database is
+//!   also read whole by `PRAGMA quick_check`; a clean restart skips that scan, which grows with the store.
 //!
 //! Times are stored as JSON inside the state record; run creation time also as milliseconds for ordering.
 //!
@@ -122,7 +127,7 @@ impl SqliteStore {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| open_error(format!("cannot create the data dir {}: {e}", data_dir.display())))?;
         let lock = DirLock::acquire(data_dir, &location)?;
-        match Self::open_locked(path, sync) {
+        match Self::open_locked(path, sync, lock.existed) {
             Ok((path, conn)) => Ok(Self { path, conn: Mutex::new(conn), damaged: AtomicBool::new(false), _lock: lock }),
             Err(e) => {
                 lock.discard();
@@ -131,9 +136,10 @@ impl SqliteStore {
         }
     }
 
-    /// Opens the database and prepares it.
-    fn open_locked(path: PathBuf, sync: Sync) -> Result<(PathBuf, Connection), StoreError> {
+    /// Checks the files, opens the database and prepares it; `lock_existed`: a server used the data dir before.
+    fn open_locked(path: PathBuf, sync: Sync, lock_existed: bool) -> Result<(PathBuf, Connection), StoreError> {
         let location = path.display().to_string();
+        let unclean = check_files(&path, lock_existed)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(&path, flags)
             .map_err(|e| StoreError::Open { location: location.clone(), reason: e.to_string() })?;
@@ -144,7 +150,7 @@ impl SqliteStore {
                 .map_err(|e| classify(&location, e))
         };
         no_checkpoint_on_close(true)?;
-        prepare(&conn, &location, sync)?;
+        prepare(&conn, &location, sync, unclean)?;
         no_checkpoint_on_close(false)?;
         Ok((path, conn))
     }
@@ -217,9 +223,140 @@ impl DirLock {
     }
 }
 
+/// The file `suffix` names beside the database (`-wal`, `-shm`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The length of the file at `path`, `None` if there is none.
+fn file_len(path: &Path) -> Result<Option<u64>, StoreError> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(Some(meta.len())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io { location: path.display().to_string(), reason: e.to_string() }),
+    }
+}
+
+/// What the files say before SQLite opens them (see the module docs); `Ok(true)` if the last stop was unclean
+/// (a non-empty WAL).
+fn check_files(path: &Path, lock_existed: bool) -> Result<bool, StoreError> {
+    let location = path.display().to_string();
+    let wal = sibling(path, "-wal");
+    let db_len = file_len(path)?;
+    let wal_len = file_len(&wal)?.unwrap_or(0);
+    let damaged = |reason: String| StoreError::Corrupt { location: location.clone(), reason };
+    if wal_len > 0 && db_len.unwrap_or(0) == 0 {
+        let what = if db_len.is_none() { "missing" } else { "empty (0 bytes)" };
+        return Err(damaged(format!(
+            "the database is {what}, but {FILE_NAME}-wal beside it holds {wal_len} bytes of changes to it: a WAL \
+             alone is not a store, and opening it would start an empty one"
+        )));
+    }
+    if db_len == Some(0) && lock_existed {
+        return Err(damaged(format!(
+            "the database is empty (0 bytes), but {LOCK_FILE_NAME} beside it shows a server has used this data dir, \
+             and a store, once created, is never empty: the file was cut short"
+        )));
+    }
+    if wal_len == 0 {
+        return Ok(false);
+    }
+    let reason =
+        check_wal(&wal).map_err(|e| StoreError::Io { location: wal.display().to_string(), reason: e.to_string() })?;
+    match reason {
+        None => Ok(true),
+        Some(reason) => Err(damaged(format!(
+            "{FILE_NAME}-wal beside it is damaged: {reason}; SQLite would silently drop every commit from there on \
+             (to start from what the database alone holds, losing those commits, move {FILE_NAME}-wal and \
+             {FILE_NAME}-shm aside)"
+        ))),
+    }
+}
+
+/// WAL file format (sqlite.org/fileformat2.html#walformat): a 32-byte header, then frames of a 24-byte header
+/// and one page.
+const WAL_HEADER: usize = 32;
+const WAL_FRAME_HEADER: usize = 24;
+
+/// Checks the WAL's checksums as SQLite does when it reads the WAL, but says what SQLite would silently skip:
+/// `Some(what)` if a frame fails its checksum while frames of the same WAL (its salts) follow it. A bad last frame
+/// is a commit cut short by a crash and is not reported: SQLite drops that one commit, as it should. Frames
+/// with other salts after the valid ones are left over from before the WAL was last restarted, not damage.
+fn check_wal(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let mut header = [0u8; WAL_HEADER];
+    if let Err(e) = file.read_exact(&mut header) {
+        // Shorter than its header: SQLite reads no commits from it, and none could have been written.
+        return if e.kind() == std::io::ErrorKind::UnexpectedEof { Ok(None) } else { Err(e) };
+    }
+    let be32 = |b: &[u8], at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let magic = be32(&header, 0);
+    if magic & !1 != 0x377f_0682 {
+        return Ok(Some("its header is not a WAL header".into()));
+    }
+    let big_endian = magic & 1 == 1;
+    let page_size = match be32(&header, 8) {
+        1 => 65_536,
+        n if n.is_power_of_two() && (512..=32_768).contains(&n) => n as usize,
+        n => return Ok(Some(format!("its header gives a page size of {n}"))),
+    };
+    let salts = [be32(&header, 16), be32(&header, 20)];
+    let mut sum = wal_checksum(&header[..24], big_endian, (0, 0));
+    if sum != (be32(&header, 24), be32(&header, 28)) {
+        let has_frames = !std::io::BufRead::fill_buf(&mut file)?.is_empty();
+        return Ok(has_frames.then(|| "its header fails its checksum, so SQLite would read none of its frames".into()));
+    }
+    let mut frame = vec![0u8; WAL_FRAME_HEADER + page_size];
+    let mut index = 0u64;
+    let mut bad_at = None;
+    let mut later_of_same_wal = 0u64;
+    loop {
+        match file.read_exact(&mut frame) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+        index += 1;
+        let same_wal = [be32(&frame, 8), be32(&frame, 12)] == salts;
+        match bad_at {
+            None => {
+                sum = wal_checksum(&frame[..8], big_endian, sum);
+                sum = wal_checksum(&frame[WAL_FRAME_HEADER..], big_endian, sum);
+                if !same_wal || sum != (be32(&frame, 16), be32(&frame, 20)) {
+                    bad_at = Some(index);
+                }
+            }
+            Some(_) if same_wal => later_of_same_wal += 1,
+            Some(_) => {}
+        }
+    }
+    Ok(match bad_at {
+        Some(at) if later_of_same_wal > 0 => Some(format!(
+            "frame {at} of {index} fails its checksum and {later_of_same_wal} later frames of the same WAL follow it"
+        )),
+        _ => None,
+    })
+}
+
+/// The WAL checksum: over 32-bit words in the byte order the WAL's magic number says, two at a time.
+fn wal_checksum(data: &[u8], big_endian: bool, (mut s0, mut s1): (u32, u32)) -> (u32, u32) {
+    let word = |b: &[u8]| {
+        let b = [b[0], b[1], b[2], b[3]];
+        if big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
+    };
+    for pair in data.chunks_exact(8) {
+        s0 = s0.wrapping_add(word(&pair[..4])).wrapping_add(s1);
+        s1 = s1.wrapping_add(word(&pair[4..])).wrapping_add(s0);
+    }
+    (s0, s1)
+}
+
 /// Settings, schema and version check. The first statement reads the file header: a file that is not a database
-/// fails here, before anything is written.
-fn prepare(conn: &Connection, location: &str, sync: Sync) -> Result<(), StoreError> {
+/// fails here, before anything is written. `unclean`: the last stop left a WAL, so the whole file is checked.
+fn prepare(conn: &Connection, location: &str, sync: Sync, unclean: bool) -> Result<(), StoreError> {
     let corrupt = |e: rusqlite::Error| classify(location, e);
     // Only a reader (runstream backup) shares the file, and a reader holds off a writer for moments at most.
     conn.busy_timeout(Duration::from_millis(200)).map_err(corrupt)?;
@@ -230,6 +367,9 @@ fn prepare(conn: &Connection, location: &str, sync: Sync) -> Result<(), StoreErr
             location: location.to_owned(),
             reason: format!("the file system refuses WAL journaling (journal mode stays {mode})"),
         });
+    }
+    if unclean {
+        quick_check(conn, location)?;
     }
     let sync = match sync {
         Sync::Normal => "NORMAL",
@@ -262,6 +402,30 @@ fn prepare(conn: &Connection, location: &str, sync: Sync) -> Result<(), StoreErr
         }
     }
     Ok(())
+}
+
+/// `PRAGMA quick_check`: every page of the database and WAL read and its structure checked (not the indexes
+/// against their tables, which `integrity_check` adds at many times the cost).
+fn quick_check(conn: &Connection, location: &str) -> Result<(), StoreError> {
+    let corrupt = |e: rusqlite::Error| match classify(location, e) {
+        StoreError::Corrupt { location, reason } => {
+            StoreError::Corrupt { location, reason: format!("SQLite's quick_check: {reason}") }
+        }
+        other => other,
+    };
+    let mut stmt = conn.prepare("PRAGMA quick_check(5)").map_err(corrupt)?;
+    let problems: Vec<String> = stmt
+        .query_map([], |row| row.get::<_, String>(0))
+        .map_err(corrupt)?
+        .collect::<Result<_, _>>()
+        .map_err(corrupt)?;
+    if problems.len() == 1 && problems[0] == "ok" {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt {
+        location: location.to_owned(),
+        reason: format!("SQLite's quick_check finds it damaged: {}", problems.join("; ")),
+    })
 }
 
 /// Sorts SQLite's errors into "the file is bad" and "something else failed", with the file named.
@@ -625,6 +789,50 @@ mod erased {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A WAL as SQLite leaves it when the process dies: several commits, nothing folded into the database.
+    fn wal_of_commits(name: &str) -> (PathBuf, Vec<u8>) {
+        let dir = std::env::temp_dir().join(format!("runstream-wal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let conn = Connection::open(dir.join("db")).unwrap();
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).unwrap();
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
+        conn.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        for i in 0..5 {
+            conn.execute("INSERT INTO t VALUES (?1)", [vec![i as u8; 3000]]).unwrap();
+        }
+        drop(conn);
+        let wal = dir.join("db-wal");
+        let bytes = std::fs::read(&wal).unwrap();
+        (wal, bytes)
+    }
+
+    #[test]
+    fn a_damaged_wal_frame_is_found_unless_it_is_the_last() {
+        let (wal, bytes) = wal_of_commits("frames");
+        let frame = WAL_FRAME_HEADER + 4096;
+        let frames = (bytes.len() - WAL_HEADER) / frame;
+        assert!(frames >= 5, "{frames} frames");
+        assert_eq!(check_wal(&wal).unwrap(), None, "an intact WAL");
+
+        let mut torn = bytes.clone();
+        torn[WAL_HEADER + (frames - 1) * frame + WAL_FRAME_HEADER + 10] ^= 1;
+        std::fs::write(&wal, &torn).unwrap();
+        assert_eq!(check_wal(&wal).unwrap(), None, "a commit cut short by a crash is SQLite's to drop");
+
+        let mut damaged = bytes.clone();
+        damaged[WAL_HEADER + frame + WAL_FRAME_HEADER + 10] ^= 1;
+        std::fs::write(&wal, &damaged).unwrap();
+        let found = check_wal(&wal).unwrap().expect("damage in the middle is found");
+        assert!(found.starts_with(&format!("frame 2 of {frames} fails its checksum")), "{found}");
+
+        let mut header = bytes;
+        header[12] ^= 1;
+        std::fs::write(&wal, &header).unwrap();
+        assert!(check_wal(&wal).unwrap().expect("a bad header").contains("header fails its checksum"));
+        let _ = std::fs::remove_dir_all(wal.parent().unwrap());
+    }
 
     #[test]
     fn packed_events_unpack_to_themselves_and_damage_is_detected() {
