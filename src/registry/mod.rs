@@ -277,7 +277,8 @@ impl RunRegistry {
     }
 
     /// A clean stop: clears the recovery marks of the runs still in flight (a clean stop is not a crash their
-    /// recovery caused), then waits (blocking) until every change made so far is stored.
+    /// recovery caused), waits (blocking) until every change made so far is stored, then has the store fold in what
+    /// it keeps aside (SQLite's WAL), so that its file alone is a full copy.
     pub fn close(&self) {
         if self.persist.is_some() {
             let runs: Vec<Arc<Run>> =
@@ -287,6 +288,9 @@ impl RunRegistry {
             }
         }
         self.flush();
+        if let Some(Err(e)) = self.store.as_deref().map(RunStore::checkpoint) {
+            tracing::warn!(error = %e, "stopped with the store's WAL not folded in; the next start reads it");
+        }
     }
 
     /// Waits (blocking) until every change made so far is stored; at once without a store.

@@ -15,6 +15,7 @@
 //! whatever its size. A store for several replicas (PostgreSQL) implements the same three methods: a batch is one
 //! transaction there too, and `load` is what a replica reads when it takes over runs.
 
+pub mod backup;
 mod memory;
 pub mod sqlite;
 #[cfg(test)]
@@ -192,6 +193,12 @@ pub trait RunStore: Send + Sync + 'static {
 
     /// Applies `writes` in order, atomically: after a crash either all of them are stored or none.
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError>;
+
+    /// Called at a clean stop after the last commit: folds whatever the store keeps beside its main file into it
+    /// (SQLite's WAL), so that a copy of that file alone holds everything. Nothing to do for most stores.
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// A store that cannot be used. Every message names the store (its file) and what the operator can do.
@@ -208,8 +215,8 @@ pub enum StoreError {
 
     /// What is stored cannot be read; the store was left as it is.
     #[error(
-        "the run store {location} is unreadable ({reason}); it was left untouched: restore it from a backup, or move it \
-         away to start with an empty store"
+        "the run store {location} is unreadable ({reason}); it was left untouched: restore it from a backup (see \
+         `runstream backup`), or move it away with its -wal and -shm files to start with an empty store"
     )]
     Corrupt {
         /// The store (its file).

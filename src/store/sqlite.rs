@@ -3,10 +3,19 @@
 //! - WAL journal with `synchronous = NORMAL`: a commit is in the WAL file before `commit` returns, so it survives
 //!   the process being killed (kill -9, a panic, OOM); it is fsynced at checkpoints, so an OS crash or power loss
 //!   may lose the last commits (not corrupt the file). `--sync full` fsyncs every commit instead.
-//! - Exclusive locking: a second server on the same data dir fails at start, naming the file, instead of two
-//!   writers interleaving runs.
+//! - One server per data dir: the store holds an exclusive lock on `runstream.lock` beside the database for as long
+//!   as it is open, so a second server on the same data dir fails at start, naming the file, instead of two
+//!   writers interleaving runs. The database itself uses SQLite's normal locking, so that other processes can read
+//!   it while the server runs (`runstream backup`, [`super::backup`]).
+//! - A clean stop folds the WAL into the database ([`RunStore::checkpoint`], and when the store is dropped), so
+//!   that `runstream.db` alone then holds every run; only a killed server leaves a `-wal` to be read at next start.
 //! - Opening never repairs or wipes anything: a file that is not a runstream store, or is damaged, is an error
-//!   naming the file ([`StoreError::Corrupt`]).
+//!   naming the file ([`StoreError::Corrupt`]) that says what to do. Checked at open, before anything is written:
+//!   a missing or empty database beside a non-empty WAL (the WAL alone is not a store); a WAL one of whose frames
+//!   fails its checksum with frames of the same WAL after it (SQLite would silently drop every commit from that
+//!   frame on); an empty database where `runstream.lock` shows a server has run before (a new store is never
+//!   empty: an empty file there was truncated). After an unclean stop (a non-empty WAL at open) the database is
+//!   also read whole by `PRAGMA quick_check`; a clean restart skips that scan, which grows with the store.
 //!
 //! Times are stored as JSON inside the state record; run creation time also as milliseconds for ordering.
 //!
@@ -18,11 +27,14 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Mutex, MutexGuard},
+    sync::{
+        Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, config::DbConfig, params};
 use serde_json::Value;
 
 use super::{
@@ -93,7 +105,11 @@ pub enum Sync {
 /// The embedded [`RunStore`]: one SQLite file, `runstream.db`, under the data directory.
 pub struct SqliteStore {
     path: PathBuf,
+    // Dropped before `_lock` (field order): the lock outlives the last write.
     conn: Mutex<Connection>,
+    /// Reading it found damage: it is left as it is (see [`SqliteStore::noting_damage`]).
+    damaged: AtomicBool,
+    _lock: DirLock,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -110,11 +126,33 @@ impl SqliteStore {
         let open_error = |reason: String| StoreError::Open { location: location.clone(), reason };
         std::fs::create_dir_all(data_dir)
             .map_err(|e| open_error(format!("cannot create the data dir {}: {e}", data_dir.display())))?;
+        let lock = DirLock::acquire(data_dir, &location)?;
+        match Self::open_locked(path, sync, lock.existed) {
+            Ok((path, conn)) => Ok(Self { path, conn: Mutex::new(conn), damaged: AtomicBool::new(false), _lock: lock }),
+            Err(e) => {
+                lock.discard();
+                Err(e)
+            }
+        }
+    }
+
+    /// Checks the files, opens the database and prepares it; `lock_existed`: a server used the data dir before.
+    fn open_locked(path: PathBuf, sync: Sync, lock_existed: bool) -> Result<(PathBuf, Connection), StoreError> {
+        let location = path.display().to_string();
+        let unclean = check_files(&path, lock_existed)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&path, flags).map_err(|e| open_error(e.to_string()))?;
-        let store = Self { path, conn: Mutex::new(conn) };
-        store.prepare(sync)?;
-        Ok(store)
+        let conn = Connection::open_with_flags(&path, flags)
+            .map_err(|e| StoreError::Open { location: location.clone(), reason: e.to_string() })?;
+        // Closing the last connection folds the WAL into the database: not while the files may be found damaged.
+        let no_checkpoint_on_close = |on: bool| {
+            conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, on)
+                .map(|_| ())
+                .map_err(|e| classify(&location, e))
+        };
+        no_checkpoint_on_close(true)?;
+        prepare(&conn, &location, sync, unclean)?;
+        no_checkpoint_on_close(false)?;
+        Ok((path, conn))
     }
 
     fn location(&self) -> String {
@@ -126,73 +164,281 @@ impl SqliteStore {
         self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Settings, schema and version check. The first statement reads the file header: a file that is not a
-    /// database fails here, before anything is written.
-    fn prepare(&self, sync: Sync) -> Result<(), StoreError> {
-        let conn = self.lock();
-        let corrupt = |e: rusqlite::Error| self.classify(e);
-        conn.busy_timeout(Duration::from_millis(0)).map_err(corrupt)?;
-        conn.query_row("PRAGMA schema_version", [], |_| Ok(())).map_err(corrupt)?;
-        conn.pragma_update(None, "locking_mode", "EXCLUSIVE").map_err(corrupt)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)).map_err(corrupt)?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Open {
-                location: self.location(),
-                reason: format!("the file system refuses WAL journaling (journal mode stays {mode})"),
-            });
-        }
-        let sync = match sync {
-            Sync::Normal => "NORMAL",
-            Sync::Full => "FULL",
-        };
-        conn.pragma_update(None, "synchronous", sync).map_err(corrupt)?;
-        conn.execute_batch(SCHEMA).map_err(corrupt)?;
-        let version: Option<String> = conn
-            .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |row| row.get(0))
-            .optional()
-            .map_err(corrupt)?;
-        match version {
-            None => {
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)",
-                    [SCHEMA_VERSION.to_string()],
-                )
-                .map_err(corrupt)?;
-            }
-            Some(v) if v == SCHEMA_VERSION.to_string() => {}
-            Some(v) if v == "2" => {
-                conn.execute_batch(&format!("BEGIN;{MIGRATE_2_TO_3}COMMIT;")).map_err(corrupt)?;
-                tracing::info!(store = %self.location(), "migrated the store from schema version 2 to 3");
-            }
-            Some(v) => {
-                return Err(StoreError::Open {
-                    location: self.location(),
-                    reason: format!(
-                        "it has schema version {v}, this runstream reads version {SCHEMA_VERSION}; run the \
-                         runstream that wrote it, or use another --data-dir"
-                    ),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    /// Sorts SQLite's errors into "the file is bad" and "something else failed", with the file named.
     fn classify(&self, e: rusqlite::Error) -> StoreError {
-        use rusqlite::ErrorCode as C;
-        let location = self.location();
-        match e.sqlite_error_code() {
-            Some(C::NotADatabase | C::DatabaseCorrupt) => StoreError::Corrupt { location, reason: e.to_string() },
-            Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Open {
-                location,
-                reason: "another process has it open (is another runstream using this --data-dir?)".into(),
-            },
-            _ => StoreError::Io { location, reason: e.to_string() },
-        }
+        classify(&self.location(), e)
     }
 
     fn corrupt(&self, reason: String) -> StoreError {
         StoreError::Corrupt { location: self.location(), reason }
+    }
+}
+
+/// The lock file's name inside the data dir.
+pub const LOCK_FILE_NAME: &str = "runstream.lock";
+
+/// `runstream.lock` in the data dir, held exclusively while the store is open. It is a SQLite file because that is
+/// the file lock at hand with neither unsafe code nor another dependency: a connection in exclusive locking mode
+/// keeps the lock it took to write until it is closed, and the OS drops it when the process dies.
+struct DirLock {
+    // Behind a mutex only to be Sync (the store is shared between threads); never locked but to drop it.
+    conn: Mutex<Option<Connection>>,
+    path: PathBuf,
+    /// The file was there before: a server has used this data dir.
+    existed: bool,
+}
+
+impl DirLock {
+    /// Takes the lock, or fails naming `location` (the database) if another process holds it.
+    fn acquire(data_dir: &Path, location: &str) -> Result<Self, StoreError> {
+        let path = data_dir.join(LOCK_FILE_NAME);
+        let existed = path.exists();
+        let fail = |e: rusqlite::Error| match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => StoreError::Open {
+                location: location.to_owned(),
+                reason: format!(
+                    "another process has it open (is another runstream using this --data-dir? it holds \
+                     {LOCK_FILE_NAME})"
+                ),
+            },
+            _ => StoreError::Open {
+                location: location.to_owned(),
+                reason: format!("cannot lock {}: {e}", path.display()),
+            },
+        };
+        let conn = Connection::open(&path).map_err(fail)?;
+        conn.busy_timeout(Duration::ZERO).map_err(fail)?;
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE").map_err(fail)?;
+        conn.query_row("PRAGMA journal_mode = OFF", [], |_| Ok(())).map_err(fail)?;
+        // The write takes the exclusive lock, which exclusive locking mode then keeps.
+        conn.pragma_update(None, "user_version", 1).map_err(fail)?;
+        Ok(Self { conn: Mutex::new(Some(conn)), path, existed })
+    }
+
+    /// Releases the lock and, if this start created the file, removes it: a failed start leaves nothing behind.
+    fn discard(self) {
+        drop(self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take());
+        if !self.existed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The file `suffix` names beside the database (`-wal`, `-shm`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// The length of the file at `path`, `None` if there is none.
+fn file_len(path: &Path) -> Result<Option<u64>, StoreError> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(Some(meta.len())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StoreError::Io { location: path.display().to_string(), reason: e.to_string() }),
+    }
+}
+
+/// What the files say before SQLite opens them (see the module docs); `Ok(true)` if the last stop was unclean
+/// (a non-empty WAL).
+fn check_files(path: &Path, lock_existed: bool) -> Result<bool, StoreError> {
+    let location = path.display().to_string();
+    let wal = sibling(path, "-wal");
+    let db_len = file_len(path)?;
+    let wal_len = file_len(&wal)?.unwrap_or(0);
+    let damaged = |reason: String| StoreError::Corrupt { location: location.clone(), reason };
+    if wal_len > 0 && db_len.unwrap_or(0) == 0 {
+        let what = if db_len.is_none() { "missing" } else { "empty (0 bytes)" };
+        return Err(damaged(format!(
+            "the database is {what}, but {FILE_NAME}-wal beside it holds {wal_len} bytes of changes to it: a WAL \
+             alone is not a store, and opening it would start an empty one"
+        )));
+    }
+    if db_len == Some(0) && lock_existed {
+        return Err(damaged(format!(
+            "the database is empty (0 bytes), but {LOCK_FILE_NAME} beside it shows a server has used this data dir, \
+             and a store, once created, is never empty: the file was cut short"
+        )));
+    }
+    if wal_len == 0 {
+        return Ok(false);
+    }
+    let reason =
+        check_wal(&wal).map_err(|e| StoreError::Io { location: wal.display().to_string(), reason: e.to_string() })?;
+    match reason {
+        None => Ok(true),
+        Some(reason) => Err(damaged(format!(
+            "{FILE_NAME}-wal beside it is damaged: {reason}; SQLite would silently drop every commit from there on \
+             (to start from what the database alone holds, losing those commits, move {FILE_NAME}-wal and \
+             {FILE_NAME}-shm aside)"
+        ))),
+    }
+}
+
+/// WAL file format (sqlite.org/fileformat2.html#walformat): a 32-byte header, then frames of a 24-byte header
+/// and one page.
+const WAL_HEADER: usize = 32;
+const WAL_FRAME_HEADER: usize = 24;
+
+/// Checks the WAL's checksums as SQLite does when it reads the WAL, but says what SQLite would silently skip:
+/// `Some(what)` if a frame fails its checksum while frames of the same WAL (its salts) follow it. A bad last frame
+/// is a commit cut short by a crash and is not reported: SQLite drops that one commit, as it should. Frames
+/// with other salts after the valid ones are left over from before the WAL was last restarted, not damage.
+fn check_wal(path: &Path) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut file = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let mut header = [0u8; WAL_HEADER];
+    if let Err(e) = file.read_exact(&mut header) {
+        // Shorter than its header: SQLite reads no commits from it, and none could have been written.
+        return if e.kind() == std::io::ErrorKind::UnexpectedEof { Ok(None) } else { Err(e) };
+    }
+    let be32 = |b: &[u8], at: usize| u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+    let magic = be32(&header, 0);
+    if magic & !1 != 0x377f_0682 {
+        return Ok(Some("its header is not a WAL header".into()));
+    }
+    let big_endian = magic & 1 == 1;
+    let page_size = match be32(&header, 8) {
+        1 => 65_536,
+        n if n.is_power_of_two() && (512..=32_768).contains(&n) => n as usize,
+        n => return Ok(Some(format!("its header gives a page size of {n}"))),
+    };
+    let salts = [be32(&header, 16), be32(&header, 20)];
+    let mut sum = wal_checksum(&header[..24], big_endian, (0, 0));
+    if sum != (be32(&header, 24), be32(&header, 28)) {
+        let has_frames = !std::io::BufRead::fill_buf(&mut file)?.is_empty();
+        return Ok(has_frames.then(|| "its header fails its checksum, so SQLite would read none of its frames".into()));
+    }
+    let mut frame = vec![0u8; WAL_FRAME_HEADER + page_size];
+    let mut index = 0u64;
+    let mut bad_at = None;
+    let mut later_of_same_wal = 0u64;
+    loop {
+        match file.read_exact(&mut frame) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(e),
+        }
+        index += 1;
+        let same_wal = [be32(&frame, 8), be32(&frame, 12)] == salts;
+        match bad_at {
+            None => {
+                sum = wal_checksum(&frame[..8], big_endian, sum);
+                sum = wal_checksum(&frame[WAL_FRAME_HEADER..], big_endian, sum);
+                if !same_wal || sum != (be32(&frame, 16), be32(&frame, 20)) {
+                    bad_at = Some(index);
+                }
+            }
+            Some(_) if same_wal => later_of_same_wal += 1,
+            Some(_) => {}
+        }
+    }
+    Ok(match bad_at {
+        Some(at) if later_of_same_wal > 0 => Some(format!(
+            "frame {at} of {index} fails its checksum and {later_of_same_wal} later frames of the same WAL follow it"
+        )),
+        _ => None,
+    })
+}
+
+/// The WAL checksum: over 32-bit words in the byte order the WAL's magic number says, two at a time.
+fn wal_checksum(data: &[u8], big_endian: bool, (mut s0, mut s1): (u32, u32)) -> (u32, u32) {
+    let word = |b: &[u8]| {
+        let b = [b[0], b[1], b[2], b[3]];
+        if big_endian { u32::from_be_bytes(b) } else { u32::from_le_bytes(b) }
+    };
+    for pair in data.chunks_exact(8) {
+        s0 = s0.wrapping_add(word(&pair[..4])).wrapping_add(s1);
+        s1 = s1.wrapping_add(word(&pair[4..])).wrapping_add(s0);
+    }
+    (s0, s1)
+}
+
+/// Settings, schema and version check. The first statement reads the file header: a file that is not a database
+/// fails here, before anything is written. `unclean`: the last stop left a WAL, so the whole file is checked.
+fn prepare(conn: &Connection, location: &str, sync: Sync, unclean: bool) -> Result<(), StoreError> {
+    let corrupt = |e: rusqlite::Error| classify(location, e);
+    // Only a reader (runstream backup) shares the file, and a reader holds off a writer for moments at most.
+    conn.busy_timeout(Duration::from_millis(200)).map_err(corrupt)?;
+    conn.query_row("PRAGMA schema_version", [], |_| Ok(())).map_err(corrupt)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0)).map_err(corrupt)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Open {
+            location: location.to_owned(),
+            reason: format!("the file system refuses WAL journaling (journal mode stays {mode})"),
+        });
+    }
+    if unclean {
+        quick_check(conn, location)?;
+    }
+    let sync = match sync {
+        Sync::Normal => "NORMAL",
+        Sync::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", sync).map_err(corrupt)?;
+    conn.execute_batch(SCHEMA).map_err(corrupt)?;
+    let version: Option<String> = conn
+        .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |row| row.get(0))
+        .optional()
+        .map_err(corrupt)?;
+    match version {
+        None => {
+            conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', ?1)", [SCHEMA_VERSION.to_string()])
+                .map_err(corrupt)?;
+        }
+        Some(v) if v == SCHEMA_VERSION.to_string() => {}
+        Some(v) if v == "2" => {
+            conn.execute_batch(&format!("BEGIN;{MIGRATE_2_TO_3}COMMIT;")).map_err(corrupt)?;
+            tracing::info!(store = %location, "migrated the store from schema version 2 to 3");
+        }
+        Some(v) => {
+            return Err(StoreError::Open {
+                location: location.to_owned(),
+                reason: format!(
+                    "it has schema version {v}, this runstream reads version {SCHEMA_VERSION}; run the runstream \
+                     that wrote it, or use another --data-dir"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `PRAGMA quick_check`: every page of the database and WAL read and its structure checked (not the indexes
+/// against their tables, which `integrity_check` adds at many times the cost).
+fn quick_check(conn: &Connection, location: &str) -> Result<(), StoreError> {
+    let corrupt = |e: rusqlite::Error| match classify(location, e) {
+        StoreError::Corrupt { location, reason } => {
+            StoreError::Corrupt { location, reason: format!("SQLite's quick_check: {reason}") }
+        }
+        other => other,
+    };
+    let mut stmt = conn.prepare("PRAGMA quick_check(5)").map_err(corrupt)?;
+    let problems: Vec<String> = stmt
+        .query_map([], |row| row.get::<_, String>(0))
+        .map_err(corrupt)?
+        .collect::<Result<_, _>>()
+        .map_err(corrupt)?;
+    if problems.len() == 1 && problems[0] == "ok" {
+        return Ok(());
+    }
+    Err(StoreError::Corrupt {
+        location: location.to_owned(),
+        reason: format!("SQLite's quick_check finds it damaged: {}", problems.join("; ")),
+    })
+}
+
+/// Sorts SQLite's errors into "the file is bad" and "something else failed", with the file named.
+fn classify(location: &str, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode as C;
+    let location = location.to_owned();
+    match e.sqlite_error_code() {
+        Some(C::NotADatabase | C::DatabaseCorrupt) => StoreError::Corrupt { location, reason: e.to_string() },
+        Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Open {
+            location,
+            reason: "another process has it open (is another runstream using this --data-dir?)".into(),
+        },
+        _ => StoreError::Io { location, reason: e.to_string() },
     }
 }
 
@@ -272,12 +518,17 @@ fn unpack(first_seq: u64, all: &bytes::Bytes) -> Option<Vec<StoredEvent>> {
     Some(events)
 }
 
-impl RunStore for SqliteStore {
-    fn describe(&self) -> String {
-        format!("sqlite {}", self.location())
+impl SqliteStore {
+    /// A store found damaged is left as it is: neither this store nor SQLite closing it folds its WAL in.
+    fn noting_damage<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Corrupt { .. }) = &result {
+            self.damaged.store(true, Ordering::Relaxed);
+            let _ = self.lock().set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
+        }
+        result
     }
 
-    fn load(&self) -> Result<Vec<LoadedRun>, StoreError> {
+    fn load_runs(&self) -> Result<Vec<LoadedRun>, StoreError> {
         let conn = self.lock();
         let err = |e: rusqlite::Error| self.classify(e);
         let mut runs_stmt = conn
@@ -367,7 +618,7 @@ impl RunStore for SqliteStore {
         Ok(loaded)
     }
 
-    fn load_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
+    fn load_definition_records(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
         let conn = self.lock();
         let err = |e: rusqlite::Error| self.classify(e);
         let mut stmt = conn
@@ -393,6 +644,49 @@ impl RunStore for SqliteStore {
             Ok(DefinitionRecord { kind, id, version, body, registered_at })
         })
         .collect()
+    }
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        if self.damaged.load(Ordering::Relaxed) {
+            return;
+        }
+        // SQLite folds the WAL in as it closes the last connection too, but says nothing if it cannot.
+        if let Err(e) = RunStore::checkpoint(self) {
+            tracing::warn!(error = %e, "the store closes with its WAL not folded in; the next start reads it");
+        }
+    }
+}
+
+impl RunStore for SqliteStore {
+    fn describe(&self) -> String {
+        format!("sqlite {}", self.location())
+    }
+
+    fn checkpoint(&self) -> Result<(), StoreError> {
+        let conn = self.lock();
+        let (busy, pages, folded): (i64, i64, i64) = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .map_err(|e| self.classify(e))?;
+        if busy != 0 {
+            return Err(StoreError::Io {
+                location: self.location(),
+                reason: format!(
+                    "only {folded} of the {pages} pages of its WAL could be folded into it: another process (a \
+                     backup?) was reading it; the WAL stays beside it and is read at the next start"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn load(&self) -> Result<Vec<LoadedRun>, StoreError> {
+        self.noting_damage(self.load_runs())
+    }
+
+    fn load_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
+        self.noting_damage(self.load_definition_records())
     }
 
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
@@ -495,6 +789,50 @@ mod erased {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A WAL as SQLite leaves it when the process dies: several commits, nothing folded into the database.
+    fn wal_of_commits(name: &str) -> (PathBuf, Vec<u8>) {
+        let dir = std::env::temp_dir().join(format!("runstream-wal-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let conn = Connection::open(dir.join("db")).unwrap();
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true).unwrap();
+        conn.query_row("PRAGMA journal_mode = WAL", [], |_| Ok(())).unwrap();
+        conn.execute_batch("CREATE TABLE t (x BLOB)").unwrap();
+        for i in 0..5 {
+            conn.execute("INSERT INTO t VALUES (?1)", [vec![i as u8; 3000]]).unwrap();
+        }
+        drop(conn);
+        let wal = dir.join("db-wal");
+        let bytes = std::fs::read(&wal).unwrap();
+        (wal, bytes)
+    }
+
+    #[test]
+    fn a_damaged_wal_frame_is_found_unless_it_is_the_last() {
+        let (wal, bytes) = wal_of_commits("frames");
+        let frame = WAL_FRAME_HEADER + 4096;
+        let frames = (bytes.len() - WAL_HEADER) / frame;
+        assert!(frames >= 5, "{frames} frames");
+        assert_eq!(check_wal(&wal).unwrap(), None, "an intact WAL");
+
+        let mut torn = bytes.clone();
+        torn[WAL_HEADER + (frames - 1) * frame + WAL_FRAME_HEADER + 10] ^= 1;
+        std::fs::write(&wal, &torn).unwrap();
+        assert_eq!(check_wal(&wal).unwrap(), None, "a commit cut short by a crash is SQLite's to drop");
+
+        let mut damaged = bytes.clone();
+        damaged[WAL_HEADER + frame + WAL_FRAME_HEADER + 10] ^= 1;
+        std::fs::write(&wal, &damaged).unwrap();
+        let found = check_wal(&wal).unwrap().expect("damage in the middle is found");
+        assert!(found.starts_with(&format!("frame 2 of {frames} fails its checksum")), "{found}");
+
+        let mut header = bytes;
+        header[12] ^= 1;
+        std::fs::write(&wal, &header).unwrap();
+        assert!(check_wal(&wal).unwrap().expect("a bad header").contains("header fails its checksum"));
+        let _ = std::fs::remove_dir_all(wal.parent().unwrap());
+    }
 
     #[test]
     fn packed_events_unpack_to_themselves_and_damage_is_detected() {
