@@ -29,7 +29,7 @@ import time
 import grpc
 
 import runstream
-from checks import check, exit_with_summary
+from checks import check, exit_with_summary, stop
 
 HERE = pathlib.Path(__file__).resolve().parent
 AGENT = "forecaster-py"
@@ -187,11 +187,7 @@ def main():
         check_overflow(client)
         check("the worker is still running", worker.poll() is None, worker.returncode)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(10)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop(worker)
     exit_with_summary()
 
 

@@ -23,7 +23,7 @@ import tempfile
 import time
 
 import runstream
-from checks import check, exit_with_summary
+from checks import check, exit_with_summary, stop
 
 HERE = pathlib.Path(__file__).resolve().parent
 WORKFLOW = "squares-py"
@@ -146,11 +146,7 @@ def main():
         check("versions: a run started after gets version 2",
               new == {"sum": 5, "n": 3, "label": "after", "version": 2}, new)
     finally:
-        worker.terminate()
-        try:
-            worker.wait(10)
-        except subprocess.TimeoutExpired:
-            worker.kill()
+        stop(worker)
     exit_with_summary()
 
 
