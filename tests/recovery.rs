@@ -8,7 +8,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use common::{process::ServerProcess, *};
@@ -21,26 +21,34 @@ use serde_json::json;
 
 /// Names the data dir of a `crashing_server` process; unset, that "test" does nothing.
 const ROLE_ENV: &str = "RUNSTREAM_TEST_CRASHING_SERVER_DATA";
+/// While this file (in the data dir's parent) exists, the `crasher`'s step aborts the process when asked to.
+const ARMED: &str = "armed";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Not a test: the server the tests below start by re-running this binary with `ROLE_ENV` set. Its `crasher`
-/// workflow completes a first step, then its second step aborts the process when the input asks for it.
+/// workflow completes a first step; its second step aborts the process when the input asks for it and the data
+/// dir is armed (a file beside it), else waits (a long step). Arming after the run is stored makes the abort come
+/// only in a recovery, never before the run's first commit.
 #[test]
 #[ignore = "a server process for the tests of this file, which start it themselves"]
 fn crashing_server() {
     let Ok(data_dir) = std::env::var(ROLE_ENV) else { return };
+    let armed = armed_file(Path::new(&data_dir));
     let first = Step::new("prepare", |ctx| async move { Ok(StepOutcome::Done(ctx.input().clone())) });
-    let crash = Step::new("crash", |ctx| async move {
-        if ctx.input()["abort"] == json!(true) {
-            // What an out-of-memory abort or a crashing native library does to the process.
-            std::process::abort();
+    let crash = Step::new("crash", move |ctx| {
+        let armed = armed.clone();
+        async move {
+            if ctx.input()["abort"] == json!(true) && armed.exists() {
+                // What an out-of-memory abort or a crashing native library does to the process.
+                std::process::abort();
+            }
+            if ctx.input()["abort"] == json!(true) || ctx.input()["hold"] == json!(true) {
+                // A long step: in flight for as long as the test needs.
+                std::future::pending::<()>().await;
+            }
+            Ok(StepOutcome::Done(json!({ "survived": true })))
         }
-        if ctx.input()["hold"] == json!(true) {
-            // A long step: in flight for as long as the test needs.
-            std::future::pending::<()>().await;
-        }
-        Ok(StepOutcome::Done(json!({ "survived": true })))
     });
     let crasher = Workflow::builder("crasher").then(first).then(crash).commit();
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
@@ -65,6 +73,10 @@ fn crashing_server() {
     });
 }
 
+fn armed_file(data: &Path) -> PathBuf {
+    data.with_extension(ARMED)
+}
+
 fn server_command(data: &Path) -> Command {
     let mut command = Command::new(std::env::current_exe().expect("this test binary"));
     command.args(["crashing_server", "--exact", "--ignored", "--nocapture", "--test-threads=1"]).env(ROLE_ENV, data);
@@ -79,19 +91,6 @@ fn tmp(name: &str) -> PathBuf {
 
 fn serve(data: &Path, log: &str) -> ServerProcess {
     ServerProcess::spawn(server_command(data), tmp(log).with_extension("log"), START_TIMEOUT)
-}
-
-/// Waits for `server` to exit on its own (it aborts); returns whether it was killed by a signal (SIGABRT).
-fn exits_by_abort(server: &mut ServerProcess) -> bool {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(status) = server.child.try_wait().expect("try_wait") {
-            use std::os::unix::process::ExitStatusExt;
-            return status.signal() == Some(6);
-        }
-        assert!(Instant::now() < deadline, "the server did not abort\n{}", server.log_tail());
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 async fn start_run(addr: &str, run_id: &str, abort: bool) {
@@ -109,39 +108,47 @@ async fn start_run(addr: &str, run_id: &str, abort: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_whose_recovery_crashes_the_server_is_failed_at_the_next_start() {
     let data = tmp("loop-data");
-    // 1. The run aborts the server (not during a recovery: it is recovered at the next start).
+    let _ = std::fs::remove_file(armed_file(&data));
+    // 1. The run is stored and in its second step when the server is killed (not a recovery yet).
     let mut first = serve(&data, "loop-1");
+    let mut client = RunServiceClient::connect(format!("http://{}", first.addr)).await.expect("connect");
     start_run(&first.addr, "crashes", true).await;
-    assert!(exits_by_abort(&mut first), "the step aborted the server");
+    until_event(&mut client, "crashes", |e| matches!(e, Event::StepStart(s) if s.step_id == "crash")).await;
+    first.child.kill().expect("SIGKILL");
+    first.child.wait().expect("reaped");
 
-    // 2. Its recovery aborts the server again. Whether that happens before or after the listening line is a race,
-    // so this start is watched by its exit alone.
-    let log = std::fs::File::create(tmp("loop-2").with_extension("log")).expect("log");
-    let mut second = server_command(&data).stdout(Stdio::null()).stderr(log).spawn().expect("spawn");
-    let status = tokio::task::spawn_blocking(move || second.wait()).await.expect("join").expect("wait");
-    use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(6), "the recovery aborted the server again");
+    // 2. Armed, each recovery of the run aborts the server, MAX_RECOVERIES (3) times. Whether an abort comes before
+    // or after the listening line is a race, so these starts are watched by their exit alone.
+    std::fs::write(armed_file(&data), b"").expect("arm");
+    for attempt in 1..=3 {
+        let log = std::fs::File::create(tmp(&format!("loop-abort-{attempt}")).with_extension("log")).expect("log");
+        let mut server = server_command(&data).stdout(Stdio::null()).stderr(log).spawn().expect("spawn");
+        let status = tokio::task::spawn_blocking(move || server.wait()).await.expect("join").expect("wait");
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(6), "recovery {attempt} aborted the server");
+    }
 
-    // 3. Not recovered a second time: failed, with the reason, and the server serves.
+    // 3. Not recovered a fourth time: failed, with the reason, and the server serves.
     let third = serve(&data, "loop-3");
     let mut client = RunServiceClient::connect(format!("http://{}", third.addr)).await.expect("connect");
     let result = tokio::time::timeout(WAIT, get_result(&mut client, "crashes", true)).await.expect("in time");
     assert_eq!(status_of(&result), pb::RunStatus::Failed);
     let error = result.error.expect("an error");
     assert_eq!(error.name, "RecoveryFailed");
-    assert!(error.message.contains("recovering this run"), "{}", error.message);
+    assert!(error.message.contains("3 time(s) in a row while recovering this run"), "{}", error.message);
     let events = stream_run_log(&mut client, "crashes").await;
     assert_seqs(&events, 1, events.len() as u64);
-    let recovered = events.iter().filter(|e| matches!(e.event, Some(Event::RunRecovered(_)))).count();
-    // The recovery's run_recovered is logged only if it was committed before the abort (nobody saw it otherwise).
-    assert!(recovered <= 1, "recovered at most once, then failed: {recovered}");
     assert_eq!(finish_status(events.last().expect("events")), Some(pb::RunStatus::Failed));
+    // The first step completed before the crashes: its result is in the log and stays completed.
+    let prepared = events.iter().filter(|e| matches!(&e.event, Some(Event::StepResult(r)) if r.step_id == "prepare"));
+    assert_eq!(prepared.count(), 1);
 
     // Other runs are served as before.
     start_run(&third.addr, "fine", false).await;
     let fine = tokio::time::timeout(WAIT, get_result(&mut client, "fine", true)).await.expect("in time");
     assert_eq!(status_of(&fine), pb::RunStatus::Success);
     let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_file(armed_file(&data));
 }
 
 /// A clean stop while a recovered run is in flight does not count as a crash of its recovery: after SIGKILL, a

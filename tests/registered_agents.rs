@@ -144,7 +144,11 @@ async fn a_registered_agent_streams_a_tool_call_that_a_worker_runs() {
     assert_eq!(task.task_type, "weather-lookup");
     assert_eq!(task.input, json!({ "city": "Paris" }), "the task's input is the call's arguments");
     assert_eq!(task.step_id, "forecaster/get_weather");
-    assert_eq!(task.idempotency_key, format!("paris-1/forecaster/{}", call.tool_call_id), "run / step / call");
+    assert_eq!(
+        task.idempotency_key,
+        format!("paris-1/forecaster/1/{}", call.tool_call_id),
+        "run / step / model call / tool call"
+    );
 
     // The worker's writes, then its result, all of the same call; the model answers after.
     let after_call: Vec<&pb::RunEvent> =

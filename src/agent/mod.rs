@@ -191,11 +191,15 @@ pub struct ToolContext {
     pub cancel: CancellationToken,
     /// Where [`ToolContext::write`] sends output; `None` where nobody streams it.
     pub output: Option<tokio::sync::mpsc::UnboundedSender<Value>>,
-    /// The run the call belongs to, when the agent runs as a step of one (with `step_id`, what makes a call's key
-    /// unique: `run_id/step_id/tool_call_id`, e.g. an idempotency key for a side effect); `None` elsewhere.
+    /// The run the call belongs to, when the agent runs as a step of one; `None` elsewhere. With `step_id`,
+    /// `step_number` and `tool_call_id` it names the call: `run_id/step_id/step_number/tool_call_id`, an
+    /// idempotency key for a side effect that holds across a worker's redelivery and an approval's resume (a run
+    /// recovered after a crash asks the model again, which may call other tools, or the same with other ids).
     pub run_id: Option<Arc<str>>,
     /// The path of the agent's step in that run, with `/<index>` inside a foreach.
     pub step_id: Option<Arc<str>>,
+    /// Which of the agent's model calls made this tool call: 1 for the first (`AgentStepStart.step_number`).
+    pub step_number: u32,
     /// What the call was resumed with, after it suspended itself; see [`ToolContext::resume_data`].
     pub(crate) resume: Option<Value>,
 }
@@ -203,7 +207,7 @@ pub struct ToolContext {
 impl ToolContext {
     /// A context for one call (no output stream, no resume data), e.g. to call a [`Tool`] directly.
     pub fn new(agent_id: Arc<str>, tool_call_id: Arc<str>, cancel: CancellationToken) -> Self {
-        Self { agent_id, tool_call_id, cancel, output: None, run_id: None, step_id: None, resume: None }
+        Self { agent_id, tool_call_id, cancel, output: None, run_id: None, step_id: None, step_number: 0, resume: None }
     }
 
     /// Suspends the call, Mastra's `suspend(payload)`: `return Err(ctx.suspend(payload))`. The agent emits

@@ -308,6 +308,7 @@ where
                         resume: call.resume_data.clone(),
                         run_id: options.run_id.clone(),
                         step_id: options.step_id.clone(),
+                        step_number: st.steps,
                         ..ToolContext::new(Arc::clone(&agent.id), Arc::clone(&id), cancel.clone())
                     };
                     let run = tool.call(ctx, call.args.clone());

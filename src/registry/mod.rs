@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 use crate::{
     clock::Clock,
     engine::{ResumeRequest, RunKind, RunStatus, Workflow, WorkflowCatalog},
-    store::{LoadedRun, RecoveryMark, RunStore, StoreError, Write},
+    store::{LoadedRun, RecoveryMark, RunRecord, RunStore, StoreError, Write},
 };
 use definitions::Catalog;
 use persist::Persister;
@@ -162,7 +162,9 @@ impl RunRegistry {
             catalog.restore(compiler.as_deref(), record);
         }
         let mut loaded = store.load()?;
-        let failed_recoveries = mark_recoveries(store.as_ref(), &mut loaded)?;
+        // Only runs this server can serve: the others are kept in the store untouched (see below).
+        let servable = |record: &RunRecord| catalog.version(&record.workflow_id, record.workflow_version).is_some();
+        let failed_recoveries = mark_recoveries(store.as_ref(), &mut loaded, servable)?;
         let persister = Persister::start(store.clone())?;
         let mut runs = HashMap::new();
         let mut recover = Vec::new();
@@ -199,7 +201,7 @@ impl RunRegistry {
             );
             if let Some(reason) = failed_recoveries.get(restored.id().as_ref()) {
                 tracing::error!(run_id = %restored.id(), "{reason}");
-                restored.fail_unrecoverable(reason);
+                restored.fail_unrecoverable(reason, run.checkpoints);
             } else if matches!(status, RunStatus::Pending | RunStatus::Running | RunStatus::Waiting) {
                 recover.push((restored.clone(), run.checkpoints));
             }
@@ -437,19 +439,27 @@ impl RunRegistry {
 
 /// After this many recoveries in a row with no step completed in between, a run is failed at start instead of
 /// recovered again: its recovery was in progress each time the server went down, so it is likely what brings it
-/// down (a crash loop that would otherwise need the store edited by hand). A clean stop does not count.
-const MAX_RECOVERIES: u32 = 1;
+/// down (a crash loop that would otherwise need the store edited by hand). A clean stop does not count. More than
+/// one: every run in flight is being recovered when a poison run brings the server down, and a run that completes
+/// a step in between starts counting again, so the poison run reaches the limit first; one unrelated kill during a
+/// recovery fails nothing.
+const MAX_RECOVERIES: u32 = 3;
 
 /// Marks the in-flight runs of `loaded` as being recovered, in the store, before any of them runs (a crash during
 /// their recovery must find the mark), and returns the runs not to recover again, with the reason.
-fn mark_recoveries(store: &dyn RunStore, loaded: &mut [LoadedRun]) -> Result<HashMap<String, String>, StoreError> {
+fn mark_recoveries(
+    store: &dyn RunStore,
+    loaded: &mut [LoadedRun],
+    servable: impl Fn(&RunRecord) -> bool,
+) -> Result<HashMap<String, String>, StoreError> {
     let mut marks = Vec::new();
     let mut failed = HashMap::new();
     for run in loaded.iter_mut() {
-        let state = &mut run.record.state;
-        if !matches!(state.status, RunStatus::Pending | RunStatus::Running | RunStatus::Waiting) {
+        let in_flight = matches!(run.record.state.status, RunStatus::Pending | RunStatus::Running | RunStatus::Waiting);
+        if !in_flight || !servable(&run.record) {
             continue;
         }
+        let state = &mut run.record.state;
         // A step completed since the last recovery started: that recovery got somewhere.
         let progressed = |mark: &RecoveryMark| state.phase > mark.from_phase && !run.checkpoints.is_empty();
         let attempts = state.recovering.filter(|mark| !progressed(mark)).map_or(0, |mark| mark.attempts);

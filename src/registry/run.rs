@@ -459,9 +459,11 @@ impl Run {
 
     /// Fails a run loaded in flight instead of recovering it (its recovery kept bringing the server down): its log
     /// ends with a `workflow_finish` FAILED whose error says why.
-    pub(super) fn fail_unrecoverable(&self, reason: &str) {
+    /// The steps `checkpoints` recorded as completed stay completed in its final state, as a recovery would keep them.
+    pub(super) fn fail_unrecoverable(&self, reason: &str, checkpoints: Vec<StepCheckpoint>) {
         let mut state = self.lock_state();
-        let snapshot = std::mem::take(&mut state.snapshot);
+        let completed: Vec<(String, StepRecord)> = checkpoints.into_iter().map(|c| (c.path, c.record)).collect();
+        let snapshot = recovered_snapshot(&self.spec.workflow, std::mem::take(&mut state.snapshot), completed);
         let error = ErrorInfo::new("RecoveryFailed", reason);
         let outcome = PhaseOutcome { status: RunStatus::Failed, result: None, error: Some(error), snapshot };
         self.end_phase(state, outcome);

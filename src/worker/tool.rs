@@ -41,7 +41,9 @@ impl WorkerHub {
         let step_id = ctx.step_id.as_deref().unwrap_or_default();
         // Outside a run (a tool called directly) there is nothing to make the key unique with but a fresh id.
         let idempotency_key = match (&ctx.run_id, &ctx.step_id) {
-            (Some(run), Some(step)) => format!("{run}/{step}/{}", ctx.tool_call_id),
+            // Model-made call ids repeat across model calls (an OpenAI-compatible server may send none, then they are
+            // `call_<index>`): the model call's number keeps the key unique within the step.
+            (Some(run), Some(step)) => format!("{run}/{step}/{}/{}", ctx.step_number, ctx.tool_call_id),
             _ => format!("{}/{}", uuid::Uuid::now_v7(), ctx.tool_call_id),
         };
         let (task_id, mut events) = self.enqueue(

@@ -12,7 +12,7 @@ Checks:
   stream      seq gapless from 1; one toolCall get_weather {"city": "Paris"}; the worker's two writes as toolOutput
               of that call, in order, right after it, then its toolResult; the text answer uses the result; success
   task        the worker got one task: the call's arguments as input, step "<agent>/<tool>", key
-              "<run>/<agent step>/<tool call id>"
+              "<run>/<agent step>/<model call>/<tool call id>"
   overflow    a plain and an async task returning 10**400: the run fails (no hang) with a message saying which
               value is too large and where
 
@@ -148,8 +148,8 @@ def check_stream(client, events_file):
     if tasks:
         step = f"{AGENT}/get_weather"
         check("task: step <agent>/<tool>", tasks[0]["step"] == step, tasks[0])
-        check("task: key <run>/<agent step>/<tool call id>",
-              tasks[0]["key"] == f"{run_id}/{AGENT}/{call_id}", (tasks[0], call_id))
+        check("task: key <run>/<agent step>/<model call>/<tool call id>",
+              tasks[0]["key"] == f"{run_id}/{AGENT}/1/{call_id}", (tasks[0], call_id))
 
 
 def check_overflow(client):
