@@ -111,7 +111,9 @@ const START_DEADLINE: Duration = Duration::from_secs(300);
 pub async fn restart(sizes: &Sizes, program: Option<&Path>) -> Figures {
     let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-restart-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
-    let (template_dir, data_dir) = (root.join("template"), root.join("data"));
+    // Gigabytes at full size: removed however the scenario ends, a failed assertion included.
+    let root = RemovedOnDrop(root);
+    let (template_dir, data_dir) = (root.0.join("template"), root.0.join("data"));
 
     let mut template = Server::runstream_on(program, &template_dir);
     concurrent(&template, 2, 8, TEMPLATE_RUNS, |mut c| async move { chain_once(&mut c).await }).await;
@@ -138,7 +140,7 @@ pub async fn restart(sizes: &Sizes, program: Option<&Path>) -> Figures {
     let (mut server, unclean) = start(program, &data_dir, &first_id).await;
     let stop = server.terminate(Duration::from_secs(60));
     drop(server);
-    let _ = std::fs::remove_dir_all(&root);
+    drop(root);
 
     vec![
         ("restart.runs", sizes.restart_runs as f64),
@@ -155,6 +157,15 @@ pub async fn restart(sizes: &Sizes, program: Option<&Path>) -> Figures {
         ("restart.unclean_over_clean", unclean.ready_ms / clean.ready_ms),
         ("restart.stop_ms", stop.map(ms).unwrap_or(f64::NAN)),
     ]
+}
+
+/// A directory removed when this goes.
+struct RemovedOnDrop(PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn file_len(path: &Path) -> f64 {
