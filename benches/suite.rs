@@ -1,5 +1,5 @@
 //! runstream's benchmark suite: `cargo bench --bench suite -- [--quick] [--addr HOST:PORT] [--runs N]
-//! [--json PATH] [--only SCENARIO,...] [--server-bin PATH] [--python PATH]`.
+//! [--json PATH] [--only SCENARIO,...] [--server-bin PATH] [--python PATH] [--soak-runs N] [--restart-runs N]`.
 //!
 //! Starts `runstream serve` as its own process (a fresh one per scenario repetition, so memory figures are per
 //! scenario) unless `--addr` names a running server, drives it over real gRPC with the generated Rust client,
@@ -10,14 +10,17 @@
 //! Scenarios: raw, b (writer-flood), a (chain), c (batch-foreach), d (order-approval), e (10k concurrent runs),
 //! e-held (suspended runs held), f (fan-out), g (reconnect storm), latency, workers (remote steps through one
 //! Rust worker, then one Python SDK worker run by `--python PATH` or else the venv of scripts/test-deps.sh, skipped
-//! when neither imports the SDK; its server is this binary re-executed with `--workers-server`, also with `--addr`). See
-//! docs/performance.md. Each runs
+//! when neither imports the SDK; its server is this binary re-executed with `--workers-server`, also with `--addr`),
+//! soak (chain runs at a steady load, server RSS sampled as they go: does it plateau?), restart (a start on a store
+//! of many runs, always durable and always local: it starts its own servers). See docs/performance.md. Each runs
 //! against the in-memory store (`--store memory`); `NAME@durable` runs the same scenario against the default
 //! SQLite store on a fresh data dir, its figures keyed `durable.*`, with ratios to the in-memory figures of the
 //! same run.
 
 #[path = "suite/client.rs"]
 mod client;
+#[path = "suite/history.rs"]
+mod history;
 #[path = "suite/procs.rs"]
 mod procs;
 #[path = "suite/raw.rs"]
@@ -75,7 +78,7 @@ const ROWS: &[Row] = &[
         key: "e.bytes_per_suspended_run",
         label: "E held suspended runs: RSS per run",
         unit: "B",
-        goal: Goal::Under(2048.0),
+        goal: Goal::Under(1024.0),
     },
     Row { key: "e.suspend_runs_per_s", label: "E held suspended runs: started/s", unit: "runs/s", goal: Goal::Info },
     Row {
@@ -128,6 +131,17 @@ const ROWS: &[Row] = &[
         unit: "ms",
         goal: Goal::Info,
     },
+    Row { key: "soak.runs_per_s", label: "soak chain: runs/s", unit: "runs/s", goal: Goal::Info },
+    Row { key: "soak.rss_start_mb", label: "soak: server RSS at start", unit: "MB", goal: Goal::Info },
+    Row { key: "soak.rss_end_mb", label: "soak: server RSS at end", unit: "MB", goal: Goal::Info },
+    Row { key: "soak.peak_rss_mb", label: "soak: server peak RSS (sampled)", unit: "MB", goal: Goal::Info },
+    Row { key: "soak.bytes_per_run", label: "soak: RSS growth per run, whole soak", unit: "B", goal: Goal::Info },
+    Row {
+        key: "soak.bytes_per_run_last_half",
+        label: "soak: RSS slope per run, last half (plateau: ~0)",
+        unit: "B",
+        goal: Goal::Under(100.0),
+    },
     // The same scenarios in durable mode (SQLite, group commit): the goals still apply.
     Row { key: "durable.b.events_per_s", label: "durable B writer-flood: events/s", unit: "ev/s", goal: Goal::Info },
     Row { key: "durable.b.ratio_to_memory", label: "durable B ÷ in-memory B", unit: "×", goal: Goal::Info },
@@ -158,6 +172,74 @@ const ROWS: &[Row] = &[
     Row { key: "durable.g.lost", label: "durable G reconnect storm: lost", unit: "", goal: Goal::Zero },
     Row { key: "durable.g.duplicated", label: "durable G: duplicated", unit: "", goal: Goal::Zero },
     Row { key: "durable.latency.p99_ms", label: "durable latency under B: p99", unit: "ms", goal: Goal::Under(1.0) },
+    Row {
+        key: "durable.e.bytes_per_suspended_run",
+        label: "durable E held suspended runs: RSS per run",
+        unit: "B",
+        goal: Goal::Under(1024.0),
+    },
+    Row {
+        key: "durable.e.suspend_runs_per_s",
+        label: "durable E held suspended runs: started/s",
+        unit: "runs/s",
+        goal: Goal::Info,
+    },
+    Row { key: "durable.soak.runs_per_s", label: "durable soak chain: runs/s", unit: "runs/s", goal: Goal::Info },
+    Row { key: "durable.soak.rss_start_mb", label: "durable soak: server RSS at start", unit: "MB", goal: Goal::Info },
+    Row { key: "durable.soak.rss_end_mb", label: "durable soak: server RSS at end", unit: "MB", goal: Goal::Info },
+    Row {
+        key: "durable.soak.peak_rss_mb",
+        label: "durable soak: server peak RSS (sampled)",
+        unit: "MB",
+        goal: Goal::Info,
+    },
+    Row {
+        key: "durable.soak.bytes_per_run",
+        label: "durable soak: RSS growth per run, whole soak",
+        unit: "B",
+        goal: Goal::Info,
+    },
+    Row {
+        key: "durable.soak.bytes_per_run_last_half",
+        label: "durable soak: RSS slope per run, last half (plateau: ~0)",
+        unit: "B",
+        goal: Goal::Under(100.0),
+    },
+    // A start on a store of many runs (always durable).
+    Row { key: "restart.runs", label: "restart: runs in the store", unit: "runs", goal: Goal::Info },
+    Row { key: "restart.db_mb", label: "restart: store file size", unit: "MB", goal: Goal::Info },
+    Row {
+        key: "restart.clean_ready_ms",
+        label: "restart after a clean stop: time to SERVING",
+        unit: "ms",
+        goal: Goal::Under(1000.0),
+    },
+    Row {
+        key: "restart.clean_rss_mb",
+        label: "restart after a clean stop: RSS when ready",
+        unit: "MB",
+        goal: Goal::Info,
+    },
+    Row {
+        key: "restart.clean_get_run_ms",
+        label: "restart after a clean stop: GetRun of the oldest run",
+        unit: "ms",
+        goal: Goal::Info,
+    },
+    Row {
+        key: "restart.unclean_ready_ms",
+        label: "restart after SIGKILL: time to SERVING",
+        unit: "ms",
+        goal: Goal::Under(1000.0),
+    },
+    Row { key: "restart.unclean_rss_mb", label: "restart after SIGKILL: RSS when ready", unit: "MB", goal: Goal::Info },
+    Row {
+        key: "restart.unclean_over_clean",
+        label: "restart: after SIGKILL ÷ after a clean stop (quick_check)",
+        unit: "×",
+        goal: Goal::Info,
+    },
+    Row { key: "restart.stop_ms", label: "restart: clean stop (SIGTERM to exit)", unit: "ms", goal: Goal::Info },
 ];
 
 /// The scenarios, in run order. `raw` always runs on a local raw server process, even with `--addr`.
@@ -173,6 +255,7 @@ const SCENARIOS: &[&str] = &[
     "g",
     "latency",
     "workers",
+    "soak",
     "b@durable",
     "a@durable",
     "c@durable",
@@ -181,6 +264,9 @@ const SCENARIOS: &[&str] = &[
     "f@durable",
     "g@durable",
     "latency@durable",
+    "e-held@durable",
+    "soak@durable",
+    "restart",
 ];
 
 struct Options {
@@ -192,12 +278,15 @@ struct Options {
     server_bin: Option<PathBuf>,
     /// The Python for the workers scenario's Python worker (default: the repository's .venv).
     python: Option<PathBuf>,
+    /// Overrides the size's `soak_runs` / `restart_runs`.
+    soak_runs: Option<usize>,
+    restart_runs: Option<usize>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench suite -- [--quick] [--addr HOST:PORT] [--runs N] [--json PATH] \
-         [--only {}] [--server-bin PATH] [--python PATH]",
+         [--only {}] [--server-bin PATH] [--python PATH] [--soak-runs N] [--restart-runs N]",
         SCENARIOS.join(",")
     );
     std::process::exit(2)
@@ -212,6 +301,8 @@ fn parse_args() -> Options {
         only: None,
         server_bin: None,
         python: None,
+        soak_runs: None,
+        restart_runs: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -222,6 +313,12 @@ fn parse_args() -> Options {
             "--addr" => options.addr = Some(args.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| usage())),
             "--runs" => options.runs = args.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| usage()),
             "--server-bin" => options.server_bin = Some(args.next().map(PathBuf::from).unwrap_or_else(|| usage())),
+            "--soak-runs" => {
+                options.soak_runs = Some(args.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| usage()))
+            }
+            "--restart-runs" => {
+                options.restart_runs = Some(args.next().and_then(|a| a.parse().ok()).unwrap_or_else(|| usage()))
+            }
             "--python" => options.python = Some(args.next().map(PathBuf::from).unwrap_or_else(|| usage())),
             "--json" => options.json = args.next().map(PathBuf::from).unwrap_or_else(|| usage()),
             "--only" => {
@@ -249,7 +346,9 @@ fn main() {
         _ => {}
     }
     let options = parse_args();
-    let sizes = if options.quick { Sizes::quick() } else { Sizes::full() };
+    let mut sizes = if options.quick { Sizes::quick() } else { Sizes::full() };
+    sizes.soak_runs = options.soak_runs.unwrap_or(sizes.soak_runs);
+    sizes.restart_runs = options.restart_runs.unwrap_or(sizes.restart_runs);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let started = Instant::now();
     let report = runtime.block_on(run(&options, &sizes));
@@ -282,6 +381,7 @@ async fn run(options: &Options, sizes: &Sizes) -> Report {
             let server = match (name, options.addr) {
                 ("raw", _) => Server::raw(),
                 ("workers", _) => Server::workers(),
+                ("restart", _) => Server::none(),
                 (_, Some(addr)) => Server::external(addr),
                 _ if durable => Server::runstream_durable(options.server_bin.as_deref()),
                 _ => Server::runstream(options.server_bin.as_deref()),
@@ -301,6 +401,8 @@ async fn run(options: &Options, sizes: &Sizes) -> Report {
                 "g" => scenarios::reconnect_storm(&server, sizes).await,
                 "latency" => scenarios::latency(&server, sizes).await,
                 "workers" => workers::scenario(&server, sizes, options.python.as_deref()).await,
+                "soak" => history::soak(&server, sizes).await,
+                "restart" => history::restart(sizes, options.server_bin.as_deref()).await,
                 _ => unreachable!("scenario names are checked"),
             };
             // Durable figures get their own keys (leaked: a few dozen short strings per suite run).
@@ -455,7 +557,7 @@ fn print_and_save(options: &Options, sizes: &Sizes, report: &Report, seconds: f6
         );
     }
     if options.addr.is_some() {
-        println!("\n(--addr: the server's memory and CPU are not readable from here; raw ran locally)");
+        println!("\n(--addr: the server's memory and CPU are not readable from here; raw and restart ran locally)");
     }
 
     let doc = json!({

@@ -19,6 +19,11 @@ pub async fn channel(addr: SocketAddr) -> Channel {
     connect(endpoint(addr), addr).await
 }
 
+/// One HTTP/2 connection, or `None` if the server does not accept it (yet).
+pub async fn try_channel(addr: SocketAddr) -> Option<Channel> {
+    endpoint(addr).connect().await.ok()
+}
+
 /// A connection for a client that cancels streams mid-flight over and over (the reconnect storm). h2 resets every
 /// stream the client drops and counts each reset, plus one per DATA frame still arriving for a stream it has
 /// forgotten, as a "local error reset"; at 1,024 (hyper's default) the *client* library ends the connection with

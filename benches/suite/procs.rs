@@ -60,6 +60,48 @@ impl Server {
         server
     }
 
+    /// `runstream serve` in durable mode on `data_dir`, which is kept when the server goes (the `restart`
+    /// scenario starts several servers on one store). Returns when the server printed its listening line, that is
+    /// once it loaded its store and bound its port.
+    pub fn runstream_on(program: Option<&std::path::Path>, data_dir: &std::path::Path) -> Self {
+        let program = program.unwrap_or(std::path::Path::new(env!("CARGO_BIN_EXE_runstream")));
+        let mut command = Command::new(program);
+        command.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(data_dir).env("RUST_LOG", "warn");
+        offline_model(&mut command);
+        Self::spawn(command, "runstream (durable)")
+    }
+
+    /// No server: for scenarios that start their own (`restart`).
+    pub fn none() -> Self {
+        Self { addr: SocketAddr::from(([127, 0, 0, 1], 0)), child: None, data_dir: None }
+    }
+
+    /// Stops the server as an operator would (SIGTERM) and waits for it to exit; returns how long that took, or
+    /// `None` if it did not exit within `deadline` (it is then killed).
+    pub fn terminate(&mut self, deadline: Duration) -> Option<Duration> {
+        let child = self.child.as_mut()?;
+        let start = std::time::Instant::now();
+        let sent = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        assert!(sent.as_ref().is_ok_and(|s| s.success()), "cannot send SIGTERM to the server: {sent:?}");
+        while start.elapsed() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    /// Stops the server uncleanly (SIGKILL, as the OOM killer or a crash would) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// The raw tonic ceiling server: this very binary with `--raw-server`.
     pub fn raw() -> Self {
         let exe = std::env::current_exe().expect("the bench binary's own path");
@@ -92,7 +134,7 @@ impl Server {
 
     /// Current resident set size (VmRSS), in bytes.
     pub fn rss(&self) -> Option<f64> {
-        status_kb(self.pid()?, "VmRSS:").map(|kb| kb * 1024.0)
+        rss_of(self.pid()?)
     }
 
     /// User + system CPU time so far, in seconds.
@@ -118,6 +160,11 @@ impl Drop for Server {
             let _ = std::fs::remove_dir_all(dir);
         }
     }
+}
+
+/// The current resident set size (VmRSS) of process `pid`, in bytes.
+pub fn rss_of(pid: u32) -> Option<f64> {
+    status_kb(pid, "VmRSS:").map(|kb| kb * 1024.0)
 }
 
 fn status_kb(pid: u32, key: &str) -> Option<f64> {

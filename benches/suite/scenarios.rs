@@ -38,6 +38,12 @@ pub struct Sizes {
     pub storm_every: u64,
     pub worker_tasks: u64,
     pub worker_chain_runs: usize,
+    /// `soak`: chain runs in all, by `soak_callers` callers, RSS sampled every `soak_sample_ms`.
+    pub soak_runs: usize,
+    pub soak_callers: usize,
+    pub soak_sample_ms: u64,
+    /// `restart`: runs in the store the server restarts on.
+    pub restart_runs: usize,
 }
 
 impl Sizes {
@@ -58,6 +64,10 @@ impl Sizes {
             storm_every: 1_000,
             worker_tasks: 20_000,
             worker_chain_runs: 300,
+            soak_runs: 200_000,
+            soak_callers: 16,
+            soak_sample_ms: 1_000,
+            restart_runs: 1_000_000,
         }
     }
 
@@ -78,6 +88,11 @@ impl Sizes {
             storm_every: 1_000,
             worker_tasks: 2_000,
             worker_chain_runs: 30,
+            soak_runs: 5_000,
+            soak_callers: 16,
+            // A quick soak lasts seconds: sampled more often, so that its last half still has points to fit.
+            soak_sample_ms: 50,
+            restart_runs: 20_000,
         }
     }
 
@@ -90,11 +105,13 @@ impl Sizes {
             "suspended_runs": self.suspended_runs, "fanout_events": self.fanout_events,
             "observers": self.observers, "storm_events": self.storm_events, "storm_every": self.storm_every,
             "worker_tasks": self.worker_tasks, "worker_chain_runs": self.worker_chain_runs,
+            "soak_runs": self.soak_runs, "soak_callers": self.soak_callers, "soak_sample_ms": self.soak_sample_ms,
+            "restart_runs": self.restart_runs,
         })
     }
 }
 
-fn ms(d: Duration) -> f64 {
+pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
@@ -149,7 +166,7 @@ pub async fn writer_flood(server: &Server, sizes: &Sizes) -> Figures {
     vec![("b.events_per_s", rate), ("b.first_event_ms", first), ("b.headers_ms", headers)]
 }
 
-async fn chain_once(c: &mut Client) {
+pub async fn chain_once(c: &mut Client) {
     let stream = c.stream_run(stream_request("chain", json!({ "value": 1 }))).await.expect("StreamRun chain");
     let drained = drain(stream.into_inner()).await.expect("chain stream");
     expect_finish(&drained, pb::RunStatus::Success, "chain");
@@ -157,7 +174,7 @@ async fn chain_once(c: &mut Client) {
 }
 
 /// Runs `total` jobs on `callers` concurrent tasks spread over `connections` connections; returns the wall time.
-async fn concurrent<F, Fut>(server: &Server, connections: usize, callers: usize, total: usize, job: F) -> Duration
+pub async fn concurrent<F, Fut>(server: &Server, connections: usize, callers: usize, total: usize, job: F) -> Duration
 where
     F: Fn(Client) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
