@@ -416,11 +416,14 @@ impl Listening {
                 token.cancel();
             }
         });
+        let grace = config.shutdown_grace;
         let served =
             crate::grpc::serve::serve_with_workers(self.listener, registry.clone(), workers, config, token).await;
-        // Whatever runs appended while the server stopped is stored before the caller goes on (e.g. exits).
-        let flushed = tokio::task::spawn_blocking(move || registry.close()).await;
+        // Whatever runs appended while the server stopped is stored before the caller goes on (e.g. exits), unless
+        // the store refuses writes: then the stop still ends within its grace (what was not stored is recovered
+        // from what the store holds, as after a crash; no client saw it, as events are shown only once stored).
+        let flushed = tokio::task::spawn_blocking(move || registry.close(grace)).await;
         served?;
-        flushed.map_err(|e| ServeError::Flush(e.to_string()))
+        flushed.map(drop).map_err(|e| ServeError::Flush(e.to_string()))
     }
 }

@@ -288,7 +288,7 @@ impl server::run_service_server::RunService for RunService {
         )?;
         let (run, started) = self.registry.start(start)?;
         // Answer once the run is stored, so that an id StartRun returned survives a crash.
-        run.stored().await;
+        run.stored().await?;
         Ok(Response::new(pb::StartRunResponse {
             run_id: run.id().to_string(),
             created: started == Started::Created,
@@ -375,7 +375,7 @@ impl server::run_service_server::RunService for RunService {
             }
         }
         // Report only what a restart would find: the status and result are stored with the finish that announced them.
-        run.stored().await;
+        stored_or_durable(&run).await?;
         let result = convert::run_result(&run.view(), wait_expired, &fields);
         let size = prost::Message::encoded_len(&result);
         if size > self.config.max_response_bytes {
@@ -391,7 +391,7 @@ impl server::run_service_server::RunService for RunService {
 
     async fn get_run(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::RunInfo>, Status> {
         let run = self.registry.get(&request.get_ref().run_id)?;
-        run.stored().await;
+        stored_or_durable(&run).await?;
         Ok(Response::new(convert::run_info(&run.view())))
     }
 
@@ -432,7 +432,7 @@ impl server::run_service_server::RunService for RunService {
         request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
         let (run, canceled) = self.registry.cancel(&request.get_ref().run_id, self.config.cancel_settle).await?;
-        run.stored().await;
+        run.stored().await?;
         Ok(Response::new(pb::CancelRunResponse { run: Some(convert::run_info(&run.view())), canceled }))
     }
 
@@ -494,6 +494,15 @@ impl RunService {
             return Err(invalid_field("id", format!("required: the id of a registered {}", kind.as_str())));
         }
         Ok(self.registry.definition(kind, &request.id, request.version)?)
+    }
+}
+
+/// Waits until `run` is stored; while the store refuses writes, a run all of whose events are stored is shown as it
+/// is (reads of what is stored keep working), any other fails with UNAVAILABLE.
+async fn stored_or_durable(run: &crate::registry::Run) -> Result<(), RegistryError> {
+    match run.stored().await {
+        Err(_) if run.is_stored() => Ok(()),
+        other => other,
     }
 }
 

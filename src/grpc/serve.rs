@@ -10,7 +10,11 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::{
+    server::NamedService,
+    transport::{Server, server::TcpIncoming},
+};
+use tonic_health::ServingStatus;
 
 use super::{
     RunService, ServiceConfig,
@@ -73,6 +77,24 @@ pub async fn serve_with_workers(
 
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_serving::<RunServiceServer<RunService>>().await;
+    if let Some(mut store) = registry.watch_store() {
+        // NOT_SERVING while the store refuses writes, so load balancers send new work elsewhere; SERVING again once
+        // it takes them.
+        let reporter = health_reporter.clone();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let failing = store.borrow_and_update().is_some();
+                let status = if failing { ServingStatus::NotServing } else { ServingStatus::Serving };
+                reporter.set_service_status("", status).await;
+                reporter.set_service_status(<RunServiceServer<RunService> as NamedService>::NAME, status).await;
+                tokio::select! {
+                    changed = store.changed() => if changed.is_err() { return },
+                    () = stop.cancelled() => return,
+                }
+            }
+        });
+    }
 
     let grace = config.shutdown_grace;
     let run_service = RunServiceServer::new(RunService::new(registry, config.clone(), shutdown.clone()))

@@ -22,7 +22,7 @@ impl From<RegistryError> for Status {
                 }
             },
             RegistryError::CursorAhead { .. } | RegistryError::CursorExpired { .. } => Code::OutOfRange,
-            RegistryError::ShuttingDown => Code::Unavailable,
+            RegistryError::ShuttingDown | RegistryError::StoreUnavailable { .. } => Code::Unavailable,
             RegistryError::InvalidDefinition { missing: false, .. } => Code::InvalidArgument,
             RegistryError::InvalidDefinition { missing: true, .. }
             | RegistryError::DefinitionIdTaken { .. }

@@ -53,6 +53,14 @@ pub enum RegistryError {
     #[error("the server is shutting down; retry against another replica or after restart")]
     ShuttingDown,
 
+    /// The store refuses writes (disk full, a read-only file): what needs one fails at once instead of waiting.
+    #[error(
+        "the run store {store} refuses writes ({cause}); runs cannot be started, resumed or canceled until it takes \
+         writes again (free disk space or fix the file's permissions; the server carries on by itself); reads of \
+         stored runs still work"
+    )]
+    StoreUnavailable { store: String, cause: String },
+
     /// A definition that does not compile: the field at fault (`steps[2].foreach.node.step.task`) and why.
     /// `missing`: it refers to something the server does not have.
     #[error("{}: {reason}", if path.is_empty() { "definition".to_owned() } else { format!("definition.{path}") })]

@@ -280,26 +280,49 @@ impl RunRegistry {
 
     /// A clean stop: clears the recovery marks of the runs still in flight (a clean stop is not a crash their
     /// recovery caused), waits (blocking) until every change made so far is stored, then has the store fold in what
-    /// it keeps aside (SQLite's WAL), so that its file alone is a full copy.
-    pub fn close(&self) {
-        if self.persist.is_some() {
-            let runs: Vec<Arc<Run>> =
-                self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner()).values().cloned().collect();
-            for run in runs {
-                run.clear_recovery_mark();
-            }
+    /// it keeps aside (SQLite's WAL), so that its file alone is a full copy. Waits at most `limit` for the store (one
+    /// that refuses writes would hold the stop forever); returns whether everything was stored.
+    pub fn close(&self, limit: Duration) -> bool {
+        let Some(persister) = &self.persist else { return true };
+        let runs: Vec<Arc<Run>> =
+            self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner()).values().cloned().collect();
+        for run in runs {
+            run.clear_recovery_mark();
         }
-        self.flush();
+        if !persister.flush(limit) {
+            tracing::error!(
+                store = persister.describe(),
+                cause = persister.failing().unwrap_or_default(),
+                "stopping with writes the store did not take; runs in flight are recovered from what it holds"
+            );
+            return false;
+        }
         if let Some(Err(e)) = self.store.as_deref().map(RunStore::checkpoint) {
             tracing::warn!(error = %e, "stopped with the store's WAL not folded in; the next start reads it");
         }
+        true
     }
 
     /// Waits (blocking) until every change made so far is stored; at once without a store.
     pub fn flush(&self) {
         if let Some(persister) = &self.persist {
-            persister.flush();
+            persister.flush(Duration::MAX);
         }
+    }
+
+    /// Fails when the store refuses writes, naming it and the cause: for calls that need a write.
+    pub fn check_store(&self) -> Result<(), RegistryError> {
+        match self.persist.as_ref().and_then(|p| p.failing().map(|cause| (p, cause))) {
+            None => Ok(()),
+            Some((persister, cause)) => {
+                Err(RegistryError::StoreUnavailable { store: persister.describe().to_owned(), cause })
+            }
+        }
+    }
+
+    /// Follows whether the store refuses writes (the cause while it does); `None` without a store.
+    pub fn watch_store(&self) -> Option<tokio::sync::watch::Receiver<Option<String>>> {
+        self.persist.as_ref().map(|p| p.watch_failing())
     }
 
     /// The workflows runs can be started of, sorted by id, each with its version (0: built into the server; a
@@ -318,6 +341,7 @@ impl RunRegistry {
 
     /// Starts a run, or returns the existing run with the requested id (which is then not started again).
     pub fn start(&self, request: StartRequest) -> Result<(Arc<Run>, Started), RegistryError> {
+        self.check_store()?;
         let kind = request.kind;
         let catalog = self.catalog();
         let (workflow, version) =
@@ -399,6 +423,7 @@ impl RunRegistry {
     /// Resumes a suspended run; returns it and the seq after which the resumed phase's events appear.
     pub fn resume(&self, run_id: &str, request: ResumeRequest) -> Result<(Arc<Run>, u64), RegistryError> {
         let run = self.get(run_id)?;
+        self.check_store()?;
         let start_seq = run.resume(request)?;
         Ok((run, start_seq))
     }
@@ -407,6 +432,7 @@ impl RunRegistry {
     /// `settle` for a running run's executor to stop, so the caller usually sees the final status.
     pub async fn cancel(&self, run_id: &str, settle: Duration) -> Result<(Arc<Run>, bool), RegistryError> {
         let run = self.get(run_id)?;
+        self.check_store()?;
         let canceled = run.cancel();
         if canceled {
             run.wait_for(settle, RunStatus::is_terminal).await;

@@ -79,6 +79,9 @@ enum Op {
 pub struct Persister {
     tx: mpsc::Sender<Op>,
     describe: String,
+    /// Why the last commit failed, while the store refuses writes (disk full, file read-only); `None` once one
+    /// succeeds. Callers that need a write fail fast on it instead of waiting behind the retries.
+    failing: tokio::sync::watch::Receiver<Option<String>>,
 }
 
 impl std::fmt::Debug for Persister {
@@ -93,10 +96,30 @@ impl Persister {
     pub fn start(store: Arc<dyn RunStore>) -> Result<Arc<Self>, StoreError> {
         let (tx, rx) = mpsc::channel();
         let describe = store.describe();
-        thread::Builder::new().name("runstream-store".into()).spawn(move || write_loop(&*store, &rx)).map_err(|e| {
-            StoreError::Open { location: describe.clone(), reason: format!("cannot start its writer thread: {e}") }
-        })?;
-        Ok(Arc::new(Self { tx, describe }))
+        let (failing_tx, failing) = tokio::sync::watch::channel(None);
+        thread::Builder::new()
+            .name("runstream-store".into())
+            .spawn(move || write_loop(&*store, &rx, &failing_tx))
+            .map_err(|e| StoreError::Open {
+                location: describe.clone(),
+                reason: format!("cannot start its writer thread: {e}"),
+            })?;
+        Ok(Arc::new(Self { tx, describe, failing }))
+    }
+
+    /// What the store is (for messages).
+    pub fn describe(&self) -> &str {
+        &self.describe
+    }
+
+    /// Why the store refuses writes right now, if it does.
+    pub fn failing(&self) -> Option<String> {
+        self.failing.borrow().clone()
+    }
+
+    /// Follows [`failing`](Self::failing) as it changes (health).
+    pub fn watch_failing(&self) -> tokio::sync::watch::Receiver<Option<String>> {
+        self.failing.clone()
     }
 
     fn send(&self, op: Op) {
@@ -142,27 +165,38 @@ impl Persister {
         self.send(Op::Trim { run_id: Arc::clone(run_id), before_seq });
     }
 
-    /// Waits (blocking) until everything queued so far is committed.
-    pub fn flush(&self) {
+    /// Waits (blocking) until everything queued so far is committed, or `limit` has passed; returns whether it
+    /// was committed (a store that refuses writes would otherwise hold a shutdown forever).
+    pub fn flush(&self, limit: Duration) -> bool {
         let (done_tx, done_rx) = mpsc::sync_channel(1);
         self.send(Op::Flush(Box::new(move || {
             let _ = done_tx.send(());
         })));
-        let _ = done_rx.recv();
+        done_rx.recv_timeout(limit).is_ok()
     }
 
     /// Completes once everything queued so far is committed: events, and also the writes no event carries (a new
-    /// run's record, the state a resume starts), which is why this is not a wait on a log's durable seq.
-    pub async fn stored(&self) {
+    /// run's record, the state a resume starts), which is why this is not a wait on a log's durable seq. Fails with
+    /// the cause as soon as the store refuses writes (they stay queued, and are committed once it takes them).
+    pub async fn stored(&self) -> Result<(), String> {
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         self.send(Op::Flush(Box::new(move || {
             let _ = done_tx.send(());
         })));
-        let _ = done_rx.await;
+        let mut failing = self.failing.clone();
+        tokio::select! {
+            biased;
+            _ = done_rx => Ok(()),
+            refused = failing.wait_for(Option::is_some) => match refused {
+                Ok(cause) => Err(cause.clone().unwrap_or_default()),
+                // The writer thread is gone (process teardown): nothing more will be stored.
+                Err(_) => Err("the store's writer has stopped".to_owned()),
+            },
+        }
     }
 }
 
-fn write_loop(store: &dyn RunStore, rx: &mpsc::Receiver<Op>) {
+fn write_loop(store: &dyn RunStore, rx: &mpsc::Receiver<Op>, failing: &tokio::sync::watch::Sender<Option<String>>) {
     let mut logs: HashMap<Arc<str>, Arc<EventLog>> = HashMap::new();
     let mut writes: Vec<Write> = Vec::new();
     // Per run touched by the batch: the highest seq it commits.
@@ -206,7 +240,7 @@ fn write_loop(store: &dyn RunStore, rx: &mpsc::Receiver<Op>) {
                 next = rx.try_recv().ok();
             }
         }
-        commit_until_done(store, &writes);
+        commit_until_done(store, &writes, failing);
         writes.clear();
         for (run_id, seq) in durable.drain() {
             if let Some(log) = logs.get(&run_id) {
@@ -242,16 +276,24 @@ fn push_events(
     }
 }
 
-/// Commits `writes`, retrying with a growing pause until the store takes them (events must not be dropped).
-fn commit_until_done(store: &dyn RunStore, writes: &[Write]) {
+/// Commits `writes`, retrying with a growing pause until the store takes them (events must not be dropped). While
+/// it refuses them, `failing` says why.
+fn commit_until_done(store: &dyn RunStore, writes: &[Write], failing: &tokio::sync::watch::Sender<Option<String>>) {
     if writes.is_empty() {
         return;
     }
     let mut pause = Duration::from_millis(50);
     loop {
         match store.commit(writes) {
-            Ok(()) => return,
+            Ok(()) => {
+                if failing.borrow().is_some() {
+                    tracing::info!("the store takes writes again");
+                    failing.send_replace(None);
+                }
+                return;
+            }
             Err(e) => {
+                failing.send_replace(Some(e.to_string()));
                 error!(error = %e, retry_in_ms = pause.as_millis() as u64, "cannot store {} writes; retrying", writes.len());
                 thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_secs(5));

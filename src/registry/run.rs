@@ -237,11 +237,20 @@ impl Run {
 
     /// Waits until everything this run has done so far is stored (at once without a store): its record, its
     /// events, and the state they announce. RPCs that report a status or result call this first, so that nothing
-    /// they tell a client is undone by a crash.
-    pub async fn stored(&self) {
-        if let Some(persister) = &self.persist {
-            persister.stored().await;
-        }
+    /// they tell a client is undone by a crash. Fails at once, naming the store and the cause, while the store
+    /// refuses writes.
+    pub async fn stored(&self) -> Result<(), RegistryError> {
+        let Some(persister) = &self.persist else { return Ok(()) };
+        persister
+            .stored()
+            .await
+            .map_err(|cause| RegistryError::StoreUnavailable { store: persister.describe().to_owned(), cause })
+    }
+
+    /// Whether every event this run appended is stored: then what it shows is what a restart would find, even
+    /// while the store refuses other writes (its finish carries its final state).
+    pub fn is_stored(&self) -> bool {
+        self.log.last_seq() == self.log.appended_seq()
     }
 
     /// A reader of this run's events after `after_seq`.

@@ -269,7 +269,11 @@ async fn a_status_is_reported_only_once_it_is_stored() {
         .is_err()
     );
     store.set_open(true);
-    tokio::time::timeout(Duration::from_secs(10), stored).await.expect("stored after the commit").unwrap();
+    tokio::time::timeout(Duration::from_secs(10), stored)
+        .await
+        .expect("stored after the commit")
+        .expect("join")
+        .expect("stored");
     assert_eq!(store.load().unwrap()[0].record.state.status, RunStatus::Success);
 }
 
@@ -298,7 +302,7 @@ async fn a_stored_run_this_build_cannot_serve_keeps_its_id() {
     }
     let timer = start(&second, "timer", "t1", json!({ "ms": 1 }));
     assert!(timer.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await);
-    timer.stored().await;
+    timer.stored().await.expect("stored");
     let ids: Vec<String> = store.load().unwrap().into_iter().map(|r| r.record.run_id).collect();
     assert_eq!(ids, ["c1", "t1"]);
 }
@@ -385,8 +389,8 @@ async fn registered_definitions_are_versioned_stored_and_runs_keep_their_version
         Err(RegistryError::DefinitionNotFound { latest: Some(2), .. })
     ));
     assert!(matches!(first.definition(RunKind::Agent, "mine", 0), Err(RegistryError::DefinitionNotFound { .. })));
-    held.stored().await;
-    newer.stored().await;
+    held.stored().await.expect("stored");
+    newer.stored().await.expect("stored");
     first.flush();
 
     // Reopened: the definitions and each run's version are back, and versions number on.
