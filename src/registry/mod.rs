@@ -169,7 +169,8 @@ impl RunRegistry {
         let mut runs = HashMap::new();
         let mut recover = Vec::new();
         let mut unserved = HashMap::new();
-        let mut order = 0;
+        // New runs are numbered after every stored one, served here or not.
+        let next_order = store.max_order()?.saturating_add(1);
         for run in loaded {
             let record = run.record;
             let Some(workflow) = catalog.version(&record.workflow_id, record.workflow_version) else {
@@ -178,7 +179,6 @@ impl RunRegistry {
                 unserved.insert(record.run_id, record.workflow_id);
                 continue;
             };
-            order += 1;
             let spec = RunSpec {
                 run_id: record.run_id.as_str().into(),
                 workflow,
@@ -192,7 +192,7 @@ impl RunRegistry {
             let restored = Run::restore(
                 spec,
                 record.created_at,
-                order,
+                record.created_order,
                 record.state,
                 run.events,
                 clock.clone(),
@@ -219,7 +219,7 @@ impl RunRegistry {
             store: Some(store),
             registering: Mutex::new(()),
             runs: RwLock::new(runs),
-            next_order: AtomicU64::new(order + 1),
+            next_order: AtomicU64::new(next_order),
             clock,
             encoder,
             persist: Some(persister),

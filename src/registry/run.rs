@@ -284,6 +284,7 @@ impl Run {
                     request_context: (*self.spec.request_context).clone(),
                     resource_id: self.spec.resource_id.clone(),
                     created_at: self.created_at,
+                    created_order: self.created_order,
                     state: state.clone(),
                 };
                 persister.create(record, self.log.clone());

@@ -6,7 +6,10 @@ use std::{
     sync::{Mutex, MutexGuard},
 };
 
-use super::{DefinitionRecord, LoadedRun, RunRecord, RunStore, StepCheckpoint, StoreError, StoredEvent, Write};
+use super::{
+    DefinitionRecord, LoadedRun, RunQuery, RunRecord, RunStore, StepCheckpoint, StoreError, StoredEvent, Write,
+    is_active,
+};
 
 /// A [`RunStore`] in memory: runs outlive a registry (a new one opened on the same store sees them), not the
 /// process.
@@ -18,7 +21,7 @@ pub struct MemoryStore {
 
 #[derive(Debug)]
 struct Stored {
-    /// Insertion order, for `load`'s oldest-first.
+    /// Insertion order: orders runs of the same creation order (as SQLite's rowid does).
     order: u64,
     record: RunRecord,
     events: Vec<StoredEvent>,
@@ -37,27 +40,62 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// The runs whose record passes `keep`, oldest first.
+    fn load_where(&self, keep: impl Fn(&RunRecord) -> bool) -> Vec<LoadedRun> {
+        let runs = self.lock();
+        let mut matching: Vec<&Stored> = runs.values().filter(|s| keep(&s.record)).collect();
+        matching.sort_by_key(|s| s.key());
+        matching.into_iter().map(Stored::loaded).collect()
+    }
+}
+
+impl Stored {
+    /// Oldest first: by creation order, then as stored.
+    fn key(&self) -> (u64, u64) {
+        (self.record.created_order, self.order)
+    }
+
+    /// The run as `load` gives it: checkpoints of its current phase only.
+    fn loaded(&self) -> LoadedRun {
+        let phase = self.record.state.phase;
+        LoadedRun {
+            record: self.record.clone(),
+            events: self.events.clone(),
+            checkpoints: self.checkpoints.iter().filter(|c| c.phase == phase).cloned().collect(),
+        }
+    }
+}
+
 impl RunStore for MemoryStore {
     fn describe(&self) -> String {
         "memory".to_owned()
     }
 
     fn load(&self) -> Result<Vec<LoadedRun>, StoreError> {
+        Ok(self.load_where(|_| true))
+    }
+
+    fn load_active(&self) -> Result<Vec<LoadedRun>, StoreError> {
+        Ok(self.load_where(|record| is_active(record.state.status)))
+    }
+
+    fn load_run(&self, run_id: &str) -> Result<Option<LoadedRun>, StoreError> {
+        Ok(self.lock().get(run_id).map(Stored::loaded))
+    }
+
+    fn list_runs(&self, query: &RunQuery, before_order: u64, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
         let runs = self.lock();
-        let mut loaded: Vec<(u64, LoadedRun)> = runs
+        let mut matching: Vec<&Stored> = runs
             .values()
-            .map(|stored| {
-                let phase = stored.record.state.phase;
-                let run = LoadedRun {
-                    record: stored.record.clone(),
-                    events: stored.events.clone(),
-                    checkpoints: stored.checkpoints.iter().filter(|c| c.phase == phase).cloned().collect(),
-                };
-                (stored.order, run)
-            })
+            .filter(|s| (before_order == 0 || s.record.created_order < before_order) && query.matches(&s.record))
             .collect();
-        loaded.sort_by_key(|(order, _)| *order);
-        Ok(loaded.into_iter().map(|(_, run)| run).collect())
+        matching.sort_by_key(|s| std::cmp::Reverse(s.key()));
+        Ok(matching.into_iter().take(limit).map(|s| s.record.clone()).collect())
+    }
+
+    fn max_order(&self) -> Result<u64, StoreError> {
+        Ok(self.lock().values().map(|s| s.record.created_order).max().unwrap_or(0))
     }
 
     fn load_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError> {

@@ -1,7 +1,7 @@
 //! Where runs outlive the process: the storage trait under the run registry, and its implementations.
 //!
-//! - [`RunStore`]: what the registry needs of storage, and nothing more: load everything at start, commit a batch
-//!   of writes atomically, read a run's events back. It knows runs, encoded events and step checkpoints, not gRPC
+//! - [`RunStore`]: what the registry needs of storage, and nothing more: load what must run at start, load or list
+//!   other runs when asked (issue 12: lazy runs), commit a batch of writes atomically. It knows runs, encoded events and step checkpoints, not gRPC
 //!   and not the engine's graph.
 //! - [`SqliteStore`]: the embedded default, one SQLite file under `--data-dir`.
 //! - [`MemoryStore`]: the same contract in memory (tests, and embedding runstream where a restart need not keep
@@ -48,8 +48,36 @@ pub struct RunRecord {
     pub resource_id: String,
     /// When it was started.
     pub created_at: SystemTime,
+    /// The registry's creation order (1, 2, ...: later runs have higher ones), stored so that ListRuns page tokens
+    /// mean the same for runs in memory and runs only in the store, across restarts (issue 12: lazy runs).
+    pub created_order: u64,
     /// Its state as of its last recorded change.
     pub state: StateRecord,
+}
+
+/// Which runs [`RunStore::list_runs`] returns: each filter set must match (ANDed); `None` matches any.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunQuery {
+    /// Runs of this workflow (or agent, network).
+    pub workflow_id: Option<String>,
+    /// Runs whose stored state has this status.
+    pub status: Option<RunStatus>,
+    /// Runs of this owner.
+    pub resource_id: Option<String>,
+}
+
+impl RunQuery {
+    /// Whether `record` matches.
+    pub fn matches(&self, record: &RunRecord) -> bool {
+        self.workflow_id.as_deref().is_none_or(|id| record.workflow_id == id)
+            && self.status.is_none_or(|status| record.state.status == status)
+            && self.resource_id.as_deref().is_none_or(|id| record.resource_id == id)
+    }
+}
+
+/// Whether a run in `status` is in flight: a restart must recover it (see [`RunStore::load_active`]).
+pub fn is_active(status: RunStatus) -> bool {
+    matches!(status, RunStatus::Pending | RunStatus::Running | RunStatus::Waiting)
 }
 
 /// The mutable part of a run, written whole at each change of status (start, suspension, resume, end).
@@ -167,7 +195,7 @@ pub enum Write {
     },
 }
 
-/// A run as loaded at start: its record, its whole stored log, and the checkpoints of its current phase.
+/// A run as loaded (at start, or on demand): its record, its whole stored log, and the checkpoints of its current phase.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadedRun {
     /// The run's record, with its last state.
@@ -184,8 +212,45 @@ pub trait RunStore: Send + Sync + 'static {
     /// What and where this store is, for logs and errors (e.g. `sqlite ./data/runstream.db`).
     fn describe(&self) -> String;
 
-    /// Every stored run, oldest first, with its events and the checkpoints of its current phase.
+    /// Every stored run, oldest first (by creation order), with its events and the checkpoints of its current
+    /// phase.
     fn load(&self) -> Result<Vec<LoadedRun>, StoreError>;
+
+    /// The runs a start must recover (pending, running or waiting), oldest first, as [`load`](Self::load) gives
+    /// them. Why (issue 12): a start loads only what must run and serves every other run lazily, so that start
+    /// time and memory do not grow with history. The default filters `load`; stores worth being lazy override it.
+    fn load_active(&self) -> Result<Vec<LoadedRun>, StoreError> {
+        let mut runs = self.load()?;
+        runs.retain(|run| is_active(run.record.state.status));
+        Ok(runs)
+    }
+
+    /// One run as [`load`](Self::load) gives it, `None` if none is stored under `run_id`. Why (issue 12): a run not
+    /// in memory is loaded when a client asks for it. The default searches `load`.
+    fn load_run(&self, run_id: &str) -> Result<Option<LoadedRun>, StoreError> {
+        Ok(self.load()?.into_iter().find(|run| run.record.run_id == run_id))
+    }
+
+    /// The records (no events, no checkpoints) of runs matching `query`, newest first by creation order, only
+    /// those created before `before_order` (0: from the newest), at most `limit`. Why (issue 12): ListRuns pages
+    /// through stored runs without loading them. The default filters `load`.
+    fn list_runs(&self, query: &RunQuery, before_order: u64, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let mut records: Vec<RunRecord> = self
+            .load()?
+            .into_iter()
+            .map(|run| run.record)
+            .filter(|record| (before_order == 0 || record.created_order < before_order) && query.matches(record))
+            .collect();
+        records.sort_by_key(|record| std::cmp::Reverse(record.created_order));
+        records.truncate(limit);
+        Ok(records)
+    }
+
+    /// The highest creation order stored (0 when there is no run). Why (issue 12): a start that loads only active
+    /// runs still numbers new runs after every stored one. The default reads `load`.
+    fn max_order(&self) -> Result<u64, StoreError> {
+        Ok(self.load()?.iter().map(|run| run.record.created_order).max().unwrap_or(0))
+    }
 
     /// Every registered definition version, in the order they were registered (a definition may nest one
     /// registered before it).

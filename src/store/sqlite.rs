@@ -17,7 +17,9 @@
 //!   empty: an empty file there was truncated). After an unclean stop (a non-empty WAL at open) the database is
 //!   also read whole by `PRAGMA quick_check`; a clean restart skips that scan, which grows with the store.
 //!
-//! Times are stored as JSON inside the state record; run creation time also as milliseconds for ordering.
+//! Times are stored as JSON inside the state record; run creation time also as milliseconds. The registry's
+//! creation order and the run's status (the one in its state) have columns of their own, indexed, so that a start
+//! reads only in-flight runs and other runs are read or listed one page at a time (issue 12: lazy runs).
 //!
 //! Events are stored packed: one row per run per commit (`events`: the run, the first and last seq it holds, and
 //! the events one after the other in `data`), not one row per event. A profile of a flood showed the writer
@@ -38,7 +40,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, config::DbConfig, param
 use serde_json::Value;
 
 use super::{
-    DefinitionRecord, LoadedRun, RunRecord, RunStore, StateRecord, StepCheckpoint, StoreError, StoredEvent, Write,
+    DefinitionRecord, LoadedRun, RunQuery, RunRecord, RunStore, StateRecord, StepCheckpoint, StoreError, StoredEvent,
+    Write,
 };
 use crate::engine::{RunStatus, StepRecord};
 
@@ -46,7 +49,7 @@ use crate::engine::{RunStatus, StepRecord};
 pub const FILE_NAME: &str = "runstream.db";
 
 /// Bumped when the tables change; a store of another version is refused, not migrated silently.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,7 +62,9 @@ CREATE TABLE IF NOT EXISTS runs (
     resource_id TEXT NOT NULL,
     created_at_ms INTEGER NOT NULL,
     state TEXT NOT NULL,
-    events_from INTEGER NOT NULL DEFAULT 1
+    events_from INTEGER NOT NULL DEFAULT 1,
+    created_order INTEGER,
+    status TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL,
@@ -91,6 +96,29 @@ const MIGRATE_2_TO_3: &str = "
 ALTER TABLE runs ADD COLUMN workflow_version INTEGER NOT NULL DEFAULT 0;
 UPDATE meta SET value = '3' WHERE key = 'schema_version';
 ";
+
+/// Brings a store of schema version 3 to 4 (issue 12: lazy runs): runs keep the registry's creation order (the
+/// rowid order is the order they were created in) and their status beside the state that holds it, each indexed,
+/// so that a start reads only in-flight runs and ListRuns pages through stored runs, newest first, without
+/// reading every state. `RunStatus` serializes as its variant name (`"Running"`), which `status` holds.
+const MIGRATE_3_TO_4: &str = "
+ALTER TABLE runs ADD COLUMN created_order INTEGER;
+ALTER TABLE runs ADD COLUMN status TEXT;
+UPDATE runs SET created_order = rowid, status = json_extract(state, '$.status');
+UPDATE meta SET value = '4' WHERE key = 'schema_version';
+";
+
+/// Newest-first listing by creation order (SQLite walks an index backwards), and the in-flight lookup by status
+/// (its runs oldest first; a status filter of ListRuns newest first). Created by the migration to 4 and with a
+/// new store.
+const INDEXES: &str = "
+CREATE INDEX IF NOT EXISTS runs_by_order ON runs (created_order);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, created_order);
+";
+
+/// The columns a [`RunRecord`] is read from, in the order [`SqliteStore::read_records`] reads them.
+const RECORD_COLUMNS: &str = "run_id, workflow_id, input, request_context, resource_id, created_at_ms, state, \
+                              events_from, workflow_version, created_order";
 
 /// How hard a commit is pushed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -388,8 +416,12 @@ fn prepare(conn: &Connection, location: &str, sync: Sync, unclean: bool) -> Resu
         }
         Some(v) if v == SCHEMA_VERSION.to_string() => {}
         Some(v) if v == "2" => {
-            conn.execute_batch(&format!("BEGIN;{MIGRATE_2_TO_3}COMMIT;")).map_err(corrupt)?;
-            tracing::info!(store = %location, "migrated the store from schema version 2 to 3");
+            conn.execute_batch(&format!("BEGIN;{MIGRATE_2_TO_3}{MIGRATE_3_TO_4}{INDEXES}COMMIT;")).map_err(corrupt)?;
+            tracing::info!(store = %location, "migrated the store from schema version 2 to 4");
+        }
+        Some(v) if v == "3" => {
+            conn.execute_batch(&format!("BEGIN;{MIGRATE_3_TO_4}{INDEXES}COMMIT;")).map_err(corrupt)?;
+            tracing::info!(store = %location, "migrated the store from schema version 3 to 4");
         }
         Some(v) => {
             return Err(StoreError::Open {
@@ -401,6 +433,8 @@ fn prepare(conn: &Connection, location: &str, sync: Sync, unclean: bool) -> Resu
             });
         }
     }
+    // A new store's (a migrated one has them already).
+    conn.execute_batch(INDEXES).map_err(corrupt)?;
     Ok(())
 }
 
@@ -458,6 +492,16 @@ fn exec(tx: &rusqlite::Transaction<'_>, sql: &str, params: impl rusqlite::Params
 
 fn seq_i64(seq: u64) -> i64 {
     i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// A status as the `status` column holds it: as serde writes it in the state JSON (the migration to schema 4
+/// extracts it from there), i.e. the variant's name.
+fn status_text(status: RunStatus) -> String {
+    match serde_json::to_value(status) {
+        Ok(Value::String(text)) => text,
+        // Unreachable for a fieldless enum; the name is what serde would have written.
+        _ => format!("{status:?}"),
+    }
 }
 
 /// A finish status as stored in a packed event (0 is "not a finish"). These numbers are on disk: never change
@@ -528,18 +572,17 @@ impl SqliteStore {
         result
     }
 
-    fn load_runs(&self) -> Result<Vec<LoadedRun>, StoreError> {
-        let conn = self.lock();
+    /// The records of `SELECT {RECORD_COLUMNS} FROM runs {tail}`, each with the seq its kept events start from.
+    fn read_records(
+        &self,
+        conn: &Connection,
+        tail: &str,
+        params: &[&dyn rusqlite::ToSql],
+    ) -> Result<Vec<(RunRecord, u64)>, StoreError> {
         let err = |e: rusqlite::Error| self.classify(e);
-        let mut runs_stmt = conn
-            .prepare(
-                // rowid: insertion order, i.e. creation order.
-                "SELECT run_id, workflow_id, input, request_context, resource_id, created_at_ms, state, events_from, \
-                 workflow_version FROM runs ORDER BY rowid",
-            )
-            .map_err(err)?;
-        let rows = runs_stmt
-            .query_map([], |row| {
+        let mut stmt = conn.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM runs {tail}")).map_err(err)?;
+        let rows = stmt
+            .query_map(params, |row| {
                 Ok((
                     row.get::<_, String>(0)?,
                     row.get::<_, String>(1)?,
@@ -550,30 +593,65 @@ impl SqliteStore {
                     row.get::<_, String>(6)?,
                     row.get::<_, i64>(7)?,
                     row.get::<_, i64>(8)?,
+                    row.get::<_, Option<i64>>(9)?,
                 ))
             })
             .map_err(err)?;
-        let mut events_stmt = conn
-            .prepare("SELECT first_seq, last_seq, data FROM events WHERE run_id = ?1 ORDER BY first_seq")
-            .map_err(err)?;
-        let mut steps_stmt = conn
-            .prepare("SELECT path, record FROM steps WHERE run_id = ?1 AND phase = ?2 ORDER BY path")
-            .map_err(err)?;
-        let mut loaded = Vec::new();
-        for row in rows {
-            let (run_id, workflow_id, input, request_context, resource_id, created_ms, state, events_from, version) =
-                row.map_err(err)?;
+        rows.map(|row| {
+            let (
+                run_id,
+                workflow_id,
+                input,
+                request_context,
+                resource_id,
+                created_ms,
+                state,
+                events_from,
+                version,
+                order,
+            ) = row.map_err(err)?;
             let workflow_version = u32::try_from(version)
                 .map_err(|_| self.corrupt(format!("run '{run_id}': its workflow version {version} is out of range")))?;
+            let created_order = u64::try_from(order.unwrap_or(0))
+                .map_err(|_| self.corrupt(format!("run '{run_id}': its creation order {order:?} is out of range")))?;
             let bad = |what: &str, e: serde_json::Error| self.corrupt(format!("run '{run_id}': its {what}: {e}"));
             let input: Value = serde_json::from_str(&input).map_err(|e| bad("input", e))?;
             let request_context = serde_json::from_str(&request_context).map_err(|e| bad("request context", e))?;
             let state: StateRecord = serde_json::from_str(&state).map_err(|e| bad("state", e))?;
-            let created_at = time_of_millis(created_ms);
-            let events_from = u64::try_from(events_from).unwrap_or(1);
+            let record = RunRecord {
+                run_id,
+                workflow_id,
+                workflow_version,
+                input,
+                request_context,
+                resource_id,
+                created_at: time_of_millis(created_ms),
+                created_order,
+                state,
+            };
+            Ok((record, u64::try_from(events_from).unwrap_or(1)))
+        })
+        .collect()
+    }
+
+    /// The runs `tail` selects (see [`Self::read_records`]), each with its kept events and the checkpoints of its
+    /// current phase.
+    fn read_runs(&self, tail: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<LoadedRun>, StoreError> {
+        let conn = self.lock();
+        let err = |e: rusqlite::Error| self.classify(e);
+        let records = self.read_records(&conn, tail, params)?;
+        let mut events_stmt = conn
+            .prepare_cached("SELECT first_seq, last_seq, data FROM events WHERE run_id = ?1 ORDER BY first_seq")
+            .map_err(err)?;
+        let mut steps_stmt = conn
+            .prepare_cached("SELECT path, record FROM steps WHERE run_id = ?1 AND phase = ?2 ORDER BY path")
+            .map_err(err)?;
+        let mut loaded = Vec::with_capacity(records.len());
+        for (record, events_from) in records {
+            let run_id = &record.run_id;
             let mut events = Vec::new();
             let rows = events_stmt
-                .query_map([&run_id], |row| {
+                .query_map([run_id], |row| {
                     Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, Vec<u8>>(2)?))
                 })
                 .map_err(err)?;
@@ -592,30 +670,45 @@ impl SqliteStore {
                     self.corrupt(format!("run '{run_id}': its log jumps from seq {} to {}", gap[0].seq, gap[1].seq))
                 );
             }
+            let phase = record.state.phase;
             let checkpoints = steps_stmt
-                .query_map(params![&run_id, state.phase], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
-                })
+                .query_map(params![run_id, phase], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
                 .map_err(err)?
                 .map(|row| {
-                    let (path, record) = row.map_err(err)?;
-                    let record: StepRecord = serde_json::from_str(&record).map_err(|e| bad("step record", e))?;
-                    Ok(StepCheckpoint { phase: state.phase, path, record })
+                    let (path, step) = row.map_err(err)?;
+                    let step: StepRecord = serde_json::from_str(&step)
+                        .map_err(|e| self.corrupt(format!("run '{run_id}': its step record: {e}")))?;
+                    Ok(StepCheckpoint { phase, path, record: step })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            let record = RunRecord {
-                run_id,
-                workflow_id,
-                workflow_version,
-                input,
-                request_context,
-                resource_id,
-                created_at,
-                state,
-            };
             loaded.push(LoadedRun { record, events, checkpoints });
         }
         Ok(loaded)
+    }
+
+    /// [`RunStore::list_runs`]: the filters set become conditions, so that SQLite can use an index for them.
+    fn list_records(&self, query: &RunQuery, before_order: u64, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let status = query.status.map(status_text);
+        let before = seq_i64(before_order);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut tail = String::from("WHERE 1");
+        let mut params: Vec<&dyn rusqlite::ToSql> = Vec::new();
+        let conditions: [(&str, Option<&dyn rusqlite::ToSql>); 4] = [
+            (" AND workflow_id = ?", query.workflow_id.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+            (" AND status = ?", status.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+            (" AND resource_id = ?", query.resource_id.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
+            (" AND created_order < ?", (before_order != 0).then_some(&before as &dyn rusqlite::ToSql)),
+        ];
+        for (condition, value) in conditions {
+            if let Some(value) = value {
+                tail.push_str(condition);
+                params.push(value);
+            }
+        }
+        tail.push_str(" ORDER BY created_order DESC, rowid DESC LIMIT ?");
+        params.push(&limit);
+        let conn = self.lock();
+        Ok(self.read_records(&conn, &tail, &params)?.into_iter().map(|(record, _)| record).collect())
     }
 
     fn load_definition_records(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
@@ -682,7 +775,30 @@ impl RunStore for SqliteStore {
     }
 
     fn load(&self) -> Result<Vec<LoadedRun>, StoreError> {
-        self.noting_damage(self.load_runs())
+        self.noting_damage(self.read_runs("ORDER BY created_order, rowid", &[]))
+    }
+
+    fn load_active(&self) -> Result<Vec<LoadedRun>, StoreError> {
+        let [a, b, c] = [RunStatus::Pending, RunStatus::Running, RunStatus::Waiting].map(status_text);
+        let tail = "WHERE status IN (?1, ?2, ?3) ORDER BY created_order, rowid";
+        self.noting_damage(self.read_runs(tail, &[&a, &b, &c]))
+    }
+
+    fn load_run(&self, run_id: &str) -> Result<Option<LoadedRun>, StoreError> {
+        let mut runs = self.noting_damage(self.read_runs("WHERE run_id = ?1", &[&run_id]))?;
+        Ok(runs.pop())
+    }
+
+    fn list_runs(&self, query: &RunQuery, before_order: u64, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        self.noting_damage(self.list_records(query, before_order, limit))
+    }
+
+    fn max_order(&self) -> Result<u64, StoreError> {
+        let max: i64 = self
+            .lock()
+            .query_row("SELECT COALESCE(MAX(created_order), 0) FROM runs", [], |row| row.get(0))
+            .map_err(|e| self.classify(e))?;
+        Ok(u64::try_from(max).unwrap_or(0))
     }
 
     fn load_definitions(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
@@ -705,7 +821,8 @@ impl RunStore for SqliteStore {
                         exec(
                             &tx,
                             "INSERT INTO runs (run_id, workflow_id, input, request_context, resource_id, created_at_ms, \
-                             state, workflow_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                             state, workflow_version, created_order, status) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                             params![
                                 run.run_id,
                                 run.workflow_id,
@@ -715,6 +832,8 @@ impl RunStore for SqliteStore {
                                 millis(run.created_at),
                                 json(&run.state)?,
                                 run.workflow_version,
+                                seq_i64(run.created_order),
+                                status_text(run.state.status),
                             ],
                         )
                         .map_err(err)?;
@@ -734,8 +853,12 @@ impl RunStore for SqliteStore {
                         .map_err(err)?;
                     }
                     Write::State { run_id, state } => {
-                        exec(&tx, "UPDATE runs SET state = ?2 WHERE run_id = ?1", params![run_id, json(&**state)?])
-                            .map_err(err)?;
+                        exec(
+                            &tx,
+                            "UPDATE runs SET state = ?2, status = ?3 WHERE run_id = ?1",
+                            params![run_id, json(&**state)?, status_text(state.status)],
+                        )
+                        .map_err(err)?;
                         // Checkpoints of finished phases are in the snapshot now.
                         exec(&tx, "DELETE FROM steps WHERE run_id = ?1 AND phase < ?2", params![run_id, state.phase])
                             .map_err(err)?;

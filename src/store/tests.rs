@@ -54,6 +54,7 @@ fn record(run_id: &str) -> RunRecord {
         request_context: json!({ "tenant": "t" }).as_object().cloned().unwrap_or_default(),
         resource_id: "user-1".into(),
         created_at: at(1),
+        created_order: 1,
         state: state(RunStatus::Running, 1),
     }
 }
@@ -149,14 +150,16 @@ fn a_version_2_store_is_migrated() {
     drop(store);
     {
         let conn = rusqlite::Connection::open(dir.0.join(sqlite::FILE_NAME)).unwrap();
-        conn.execute_batch(
-            "ALTER TABLE runs DROP COLUMN workflow_version; DROP TABLE definitions; \
-             UPDATE meta SET value = '2' WHERE key = 'schema_version';",
-        )
+        conn.execute_batch(&format!(
+            "{TO_VERSION_3} ALTER TABLE runs DROP COLUMN workflow_version; DROP TABLE definitions; \
+             UPDATE meta SET value = '2' WHERE key = 'schema_version';"
+        ))
         .unwrap();
     }
     let store = SqliteStore::open(&dir.0, Sync::Normal).unwrap();
+    // Its creation order is its rowid, 1 here, as `record` has it.
     assert_eq!(store.load().unwrap()[0].record, record("old"));
+    assert_eq!(store.load_active().unwrap().len(), 1, "its status is filled in");
     store.commit(&[Write::Definition(Box::new(definition("wf", 1)))]).unwrap();
     drop(store);
     let store = SqliteStore::open(&dir.0, Sync::Normal).unwrap();
@@ -166,6 +169,173 @@ fn a_version_2_store_is_migrated() {
 #[test]
 fn memory_store_keeps_the_contract() {
     contract(&MemoryStore::new());
+}
+
+/// Runs for the lazy reads: (id, creation order, status, workflow, owner), stored in an order other than their
+/// creation order (as concurrent starts may commit them).
+const LAZY_RUNS: [(&str, u64, RunStatus, &str, &str); 6] = [
+    ("a", 1, RunStatus::Running, "chain", "user-1"),
+    ("c", 3, RunStatus::Pending, "chain", "user-1"),
+    ("b", 2, RunStatus::Suspended, "chain", "user-2"),
+    ("d", 4, RunStatus::Success, "other", "user-2"),
+    ("e", 5, RunStatus::Waiting, "other", "user-1"),
+    ("f", 6, RunStatus::Failed, "chain", "user-1"),
+];
+
+fn ids_of_loaded(runs: &[LoadedRun]) -> Vec<&str> {
+    runs.iter().map(|r| r.record.run_id.as_str()).collect()
+}
+
+fn ids_of(records: &[RunRecord]) -> Vec<&str> {
+    records.iter().map(|r| r.run_id.as_str()).collect()
+}
+
+/// `load_active`, `load_run`, `list_runs` and `max_order` (issue 12: lazy runs): each agrees with `load`, and a
+/// state write moves a run between statuses for them.
+fn lazy_reads(store: &dyn RunStore) {
+    assert_eq!(store.max_order().unwrap(), 0, "an empty store");
+    assert!(store.load_active().unwrap().is_empty());
+    assert!(store.list_runs(&RunQuery::default(), 0, 10).unwrap().is_empty());
+    let mut writes = Vec::new();
+    for (id, order, status, workflow, owner) in LAZY_RUNS {
+        let record = RunRecord {
+            workflow_id: workflow.into(),
+            resource_id: owner.into(),
+            created_order: order,
+            state: state(status, 2),
+            ..record(id)
+        };
+        writes.push(Write::CreateRun(Box::new(record)));
+        writes.push(Write::Events { run_id: id.into(), events: vec![event(1, None), event(2, None)] });
+        writes.push(Write::Step { run_id: id.into(), checkpoint: Box::new(checkpoint(1, "old-phase")) });
+        writes.push(Write::Step { run_id: id.into(), checkpoint: Box::new(checkpoint(2, "step-1")) });
+    }
+    store.commit(&writes).unwrap();
+    let all = store.load().unwrap();
+    assert_eq!(ids_of_loaded(&all), ["a", "b", "c", "d", "e", "f"], "oldest first by creation order");
+    assert_eq!(store.max_order().unwrap(), 6);
+
+    let active = store.load_active().unwrap();
+    assert_eq!(ids_of_loaded(&active), ["a", "c", "e"], "in flight, oldest first");
+    for run in &active {
+        assert_eq!(run.events, [event(1, None), event(2, None)]);
+        assert_eq!(run.checkpoints, [checkpoint(2, "step-1")], "the current phase's only");
+    }
+    for run in &all {
+        assert_eq!(store.load_run(&run.record.run_id).unwrap().as_ref(), Some(run), "one run as `load` gives it");
+    }
+    assert_eq!(store.load_run("nobody").unwrap(), None);
+
+    let query = |workflow: Option<&str>, status: Option<RunStatus>, owner: Option<&str>| RunQuery {
+        workflow_id: workflow.map(Into::into),
+        status,
+        resource_id: owner.map(Into::into),
+    };
+    let list = |q: &RunQuery, before: u64, limit: usize| store.list_runs(q, before, limit).unwrap();
+    let everything = list(&RunQuery::default(), 0, 100);
+    assert_eq!(ids_of(&everything), ["f", "e", "d", "c", "b", "a"], "newest first");
+    let by_id = |id: &str| all.iter().find(|r| r.record.run_id == id).map(|r| r.record.clone());
+    assert_eq!(Some(everything[1].clone()), by_id("e"), "the records `load` gives");
+    assert_eq!(ids_of(&list(&RunQuery::default(), 0, 2)), ["f", "e"]);
+    assert_eq!(ids_of(&list(&RunQuery::default(), 5, 2)), ["d", "c"], "a page before order 5");
+    assert_eq!(ids_of(&list(&RunQuery::default(), 1, 10)), Vec::<&str>::new());
+    assert_eq!(ids_of(&list(&RunQuery::default(), 4, 0)), Vec::<&str>::new(), "limit 0");
+    assert_eq!(ids_of(&list(&query(Some("chain"), None, None), 0, 10)), ["f", "c", "b", "a"]);
+    assert_eq!(ids_of(&list(&query(None, Some(RunStatus::Waiting), None), 0, 10)), ["e"]);
+    assert_eq!(ids_of(&list(&query(None, None, Some("user-2")), 0, 10)), ["d", "b"]);
+    assert_eq!(ids_of(&list(&query(Some("chain"), None, Some("user-1")), 6, 10)), ["c", "a"], "filters ANDed");
+    assert_eq!(ids_of(&list(&query(Some("other"), Some(RunStatus::Running), None), 0, 10)), Vec::<&str>::new());
+
+    // A state write changes the status the reads see; a deleted run is gone from them.
+    store
+        .commit(&[
+            Write::State { run_id: "a".into(), state: Box::new(state(RunStatus::Success, 2)) },
+            Write::State { run_id: "b".into(), state: Box::new(state(RunStatus::Running, 3)) },
+            Write::DeleteRun { run_id: "f".into() },
+        ])
+        .unwrap();
+    assert_eq!(ids_of_loaded(&store.load_active().unwrap()), ["b", "c", "e"]);
+    assert_eq!(ids_of(&list(&query(None, Some(RunStatus::Success), None), 0, 10)), ["d", "a"]);
+    assert_eq!(store.load_run("f").unwrap(), None);
+    assert_eq!(store.max_order().unwrap(), 5);
+}
+
+#[test]
+fn memory_store_reads_runs_lazily() {
+    lazy_reads(&MemoryStore::new());
+}
+
+#[test]
+fn sqlite_store_reads_runs_lazily_and_across_reopening() {
+    let dir = TempDir::new();
+    let store = SqliteStore::open(&dir.0, Sync::Normal).unwrap();
+    lazy_reads(&store);
+    let loaded = store.load().unwrap();
+    drop(store);
+    let store = SqliteStore::open(&dir.0, Sync::Normal).unwrap();
+    assert_eq!(store.load().unwrap(), loaded);
+    assert_eq!(ids_of_loaded(&store.load_active().unwrap()), ["b", "c", "e"]);
+    assert_eq!(store.max_order().unwrap(), 5);
+}
+
+/// SQL that takes a schema 4 store back to schema 3 (indexes first: SQLite drops no indexed column).
+const TO_VERSION_3: &str = "DROP INDEX runs_by_order; DROP INDEX runs_by_status; \
+     ALTER TABLE runs DROP COLUMN created_order; ALTER TABLE runs DROP COLUMN status; \
+     UPDATE meta SET value = '3' WHERE key = 'schema_version';";
+
+/// A store of schema version 3 (built here from a version 4 one) is migrated: creation orders from the rowid
+/// (the order runs were stored in), statuses from the state JSON, so that the lazy reads work on it.
+#[test]
+fn a_version_3_store_is_migrated() {
+    let dir = TempDir::new();
+    let store = SqliteStore::open(&dir.0, Sync::Normal).unwrap();
+    let statuses = [RunStatus::Success, RunStatus::Running, RunStatus::Suspended, RunStatus::Waiting];
+    let writes: Vec<Write> = ["w", "x", "y", "z"]
+        .iter()
+        .zip(statuses)
+        .map(|(id, status)| {
+            let record = RunRecord { created_order: 99, state: state(status, 1), ..record(id) };
+            Write::CreateRun(Box::new(record))
+        })
+        .collect();
+    store.commit(&writes).unwrap();
+    store.commit(&[Write::Events { run_id: "x".into(), events: vec![event(1, None)] }]).unwrap();
+    drop(store);
+    {
+        let conn = rusqlite::Connection::open(dir.0.join(sqlite::FILE_NAME)).unwrap();
+        conn.execute_batch(TO_VERSION_3).unwrap();
+        let columns: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('runs') WHERE name IN ('created_order', 'status')",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(columns, 0, "a version 3 runs table");
+    }
+    let store = SqliteStore::open(&dir.0, Sync::Normal).unwrap();
+    let orders: Vec<(String, u64)> =
+        store.load().unwrap().into_iter().map(|r| (r.record.run_id, r.record.created_order)).collect();
+    let expected: Vec<(String, u64)> = [("w", 1), ("x", 2), ("y", 3), ("z", 4)].map(|(id, n)| (id.into(), n)).into();
+    assert_eq!(orders, expected);
+    assert_eq!(store.max_order().unwrap(), 4);
+    let active = store.load_active().unwrap();
+    assert_eq!(ids_of_loaded(&active), ["x", "z"]);
+    assert_eq!(active[0].events, [event(1, None)]);
+    let suspended = RunQuery { status: Some(RunStatus::Suspended), ..RunQuery::default() };
+    assert_eq!(ids_of(&store.list_runs(&suspended, 0, 10).unwrap()), ["y"]);
+    assert_eq!(ids_of(&store.list_runs(&RunQuery::default(), 3, 10).unwrap()), ["x", "w"]);
+    drop(store);
+    let conn = rusqlite::Connection::open(dir.0.join(sqlite::FILE_NAME)).unwrap();
+    let version: String =
+        conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
+    assert_eq!(version, "4");
+    let indexes: i64 = conn
+        .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'runs_by_%'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(indexes, 2);
 }
 
 #[test]
