@@ -136,7 +136,7 @@ async fn a_run_whose_recovery_crashes_the_server_is_failed_at_the_next_start() {
     let error = result.error.expect("an error");
     assert_eq!(error.name, "RecoveryFailed");
     assert!(error.message.contains("3 time(s) in a row while recovering this run"), "{}", error.message);
-    let events = stream_run_log(&mut client, "crashes").await;
+    let events = tokio::time::timeout(WAIT, observe_log(&mut client, "crashes")).await.expect("in time");
     assert_seqs(&events, 1, events.len() as u64);
     assert_eq!(finish_status(events.last().expect("events")), Some(pb::RunStatus::Failed));
     // The first step completed before the crashes: its result is in the log and stays completed.
@@ -203,11 +203,4 @@ async fn until_event(client: &mut Client, run_id: &str, stop: impl Fn(&Event) ->
             return events;
         }
     }
-}
-
-/// The whole log of a run, from seq 1 to its finish.
-async fn stream_run_log(client: &mut Client, run_id: &str) -> Vec<pb::RunEvent> {
-    let request = pb::ObserveStreamRequest { run_id: run_id.into(), after_seq: 0, ..Default::default() };
-    let stream = client.observe_stream(request).await.expect("ObserveStream").into_inner();
-    tokio::time::timeout(WAIT, collect(stream)).await.expect("in time")
 }

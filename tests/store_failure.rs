@@ -128,12 +128,7 @@ async fn a_store_that_refuses_writes_fails_fast_and_the_server_carries_on() {
     // Reads of what is stored keep working.
     let read = client.get_run(pb::GetRunRequest { run_id: "before".into() }).await.expect("GetRun").into_inner();
     assert_eq!(read.status, pb::RunStatus::Success as i32);
-    let log = client
-        .observe_stream(pb::ObserveStreamRequest { run_id: "before".into(), ..Default::default() })
-        .await
-        .expect("ObserveStream")
-        .into_inner();
-    let log = tokio::time::timeout(WAIT, collect(log)).await.expect("in time");
+    let log = tokio::time::timeout(WAIT, observe_log(&mut client, "before")).await.expect("in time");
     assert_seqs(&log, 1, log.len() as u64);
 
     // Space returns: the server carries on by itself, and the run started meanwhile completes, nothing lost.
@@ -141,12 +136,7 @@ async fn a_store_that_refuses_writes_fails_fast_and_the_server_carries_on() {
     health_becomes(&channel, ServingStatus::Serving, WAIT).await;
     let during = tokio::time::timeout(WAIT, get_result(&mut client, "during", true)).await.expect("in time");
     assert_eq!(status_of(&during), pb::RunStatus::Success);
-    let log = client
-        .observe_stream(pb::ObserveStreamRequest { run_id: "during".into(), ..Default::default() })
-        .await
-        .expect("ObserveStream")
-        .into_inner();
-    let log = tokio::time::timeout(WAIT, collect(log)).await.expect("in time");
+    let log = tokio::time::timeout(WAIT, observe_log(&mut client, "during")).await.expect("in time");
     assert_seqs(&log, 1, log.len() as u64);
     client.start_run(start_request("after")).await.expect("StartRun takes runs again");
 

@@ -136,6 +136,13 @@ pub async fn stream_run(client: &mut Client, request: pb::StreamRunRequest) -> V
     collect(stream).await
 }
 
+/// A finished run's whole log, from seq 1 to its finish (ObserveStream from 0).
+pub async fn observe_log(client: &mut Client, run_id: &str) -> Vec<pb::RunEvent> {
+    let request = pb::ObserveStreamRequest { run_id: run_id.into(), after_seq: 0, ..Default::default() };
+    let stream = client.observe_stream(request).await.expect("ObserveStream accepted").into_inner();
+    collect(stream).await
+}
+
 /// A short name for an event's variant, for order assertions.
 pub fn kind(event: &pb::RunEvent) -> &'static str {
     match &event.event {
