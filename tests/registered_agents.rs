@@ -128,7 +128,10 @@ async fn a_registered_agent_streams_a_tool_call_that_a_worker_runs() {
     assert_eq!(listed.tools.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["get_weather"]);
 
     let worker = AutoWorker::start(&server.addr, "weather-1", &["weather-lookup"], 4, weather_worker()).await;
-    let events = stream(&mut c, ask("forecaster", "paris-1", "What is the weather in Paris?")).await;
+    let mut request = ask("forecaster", "paris-1", "What is the weather in Paris?");
+    let context = json!({ "tenant": "acme", "locale": "fr" });
+    request.request_context = context.as_object().map(runstream::grpc::convert::map_to_struct);
+    let events = stream(&mut c, request).await;
     assert_seqs(&events, 1, events.len() as u64);
     assert_eq!(finish_status(events.last().expect("events")), Some(pb::RunStatus::Success));
 
@@ -144,6 +147,7 @@ async fn a_registered_agent_streams_a_tool_call_that_a_worker_runs() {
     assert_eq!(task.task_type, "weather-lookup");
     assert_eq!(task.input, json!({ "city": "Paris" }), "the task's input is the call's arguments");
     assert_eq!(task.step_id, "forecaster/get_weather");
+    assert_eq!(Value::Object(task.request_context.clone()), context, "the run's request context, as remote steps get");
     assert_eq!(
         task.idempotency_key,
         format!("paris-1/forecaster/1/{}", call.tool_call_id),

@@ -75,7 +75,7 @@ mod tests;
 
 use std::{fmt, future::Future, pin::Pin, sync::Arc};
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
 pub use run::{AgentEnd, AgentInput, AgentOptions, AgentOutcome, run_agent, run_agent_with};
@@ -200,6 +200,8 @@ pub struct ToolContext {
     pub step_id: Option<Arc<str>>,
     /// Which of the agent's model calls made this tool call: 1 for the first (`AgentStepStart.step_number`).
     pub step_number: u32,
+    /// The request context the run was started with (empty outside a run).
+    pub request_context: Arc<Map<String, Value>>,
     /// What the call was resumed with, after it suspended itself; see [`ToolContext::resume_data`].
     pub(crate) resume: Option<Value>,
 }
@@ -207,7 +209,17 @@ pub struct ToolContext {
 impl ToolContext {
     /// A context for one call (no output stream, no resume data), e.g. to call a [`Tool`] directly.
     pub fn new(agent_id: Arc<str>, tool_call_id: Arc<str>, cancel: CancellationToken) -> Self {
-        Self { agent_id, tool_call_id, cancel, output: None, run_id: None, step_id: None, step_number: 0, resume: None }
+        Self {
+            agent_id,
+            tool_call_id,
+            cancel,
+            output: None,
+            run_id: None,
+            step_id: None,
+            step_number: 0,
+            request_context: Arc::default(),
+            resume: None,
+        }
     }
 
     /// Suspends the call, Mastra's `suspend(payload)`: `return Err(ctx.suspend(payload))`. The agent emits
@@ -487,6 +499,7 @@ fn agent_step_with(
             // The options come from the step input, which a resumed step sees again, unchanged.
             let (messages, mut options) = input(ctx.input())?;
             options.run_id = Some(Arc::from(ctx.run_id()));
+            options.request_context = Arc::new(ctx.request_context().clone());
             options.step_id = Some(match ctx.for_each_index() {
                 Some(index) => Arc::from(format!("{}/{index}", ctx.step_id())),
                 None => Arc::from(ctx.step_id()),

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -97,6 +97,8 @@ pub struct AgentOptions {
     pub run_id: Option<Arc<str>>,
     /// See `run_id`.
     pub step_id: Option<Arc<str>>,
+    /// The run's request context, handed to its tools ([`ToolContext::request_context`]); empty outside a run.
+    pub request_context: Arc<Map<String, Value>>,
 }
 
 /// Runs `agent` on `messages`, emitting every chunk through `emit`; see [`run_agent_with`].
@@ -309,6 +311,7 @@ where
                         run_id: options.run_id.clone(),
                         step_id: options.step_id.clone(),
                         step_number: st.steps,
+                        request_context: Arc::clone(&options.request_context),
                         ..ToolContext::new(Arc::clone(&agent.id), Arc::clone(&id), cancel.clone())
                     };
                     let run = tool.call(ctx, call.args.clone());

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{
     hub::{Chunk, NewTask, TaskEvent, WorkerHub},
@@ -57,7 +57,7 @@ impl WorkerHub {
                 input: args,
                 resume_data: None,
                 suspend_payload: None,
-                request_context: Map::new(),
+                request_context: (*ctx.request_context).clone(),
                 idempotency_key,
             },
             1,

@@ -71,6 +71,7 @@ pub struct Task {
     pub attempt: u32,
     pub idempotency_key: String,
     pub for_each_index: Option<u32>,
+    pub request_context: serde_json::Map<String, Value>,
 }
 
 pub type Handler = Arc<dyn Fn(&Task) -> Reply + Send + Sync>;
@@ -127,6 +128,11 @@ impl AutoWorker {
                     attempt: r.attempt,
                     idempotency_key: assign.idempotency_key.clone(),
                     for_each_index: assign.for_each_index,
+                    request_context: assign
+                        .request_context
+                        .clone()
+                        .map(runstream::grpc::convert::struct_to_map)
+                        .unwrap_or_default(),
                 };
                 log.lock().expect("tasks").push(task.clone());
                 let reply = match handler(&task) {
