@@ -18,7 +18,7 @@ use std::{
 };
 
 use common::{
-    process::{ServerProcess, run_with_timeout},
+    process::{ServerProcess, fresh_tmp, run_with_timeout},
     worker::{AutoWorker, Reply, Task},
     *,
 };
@@ -32,9 +32,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(60);
 
 fn tmp(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("definitions-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&path);
-    path
+    fresh_tmp("definitions", name)
 }
 
 /// `runstream serve` with `args`, its log under the target tmp dir.

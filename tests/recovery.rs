@@ -11,7 +11,10 @@ use std::{
     time::Duration,
 };
 
-use common::{process::ServerProcess, *};
+use common::{
+    process::{ServerProcess, fresh_tmp},
+    *,
+};
 use runstream::{
     Server, Store,
     engine::{Step, StepOutcome, Workflow},
@@ -84,9 +87,7 @@ fn server_command(data: &Path) -> Command {
 }
 
 fn tmp(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("recovery-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&path);
-    path
+    fresh_tmp("recovery", name)
 }
 
 fn serve(data: &Path, log: &str) -> ServerProcess {

@@ -13,7 +13,7 @@ use std::{
 };
 
 use common::{
-    process::ServerProcess,
+    process::{ServerProcess, fresh_tmp},
     worker::{AutoWorker, Reply, Task},
     *,
 };
@@ -25,9 +25,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 const WAIT: Duration = Duration::from_secs(60);
 
 fn tmp(name: &str) -> PathBuf {
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("registered-agents-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&path);
-    path
+    fresh_tmp("registered-agents", name)
 }
 
 /// `runstream serve --no-builtins` with a data dir of its own (or `data`), its log under the target tmp dir.

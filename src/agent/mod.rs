@@ -499,7 +499,7 @@ fn agent_step_with(
             // The options come from the step input, which a resumed step sees again, unchanged.
             let (messages, mut options) = input(ctx.input())?;
             options.run_id = Some(Arc::from(ctx.run_id()));
-            options.request_context = Arc::new(ctx.request_context().clone());
+            options.request_context = Arc::clone(ctx.request_context_shared());
             options.step_id = Some(match ctx.for_each_index() {
                 Some(index) => Arc::from(format!("{}/{index}", ctx.step_id())),
                 None => Arc::from(ctx.step_id()),

@@ -427,6 +427,11 @@ impl StepContext {
         &self.shared.request_context
     }
 
+    /// [`request_context`](Self::request_context), shared rather than copied (an agent hands it to every tool call).
+    pub(crate) fn request_context_shared(&self) -> &Arc<Map<String, Value>> {
+        &self.shared.request_context
+    }
+
     /// The item's index when the step runs inside a foreach.
     pub fn for_each_index(&self) -> Option<u32> {
         self.shared.for_each_index

@@ -31,6 +31,13 @@ where
     command
 }
 
+/// `<target tmp>/<prefix>-<name>-<pid>`, removed first if an earlier run left it: a path of one test's own.
+pub fn fresh_tmp(prefix: &str, name: &str) -> PathBuf {
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{prefix}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&path);
+    path
+}
+
 pub struct ServerProcess {
     pub child: Child,
     pub addr: String,
