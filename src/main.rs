@@ -49,6 +49,10 @@ enum Command {
         /// events: e.g. `7d`, `12h`, `30m`, `90s`. Older cursors get OUT_OF_RANGE naming the earliest seq kept.
         #[arg(long, default_value = "7d", value_parser = parse_duration)]
         retention: std::time::Duration,
+        /// How long a finished or suspended run stays in memory once nobody reads it, e.g. `30s`, `5m`, `0s`; then
+        /// it is read from the store when asked for (SQLite store only: a memory store keeps every run).
+        #[arg(long, default_value = "30s", value_parser = parse_delay)]
+        evict_after: std::time::Duration,
         /// Serve none of the built-in demo workflows, agents and networks.
         #[arg(long)]
         no_builtins: bool,
@@ -258,6 +262,14 @@ fn setting_error(message: String) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// [`parse_duration`], or zero: `0`, `0s` or `0ms`.
+fn parse_delay(text: &str) -> Result<std::time::Duration, String> {
+    match text {
+        "0" | "0s" | "0ms" => Ok(std::time::Duration::ZERO),
+        _ => parse_duration(text),
+    }
+}
+
 /// `<n><unit>` with unit `d`, `h`, `m`, `s` or `ms`.
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -300,10 +312,20 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let (listen, store, data_dir, sync, retention, limits, workers, model, no_builtins) = match cli.command {
-        Command::Serve { listen, store, data_dir, sync, retention, limits, workers, model, no_builtins } => {
-            (listen, store, data_dir, sync, retention, limits, workers, model, no_builtins)
-        }
+    let (listen, store, data_dir, sync, retention, evict_after, limits, workers, model, no_builtins) = match cli.command
+    {
+        Command::Serve {
+            listen,
+            store,
+            data_dir,
+            sync,
+            retention,
+            evict_after,
+            limits,
+            workers,
+            model,
+            no_builtins,
+        } => (listen, store, data_dir, sync, retention, evict_after, limits, workers, model, no_builtins),
         Command::Backup { data_dir, to, force } => return backup(&data_dir, &to, force),
     };
     // The model before anything else: a setting that cannot be used stops the server before it opens the store.
@@ -324,6 +346,7 @@ fn main() -> ExitCode {
             },
         })
         .retention(retention)
+        .evict_after(evict_after)
         .builtins(!no_builtins)
         .model(model)
         .max_request_bytes(limits.max_request_bytes)

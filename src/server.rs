@@ -98,6 +98,7 @@ pub struct ServerBuilder {
     listen: SocketAddr,
     store: Store,
     retention: Duration,
+    evict_after: Duration,
     runnables: Vec<Arc<Workflow>>,
     builtins: bool,
     model: Option<Arc<dyn ModelProvider>>,
@@ -114,6 +115,7 @@ impl Default for ServerBuilder {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             store: Store::Memory,
             retention: Duration::from_secs(7 * 86_400),
+            evict_after: Duration::from_secs(30),
             runnables: Vec::new(),
             builtins: false,
             model: None,
@@ -143,6 +145,14 @@ impl ServerBuilder {
     /// (default 7 days).
     pub fn retention(mut self, retention: Duration) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// How long a finished or suspended run stays in memory once nobody reads it or acts on it (default 30 s); then
+    /// it leaves memory and is read from the store when a client asks for it, so that memory follows live work, not
+    /// history. Only with a store to read it from: [`Store::Memory`] keeps every run in memory until its retention.
+    pub fn evict_after(mut self, idle: Duration) -> Self {
+        self.evict_after = idle;
         self
     }
 
@@ -293,7 +303,14 @@ impl ServerBuilder {
             }
             Store::Custom(store) => RunRegistry::open_with(catalog, self.clock, store, encoder, Some(compiler))?,
         };
-        Ok(Server { registry, workers, config: self.config, listen: self.listen, retention: self.retention })
+        Ok(Server {
+            registry,
+            workers,
+            config: self.config,
+            listen: self.listen,
+            retention: self.retention,
+            evict_after: self.evict_after,
+        })
     }
 
     /// [`build`](Self::build), bind the listen address and serve until `shutdown` completes.
@@ -357,6 +374,7 @@ pub struct Server {
     config: ServiceConfig,
     listen: SocketAddr,
     retention: Duration,
+    evict_after: Duration,
 }
 
 impl std::fmt::Debug for Server {
@@ -406,8 +424,9 @@ impl Listening {
     /// Serves until `shutdown` completes: then no new calls are taken, open streams end with UNAVAILABLE naming
     /// the cursor to re-attach with, and what runs appended meanwhile is stored before this returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Server { registry, workers, config, retention, .. } = self.server;
+        let Server { registry, workers, config, retention, evict_after, .. } = self.server;
         registry.spawn_retention(retention);
+        registry.spawn_eviction(evict_after);
         let token = CancellationToken::new();
         tokio::spawn({
             let token = token.clone();

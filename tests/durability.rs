@@ -935,20 +935,21 @@ async fn every_commit_leaves_a_store_a_restart_reads_right() {
     let mut runs = Vec::new();
     for i in 0..200u64 {
         let chain = start("chain", format!("chain-{i}"), json!({"value": i, "delayMs": i % 3}));
-        runs.push(registry.start(chain).expect("start chain").0);
+        runs.push(registry.start(chain).await.expect("start chain").0);
         if i % 4 == 0 {
             let order = start("order-approval", format!("order-{i}"), order_input());
-            runs.push(registry.start(order).expect("start order").0);
+            runs.push(registry.start(order).await.expect("start order").0);
         }
     }
     // Canceled while they sleep, and canceled while suspended.
     for i in 0..50u64 {
-        let timer = registry.start(start("timer", format!("timer-{i}"), json!({"ms": 600_000}))).expect("timer").0;
+        let timer =
+            registry.start(start("timer", format!("timer-{i}"), json!({"ms": 600_000}))).await.expect("timer").0;
         assert!(timer.wait_for(WAIT, |s| s == RunStatus::Waiting).await, "timer-{i} sleeps");
         registry.cancel(timer.id(), Duration::from_secs(5)).await.expect("cancel a sleeping run");
         runs.push(timer);
         let order = start("order-approval", format!("canceled-order-{i}"), order_input());
-        let order = registry.start(order).expect("order").0;
+        let order = registry.start(order).await.expect("order").0;
         assert!(order.wait_for(WAIT, |s| s == RunStatus::Suspended).await, "canceled-order-{i} suspends");
         registry.cancel(order.id(), Duration::from_secs(5)).await.expect("cancel a suspended run");
         runs.push(order);
@@ -963,7 +964,7 @@ async fn every_commit_leaves_a_store_a_restart_reads_right() {
                 label: None,
                 for_each_index: None,
             };
-            registry.resume(run.id(), resume).expect("resume");
+            registry.resume(run.id(), resume).await.expect("resume");
         }
     }
     for run in &runs {
@@ -988,8 +989,8 @@ async fn every_commit_leaves_a_store_a_restart_reads_right() {
                 | Write::State { run_id, .. }
                 | Write::DeleteRun { run_id }
                 | Write::TrimEvents { run_id, .. } => Some(run_id.as_str()),
-                // Registrations touch no run.
-                Write::Definition(_) => None,
+                // Registrations touch no run; retention only removes runs.
+                Write::Definition(_) | Write::ExpireRuns { .. } => None,
             })
             .collect();
         for run in store.load().expect("load").iter().filter(|run| touched.contains(run.record.run_id.as_str())) {

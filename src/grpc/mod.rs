@@ -286,7 +286,7 @@ impl server::run_service_server::RunService for RunService {
             r.tracing_options,
             r.resource_id,
         )?;
-        let (run, started) = self.registry.start(start)?;
+        let (run, started) = self.registry.start(start).await?;
         // Answer once the run is stored, so that an id StartRun returned survives a crash.
         run.stored().await?;
         Ok(Response::new(pb::StartRunResponse {
@@ -309,7 +309,7 @@ impl server::run_service_server::RunService for RunService {
             r.tracing_options,
             r.resource_id,
         )?;
-        let (run, started) = self.registry.start(start)?;
+        let (run, started) = self.registry.start(start).await?;
         let until = match started {
             Started::Created => ReadUntil::Phase { close_on_suspend },
             // Attaching to an existing run is ObserveStream from the start.
@@ -333,7 +333,7 @@ impl server::run_service_server::RunService for RunService {
             for_each_index: r.for_each_index,
             resume_data: r.resume_data.map(convert::pb_to_json).unwrap_or_default(),
         };
-        let (run, start_seq) = self.registry.resume(&r.run_id, resume)?;
+        let (run, start_seq) = self.registry.resume(&r.run_id, resume).await?;
         let reader =
             run.reader(start_seq, ReadUntil::Phase { close_on_suspend: r.close_on_suspend.unwrap_or(true) })?;
         Ok(Response::new(self.event_stream(run.id().clone(), reader)))
@@ -346,7 +346,7 @@ impl server::run_service_server::RunService for RunService {
         request: Request<pb::ObserveStreamRequest>,
     ) -> Result<Response<EventStream>, Status> {
         let r = request.into_inner();
-        let run = self.registry.get(&r.run_id)?;
+        let run = self.registry.get(&r.run_id).await?;
         let reader =
             run.reader(r.after_seq, ReadUntil::Run { close_on_suspend: r.close_on_suspend.unwrap_or(true) })?;
         Ok(Response::new(self.event_stream(run.id().clone(), reader)))
@@ -356,7 +356,7 @@ impl server::run_service_server::RunService for RunService {
         let deadline = grpc_timeout(request.metadata());
         let r = request.into_inner();
         let fields = convert::ResultFields::parse(&r.fields).map_err(|problem| invalid_field("fields", problem))?;
-        let run = self.registry.get(&r.run_id)?;
+        let run = self.registry.get(&r.run_id).await?;
         let mut wait_expired = false;
         if r.wait {
             let max_wait = match r.max_wait {
@@ -390,7 +390,7 @@ impl server::run_service_server::RunService for RunService {
     }
 
     async fn get_run(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::RunInfo>, Status> {
-        let run = self.registry.get(&request.get_ref().run_id)?;
+        let run = self.registry.get(&request.get_ref().run_id).await?;
         stored_or_durable(&run).await?;
         Ok(Response::new(convert::run_info(&run.view())))
     }
@@ -420,9 +420,9 @@ impl server::run_service_server::RunService for RunService {
             status: convert::run_status_from_pb(status),
             resource_id: (!r.resource_id.is_empty()).then_some(r.resource_id),
         };
-        let (runs, next) = self.registry.list(&filter, after, limit);
+        let (runs, next) = self.registry.list(&filter, after, limit).await?;
         Ok(Response::new(pb::ListRunsResponse {
-            runs: runs.iter().map(|run| convert::run_info(&run.view())).collect(),
+            runs: runs.iter().map(convert::run_info).collect(),
             next_page_token: next.map(|order| order.to_string()).unwrap_or_default(),
         }))
     }

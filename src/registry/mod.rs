@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 use crate::{
     clock::Clock,
     engine::{ResumeRequest, RunKind, RunStatus, Workflow, WorkflowCatalog},
-    store::{LoadedRun, RecoveryMark, RunRecord, RunStore, StoreError, Write},
+    store::{LoadedRun, RecoveryMark, RunQuery, RunRecord, RunStore, StoreError, StoredEvent, Write},
 };
 use definitions::Catalog;
 use persist::Persister;
@@ -65,13 +65,8 @@ pub enum Started {
     Existing,
 }
 
-/// Filters for [`RunRegistry::list`].
-#[derive(Debug, Clone, Default)]
-pub struct RunFilter {
-    pub workflow_id: Option<String>,
-    pub status: Option<RunStatus>,
-    pub resource_id: Option<String>,
-}
+/// Filters for [`RunRegistry::list`]: the store's query.
+pub type RunFilter = RunQuery;
 
 pub struct RunRegistry {
     /// Changes while runs execute: definitions are registered at any time.
@@ -88,9 +83,18 @@ pub struct RunRegistry {
     encoder: Arc<dyn EventEncoder>,
     /// The store's writer; `None`: runs live in memory only.
     persist: Option<Arc<Persister>>,
-    /// Run ids the store holds for workflows this build does not have (run id → workflow id): not served, and not
-    /// to be taken by a new run (the store would refuse it, and with it the batch it is in).
-    unserved: HashMap<String, String>,
+    /// Bumped by each sweep that evicts runs: a load from the store that overlapped one may have read a run that
+    /// was resident and changed meanwhile, and reads it again (see [`Self::find`]).
+    evictions: AtomicU64,
+}
+
+/// What looking a run up by id finds.
+enum Found {
+    Run(Arc<Run>),
+    /// The store holds a run of that id of a workflow this server does not have (its id): not served, and not to be
+    /// taken by a new run (the store would refuse it, and with it the batch it is in).
+    Unserved(String),
+    Missing,
 }
 
 impl std::fmt::Debug for RunRegistry {
@@ -123,14 +127,14 @@ impl RunRegistry {
             clock,
             encoder,
             persist: None,
-            unserved: HashMap::new(),
+            evictions: AtomicU64::new(0),
         })
     }
 
-    /// A registry whose runs are kept in `store`: every run stored there is loaded (finished runs with their
-    /// results and logs, suspended runs resumable), runs that were in flight are recovered (see
-    /// [`Run::recover`]), and from now on every change is stored (see the persister). Fails, changing nothing,
-    /// if the store cannot be read.
+    /// A registry whose runs are kept in `store`. Only the runs in flight are loaded (and recovered, see
+    /// [`Run::recover`]); every other run stays in the store until a client asks for it (finished runs with their
+    /// results and logs, suspended runs resumable), so that start time and memory follow live work, not history.
+    /// From now on every change is stored (see the persister). Fails, changing nothing, if the store cannot be read.
     pub fn open(
         catalog: WorkflowCatalog,
         clock: Arc<dyn Clock>,
@@ -161,57 +165,35 @@ impl RunRegistry {
         for record in definitions {
             catalog.restore(compiler.as_deref(), record);
         }
-        let mut loaded = store.load()?;
+        let mut loaded = store.load_active()?;
         // Only runs this server can serve: the others are kept in the store untouched (see below).
         let servable = |record: &RunRecord| catalog.version(&record.workflow_id, record.workflow_version).is_some();
         let failed_recoveries = mark_recoveries(store.as_ref(), &mut loaded, servable)?;
         let persister = Persister::start(store.clone())?;
         let mut runs = HashMap::new();
         let mut recover = Vec::new();
-        let mut unserved = HashMap::new();
         // New runs are numbered after every stored one, served here or not.
         let next_order = store.max_order()?.saturating_add(1);
         for run in loaded {
-            let record = run.record;
-            let Some(workflow) = catalog.version(&record.workflow_id, record.workflow_version) else {
+            let Some(workflow) = catalog.version(&run.record.workflow_id, run.record.workflow_version) else {
                 // Kept in the store untouched: a later build that has the workflow again serves it.
-                tracing::warn!(run_id = %record.run_id, workflow = %record.workflow_id, "stored run of a workflow this server does not have; not served");
-                unserved.insert(record.run_id, record.workflow_id);
+                tracing::warn!(run_id = %run.record.run_id, workflow = %run.record.workflow_id, "stored run of a workflow this server does not have; not served");
                 continue;
             };
-            let spec = RunSpec {
-                run_id: record.run_id.as_str().into(),
-                workflow,
-                version: record.workflow_version,
-                input: record.input,
-                request_context: Arc::new(record.request_context),
-                resource_id: record.resource_id,
-                tracing: None,
-            };
-            let status = record.state.status;
-            let restored = Run::restore(
-                spec,
-                record.created_at,
-                record.created_order,
-                record.state,
-                run.events,
-                clock.clone(),
-                encoder.clone(),
-                persister.clone(),
-            );
+            let checkpoints = run.checkpoints;
+            let restored = restore(run.record, run.events, workflow, &clock, &encoder, &persister);
             if let Some(reason) = failed_recoveries.get(restored.id().as_ref()) {
                 tracing::error!(run_id = %restored.id(), "{reason}");
-                restored.fail_unrecoverable(reason, run.checkpoints);
-            } else if matches!(status, RunStatus::Pending | RunStatus::Running | RunStatus::Waiting) {
-                recover.push((restored.clone(), run.checkpoints));
+                restored.fail_unrecoverable(reason, checkpoints);
+            } else {
+                recover.push((restored.clone(), checkpoints));
             }
             runs.insert(restored.id().clone(), restored);
         }
         tracing::info!(
-            runs = runs.len(),
             recovering = recover.len(),
             definitions = defined,
-            "loaded runs from the store"
+            "loaded the runs in flight from the store; every other run is read when asked for"
         );
         let registry = Arc::new(Self {
             catalog: RwLock::new(catalog),
@@ -223,7 +205,7 @@ impl RunRegistry {
             clock,
             encoder,
             persist: Some(persister),
-            unserved,
+            evictions: AtomicU64::new(0),
         });
         for (run, checkpoints) in recover {
             tracing::info!(run_id = %run.id(), "recovering a run that was in flight");
@@ -233,21 +215,27 @@ impl RunRegistry {
     }
 
     /// Applies retention: forgets the runs that ended more than `retention` ago (in memory and in the store) and
-    /// drops the events older than `retention` of the runs that remain (never a run's newest event). A reader
-    /// whose cursor falls below what is kept gets OUT_OF_RANGE naming the earliest seq kept. Returns how many runs
-    /// were forgotten and how many logs trimmed.
+    /// drops the events older than `retention` of the runs that remain in memory (never a run's newest event). A
+    /// reader whose cursor falls below what is kept gets OUT_OF_RANGE naming the earliest seq kept. Returns how many
+    /// runs in memory were forgotten and how many logs trimmed.
     pub fn expire(&self, retention: Duration) -> (usize, usize) {
         let now = self.clock.now();
         let Some(cutoff) = now.checked_sub(retention) else { return (0, 0) };
+        let (mut forgotten, mut trimmed) = (0, 0);
+        // The store forgets its runs that ended before the cutoff, resident or not (most finished runs are only
+        // there), before they leave memory: a lookup after that finds them nowhere, rather than loading them back.
+        if let Some(persister) = &self.persist {
+            persister.expire(cutoff);
+            if !persister.flush(Duration::from_secs(10)) {
+                tracing::warn!(store = persister.describe(), "retention waits for the store; tried again later");
+                return (0, 0);
+            }
+        }
         let runs: Vec<Arc<Run>> =
             self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner()).values().cloned().collect();
-        let (mut forgotten, mut trimmed) = (0, 0);
         for run in runs {
             if run.ended_before(cutoff) {
                 self.runs.write().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(run.id());
-                if let Some(persister) = &self.persist {
-                    persister.delete(run.id());
-                }
                 forgotten += 1;
             } else if let Some(first_seq) = run.trim_log(cutoff) {
                 if let Some(persister) = &self.persist {
@@ -262,7 +250,8 @@ impl RunRegistry {
         (forgotten, trimmed)
     }
 
-    /// Applies [`expire`](Self::expire) now and then, for as long as the registry lives.
+    /// Applies [`expire`](Self::expire) now and then (on a blocking thread: it waits for the store), for as long as
+    /// the registry lives.
     pub fn spawn_retention(self: &Arc<Self>, retention: Duration) {
         let registry = Arc::downgrade(self);
         // Often enough that nothing outlives its retention by much more than a tenth of it; at most once a second.
@@ -273,9 +262,72 @@ impl RunRegistry {
             loop {
                 tick.tick().await;
                 let Some(registry) = registry.upgrade() else { return };
-                registry.expire(retention);
+                let _ = tokio::task::spawn_blocking(move || registry.expire(retention)).await;
             }
         });
+    }
+
+    /// Lets the runs that are done for now leave memory: a finished or suspended run whose last change is older than
+    /// `idle`, all of whose events are stored, and that nobody holds (no reader of its log, no call in progress on
+    /// it). It stays in the store, and [`get`](Self::get) loads it again when a client asks for it. Does nothing
+    /// without a store (there is nowhere to load it from). Returns how many runs left memory.
+    pub fn evict(&self, idle: Duration) -> usize {
+        if self.persist.is_none() {
+            return 0;
+        }
+        let Some(cutoff) = self.clock.now().checked_sub(idle) else { return 0 };
+        // Look under the read lock, evict under the write lock: new calls find a run under the read lock, so one
+        // that holds no reference now cannot take one while it is being removed.
+        let candidates: Vec<Arc<str>> = {
+            let runs = self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+            runs.iter().filter(|(_, run)| run.is_idle_since(cutoff)).map(|(id, _)| id.clone()).collect()
+        };
+        if candidates.is_empty() {
+            return 0;
+        }
+        let (evicted, resident) = {
+            let mut runs = self.runs.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut evicted = 0;
+            for id in candidates {
+                let free = runs
+                    .get(&id)
+                    .is_some_and(|run| Arc::strong_count(run) == 1 && run.log_unshared() && run.is_idle_since(cutoff));
+                if free {
+                    runs.remove(&id);
+                    evicted += 1;
+                }
+            }
+            if evicted > 0 {
+                self.evictions.fetch_add(1, Ordering::AcqRel);
+            }
+            (evicted, runs.len())
+        };
+        tracing::debug!(evicted, resident, "runs left memory; they are read from the store when asked for");
+        evicted
+    }
+
+    /// Applies [`evict`](Self::evict) now and then, for as long as the registry lives: a run leaves memory about
+    /// `idle` after it finished or suspended (with a store; no-op without one).
+    pub fn spawn_eviction(self: &Arc<Self>, idle: Duration) {
+        if self.persist.is_none() {
+            return;
+        }
+        let registry = Arc::downgrade(self);
+        let every = (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(registry) = registry.upgrade() else { return };
+                registry.evict(idle);
+            }
+        });
+    }
+
+    /// Whether the run with this id is in memory now (tests of eviction).
+    pub fn is_resident(&self, run_id: &str) -> bool {
+        self.resident(run_id).is_some()
     }
 
     /// A clean stop: clears the recovery marks of the runs still in flight (a clean stop is not a crash their
@@ -340,48 +392,25 @@ impl RunRegistry {
     }
 
     /// Starts a run, or returns the existing run with the requested id (which is then not started again).
-    pub fn start(&self, request: StartRequest) -> Result<(Arc<Run>, Started), RegistryError> {
+    pub async fn start(&self, request: StartRequest) -> Result<(Arc<Run>, Started), RegistryError> {
         self.check_store()?;
         let kind = request.kind;
-        let catalog = self.catalog();
-        let (workflow, version) =
-            catalog.get(&request.workflow_id).filter(|(wf, _)| wf.kind() == kind).ok_or_else(|| {
-                if request.workflow_id.is_empty() {
-                    return RegistryError::InvalidId {
-                        field: "workflow_id",
-                        reason:
-                            "set one of workflow_id, agent_id or network_id; call ListWorkflows for the available ids"
-                                .into(),
-                    };
-                }
-                RegistryError::WorkflowNotFound {
-                    kind,
-                    id: request.workflow_id.clone(),
-                    actual: catalog.get(&request.workflow_id).map(|(wf, _)| wf.kind()),
-                    available: catalog
-                        .list()
-                        .iter()
-                        .filter(|(wf, _)| wf.kind() == kind)
-                        .map(|(wf, _)| wf.id().to_string())
-                        .collect(),
-                }
-            })?;
-        drop(catalog);
+        let (workflow, version) = self.runnable(&request.workflow_id, kind)?;
         let run_id: Arc<str> = if request.run_id.is_empty() {
             uuid::Uuid::now_v7().to_string().into()
         } else {
             validate_run_id("run_id", &request.run_id)?;
-            if let Some(existing) = self.find(&request.run_id) {
-                return attach(existing, &request.workflow_id, &request.input);
+            match self.find(&request.run_id).await? {
+                Found::Run(existing) => return attach(existing, &request.workflow_id, &request.input),
+                Found::Unserved(stored_workflow) => {
+                    return Err(RegistryError::RunIdTaken {
+                        run_id: request.run_id.clone(),
+                        existing: stored_workflow,
+                        requested: request.workflow_id.clone(),
+                    });
+                }
+                Found::Missing => request.run_id.as_str().into(),
             }
-            if let Some(stored_workflow) = self.unserved.get(&request.run_id) {
-                return Err(RegistryError::RunIdTaken {
-                    run_id: request.run_id.clone(),
-                    existing: stored_workflow.clone(),
-                    requested: request.workflow_id.clone(),
-                });
-            }
-            request.run_id.as_str().into()
         };
         workflow.validate_input(&request.input).map_err(RegistryError::InvalidInput)?;
 
@@ -410,19 +439,89 @@ impl RunRegistry {
         Ok((run, Started::Created))
     }
 
-    /// The run with this id.
-    pub fn get(&self, run_id: &str) -> Result<Arc<Run>, RegistryError> {
-        validate_run_id("run_id", run_id)?;
-        self.find(run_id).ok_or_else(|| RegistryError::RunNotFound { id: run_id.to_string() })
+    /// The latest version of the workflow (agent, network) `id` of `kind`, or why there is none.
+    fn runnable(&self, id: &str, kind: RunKind) -> Result<(Arc<Workflow>, u32), RegistryError> {
+        let catalog = self.catalog();
+        catalog.get(id).filter(|(wf, _)| wf.kind() == kind).ok_or_else(|| {
+            if id.is_empty() {
+                return RegistryError::InvalidId {
+                    field: "workflow_id",
+                    reason: "set one of workflow_id, agent_id or network_id; call ListWorkflows for the available ids"
+                        .into(),
+                };
+            }
+            RegistryError::WorkflowNotFound {
+                kind,
+                id: id.to_owned(),
+                actual: catalog.get(id).map(|(wf, _)| wf.kind()),
+                available: catalog
+                    .list()
+                    .iter()
+                    .filter(|(wf, _)| wf.kind() == kind)
+                    .map(|(wf, _)| wf.id().to_string())
+                    .collect(),
+            }
+        })
     }
 
-    fn find(&self, run_id: &str) -> Option<Arc<Run>> {
+    /// The run with this id: in memory, or loaded from the store.
+    pub async fn get(&self, run_id: &str) -> Result<Arc<Run>, RegistryError> {
+        validate_run_id("run_id", run_id)?;
+        match self.find(run_id).await? {
+            Found::Run(run) => Ok(run),
+            // Not served here, so not found here (a build with its workflow serves it).
+            Found::Unserved(_) | Found::Missing => Err(RegistryError::RunNotFound { id: run_id.to_string() }),
+        }
+    }
+
+    fn resident(&self, run_id: &str) -> Option<Arc<Run>> {
         self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner()).get(run_id).cloned()
     }
 
+    /// The run in memory, else the one in the store, loaded into memory (it leaves again when it is idle, see
+    /// [`evict`](Self::evict)). The store is read on a blocking thread; two callers loading the same run race to
+    /// insert it, and the loser takes the winner's copy, so there is only ever one `Run` per id in memory.
+    async fn find(&self, run_id: &str) -> Result<Found, RegistryError> {
+        loop {
+            if let Some(run) = self.resident(run_id) {
+                return Ok(Found::Run(run));
+            }
+            let (Some(store), Some(persister)) = (&self.store, &self.persist) else { return Ok(Found::Missing) };
+            let evictions = self.evictions.load(Ordering::Acquire);
+            let unavailable = |cause: String| RegistryError::StoreUnavailable { store: store.describe(), cause };
+            let read = {
+                let (store, run_id) = (store.clone(), run_id.to_owned());
+                tokio::task::spawn_blocking(move || store.load_run(&run_id))
+            };
+            let loaded = read
+                .await
+                .map_err(|e| unavailable(format!("reading run '{run_id}' failed: {e}")))?
+                .map_err(|e| unavailable(e.to_string()))?;
+            let Some(loaded) = loaded else {
+                // Absent from the store too, unless it was created meanwhile.
+                return Ok(self.resident(run_id).map_or(Found::Missing, Found::Run));
+            };
+            let workflow = self.catalog().version(&loaded.record.workflow_id, loaded.record.workflow_version);
+            let Some(workflow) = workflow else { return Ok(Found::Unserved(loaded.record.workflow_id)) };
+            let mut runs = self.runs.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if let Some(run) = runs.get(run_id) {
+                return Ok(Found::Run(run.clone()));
+            }
+            // A run evicted while this read was under way may have been loaded, changed and evicted again by
+            // others meanwhile: what was read may be older than the store now. Read again.
+            if self.evictions.load(Ordering::Acquire) != evictions {
+                continue;
+            }
+            let run = restore(loaded.record, loaded.events, workflow, &self.clock, &self.encoder, persister);
+            runs.insert(run.id().clone(), run.clone());
+            tracing::debug!(run_id, "loaded a run from the store");
+            return Ok(Found::Run(run));
+        }
+    }
+
     /// Resumes a suspended run; returns it and the seq after which the resumed phase's events appear.
-    pub fn resume(&self, run_id: &str, request: ResumeRequest) -> Result<(Arc<Run>, u64), RegistryError> {
-        let run = self.get(run_id)?;
+    pub async fn resume(&self, run_id: &str, request: ResumeRequest) -> Result<(Arc<Run>, u64), RegistryError> {
+        let run = self.get(run_id).await?;
         self.check_store()?;
         let start_seq = run.resume(request)?;
         Ok((run, start_seq))
@@ -431,7 +530,7 @@ impl RunRegistry {
     /// Cancels a run; returns whether anything was canceled (false when it had already ended). Waits up to
     /// `settle` for a running run's executor to stop, so the caller usually sees the final status.
     pub async fn cancel(&self, run_id: &str, settle: Duration) -> Result<(Arc<Run>, bool), RegistryError> {
-        let run = self.get(run_id)?;
+        let run = self.get(run_id).await?;
         self.check_store()?;
         let canceled = run.cancel();
         if canceled {
@@ -441,25 +540,74 @@ impl RunRegistry {
     }
 
     /// Runs matching `filter`, newest first, starting after the run with creation order `after_order` (0: from the
-    /// newest); at most `limit`. Returns the page and the order to continue after, if there is more.
-    pub fn list(&self, filter: &RunFilter, after_order: u64, limit: usize) -> (Vec<Arc<Run>>, Option<u64>) {
-        let mut matching: Vec<Arc<Run>> = {
+    /// newest); at most `limit`. Returns the page and the order to continue after, if there is more. With a store,
+    /// the page is the store's merged with the runs in memory: those whose creation is not stored yet, and the live
+    /// status of those that are.
+    pub async fn list(
+        &self,
+        filter: &RunFilter,
+        after_order: u64,
+        limit: usize,
+    ) -> Result<(Vec<RunView>, Option<u64>), RegistryError> {
+        let resident: HashMap<Arc<str>, Arc<Run>> = {
             let runs = self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-            runs.values()
-                .filter(|run| after_order == 0 || run.created_order < after_order)
-                .filter(|run| filter.workflow_id.as_deref().is_none_or(|id| &**run.workflow().id() == id))
-                .filter(|run| filter.resource_id.as_deref().is_none_or(|id| run.resource_id() == id))
-                .cloned()
+            runs.iter()
+                .filter(|(_, run)| after_order == 0 || run.created_order < after_order)
+                .filter(|(_, run)| filter.workflow_id.as_deref().is_none_or(|id| &**run.workflow().id() == id))
+                .filter(|(_, run)| filter.resource_id.as_deref().is_none_or(|id| run.resource_id() == id))
+                .map(|(id, run)| (id.clone(), run.clone()))
                 .collect()
         };
-        if let Some(status) = filter.status {
-            matching.retain(|run| run.status() == status);
+        // Matching by their status now (a stored status may lag behind).
+        let live = |run: &Run| filter.status.is_none_or(|status| run.status() == status);
+        let mut page: Vec<(u64, RunView)> =
+            resident.values().filter(|run| live(run)).map(|run| (run.created_order, run.view())).collect();
+        // The store's page is one more than asked for: whether there is more.
+        let mut stored_more = None;
+        if let Some(store) = &self.store {
+            let query = filter.clone();
+            let want = limit.saturating_add(1);
+            let read = {
+                let store = store.clone();
+                tokio::task::spawn_blocking(move || store.list_runs(&query, after_order, want))
+            };
+            let unavailable = |cause: String| RegistryError::StoreUnavailable { store: store.describe(), cause };
+            let stored = read
+                .await
+                .map_err(|e| unavailable(format!("listing runs failed: {e}")))?
+                .map_err(|e| unavailable(e.to_string()))?;
+            if stored.len() > limit {
+                stored_more = stored.last().map(|run| run.record.created_order);
+            }
+            let catalog = self.catalog();
+            for summary in stored {
+                let record = summary.record;
+                // In memory: listed above if it matches by its live status.
+                if resident.contains_key(record.run_id.as_str()) {
+                    continue;
+                }
+                // Runs of workflows this server does not have are not served, hence not listed.
+                let Some(workflow) = catalog.version(&record.workflow_id, record.workflow_version) else { continue };
+                let view = RunView {
+                    run_id: record.run_id.into(),
+                    workflow_id: workflow.id().clone(),
+                    kind: workflow.kind(),
+                    resource_id: record.resource_id,
+                    input: record.input,
+                    created_at: record.created_at,
+                    state: record.state,
+                    last_seq: summary.last_seq,
+                };
+                page.push((record.created_order, view));
+            }
         }
-        matching.sort_unstable_by_key(|run| std::cmp::Reverse(run.created_order));
-        let more = matching.len() > limit;
-        matching.truncate(limit);
-        let next = if more { matching.last().map(|run| run.created_order) } else { None };
-        (matching, next)
+        page.sort_unstable_by_key(|(order, _)| std::cmp::Reverse(*order));
+        let more = page.len() > limit || stored_more.is_some();
+        page.truncate(limit);
+        // Continue after the last run listed; a page emptied by the live statuses continues after what the store
+        // gave.
+        let next = if more { page.last().map(|(order, _)| *order).or(stored_more) } else { None };
+        Ok((page.into_iter().map(|(_, view)| view).collect(), next))
     }
 }
 
@@ -507,6 +655,36 @@ fn mark_recoveries(
         store.commit(&marks)?;
     }
     Ok(failed)
+}
+
+/// A stored run of `workflow` as a `Run` in memory (not started: the caller decides what happens next).
+fn restore(
+    record: RunRecord,
+    events: Vec<StoredEvent>,
+    workflow: Arc<Workflow>,
+    clock: &Arc<dyn Clock>,
+    encoder: &Arc<dyn EventEncoder>,
+    persister: &Arc<Persister>,
+) -> Arc<Run> {
+    let spec = RunSpec {
+        run_id: record.run_id.as_str().into(),
+        workflow,
+        version: record.workflow_version,
+        input: record.input,
+        request_context: Arc::new(record.request_context),
+        resource_id: record.resource_id,
+        tracing: None,
+    };
+    Run::restore(
+        spec,
+        record.created_at,
+        record.created_order,
+        record.state,
+        events,
+        clock.clone(),
+        encoder.clone(),
+        persister.clone(),
+    )
 }
 
 /// Attaching to an existing run by id is only for a retry of the start that created it (same workflow, same

@@ -14,7 +14,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, mpsc},
+    sync::{Arc, Weak, mpsc},
     thread,
     time::{Duration, SystemTime},
 };
@@ -64,12 +64,13 @@ enum Op {
     },
     /// A run loaded at start, whose log this thread advances from now on.
     Watch(Arc<str>, Arc<EventLog>),
-    Delete {
-        run_id: Arc<str>,
-    },
     Trim {
         run_id: Arc<str>,
         before_seq: u64,
+    },
+    /// Retention of the runs only in the store.
+    Expire {
+        ended_before: SystemTime,
     },
     /// Answered once everything queued before it is committed.
     Flush(Box<dyn FnOnce() + Send>),
@@ -157,12 +158,12 @@ impl Persister {
         self.send(Op::Watch(Arc::clone(run_id), log));
     }
 
-    pub fn delete(&self, run_id: &Arc<str>) {
-        self.send(Op::Delete { run_id: Arc::clone(run_id) });
-    }
-
     pub fn trim(&self, run_id: &Arc<str>, before_seq: u64) {
         self.send(Op::Trim { run_id: Arc::clone(run_id), before_seq });
+    }
+
+    pub fn expire(&self, ended_before: SystemTime) {
+        self.send(Op::Expire { ended_before });
     }
 
     /// Waits (blocking) until everything queued so far is committed, or `limit` has passed; returns whether it
@@ -197,7 +198,9 @@ impl Persister {
 }
 
 fn write_loop(store: &dyn RunStore, rx: &mpsc::Receiver<Op>, failing: &tokio::sync::watch::Sender<Option<String>>) {
-    let mut logs: HashMap<Arc<str>, Arc<EventLog>> = HashMap::new();
+    // Weak: a run that leaves memory (evicted once all its events are stored) takes its log with it; holding the
+    // log here would keep every suspended run's log alive, and make "nobody holds the log" useless to eviction.
+    let mut logs: HashMap<Arc<str>, Weak<EventLog>> = HashMap::new();
     let mut writes: Vec<Write> = Vec::new();
     // Per run touched by the batch: the highest seq it commits.
     let mut durable: HashMap<Arc<str>, u64> = HashMap::new();
@@ -209,11 +212,11 @@ fn write_loop(store: &dyn RunStore, rx: &mpsc::Receiver<Op>, failing: &tokio::sy
             taken += 1;
             match op {
                 Op::Create(record, log) => {
-                    logs.insert(record.run_id.as_str().into(), log);
+                    logs.insert(record.run_id.as_str().into(), Arc::downgrade(&log));
                     writes.push(Write::CreateRun(record));
                 }
                 Op::Watch(run_id, log) => {
-                    logs.insert(run_id, log);
+                    logs.insert(run_id, Arc::downgrade(&log));
                 }
                 Op::Event { run_id, seq, time, body, finish, with } => {
                     push_events(&mut writes, &run_id, [StoredEvent { seq, time, body, finish }], with);
@@ -227,13 +230,10 @@ fn write_loop(store: &dyn RunStore, rx: &mpsc::Receiver<Op>, failing: &tokio::sy
                     }
                 }
                 Op::State { run_id, state } => writes.push(Write::State { run_id: run_id.to_string(), state }),
-                Op::Delete { run_id } => {
-                    logs.remove(&run_id);
-                    writes.push(Write::DeleteRun { run_id: run_id.to_string() });
-                }
                 Op::Trim { run_id, before_seq } => {
                     writes.push(Write::TrimEvents { run_id: run_id.to_string(), before_seq })
                 }
+                Op::Expire { ended_before } => writes.push(Write::ExpireRuns { ended_before }),
                 Op::Flush(done) => flushes.push(done),
             }
             if taken < MAX_BATCH {
@@ -243,10 +243,17 @@ fn write_loop(store: &dyn RunStore, rx: &mpsc::Receiver<Op>, failing: &tokio::sy
         commit_until_done(store, &writes, failing);
         writes.clear();
         for (run_id, seq) in durable.drain() {
-            if let Some(log) = logs.get(&run_id) {
-                log.mark_durable(seq);
-                // A run whose log ended for good needs no more watching.
-                if log.is_finished() {
+            let Some(watched) = logs.get(&run_id) else { continue };
+            match watched.upgrade() {
+                Some(log) => {
+                    log.mark_durable(seq);
+                    // A run whose log ended for good needs no more watching.
+                    if log.is_finished() {
+                        logs.remove(&run_id);
+                    }
+                }
+                // Nobody can read it any more: the run left memory.
+                None => {
                     logs.remove(&run_id);
                 }
             }

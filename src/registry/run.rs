@@ -230,6 +230,19 @@ impl Run {
         state.status.is_terminal() && state.updated_at < cutoff
     }
 
+    /// Whether the run is done for now (finished, or suspended until a client resumes it) since before `cutoff`,
+    /// with every event it appended stored: then the store holds all of it, and it may leave memory.
+    pub(super) fn is_idle_since(&self, cutoff: SystemTime) -> bool {
+        let state = self.lock_state();
+        let resting = state.status.is_terminal() || matches!(state.status, RunStatus::Suspended | RunStatus::Paused);
+        resting && state.updated_at <= cutoff && self.is_stored()
+    }
+
+    /// Whether nobody but the run holds its log: no reader is attached.
+    pub(super) fn log_unshared(&self) -> bool {
+        Arc::strong_count(&self.log) == 1
+    }
+
     /// Drops the log's events appended before `cutoff` (see [`EventLog::trim_before`]); the new first seq if any.
     pub(super) fn trim_log(&self, cutoff: SystemTime) -> Option<u64> {
         self.log.trim_before(cutoff)

@@ -55,9 +55,9 @@ impl RunStore for GatedStore {
     }
 }
 
-fn start(registry: &RunRegistry, workflow_id: &str, run_id: &str, input: Value) -> Arc<Run> {
+async fn start(registry: &RunRegistry, workflow_id: &str, run_id: &str, input: Value) -> Arc<Run> {
     let request = StartRequest { workflow_id: workflow_id.into(), run_id: run_id.into(), input, ..Default::default() };
-    registry.start(request).expect("start").0
+    registry.start(request).await.expect("start").0
 }
 
 /// Every event after `after_seq` until the reader ends (one phase), decoded.
@@ -78,7 +78,7 @@ fn name(event: &pb::RunEvent) -> String {
 async fn readers_see_an_event_only_once_it_is_committed() {
     let store = Arc::new(GatedStore::default());
     let registry = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire()).unwrap();
-    let run = start(&registry, "chain", "c1", json!({ "value": 1 }));
+    let run = start(&registry, "chain", "c1", json!({ "value": 1 })).await;
     // The run finishes in memory, but nothing is committed: readers and the view see nothing yet.
     run.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await;
     assert_eq!(run.last_seq(), 0);
@@ -98,28 +98,28 @@ async fn readers_see_an_event_only_once_it_is_committed() {
 async fn a_reopened_registry_serves_finished_and_suspended_runs() {
     let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
     let first = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire()).unwrap();
-    let chain = start(&first, "chain", "c1", json!({ "value": 1 }));
+    let chain = start(&first, "chain", "c1", json!({ "value": 1 })).await;
     let before = read(&chain, 0).await;
-    let order = start(&first, "order-approval", "o1", json!({ "orderId": "A-1", "amount": 5 }));
+    let order = start(&first, "order-approval", "o1", json!({ "orderId": "A-1", "amount": 5 })).await;
     let suspended = read(&order, 0).await;
     first.flush();
 
     let second = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire()).unwrap();
-    let chain = second.get("c1").unwrap();
+    let chain = second.get("c1").await.unwrap();
     assert_eq!(chain.view().state.result, Some(json!({ "value": 4 })));
     assert_eq!(read(&chain, 0).await, before, "the same events with the same seqs");
     assert_eq!(read(&chain, 5).await, before[5..]);
-    let order = second.get("o1").unwrap();
+    let order = second.get("o1").await.unwrap();
     assert_eq!(order.status(), RunStatus::Suspended);
     let resume = ResumeRequest { resume_data: json!({ "approved": true, "approver": "ada" }), ..Default::default() };
-    let (order, start_seq) = second.resume("o1", resume).unwrap();
+    let (order, start_seq) = second.resume("o1", resume).await.unwrap();
     assert_eq!(start_seq, suspended.len() as u64);
     let resumed = read(&order, start_seq).await;
     assert_eq!(resumed.first().map(|(seq, _)| *seq), Some(start_seq + 1), "numbering continues");
     assert_eq!(order.view().state.result, Some(json!({ "status": "approved by ada" })));
     // New runs of the reopened registry list after the loaded ones.
-    let (runs, _) = second.list(&RunFilter::default(), 0, 10);
-    let ids: Vec<&str> = runs.iter().map(|r| &**r.id()).collect();
+    let (runs, _) = second.list(&RunFilter::default(), 0, 10).await.expect("list");
+    let ids: Vec<&str> = runs.iter().map(|r| &*r.run_id).collect();
     assert_eq!(ids, ["o1", "c1"]);
 }
 
@@ -151,7 +151,7 @@ async fn a_run_in_flight_is_recovered_from_its_last_completed_step() {
     let blocked = Arc::new(tokio::sync::Semaphore::new(0));
     let first =
         RunRegistry::open(two_steps(step_one_runs.clone(), blocked), Arc::new(SystemClock), store.clone(), wire());
-    let run = start(&first.unwrap(), "two-steps", "r1", json!({ "n": 1 }));
+    let run = start(&first.unwrap(), "two-steps", "r1", json!({ "n": 1 })).await;
     // Once a reader sees step-2 start, step-1's result and checkpoint are committed; then the process "dies".
     let mut reader = run.reader(0, ReadUntil::Run { close_on_suspend: true }).unwrap();
     let mut seen = Vec::new();
@@ -168,7 +168,7 @@ async fn a_run_in_flight_is_recovered_from_its_last_completed_step() {
     let released = Arc::new(tokio::sync::Semaphore::new(100));
     let second =
         RunRegistry::open(two_steps(step_one_runs.clone(), released), Arc::new(SystemClock), store.clone(), wire());
-    let run = second.unwrap().get("r1").unwrap();
+    let run = second.unwrap().get("r1").await.unwrap();
     assert!(run.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await);
     assert_eq!(run.view().state.result, Some(json!({ "n": 20 })));
     assert_eq!(step_one_runs.load(Ordering::SeqCst), 1, "the completed step is not run again");
@@ -205,9 +205,9 @@ async fn retention_forgets_finished_runs_and_trims_old_events_with_an_explicit_e
     let start_time = SystemTime::now();
     let clock = Arc::new(ManualClock(Mutex::new(start_time)));
     let registry = RunRegistry::open(builtin::catalog(), clock.clone(), store.clone(), wire()).unwrap();
-    let chain = start(&registry, "chain", "c1", json!({ "value": 1 }));
+    let chain = start(&registry, "chain", "c1", json!({ "value": 1 })).await;
     read(&chain, 0).await;
-    let order = start(&registry, "order-approval", "o1", json!({ "orderId": "A-1", "amount": 5 }));
+    let order = start(&registry, "order-approval", "o1", json!({ "orderId": "A-1", "amount": 5 })).await;
     let suspended_at = read(&order, 0).await.len() as u64;
     registry.flush();
     let day = Duration::from_secs(86_400);
@@ -215,8 +215,8 @@ async fn retention_forgets_finished_runs_and_trims_old_events_with_an_explicit_e
 
     *clock.0.lock().unwrap() = start_time + 2 * day;
     assert_eq!(registry.expire(day), (1, 1), "the finished run goes; the suspended one keeps its newest event");
-    assert!(matches!(registry.get("c1"), Err(RegistryError::RunNotFound { .. })));
-    let order = registry.get("o1").unwrap();
+    assert!(matches!(registry.get("c1").await, Err(RegistryError::RunNotFound { .. })));
+    let order = registry.get("o1").await.unwrap();
     match order.reader(0, ReadUntil::Run { close_on_suspend: true }) {
         Err(RegistryError::CursorExpired { first_seq, .. }) => assert_eq!(first_seq, suspended_at),
         other => panic!("expected CursorExpired, got {other:?}"),
@@ -230,7 +230,7 @@ async fn retention_forgets_finished_runs_and_trims_old_events_with_an_explicit_e
     assert_eq!(stored.len(), 1, "the store forgot the finished run too");
     assert_eq!(stored[0].events.first().map(|e| e.seq), Some(suspended_at));
     let resume = ResumeRequest { resume_data: json!({ "approved": false, "approver": "bo" }), ..Default::default() };
-    registry.resume("o1", resume).unwrap();
+    registry.resume("o1", resume).await.unwrap();
     assert!(order.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await);
 }
 
@@ -238,7 +238,7 @@ async fn retention_forgets_finished_runs_and_trims_old_events_with_an_explicit_e
 async fn a_reader_overtaken_by_retention_ends_with_the_earliest_seq_not_a_gap() {
     let clock = Arc::new(ManualClock(Mutex::new(SystemTime::now())));
     let registry = RunRegistry::new(builtin::catalog(), clock.clone(), wire());
-    let order = start(&registry, "order-approval", "o1", json!({ "orderId": "A-1", "amount": 5 }));
+    let order = start(&registry, "order-approval", "o1", json!({ "orderId": "A-1", "amount": 5 })).await;
     let last = read(&order, 0).await.len() as u64;
     // A reader created at seq 1 that has read nothing when retention trims the log.
     let mut fresh = order.reader(1, ReadUntil::Run { close_on_suspend: true }).unwrap();
@@ -252,7 +252,7 @@ async fn a_reader_overtaken_by_retention_ends_with_the_earliest_seq_not_a_gap() 
 async fn a_status_is_reported_only_once_it_is_stored() {
     let store = Arc::new(GatedStore::default());
     let registry = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire()).unwrap();
-    let run = start(&registry, "chain", "c1", json!({ "value": 1 }));
+    let run = start(&registry, "chain", "c1", json!({ "value": 1 })).await;
     run.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await;
     // SUCCESS in memory, nothing committed: what GetResult, GetRun and StartRun would report must wait.
     let stored = tokio::spawn({
@@ -281,7 +281,7 @@ async fn a_status_is_reported_only_once_it_is_stored() {
 async fn a_stored_run_this_build_cannot_serve_keeps_its_id() {
     let store: Arc<dyn RunStore> = Arc::new(MemoryStore::new());
     let first = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire()).unwrap();
-    read(&start(&first, "chain", "c1", json!({ "value": 1 })), 0).await;
+    read(&*start(&first, "chain", "c1", json!({ "value": 1 })).await, 0).await;
     first.flush();
 
     // A build without `chain`: the run is not served, its id is not given to another run, and the store (whose
@@ -289,18 +289,18 @@ async fn a_stored_run_this_build_cannot_serve_keeps_its_id() {
     let mut catalog = WorkflowCatalog::new();
     catalog.register(crate::builtin::timer::workflow());
     let second = RunRegistry::open(catalog, Arc::new(SystemClock), store.clone(), wire()).unwrap();
-    assert!(matches!(second.get("c1"), Err(RegistryError::RunNotFound { .. })));
+    assert!(matches!(second.get("c1").await, Err(RegistryError::RunNotFound { .. })));
     let request = StartRequest {
         workflow_id: "timer".into(),
         run_id: "c1".into(),
         input: json!({ "ms": 1 }),
         ..Default::default()
     };
-    match second.start(request) {
+    match second.start(request).await {
         Err(RegistryError::RunIdTaken { existing, .. }) => assert_eq!(existing, "chain"),
         other => panic!("expected RunIdTaken, got {other:?}"),
     }
-    let timer = start(&second, "timer", "t1", json!({ "ms": 1 }));
+    let timer = start(&second, "timer", "t1", json!({ "ms": 1 })).await;
     assert!(timer.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await);
     timer.stored().await.expect("stored");
     let ids: Vec<String> = store.load().unwrap().into_iter().map(|r| r.record.run_id).collect();
@@ -353,13 +353,13 @@ async fn registered_definitions_are_versioned_stored_and_runs_keep_their_version
 
     let v1 = first.register_definition(RunKind::Workflow, json!({ "id": "mine", "value": 1 })).expect("v1");
     assert_eq!((v1.id.as_str(), v1.version), ("mine", 1));
-    let held = start(&first, "mine", "on-v1", json!({}));
+    let held = start(&first, "mine", "on-v1", json!({})).await;
     let v2 = first.register_definition(RunKind::Workflow, json!({ "id": "mine", "value": 2 })).expect("v2");
     assert_eq!(v2.version, 2);
     gate.add_permits(10);
     assert!(held.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await);
     assert_eq!(held.view().state.result, Some(json!(1)), "the run kept version 1");
-    let newer = start(&first, "mine", "on-v2", json!({}));
+    let newer = start(&first, "mine", "on-v2", json!({})).await;
     assert!(newer.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await);
     assert_eq!(newer.view().state.result, Some(json!(2)));
     let listed: Vec<(String, u32)> = first
@@ -396,7 +396,7 @@ async fn registered_definitions_are_versioned_stored_and_runs_keep_their_version
     // Reopened: the definitions and each run's version are back, and versions number on.
     let second =
         RunRegistry::open_with(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire(), compiler()).unwrap();
-    assert_eq!(second.get("on-v1").expect("served").view().state.result, Some(json!(1)));
+    assert_eq!(second.get("on-v1").await.expect("served").view().state.result, Some(json!(1)));
     assert_eq!(second.definition(RunKind::Workflow, "mine", 0).expect("latest").version, 2);
     let v3 = second.register_definition(RunKind::Workflow, json!({ "id": "mine", "value": 3 })).expect("v3");
     assert_eq!(v3.version, 3);
@@ -405,7 +405,7 @@ async fn registered_definitions_are_versioned_stored_and_runs_keep_their_version
 
     // A registry that takes no definitions does not serve their runs, and says so when asked to register.
     let third = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire()).unwrap();
-    assert!(matches!(third.get("on-v1"), Err(RegistryError::RunNotFound { .. })));
+    assert!(matches!(third.get("on-v1").await, Err(RegistryError::RunNotFound { .. })));
     assert!(matches!(
         third.register_definition(RunKind::Workflow, json!({ "id": "mine" })),
         Err(RegistryError::DefinitionsUnsupported)

@@ -7,8 +7,8 @@ use std::{
 };
 
 use super::{
-    DefinitionRecord, LoadedRun, RunQuery, RunRecord, RunStore, StepCheckpoint, StoreError, StoredEvent, Write,
-    is_active,
+    DefinitionRecord, LoadedRun, RunQuery, RunRecord, RunStore, RunSummary, StepCheckpoint, StoreError, StoredEvent,
+    Write, is_active,
 };
 
 /// A [`RunStore`] in memory: runs outlive a registry (a new one opened on the same store sees them), not the
@@ -84,14 +84,16 @@ impl RunStore for MemoryStore {
         Ok(self.lock().get(run_id).map(Stored::loaded))
     }
 
-    fn list_runs(&self, query: &RunQuery, before_order: u64, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+    fn list_runs(&self, query: &RunQuery, before_order: u64, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
         let runs = self.lock();
         let mut matching: Vec<&Stored> = runs
             .values()
             .filter(|s| (before_order == 0 || s.record.created_order < before_order) && query.matches(&s.record))
             .collect();
         matching.sort_by_key(|s| std::cmp::Reverse(s.key()));
-        Ok(matching.into_iter().take(limit).map(|s| s.record.clone()).collect())
+        let summary =
+            |s: &Stored| RunSummary { record: s.record.clone(), last_seq: s.events.last().map_or(0, |e| e.seq) };
+        Ok(matching.into_iter().take(limit).map(summary).collect())
     }
 
     fn max_order(&self) -> Result<u64, StoreError> {
@@ -114,6 +116,24 @@ impl RunStore for MemoryStore {
             let run_id = match write {
                 Write::Definition(record) => {
                     new_definitions.push((**record).clone());
+                    continue;
+                }
+                Write::ExpireRuns { ended_before } => {
+                    let ended = |record: &RunRecord| {
+                        record.state.status.is_terminal() && record.state.updated_at < *ended_before
+                    };
+                    // Runs this batch touched already are judged by their copy in `work`.
+                    let gone: Vec<String> = runs
+                        .iter()
+                        .filter(|(id, s)| ended(&s.record) && !work.contains_key(*id))
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    work.extend(gone.into_iter().map(|id| (id, None)));
+                    for slot in work.values_mut() {
+                        if slot.as_ref().is_some_and(|s| ended(&s.record)) {
+                            *slot = None;
+                        }
+                    }
                     continue;
                 }
                 Write::CreateRun(record) => record.run_id.clone(),
@@ -165,7 +185,7 @@ impl RunStore for MemoryStore {
                     stored.checkpoints.retain(|c| c.phase >= phase);
                 }
                 Write::DeleteRun { .. } => *slot = None,
-                Write::Definition(_) => {}
+                Write::Definition(_) | Write::ExpireRuns { .. } => {}
                 Write::TrimEvents { before_seq, .. } => {
                     if let Some(stored) = slot.as_mut() {
                         stored.events.retain(|e| e.seq >= *before_seq);

@@ -75,6 +75,15 @@ impl RunQuery {
     }
 }
 
+/// A run as [`RunStore::list_runs`] gives it: its record and the seq of its last stored event (ListRuns shows it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    /// The run's record, with its last state.
+    pub record: RunRecord,
+    /// The seq of its last stored event (0 when it has none).
+    pub last_seq: u64,
+}
+
 /// Whether a run in `status` is in flight: a restart must recover it (see [`RunStore::load_active`]).
 pub fn is_active(status: RunStatus) -> bool {
     matches!(status, RunStatus::Pending | RunStatus::Running | RunStatus::Waiting)
@@ -186,6 +195,12 @@ pub enum Write {
     },
     /// A new version of a registered definition (never replaced: runs keep the version they started with).
     Definition(Box<DefinitionRecord>),
+    /// Forget every run that ended (a terminal status) before `ended_before`, as [`Write::DeleteRun`] would: retention
+    /// of runs that are only in the store (issue 12: a finished run leaves memory long before its retention ends).
+    ExpireRuns {
+        /// Runs whose state was last recorded before this, with a terminal status, go.
+        ended_before: SystemTime,
+    },
     /// Drop a run's events with seq < `before_seq` (retention of long-lived runs' old events).
     TrimEvents {
         /// The run.
@@ -231,19 +246,19 @@ pub trait RunStore: Send + Sync + 'static {
         Ok(self.load()?.into_iter().find(|run| run.record.run_id == run_id))
     }
 
-    /// The records (no events, no checkpoints) of runs matching `query`, newest first by creation order, only
-    /// those created before `before_order` (0: from the newest), at most `limit`. Why (issue 12): ListRuns pages
-    /// through stored runs without loading them. The default filters `load`.
-    fn list_runs(&self, query: &RunQuery, before_order: u64, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
-        let mut records: Vec<RunRecord> = self
+    /// The records (no events, no checkpoints) of runs matching `query`, each with its last stored seq, newest
+    /// first by creation order, only those created before `before_order` (0: from the newest), at most `limit`.
+    /// Why (issue 12): ListRuns pages through stored runs without loading them. The default filters `load`.
+    fn list_runs(&self, query: &RunQuery, before_order: u64, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
+        let mut runs: Vec<RunSummary> = self
             .load()?
             .into_iter()
-            .map(|run| run.record)
-            .filter(|record| (before_order == 0 || record.created_order < before_order) && query.matches(record))
+            .filter(|run| (before_order == 0 || run.record.created_order < before_order) && query.matches(&run.record))
+            .map(|run| RunSummary { last_seq: run.events.last().map_or(0, |e| e.seq), record: run.record })
             .collect();
-        records.sort_by_key(|record| std::cmp::Reverse(record.created_order));
-        records.truncate(limit);
-        Ok(records)
+        runs.sort_by_key(|run| std::cmp::Reverse(run.record.created_order));
+        runs.truncate(limit);
+        Ok(runs)
     }
 
     /// The highest creation order stored (0 when there is no run). Why (issue 12): a start that loads only active

@@ -40,8 +40,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, config::DbConfig, param
 use serde_json::Value;
 
 use super::{
-    DefinitionRecord, LoadedRun, RunQuery, RunRecord, RunStore, StateRecord, StepCheckpoint, StoreError, StoredEvent,
-    Write,
+    DefinitionRecord, LoadedRun, RunQuery, RunRecord, RunStore, RunSummary, StateRecord, StepCheckpoint, StoreError,
+    StoredEvent, Write,
 };
 use crate::engine::{RunStatus, StepRecord};
 
@@ -687,7 +687,7 @@ impl SqliteStore {
     }
 
     /// [`RunStore::list_runs`]: the filters set become conditions, so that SQLite can use an index for them.
-    fn list_records(&self, query: &RunQuery, before_order: u64, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+    fn list_records(&self, query: &RunQuery, before_order: u64, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
         let status = query.status.map(status_text);
         let before = seq_i64(before_order);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -708,7 +708,18 @@ impl SqliteStore {
         tail.push_str(" ORDER BY created_order DESC, rowid DESC LIMIT ?");
         params.push(&limit);
         let conn = self.lock();
-        Ok(self.read_records(&conn, &tail, &params)?.into_iter().map(|(record, _)| record).collect())
+        let records = self.read_records(&conn, &tail, &params)?;
+        let mut last_seq_stmt = conn
+            .prepare_cached("SELECT COALESCE(MAX(last_seq), 0) FROM events WHERE run_id = ?1")
+            .map_err(|e| self.classify(e))?;
+        records
+            .into_iter()
+            .map(|(record, _)| {
+                let last: i64 =
+                    last_seq_stmt.query_row([&record.run_id], |row| row.get(0)).map_err(|e| self.classify(e))?;
+                Ok(RunSummary { record, last_seq: u64::try_from(last).unwrap_or(0) })
+            })
+            .collect()
     }
 
     fn load_definition_records(&self) -> Result<Vec<DefinitionRecord>, StoreError> {
@@ -789,7 +800,7 @@ impl RunStore for SqliteStore {
         Ok(runs.pop())
     }
 
-    fn list_runs(&self, query: &RunQuery, before_order: u64, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+    fn list_runs(&self, query: &RunQuery, before_order: u64, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
         self.noting_damage(self.list_records(query, before_order, limit))
     }
 
@@ -866,6 +877,25 @@ impl RunStore for SqliteStore {
                     Write::DeleteRun { run_id } => {
                         for table in ["events", "steps", "runs"] {
                             exec(&tx, &format!("DELETE FROM {table} WHERE run_id = ?1"), [run_id]).map_err(err)?;
+                        }
+                    }
+                    Write::ExpireRuns { ended_before } => {
+                        // The status index finds the ended runs; their end time is read from the state (serde's
+                        // `SystemTime` form). Events and steps first: they are found through the run.
+                        let ended = "SELECT run_id FROM runs WHERE status IN (?1, ?2, ?3, ?4) \
+                                     AND json_extract(state, '$.updated_at.secs_since_epoch') < ?5";
+                        let terminal =
+                            [RunStatus::Success, RunStatus::Failed, RunStatus::Canceled, RunStatus::Tripwire]
+                                .map(status_text);
+                        let cutoff = ended_before.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                        let cutoff = i64::try_from(cutoff).unwrap_or(i64::MAX);
+                        for table in ["events", "steps", "runs"] {
+                            exec(
+                                &tx,
+                                &format!("DELETE FROM {table} WHERE run_id IN ({ended})"),
+                                params![terminal[0], terminal[1], terminal[2], terminal[3], cutoff],
+                            )
+                            .map_err(err)?;
                         }
                     }
                     Write::Definition(def) => {

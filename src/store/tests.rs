@@ -186,8 +186,8 @@ fn ids_of_loaded(runs: &[LoadedRun]) -> Vec<&str> {
     runs.iter().map(|r| r.record.run_id.as_str()).collect()
 }
 
-fn ids_of(records: &[RunRecord]) -> Vec<&str> {
-    records.iter().map(|r| r.run_id.as_str()).collect()
+fn ids_of(runs: &[RunSummary]) -> Vec<&str> {
+    runs.iter().map(|r| r.record.run_id.as_str()).collect()
 }
 
 /// `load_active`, `load_run`, `list_runs` and `max_order` (issue 12: lazy runs): each agrees with `load`, and a
@@ -231,11 +231,15 @@ fn lazy_reads(store: &dyn RunStore) {
         status,
         resource_id: owner.map(Into::into),
     };
-    let list = |q: &RunQuery, before: u64, limit: usize| store.list_runs(q, before, limit).unwrap();
+    let list = |q: &RunQuery, before: u64, limit: usize| {
+        let runs = store.list_runs(q, before, limit).unwrap();
+        assert!(runs.iter().all(|run| run.last_seq == 2), "each with its last stored seq");
+        runs
+    };
     let everything = list(&RunQuery::default(), 0, 100);
     assert_eq!(ids_of(&everything), ["f", "e", "d", "c", "b", "a"], "newest first");
     let by_id = |id: &str| all.iter().find(|r| r.record.run_id == id).map(|r| r.record.clone());
-    assert_eq!(Some(everything[1].clone()), by_id("e"), "the records `load` gives");
+    assert_eq!(Some(everything[1].record.clone()), by_id("e"), "the records `load` gives");
     assert_eq!(ids_of(&list(&RunQuery::default(), 0, 2)), ["f", "e"]);
     assert_eq!(ids_of(&list(&RunQuery::default(), 5, 2)), ["d", "c"], "a page before order 5");
     assert_eq!(ids_of(&list(&RunQuery::default(), 1, 10)), Vec::<&str>::new());
@@ -258,6 +262,16 @@ fn lazy_reads(store: &dyn RunStore) {
     assert_eq!(ids_of(&list(&query(None, Some(RunStatus::Success), None), 0, 10)), ["d", "a"]);
     assert_eq!(store.load_run("f").unwrap(), None);
     assert_eq!(store.max_order().unwrap(), 5);
+
+    // Retention of runs only in the store (whole seconds): those that ended before the cutoff go, with their events; runs in
+    // flight, suspended ones and runs that ended later stay.
+    let late = StateRecord { updated_at: at(50_000), ..state(RunStatus::Failed, 1) };
+    store.commit(&[Write::State { run_id: "d".into(), state: Box::new(late) }]).unwrap();
+    store.commit(&[Write::ExpireRuns { ended_before: at(10_000) }]).unwrap();
+    assert_eq!(ids_of_loaded(&store.load().unwrap()), ["b", "c", "d", "e"], "a (ended at 5) is gone");
+    assert_eq!(store.load_run("a").unwrap(), None);
+    store.commit(&[Write::ExpireRuns { ended_before: at(100_000) }]).unwrap();
+    assert_eq!(ids_of_loaded(&store.load().unwrap()), ["b", "c", "e"], "then d");
 }
 
 #[test]
