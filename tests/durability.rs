@@ -78,6 +78,9 @@ impl Scenario {
         let child = Command::new(env!("CARGO_BIN_EXE_runstream"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&self.data_dir)
+            // Every run leaves memory as soon as it may: each call after that reads it back from the store, so the
+            // checks below also hold for runs served from the store (issue 12: lazy runs).
+            .args(["--evict-after", "0s"])
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
