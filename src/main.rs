@@ -49,9 +49,9 @@ enum Command {
         /// events: e.g. `7d`, `12h`, `30m`, `90s`. Older cursors get OUT_OF_RANGE naming the earliest seq kept.
         #[arg(long, default_value = "7d", value_parser = parse_duration)]
         retention: std::time::Duration,
-        /// How long a finished or suspended run stays in memory once nobody reads it, e.g. `30s`, `5m`, `0s`; then
+        /// How long a finished or suspended run stays in memory once nobody reads it, e.g. `2s`, `5m`, `0s`; then
         /// it is read from the store when asked for (SQLite store only: a memory store keeps every run).
-        #[arg(long, default_value = "30s", value_parser = parse_delay)]
+        #[arg(long, default_value = "2s", value_parser = parse_delay)]
         evict_after: std::time::Duration,
         /// Serve none of the built-in demo workflows, agents and networks.
         #[arg(long)]

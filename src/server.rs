@@ -115,7 +115,7 @@ impl Default for ServerBuilder {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             store: Store::Memory,
             retention: Duration::from_secs(7 * 86_400),
-            evict_after: Duration::from_secs(30),
+            evict_after: Duration::from_secs(2),
             runnables: Vec::new(),
             builtins: false,
             model: None,
@@ -148,7 +148,7 @@ impl ServerBuilder {
         self
     }
 
-    /// How long a finished or suspended run stays in memory once nobody reads it or acts on it (default 30 s); then
+    /// How long a finished or suspended run stays in memory once nobody reads it or acts on it (default 2 s); then
     /// it leaves memory and is read from the store when a client asks for it, so that memory follows live work, not
     /// history. Only with a store to read it from: [`Store::Memory`] keeps every run in memory until its retention.
     pub fn evict_after(mut self, idle: Duration) -> Self {
