@@ -528,7 +528,8 @@ fn check_whole_file(path: &Path, found: &OnceLock<String>, stop: &Arc<AtomicBool
             false
         }
         Err(_) if stop.load(Ordering::Relaxed) => {
-            tracing::info!(store = %location, took_ms, "the check of the whole file stopped with the server; the next start checks again");
+            let stopped = "the check of the whole file stopped with the server; the next start checks again";
+            tracing::info!(store = %location, took_ms, "{stopped}");
             false
         }
         Err(error) => {
