@@ -163,11 +163,7 @@ impl SqliteStore {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| open_error(format!("cannot create the data dir {}: {e}", data_dir.display())))?;
         let lock = DirLock::acquire(data_dir, &location)?;
-        let opened = Self::open_locked(path, sync, lock.existed).and_then(|(path, conn, unclean)| {
-            let check = if unclean { Some(BackgroundCheck::start(&path)?) } else { None };
-            Ok((path, conn, check))
-        });
-        match opened {
+        match Self::open_locked(path, sync, lock.existed) {
             Ok((path, conn, check)) => {
                 Ok(Self { path, conn: Mutex::new(conn), damaged: AtomicBool::new(false), check, _lock: lock })
             }
@@ -178,9 +174,13 @@ impl SqliteStore {
         }
     }
 
-    /// Checks the files, opens the database and prepares it; `lock_existed`: a server used the data dir before.
-    /// `true` with it: the last stop was unclean.
-    fn open_locked(path: PathBuf, sync: Sync, lock_existed: bool) -> Result<(PathBuf, Connection, bool), StoreError> {
+    /// Checks the files, opens the database and prepares it, and starts the check of the whole file if the last stop
+    /// was unclean; `lock_existed`: a server used the data dir before.
+    fn open_locked(
+        path: PathBuf,
+        sync: Sync,
+        lock_existed: bool,
+    ) -> Result<(PathBuf, Connection, Option<BackgroundCheck>), StoreError> {
         let location = path.display().to_string();
         let unclean = check_files(&path, lock_existed)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -194,8 +194,9 @@ impl SqliteStore {
         };
         no_checkpoint_on_close(true)?;
         prepare(&conn, &location, sync)?;
+        let check = if unclean { Some(BackgroundCheck::start(&path)?) } else { None };
         no_checkpoint_on_close(false)?;
-        Ok((path, conn, unclean))
+        Ok((path, conn, check))
     }
 
     fn location(&self) -> String {
