@@ -4,9 +4,11 @@
 //! - `runstream backup` copies a running, writing server's store into one file a server can start on, holding
 //!   every run finished before it began; it refuses what it cannot do with a message saying what to do instead;
 //!   README's backup commands are run as written;
-//! - start-time checks: a WAL without its database, a damaged WAL, an emptied database and a damaged database after
-//!   an unclean stop each stop the server at start (nonzero exit) saying what is wrong and what to do, leaving the
-//!   files untouched.
+//! - start-time checks: a WAL without its database, a damaged WAL and an emptied database each stop the server at
+//!   start (nonzero exit) saying what is wrong and what to do, leaving the files untouched;
+//! - a damaged database after an unclean stop is found by the check of the whole file that runs once the server is
+//!   up: from then on it refuses writes (UNAVAILABLE, health NOT_SERVING) saying what is wrong and what to do, and
+//!   leaves the files untouched.
 //!
 //! Each test has its own directory under `CARGO_TARGET_TMPDIR/backup/`, with the servers' logs.
 #![cfg(unix)]
@@ -31,6 +33,7 @@ use common::{
 };
 use runstream::pb::{self, run_service_client::RunServiceClient};
 use serde_json::json;
+use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
 
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a server may take to exit after SIGTERM, or a command to finish.
@@ -417,20 +420,37 @@ async fn an_emptied_database_stops_the_server() {
     chains(&mut client(&server).await, "new", 1).await;
 }
 
-/// After an unclean stop the database is checked whole: a damaged page stops the server at start.
+/// After an unclean stop the database is checked whole, in the background: the server is up at once, and a damaged
+/// page found makes it refuse writes (UNAVAILABLE naming the damage, health NOT_SERVING), its files left as they are.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_database_after_a_crash_stops_the_server() {
+async fn a_damaged_database_after_a_crash_refuses_writes_once_found() {
     let dir = test_dir("damaged-db");
     let data_dir = dir.join("data");
     // Many runs folded into the database by a clean stop, then one more left in the WAL by a kill.
     let server = serve(&dir, &data_dir, "server-1.log");
     chains(&mut client(&server).await, "run", 60).await;
     assert!(terminate(server).success());
+    // The damage goes where no read of the server goes, so that it is the background check's to find (as damage
+    // among old runs a start does not read would be): a table of the test's own in the file, whose leaf pages these
+    // are.
+    let cold_pages: Vec<u32> = {
+        let conn = rusqlite::Connection::open(data_dir.join("runstream.db")).expect("open the store");
+        conn.execute_batch(
+            "CREATE TABLE cold (x BLOB); \
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20) \
+             INSERT INTO cold SELECT zeroblob(1000) FROM n;",
+        )
+        .expect("add a table");
+        let mut stmt = conn
+            .prepare("SELECT pageno FROM dbstat WHERE name = 'cold' AND pagetype = 'leaf'")
+            .expect("dbstat is built in");
+        stmt.query_map([], |row| row.get(0)).expect("query").collect::<Result<_, _>>().expect("page numbers")
+    };
     let server = serve(&dir, &data_dir, "server-2.log");
     chains(&mut client(&server).await, "late", 1).await;
     kill(server);
 
-    // A b-tree page the WAL does not hold a newer copy of gets a page type that does not exist.
+    // A leaf page of that table (the WAL holds no newer copy) gets a page type that does not exist.
     let wal = fs::read(wal_of(&data_dir)).expect("read the WAL");
     let in_wal: Vec<u32> = wal[32..]
         .chunks_exact(24 + PAGE)
@@ -440,9 +460,57 @@ async fn a_damaged_database_after_a_crash_stops_the_server() {
     let mut bytes = fs::read(&db).expect("read the database");
     let page = (2..=(bytes.len() / PAGE) as u32)
         .rev()
-        .find(|p| !in_wal.contains(p) && [0x0d, 0x0a].contains(&bytes[(*p as usize - 1) * PAGE]))
-        .expect("a leaf page only the database holds");
+        .find(|p| cold_pages.contains(p) && !in_wal.contains(p) && bytes[(*p as usize - 1) * PAGE] == 0x0d)
+        .expect("a leaf page of the table only the database holds");
     bytes[(page as usize - 1) * PAGE] = 0x6b;
     fs::write(&db, &bytes).expect("write the database");
-    assert_refused(&dir, &data_dir, &["runstream.db is unreadable (SQLite's quick_check", "restore it from a backup"]);
+    let before = snapshot(&data_dir);
+
+    let server = serve(&dir, &data_dir, "server-3.log");
+    let damage = ["runstream.db is unreadable (SQLite's quick_check", "restore it from a backup"];
+    let found = log_line_with(&server, "the store refuses writes from now on", Duration::from_secs(30)).await;
+    for needle in damage {
+        assert!(found.contains(needle), "the log should say {needle:?}: {found}");
+    }
+    let mut client = client(&server).await;
+    let start = |run_id: &str| pb::StartRunRequest {
+        workflow_id: "chain".into(),
+        run_id: run_id.into(),
+        input: Some(pb_value(json!({ "value": 1 }))),
+        ..Default::default()
+    };
+    assert_status(client.start_run(start("after-damage")).await, tonic::Code::Unavailable, &damage);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let request = HealthCheckRequest { service: "runstream.v1.RunService".into() };
+        let status = health.check(request).await.expect("health").into_inner().status;
+        if status == ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "health did not turn NOT_SERVING\n{}", server.log_tail());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_status(client.start_run(start("later")).await, tonic::Code::Unavailable, &["refuses writes", damage[0]]);
+    drop(client);
+    terminate(server);
+    assert_eq!(snapshot(&data_dir), before, "a store found damaged is left as it was (its WAL not folded in)");
+}
+
+/// Polls the server's log (up to `limit`) for a line holding `needle`; returns that line.
+async fn log_line_with(server: &ServerProcess, needle: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let log = fs::read_to_string(&server.log).unwrap_or_default();
+        if let Some(line) = log.lines().find(|line| line.contains(needle)) {
+            return line.to_owned();
+        }
+        assert!(Instant::now() < deadline, "no log line with {needle:?} within {limit:?}\n{}", server.log_tail());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

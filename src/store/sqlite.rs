@@ -14,8 +14,14 @@
 //!   a missing or empty database beside a non-empty WAL (the WAL alone is not a store); a WAL one of whose frames
 //!   fails its checksum with frames of the same WAL after it (SQLite would silently drop every commit from that
 //!   frame on); an empty database where `runstream.lock` shows a server has run before (a new store is never
-//!   empty: an empty file there was truncated). After an unclean stop (a non-empty WAL at open) the database is
-//!   also read whole by `PRAGMA quick_check`; a clean restart skips that scan, which grows with the store.
+//!   empty: an empty file there was truncated). These checks read the WAL at most, so a start does not slow down as
+//!   the store grows.
+//! - After an unclean stop (a non-empty WAL at open) the database is also read whole by `PRAGMA quick_check`, but
+//!   not before the server is ready: that scan grows with the store (38 s for 4.5 GB, issue 12), so it runs in the
+//!   background on a read-only connection of its own, beside the writer (`BackgroundCheck`). If it finds damage,
+//!   the store is left as it is from then on: commits are refused ([`StoreError::Corrupt`], so that calls needing a
+//!   write answer UNAVAILABLE and health turns NOT_SERVING) and the WAL is not folded in; reads of what is stored
+//!   go on. A stop before the check ends leaves the WAL too, so that the next start checks again.
 //!
 //! Times are stored as JSON inside the state record; run creation time also as milliseconds. The registry's
 //! creation order and the run's status (the one in its state) have columns of their own, indexed, so that a start
@@ -30,10 +36,10 @@
 use std::{
     path::{Path, PathBuf},
     sync::{
-        Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, config::DbConfig, params};
@@ -137,6 +143,8 @@ pub struct SqliteStore {
     conn: Mutex<Connection>,
     /// Reading it found damage: it is left as it is (see [`SqliteStore::noting_damage`]).
     damaged: AtomicBool,
+    /// After an unclean stop: the check of the whole file.
+    check: Option<BackgroundCheck>,
     _lock: DirLock,
 }
 
@@ -156,7 +164,9 @@ impl SqliteStore {
             .map_err(|e| open_error(format!("cannot create the data dir {}: {e}", data_dir.display())))?;
         let lock = DirLock::acquire(data_dir, &location)?;
         match Self::open_locked(path, sync, lock.existed) {
-            Ok((path, conn)) => Ok(Self { path, conn: Mutex::new(conn), damaged: AtomicBool::new(false), _lock: lock }),
+            Ok((path, conn, check)) => {
+                Ok(Self { path, conn: Mutex::new(conn), damaged: AtomicBool::new(false), check, _lock: lock })
+            }
             Err(e) => {
                 lock.discard();
                 Err(e)
@@ -164,8 +174,13 @@ impl SqliteStore {
         }
     }
 
-    /// Checks the files, opens the database and prepares it; `lock_existed`: a server used the data dir before.
-    fn open_locked(path: PathBuf, sync: Sync, lock_existed: bool) -> Result<(PathBuf, Connection), StoreError> {
+    /// Checks the files, opens the database and prepares it, and starts the check of the whole file if the last stop
+    /// was unclean; `lock_existed`: a server used the data dir before.
+    fn open_locked(
+        path: PathBuf,
+        sync: Sync,
+        lock_existed: bool,
+    ) -> Result<(PathBuf, Connection, Option<BackgroundCheck>), StoreError> {
         let location = path.display().to_string();
         let unclean = check_files(&path, lock_existed)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -178,9 +193,10 @@ impl SqliteStore {
                 .map_err(|e| classify(&location, e))
         };
         no_checkpoint_on_close(true)?;
-        prepare(&conn, &location, sync, unclean)?;
+        prepare(&conn, &location, sync)?;
+        let check = if unclean { Some(BackgroundCheck::start(&path)?) } else { None };
         no_checkpoint_on_close(false)?;
-        Ok((path, conn))
+        Ok((path, conn, check))
     }
 
     fn location(&self) -> String {
@@ -383,8 +399,8 @@ fn wal_checksum(data: &[u8], big_endian: bool, (mut s0, mut s1): (u32, u32)) -> 
 }
 
 /// Settings, schema and version check. The first statement reads the file header: a file that is not a database
-/// fails here, before anything is written. `unclean`: the last stop left a WAL, so the whole file is checked.
-fn prepare(conn: &Connection, location: &str, sync: Sync, unclean: bool) -> Result<(), StoreError> {
+/// fails here, before anything is written.
+fn prepare(conn: &Connection, location: &str, sync: Sync) -> Result<(), StoreError> {
     let corrupt = |e: rusqlite::Error| classify(location, e);
     // Only a reader (runstream backup) shares the file, and a reader holds off a writer for moments at most.
     conn.busy_timeout(Duration::from_millis(200)).map_err(corrupt)?;
@@ -395,9 +411,6 @@ fn prepare(conn: &Connection, location: &str, sync: Sync, unclean: bool) -> Resu
             location: location.to_owned(),
             reason: format!("the file system refuses WAL journaling (journal mode stays {mode})"),
         });
-    }
-    if unclean {
-        quick_check(conn, location)?;
     }
     let sync = match sync {
         Sync::Normal => "NORMAL",
@@ -460,6 +473,71 @@ fn quick_check(conn: &Connection, location: &str) -> Result<(), StoreError> {
         location: location.to_owned(),
         reason: format!("SQLite's quick_check finds it damaged: {}", problems.join("; ")),
     })
+}
+
+/// After an unclean stop, [`quick_check`] of the whole file in a thread of its own, on a read-only connection of its
+/// own: WAL lets it read one snapshot of the file while the writer commits, so the server is ready at once instead
+/// of after a scan that grows with the store.
+struct BackgroundCheck {
+    /// The damage it found: commits are refused with it from then on.
+    found: Arc<OnceLock<String>>,
+    /// Asks it to stop: a stop does not wait for a scan of the whole file.
+    stop: Arc<AtomicBool>,
+    /// Its thread until joined, which answers whether the file passed.
+    thread: Mutex<Option<std::thread::JoinHandle<bool>>>,
+}
+
+impl BackgroundCheck {
+    fn start(path: &Path) -> Result<Self, StoreError> {
+        let found = Arc::new(OnceLock::new());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (to_check, finding, stopping) = (path.to_owned(), Arc::clone(&found), Arc::clone(&stop));
+        let thread = std::thread::Builder::new()
+            .name("store-check".into())
+            .spawn(move || check_whole_file(&to_check, &finding, &stopping))
+            .map_err(|e| StoreError::Io {
+                location: path.display().to_string(),
+                reason: format!("cannot start a thread to check it: {e}"),
+            })?;
+        Ok(Self { found, stop, thread: Mutex::new(Some(thread)) })
+    }
+}
+
+/// [`BackgroundCheck`]'s thread: `true` if the file passed; damage found is set in `found`.
+fn check_whole_file(path: &Path, found: &OnceLock<String>, stop: &Arc<AtomicBool>) -> bool {
+    let location = path.display().to_string();
+    tracing::info!(store = %location, "the last stop was unclean: checking the whole file (quick_check) while serving");
+    let started = Instant::now();
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let checked = Connection::open_with_flags(path, flags).map_err(|e| classify(&location, e)).and_then(|mut conn| {
+        let stopping = Arc::clone(stop);
+        // SQLite's check asks about every 100 pages (a quick_check statement is one VM instruction).
+        conn.progress_handler(100, Some(move || stopping.load(Ordering::Relaxed)))
+            .map_err(|e| classify(&location, e))?;
+        quick_check(&conn, &location)
+    });
+    let took_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    match checked {
+        Ok(()) => {
+            tracing::info!(store = %location, took_ms, "the whole file passed its check");
+            true
+        }
+        Err(StoreError::Corrupt { location, reason }) => {
+            let _ = found.set(reason.clone());
+            let error = StoreError::Corrupt { location, reason };
+            tracing::error!(%error, "the store refuses writes from now on; reads of stored runs go on");
+            false
+        }
+        Err(_) if stop.load(Ordering::Relaxed) => {
+            let stopped = "the check of the whole file stopped with the server; the next start checks again";
+            tracing::info!(store = %location, took_ms, "{stopped}");
+            false
+        }
+        Err(error) => {
+            tracing::warn!(%error, "the whole file could not be checked; the next start checks again");
+            false
+        }
+    }
 }
 
 /// Sorts SQLite's errors into "the file is bad" and "something else failed", with the file named.
@@ -566,10 +644,32 @@ impl SqliteStore {
     /// A store found damaged is left as it is: neither this store nor SQLite closing it folds its WAL in.
     fn noting_damage<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         if let Err(StoreError::Corrupt { .. }) = &result {
-            self.damaged.store(true, Ordering::Relaxed);
-            let _ = self.lock().set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
+            self.leave_as_is();
         }
         result
+    }
+
+    fn leave_as_is(&self) {
+        self.damaged.store(true, Ordering::Relaxed);
+        let _ = self.lock().set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true);
+    }
+
+    /// The damage the check of the whole file found, if it did.
+    fn found_damage(&self) -> Option<String> {
+        self.check.as_ref().and_then(|check| check.found.get().cloned())
+    }
+
+    /// Waits for the check of the whole file to end (`stop`: asking it to stop first); unless the file passed, it is
+    /// left as it is (the WAL kept, so that the next start checks again).
+    fn end_check(&self, stop: bool) {
+        let Some(check) = &self.check else { return };
+        let Some(thread) = check.thread.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() else { return };
+        if stop {
+            check.stop.store(true, Ordering::Relaxed);
+        }
+        if !thread.join().unwrap_or(false) {
+            self.leave_as_is();
+        }
     }
 
     /// The records of `SELECT {RECORD_COLUMNS} FROM runs {tail}`, each with the seq its kept events start from.
@@ -753,6 +853,7 @@ impl SqliteStore {
 
 impl Drop for SqliteStore {
     fn drop(&mut self) {
+        self.end_check(true);
         if self.damaged.load(Ordering::Relaxed) {
             return;
         }
@@ -769,6 +870,19 @@ impl RunStore for SqliteStore {
     }
 
     fn checkpoint(&self) -> Result<(), StoreError> {
+        // Also so that no reader holds the WAL back from being folded in.
+        self.end_check(true);
+        if let Some(found) = self.found_damage() {
+            return Err(self.corrupt(found));
+        }
+        if self.damaged.load(Ordering::Relaxed) {
+            return Err(StoreError::Io {
+                location: self.location(),
+                reason: "it is left as it is, its WAL not folded in: it was found damaged, or the check of the whole \
+                         file after an unclean stop did not end (the next start checks again)"
+                    .into(),
+            });
+        }
         let conn = self.lock();
         let (busy, pages, folded): (i64, i64, i64) = conn
             .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
@@ -817,6 +931,9 @@ impl RunStore for SqliteStore {
     }
 
     fn commit(&self, writes: &[Write]) -> Result<(), StoreError> {
+        if let Some(found) = self.found_damage() {
+            return self.noting_damage(Err(self.corrupt(found)));
+        }
         let mut conn = self.lock();
         let err = |e: rusqlite::Error| self.classify(e);
         let json =
@@ -985,6 +1102,83 @@ mod tests {
         std::fs::write(&wal, &header).unwrap();
         assert!(check_wal(&wal).unwrap().expect("a bad header").contains("header fails its checksum"));
         let _ = std::fs::remove_dir_all(wal.parent().unwrap());
+    }
+
+    /// A crash image of a store: many definitions folded into the database by a clean stop, one more only in the
+    /// WAL, the files copied while the store is open (as a killed server leaves them). Its data dir.
+    fn crashed_store(name: &str) -> PathBuf {
+        let base = std::env::temp_dir().join(format!("runstream-check-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        let (live, crashed) = (base.join("live"), base.join("crashed"));
+        let definition = |id: usize| {
+            let body = serde_json::json!({ "padding": "x".repeat(3000) });
+            Write::Definition(Box::new(DefinitionRecord {
+                kind: "workflow".into(),
+                id: format!("wf-{id}"),
+                version: 1,
+                body,
+                registered_at: UNIX_EPOCH,
+            }))
+        };
+        let store = SqliteStore::open(&live, Sync::Normal).unwrap();
+        store.commit(&(0..100).map(definition).collect::<Vec<_>>()).unwrap();
+        drop(store);
+        let store = SqliteStore::open(&live, Sync::Normal).unwrap();
+        store.commit(&[definition(100)]).unwrap();
+        std::fs::create_dir_all(&crashed).unwrap();
+        for file in [FILE_NAME.to_owned(), format!("{FILE_NAME}-wal")] {
+            std::fs::copy(live.join(&file), crashed.join(&file)).unwrap();
+        }
+        crashed
+    }
+
+    /// After an unclean stop the store opens at once; the check of the whole file runs beside it. Damage it finds
+    /// makes commits fail as `Corrupt`, and the files are left as they were.
+    #[test]
+    fn damage_found_after_an_unclean_stop_refuses_commits_and_leaves_the_files() {
+        const PAGE: usize = 4096;
+        let data_dir = crashed_store("damaged");
+        let (db, wal) = (data_dir.join(FILE_NAME), sibling(&data_dir.join(FILE_NAME), "-wal"));
+        let in_wal: Vec<u32> = std::fs::read(&wal).unwrap()[WAL_HEADER..]
+            .chunks_exact(WAL_FRAME_HEADER + PAGE)
+            .map(|frame| u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]))
+            .collect();
+        let mut bytes = std::fs::read(&db).unwrap();
+        let page = (2..=bytes.len() / PAGE)
+            .rev()
+            .find(|p| !in_wal.contains(&(*p as u32)) && [0x0d, 0x0a, 0x05].contains(&bytes[(p - 1) * PAGE]))
+            .expect("a b-tree page only the database holds");
+        // A page type that does not exist.
+        bytes[(page - 1) * PAGE] = 0x6b;
+        std::fs::write(&db, &bytes).unwrap();
+        let wal_bytes = std::fs::read(&wal).unwrap();
+
+        let store = SqliteStore::open(&data_dir, Sync::Normal).expect("an unclean stop does not hold the start");
+        store.end_check(false);
+        let refused = store.commit(&[]).expect_err("a commit after the check found damage");
+        assert!(matches!(refused, StoreError::Corrupt { .. }), "{refused:?}");
+        let message = refused.to_string();
+        assert!(message.contains(FILE_NAME) && message.contains("quick_check"), "{message}");
+        assert!(RunStore::checkpoint(&store).is_err(), "a damaged store is not folded in");
+        drop(store);
+        assert_eq!(std::fs::read(&db).unwrap(), bytes, "the database is left as it was");
+        assert_eq!(std::fs::read(&wal).unwrap(), wal_bytes, "the WAL is left as it was");
+        let _ = std::fs::remove_dir_all(data_dir.parent().unwrap());
+    }
+
+    /// An intact store after an unclean stop passes the check, takes commits, and a clean stop folds the WAL in.
+    #[test]
+    fn an_intact_store_after_an_unclean_stop_passes_the_check() {
+        let data_dir = crashed_store("intact");
+        let store = SqliteStore::open(&data_dir, Sync::Normal).unwrap();
+        store.end_check(false);
+        store.commit(&[]).expect("commits go on");
+        assert_eq!(store.load_definitions().unwrap().len(), 101);
+        RunStore::checkpoint(&store).expect("the WAL is folded in");
+        drop(store);
+        let wal = sibling(&data_dir.join(FILE_NAME), "-wal");
+        assert_eq!(file_len(&wal).unwrap().unwrap_or(0), 0, "no WAL left");
+        let _ = std::fs::remove_dir_all(data_dir.parent().unwrap());
     }
 
     #[test]
