@@ -257,3 +257,33 @@ async fn a_restart_recovers_only_the_runs_in_flight() {
     let timer = client.get_run(pb::GetRunRequest { run_id: "timer".into() }).await.expect("GetRun").into_inner();
     assert_eq!(timer.status, pb::RunStatus::Waiting as i32, "the timer was recovered and sleeps again");
 }
+
+/// A finished run whose stored events are damaged no longer stops the server at start (only runs in flight are read
+/// then): reading it answers DATA_LOSS naming the run, and every other run is served.
+#[tokio::test]
+async fn a_damaged_finished_run_fails_alone_when_it_is_read() {
+    let dir = test_dir("damaged");
+    let data = dir.join("data");
+    let mut server = serve(&dir, &data, "server-1.log");
+    let mut first = client(&server).await;
+    for id in ["good", "bad"] {
+        stream_run(&mut first, stream_request("chain", id, json!({ "value": 1 }))).await;
+    }
+    server.child.kill().expect("SIGKILL the server");
+    server.child.wait().expect("reap the server");
+    {
+        let db = rusqlite::Connection::open(data.join("runstream.db")).expect("open the store");
+        let damaged = db.execute("UPDATE events SET data = x'00' WHERE run_id = 'bad'", []).expect("damage a run");
+        assert!(damaged > 0, "the run has stored events");
+    }
+
+    let server = serve(&dir, &data, "server-2.log");
+    let mut client = client(&server).await;
+    assert_status(
+        client.get_run(pb::GetRunRequest { run_id: "bad".into() }).await,
+        tonic::Code::DataLoss,
+        &["run 'bad'", "damaged", "backup"],
+    );
+    let result = get_result(&mut client, "good", false).await;
+    assert_eq!(status_of(&result), pb::RunStatus::Success);
+}

@@ -22,7 +22,10 @@ impl From<RegistryError> for Status {
                 }
             },
             RegistryError::CursorAhead { .. } | RegistryError::CursorExpired { .. } => Code::OutOfRange,
-            RegistryError::ShuttingDown | RegistryError::StoreUnavailable { .. } => Code::Unavailable,
+            RegistryError::ShuttingDown
+            | RegistryError::StoreUnavailable { .. }
+            | RegistryError::StoreRead { damaged: false, .. } => Code::Unavailable,
+            RegistryError::StoreRead { damaged: true, .. } => Code::DataLoss,
             RegistryError::InvalidDefinition { missing: false, .. } => Code::InvalidArgument,
             RegistryError::InvalidDefinition { missing: true, .. }
             | RegistryError::DefinitionIdTaken { .. }

@@ -56,10 +56,15 @@ pub enum RegistryError {
     /// The store refuses writes (disk full, a read-only file): what needs one fails at once instead of waiting.
     #[error(
         "the run store {store} refuses writes ({cause}); runs cannot be started, resumed or canceled until it takes \
-         writes again (free disk space or fix the file's permissions; the server carries on by itself); reads of \
-         stored runs still work"
+         writes again (the cause says what to do; the server carries on by itself once it does); reads of stored \
+         runs still work"
     )]
     StoreUnavailable { store: String, cause: String },
+
+    /// Reading a run from the store failed (issue 12: runs not in memory are read when asked for). `damaged`: what
+    /// is stored cannot be read (the cause says what to do), rather than a read that may work when retried.
+    #[error("reading from the run store {store} failed: {cause}")]
+    StoreRead { store: String, cause: String, damaged: bool },
 
     /// A definition that does not compile: the field at fault (`steps[2].foreach.node.step.task`) and why.
     /// `missing`: it refers to something the server does not have.

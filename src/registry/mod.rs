@@ -488,15 +488,11 @@ impl RunRegistry {
             }
             let (Some(store), Some(persister)) = (&self.store, &self.persist) else { return Ok(Found::Missing) };
             let evictions = self.evictions.load(Ordering::Acquire);
-            let unavailable = |cause: String| RegistryError::StoreUnavailable { store: store.describe(), cause };
             let read = {
                 let (store, run_id) = (store.clone(), run_id.to_owned());
                 tokio::task::spawn_blocking(move || store.load_run(&run_id))
             };
-            let loaded = read
-                .await
-                .map_err(|e| unavailable(format!("reading run '{run_id}' failed: {e}")))?
-                .map_err(|e| unavailable(e.to_string()))?;
+            let loaded = read_result(store.as_ref(), read.await)?;
             let Some(loaded) = loaded else {
                 // Absent from the store too, unless it was created meanwhile.
                 return Ok(self.resident(run_id).map_or(Found::Missing, Found::Run));
@@ -655,6 +651,21 @@ fn mark_recoveries(
         store.commit(&marks)?;
     }
     Ok(failed)
+}
+
+/// What a read of the store on a blocking thread gave, its failure as the registry's error.
+fn read_result<T>(
+    store: &dyn RunStore,
+    read: Result<Result<T, StoreError>, tokio::task::JoinError>,
+) -> Result<T, RegistryError> {
+    let store_read =
+        |cause: String, damaged: bool| RegistryError::StoreRead { store: store.describe(), cause, damaged };
+    match read {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(store_read(e.to_string(), matches!(e, StoreError::Corrupt { .. }))),
+        // The read panicked or was dropped with the runtime.
+        Err(e) => Err(store_read(e.to_string(), false)),
+    }
 }
 
 /// A stored run of `workflow` as a `Run` in memory (not started: the caller decides what happens next).
