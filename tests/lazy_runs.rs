@@ -287,3 +287,41 @@ async fn a_damaged_finished_run_fails_alone_when_it_is_read() {
     let result = get_result(&mut client, "good", false).await;
     assert_eq!(status_of(&result), pb::RunStatus::Success);
 }
+
+/// A long run keeps only a window of its log in memory: a reader that attached at the start and read nothing
+/// while the run wrote 60,000 events, one that attaches later from an old cursor, and one that reads the finished
+/// run back from the store each get every event once, in order, the old ones from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_behind_a_long_runs_window_read_the_store_and_miss_nothing() {
+    const COUNT: u64 = 60_000;
+    let dir = test_dir("window");
+    let server = serve(&dir, &dir.join("data"), "server.log");
+    let mut client = client(&server).await;
+    let start = pb::StartRunRequest {
+        workflow_id: "writer-flood".into(),
+        run_id: "flood".into(),
+        input: Some(pb_value(json!({ "count": COUNT }))),
+        ..Default::default()
+    };
+    client.start_run(start).await.expect("StartRun writer-flood");
+    // Attached now, read only once the run is over: everything it was owed is far behind the window by then.
+    let request = pb::ObserveStreamRequest { run_id: "flood".into(), after_seq: 0, close_on_suspend: Some(true) };
+    let stalled = client.observe_stream(request).await.expect("ObserveStream").into_inner();
+    let result = client
+        .get_result(pb::GetResultRequest { run_id: "flood".into(), wait: true, ..Default::default() })
+        .await
+        .expect("GetResult")
+        .into_inner();
+    assert_eq!(status_of(&result), pb::RunStatus::Success);
+    let all = collect(stalled).await;
+    let last = all.len() as u64;
+    assert!(last > COUNT, "every write and the run's own events");
+    assert_seqs(&all, 1, last);
+    for after in [5, COUNT / 2] {
+        let got = observe(&mut client, "flood", after, true).await;
+        assert_eq!(got, all[after as usize..], "a late observer after seq {after}");
+    }
+    until_read_from_store(&mut client, &server, "flood").await;
+    let again = observe(&mut client, "flood", 0, true).await;
+    assert!(again == all, "the run read back from the store streams the same log");
+}

@@ -132,6 +132,11 @@ impl RunService {
                 },
             };
             let Some(entry) = entry else {
+                // The store could not give events no longer in memory.
+                if let Some(error) = state.reader.failed() {
+                    state.ended = true;
+                    return Some((Err(error.into()), state));
+                }
                 // Retention dropped events this reader had not read yet: say where the log starts now.
                 let first_seq = state.reader.expired()?;
                 state.ended = true;

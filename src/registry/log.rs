@@ -27,7 +27,10 @@ use std::{
 use bytes::{Bytes, BytesMut};
 use tokio::sync::Notify;
 
-use super::persist::{Persister, WithEvent};
+use super::{
+    error::RegistryError,
+    persist::{Persister, WithEvent},
+};
 use crate::{
     engine::{Event, EventKind, EventTooLarge, RunStatus},
     store::StoredEvent,
@@ -36,6 +39,14 @@ use crate::{
 /// How many entries a reader takes per visit to the log: large enough to amortize the lock, small enough that a
 /// reader far behind does not copy a long run's log in one go.
 const READ_BATCH: usize = 512;
+
+/// A live run of a registry with a store keeps in memory only the newest of its durable events, at least this many
+/// and this many bytes (older ones are read back from the store by the readers that need them): a long run's log
+/// is history too (issue 12). It sheds down to the window once it holds twice as much, so that shedding is
+/// amortized (a `Vec` drains from its front by moving what stays). A window of a few thousand events is what a
+/// reader a little behind needs without a store read; 8,192 events of ~40 bytes plus their entries is ~1 MB.
+const WINDOW_EVENTS: usize = 8192;
+const WINDOW_BYTES: usize = 1 << 20;
 
 /// The first chunk a run's encoded events are packed into; each next chunk is as large as everything stored so far
 /// (so a short run wastes at most about half of its small log), up to `MAX_CHUNK`.
@@ -89,8 +100,14 @@ fn unix_secs(time: SystemTime) -> u32 {
 #[derive(Debug, Default)]
 struct LogInner {
     entries: Vec<Stored>,
-    /// Seqs up to `base` are no longer kept (retention); `entries[0]` has seq `base + 1`.
+    /// Seqs up to `base` are not in memory; `entries[0]` has seq `base + 1`. Those above `trimmed` are in the store.
     base: u64,
+    /// Seqs up to `trimmed` are no longer kept anywhere (retention); `trimmed <= base`.
+    trimmed: u64,
+    /// The bytes of the events in `entries`.
+    resident_bytes: usize,
+    /// When the newest event shed from memory was appended (UNIX seconds): retention of what is only in the store.
+    shed_at_secs: u32,
     /// Readers see seqs up to this one (gated logs; ungated logs keep it equal to the last seq).
     durable: u64,
     /// The chunk being filled: each event's bytes are split off it, so a chunk is one allocation for many events
@@ -108,6 +125,7 @@ impl LogInner {
     fn store(&mut self, encoded: &[u8]) -> Bytes {
         let n = encoded.len();
         self.stored += n;
+        self.resident_bytes += n;
         if n > MAX_CHUNK / 4 {
             // A large event gets its own allocation rather than wasting the rest of a chunk.
             return Bytes::copy_from_slice(encoded);
@@ -163,12 +181,15 @@ impl EventLog {
         {
             let mut inner = log.lock();
             inner.base = events.first().map_or(0, |e| e.seq.saturating_sub(1));
+            inner.trimmed = inner.base;
             inner.stored = events.iter().map(|e| e.body.len()).sum();
+            inner.resident_bytes = inner.stored;
             inner.entries = events
                 .into_iter()
                 .map(|e| Stored { bytes: e.body, finish: e.finish, at_secs: unix_secs(e.time) })
                 .collect();
             inner.durable = inner.base + inner.entries.len() as u64;
+            inner.shed();
         }
         log
     }
@@ -304,9 +325,9 @@ impl EventLog {
         inner.base + inner.entries.len() as u64
     }
 
-    /// The oldest seq still kept (1 unless retention trimmed the log).
+    /// The oldest seq still kept, in memory or in the store (1 unless retention trimmed the log).
     pub fn first_seq(&self) -> u64 {
-        self.lock().base + 1
+        self.lock().trimmed + 1
     }
 
     /// Drops the events appended before `cutoff`, but never the last one (a run's newest event, its finish when
@@ -315,16 +336,25 @@ impl EventLog {
     pub(super) fn trim_before(&self, cutoff: SystemTime) -> Option<u64> {
         let cutoff = unix_secs(cutoff);
         let mut inner = self.lock();
-        // Only durable events: the persister still has to store the others.
-        let visible = usize::try_from(inner.durable.saturating_sub(inner.base)).unwrap_or(0).min(inner.entries.len());
-        let old = inner.entries[..visible.saturating_sub(1)].iter().take_while(|e| e.at_secs < cutoff).count();
-        if old == 0 {
-            return None;
+        let before = inner.trimmed;
+        // Events only in the store (shed from memory) are older than the cutoff if the newest of them is; if not,
+        // some may still be, and they are kept until it is (retention errs on keeping).
+        if inner.trimmed < inner.base && inner.shed_at_secs < cutoff {
+            inner.trimmed = inner.base;
         }
-        inner.entries.drain(..old);
-        inner.base += old as u64;
-        inner.stored = inner.entries.iter().map(|e| e.bytes.len()).sum();
-        Some(inner.base + 1)
+        if inner.trimmed == inner.base {
+            // Only durable events: the persister still has to store the others.
+            let visible =
+                usize::try_from(inner.durable.saturating_sub(inner.base)).unwrap_or(0).min(inner.entries.len());
+            let old = inner.entries[..visible.saturating_sub(1)].iter().take_while(|e| e.at_secs < cutoff).count();
+            if old > 0 {
+                let dropped: usize = inner.entries.drain(..old).map(|e| e.bytes.len()).sum();
+                inner.resident_bytes -= dropped;
+                inner.base += old as u64;
+                inner.trimmed = inner.base;
+            }
+        }
+        (inner.trimmed > before).then_some(inner.trimmed + 1)
     }
 
     /// Called by the persister once the events up to `seq` are committed: readers may now see them.
@@ -332,6 +362,7 @@ impl EventLog {
         let wake = {
             let mut inner = self.lock();
             inner.durable = inner.durable.max(seq);
+            inner.shed();
             std::mem::take(&mut inner.reader_waiting)
         };
         if wake {
@@ -350,11 +381,14 @@ impl EventLog {
     /// Copies up to `READ_BATCH` entries after `after_seq` into `out`. Returns the log's last seq at that moment
     /// and the finish status of that last event. When there is nothing after `after_seq`, marks a reader as
     /// waiting, so that the next append wakes it (the caller registered for the wake-up before calling).
-    fn read_after(&self, after_seq: u64, out: &mut VecDeque<LoggedEvent>) -> Result<(u64, Option<RunStatus>), u64> {
+    fn read_after(&self, after_seq: u64, out: &mut VecDeque<LoggedEvent>) -> Result<(u64, Option<RunStatus>), Behind> {
         let mut inner = self.lock();
-        if after_seq < inner.base {
+        if after_seq < inner.trimmed {
             // Retention dropped events this reader has not read: say so rather than skip them.
-            return Err(inner.base + 1);
+            return Err(Behind::Expired(inner.trimmed + 1));
+        }
+        if after_seq < inner.base {
+            return Err(Behind::InStore);
         }
         // Indexes into `entries` of the visible (durable) events; a cursor below `base` reads from the oldest kept
         // (the registry refuses such cursors before creating a reader, so this only bounds the arithmetic).
@@ -373,6 +407,42 @@ impl EventLog {
         }
         let last_finish = visible.checked_sub(1).and_then(|i| inner.entries[i].finish);
         Ok((inner.base + visible as u64, last_finish))
+    }
+}
+
+/// Why [`EventLog::read_after`] has nothing for a cursor below what is in memory.
+#[derive(Debug)]
+enum Behind {
+    /// Retention dropped the events after the cursor; the first seq kept.
+    Expired(u64),
+    /// They are in the store only (shed from memory).
+    InStore,
+}
+
+impl LogInner {
+    /// Lets the oldest durable events go from memory once the log holds twice its window (see [`WINDOW_EVENTS`]):
+    /// they are in the store. Only for a log with a store: the caller knows.
+    fn shed(&mut self) {
+        if self.entries.len() <= 2 * WINDOW_EVENTS && self.resident_bytes <= 2 * WINDOW_BYTES {
+            return;
+        }
+        let durable = usize::try_from(self.durable.saturating_sub(self.base)).unwrap_or(0).min(self.entries.len());
+        let (mut shed, mut bytes) = (0, self.resident_bytes);
+        // The newest event always stays (it says whether the run has finished).
+        while shed < durable
+            && self.entries.len() - shed > 1
+            && (self.entries.len() - shed > WINDOW_EVENTS || bytes > WINDOW_BYTES)
+        {
+            bytes -= self.entries[shed].bytes.len();
+            shed += 1;
+        }
+        if shed == 0 {
+            return;
+        }
+        self.shed_at_secs = self.entries[shed - 1].at_secs;
+        self.entries.drain(..shed);
+        self.base += shed as u64;
+        self.resident_bytes = bytes;
     }
 }
 
@@ -400,12 +470,29 @@ pub struct LogReader {
     done: bool,
     /// Set when retention dropped events after the cursor: the first seq still kept.
     expired: Option<u64>,
+    /// Set when reading events no longer in memory from the store failed.
+    failed: Option<RegistryError>,
 }
 
 impl LogReader {
     /// A reader that yields the events with seq > `after_seq`.
     pub fn new(log: Arc<EventLog>, after_seq: u64, until: ReadUntil) -> Self {
-        Self { log, after_seq, buffer: VecDeque::new(), tip_at_fill: 0, until, done: false, expired: None }
+        Self {
+            log,
+            after_seq,
+            buffer: VecDeque::new(),
+            tip_at_fill: 0,
+            until,
+            done: false,
+            expired: None,
+            failed: None,
+        }
+    }
+
+    /// After `next` returned `None`: why, if the reader ended because the store could not give it events no longer
+    /// in memory (the caller must report that, not end the stream as if it were complete).
+    pub fn failed(&mut self) -> Option<RegistryError> {
+        self.failed.take()
     }
 
     /// After `next` returned `None`: `Some(first kept seq)` if the reader ended because retention dropped events
@@ -453,21 +540,61 @@ impl LogReader {
         }
     }
 
+    /// Reads the next events after the cursor from the store: they are no longer in memory. Ends the reader (with
+    /// the reason kept) if the store fails, or if retention dropped them meanwhile.
+    async fn read_store(&mut self) -> Option<()> {
+        let Some((run_id, persister)) = &self.log.persist else {
+            // Only a log with a store sheds events; nothing to read otherwise.
+            self.done = true;
+            return None;
+        };
+        let (store, id, after) = (persister.store().clone(), run_id.clone(), self.after_seq);
+        let read = tokio::task::spawn_blocking(move || store.read_events(&id, after, READ_BATCH)).await;
+        let events = match read {
+            Ok(Ok(events)) => events,
+            failed => {
+                let (cause, damaged) = match failed {
+                    Ok(Err(e)) => (e.to_string(), matches!(e, crate::store::StoreError::Corrupt { .. })),
+                    Err(e) => (e.to_string(), false),
+                    Ok(Ok(_)) => (String::new(), false),
+                };
+                self.failed = Some(RegistryError::StoreRead { store: persister.describe().to_owned(), cause, damaged });
+                self.done = true;
+                return None;
+            }
+        };
+        if events.first().map(|e| e.seq) != Some(after + 1) {
+            // Retention dropped them since the log said they were in the store.
+            self.expired = Some(events.first().map_or_else(|| self.log.first_seq(), |e| e.seq));
+            self.done = true;
+            return None;
+        }
+        self.tip_at_fill = self.log.last_seq();
+        self.buffer.extend(events.into_iter().map(|e| LoggedEvent { seq: e.seq, bytes: e.body, finish: e.finish }));
+        Some(())
+    }
+
     /// Waits until there is something after the cursor. `None` when the stream must end without further events:
     /// the reader is at the end of a run that is over (or suspended, when that closes this reader).
     async fn fill(&mut self) -> Option<()> {
         loop {
             // Register for the wake-up *before* looking, so an append between the look and the wait is not missed.
-            let appended = self.log.appended.notified();
+            // Through a handle of its own, so that the reader can be used mutably (a store read) meanwhile.
+            let log = self.log.clone();
+            let appended = log.appended.notified();
             tokio::pin!(appended);
             appended.as_mut().enable();
 
             let (tip, last_finish) = match self.log.read_after(self.after_seq, &mut self.buffer) {
                 Ok(read) => read,
-                Err(first_seq) => {
+                Err(Behind::Expired(first_seq)) => {
                     self.expired = Some(first_seq);
                     self.done = true;
                     return None;
+                }
+                Err(Behind::InStore) => {
+                    self.read_store().await?;
+                    return Some(());
                 }
             };
             self.tip_at_fill = tip;

@@ -79,6 +79,8 @@ enum Op {
 /// Handle to the writer thread. Dropping the last handle lets the thread commit what is queued and exit.
 pub struct Persister {
     tx: mpsc::Sender<Op>,
+    /// For reads (the writer thread has its own handle): events readers need that are no longer in memory.
+    store: Arc<dyn RunStore>,
     describe: String,
     /// Why the last commit failed, while the store refuses writes (disk full, file read-only); `None` once one
     /// succeeds. Callers that need a write fail fast on it instead of waiting behind the retries.
@@ -98,14 +100,20 @@ impl Persister {
         let (tx, rx) = mpsc::channel();
         let describe = store.describe();
         let (failing_tx, failing) = tokio::sync::watch::channel(None);
+        let writer = store.clone();
         thread::Builder::new()
             .name("runstream-store".into())
-            .spawn(move || write_loop(&*store, &rx, &failing_tx))
+            .spawn(move || write_loop(&*writer, &rx, &failing_tx))
             .map_err(|e| StoreError::Open {
                 location: describe.clone(),
                 reason: format!("cannot start its writer thread: {e}"),
             })?;
-        Ok(Arc::new(Self { tx, describe, failing }))
+        Ok(Arc::new(Self { tx, store, describe, failing }))
+    }
+
+    /// The store, to read from (blocking: on a blocking thread).
+    pub fn store(&self) -> &Arc<dyn RunStore> {
+        &self.store
     }
 
     /// What the store is (for messages).

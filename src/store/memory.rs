@@ -96,6 +96,12 @@ impl RunStore for MemoryStore {
         Ok(matching.into_iter().take(limit).map(summary).collect())
     }
 
+    fn read_events(&self, run_id: &str, after_seq: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let runs = self.lock();
+        let Some(stored) = runs.get(run_id) else { return Ok(Vec::new()) };
+        Ok(stored.events.iter().filter(|e| e.seq > after_seq).take(limit).cloned().collect())
+    }
+
     fn max_order(&self) -> Result<u64, StoreError> {
         Ok(self.lock().values().map(|s| s.record.created_order).max().unwrap_or(0))
     }

@@ -246,6 +246,15 @@ pub trait RunStore: Send + Sync + 'static {
         Ok(self.load()?.into_iter().find(|run| run.record.run_id == run_id))
     }
 
+    /// Up to `limit` of run `run_id`'s stored events after `after_seq`, in seq order (fewer at the end of what is
+    /// stored; none for an unknown run). A run's events from before what is kept (retention) are not returned: the
+    /// first one returned is then above `after_seq + 1`. Why (issue 12): a live run keeps only a window of its log
+    /// in memory, and a reader behind that window reads the rest from here. The default reads `load_run`.
+    fn read_events(&self, run_id: &str, after_seq: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let Some(run) = self.load_run(run_id)? else { return Ok(Vec::new()) };
+        Ok(run.events.into_iter().filter(|e| e.seq > after_seq).take(limit).collect())
+    }
+
     /// The records (no events, no checkpoints) of runs matching `query`, each with its last stored seq, newest
     /// first by creation order, only those created before `before_order` (0: from the newest), at most `limit`.
     /// Why (issue 12): ListRuns pages through stored runs without loading them. The default filters `load`.

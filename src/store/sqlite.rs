@@ -786,6 +786,46 @@ impl SqliteStore {
         Ok(loaded)
     }
 
+    /// [`RunStore::read_events`]: the packed rows holding seqs after `after_seq`, unpacked until `limit` events.
+    fn read_event_rows(&self, run_id: &str, after_seq: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let conn = self.lock();
+        let err = |e: rusqlite::Error| self.classify(e);
+        let events_from: Option<i64> = conn
+            .prepare_cached("SELECT events_from FROM runs WHERE run_id = ?1")
+            .map_err(err)?
+            .query_row([run_id], |row| row.get(0))
+            .optional()
+            .map_err(err)?;
+        let Some(events_from) = events_from else { return Ok(Vec::new()) };
+        let events_from = u64::try_from(events_from).unwrap_or(1);
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT first_seq, last_seq, data FROM events WHERE run_id = ?1 AND last_seq > ?2 ORDER BY first_seq",
+            )
+            .map_err(err)?;
+        let rows = stmt
+            .query_map(params![run_id, seq_i64(after_seq)], |row| {
+                Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, Vec<u8>>(2)?))
+            })
+            .map_err(err)?;
+        let mut events = Vec::new();
+        for row in rows {
+            let (first_seq, last_seq, data) = row.map_err(err)?;
+            let first_seq = u64::try_from(first_seq).unwrap_or(0);
+            let unpacked = unpack(first_seq, &bytes::Bytes::from(data))
+                .filter(|e| e.last().map(|e| e.seq) == u64::try_from(last_seq).ok())
+                .ok_or_else(|| {
+                    self.corrupt(format!("run '{run_id}': its events {first_seq}..={last_seq} are damaged"))
+                })?;
+            let wanted = unpacked.into_iter().filter(|e| e.seq > after_seq && e.seq >= events_from);
+            events.extend(wanted.take(limit - events.len()));
+            if events.len() >= limit {
+                break;
+            }
+        }
+        Ok(events)
+    }
+
     /// [`RunStore::list_runs`]: the filters set become conditions, so that SQLite can use an index for them.
     fn list_records(&self, query: &RunQuery, before_order: u64, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
         let status = query.status.map(status_text);
@@ -916,6 +956,10 @@ impl RunStore for SqliteStore {
 
     fn list_runs(&self, query: &RunQuery, before_order: u64, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
         self.noting_damage(self.list_records(query, before_order, limit))
+    }
+
+    fn read_events(&self, run_id: &str, after_seq: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        self.noting_damage(self.read_event_rows(run_id, after_seq, limit))
     }
 
     fn max_order(&self) -> Result<u64, StoreError> {

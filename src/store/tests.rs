@@ -225,6 +225,11 @@ fn lazy_reads(store: &dyn RunStore) {
         assert_eq!(store.load_run(&run.record.run_id).unwrap().as_ref(), Some(run), "one run as `load` gives it");
     }
     assert_eq!(store.load_run("nobody").unwrap(), None);
+    assert_eq!(store.read_events("a", 0, 10).unwrap(), [event(1, None), event(2, None)]);
+    assert_eq!(store.read_events("a", 1, 10).unwrap(), [event(2, None)], "after a cursor");
+    assert_eq!(store.read_events("a", 0, 1).unwrap(), [event(1, None)], "at most the limit");
+    assert_eq!(store.read_events("a", 2, 10).unwrap(), [], "nothing after the last");
+    assert_eq!(store.read_events("nobody", 0, 10).unwrap(), []);
 
     let query = |workflow: Option<&str>, status: Option<RunStatus>, owner: Option<&str>| RunQuery {
         workflow_id: workflow.map(Into::into),
