@@ -32,10 +32,10 @@ fn publish_post() -> Arc<Workflow> {
     let draft = Step::new("draft", |ctx| async move {
         let topic = ctx.input()["topic"].as_str().unwrap_or_default().to_owned();
         // Each write is a `step_output` event every client of the run sees, numbered like every other event.
-        ctx.writer().write(json!({ "stage": "drafting", "topic": topic }))?;
+        ctx.writer().write(json!({ "stage": "drafting", "topic": topic })).await?;
         let body = format!("Everything about {topic}, streamed as it happens.");
         // A `custom` event (`data-progress`), for a client's progress bar.
-        ctx.writer().custom("progress", json!({ "percent": 100 }))?;
+        ctx.writer().custom("progress", json!({ "percent": 100 })).await?;
         Ok(StepOutcome::Done(json!({ "title": format!("On {topic}"), "body": body })))
     })
     .description("Drafts the post.");

@@ -21,7 +21,7 @@
 //!         .then(Step::new("double", |ctx| async move {
 //!             let n = ctx.input()["n"].as_f64().unwrap_or(0.0);
 //!             // Streamed to every client as a `step_output` event, numbered like every other.
-//!             ctx.writer().write(json!({ "doubling": n }))?;
+//!             ctx.writer().write(json!({ "doubling": n })).await?;
 //!             Ok(StepOutcome::Done(json!({ "n": n * 2.0 })))
 //!         }))
 //!         .commit();

@@ -356,7 +356,7 @@ fn check_worker_settings(settings: &WorkerSettings) -> Result<(), ServeError> {
 /// # async fn run() -> Result<(), runstream::ServeError> {
 /// let greet = Workflow::builder("greet")
 ///     .then(Step::new("hello", |ctx| async move {
-///         ctx.writer().write(json!({ "note": "saying hello" }))?;
+///         ctx.writer().write(json!({ "note": "saying hello" })).await?;
 ///         Ok(StepOutcome::Done(json!({ "greeting": format!("hello, {}", ctx.input()["name"]) })))
 ///     }))
 ///     .commit();

@@ -41,8 +41,8 @@ fn catalog() -> WorkflowCatalog {
         Workflow::builder("big-write")
             .then(Step::new("write", |ctx| async move {
                 let n = ctx.input()["n"].as_u64().unwrap_or(0) as usize;
-                ctx.writer().write(json!({ "note": "small writes pass" }))?;
-                ctx.writer().write(json!({ "blob": "x".repeat(n) }))?;
+                ctx.writer().write(json!({ "note": "small writes pass" })).await?;
+                ctx.writer().write(json!({ "blob": "x".repeat(n) })).await?;
                 Ok(StepOutcome::Done(json!({ "unreachable": true })))
             }))
             .commit(),
@@ -52,7 +52,7 @@ fn catalog() -> WorkflowCatalog {
             .then(Step::new("write", |ctx| async move {
                 let n = ctx.input()["n"].as_u64().unwrap_or(0) as usize;
                 // A step that drops the writer's error still fails: the refusal is the writer's, not the step's.
-                let _ = ctx.writer().write(json!({ "blob": "x".repeat(n) }));
+                let _ = ctx.writer().write(json!({ "blob": "x".repeat(n) })).await;
                 Ok(StepOutcome::Done(json!({ "done": true })))
             }))
             .commit(),

@@ -104,13 +104,17 @@ fn analysis_prompt(input: &Value) -> String {
 fn track_progress() -> Step {
     Step::new("track-progress", |ctx| async move {
         let analysis = ctx.input().get("text").and_then(Value::as_str).unwrap_or_default().to_owned();
-        ctx.writer().write(json!({
-            "stage": "analyze-content",
-            "status": "done",
-            "progressPercent": 50,
-            "analysisWords": analysis.split_whitespace().count(),
-        }))?;
-        ctx.writer().custom("progress", json!({ "stage": "publish", "status": "starting", "progressPercent": 75 }))?;
+        ctx.writer()
+            .write(json!({
+                "stage": "analyze-content",
+                "status": "done",
+                "progressPercent": 50,
+                "analysisWords": analysis.split_whitespace().count(),
+            }))
+            .await?;
+        ctx.writer()
+            .custom("progress", json!({ "stage": "publish", "status": "starting", "progressPercent": 75 }))
+            .await?;
         Ok(StepOutcome::Done(json!({ "analysis": analysis })))
     })
     .description("Reports progress: the analysis is done, publishing starts.")

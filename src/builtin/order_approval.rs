@@ -48,7 +48,7 @@ fn approve() -> Step {
     Step::new("approve", |ctx| async move {
         match ctx.resume_data() {
             None => {
-                ctx.writer().write(json!({ "note": "about to suspend" }))?;
+                ctx.writer().write(json!({ "note": "about to suspend" })).await?;
                 Ok(StepOutcome::suspend(json!({ "reason": "needs approval", "amount": ctx.input()["amount"] })))
             }
             Some(decision) => {

@@ -41,7 +41,7 @@ fn flood() -> Step {
         for k in 0..count {
             let mut m = Map::new();
             m.insert("i".to_owned(), Value::from(k));
-            writer.write(Value::Object(m))?;
+            writer.write(Value::Object(m)).await?;
             if k % CHECK_EVERY == CHECK_EVERY - 1 {
                 if ctx.is_canceled() {
                     break;

@@ -2,9 +2,10 @@
 //!
 //! The engine hands each event to a sink; the sink (the run registry's event log) gives it its `seq` and
 //! timestamp. Emitting never blocks and never fails: the log is append-only and readers catch up at their own pace,
-//! so a slow reader can never stall a step.
+//! so a slow reader can never stall a step. Only step code's own writes wait, and only for the store
+//! ([`EventSink::ready`]), never for readers.
 
-use std::{sync::Arc, time::SystemTime};
+use std::{future::Future, pin::Pin, sync::Arc, time::SystemTime};
 
 use serde_json::Value;
 
@@ -373,6 +374,13 @@ pub(crate) trait EventSink: Send + Sync + 'static {
     /// A step that emitted `step_waiting` runs again with no event to say so (a worker took a remote step's
     /// task): a sink that tracks the run's status moves it from WAITING back to RUNNING.
     fn step_running(&self) {}
+
+    /// `None` when the sink takes more of a step's writes now; otherwise a future that completes once it does.
+    /// Step code's writes ([`Writer::write`](super::Writer::write), `custom`) wait on it, so a step that writes
+    /// faster than the store commits slows itself instead of queueing without bound. Default: always ready.
+    fn ready(&self) -> Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> {
+        None
+    }
 }
 
 /// An event a sink refused for its size: `size` bytes encoded, over the sink's `limit`.

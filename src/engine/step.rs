@@ -2,7 +2,7 @@
 //!
 //! Step code ends in one of three ways ([`StepOutcome`]): it produces an output, it suspends (the run waits for a
 //! resume with data), or it bails (the run ends successfully at once). It fails by returning a [`StepError`].
-//! While it runs it can stream values through its [`Writer`], which never blocks.
+//! While it runs it can stream values through its [`Writer`], whose writes wait only while the store is behind.
 
 use std::{
     fmt,
@@ -505,7 +505,13 @@ impl StepContext {
     }
 }
 
-/// Streams step output into the run's event log. Never blocks: the log is append-only. Cheap to clone.
+/// Streams step output into the run's event log. Cheap to clone.
+///
+/// [`write`](Self::write), [`custom`](Self::custom) and [`custom_with`](Self::custom_with) are `async`: with a
+/// store, a write waits while the run has more events waiting to be stored than one commit takes (a few thousand),
+/// so a step that writes faster than the disk slows itself instead of growing the server's memory and delaying
+/// other runs. Readers never make a write wait. Without a store a write never waits. A write that waited and found
+/// the run canceled returns an error and streams nothing. (Since issue 12: before, these were plain functions.)
 ///
 /// Every writer, wherever its step runs (nested workflow, loop, foreach, parallel), writes to the one sink of the
 /// run, tagged with the step's full dotted path.
@@ -521,6 +527,8 @@ pub struct Writer {
     usage: Arc<UsageMeter>,
     /// The first write the sink refused for its size, which fails the step.
     refused: Arc<std::sync::OnceLock<StepError>>,
+    /// The run's cancel: it ends a write's wait for the store.
+    cancel: CancellationToken,
 }
 
 /// Token usage summed over a phase, shared by every writer of that phase.
@@ -544,8 +552,29 @@ impl fmt::Debug for Writer {
 }
 
 impl Writer {
-    pub(crate) fn new(sink: Arc<dyn EventSink>, step_id: Arc<str>, usage: Arc<UsageMeter>) -> Self {
-        Self { sink, step_id, usage, refused: Arc::default() }
+    pub(crate) fn new(
+        sink: Arc<dyn EventSink>,
+        step_id: Arc<str>,
+        usage: Arc<UsageMeter>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self { sink, step_id, usage, refused: Arc::default(), cancel }
+    }
+
+    /// Waits until the sink takes more writes ([`EventSink::ready`]). Fails when the run was canceled meanwhile: a
+    /// canceled run's writer must not stay parked, nor (in a loop that ignores the cancel) fill the store again.
+    async fn room(&self) -> Result<(), StepError> {
+        // The fast path is one atomic load: no allocation, no lock, no cancel check per write.
+        let Some(ready) = self.sink.ready() else { return Ok(()) };
+        tokio::select! {
+            biased;
+            () = self.cancel.cancelled() => {}
+            () = ready => {}
+        }
+        if self.cancel.is_cancelled() {
+            return Err(StepError::new(format!("step '{}': the run was canceled", self.step_id)).non_retryable());
+        }
+        Ok(())
     }
 
     /// Emits `event` unless the sink refuses it for its size; a refusal is kept to fail the step.
@@ -570,10 +599,12 @@ impl Writer {
         self.refused.get().cloned()
     }
 
-    /// Emits a `StepOutput` event carrying `output` (Mastra's `writer.write`). Fails (and the step with it) when
-    /// the event is larger than the run's event limit; nothing is streamed then.
+    /// Emits a `StepOutput` event carrying `output` (Mastra's `writer.write`), after waiting while the store is
+    /// behind (see [`Writer`]). Fails (and the step with it) when the event is larger than the run's event limit;
+    /// nothing is streamed then. Fails without streaming when the run was canceled while the write waited.
     #[inline]
-    pub fn write(&self, output: Value) -> Result<(), StepError> {
+    pub async fn write(&self, output: Value) -> Result<(), StepError> {
+        self.room().await?;
         self.send(
             "step_output",
             Event {
@@ -584,19 +615,20 @@ impl Writer {
     }
 
     /// Emits a `Custom` event (Mastra's `data-*` chunk). `kind` is prefixed with `data-` unless it already is.
-    /// Fails like [`Writer::write`].
-    pub fn custom(&self, kind: impl Into<String>, data: Value) -> Result<(), StepError> {
-        self.custom_with(kind, data, None, false)
+    /// Waits and fails like [`Writer::write`].
+    pub async fn custom(&self, kind: impl Into<String>, data: Value) -> Result<(), StepError> {
+        self.custom_with(kind, data, None, false).await
     }
 
     /// [`Writer::custom`] with an id and the transient flag (transient chunks are for live display only).
-    pub fn custom_with(
+    pub async fn custom_with(
         &self,
         kind: impl Into<String>,
         data: Value,
         id: Option<String>,
         transient: bool,
     ) -> Result<(), StepError> {
+        self.room().await?;
         let mut kind: String = kind.into();
         if !kind.starts_with("data-") {
             kind.insert_str(0, "data-");
@@ -611,7 +643,7 @@ impl Writer {
     }
 
     /// Emits one chunk of an agent running as this step, tagged with the step's path so that clients can tell
-    /// which step's agent is talking. Sync and never blocks, like every emit.
+    /// which step's agent is talking. Sync and never waits: an agent emits at the pace of its model.
     pub fn agent(&self, chunk: AgentChunk) {
         // Each model call's usage is counted once, at its step finish (the agent's finish repeats the total).
         if let AgentChunk::AgentStepFinish { usage, .. } = &chunk {
@@ -680,12 +712,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn custom_kind_gets_data_prefix_once() {
+    #[tokio::test]
+    async fn custom_kind_gets_data_prefix_once() {
         let sink = Arc::new(Collect::default());
-        let w = Writer::new(sink.clone(), Arc::from("s"), Arc::default());
-        w.custom("progress", json!(1)).unwrap();
-        w.custom("data-progress", json!(2)).unwrap();
+        let w = Writer::new(sink.clone(), Arc::from("s"), Arc::default(), CancellationToken::new());
+        w.custom("progress", json!(1)).await.unwrap();
+        w.custom("data-progress", json!(2)).await.unwrap();
         let events = sink.0.lock().unwrap();
         for e in events.iter() {
             match &e.kind {
@@ -695,6 +727,34 @@ mod tests {
             assert_eq!(e.source, EventSource::User);
         }
         assert_eq!(events.len(), 2);
+    }
+
+    /// A sink that never has room: a write waits until the run is canceled.
+    struct Full(Collect);
+    impl EventSink for Full {
+        fn emit(&self, event: Event) {
+            self.0.emit(event);
+        }
+        fn ready(&self) -> Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> {
+            Some(Box::pin(std::future::pending()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_write_ends_with_the_cancel_and_streams_nothing() {
+        let sink = Arc::new(Full(Collect::default()));
+        let cancel = CancellationToken::new();
+        let w = Writer::new(sink.clone(), Arc::from("s"), Arc::default(), cancel.clone());
+        let write = tokio::spawn(async move { w.write(json!(1)).await });
+        tokio::task::yield_now().await;
+        cancel.cancel();
+        let error = tokio::time::timeout(std::time::Duration::from_secs(10), write)
+            .await
+            .expect("the cancel ends the wait")
+            .expect("no panic")
+            .expect_err("a canceled write fails");
+        assert!(error.message().contains("canceled"), "{error}");
+        assert!(sink.0.0.lock().unwrap().is_empty());
     }
 
     #[test]

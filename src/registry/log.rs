@@ -16,11 +16,20 @@
 //! - **Readers see only what is stored.** With a store, the log is *gated*: each append is queued to the
 //!   persister (under the log's lock, so in seq order) and readers see events only up to the *durable seq* the
 //!   persister advances after each commit. Without a store the durable seq is simply the last seq.
+//! - **Writers wait for the store, not for readers.** A gated log with more than [`MAX_UNSTORED`] events not yet
+//!   durable makes step code's writes wait ([`EventLog::room`]) until a commit brings it back under: a step that
+//!   writes faster than the store commits slows itself, and its backlog in the persister's queue stays bounded,
+//!   so other runs' events never queue behind it for long. The engine's own events never wait.
 
 use std::{
     cell::RefCell,
     collections::VecDeque,
-    sync::{Arc, Mutex, MutexGuard},
+    future::Future,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
     time::SystemTime,
 };
 
@@ -52,6 +61,15 @@ const WINDOW_BYTES: usize = 1 << 20;
 /// (so a short run wastes at most about half of its small log), up to `MAX_CHUNK`.
 const MIN_CHUNK: usize = 256;
 const MAX_CHUNK: usize = 64 * 1024;
+
+/// How many events of one run may be appended but not yet durable before step code's writes wait for the store.
+/// The persister takes everything queued per commit, so this is about one commit's worth of the run's events:
+/// large enough that a commit's fixed cost (the transaction, the WAL sync) is shared by many events, small enough
+/// that another run's event queued behind a flood waits for at most this many of its events. Measured with the
+/// `b@durable` and `latency@durable` scenarios (docs/performance.md, "Issue 12: back-pressure"): 1,024, 4,096 and
+/// 16,384 streamed B alike (within the noise), and the latency p99 under B rose with the limit (31-46, 52-64 and
+/// 117 ms), so the smallest.
+pub(super) const MAX_UNSTORED: u64 = 1024;
 
 /// How a log stores its events: the transport's encoding, made once per event at append. The registry does not
 /// know the encoding; it keeps the bytes and hands them to readers with their seq.
@@ -118,6 +136,14 @@ struct LogInner {
     /// Set by a reader that found nothing new and is about to wait; the next append wakes the waiting readers
     /// and clears it. Appends with nobody waiting skip the wake-up entirely.
     reader_waiting: bool,
+    /// Set by a writer waiting for room ([`EventLog::room`]); the next commit that makes room wakes it.
+    writer_waiting: bool,
+}
+
+impl LogInner {
+    fn unstored(&self) -> u64 {
+        (self.base + self.entries.len() as u64).saturating_sub(self.durable)
+    }
 }
 
 impl LogInner {
@@ -147,6 +173,10 @@ thread_local! {
 pub struct EventLog {
     inner: Mutex<LogInner>,
     appended: Notify,
+    /// Wakes writers waiting for room.
+    room: Notify,
+    /// True while more than `MAX_UNSTORED` events are not yet durable: the writers' fast path reads only this.
+    full: AtomicBool,
     encoder: Arc<dyn EventEncoder>,
     /// Set for a gated log: where appends are queued for storage, and the run they belong to.
     persist: Option<(Arc<str>, Arc<Persister>)>,
@@ -161,12 +191,23 @@ impl std::fmt::Debug for EventLog {
 impl EventLog {
     /// An ungated log: readers see each event as soon as it is appended.
     pub fn new(encoder: Arc<dyn EventEncoder>) -> Self {
-        Self { inner: Mutex::default(), appended: Notify::new(), encoder, persist: None }
+        Self::with_persist(encoder, None)
     }
 
     /// A gated log of run `run_id`: appends go to `persister`, readers see them once it has committed them.
     pub(super) fn gated(encoder: Arc<dyn EventEncoder>, run_id: Arc<str>, persister: Arc<Persister>) -> Self {
-        Self { inner: Mutex::default(), appended: Notify::new(), encoder, persist: Some((run_id, persister)) }
+        Self::with_persist(encoder, Some((run_id, persister)))
+    }
+
+    fn with_persist(encoder: Arc<dyn EventEncoder>, persist: Option<(Arc<str>, Arc<Persister>)>) -> Self {
+        Self {
+            inner: Mutex::default(),
+            appended: Notify::new(),
+            room: Notify::new(),
+            full: AtomicBool::new(false),
+            encoder,
+            persist,
+        }
     }
 
     /// A log loaded from the store: every event in it is durable. `events` have consecutive seqs (the first may
@@ -249,6 +290,9 @@ impl EventLog {
                     // Queued under the lock, so the persister gets each run's events in seq order.
                     Some((run_id, persister)) => {
                         persister.event(run_id, seq, time, bytes.clone(), finish, with);
+                        if seq.saturating_sub(inner.durable) > MAX_UNSTORED {
+                            self.full.store(true, Ordering::Release);
+                        }
                         false
                     }
                     None => {
@@ -357,17 +401,50 @@ impl EventLog {
         (inner.trimmed > before).then_some(inner.trimmed + 1)
     }
 
-    /// Called by the persister once the events up to `seq` are committed: readers may now see them.
+    /// Called by the persister once the events up to `seq` are committed: readers may now see them, and writers
+    /// waiting for room may go on if there is room now.
     pub(super) fn mark_durable(&self, seq: u64) {
-        let wake = {
+        let (wake_readers, wake_writers) = {
             let mut inner = self.lock();
             inner.durable = inner.durable.max(seq);
             inner.shed();
-            std::mem::take(&mut inner.reader_waiting)
+            let room = inner.unstored() <= MAX_UNSTORED;
+            if room {
+                // Under the lock, so a writer that finds the log full (and then waits) cannot miss this change.
+                self.full.store(false, Ordering::Release);
+            }
+            (std::mem::take(&mut inner.reader_waiting), room && std::mem::take(&mut inner.writer_waiting))
         };
-        if wake {
+        if wake_readers {
             self.appended.notify_waiters();
         }
+        if wake_writers {
+            self.room.notify_waiters();
+        }
+    }
+
+    /// `None` when a writer may append now; otherwise a future that completes once no more than [`MAX_UNSTORED`]
+    /// events are waiting for the store. An ungated log is never full. Lock-free unless the log is full.
+    pub(super) fn room(&self) -> Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> {
+        if !self.full.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(Box::pin(async move {
+            loop {
+                // Registered before looking, as readers do, so a commit between the look and the wait wakes us.
+                let notified = self.room.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                {
+                    let mut inner = self.lock();
+                    if inner.unstored() <= MAX_UNSTORED {
+                        return;
+                    }
+                    inner.writer_waiting = true;
+                }
+                notified.await;
+            }
+        }))
     }
 
     /// True once the last durable event is a terminal `workflow_finish`: nothing more will be appended.

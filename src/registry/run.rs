@@ -260,6 +260,12 @@ impl Run {
             .map_err(|cause| RegistryError::StoreUnavailable { store: persister.describe().to_owned(), cause })
     }
 
+    /// Seq of the last event appended, stored or not.
+    #[cfg(test)]
+    pub(super) fn appended_seq(&self) -> u64 {
+        self.log.appended_seq()
+    }
+
     /// Whether every event this run appended is stored: then what it shows is what a restart would find, even
     /// while the store refuses other writes (its finish carries its final state).
     pub fn is_stored(&self) -> bool {
@@ -554,6 +560,10 @@ impl EventSink for Run {
         if self.waiting.load(Ordering::Acquire) {
             self.set_status_if(RunStatus::Waiting, RunStatus::Running);
         }
+    }
+
+    fn ready(&self) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>>> {
+        self.log.room()
     }
 }
 

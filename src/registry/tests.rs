@@ -6,7 +6,7 @@ use std::{
         Arc, Condvar, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use prost::Message;
@@ -92,6 +92,39 @@ async fn readers_see_an_event_only_once_it_is_committed() {
     let stored = store.load().unwrap();
     assert_eq!(stored[0].events.len(), 8);
     assert_eq!(stored[0].record.state.status, RunStatus::Success);
+}
+
+/// Polls `done` every millisecond for up to 10 s.
+async fn poll_until(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_waits_for_the_store_and_is_canceled_while_it_waits() {
+    let store = Arc::new(GatedStore::default());
+    let registry = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire()).unwrap();
+    let run = start(&registry, "writer-flood", "f1", json!({ "count": 1_000_000_000u64 })).await;
+    // Nothing is committed: the flood appends until one more than the limit is waiting, then its writer waits.
+    let parked = log::MAX_UNSTORED + 1;
+    poll_until("the flood fills its allowance", || run.appended_seq() >= parked).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(run.appended_seq(), parked, "the writer waits for the store");
+    // The store takes writes again: the flood goes on.
+    store.set_open(true);
+    poll_until("the flood goes on", || run.appended_seq() > 3 * parked).await;
+    // Stalled again, and canceled while its writer waits.
+    store.set_open(false);
+    poll_until("the flood waits again", || run.appended_seq() - run.last_seq() > log::MAX_UNSTORED).await;
+    let (run, canceled) = registry.cancel("f1", Duration::from_secs(10)).await.unwrap();
+    assert!(canceled);
+    assert_eq!(run.status(), RunStatus::Canceled);
+    store.set_open(true);
+    registry.flush();
+    assert!(run.is_stored());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

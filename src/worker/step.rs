@@ -111,11 +111,17 @@ impl WorkerHub {
                 TaskEvent::Output(chunk) => {
                     // A write refused for its size fails the step when it returns; the worker's result then does
                     // not matter.
+                    // The write waits while the store is behind; the worker's further chunks wait in the task's
+                    // queue meanwhile (unbounded: a worker that streams faster than the store is not pushed back yet).
                     let _ = match chunk {
-                        Chunk::Write(value) => writer.write(value),
-                        Chunk::Custom { kind, data, id, transient } => writer.custom_with(kind, data, id, transient),
-                        Chunk::Progress { current, total, message } => writer
-                            .custom("data-progress", json!({ "current": current, "total": total, "message": message })),
+                        Chunk::Write(value) => writer.write(value).await,
+                        Chunk::Custom { kind, data, id, transient } => {
+                            writer.custom_with(kind, data, id, transient).await
+                        }
+                        Chunk::Progress { current, total, message } => {
+                            let progress = json!({ "current": current, "total": total, "message": message });
+                            writer.custom("data-progress", progress).await
+                        }
                     };
                 }
                 TaskEvent::Finished(outcome) => {

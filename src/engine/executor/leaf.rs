@@ -147,7 +147,12 @@ impl Exec {
             request_context: Arc::clone(&self.request_context),
             for_each_index,
             iteration,
-            writer: Writer::new(Arc::clone(&self.sink), Arc::clone(&path), Arc::clone(&self.usage)),
+            writer: Writer::new(
+                Arc::clone(&self.sink),
+                Arc::clone(&path),
+                Arc::clone(&self.usage),
+                self.cancel.clone(),
+            ),
             cancel: self.cancel.clone(),
             clock: Arc::clone(&self.clock),
             shown_attempt: AtomicU32::new(1),

@@ -94,8 +94,8 @@ async fn then_chains_outputs_and_records_steps() {
 
 fn child_workflow() -> Arc<Workflow> {
     let talk = Step::new("talk", |ctx| async move {
-        ctx.writer().write(json!({ "said": ctx.input() }))?;
-        ctx.writer().custom("progress", json!({ "pct": 50 }))?;
+        ctx.writer().write(json!({ "said": ctx.input() })).await?;
+        ctx.writer().custom("progress", json!({ "pct": 50 })).await?;
         Ok(StepOutcome::Done(json!({ "child": ctx.input() })))
     });
     Workflow::builder("child").then(talk).then(add("noop", 0).input_schema(json!({"type": "object"}))).commit()
@@ -105,8 +105,8 @@ fn child_workflow() -> Arc<Workflow> {
 async fn nested_workflow_prefixes_ids_and_forwards_writer_output() {
     let child = Workflow::builder("child")
         .then(Step::new("talk", |ctx| async move {
-            ctx.writer().write(json!({ "said": ctx.input() }))?;
-            ctx.writer().custom("progress", json!({ "pct": 50 }))?;
+            ctx.writer().write(json!({ "said": ctx.input() })).await?;
+            ctx.writer().custom("progress", json!({ "pct": 50 })).await?;
             Ok(StepOutcome::Done(json!({ "child": ctx.input() })))
         }))
         .commit();
@@ -204,7 +204,7 @@ async fn parallel_runs_all_and_keys_outputs_by_id() {
                     }
                     n.await;
                 }
-                ctx.writer().write(json!(ctx.step_id()))?;
+                ctx.writer().write(json!(ctx.step_id())).await?;
                 Ok(StepOutcome::Done(json!(format!("{}:{}", ctx.step_id(), ctx.input()))))
             }
         })
@@ -241,7 +241,7 @@ async fn branch_runs_only_true_conditions() {
 async fn dowhile_and_dountil_iterate_with_counts() {
     let body = || {
         Step::new("inc", |ctx| async move {
-            ctx.writer().write(json!(ctx.iteration()))?;
+            ctx.writer().write(json!(ctx.iteration())).await?;
             Ok(StepOutcome::Done(json!(ctx.input().as_i64().unwrap_or(0) + 1)))
         })
     };
@@ -278,7 +278,7 @@ fn reverse_finisher(done: watch::Sender<usize>, total: usize) -> Step {
         async move {
             let k = ctx.input().as_u64().unwrap_or(0) as usize;
             let _ = rx.wait_for(|n| *n >= total - 1 - k).await;
-            ctx.writer().write(json!(k))?;
+            ctx.writer().write(json!(k)).await?;
             done.send_modify(|n| *n += 1);
             Ok(StepOutcome::Done(json!(k * k)))
         }
@@ -628,8 +628,10 @@ async fn step_can_observe_cancellation() {
 async fn writers_in_loops_foreach_and_parallel_reach_the_sink() {
     let writer = |id: &str| {
         Step::new(id, |ctx| async move {
-            ctx.writer().write(json!({ "from": ctx.step_id(), "it": ctx.iteration(), "idx": ctx.for_each_index() }))?;
-            ctx.writer().custom("data-tick", json!(1))?;
+            ctx.writer()
+                .write(json!({ "from": ctx.step_id(), "it": ctx.iteration(), "idx": ctx.for_each_index() }))
+                .await?;
+            ctx.writer().custom("data-tick", json!(1)).await?;
             Ok(StepOutcome::Done(ctx.input().clone()))
         })
     };
