@@ -20,6 +20,11 @@ use runstream::{
 };
 use tracing::{error, info, warn};
 
+/// mimalloc gives freed memory back to the OS (glibc's malloc keeps most of it after a burst), so that memory freed
+/// when runs leave memory shows as a smaller RSS (issue 12: memory follows live work).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "runstream", version, about = "Runs workflows and streams every event of every run over gRPC")]
 struct Cli {

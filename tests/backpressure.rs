@@ -20,9 +20,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// back-pressure the server grew by 190-240 MB a second under this flood), short for the test's time.
 const FLOOD_WINDOW: Duration = Duration::from_secs(2);
 /// What the flood may add to the server's RSS during the window. With back-pressure the store's queue holds at most
-/// about a thousand of the flood's events; what still grows is the run's in-memory log, at the store's pace (about
-/// 90 bytes per stored event; 35-80 MB a second on the reference machine): the margin is for that.
-const RSS_MARGIN_KB: u64 = 300 * 1024;
+/// about a thousand of the flood's events, and the run keeps only a window of its log in memory (the stalled
+/// reader's events are read back from the store): nothing grows with the flood. Measured: +16 MB (allocator and
+/// SQLite page cache warming up) for 190,000 events; the issue's bound is 100 MB for 3,000,000.
+const RSS_MARGIN_KB: u64 = 100 * 1024;
 /// CancelRun of the flood must answer within this (the issue asks for a second; generous for a loaded machine).
 const CANCEL_BOUND: Duration = Duration::from_secs(5);
 
