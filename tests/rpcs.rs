@@ -85,6 +85,13 @@ async fn batch_foreach_reports_each_iteration() {
         .collect();
     assert_eq!(progress.len(), 50);
     assert!(progress.iter().all(|p| p.step_id == "square" && p.total_count == 50));
+    // A count that would build a billion items in memory is refused before anything runs (it aborted the server).
+    let huge = pb::StartRunRequest {
+        workflow_id: "batch-foreach".into(),
+        input: Some(pb_value(json!({"count": 1_000_000_000u64, "concurrency": 4}))),
+        ..Default::default()
+    };
+    assert_status(client.start_run(huge).await, Code::InvalidArgument, &["count"]);
     let completed: Vec<u32> = progress.iter().map(|p| p.completed_count).collect();
     assert_eq!(completed, (1..=50).collect::<Vec<u32>>());
     let mut indices: Vec<u32> = progress.iter().map(|p| p.current_index).collect();

@@ -22,7 +22,9 @@ pub fn workflow() -> Arc<Workflow> {
             "type": "object",
             "required": ["count", "concurrency"],
             "properties": {
-                "count": { "type": "integer", "minimum": 0 },
+                // A demo, not a load generator: `count` items are built in memory at once (1e9 of them took the
+                // server down before this bound; now such a start gets INVALID_ARGUMENT).
+                "count": { "type": "integer", "minimum": 0, "maximum": 100000 },
                 "concurrency": { "type": "integer", "minimum": 1 },
                 "delayMs": delay_schema()
             },
