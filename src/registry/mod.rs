@@ -287,23 +287,25 @@ impl RunRegistry {
         }
         let (evicted, resident) = {
             let mut runs = self.runs.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-            let mut evicted = 0;
+            let mut evicted = Vec::new();
             for id in candidates {
                 let free = runs
                     .get(&id)
                     .is_some_and(|run| Arc::strong_count(run) == 1 && run.log_unshared() && run.is_idle_since(cutoff));
-                if free {
-                    runs.remove(&id);
-                    evicted += 1;
+                if let Some(run) = free.then(|| runs.remove(&id)).flatten() {
+                    evicted.push(run);
                 }
             }
-            if evicted > 0 {
+            if !evicted.is_empty() {
                 self.evictions.fetch_add(1, Ordering::AcqRel);
             }
             (evicted, runs.len())
         };
-        tracing::debug!(evicted, resident, "runs left memory; they are read from the store when asked for");
-        evicted
+        // Freed once the lock is released: freeing thousands of runs' logs must not hold up every lookup.
+        let count = evicted.len();
+        drop(evicted);
+        tracing::debug!(evicted = count, resident, "runs left memory; they are read from the store when asked for");
+        count
     }
 
     /// Applies [`evict`](Self::evict) now and then, for as long as the registry lives: a run leaves memory about

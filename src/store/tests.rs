@@ -354,7 +354,7 @@ fn a_version_3_store_is_migrated() {
             r.get(0)
         })
         .unwrap();
-    assert_eq!(indexes, 2);
+    assert_eq!(indexes, 3, "by order, by status, by creation time");
 }
 
 #[test]
