@@ -987,9 +987,16 @@ impl RunStore for SqliteStore {
                             params![run_id, json(&**state)?, status_text(state.status)],
                         )
                         .map_err(err)?;
-                        // Checkpoints of finished phases are in the snapshot now.
-                        exec(&tx, "DELETE FROM steps WHERE run_id = ?1 AND phase < ?2", params![run_id, state.phase])
+                        // Checkpoints of finished phases are in the snapshot now. Phases start at 1: a first
+                        // phase's state (most of them) has none to drop, and skips the index search.
+                        if state.phase > 1 {
+                            exec(
+                                &tx,
+                                "DELETE FROM steps WHERE run_id = ?1 AND phase < ?2",
+                                params![run_id, state.phase],
+                            )
                             .map_err(err)?;
+                        }
                     }
                     Write::DeleteRun { run_id } => {
                         for table in ["events", "steps", "runs"] {
