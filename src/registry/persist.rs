@@ -248,7 +248,10 @@ fn write_loop(store: &dyn RunStore, rx: &mpsc::Receiver<Op>, failing: &tokio::sy
                 next = rx.try_recv().ok();
             }
         }
-        commit_until_done(store, &writes, failing);
+        // Per run, one record or state, one row of events and only the checkpoints still of use (issue 12).
+        let batch = crate::store::coalesce(std::mem::take(&mut writes));
+        commit_until_done(store, &batch, failing);
+        writes = batch;
         writes.clear();
         for (run_id, seq) in durable.drain() {
             let Some(watched) = logs.get(&run_id) else { continue };

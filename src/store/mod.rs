@@ -16,6 +16,7 @@
 //! transaction there too, and `load` is what a replica reads when it takes over runs.
 
 pub mod backup;
+mod coalesce;
 mod memory;
 pub mod sqlite;
 #[cfg(test)]
@@ -26,6 +27,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
+pub use coalesce::coalesce;
 pub use memory::MemoryStore;
 pub use sqlite::SqliteStore;
 

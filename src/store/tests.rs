@@ -431,3 +431,137 @@ fn a_second_user_of_the_file_is_refused_naming_it() {
     let message = error.to_string();
     assert!(message.contains(sqlite::FILE_NAME) && message.contains("another"), "{message}");
 }
+
+fn events(run_id: &str, seqs: std::ops::RangeInclusive<u64>) -> Write {
+    Write::Events { run_id: run_id.into(), events: seqs.map(|seq| event(seq, None)).collect() }
+}
+
+fn step(run_id: &str, phase: u32, path: &str) -> Write {
+    Write::Step { run_id: run_id.into(), checkpoint: Box::new(checkpoint(phase, path)) }
+}
+
+fn set_state(run_id: &str, status: RunStatus, phase: u32) -> Write {
+    Write::State { run_id: run_id.into(), state: Box::new(state(status, phase)) }
+}
+
+/// What `batches` leave in fresh stores (memory, then SQLite), committed as given and committed coalesced, without
+/// the checkpoints of runs not in flight (never read, which is why coalescing may drop them). Asserts both ways
+/// leave the same, and returns it.
+fn as_queued_and_coalesced(batches: &[Vec<Write>]) -> Vec<LoadedRun> {
+    let dirs = [TempDir::new(), TempDir::new()];
+    let sqlite = |dir: &TempDir| -> Box<dyn RunStore> { Box::new(SqliteStore::open(&dir.0, Sync::Normal).unwrap()) };
+    let pairs: [(Box<dyn RunStore>, Box<dyn RunStore>); 2] =
+        [(Box::new(MemoryStore::new()), Box::new(MemoryStore::new())), (sqlite(&dirs[0]), sqlite(&dirs[1]))];
+    let mut held = Vec::new();
+    for (queued, coalesced) in &pairs {
+        for batch in batches {
+            queued.commit(batch).unwrap();
+            coalesced.commit(&coalesce(batch.clone())).unwrap();
+        }
+        let read = |store: &dyn RunStore| {
+            let mut runs = store.load().unwrap();
+            for run in &mut runs {
+                if !is_active(run.record.state.status) {
+                    run.checkpoints.clear();
+                }
+            }
+            runs
+        };
+        let got = read(&**coalesced);
+        assert_eq!(got, read(&**queued), "{}", coalesced.describe());
+        held = got;
+    }
+    held
+}
+
+#[test]
+fn a_short_run_in_one_batch_is_one_record_and_one_row_of_events() {
+    let batch = vec![
+        Write::CreateRun(Box::new(record("a"))),
+        events("a", 1..=2),
+        step("a", 1, "one"),
+        Write::CreateRun(Box::new(record("b"))),
+        events("a", 3..=4),
+        events("b", 1..=1),
+        step("a", 1, "two"),
+        events("a", 5..=5),
+        set_state("a", RunStatus::Success, 1),
+    ];
+    let merged = coalesce(batch.clone());
+    assert_eq!(
+        merged,
+        [
+            Write::CreateRun(Box::new(RunRecord { state: state(RunStatus::Success, 1), ..record("a") })),
+            events("a", 1..=5),
+            Write::CreateRun(Box::new(record("b"))),
+            events("b", 1..=1),
+        ]
+    );
+    as_queued_and_coalesced(&[batch]);
+}
+
+#[test]
+fn checkpoints_a_run_in_flight_needs_are_kept_and_the_last_of_each_wins() {
+    let mut replaced = checkpoint(2, "one");
+    replaced.record.attempts = 2;
+    let batch = vec![
+        step("a", 1, "old"),
+        // A resume: phase 2 starts, phase 1's checkpoints go.
+        set_state("a", RunStatus::Running, 2),
+        step("a", 2, "one"),
+        Write::Step { run_id: "a".into(), checkpoint: Box::new(replaced.clone()) },
+        events("a", 7..=8),
+        // A state of the phase in flight (a recovery mark cleared) keeps its checkpoints.
+        set_state("a", RunStatus::Running, 2),
+        step("a", 2, "two"),
+    ];
+    let merged = coalesce(batch.clone());
+    assert_eq!(
+        merged,
+        [
+            events("a", 7..=8),
+            set_state("a", RunStatus::Running, 2),
+            Write::Step { run_id: "a".into(), checkpoint: Box::new(replaced) },
+            step("a", 2, "two"),
+        ]
+    );
+    let first = vec![Write::CreateRun(Box::new(record("a"))), events("a", 1..=6), step("a", 1, "kept-until-resume")];
+    let got = as_queued_and_coalesced(&[first, batch]);
+    assert_eq!(got[0].checkpoints.len(), 2, "{:?}", got[0].checkpoints);
+}
+
+#[test]
+fn a_phase_that_ends_drops_its_checkpoints_and_barriers_keep_their_place() {
+    let batch = vec![
+        events("a", 3..=3),
+        step("a", 1, "one"),
+        set_state("a", RunStatus::Suspended, 1),
+        events("a", 4..=4),
+        Write::TrimEvents { run_id: "a".into(), before_seq: 4 },
+        events("a", 5..=5),
+        set_state("b", RunStatus::Canceled, 1),
+        Write::DeleteRun { run_id: "c".into() },
+        events("a", 6..=6),
+    ];
+    let merged = coalesce(batch.clone());
+    assert_eq!(
+        merged,
+        [
+            events("a", 3..=4),
+            set_state("a", RunStatus::Suspended, 1),
+            Write::TrimEvents { run_id: "a".into(), before_seq: 4 },
+            events("a", 5..=5),
+            set_state("b", RunStatus::Canceled, 1),
+            Write::DeleteRun { run_id: "c".into() },
+            events("a", 6..=6),
+        ]
+    );
+    let first = vec![
+        Write::CreateRun(Box::new(record("a"))),
+        events("a", 1..=2),
+        Write::CreateRun(Box::new(record("b"))),
+        step("b", 1, "one"),
+        Write::CreateRun(Box::new(record("c"))),
+    ];
+    as_queued_and_coalesced(&[first, batch]);
+}
