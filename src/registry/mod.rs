@@ -253,17 +253,10 @@ impl RunRegistry {
     /// Applies [`expire`](Self::expire) now and then (on a blocking thread: it waits for the store), for as long as
     /// the registry lives.
     pub fn spawn_retention(self: &Arc<Self>, retention: Duration) {
-        let registry = Arc::downgrade(self);
         // Often enough that nothing outlives its retention by much more than a tenth of it; at most once a second.
         let every = (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(600));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(registry) = registry.upgrade() else { return };
-                let _ = tokio::task::spawn_blocking(move || registry.expire(retention)).await;
-            }
+        self.every(every, move |registry| async move {
+            let _ = tokio::task::spawn_blocking(move || registry.expire(retention)).await;
         });
     }
 
@@ -314,15 +307,26 @@ impl RunRegistry {
         if self.persist.is_none() {
             return;
         }
-        let registry = Arc::downgrade(self);
         let every = (idle / 2).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        self.every(every, move |registry| async move {
+            registry.evict(idle);
+        });
+    }
+
+    /// Runs `task` every `period` (the first at once), for as long as the registry lives.
+    fn every<F, Fut>(self: &Arc<Self>, period: Duration, task: F)
+    where
+        F: Fn(Arc<Self>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let registry = Arc::downgrade(self);
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
+            let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(registry) = registry.upgrade() else { return };
-                registry.evict(idle);
+                task(registry).await;
             }
         });
     }

@@ -769,13 +769,7 @@ impl SqliteStore {
                 })
                 .map_err(err)?;
             for row in rows {
-                let (first_seq, last_seq, data) = row.map_err(err)?;
-                let first_seq = u64::try_from(first_seq).unwrap_or(0);
-                let unpacked = unpack(first_seq, &bytes::Bytes::from(data))
-                    .filter(|e| e.last().map(|e| e.seq) == u64::try_from(last_seq).ok())
-                    .ok_or_else(|| {
-                        self.corrupt(format!("run '{run_id}': its events {first_seq}..={last_seq} are damaged"))
-                    })?;
+                let unpacked = self.unpack_row(run_id, row.map_err(err)?)?;
                 events.extend(unpacked.into_iter().filter(|e| e.seq >= events_from));
             }
             if let Some(gap) = events.windows(2).find(|w| w[1].seq != w[0].seq + 1) {
@@ -797,6 +791,18 @@ impl SqliteStore {
             loaded.push(LoadedRun { record, events, checkpoints });
         }
         Ok(loaded)
+    }
+
+    /// The events of one packed row of run `run_id` (its first seq, last seq and data), checked against its seqs.
+    fn unpack_row(
+        &self,
+        run_id: &str,
+        (first_seq, last_seq, data): (i64, i64, Vec<u8>),
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let first_seq = u64::try_from(first_seq).unwrap_or(0);
+        unpack(first_seq, &bytes::Bytes::from(data))
+            .filter(|e| e.last().map(|e| e.seq) == u64::try_from(last_seq).ok())
+            .ok_or_else(|| self.corrupt(format!("run '{run_id}': its events {first_seq}..={last_seq} are damaged")))
     }
 
     /// [`RunStore::read_events`]: the packed rows holding seqs after `after_seq`, unpacked until `limit` events.
@@ -823,13 +829,7 @@ impl SqliteStore {
             .map_err(err)?;
         let mut events = Vec::new();
         for row in rows {
-            let (first_seq, last_seq, data) = row.map_err(err)?;
-            let first_seq = u64::try_from(first_seq).unwrap_or(0);
-            let unpacked = unpack(first_seq, &bytes::Bytes::from(data))
-                .filter(|e| e.last().map(|e| e.seq) == u64::try_from(last_seq).ok())
-                .ok_or_else(|| {
-                    self.corrupt(format!("run '{run_id}': its events {first_seq}..={last_seq} are damaged"))
-                })?;
+            let unpacked = self.unpack_row(run_id, row.map_err(err)?)?;
             let wanted = unpacked.into_iter().filter(|e| e.seq > after_seq && e.seq >= events_from);
             events.extend(wanted.take(limit - events.len()));
             if events.len() >= limit {
