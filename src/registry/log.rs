@@ -627,15 +627,11 @@ impl LogReader {
         };
         let (store, id, after) = (persister.store().clone(), run_id.clone(), self.after_seq);
         let read = tokio::task::spawn_blocking(move || store.read_events(&id, after, READ_BATCH)).await;
-        let events = match read {
-            Ok(Ok(events)) => events,
-            failed => {
-                let (cause, damaged) = match failed {
-                    Ok(Err(e)) => (e.to_string(), matches!(e, crate::store::StoreError::Corrupt { .. })),
-                    Err(e) => (e.to_string(), false),
-                    Ok(Ok(_)) => (String::new(), false),
-                };
-                self.failed = Some(RegistryError::StoreRead { store: persister.describe().to_owned(), cause, damaged });
+        let store_ref = persister.store().as_ref();
+        let events = match super::read_result(store_ref, read) {
+            Ok(events) => events,
+            Err(e) => {
+                self.failed = Some(e);
                 self.done = true;
                 return None;
             }

@@ -660,7 +660,7 @@ fn mark_recoveries(
 }
 
 /// What a read of the store on a blocking thread gave, its failure as the registry's error.
-fn read_result<T>(
+pub(super) fn read_result<T>(
     store: &dyn RunStore,
     read: Result<Result<T, StoreError>, tokio::task::JoinError>,
 ) -> Result<T, RegistryError> {
