@@ -17,6 +17,7 @@
 
 pub mod backup;
 mod coalesce;
+mod fold;
 mod memory;
 pub mod sqlite;
 #[cfg(test)]

@@ -7,6 +7,9 @@
 //!   as it is open, so a second server on the same data dir fails at start, naming the file, instead of two
 //!   writers interleaving runs. The database itself uses SQLite's normal locking, so that other processes can read
 //!   it while the server runs (`runstream backup`, [`super::backup`]).
+//! - The WAL is folded into the database (checkpointed) by a thread of its own with a connection of its own
+//!   (`fold.rs`), not inside the commit that makes it long: that commit's checkpoint, with its fsync, stalled every
+//!   client waiting for a commit (issue 12).
 //! - A clean stop folds the WAL into the database ([`RunStore::checkpoint`], and when the store is dropped), so
 //!   that `runstream.db` alone then holds every run; only a killed server leaves a `-wal` to be read at next start.
 //! - Opening never repairs or wipes anything: a file that is not a runstream store, or is damaged, is an error
@@ -47,7 +50,7 @@ use serde_json::Value;
 
 use super::{
     DefinitionRecord, LoadedRun, RunQuery, RunRecord, RunStore, RunSummary, StateRecord, StepCheckpoint, StoreError,
-    StoredEvent, Write,
+    StoredEvent, Write, fold::Folder,
 };
 use crate::engine::{RunStatus, StepRecord};
 
@@ -148,7 +151,9 @@ pub struct SqliteStore {
     // Dropped before `_lock` (field order): the lock outlives the last write.
     conn: Mutex<Connection>,
     /// Reading it found damage: it is left as it is (see [`SqliteStore::noting_damage`]).
-    damaged: AtomicBool,
+    damaged: Arc<AtomicBool>,
+    /// Folds the WAL into the database off the commit path; taken (stopped) by a clean stop's checkpoint.
+    folder: Mutex<Option<Folder>>,
     /// After an unclean stop: the check of the whole file.
     check: Option<BackgroundCheck>,
     _lock: DirLock,
@@ -169,9 +174,10 @@ impl SqliteStore {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| open_error(format!("cannot create the data dir {}: {e}", data_dir.display())))?;
         let lock = DirLock::acquire(data_dir, &location)?;
-        match Self::open_locked(path, sync, lock.existed) {
-            Ok((path, conn, check)) => {
-                Ok(Self { path, conn: Mutex::new(conn), damaged: AtomicBool::new(false), check, _lock: lock })
+        let damaged = Arc::new(AtomicBool::new(false));
+        match Self::open_locked(path, sync, lock.existed, &damaged) {
+            Ok((path, conn, folder, check)) => {
+                Ok(Self { path, conn: Mutex::new(conn), damaged, folder: Mutex::new(Some(folder)), check, _lock: lock })
             }
             Err(e) => {
                 lock.discard();
@@ -186,11 +192,12 @@ impl SqliteStore {
         path: PathBuf,
         sync: Sync,
         lock_existed: bool,
-    ) -> Result<(PathBuf, Connection, Option<BackgroundCheck>), StoreError> {
+        damaged: &Arc<AtomicBool>,
+    ) -> Result<(PathBuf, Connection, Folder, Option<BackgroundCheck>), StoreError> {
         let location = path.display().to_string();
         let unclean = check_files(&path, lock_existed)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&path, flags)
+        let mut conn = Connection::open_with_flags(&path, flags)
             .map_err(|e| StoreError::Open { location: location.clone(), reason: e.to_string() })?;
         // Closing the last connection folds the WAL into the database: not while the files may be found damaged.
         let no_checkpoint_on_close = |on: bool| {
@@ -200,9 +207,10 @@ impl SqliteStore {
         };
         no_checkpoint_on_close(true)?;
         prepare(&conn, &location, sync)?;
+        let folder = Folder::start(&path, &mut conn, sync_pragma(sync), Arc::clone(damaged))?;
         let check = if unclean { Some(BackgroundCheck::start(&path)?) } else { None };
-        no_checkpoint_on_close(false)?;
-        Ok((path, conn, check))
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false).map_err(|e| classify(&location, e))?;
+        Ok((path, conn, folder, check))
     }
 
     fn location(&self) -> String {
@@ -404,8 +412,13 @@ fn wal_checksum(data: &[u8], big_endian: bool, (mut s0, mut s1): (u32, u32)) -> 
     (s0, s1)
 }
 
-/// WAL pages after which a commit folds the WAL into the database (see [`prepare`]).
-const WAL_AUTOCHECKPOINT_PAGES: u32 = 8192;
+/// `PRAGMA synchronous` for `sync`.
+fn sync_pragma(sync: Sync) -> &'static str {
+    match sync {
+        Sync::Normal => "NORMAL",
+        Sync::Full => "FULL",
+    }
+}
 
 /// Settings, schema and version check. The first statement reads the file header: a file that is not a database
 /// fails here, before anything is written.
@@ -421,15 +434,8 @@ fn prepare(conn: &Connection, location: &str, sync: Sync) -> Result<(), StoreErr
             reason: format!("the file system refuses WAL journaling (journal mode stays {mode})"),
         });
     }
-    let sync = match sync {
-        Sync::Normal => "NORMAL",
-        Sync::Full => "FULL",
-    };
-    conn.pragma_update(None, "synchronous", sync).map_err(corrupt)?;
-    // A checkpoint runs inside the commit that crosses this many WAL pages, and with its fsync it was that commit's
-    // client's p99 (issue 12). SQLite's 1,000 pages (4 MB) came every ~50 short runs; 8,192 (32 MB) come an eighth
-    // as often and write each hot page (the runs' and events' last leaves, the indexes) once per checkpoint.
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES).map_err(corrupt)?;
+    conn.pragma_update(None, "synchronous", sync_pragma(sync)).map_err(corrupt)?;
+    // No `wal_autocheckpoint`: the WAL is folded in by a thread of its own (`fold.rs`), whose hook replaces it.
     conn.execute_batch(SCHEMA).map_err(corrupt)?;
     let version: Option<String> = conn
         .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |row| row.get(0))
@@ -925,6 +931,9 @@ impl RunStore for SqliteStore {
     fn checkpoint(&self) -> Result<(), StoreError> {
         // Also so that no reader holds the WAL back from being folded in.
         self.end_check(true);
+        if let Some(mut folder) = self.folder.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).take() {
+            folder.stop();
+        }
         if let Some(found) = self.found_damage() {
             return Err(self.corrupt(found));
         }
@@ -1268,6 +1277,50 @@ mod tests {
         let wal = sibling(&data_dir.join(FILE_NAME), "-wal");
         assert_eq!(file_len(&wal).unwrap().unwrap_or(0), 0, "no WAL left");
         let _ = std::fs::remove_dir_all(data_dir.parent().unwrap());
+    }
+
+    /// The WAL is folded into the database by the store's own thread while the store is open, and starts over
+    /// once folded: no commit waits for a checkpoint, and the WAL stays bounded under a steady load.
+    #[test]
+    fn the_wal_is_folded_in_off_the_commit_path() {
+        let dir = std::env::temp_dir().join(format!("runstream-fold-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = SqliteStore::open(&dir, Sync::Normal).unwrap();
+        let (db, wal) = (dir.join(FILE_NAME), sibling(&dir.join(FILE_NAME), "-wal"));
+        let body = bytes::Bytes::from(vec![7u8; 64 * 1024]);
+        let mut seq = 0;
+        // 4 MB a commit, 40 MB in all: over the 32 MB that wake the thread.
+        let mut commit_40_mb = || {
+            for _ in 0..10 {
+                let events = (0..64)
+                    .map(|_| {
+                        seq += 1;
+                        StoredEvent { seq, time: SystemTime::now(), body: body.clone(), finish: None }
+                    })
+                    .collect();
+                store.commit(&[Write::Events { run_id: "r".into(), events }]).unwrap();
+            }
+        };
+        commit_40_mb();
+        let whole = Arc::clone(&store.folder.lock().unwrap().as_ref().unwrap().whole);
+        let frames = (file_len(&wal).unwrap().unwrap_or(0) - WAL_HEADER as u64) / (WAL_FRAME_HEADER + 4096) as u64;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while whole.load(Ordering::Relaxed) != frames {
+            assert!(Instant::now() < deadline, "the thread has not folded the WAL in");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(file_len(&db).unwrap().unwrap_or(0) >= 40 << 20, "the database holds the 40 MB committed");
+        // All of it folded in: the next commits write the WAL from its start again.
+        commit_40_mb();
+        let wal_len = file_len(&wal).unwrap().unwrap_or(0);
+        assert!(wal_len < 60 << 20, "the WAL started over once folded in: {wal_len} bytes");
+        let stored: i64 =
+            store.lock().query_row("SELECT SUM(last_seq - first_seq + 1) FROM events", [], |row| row.get(0)).unwrap();
+        assert_eq!(stored, 20 * 64, "every event committed is there");
+        RunStore::checkpoint(&store).expect("a clean stop folds in the rest");
+        drop(store);
+        assert_eq!(file_len(&wal).unwrap().unwrap_or(0), 0, "no WAL left");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
