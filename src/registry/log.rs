@@ -42,7 +42,7 @@ use super::{
 };
 use crate::{
     engine::{Event, EventKind, EventTooLarge, RunStatus},
-    store::StoredEvent,
+    store::{StoredEvent, Tail},
 };
 
 /// How many entries a reader takes per visit to the log: large enough to amortize the lock, small enough that a
@@ -56,6 +56,9 @@ const READ_BATCH: usize = 512;
 /// reader a little behind needs without a store read; 8,192 events of ~40 bytes plus their entries is ~1 MB.
 const WINDOW_EVENTS: usize = 8192;
 const WINDOW_BYTES: usize = 1 << 20;
+
+/// What a run loaded from the store reads of its log: its window (the rest is read when a reader gets to it).
+pub(super) const WINDOW: Tail = Tail { events: WINDOW_EVENTS, bytes: WINDOW_BYTES };
 
 /// The first chunk a run's encoded events are packed into; each next chunk is as large as everything stored so far
 /// (so a short run wastes at most about half of its small log), up to `MAX_CHUNK`.
@@ -210,19 +213,25 @@ impl EventLog {
         }
     }
 
-    /// A log loaded from the store: every event in it is durable. `events` have consecutive seqs (the first may
-    /// be above 1 when retention trimmed the log).
+    /// A log loaded from the store: every event in it is durable. `events` have consecutive seqs: the newest part
+    /// of the log (see [`WINDOW`]); `events_from` is the first seq the store keeps (above 1 when retention trimmed
+    /// the log), and readers of the seqs in between read them from the store.
     pub(super) fn restore(
         encoder: Arc<dyn EventEncoder>,
         run_id: Arc<str>,
         persister: Arc<Persister>,
         events: Vec<StoredEvent>,
+        events_from: u64,
     ) -> Self {
         let log = Self::gated(encoder, run_id, persister);
         {
             let mut inner = log.lock();
-            inner.base = events.first().map_or(0, |e| e.seq.saturating_sub(1));
-            inner.trimmed = inner.base;
+            // The events from `events_from` up to the first one given are in the store only.
+            let trimmed = events_from.saturating_sub(1);
+            inner.base = events.first().map_or(trimmed, |e| e.seq.saturating_sub(1));
+            inner.trimmed = trimmed.min(inner.base);
+            // Those are no newer than the first one given: retention drops them once it would drop that one.
+            inner.shed_at_secs = events.first().map_or(0, |e| unix_secs(e.time));
             inner.stored = events.iter().map(|e| e.body.len()).sum();
             inner.resident_bytes = inner.stored;
             inner.entries = events

@@ -165,7 +165,7 @@ impl RunRegistry {
         for record in definitions {
             catalog.restore(compiler.as_deref(), record);
         }
-        let mut loaded = store.load_active()?;
+        let mut loaded = store.load_active(log::WINDOW)?;
         // Only runs this server can serve: the others are kept in the store untouched (see below).
         let servable = |record: &RunRecord| catalog.version(&record.workflow_id, record.workflow_version).is_some();
         let failed_recoveries = mark_recoveries(store.as_ref(), &mut loaded, servable)?;
@@ -181,7 +181,7 @@ impl RunRegistry {
                 continue;
             };
             let checkpoints = run.checkpoints;
-            let restored = restore(run.record, run.events, workflow, &clock, &encoder, &persister);
+            let restored = restore(run.record, run.events, run.events_from, workflow, &clock, &encoder, &persister);
             if let Some(reason) = failed_recoveries.get(restored.id().as_ref()) {
                 tracing::error!(run_id = %restored.id(), "{reason}");
                 restored.fail_unrecoverable(reason, checkpoints);
@@ -496,7 +496,7 @@ impl RunRegistry {
             let evictions = self.evictions.load(Ordering::Acquire);
             let read = {
                 let (store, run_id) = (store.clone(), run_id.to_owned());
-                tokio::task::spawn_blocking(move || store.load_run(&run_id))
+                tokio::task::spawn_blocking(move || store.load_run(&run_id, log::WINDOW))
             };
             let loaded = read_result(store.as_ref(), read.await)?;
             let Some(loaded) = loaded else {
@@ -514,9 +514,18 @@ impl RunRegistry {
             if self.evictions.load(Ordering::Acquire) != evictions {
                 continue;
             }
-            let run = restore(loaded.record, loaded.events, workflow, &self.clock, &self.encoder, persister);
+            let events = loaded.events.len();
+            let run = restore(
+                loaded.record,
+                loaded.events,
+                loaded.events_from,
+                workflow,
+                &self.clock,
+                &self.encoder,
+                persister,
+            );
             runs.insert(run.id().clone(), run.clone());
-            tracing::debug!(run_id, "loaded a run from the store");
+            tracing::debug!(run_id, events, "loaded a run from the store");
             return Ok(Found::Run(run));
         }
     }
@@ -675,9 +684,11 @@ pub(super) fn read_result<T>(
 }
 
 /// A stored run of `workflow` as a `Run` in memory (not started: the caller decides what happens next).
+#[allow(clippy::too_many_arguments)]
 fn restore(
     record: RunRecord,
     events: Vec<StoredEvent>,
+    events_from: u64,
     workflow: Arc<Workflow>,
     clock: &Arc<dyn Clock>,
     encoder: &Arc<dyn EventEncoder>,
@@ -697,7 +708,7 @@ fn restore(
         record.created_at,
         record.created_order,
         record.state,
-        events,
+        (events, events_from),
         clock.clone(),
         encoder.clone(),
         persister.clone(),

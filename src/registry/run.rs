@@ -122,19 +122,20 @@ impl Run {
         Self::assemble(spec, created_at, created_order, Arc::new(log), state, clock, persist)
     }
 
-    /// A run loaded from the store, with its log as stored. Not started: the registry decides what happens next.
+    /// A run loaded from the store, with its log as stored (the newest events, and the first seq the store keeps).
+    /// Not started: the registry decides what happens next.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn restore(
         spec: RunSpec,
         created_at: SystemTime,
         created_order: u64,
         state: StateRecord,
-        events: Vec<StoredEvent>,
+        (events, events_from): (Vec<StoredEvent>, u64),
         clock: Arc<dyn Clock>,
         encoder: Arc<dyn EventEncoder>,
         persister: Arc<Persister>,
     ) -> Arc<Self> {
-        let log = EventLog::restore(encoder, spec.run_id.clone(), persister.clone(), events);
+        let log = EventLog::restore(encoder, spec.run_id.clone(), persister.clone(), events, events_from);
         let run = Self::assemble(spec, created_at, created_order, Arc::new(log), state, clock, Some(persister.clone()));
         if !run.status().is_terminal() {
             persister.watch(run.id(), run.log.clone());

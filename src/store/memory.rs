@@ -8,7 +8,7 @@ use std::{
 
 use super::{
     DefinitionRecord, LoadedRun, RunQuery, RunRecord, RunStore, RunSummary, StepCheckpoint, StoreError, StoredEvent,
-    Write, is_active,
+    Tail, Write, is_active,
 };
 
 /// A [`RunStore`] in memory: runs outlive a registry (a new one opened on the same store sees them), not the
@@ -62,6 +62,7 @@ impl Stored {
         LoadedRun {
             record: self.record.clone(),
             events: self.events.clone(),
+            events_from: self.events.first().map_or(1, |e| e.seq),
             checkpoints: self.checkpoints.iter().filter(|c| c.phase == phase).cloned().collect(),
         }
     }
@@ -76,12 +77,20 @@ impl RunStore for MemoryStore {
         Ok(self.load_where(|_| true))
     }
 
-    fn load_active(&self) -> Result<Vec<LoadedRun>, StoreError> {
-        Ok(self.load_where(|record| is_active(record.state.status)))
+    fn load_active(&self, tail: Tail) -> Result<Vec<LoadedRun>, StoreError> {
+        let mut runs = self.load_where(|record| is_active(record.state.status));
+        for run in &mut runs {
+            tail.cut(&mut run.events);
+        }
+        Ok(runs)
     }
 
-    fn load_run(&self, run_id: &str) -> Result<Option<LoadedRun>, StoreError> {
-        Ok(self.lock().get(run_id).map(Stored::loaded))
+    fn load_run(&self, run_id: &str, tail: Tail) -> Result<Option<LoadedRun>, StoreError> {
+        let mut run = self.lock().get(run_id).map(Stored::loaded);
+        if let Some(run) = &mut run {
+            tail.cut(&mut run.events);
+        }
+        Ok(run)
     }
 
     fn list_runs(&self, query: &RunQuery, before_order: u64, limit: usize) -> Result<Vec<RunSummary>, StoreError> {

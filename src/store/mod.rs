@@ -213,15 +213,55 @@ pub enum Write {
     },
 }
 
-/// A run as loaded (at start, or on demand): its record, its whole stored log, and the checkpoints of its current phase.
+/// A run as loaded (at start, or on demand): its record, its stored log or the newest part of it (see [`Tail`]),
+/// and the checkpoints of its current phase.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadedRun {
     /// The run's record, with its last state.
     pub record: RunRecord,
-    /// Its stored events, in seq order.
+    /// Its stored events, in seq order: all of them from `events_from`, or the newest ones a [`Tail`] asked for.
     pub events: Vec<StoredEvent>,
+    /// The first seq the store keeps; retention dropped the ones before it.
+    pub events_from: u64,
     /// The checkpoints of its current phase.
     pub checkpoints: Vec<StepCheckpoint>,
+}
+
+/// How much of a run's log a load reads: its newest events up to `events` of them or `bytes` of bodies, whichever
+/// comes first (at least one, and whole packed rows, so a little more may come). Why (issue 12): a run loaded again
+/// keeps only a window of its log in memory, so reading all of a million-event log only to drop most of it cost
+/// time and a peak of memory; the older events are read from the store when a reader gets to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tail {
+    /// The most events wanted.
+    pub events: usize,
+    /// The most bytes of event bodies wanted.
+    pub bytes: usize,
+}
+
+impl Tail {
+    /// The whole log.
+    pub const ALL: Tail = Tail { events: usize::MAX, bytes: usize::MAX };
+
+    /// Drops from the front of `events` (in seq order) what this tail does not ask for.
+    pub(crate) fn cut(self, events: &mut Vec<StoredEvent>) {
+        let keep = self.newest(events.iter().rev().map(|e| (1, e.body.len())));
+        events.drain(..events.len() - keep);
+    }
+
+    /// How many of the newest items (given newest first, each with its event count and bytes) this tail takes.
+    pub(crate) fn newest(self, items: impl Iterator<Item = (usize, usize)>) -> usize {
+        let (mut taken, mut events, mut bytes) = (0, 0usize, 0usize);
+        for (n, b) in items {
+            if taken > 0 && (events >= self.events || bytes >= self.bytes) {
+                break;
+            }
+            taken += 1;
+            events = events.saturating_add(n);
+            bytes = bytes.saturating_add(b);
+        }
+        taken
+    }
 }
 
 /// Storage of runs, their logs and their checkpoints. Blocking: called from the registry's writer thread and at
@@ -235,18 +275,26 @@ pub trait RunStore: Send + Sync + 'static {
     fn load(&self) -> Result<Vec<LoadedRun>, StoreError>;
 
     /// The runs a start must recover (pending, running or waiting), oldest first, as [`load`](Self::load) gives
-    /// them. Why (issue 12): a start loads only what must run and serves every other run lazily, so that start
+    /// them but with only the `tail` of each log. Why (issue 12): a start loads only what must run and serves every other run lazily, so that start
     /// time and memory do not grow with history. The default filters `load`; stores worth being lazy override it.
-    fn load_active(&self) -> Result<Vec<LoadedRun>, StoreError> {
+    fn load_active(&self, tail: Tail) -> Result<Vec<LoadedRun>, StoreError> {
         let mut runs = self.load()?;
         runs.retain(|run| is_active(run.record.state.status));
+        for run in &mut runs {
+            tail.cut(&mut run.events);
+        }
         Ok(runs)
     }
 
-    /// One run as [`load`](Self::load) gives it, `None` if none is stored under `run_id`. Why (issue 12): a run not
+    /// One run as [`load`](Self::load) gives it but with only the `tail` of its log, `None` if none is stored under
+    /// `run_id`. Why (issue 12): a run not
     /// in memory is loaded when a client asks for it. The default searches `load`.
-    fn load_run(&self, run_id: &str) -> Result<Option<LoadedRun>, StoreError> {
-        Ok(self.load()?.into_iter().find(|run| run.record.run_id == run_id))
+    fn load_run(&self, run_id: &str, tail: Tail) -> Result<Option<LoadedRun>, StoreError> {
+        let mut run = self.load()?.into_iter().find(|run| run.record.run_id == run_id);
+        if let Some(run) = &mut run {
+            tail.cut(&mut run.events);
+        }
+        Ok(run)
     }
 
     /// Up to `limit` of run `run_id`'s stored events after `after_seq`, in seq order (fewer at the end of what is
@@ -254,7 +302,7 @@ pub trait RunStore: Send + Sync + 'static {
     /// first one returned is then above `after_seq + 1`. Why (issue 12): a live run keeps only a window of its log
     /// in memory, and a reader behind that window reads the rest from here. The default reads `load_run`.
     fn read_events(&self, run_id: &str, after_seq: u64, limit: usize) -> Result<Vec<StoredEvent>, StoreError> {
-        let Some(run) = self.load_run(run_id)? else { return Ok(Vec::new()) };
+        let Some(run) = self.load_run(run_id, Tail::ALL)? else { return Ok(Vec::new()) };
         Ok(run.events.into_iter().filter(|e| e.seq > after_seq).take(limit).collect())
     }
 

@@ -50,7 +50,7 @@ use serde_json::Value;
 
 use super::{
     DefinitionRecord, LoadedRun, RunQuery, RunRecord, RunStore, RunSummary, StateRecord, StepCheckpoint, StoreError,
-    StoredEvent, Write, fold::Folder,
+    StoredEvent, Tail, Write, fold::Folder,
 };
 use crate::engine::{RunStatus, StepRecord};
 
@@ -755,12 +755,18 @@ impl SqliteStore {
 
     /// The runs `tail` selects (see [`Self::read_records`]), each with its kept events and the checkpoints of its
     /// current phase.
-    fn read_runs(&self, tail: &str, params: &[&dyn rusqlite::ToSql]) -> Result<Vec<LoadedRun>, StoreError> {
+    fn read_runs(
+        &self,
+        filter: &str,
+        params: &[&dyn rusqlite::ToSql],
+        tail: Tail,
+    ) -> Result<Vec<LoadedRun>, StoreError> {
         let conn = self.lock();
         let err = |e: rusqlite::Error| self.classify(e);
-        let records = self.read_records(&conn, tail, params)?;
+        let records = self.read_records(&conn, filter, params)?;
+        // Newest rows first: a tail stops reading once it has what it asked for.
         let mut events_stmt = conn
-            .prepare_cached("SELECT first_seq, last_seq, data FROM events WHERE run_id = ?1 ORDER BY first_seq")
+            .prepare_cached("SELECT first_seq, last_seq, data FROM events WHERE run_id = ?1 ORDER BY first_seq DESC")
             .map_err(err)?;
         let mut steps_stmt = conn
             .prepare_cached("SELECT path, record FROM steps WHERE run_id = ?1 AND phase = ?2 ORDER BY path")
@@ -768,16 +774,28 @@ impl SqliteStore {
         let mut loaded = Vec::with_capacity(records.len());
         for (record, events_from) in records {
             let run_id = &record.run_id;
-            let mut events = Vec::new();
-            let rows = events_stmt
+            let mut rows: Vec<Vec<StoredEvent>> = Vec::new();
+            let (mut count, mut bytes) = (0usize, 0usize);
+            let mut found = events_stmt
                 .query_map([run_id], |row| {
                     Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?, row.get::<_, Vec<u8>>(2)?))
                 })
                 .map_err(err)?;
-            for row in rows {
-                let unpacked = self.unpack_row(run_id, row.map_err(err)?)?;
-                events.extend(unpacked.into_iter().filter(|e| e.seq >= events_from));
+            while rows.is_empty() || (count < tail.events && bytes < tail.bytes) {
+                let Some(row) = found.next() else { break };
+                let mut unpacked = self.unpack_row(run_id, row.map_err(err)?)?;
+                unpacked.retain(|e| e.seq >= events_from);
+                count += unpacked.len();
+                bytes = unpacked.iter().fold(bytes, |sum, e| sum.saturating_add(e.body.len()));
+                let older_than_kept = unpacked.is_empty();
+                rows.push(unpacked);
+                if older_than_kept {
+                    break;
+                }
             }
+            drop(found);
+            let mut events: Vec<StoredEvent> = rows.into_iter().rev().flatten().collect();
+            tail.cut(&mut events);
             if let Some(gap) = events.windows(2).find(|w| w[1].seq != w[0].seq + 1) {
                 return Err(
                     self.corrupt(format!("run '{run_id}': its log jumps from seq {} to {}", gap[0].seq, gap[1].seq))
@@ -794,7 +812,7 @@ impl SqliteStore {
                     Ok(StepCheckpoint { phase, path, record: step })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            loaded.push(LoadedRun { record, events, checkpoints });
+            loaded.push(LoadedRun { record, events, events_from, checkpoints });
         }
         Ok(loaded)
     }
@@ -962,17 +980,17 @@ impl RunStore for SqliteStore {
     }
 
     fn load(&self) -> Result<Vec<LoadedRun>, StoreError> {
-        self.noting_damage(self.read_runs("ORDER BY created_order, rowid", &[]))
+        self.noting_damage(self.read_runs("ORDER BY created_order, rowid", &[], Tail::ALL))
     }
 
-    fn load_active(&self) -> Result<Vec<LoadedRun>, StoreError> {
+    fn load_active(&self, tail: Tail) -> Result<Vec<LoadedRun>, StoreError> {
         let [a, b, c] = [RunStatus::Pending, RunStatus::Running, RunStatus::Waiting].map(status_text);
-        let tail = "WHERE status IN (?1, ?2, ?3) ORDER BY created_order, rowid";
-        self.noting_damage(self.read_runs(tail, &[&a, &b, &c]))
+        let filter = "WHERE status IN (?1, ?2, ?3) ORDER BY created_order, rowid";
+        self.noting_damage(self.read_runs(filter, &[&a, &b, &c], tail))
     }
 
-    fn load_run(&self, run_id: &str) -> Result<Option<LoadedRun>, StoreError> {
-        let mut runs = self.noting_damage(self.read_runs("WHERE run_id = ?1", &[&run_id]))?;
+    fn load_run(&self, run_id: &str, tail: Tail) -> Result<Option<LoadedRun>, StoreError> {
+        let mut runs = self.noting_damage(self.read_runs("WHERE run_id = ?1", &[&run_id], tail))?;
         Ok(runs.pop())
     }
 

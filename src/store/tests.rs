@@ -159,7 +159,7 @@ fn a_version_2_store_is_migrated() {
     let store = SqliteStore::open(&dir.0, Sync::Normal).unwrap();
     // Its creation order is its rowid, 1 here, as `record` has it.
     assert_eq!(store.load().unwrap()[0].record, record("old"));
-    assert_eq!(store.load_active().unwrap().len(), 1, "its status is filled in");
+    assert_eq!(store.load_active(Tail::ALL).unwrap().len(), 1, "its status is filled in");
     store.commit(&[Write::Definition(Box::new(definition("wf", 1)))]).unwrap();
     drop(store);
     let store = SqliteStore::open(&dir.0, Sync::Normal).unwrap();
@@ -194,7 +194,7 @@ fn ids_of(runs: &[RunSummary]) -> Vec<&str> {
 /// state write moves a run between statuses for them.
 fn lazy_reads(store: &dyn RunStore) {
     assert_eq!(store.max_order().unwrap(), 0, "an empty store");
-    assert!(store.load_active().unwrap().is_empty());
+    assert!(store.load_active(Tail::ALL).unwrap().is_empty());
     assert!(store.list_runs(&RunQuery::default(), 0, 10).unwrap().is_empty());
     let mut writes = Vec::new();
     for (id, order, status, workflow, owner) in LAZY_RUNS {
@@ -215,16 +215,20 @@ fn lazy_reads(store: &dyn RunStore) {
     assert_eq!(ids_of_loaded(&all), ["a", "b", "c", "d", "e", "f"], "oldest first by creation order");
     assert_eq!(store.max_order().unwrap(), 6);
 
-    let active = store.load_active().unwrap();
+    let active = store.load_active(Tail::ALL).unwrap();
     assert_eq!(ids_of_loaded(&active), ["a", "c", "e"], "in flight, oldest first");
     for run in &active {
         assert_eq!(run.events, [event(1, None), event(2, None)]);
         assert_eq!(run.checkpoints, [checkpoint(2, "step-1")], "the current phase's only");
     }
     for run in &all {
-        assert_eq!(store.load_run(&run.record.run_id).unwrap().as_ref(), Some(run), "one run as `load` gives it");
+        assert_eq!(
+            store.load_run(&run.record.run_id, Tail::ALL).unwrap().as_ref(),
+            Some(run),
+            "one run as `load` gives it"
+        );
     }
-    assert_eq!(store.load_run("nobody").unwrap(), None);
+    assert_eq!(store.load_run("nobody", Tail::ALL).unwrap(), None);
     assert_eq!(store.read_events("a", 0, 10).unwrap(), [event(1, None), event(2, None)]);
     assert_eq!(store.read_events("a", 1, 10).unwrap(), [event(2, None)], "after a cursor");
     assert_eq!(store.read_events("a", 0, 1).unwrap(), [event(1, None)], "at most the limit");
@@ -263,9 +267,9 @@ fn lazy_reads(store: &dyn RunStore) {
             Write::DeleteRun { run_id: "f".into() },
         ])
         .unwrap();
-    assert_eq!(ids_of_loaded(&store.load_active().unwrap()), ["b", "c", "e"]);
+    assert_eq!(ids_of_loaded(&store.load_active(Tail::ALL).unwrap()), ["b", "c", "e"]);
     assert_eq!(ids_of(&list(&query(None, Some(RunStatus::Success), None), 0, 10)), ["d", "a"]);
-    assert_eq!(store.load_run("f").unwrap(), None);
+    assert_eq!(store.load_run("f", Tail::ALL).unwrap(), None);
     assert_eq!(store.max_order().unwrap(), 5);
 
     // Retention of runs only in the store (whole seconds): those that ended before the cutoff go, with their events; runs in
@@ -274,7 +278,7 @@ fn lazy_reads(store: &dyn RunStore) {
     store.commit(&[Write::State { run_id: "d".into(), state: Box::new(late) }]).unwrap();
     store.commit(&[Write::ExpireRuns { ended_before: at(10_000) }]).unwrap();
     assert_eq!(ids_of_loaded(&store.load().unwrap()), ["b", "c", "d", "e"], "a (ended at 5) is gone");
-    assert_eq!(store.load_run("a").unwrap(), None);
+    assert_eq!(store.load_run("a", Tail::ALL).unwrap(), None);
     store.commit(&[Write::ExpireRuns { ended_before: at(100_000) }]).unwrap();
     assert_eq!(ids_of_loaded(&store.load().unwrap()), ["b", "c", "e"], "then d");
 }
@@ -293,8 +297,49 @@ fn sqlite_store_reads_runs_lazily_and_across_reopening() {
     drop(store);
     let store = SqliteStore::open(&dir.0, Sync::Normal).unwrap();
     assert_eq!(store.load().unwrap(), loaded);
-    assert_eq!(ids_of_loaded(&store.load_active().unwrap()), ["b", "c", "e"]);
+    assert_eq!(ids_of_loaded(&store.load_active(Tail::ALL).unwrap()), ["b", "c", "e"]);
     assert_eq!(store.max_order().unwrap(), 5);
+}
+
+/// A tail of a run's log: its newest events up to a count or a size, whole rows read, exactly the tail returned,
+/// with the first seq the store keeps; after retention trimmed the log, never an event from before it.
+fn tail_reads(store: &dyn RunStore) {
+    store.commit(&[Write::CreateRun(Box::new(record("long")))]).unwrap();
+    // Three rows of four events (one commit each), then one event.
+    for first in [1, 5, 9, 13] {
+        let last = if first == 13 { 13 } else { first + 3 };
+        let events = (first..=last).map(|seq| event(seq, None)).collect();
+        store.commit(&[Write::Events { run_id: "long".into(), events }]).unwrap();
+    }
+    let seqs = |tail: Tail| {
+        let run = store.load_run("long", tail).unwrap().unwrap();
+        (run.events.iter().map(|e| e.seq).collect::<Vec<_>>(), run.events_from)
+    };
+    assert_eq!(seqs(Tail::ALL), ((1..=13).collect(), 1));
+    assert_eq!(seqs(Tail { events: 6, bytes: usize::MAX }), ((8..=13).collect(), 1));
+    // Each body is "event N": 7 or 8 bytes; 20 bytes take three events (the last one crosses it).
+    assert_eq!(seqs(Tail { events: usize::MAX, bytes: 20 }), ((11..=13).collect(), 1));
+    assert_eq!(seqs(Tail { events: 0, bytes: 0 }), (vec![13], 1), "at least the newest event");
+    let active = store.load_active(Tail { events: 2, bytes: usize::MAX }).unwrap();
+    let long = active.iter().find(|run| run.record.run_id == "long").unwrap();
+    assert_eq!(long.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [12, 13]);
+    // Retention keeps seq 7 on: the row 5..=8 straddles it.
+    store.commit(&[Write::TrimEvents { run_id: "long".into(), before_seq: 7 }]).unwrap();
+    let (kept, from) = seqs(Tail::ALL);
+    assert_eq!(kept, (7..=13).collect::<Vec<_>>());
+    assert!(from <= 7, "kept from {from}");
+    assert_eq!(seqs(Tail { events: 9, bytes: usize::MAX }).0, (7..=13).collect::<Vec<_>>());
+}
+
+#[test]
+fn memory_store_reads_the_tail_of_a_log() {
+    tail_reads(&MemoryStore::new());
+}
+
+#[test]
+fn sqlite_store_reads_the_tail_of_a_log() {
+    let dir = TempDir::new();
+    tail_reads(&SqliteStore::open(&dir.0, Sync::Normal).unwrap());
 }
 
 /// SQL that takes a schema 4 store back to schema 3 (indexes first: SQLite drops no indexed column).
@@ -338,7 +383,7 @@ fn a_version_3_store_is_migrated() {
     let expected: Vec<(String, u64)> = [("w", 1), ("x", 2), ("y", 3), ("z", 4)].map(|(id, n)| (id.into(), n)).into();
     assert_eq!(orders, expected);
     assert_eq!(store.max_order().unwrap(), 4);
-    let active = store.load_active().unwrap();
+    let active = store.load_active(Tail::ALL).unwrap();
     assert_eq!(ids_of_loaded(&active), ["x", "z"]);
     assert_eq!(active[0].events, [event(1, None)]);
     let suspended = RunQuery { status: Some(RunStatus::Suspended), ..RunQuery::default() };
