@@ -41,12 +41,13 @@ pub(super) struct Folder {
 
 impl Folder {
     /// Starts the thread, with a connection of its own to the database at `path`, and installs the WAL hook on the
-    /// writer's connection `writer`. `hold` set: the files are left as they are (found damaged), nothing is folded.
+    /// writer's connection `writer`. While `hold` answers true the files are left as they are (found damaged, or
+    /// a check of the whole file found damage): nothing is folded.
     pub(super) fn start(
         path: &Path,
         writer: &mut Connection,
         sync: &str,
-        hold: Arc<AtomicBool>,
+        hold: Arc<dyn Fn() -> bool + Send + Sync>,
     ) -> Result<Self, StoreError> {
         let location = path.display().to_string();
         let fail = |reason: String| StoreError::Open { location: location.clone(), reason };
@@ -65,7 +66,7 @@ impl Folder {
             .name("runstream-fold".into())
             .spawn(move || {
                 while woken.recv().is_ok() && !stopping.load(Ordering::Relaxed) {
-                    if held.load(Ordering::Relaxed) {
+                    if held() {
                         continue;
                     }
                     match conn.wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE) {
@@ -84,7 +85,7 @@ impl Folder {
         // The hook replaces SQLite's autocheckpoint. It must answer Ok: an error would fail a commit that happened.
         writer
             .wal_hook(Some(move |wal: &mut Wal, pages: i32| {
-                if pages >= FORCE_PAGES && !hold.load(Ordering::Relaxed) {
+                if pages >= FORCE_PAGES && !hold() {
                     // Busy while the thread is folding: it is on it, then.
                     if let Err(e) = wal.checkpoint() {
                         tracing::debug!(error = %e, pages, "cannot fold the store's long WAL into it");

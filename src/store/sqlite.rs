@@ -207,8 +207,14 @@ impl SqliteStore {
         };
         no_checkpoint_on_close(true)?;
         prepare(&conn, &location, sync)?;
-        let folder = Folder::start(&path, &mut conn, sync_pragma(sync), Arc::clone(damaged))?;
         let check = if unclean { Some(BackgroundCheck::start(&path)?) } else { None };
+        let (damaged, found) = (Arc::clone(damaged), check.as_ref().map(|check| Arc::clone(&check.found)));
+        let hold = move || damaged.load(Ordering::Relaxed) || found.as_ref().is_some_and(|found| found.get().is_some());
+        let folder = Folder::start(&path, &mut conn, sync_pragma(sync), Arc::new(hold)).inspect_err(|_| {
+            if let Some(check) = &check {
+                check.stop.store(true, Ordering::Relaxed);
+            }
+        })?;
         conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false).map_err(|e| classify(&location, e))?;
         Ok((path, conn, folder, check))
     }
