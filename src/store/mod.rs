@@ -243,24 +243,17 @@ impl Tail {
     /// The whole log.
     pub const ALL: Tail = Tail { events: usize::MAX, bytes: usize::MAX };
 
-    /// Drops from the front of `events` (in seq order) what this tail does not ask for.
+    /// Drops from the front of `events` (in seq order) what this tail does not ask for; keeps at least one.
     pub(crate) fn cut(self, events: &mut Vec<StoredEvent>) {
-        let keep = self.newest(events.iter().rev().map(|e| (1, e.body.len())));
-        events.drain(..events.len() - keep);
-    }
-
-    /// How many of the newest items (given newest first, each with its event count and bytes) this tail takes.
-    pub(crate) fn newest(self, items: impl Iterator<Item = (usize, usize)>) -> usize {
-        let (mut taken, mut events, mut bytes) = (0, 0usize, 0usize);
-        for (n, b) in items {
-            if taken > 0 && (events >= self.events || bytes >= self.bytes) {
+        let (mut keep, mut bytes) = (0, 0usize);
+        for event in events.iter().rev() {
+            if keep > 0 && (keep >= self.events || bytes >= self.bytes) {
                 break;
             }
-            taken += 1;
-            events = events.saturating_add(n);
-            bytes = bytes.saturating_add(b);
+            keep += 1;
+            bytes = bytes.saturating_add(event.body.len());
         }
-        taken
+        events.drain(..events.len() - keep);
     }
 }
 
@@ -275,8 +268,9 @@ pub trait RunStore: Send + Sync + 'static {
     fn load(&self) -> Result<Vec<LoadedRun>, StoreError>;
 
     /// The runs a start must recover (pending, running or waiting), oldest first, as [`load`](Self::load) gives
-    /// them but with only the `tail` of each log. Why (issue 12): a start loads only what must run and serves every other run lazily, so that start
-    /// time and memory do not grow with history. The default filters `load`; stores worth being lazy override it.
+    /// them but with only the `tail` of each log. Why (issue 12): a start loads only what must run and serves every
+    /// other run lazily, so that start time and memory do not grow with history. The default filters `load`; stores
+    /// worth being lazy override it.
     fn load_active(&self, tail: Tail) -> Result<Vec<LoadedRun>, StoreError> {
         let mut runs = self.load()?;
         runs.retain(|run| is_active(run.record.state.status));
@@ -287,8 +281,8 @@ pub trait RunStore: Send + Sync + 'static {
     }
 
     /// One run as [`load`](Self::load) gives it but with only the `tail` of its log, `None` if none is stored under
-    /// `run_id`. Why (issue 12): a run not
-    /// in memory is loaded when a client asks for it. The default searches `load`.
+    /// `run_id`. Why (issue 12): a run not in memory is loaded when a client asks for it. The default searches
+    /// `load`.
     fn load_run(&self, run_id: &str, tail: Tail) -> Result<Option<LoadedRun>, StoreError> {
         let mut run = self.load()?.into_iter().find(|run| run.record.run_id == run_id);
         if let Some(run) = &mut run {
