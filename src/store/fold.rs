@@ -74,6 +74,11 @@ impl Folder {
                             folded.store(u64::try_from(in_wal).unwrap_or(0), Ordering::Relaxed);
                         }
                         Ok(_) => {}
+                        // The committing connection is folding a long WAL itself (the thread fell behind): done
+                        // then.
+                        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::DatabaseBusy => {
+                            tracing::debug!("the WAL is being folded in by the writer's connection");
+                        }
                         Err(e) => {
                             tracing::warn!(error = %e, "cannot fold the store's WAL into it; the next commits retry")
                         }
