@@ -22,8 +22,8 @@ pub fn workflow() -> Arc<Workflow> {
             "type": "object",
             "required": ["failTimes", "attempts"],
             "properties": {
-                "failTimes": { "type": "integer", "minimum": 0 },
-                "attempts": { "type": "integer", "minimum": 1 }
+                "failTimes": { "type": "integer", "minimum": 0, "maximum": 100 },
+                "attempts": { "type": "integer", "minimum": 1, "maximum": 100 }
             },
             "additionalProperties": false
         }))

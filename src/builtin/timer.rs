@@ -16,7 +16,8 @@ pub fn workflow() -> Arc<Workflow> {
         .input_schema(json!({
             "type": "object",
             "required": ["ms"],
-            "properties": { "ms": { "type": "integer", "minimum": 0 } },
+            // A day at most: a demo's sleep, and far below where a number stops being exact (2^53).
+            "properties": { "ms": { "type": "integer", "minimum": 0, "maximum": 86_400_000u64 } },
             "additionalProperties": false
         }))
         .sleep_with("sleep", |input| Duration::from_millis(input["ms"].as_u64().unwrap_or(0)))

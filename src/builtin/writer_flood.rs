@@ -27,7 +27,7 @@ pub fn workflow() -> Arc<Workflow> {
         .input_schema(json!({
             "type": "object",
             "required": ["count"],
-            "properties": { "count": { "type": "integer", "minimum": 0 } },
+            "properties": { "count": { "type": "integer", "minimum": 0, "maximum": 10_000_000u64 } },
             "additionalProperties": false
         }))
         .then(flood())
