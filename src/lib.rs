@@ -62,6 +62,7 @@
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod auth;
 pub mod builtin;
 pub mod clock;
 // Workflows defined as data (RegisterWorkflow): internal; users write them in proto JSON.
@@ -82,7 +83,7 @@ pub mod grpc;
 pub mod registry;
 mod server;
 
-pub use grpc::ServiceConfig;
+pub use grpc::{ServiceConfig, tls::Tls};
 pub use server::{Listening, ServeError, Server, ServerBuilder, Store};
 
 // Shared by the offline model and the built-in tools; not part of the API.

@@ -13,7 +13,8 @@ use std::{
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum, error::ErrorKind};
 use runstream::{
-    ServeError, Server, ServerBuilder, Store,
+    ServeError, Server, ServerBuilder, Store, Tls,
+    auth::{Auth, TokenTable},
     model::{ModelProvider, OfflineModel, OpenAiConfig, OpenAiModel, RetryPolicy, RetryingModel, parse_base_url},
     store::sqlite::Sync,
     worker::WorkerSettings,
@@ -35,39 +36,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve RunService, reflection and health on one port.
-    Serve {
-        /// Address to listen on; port 0 picks a free port (the chosen address is printed).
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        listen: SocketAddr,
-        /// Where runs are kept: `sqlite` (one file, runstream.db, under --data-dir; runs survive restarts and
-        /// crashes) or `memory` (nothing survives the process).
-        #[arg(long, value_enum, default_value = "sqlite")]
-        store: StoreKind,
-        /// Directory of the SQLite store (created if missing).
-        #[arg(long, default_value = "./data")]
-        data_dir: PathBuf,
-        /// `normal`: a stored event survives the process being killed; `full`: also an OS crash or power loss
-        /// (an fsync per commit, slower).
-        #[arg(long, value_enum, default_value = "normal")]
-        sync: SyncMode,
-        /// How long finished runs (result and log) are kept after they end, and how long any run keeps its
-        /// events: e.g. `7d`, `12h`, `30m`, `90s`. Older cursors get OUT_OF_RANGE naming the earliest seq kept.
-        #[arg(long, default_value = "7d", value_parser = parse_duration)]
-        retention: std::time::Duration,
-        /// How long a finished or suspended run stays in memory once nobody reads it, e.g. `2s`, `5m`, `0s`; then
-        /// it is read from the store when asked for (SQLite store only: a memory store keeps every run).
-        #[arg(long, default_value = "2s", value_parser = parse_delay)]
-        evict_after: std::time::Duration,
-        /// Serve none of the built-in demo workflows, agents and networks.
-        #[arg(long)]
-        no_builtins: bool,
-        #[command(flatten)]
-        limits: Limits,
-        #[command(flatten)]
-        workers: WorkerArgs,
-        #[command(flatten)]
-        model: ModelArgs,
-    },
+    Serve(Box<ServeArgs>),
     /// Copy a store to one file, consistently, while its server runs (SQLite's online backup).
     ///
     /// The copy holds every commit made before the backup began. To restore it, stop the server and put the
@@ -83,6 +52,145 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `runstream serve`: what to serve, where runs are kept, who may call, the limits.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: SocketAddr,
+    /// Where runs are kept: `sqlite` (one file, runstream.db, under --data-dir; runs survive restarts and
+    /// crashes) or `memory` (nothing survives the process).
+    #[arg(long, value_enum, default_value = "sqlite")]
+    store: StoreKind,
+    /// Directory of the SQLite store (created if missing).
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// `normal`: a stored event survives the process being killed; `full`: also an OS crash or power loss
+    /// (an fsync per commit, slower).
+    #[arg(long, value_enum, default_value = "normal")]
+    sync: SyncMode,
+    /// How long finished runs (result and log) are kept after they end, and how long any run keeps its
+    /// events: e.g. `7d`, `12h`, `30m`, `90s`. Older cursors get OUT_OF_RANGE naming the earliest seq kept.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    retention: std::time::Duration,
+    /// How long a finished or suspended run stays in memory once nobody reads it, e.g. `2s`, `5m`, `0s`; then
+    /// it is read from the store when asked for (SQLite store only: a memory store keeps every run).
+    #[arg(long, default_value = "2s", value_parser = parse_delay)]
+    evict_after: std::time::Duration,
+    /// Serve none of the built-in demo workflows, agents and networks.
+    #[arg(long)]
+    no_builtins: bool,
+    #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
+    auth: AuthArgs,
+    #[command(flatten)]
+    limits: Limits,
+    #[command(flatten)]
+    workers: WorkerArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// TLS on the gRPC port. Without it the port is plaintext: fine on loopback or behind a proxy or mesh that
+/// terminates TLS (Envoy, Linkerd); anywhere else, give a certificate.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "TLS")]
+struct TlsArgs {
+    /// Serve TLS only, with this certificate chain (a PEM file, the server's certificate first); needs --tls-key.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (a PEM file).
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Mutual TLS: only clients with a certificate signed by this CA (a PEM file) get in; needs --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    /// The files read, or what could not be read.
+    fn load(&self) -> Result<Option<Tls>, String> {
+        let read = |flag: &str, path: &Path| {
+            std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
+        };
+        let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else { return Ok(None) };
+        let tls = Tls::new(read("--tls-cert", cert)?, read("--tls-key", key)?);
+        Ok(Some(match &self.tls_client_ca {
+            Some(ca) => tls.client_ca(read("--tls-client-ca", ca)?),
+            None => tls,
+        }))
+    }
+}
+
+/// Who may call. `none` (the default) is for loopback, or behind a proxy that authenticates: every caller is one
+/// tenant with every right.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Authentication")]
+struct AuthArgs {
+    /// `none`, or `tokens`: every call but health and reflection needs the metadata `authorization: Bearer TOKEN`
+    /// with a token of --tokens-file, and sees only its tenant's runs.
+    #[arg(long, value_enum, default_value = "none")]
+    auth: AuthKind,
+    /// With --auth tokens: one `TOKEN TENANT [ROLE]` per line (ROLE `read-write`, the default, or `read-only`; `#`
+    /// starts a comment); read again on SIGHUP.
+    #[arg(long, value_name = "PATH", required_if_eq("auth", "tokens"))]
+    tokens_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum AuthKind {
+    None,
+    Tokens,
+}
+
+impl AuthArgs {
+    /// The server's [`Auth`], and the tokens file to read again on SIGHUP.
+    fn build(&self) -> Result<(Auth, Option<PathBuf>), String> {
+        match (self.auth, &self.tokens_file) {
+            (AuthKind::None, None) => Ok((Auth::none(), None)),
+            (AuthKind::None, Some(_)) => Err("--tokens-file is given but --auth is none; add --auth tokens".into()),
+            (AuthKind::Tokens, Some(path)) => Ok((Auth::tokens(read_tokens(path)?), Some(path.clone()))),
+            (AuthKind::Tokens, None) => Err("--auth tokens needs --tokens-file PATH".into()),
+        }
+    }
+}
+
+/// A tokens file, or why it cannot be used.
+fn read_tokens(path: &Path) -> Result<TokenTable, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read --tokens-file {}: {e}", path.display()))?;
+    let table = TokenTable::parse(&text).map_err(|e| format!("--tokens-file {}: {e}", path.display()))?;
+    if table.is_empty() {
+        return Err(format!("--tokens-file {} lists no token: every call would be refused", path.display()));
+    }
+    Ok(table)
+}
+
+/// Reads the tokens file again on each SIGHUP; a file that cannot be used leaves the tokens in use as they are.
+#[cfg(unix)]
+fn reload_tokens_on_hangup(auth: Auth, path: PathBuf) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(signal) => signal,
+        Err(e) => {
+            warn!("cannot listen for SIGHUP, so the tokens file is read only at start: {e}");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match read_tokens(&path) {
+                Ok(table) => {
+                    let count = table.len();
+                    auth.replace_tokens(table);
+                    info!(tokens = count, file = %path.display(), "read the tokens file again");
+                }
+                Err(e) => error!("{e}; the tokens in use stay"),
+            }
+        }
+    });
 }
 
 /// The worker protocol's timings (docs/workers.md), told to each worker in its Welcome.
@@ -317,22 +425,24 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let (listen, store, data_dir, sync, retention, evict_after, limits, workers, model, no_builtins) = match cli.command
-    {
-        Command::Serve {
-            listen,
-            store,
-            data_dir,
-            sync,
-            retention,
-            evict_after,
-            limits,
-            workers,
-            model,
-            no_builtins,
-        } => (listen, store, data_dir, sync, retention, evict_after, limits, workers, model, no_builtins),
+    let serve_args = match cli.command {
+        Command::Serve(args) => *args,
         Command::Backup { data_dir, to, force } => return backup(&data_dir, &to, force),
     };
+    let ServeArgs {
+        listen,
+        store,
+        data_dir,
+        sync,
+        retention,
+        evict_after,
+        tls,
+        auth,
+        limits,
+        workers,
+        model,
+        no_builtins,
+    } = serve_args;
     // The model before anything else: a setting that cannot be used stops the server before it opens the store.
     let model = match model.build(std::env::var("OPENAI_API_KEY").ok()) {
         Ok(model) => model,
@@ -361,6 +471,23 @@ fn main() -> ExitCode {
         Some(bytes) => builder.max_event_bytes(bytes),
         None => builder,
     };
+    let builder = match tls.load() {
+        Ok(Some(tls)) => builder.tls(tls),
+        Ok(None) => builder,
+        Err(message) => return setting_error(message),
+    };
+    let (auth, tokens_file) = match auth.build() {
+        Ok(built) => built,
+        Err(message) => return setting_error(message),
+    };
+    if !auth.is_required() && !listen.ip().is_loopback() {
+        warn!(
+            %listen,
+            "serving without authentication on an address other hosts can reach: anyone who reaches it can read, \
+             start and cancel every run; use --auth tokens (README: \"Running it exposed\")"
+        );
+    }
+    let builder = builder.auth(auth.clone());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -368,6 +495,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    #[cfg(unix)]
+    if let Some(path) = tokens_file {
+        let _entered = runtime.enter();
+        reload_tokens_on_hangup(auth, path);
+    }
+    #[cfg(not(unix))]
+    let _ = (auth, tokens_file);
     match runtime.block_on(serve(builder)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -9,11 +9,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     agent::{self, Agent},
+    auth::Auth,
     builtin,
     clock::{Clock, SystemClock},
     definition,
     engine::{Workflow, WorkflowCatalog},
-    grpc::{ServiceConfig, serve::GrpcError, wire::WireEncoder},
+    grpc::{
+        ServiceConfig,
+        serve::{Access, GrpcError},
+        tls::Tls,
+        wire::WireEncoder,
+    },
     model::{ModelProvider, OfflineModel},
     network::{self, Network},
     registry::{DefinitionCompiler, RunRegistry},
@@ -107,6 +113,8 @@ pub struct ServerBuilder {
     clock: Arc<dyn Clock>,
     workers: Option<Arc<WorkerHub>>,
     worker_settings: Option<WorkerSettings>,
+    tls: Option<Tls>,
+    auth: Auth,
 }
 
 impl Default for ServerBuilder {
@@ -124,6 +132,8 @@ impl Default for ServerBuilder {
             clock: Arc::new(SystemClock),
             workers: None,
             worker_settings: None,
+            tls: None,
+            auth: Auth::none(),
         }
     }
 }
@@ -251,6 +261,22 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves over TLS (default: plaintext, for loopback or behind a proxy that terminates TLS). A certificate or
+    /// key that cannot be used stops [`build`](Self::build) with [`ServeError::Config`].
+    pub fn tls(mut self, tls: Tls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// How callers prove who they are (default [`Auth::none`]: every caller is the default tenant, with every
+    /// right). With tokens, every call but health and reflection needs `authorization: Bearer <token>`, and each run
+    /// belongs to the tenant that started it. Keep a clone to replace the tokens while serving
+    /// ([`Auth::replace_tokens`]).
+    pub fn auth(mut self, auth: Auth) -> Self {
+        self.auth = auth;
+        self
+    }
+
     /// Opens the store and loads what it holds (runs that were in flight are recovered and go on running), ready
     /// to serve. Must be called within a tokio runtime.
     pub fn build(self) -> Result<Server, ServeError> {
@@ -262,6 +288,8 @@ impl ServerBuilder {
                 self.config.max_response_bytes
             )));
         }
+        // Before the store is opened: a certificate that cannot be used stops the server with nothing changed.
+        let tls = self.tls.as_ref().map(Tls::server_config).transpose().map_err(ServeError::Config)?;
         let mut catalog = WorkflowCatalog::new();
         let mut add = |workflow: Arc<Workflow>| match catalog.get(workflow.id()) {
             Some(first) => Err(ServeError::DuplicateId {
@@ -310,6 +338,7 @@ impl ServerBuilder {
             listen: self.listen,
             retention: self.retention,
             evict_after: self.evict_after,
+            access: Access { tls, auth: self.auth },
         })
     }
 
@@ -375,6 +404,7 @@ pub struct Server {
     listen: SocketAddr,
     retention: Duration,
     evict_after: Duration,
+    access: Access,
 }
 
 impl std::fmt::Debug for Server {
@@ -424,7 +454,7 @@ impl Listening {
     /// Serves until `shutdown` completes: then no new calls are taken, open streams end with UNAVAILABLE naming
     /// the cursor to re-attach with, and what runs appended meanwhile is stored before this returns.
     pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
-        let Server { registry, workers, config, retention, evict_after, .. } = self.server;
+        let Server { registry, workers, config, retention, evict_after, access, .. } = self.server;
         registry.spawn_retention(retention);
         registry.spawn_eviction(evict_after);
         let token = CancellationToken::new();
@@ -437,7 +467,8 @@ impl Listening {
         });
         let grace = config.shutdown_grace;
         let served =
-            crate::grpc::serve::serve_with_workers(self.listener, registry.clone(), workers, config, token).await;
+            crate::grpc::serve::serve_with_workers(self.listener, registry.clone(), workers, config, access, token)
+                .await;
         // Whatever runs appended while the server stopped is stored before the caller goes on (e.g. exits), unless
         // the store refuses writes: then the stop still ends within its grace (what was not stored is recovered
         // from what the store holds, as after a crash; no client saw it, as events are shown only once stored).

@@ -949,12 +949,12 @@ async fn every_commit_leaves_a_store_a_restart_reads_right() {
         let timer =
             registry.start(start("timer", format!("timer-{i}"), json!({"ms": 600_000}))).await.expect("timer").0;
         assert!(timer.wait_for(WAIT, |s| s == RunStatus::Waiting).await, "timer-{i} sleeps");
-        registry.cancel(timer.id(), Duration::from_secs(5)).await.expect("cancel a sleeping run");
+        registry.cancel("", timer.id(), Duration::from_secs(5)).await.expect("cancel a sleeping run");
         runs.push(timer);
         let order = start("order-approval", format!("canceled-order-{i}"), order_input());
         let order = registry.start(order).await.expect("order").0;
         assert!(order.wait_for(WAIT, |s| s == RunStatus::Suspended).await, "canceled-order-{i} suspends");
-        registry.cancel(order.id(), Duration::from_secs(5)).await.expect("cancel a suspended run");
+        registry.cancel("", order.id(), Duration::from_secs(5)).await.expect("cancel a suspended run");
         runs.push(order);
     }
     let settled = |s: RunStatus| s.is_terminal() || s == RunStatus::Suspended;
@@ -967,7 +967,7 @@ async fn every_commit_leaves_a_store_a_restart_reads_right() {
                 label: None,
                 for_each_index: None,
             };
-            registry.resume(run.id(), resume).await.expect("resume");
+            registry.resume("", run.id(), resume).await.expect("resume");
         }
     }
     for run in &runs {

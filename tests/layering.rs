@@ -12,6 +12,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     (
         "server",
         &[
+            "auth",
             "grpc",
             "definition",
             "registry",
@@ -25,7 +26,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "clock",
         ],
     ),
-    ("grpc", &["definition", "registry", "worker", "engine", "pb"]),
+    ("grpc", &["auth", "definition", "registry", "worker", "engine", "pb"]),
     ("definition", &["registry", "worker", "agent", "model", "engine"]),
     ("registry", &["store", "engine", "clock"]),
     ("store", &["engine"]),
@@ -35,6 +36,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("agent", &["engine", "model"]),
     ("engine", &["clock"]),
     ("model", &["fnv"]),
+    ("auth", &[]),
     ("clock", &[]),
     ("fnv", &[]),
 ];

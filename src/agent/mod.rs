@@ -202,6 +202,8 @@ pub struct ToolContext {
     pub step_number: u32,
     /// The request context the run was started with (empty outside a run).
     pub request_context: Arc<Map<String, Value>>,
+    /// The tenant of the run (`""` outside a run, or without authentication): a worker's task keeps it.
+    pub tenant: Arc<str>,
     /// What the call was resumed with, after it suspended itself; see [`ToolContext::resume_data`].
     pub(crate) resume: Option<Value>,
 }
@@ -218,6 +220,7 @@ impl ToolContext {
             step_id: None,
             step_number: 0,
             request_context: Arc::default(),
+            tenant: Arc::default(),
             resume: None,
         }
     }
@@ -500,6 +503,7 @@ fn agent_step_with(
             let (messages, mut options) = input(ctx.input())?;
             options.run_id = Some(Arc::from(ctx.run_id()));
             options.request_context = Arc::clone(ctx.request_context_shared());
+            options.tenant = Arc::clone(ctx.tenant());
             options.step_id = Some(match ctx.for_each_index() {
                 Some(index) => Arc::from(format!("{}/{index}", ctx.step_id())),
                 None => Arc::from(ctx.step_id()),

@@ -99,6 +99,8 @@ pub struct AgentOptions {
     pub step_id: Option<Arc<str>>,
     /// The run's request context, handed to its tools ([`ToolContext::request_context`]); empty outside a run.
     pub request_context: Arc<Map<String, Value>>,
+    /// The run's tenant, handed to its tools ([`ToolContext::tenant`]).
+    pub tenant: Arc<str>,
 }
 
 /// Runs `agent` on `messages`, emitting every chunk through `emit`; see [`run_agent_with`].
@@ -312,6 +314,7 @@ where
                         step_id: options.step_id.clone(),
                         step_number: st.steps,
                         request_context: Arc::clone(&options.request_context),
+                        tenant: Arc::clone(&options.tenant),
                         ..ToolContext::new(Arc::clone(&agent.id), Arc::clone(&id), cancel.clone())
                     };
                     let run = tool.call(ctx, call.args.clone());

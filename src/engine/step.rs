@@ -309,6 +309,7 @@ pub struct StepContext {
 /// The part of a [`StepContext`] that does not change between attempts.
 pub(crate) struct ContextShared {
     pub(crate) run_id: Arc<str>,
+    pub(crate) tenant: Arc<str>,
     /// The run's workflow (the top-level one, also for a step of a nested workflow).
     pub(crate) workflow_id: Arc<str>,
     pub(crate) step_id: Arc<str>,
@@ -376,6 +377,12 @@ impl StepContext {
     /// The run's id.
     pub fn run_id(&self) -> &str {
         &self.shared.run_id
+    }
+
+    /// The tenant the run belongs to (`""` on a server without authentication): work the step hands elsewhere
+    /// keeps it, so that only that tenant's workers get it.
+    pub fn tenant(&self) -> &Arc<str> {
+        &self.shared.tenant
     }
 
     /// The id of the run's workflow (the top-level one, also for a step of a nested workflow).

@@ -3,11 +3,13 @@
 //! Each handler checks and converts its request, calls the registry, and converts the answer back. No run logic
 //! lives here; errors become status codes in one place (`status.rs`).
 
+pub mod auth;
 pub mod convert;
 pub mod convert_agent;
 pub mod convert_definition;
 pub mod serve;
 pub mod status;
+pub mod tls;
 pub mod wire;
 pub mod worker;
 
@@ -25,6 +27,7 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use self::{status::invalid_field, wire::EncodedRunEvent};
 use crate::{
+    auth::Caller,
     engine::{ResumeRequest, RunKind, RunStatus},
     pb,
     registry::{
@@ -179,6 +182,7 @@ fn target(workflow_id: String, agent_id: String, network_id: String) -> Result<(
 }
 
 fn start_request(
+    caller: &Caller,
     (workflow_id, kind): (String, RunKind),
     run_id: String,
     input: Option<prost_types::Value>,
@@ -193,6 +197,7 @@ fn start_request(
         input: input.map(convert::pb_to_json).unwrap_or_default(),
         request_context: request_context.map(convert::struct_to_map).unwrap_or_default(),
         resource_id,
+        tenant: caller.tenant().clone(),
         tracing: tracing.map(trace_context).transpose()?,
     })
 }
@@ -250,11 +255,12 @@ fn result_wait(deadline: Option<Duration>, max_wait: Option<Duration>, limit: Du
 impl server::run_service_server::RunService for RunService {
     async fn list_workflows(
         &self,
-        _request: Request<pb::ListWorkflowsRequest>,
+        request: Request<pb::ListWorkflowsRequest>,
     ) -> Result<Response<pb::ListWorkflowsResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let workflows = self
             .registry
-            .workflows()
+            .workflows(caller.tenant())
             .iter()
             .map(|(wf, version)| pb::WorkflowInfo {
                 id: wf.id().to_string(),
@@ -282,8 +288,11 @@ impl server::run_service_server::RunService for RunService {
     }
 
     async fn start_run(&self, request: Request<pb::StartRunRequest>) -> Result<Response<pb::StartRunResponse>, Status> {
+        let caller = auth::caller(&request)?;
+        auth::require_write(&caller, "start runs")?;
         let r = request.into_inner();
         let start = start_request(
+            &caller,
             target(r.workflow_id, r.agent_id, r.network_id)?,
             r.run_id,
             r.input,
@@ -304,9 +313,12 @@ impl server::run_service_server::RunService for RunService {
     type StreamRunStream = EventStream;
 
     async fn stream_run(&self, request: Request<pb::StreamRunRequest>) -> Result<Response<EventStream>, Status> {
+        let caller = auth::caller(&request)?;
+        auth::require_write(&caller, "start runs")?;
         let r = request.into_inner();
         let close_on_suspend = r.close_on_suspend.unwrap_or(true);
         let start = start_request(
+            &caller,
             target(r.workflow_id, r.agent_id, r.network_id)?,
             r.run_id,
             r.input,
@@ -327,6 +339,8 @@ impl server::run_service_server::RunService for RunService {
     type ResumeStreamStream = EventStream;
 
     async fn resume_stream(&self, request: Request<pb::ResumeStreamRequest>) -> Result<Response<EventStream>, Status> {
+        let caller = auth::caller(&request)?;
+        auth::require_write(&caller, "resume runs")?;
         let r = request.into_inner();
         validate_run_id("run_id", &r.run_id)?;
         if r.step.iter().any(String::is_empty) {
@@ -338,7 +352,7 @@ impl server::run_service_server::RunService for RunService {
             for_each_index: r.for_each_index,
             resume_data: r.resume_data.map(convert::pb_to_json).unwrap_or_default(),
         };
-        let (run, start_seq) = self.registry.resume(&r.run_id, resume).await?;
+        let (run, start_seq) = self.registry.resume(caller.tenant(), &r.run_id, resume).await?;
         let reader =
             run.reader(start_seq, ReadUntil::Phase { close_on_suspend: r.close_on_suspend.unwrap_or(true) })?;
         Ok(Response::new(self.event_stream(run.id().clone(), reader)))
@@ -350,18 +364,20 @@ impl server::run_service_server::RunService for RunService {
         &self,
         request: Request<pb::ObserveStreamRequest>,
     ) -> Result<Response<EventStream>, Status> {
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
-        let run = self.registry.get(&r.run_id).await?;
+        let run = self.registry.get(caller.tenant(), &r.run_id).await?;
         let reader =
             run.reader(r.after_seq, ReadUntil::Run { close_on_suspend: r.close_on_suspend.unwrap_or(true) })?;
         Ok(Response::new(self.event_stream(run.id().clone(), reader)))
     }
 
     async fn get_result(&self, request: Request<pb::GetResultRequest>) -> Result<Response<pb::RunResult>, Status> {
+        let caller = auth::caller(&request)?;
         let deadline = grpc_timeout(request.metadata());
         let r = request.into_inner();
         let fields = convert::ResultFields::parse(&r.fields).map_err(|problem| invalid_field("fields", problem))?;
-        let run = self.registry.get(&r.run_id).await?;
+        let run = self.registry.get(caller.tenant(), &r.run_id).await?;
         let mut wait_expired = false;
         if r.wait {
             let max_wait = match r.max_wait {
@@ -395,7 +411,8 @@ impl server::run_service_server::RunService for RunService {
     }
 
     async fn get_run(&self, request: Request<pb::GetRunRequest>) -> Result<Response<pb::RunInfo>, Status> {
-        let run = self.registry.get(&request.get_ref().run_id).await?;
+        let caller = auth::caller(&request)?;
+        let run = self.registry.get(caller.tenant(), &request.get_ref().run_id).await?;
         stored_or_durable(&run).await?;
         Ok(Response::new(convert::run_info(&run.view())))
     }
@@ -403,6 +420,7 @@ impl server::run_service_server::RunService for RunService {
     async fn list_runs(&self, request: Request<pb::ListRunsRequest>) -> Result<Response<pb::ListRunsResponse>, Status> {
         const DEFAULT_PAGE: usize = 50;
         const MAX_PAGE: u32 = 1000;
+        let caller = auth::caller(&request)?;
         let r = request.into_inner();
         if r.page_size > MAX_PAGE {
             return Err(invalid_field(
@@ -421,6 +439,7 @@ impl server::run_service_server::RunService for RunService {
         let status = pb::RunStatus::try_from(r.status)
             .map_err(|_| invalid_field("status", format!("{} is not a RunStatus value", r.status)))?;
         let filter = RunFilter {
+            tenant: caller.tenant().to_string(),
             workflow_id: (!r.workflow_id.is_empty()).then_some(r.workflow_id),
             status: convert::run_status_from_pb(status),
             resource_id: (!r.resource_id.is_empty()).then_some(r.resource_id),
@@ -436,7 +455,10 @@ impl server::run_service_server::RunService for RunService {
         &self,
         request: Request<pb::CancelRunRequest>,
     ) -> Result<Response<pb::CancelRunResponse>, Status> {
-        let (run, canceled) = self.registry.cancel(&request.get_ref().run_id, self.config.cancel_settle).await?;
+        let caller = auth::caller(&request)?;
+        auth::require_write(&caller, "cancel runs")?;
+        let (run, canceled) =
+            self.registry.cancel(caller.tenant(), &request.get_ref().run_id, self.config.cancel_settle).await?;
         run.stored().await?;
         Ok(Response::new(pb::CancelRunResponse { run: Some(convert::run_info(&run.view())), canceled }))
     }
@@ -445,11 +467,13 @@ impl server::run_service_server::RunService for RunService {
         &self,
         request: Request<pb::RegisterWorkflowRequest>,
     ) -> Result<Response<pb::WorkflowDefinition>, Status> {
+        let caller = auth::caller(&request)?;
+        auth::require_write(&caller, "register workflows")?;
         let Some(definition) = request.into_inner().definition else {
             return Err(invalid_field("definition", "required: the workflow definition to register"));
         };
         let definition = convert_definition::workflow_from_pb(definition)?;
-        let registered = self.register(RunKind::Workflow, &definition).await?;
+        let registered = self.register(&caller, RunKind::Workflow, &definition).await?;
         Ok(Response::new(workflow_definition(registered)?))
     }
 
@@ -457,7 +481,7 @@ impl server::run_service_server::RunService for RunService {
         &self,
         request: Request<pb::GetDefinitionRequest>,
     ) -> Result<Response<pb::WorkflowDefinition>, Status> {
-        let found = self.definition(RunKind::Workflow, request.into_inner())?;
+        let found = self.definition(RunKind::Workflow, request)?;
         Ok(Response::new(workflow_definition(found)?))
     }
 
@@ -465,11 +489,13 @@ impl server::run_service_server::RunService for RunService {
         &self,
         request: Request<pb::RegisterAgentRequest>,
     ) -> Result<Response<pb::AgentDefinition>, Status> {
+        let caller = auth::caller(&request)?;
+        auth::require_write(&caller, "register agents")?;
         let Some(definition) = request.into_inner().definition else {
             return Err(invalid_field("definition", "required: the agent definition to register"));
         };
         let definition = convert_definition::agent_from_pb(definition);
-        let registered = self.register(RunKind::Agent, &definition).await?;
+        let registered = self.register(&caller, RunKind::Agent, &definition).await?;
         Ok(Response::new(agent_definition(registered)?))
     }
 
@@ -477,28 +503,35 @@ impl server::run_service_server::RunService for RunService {
         &self,
         request: Request<pb::GetDefinitionRequest>,
     ) -> Result<Response<pb::AgentDefinition>, Status> {
-        let found = self.definition(RunKind::Agent, request.into_inner())?;
+        let found = self.definition(RunKind::Agent, request)?;
         Ok(Response::new(agent_definition(found)?))
     }
 }
 
 impl RunService {
-    /// Registers `definition` as the next version of its id; waits for the store.
-    async fn register(&self, kind: RunKind, definition: &impl serde::Serialize) -> Result<Definition, Status> {
+    /// Registers `definition` as the caller's tenant's next version of its id; waits for the store.
+    async fn register(
+        &self,
+        caller: &Caller,
+        kind: RunKind,
+        definition: &impl serde::Serialize,
+    ) -> Result<Definition, Status> {
         let body = serde_json::to_value(definition).map_err(|e| Status::internal(e.to_string()))?;
-        let registry = self.registry.clone();
-        let registered = tokio::task::spawn_blocking(move || registry.register_definition(kind, body))
+        let (registry, tenant) = (self.registry.clone(), caller.tenant().clone());
+        let registered = tokio::task::spawn_blocking(move || registry.register_definition(&tenant, kind, body))
             .await
             .map_err(|e| Status::internal(format!("registration failed: {e}")))??;
         Ok(registered)
     }
 
-    /// The registered definition a GetWorkflowDefinition / GetAgentDefinition asks for.
-    fn definition(&self, kind: RunKind, request: pb::GetDefinitionRequest) -> Result<Definition, Status> {
+    /// The registered definition of the caller's tenant a GetWorkflowDefinition / GetAgentDefinition asks for.
+    fn definition(&self, kind: RunKind, request: Request<pb::GetDefinitionRequest>) -> Result<Definition, Status> {
+        let caller = auth::caller(&request)?;
+        let request = request.into_inner();
         if request.id.is_empty() {
             return Err(invalid_field("id", format!("required: the id of a registered {}", kind.as_str())));
         }
-        Ok(self.registry.definition(kind, &request.id, request.version)?)
+        Ok(self.registry.definition(caller.tenant(), kind, &request.id, request.version)?)
     }
 }
 

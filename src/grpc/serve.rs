@@ -12,17 +12,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{
     server::NamedService,
-    transport::{Server, server::TcpIncoming},
+    transport::{Server, ServerTlsConfig, server::TcpIncoming},
 };
 use tonic_health::ServingStatus;
 
 use super::{
     RunService, ServiceConfig,
+    auth::AuthLayer,
     server::{run_service_server::RunServiceServer, worker_service_server::WorkerServiceServer},
     status::LimitStatusLayer,
     worker::WorkerService,
 };
 use crate::{
+    auth::Auth,
     registry::RunRegistry,
     worker::{WorkerHub, WorkerSettings},
 };
@@ -54,16 +56,28 @@ pub async fn serve(
     config: ServiceConfig,
     shutdown: CancellationToken,
 ) -> Result<(), GrpcError> {
-    serve_with_workers(listener, registry, WorkerHub::new(WorkerSettings::default()), config, shutdown).await
+    let workers = WorkerHub::new(WorkerSettings::default());
+    serve_with_workers(listener, registry, workers, config, Access::default(), shutdown).await
 }
 
-/// Serves RunService and WorkerService (workers connect to `workers`) until `shutdown` is cancelled and every
-/// connection has drained.
+/// Who may connect and call: TLS and authentication (both off by default: plaintext, every caller the default
+/// tenant).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    /// TLS on the port (checked: see [`crate::Tls`]).
+    pub tls: Option<ServerTlsConfig>,
+    /// How callers prove who they are.
+    pub auth: Auth,
+}
+
+/// Serves RunService and WorkerService (workers connect to `workers`) as `access` says, until `shutdown` is
+/// cancelled and every connection has drained.
 pub async fn serve_with_workers(
     listener: TcpListener,
     registry: Arc<RunRegistry>,
     workers: Arc<WorkerHub>,
     config: ServiceConfig,
+    access: Access,
     shutdown: CancellationToken,
 ) -> Result<(), GrpcError> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -104,12 +118,18 @@ pub async fn serve_with_workers(
     let worker_service = WorkerServiceServer::new(WorkerService::new(workers, shutdown.clone()))
         .max_decoding_message_size(max_worker_message)
         .max_encoding_message_size(config.max_response_bytes);
-    let server = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = access.tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
         // A request over the limit is RESOURCE_EXHAUSTED naming the limit, not tonic's OUT_OF_RANGE.
         .layer(LimitStatusLayer)
+        // Every call but health and reflection: who calls, or UNAUTHENTICATED before any handler runs.
+        .layer(AuthLayer::new(access.auth))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

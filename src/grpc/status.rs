@@ -2,14 +2,16 @@
 
 use tonic::{Code, Status};
 
-use crate::{engine::ResumeError, registry::RegistryError, worker::WorkerError};
+use crate::{auth::AuthError, engine::ResumeError, registry::RegistryError, worker::WorkerError};
 
 impl From<RegistryError> for Status {
     fn from(error: RegistryError) -> Self {
         let code = match &error {
             RegistryError::WorkflowNotFound { .. } | RegistryError::RunNotFound { .. } => Code::NotFound,
             RegistryError::InvalidId { .. } | RegistryError::InvalidInput(_) => Code::InvalidArgument,
-            RegistryError::RunIdTaken { .. } | RegistryError::RunIdInUse { .. } => Code::AlreadyExists,
+            RegistryError::RunIdTaken { .. }
+            | RegistryError::RunIdTakenElsewhere { .. }
+            | RegistryError::RunIdInUse { .. } => Code::AlreadyExists,
             RegistryError::NotSuspended { .. } => Code::FailedPrecondition,
             RegistryError::Resume { source, .. } => match source {
                 // The request names the wrong thing or carries bad data: the caller must change the request.
@@ -39,6 +41,12 @@ impl From<RegistryError> for Status {
             status.metadata_mut().insert(EARLIEST_SEQ_HEADER, tonic::metadata::MetadataValue::from(*first_seq));
         }
         status
+    }
+}
+
+impl From<AuthError> for Status {
+    fn from(error: AuthError) -> Self {
+        Status::unauthenticated(error.to_string())
     }
 }
 

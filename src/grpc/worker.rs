@@ -45,6 +45,8 @@ impl worker_service_server::WorkerService for WorkerService {
     type ConnectStream = ServerStream;
 
     async fn connect(&self, request: Request<Streaming<pb::WorkerMessage>>) -> Result<Response<ServerStream>, Status> {
+        let caller = super::auth::caller(&request)?;
+        super::auth::require_write(&caller, "connect workers")?;
         let mut inbound = request.into_inner();
         let first = inbound
             .message()
@@ -54,7 +56,7 @@ impl worker_service_server::WorkerService for WorkerService {
             Some(In::Hello(hello)) => hello_from_pb(hello)?,
             _ => return Err(WorkerError::NoHello.into()),
         };
-        let connected = self.hub.connect(hello)?;
+        let connected = self.hub.connect(caller.tenant().clone(), hello)?;
         let session_id = connected.welcome.session_id.clone();
         tracing::info!(session_id, "worker connected");
         let (fatal_tx, fatal_rx) = oneshot::channel::<Status>();
@@ -98,9 +100,10 @@ impl worker_service_server::WorkerService for WorkerService {
         &self,
         request: Request<pb::ListWorkersRequest>,
     ) -> Result<Response<pb::ListWorkersResponse>, Status> {
+        let caller = super::auth::caller(&request)?;
         let r = request.into_inner();
         let filter = (!r.task_type.is_empty()).then_some(r.task_type.as_str());
-        let workers = self.hub.list(filter).into_iter().map(worker_info).collect();
+        let workers = self.hub.list(caller.tenant(), filter).into_iter().map(worker_info).collect();
         Ok(Response::new(pb::ListWorkersResponse { workers }))
     }
 }

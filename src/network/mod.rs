@@ -283,6 +283,8 @@ pub struct NetworkEnv {
     pub clock: Arc<dyn Clock>,
     /// The run's request context, seen by the delegated workflows' steps.
     pub request_context: Arc<Map<String, Value>>,
+    /// The run's tenant, kept by the delegated workflows and tools (their workers' tasks).
+    pub tenant: Arc<str>,
     /// Fired to cancel the run.
     pub cancel: CancellationToken,
 }
@@ -290,7 +292,7 @@ pub struct NetworkEnv {
 impl NetworkEnv {
     /// The system clock and an empty request context.
     pub fn new(cancel: CancellationToken) -> Self {
-        Self { clock: Arc::new(SystemClock), request_context: Arc::default(), cancel }
+        Self { clock: Arc::new(SystemClock), request_context: Arc::default(), tenant: Arc::default(), cancel }
     }
 }
 
@@ -505,6 +507,7 @@ pub fn network_step(network: Arc<Network>) -> Step {
             let env = NetworkEnv {
                 clock: Arc::clone(ctx.clock()),
                 request_context: Arc::new(ctx.request_context().clone()),
+                tenant: Arc::clone(ctx.tenant()),
                 cancel: ctx.cancellation_token().clone(),
             };
             let start = match (ctx.resume_data(), ctx.saved_state()) {

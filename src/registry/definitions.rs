@@ -7,7 +7,7 @@
 //! restarts, while new runs get the latest.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -67,42 +67,74 @@ struct Version {
     workflow: Option<Arc<Workflow>>,
 }
 
-/// Everything runs can be started of, by id; ids are one namespace across kinds.
+/// Everything runs can be started of, by id; ids are one namespace across kinds. The runnables the server was built
+/// with are every tenant's; registered definitions are their tenant's alone.
 #[derive(Debug, Default)]
 pub(super) struct Catalog {
-    /// Runnable by id, with its version (0: fixed).
+    /// The runnables the server was built with, by id: not to be registered over.
+    fixed: BTreeMap<Arc<str>, Arc<Workflow>>,
+    /// Each tenant's registered definitions.
+    tenants: HashMap<Arc<str>, Registered>,
+}
+
+/// One tenant's registered definitions.
+#[derive(Debug, Default)]
+struct Registered {
+    /// The latest version that compiles, by id, with its version.
     current: BTreeMap<Arc<str>, (Arc<Workflow>, u32)>,
-    /// Ids of the runnables the server was built with: not to be registered over.
-    fixed: HashSet<Arc<str>>,
     /// Every version of every registered definition, by id.
-    registered: BTreeMap<String, Vec<Version>>,
+    versions: BTreeMap<String, Vec<Version>>,
 }
 
 impl Catalog {
     pub(super) fn new(fixed: &WorkflowCatalog) -> Self {
-        let current: BTreeMap<Arc<str>, (Arc<Workflow>, u32)> =
-            fixed.list().into_iter().map(|wf| (Arc::clone(wf.id()), (wf, 0))).collect();
-        let fixed = current.keys().cloned().collect();
-        Self { current, fixed, registered: BTreeMap::new() }
+        let fixed = fixed.list().into_iter().map(|wf| (Arc::clone(wf.id()), wf)).collect();
+        Self { fixed, tenants: HashMap::new() }
     }
 
-    /// The runnable (latest version) with this id, and its version.
-    pub(super) fn get(&self, id: &str) -> Option<(Arc<Workflow>, u32)> {
-        self.current.get(id).cloned()
+    /// The runnable (latest version) with this id for `tenant`, and its version (0: built in).
+    pub(super) fn get(&self, tenant: &str, id: &str) -> Option<(Arc<Workflow>, u32)> {
+        match self.fixed.get(id) {
+            Some(wf) => Some((Arc::clone(wf), 0)),
+            None => self.tenants.get(tenant)?.current.get(id).cloned(),
+        }
     }
 
-    /// A run's workflow as stored: `version` 0 is a fixed one, any other that registered version.
-    pub(super) fn version(&self, id: &str, version: u32) -> Option<Arc<Workflow>> {
+    /// A run's workflow as stored: `version` 0 is a built-in one, any other that registered version of `tenant`.
+    pub(super) fn version(&self, tenant: &str, id: &str, version: u32) -> Option<Arc<Workflow>> {
         if version == 0 {
-            return self.fixed.contains(id).then(|| self.current.get(id).map(|(wf, _)| Arc::clone(wf))).flatten();
+            return self.fixed.get(id).cloned();
         }
         let index = usize::try_from(version - 1).ok()?;
-        self.registered.get(id)?.get(index)?.workflow.clone()
+        self.tenants.get(tenant)?.versions.get(id)?.get(index)?.workflow.clone()
     }
 
-    /// Everything, sorted by id, with versions.
-    pub(super) fn list(&self) -> Vec<(Arc<Workflow>, u32)> {
-        self.current.values().cloned().collect()
+    /// What `tenant` can run, sorted by id, with versions.
+    pub(super) fn list(&self, tenant: &str) -> Vec<(Arc<Workflow>, u32)> {
+        let mut all: BTreeMap<&Arc<str>, (Arc<Workflow>, u32)> =
+            self.fixed.iter().map(|(id, wf)| (id, (Arc::clone(wf), 0))).collect();
+        if let Some(registered) = self.tenants.get(tenant) {
+            all.extend(registered.current.iter().map(|(id, entry)| (id, entry.clone())));
+        }
+        all.into_values().collect()
+    }
+
+    fn is_fixed(&self, id: &str) -> bool {
+        self.fixed.contains_key(id)
+    }
+
+    /// The versions `tenant` registered of `id`.
+    fn versions(&self, tenant: &str, id: &str) -> Option<&Vec<Version>> {
+        self.tenants.get(tenant)?.versions.get(id)
+    }
+
+    /// Adds a registered version of `tenant`; if it compiled, and `latest`, new runs of its id get it.
+    fn add(&mut self, tenant: &str, version: Version, latest: bool) {
+        let registered = self.tenants.entry(Arc::from(tenant)).or_default();
+        if let Some(wf) = version.workflow.as_ref().filter(|_| latest) {
+            registered.current.insert(Arc::clone(wf.id()), (Arc::clone(wf), version.definition.version));
+        }
+        registered.versions.entry(version.definition.id.clone()).or_default().push(version);
     }
 
     /// A stored version, compiled again at start (in registration order, so what it nests resolves as it did).
@@ -111,24 +143,26 @@ impl Catalog {
             tracing::warn!(kind = %record.kind, id = %record.id, "stored definition of an unknown kind; ignored");
             return;
         };
+        let tenant = record.tenant.as_str();
         let workflow = match compiler {
-            Some(compiler) => match compiler.compile(kind, &record.body, &|id| self.get(id).map(|(wf, _)| wf)) {
-                Ok(wf) if **wf.id() == *record.id => Some(wf),
-                Ok(wf) => {
-                    tracing::warn!(id = %record.id, compiled = %wf.id(), "stored definition compiles to another id; not served");
-                    None
+            Some(compiler) => {
+                match compiler.compile(kind, &record.body, &|id| self.get(tenant, id).map(|(wf, _)| wf)) {
+                    Ok(wf) if **wf.id() == *record.id => Some(wf),
+                    Ok(wf) => {
+                        tracing::warn!(id = %record.id, compiled = %wf.id(), "stored definition compiles to another id; not served");
+                        None
+                    }
+                    Err(e) => {
+                        tracing::warn!(id = %record.id, version = record.version, path = %e.path, reason = %e.reason, "stored definition no longer compiles; its runs are not served");
+                        None
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(id = %record.id, version = record.version, path = %e.path, reason = %e.reason, "stored definition no longer compiles; its runs are not served");
-                    None
-                }
-            },
+            }
             None => None,
         };
-        if self.fixed.contains(record.id.as_str()) {
+        let fixed = self.is_fixed(&record.id);
+        if fixed {
             tracing::warn!(id = %record.id, "a registered definition has the id of a built-in runnable now; the built-in one is served");
-        } else if let Some(wf) = &workflow {
-            self.current.insert(Arc::clone(wf.id()), (Arc::clone(wf), record.version));
         }
         let definition = Definition {
             kind,
@@ -137,7 +171,7 @@ impl Catalog {
             body: record.body,
             registered_at: record.registered_at,
         };
-        self.registered.entry(record.id).or_default().push(Version { definition, workflow });
+        self.add(&record.tenant, Version { definition, workflow }, !fixed);
     }
 }
 
@@ -146,25 +180,25 @@ fn parse_kind(kind: &str) -> Option<RunKind> {
 }
 
 impl RunRegistry {
-    /// Registers a definition of `kind` (JSON as the compiler reads it) as the next version of its id, stored
-    /// before it is returned; new runs of the id get it. Blocking (it waits for the store).
-    pub fn register_definition(&self, kind: RunKind, body: Value) -> Result<Definition, RegistryError> {
+    /// Registers a definition of `kind` (JSON as the compiler reads it) as `tenant`'s next version of its id,
+    /// stored before it is returned; new runs of the id by that tenant get it. Blocking (it waits for the store).
+    pub fn register_definition(&self, tenant: &str, kind: RunKind, body: Value) -> Result<Definition, RegistryError> {
         let Some(compiler) = &self.compiler else {
             return Err(RegistryError::DefinitionsUnsupported);
         };
         // One registration at a time, so versions are numbered and stored in order.
         let _registering = self.registering.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let workflow = compiler
-            .compile(kind, &body, &|id| self.catalog().get(id).map(|(wf, _)| wf))
+            .compile(kind, &body, &|id| self.catalog().get(tenant, id).map(|(wf, _)| wf))
             .map_err(|e| RegistryError::InvalidDefinition { path: e.path, reason: e.reason, missing: e.missing })?;
         let id = workflow.id().to_string();
         let version = {
             let catalog = self.catalog();
-            if catalog.fixed.contains(id.as_str()) {
-                let existing = catalog.get(&id).map_or(RunKind::Workflow, |(wf, _)| wf.kind());
+            if catalog.is_fixed(&id) {
+                let existing = catalog.get(tenant, &id).map_or(RunKind::Workflow, |(wf, _)| wf.kind());
                 return Err(RegistryError::DefinitionIdTaken { id, existing, built_in: true });
             }
-            let versions = catalog.registered.get(&id);
+            let versions = catalog.versions(tenant, &id);
             if let Some(other) = versions.and_then(|v| v.last()).filter(|v| v.definition.kind != kind) {
                 return Err(RegistryError::DefinitionIdTaken { id, existing: other.definition.kind, built_in: false });
             }
@@ -179,6 +213,7 @@ impl RunRegistry {
         let definition = Definition { kind, id: id.clone(), version, body, registered_at };
         if let Some(store) = &self.store {
             let record = DefinitionRecord {
+                tenant: tenant.to_owned(),
                 kind: kind.as_str().to_owned(),
                 id: id.clone(),
                 version,
@@ -189,21 +224,15 @@ impl RunRegistry {
                 .commit(&[Write::Definition(Box::new(record))])
                 .map_err(|e| RegistryError::DefinitionNotStored { id: id.clone(), reason: e.to_string() })?;
         }
-        let mut catalog = self.catalog_mut();
-        catalog.current.insert(Arc::clone(workflow.id()), (Arc::clone(&workflow), version));
-        catalog
-            .registered
-            .entry(id)
-            .or_default()
-            .push(Version { definition: definition.clone(), workflow: Some(workflow) });
-        tracing::info!(id = %definition.id, version, kind = kind.as_str(), "registered a definition");
+        self.catalog_mut().add(tenant, Version { definition: definition.clone(), workflow: Some(workflow) }, true);
+        tracing::info!(id = %definition.id, version, kind = kind.as_str(), tenant, "registered a definition");
         Ok(definition)
     }
 
-    /// A registered definition of `kind`: `version` 0 is the latest.
-    pub fn definition(&self, kind: RunKind, id: &str, version: u32) -> Result<Definition, RegistryError> {
+    /// A registered definition of `kind` of `tenant`: `version` 0 is the latest.
+    pub fn definition(&self, tenant: &str, kind: RunKind, id: &str, version: u32) -> Result<Definition, RegistryError> {
         let catalog = self.catalog();
-        let versions = catalog.registered.get(id).filter(|v| v.last().is_some_and(|v| v.definition.kind == kind));
+        let versions = catalog.versions(tenant, id).filter(|v| v.last().is_some_and(|v| v.definition.kind == kind));
         let found = match (versions, version) {
             (Some(v), 0) => v.last(),
             (Some(v), n) => usize::try_from(n - 1).ok().and_then(|i| v.get(i)),
@@ -214,7 +243,7 @@ impl RunRegistry {
             id: id.to_owned(),
             version,
             latest: versions.and_then(|v| v.last()).map(|v| v.definition.version),
-            built_in: catalog.fixed.contains(id),
+            built_in: catalog.is_fixed(id),
         })
     }
 }

@@ -25,6 +25,13 @@ pub enum RegistryError {
     #[error("run '{run_id}' already exists for workflow '{existing}', not '{requested}'; pick another run_id")]
     RunIdTaken { run_id: String, existing: String, requested: String },
 
+    /// StreamRun/StartRun with the id of another tenant's run: taken, and nothing more is said of it.
+    #[error(
+        "run_id '{run_id}' is taken; pick another run_id, or leave run_id empty for a generated one (run ids are \
+         unique across the server)"
+    )]
+    RunIdTakenElsewhere { run_id: String },
+
     /// StreamRun/StartRun with the id of an existing run of the same workflow but other input: not a retry of the
     /// start that created it, so attaching would silently show another run's events.
     #[error(

@@ -46,6 +46,8 @@ pub struct StartRequest {
     pub input: Value,
     pub request_context: Map<String, Value>,
     pub resource_id: String,
+    /// The caller's tenant: the run is its alone.
+    pub tenant: Arc<str>,
     pub tracing: Option<TraceContext>,
 }
 
@@ -91,9 +93,12 @@ pub struct RunRegistry {
 /// What looking a run up by id finds.
 enum Found {
     Run(Arc<Run>),
-    /// The store holds a run of that id of a workflow this server does not have (its id): not served, and not to be
-    /// taken by a new run (the store would refuse it, and with it the batch it is in).
-    Unserved(String),
+    /// The store holds a run of that id of a workflow this server does not have (its id, and the run's tenant): not
+    /// served, and not to be taken by a new run (the store would refuse it, and with it the batch it is in).
+    Unserved {
+        workflow_id: String,
+        tenant: String,
+    },
     Missing,
 }
 
@@ -167,7 +172,9 @@ impl RunRegistry {
         }
         let mut loaded = store.load_active(log::WINDOW)?;
         // Only runs this server can serve: the others are kept in the store untouched (see below).
-        let servable = |record: &RunRecord| catalog.version(&record.workflow_id, record.workflow_version).is_some();
+        let servable = |record: &RunRecord| {
+            catalog.version(&record.tenant, &record.workflow_id, record.workflow_version).is_some()
+        };
         let failed_recoveries = mark_recoveries(store.as_ref(), &mut loaded, servable)?;
         let persister = Persister::start(store.clone())?;
         let mut runs = HashMap::new();
@@ -175,7 +182,8 @@ impl RunRegistry {
         // New runs are numbered after every stored one, served here or not.
         let next_order = store.max_order()?.saturating_add(1);
         for run in loaded {
-            let Some(workflow) = catalog.version(&run.record.workflow_id, run.record.workflow_version) else {
+            let record = &run.record;
+            let Some(workflow) = catalog.version(&record.tenant, &record.workflow_id, record.workflow_version) else {
                 // Kept in the store untouched: a later build that has the workflow again serves it.
                 tracing::warn!(run_id = %run.record.run_id, workflow = %run.record.workflow_id, "stored run of a workflow this server does not have; not served");
                 continue;
@@ -383,10 +391,10 @@ impl RunRegistry {
         self.persist.as_ref().map(|p| p.watch_failing())
     }
 
-    /// The workflows runs can be started of, sorted by id, each with its version (0: built into the server; a
+    /// The workflows `tenant` can start runs of, sorted by id, each with its version (0: built into the server; a
     /// registered one's latest otherwise).
-    pub fn workflows(&self) -> Vec<(Arc<Workflow>, u32)> {
-        self.catalog().list()
+    pub fn workflows(&self, tenant: &str) -> Vec<(Arc<Workflow>, u32)> {
+        self.catalog().list(tenant)
     }
 
     fn catalog(&self) -> RwLockReadGuard<'_, Catalog> {
@@ -401,17 +409,21 @@ impl RunRegistry {
     pub async fn start(&self, request: StartRequest) -> Result<(Arc<Run>, Started), RegistryError> {
         self.check_store()?;
         let kind = request.kind;
-        let (workflow, version) = self.runnable(&request.workflow_id, kind)?;
+        let (workflow, version) = self.runnable(&request.tenant, &request.workflow_id, kind)?;
         let run_id: Arc<str> = if request.run_id.is_empty() {
             uuid::Uuid::now_v7().to_string().into()
         } else {
             validate_run_id("run_id", &request.run_id)?;
             match self.find(&request.run_id).await? {
-                Found::Run(existing) => return attach(existing, &request.workflow_id, &request.input),
-                Found::Unserved(stored_workflow) => {
+                Found::Run(existing) => return attach(existing, &request),
+                // Another tenant's: taken, and nothing more said of it.
+                Found::Unserved { tenant, .. } if *tenant != *request.tenant => {
+                    return Err(RegistryError::RunIdTakenElsewhere { run_id: request.run_id.clone() });
+                }
+                Found::Unserved { workflow_id, .. } => {
                     return Err(RegistryError::RunIdTaken {
                         run_id: request.run_id.clone(),
-                        existing: stored_workflow,
+                        existing: workflow_id,
                         requested: request.workflow_id.clone(),
                     });
                 }
@@ -424,10 +436,11 @@ impl RunRegistry {
             run_id: run_id.clone(),
             workflow,
             version,
-            input: request.input,
-            request_context: Arc::new(request.request_context),
-            resource_id: request.resource_id,
-            tracing: request.tracing,
+            input: request.input.clone(),
+            request_context: Arc::new(request.request_context.clone()),
+            resource_id: request.resource_id.clone(),
+            tenant: request.tenant.clone(),
+            tracing: request.tracing.clone(),
         };
         let order = self.next_order.fetch_add(1, Ordering::Relaxed);
         let run = Run::new(spec, order, self.clock.clone(), self.encoder.clone(), self.persist.clone());
@@ -437,7 +450,7 @@ impl RunRegistry {
             if let Some(existing) = runs.get(&run_id) {
                 let existing = existing.clone();
                 drop(runs);
-                return attach(existing, run.workflow().id(), run.input());
+                return attach(existing, &request);
             }
             runs.insert(run_id, run.clone());
         }
@@ -445,10 +458,11 @@ impl RunRegistry {
         Ok((run, Started::Created))
     }
 
-    /// The latest version of the workflow (agent, network) `id` of `kind`, or why there is none.
-    fn runnable(&self, id: &str, kind: RunKind) -> Result<(Arc<Workflow>, u32), RegistryError> {
+    /// The latest version of the workflow (agent, network) `id` of `kind` that `tenant` can run, or why there is
+    /// none.
+    fn runnable(&self, tenant: &str, id: &str, kind: RunKind) -> Result<(Arc<Workflow>, u32), RegistryError> {
         let catalog = self.catalog();
-        catalog.get(id).filter(|(wf, _)| wf.kind() == kind).ok_or_else(|| {
+        catalog.get(tenant, id).filter(|(wf, _)| wf.kind() == kind).ok_or_else(|| {
             if id.is_empty() {
                 return RegistryError::InvalidId {
                     field: "workflow_id",
@@ -459,9 +473,9 @@ impl RunRegistry {
             RegistryError::WorkflowNotFound {
                 kind,
                 id: id.to_owned(),
-                actual: catalog.get(id).map(|(wf, _)| wf.kind()),
+                actual: catalog.get(tenant, id).map(|(wf, _)| wf.kind()),
                 available: catalog
-                    .list()
+                    .list(tenant)
                     .iter()
                     .filter(|(wf, _)| wf.kind() == kind)
                     .map(|(wf, _)| wf.id().to_string())
@@ -470,13 +484,16 @@ impl RunRegistry {
         })
     }
 
-    /// The run with this id: in memory, or loaded from the store.
-    pub async fn get(&self, run_id: &str) -> Result<Arc<Run>, RegistryError> {
+    /// The run of `tenant` with this id: in memory, or loaded from the store. Another tenant's run is not found,
+    /// exactly as a run that does not exist.
+    pub async fn get(&self, tenant: &str, run_id: &str) -> Result<Arc<Run>, RegistryError> {
         validate_run_id("run_id", run_id)?;
         match self.find(run_id).await? {
-            Found::Run(run) => Ok(run),
+            Found::Run(run) if run.tenant() == tenant => Ok(run),
             // Not served here, so not found here (a build with its workflow serves it).
-            Found::Unserved(_) | Found::Missing => Err(RegistryError::RunNotFound { id: run_id.to_string() }),
+            Found::Run(_) | Found::Unserved { .. } | Found::Missing => {
+                Err(RegistryError::RunNotFound { id: run_id.to_string() })
+            }
         }
     }
 
@@ -503,8 +520,11 @@ impl RunRegistry {
                 // Absent from the store too, unless it was created meanwhile.
                 return Ok(self.resident(run_id).map_or(Found::Missing, Found::Run));
             };
-            let workflow = self.catalog().version(&loaded.record.workflow_id, loaded.record.workflow_version);
-            let Some(workflow) = workflow else { return Ok(Found::Unserved(loaded.record.workflow_id)) };
+            let record = &loaded.record;
+            let workflow = self.catalog().version(&record.tenant, &record.workflow_id, record.workflow_version);
+            let Some(workflow) = workflow else {
+                return Ok(Found::Unserved { workflow_id: loaded.record.workflow_id, tenant: loaded.record.tenant });
+            };
             let mut runs = self.runs.write().unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Some(run) = runs.get(run_id) {
                 return Ok(Found::Run(run.clone()));
@@ -531,8 +551,13 @@ impl RunRegistry {
     }
 
     /// Resumes a suspended run; returns it and the seq after which the resumed phase's events appear.
-    pub async fn resume(&self, run_id: &str, request: ResumeRequest) -> Result<(Arc<Run>, u64), RegistryError> {
-        let run = self.get(run_id).await?;
+    pub async fn resume(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        request: ResumeRequest,
+    ) -> Result<(Arc<Run>, u64), RegistryError> {
+        let run = self.get(tenant, run_id).await?;
         self.check_store()?;
         let start_seq = run.resume(request)?;
         Ok((run, start_seq))
@@ -540,8 +565,13 @@ impl RunRegistry {
 
     /// Cancels a run; returns whether anything was canceled (false when it had already ended). Waits up to
     /// `settle` for a running run's executor to stop, so the caller usually sees the final status.
-    pub async fn cancel(&self, run_id: &str, settle: Duration) -> Result<(Arc<Run>, bool), RegistryError> {
-        let run = self.get(run_id).await?;
+    pub async fn cancel(
+        &self,
+        tenant: &str,
+        run_id: &str,
+        settle: Duration,
+    ) -> Result<(Arc<Run>, bool), RegistryError> {
+        let run = self.get(tenant, run_id).await?;
         self.check_store()?;
         let canceled = run.cancel();
         if canceled {
@@ -550,7 +580,7 @@ impl RunRegistry {
         Ok((run, canceled))
     }
 
-    /// Runs matching `filter`, newest first, starting after the run with creation order `after_order` (0: from the
+    /// Runs matching `filter` (always of one tenant: `filter.tenant`), newest first, starting after the run with creation order `after_order` (0: from the
     /// newest); at most `limit`. Returns the page and the order to continue after, if there is more. With a store,
     /// the page is the store's merged with the runs in memory: those whose creation is not stored yet, and the live
     /// status of those that are.
@@ -563,6 +593,7 @@ impl RunRegistry {
         let resident: HashMap<Arc<str>, Arc<Run>> = {
             let runs = self.runs.read().unwrap_or_else(|poisoned| poisoned.into_inner());
             runs.iter()
+                .filter(|(_, run)| run.tenant() == filter.tenant)
                 .filter(|(_, run)| after_order == 0 || run.created_order < after_order)
                 .filter(|(_, run)| filter.workflow_id.as_deref().is_none_or(|id| &**run.workflow().id() == id))
                 .filter(|(_, run)| filter.resource_id.as_deref().is_none_or(|id| run.resource_id() == id))
@@ -598,7 +629,8 @@ impl RunRegistry {
                     continue;
                 }
                 // Runs of workflows this server does not have are not served, hence not listed.
-                let Some(workflow) = catalog.version(&record.workflow_id, record.workflow_version) else { continue };
+                let version = catalog.version(&record.tenant, &record.workflow_id, record.workflow_version);
+                let Some(workflow) = version else { continue };
                 let view = RunView {
                     run_id: record.run_id.into(),
                     workflow_id: workflow.id().clone(),
@@ -701,6 +733,7 @@ fn restore(
         input: record.input,
         request_context: Arc::new(record.request_context),
         resource_id: record.resource_id,
+        tenant: record.tenant.into(),
         tracing: None,
     };
     Run::restore(
@@ -715,9 +748,14 @@ fn restore(
     )
 }
 
-/// Attaching to an existing run by id is only for a retry of the start that created it (same workflow, same
-/// input): anything else means the caller reused an id by mistake, and attaching would show another run's events.
-fn attach(existing: Arc<Run>, workflow_id: &str, input: &Value) -> Result<(Arc<Run>, Started), RegistryError> {
+/// Attaching to an existing run by id is only for a retry of the start that created it (same tenant, same
+/// workflow, same input): anything else means the caller reused an id by mistake, and attaching would show another
+/// run's events. Of another tenant's run nothing is said but that its id is taken.
+fn attach(existing: Arc<Run>, request: &StartRequest) -> Result<(Arc<Run>, Started), RegistryError> {
+    let (workflow_id, input) = (&request.workflow_id, &request.input);
+    if existing.tenant() != &*request.tenant {
+        return Err(RegistryError::RunIdTakenElsewhere { run_id: existing.id().to_string() });
+    }
     if **existing.workflow().id() != *workflow_id {
         return Err(RegistryError::RunIdTaken {
             run_id: existing.id().to_string(),

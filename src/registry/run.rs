@@ -45,6 +45,8 @@ pub struct RunSpec {
     pub input: Value,
     pub request_context: Arc<Map<String, Value>>,
     pub resource_id: String,
+    /// The tenant that started it: only its callers reach the run.
+    pub tenant: Arc<str>,
     /// Trace propagation as the caller sent it.
     pub tracing: Option<TraceContext>,
 }
@@ -198,6 +200,11 @@ impl Run {
         &self.spec.resource_id
     }
 
+    /// The tenant that started it.
+    pub fn tenant(&self) -> &str {
+        &self.spec.tenant
+    }
+
     pub fn status(&self) -> RunStatus {
         self.lock_state().status
     }
@@ -303,6 +310,7 @@ impl Run {
                     input: self.spec.input.clone(),
                     request_context: (*self.spec.request_context).clone(),
                     resource_id: self.spec.resource_id.clone(),
+                    tenant: self.spec.tenant.to_string(),
                     created_at: self.created_at,
                     created_order: self.created_order,
                     state: state.clone(),
@@ -386,6 +394,7 @@ impl Run {
         };
         let phase = Phase {
             run_id: self.spec.run_id.clone(),
+            tenant: self.spec.tenant.clone(),
             workflow: self.spec.workflow.clone(),
             input: self.spec.input.clone(),
             request_context: self.spec.request_context.clone(),

@@ -107,7 +107,7 @@ async fn poll_until(what: &str, done: impl Fn() -> bool) {
 async fn a_flood_waits_for_the_store_and_is_canceled_while_it_waits() {
     let store = Arc::new(GatedStore::default());
     let registry = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire()).unwrap();
-    let run = start(&registry, "writer-flood", "f1", json!({ "count": 1_000_000_000u64 })).await;
+    let run = start(&registry, "writer-flood", "f1", json!({ "count": 10_000_000u64 })).await;
     // Nothing is committed: the flood appends until one more than the limit is waiting, then its writer waits.
     let parked = log::MAX_UNSTORED + 1;
     poll_until("the flood fills its allowance", || run.appended_seq() >= parked).await;
@@ -119,7 +119,7 @@ async fn a_flood_waits_for_the_store_and_is_canceled_while_it_waits() {
     // Stalled again, and canceled while its writer waits.
     store.set_open(false);
     poll_until("the flood waits again", || run.appended_seq() - run.last_seq() > log::MAX_UNSTORED).await;
-    let (run, canceled) = registry.cancel("f1", Duration::from_secs(10)).await.unwrap();
+    let (run, canceled) = registry.cancel("", "f1", Duration::from_secs(10)).await.unwrap();
     assert!(canceled);
     assert_eq!(run.status(), RunStatus::Canceled);
     store.set_open(true);
@@ -138,14 +138,14 @@ async fn a_reopened_registry_serves_finished_and_suspended_runs() {
     first.flush();
 
     let second = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire()).unwrap();
-    let chain = second.get("c1").await.unwrap();
+    let chain = second.get("", "c1").await.unwrap();
     assert_eq!(chain.view().state.result, Some(json!({ "value": 4 })));
     assert_eq!(read(&chain, 0).await, before, "the same events with the same seqs");
     assert_eq!(read(&chain, 5).await, before[5..]);
-    let order = second.get("o1").await.unwrap();
+    let order = second.get("", "o1").await.unwrap();
     assert_eq!(order.status(), RunStatus::Suspended);
     let resume = ResumeRequest { resume_data: json!({ "approved": true, "approver": "ada" }), ..Default::default() };
-    let (order, start_seq) = second.resume("o1", resume).await.unwrap();
+    let (order, start_seq) = second.resume("", "o1", resume).await.unwrap();
     assert_eq!(start_seq, suspended.len() as u64);
     let resumed = read(&order, start_seq).await;
     assert_eq!(resumed.first().map(|(seq, _)| *seq), Some(start_seq + 1), "numbering continues");
@@ -201,7 +201,7 @@ async fn a_run_in_flight_is_recovered_from_its_last_completed_step() {
     let released = Arc::new(tokio::sync::Semaphore::new(100));
     let second =
         RunRegistry::open(two_steps(step_one_runs.clone(), released), Arc::new(SystemClock), store.clone(), wire());
-    let run = second.unwrap().get("r1").await.unwrap();
+    let run = second.unwrap().get("", "r1").await.unwrap();
     assert!(run.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await);
     assert_eq!(run.view().state.result, Some(json!({ "n": 20 })));
     assert_eq!(step_one_runs.load(Ordering::SeqCst), 1, "the completed step is not run again");
@@ -248,8 +248,8 @@ async fn retention_forgets_finished_runs_and_trims_old_events_with_an_explicit_e
 
     *clock.0.lock().unwrap() = start_time + 2 * day;
     assert_eq!(registry.expire(day), (1, 1), "the finished run goes; the suspended one keeps its newest event");
-    assert!(matches!(registry.get("c1").await, Err(RegistryError::RunNotFound { .. })));
-    let order = registry.get("o1").await.unwrap();
+    assert!(matches!(registry.get("", "c1").await, Err(RegistryError::RunNotFound { .. })));
+    let order = registry.get("", "o1").await.unwrap();
     match order.reader(0, ReadUntil::Run { close_on_suspend: true }) {
         Err(RegistryError::CursorExpired { first_seq, .. }) => assert_eq!(first_seq, suspended_at),
         other => panic!("expected CursorExpired, got {other:?}"),
@@ -263,7 +263,7 @@ async fn retention_forgets_finished_runs_and_trims_old_events_with_an_explicit_e
     assert_eq!(stored.len(), 1, "the store forgot the finished run too");
     assert_eq!(stored[0].events.first().map(|e| e.seq), Some(suspended_at));
     let resume = ResumeRequest { resume_data: json!({ "approved": false, "approver": "bo" }), ..Default::default() };
-    registry.resume("o1", resume).await.unwrap();
+    registry.resume("", "o1", resume).await.unwrap();
     assert!(order.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await);
 }
 
@@ -322,7 +322,7 @@ async fn a_stored_run_this_build_cannot_serve_keeps_its_id() {
     let mut catalog = WorkflowCatalog::new();
     catalog.register(crate::builtin::timer::workflow());
     let second = RunRegistry::open(catalog, Arc::new(SystemClock), store.clone(), wire()).unwrap();
-    assert!(matches!(second.get("c1").await, Err(RegistryError::RunNotFound { .. })));
+    assert!(matches!(second.get("", "c1").await, Err(RegistryError::RunNotFound { .. })));
     let request = StartRequest {
         workflow_id: "timer".into(),
         run_id: "c1".into(),
@@ -384,10 +384,10 @@ async fn registered_definitions_are_versioned_stored_and_runs_keep_their_version
     let first =
         RunRegistry::open_with(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire(), compiler()).unwrap();
 
-    let v1 = first.register_definition(RunKind::Workflow, json!({ "id": "mine", "value": 1 })).expect("v1");
+    let v1 = first.register_definition("", RunKind::Workflow, json!({ "id": "mine", "value": 1 })).expect("v1");
     assert_eq!((v1.id.as_str(), v1.version), ("mine", 1));
     let held = start(&first, "mine", "on-v1", json!({})).await;
-    let v2 = first.register_definition(RunKind::Workflow, json!({ "id": "mine", "value": 2 })).expect("v2");
+    let v2 = first.register_definition("", RunKind::Workflow, json!({ "id": "mine", "value": 2 })).expect("v2");
     assert_eq!(v2.version, 2);
     gate.add_permits(10);
     assert!(held.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await);
@@ -396,7 +396,7 @@ async fn registered_definitions_are_versioned_stored_and_runs_keep_their_version
     assert!(newer.wait_for(Duration::from_secs(10), RunStatus::is_terminal).await);
     assert_eq!(newer.view().state.result, Some(json!(2)));
     let listed: Vec<(String, u32)> = first
-        .workflows()
+        .workflows("")
         .iter()
         .filter(|(wf, _)| &**wf.id() == "mine")
         .map(|(wf, v)| (wf.id().to_string(), *v))
@@ -405,23 +405,26 @@ async fn registered_definitions_are_versioned_stored_and_runs_keep_their_version
 
     // Refusals: a built-in id, a bad body, a missing reference; none of them registers anything.
     assert!(matches!(
-        first.register_definition(RunKind::Workflow, json!({ "id": "chain" })),
+        first.register_definition("", RunKind::Workflow, json!({ "id": "chain" })),
         Err(RegistryError::DefinitionIdTaken { built_in: true, .. })
     ));
     assert!(matches!(
-        first.register_definition(RunKind::Workflow, json!({})),
+        first.register_definition("", RunKind::Workflow, json!({})),
         Err(RegistryError::InvalidDefinition { missing: false, .. })
     ));
     assert!(matches!(
-        first.register_definition(RunKind::Workflow, json!({ "id": "x", "nests": "nowhere" })),
+        first.register_definition("", RunKind::Workflow, json!({ "id": "x", "nests": "nowhere" })),
         Err(RegistryError::InvalidDefinition { missing: true, .. })
     ));
-    assert_eq!(first.definition(RunKind::Workflow, "mine", 1).expect("v1").body, json!({ "id": "mine", "value": 1 }));
+    assert_eq!(
+        first.definition("", RunKind::Workflow, "mine", 1).expect("v1").body,
+        json!({ "id": "mine", "value": 1 })
+    );
     assert!(matches!(
-        first.definition(RunKind::Workflow, "mine", 3),
+        first.definition("", RunKind::Workflow, "mine", 3),
         Err(RegistryError::DefinitionNotFound { latest: Some(2), .. })
     ));
-    assert!(matches!(first.definition(RunKind::Agent, "mine", 0), Err(RegistryError::DefinitionNotFound { .. })));
+    assert!(matches!(first.definition("", RunKind::Agent, "mine", 0), Err(RegistryError::DefinitionNotFound { .. })));
     held.stored().await.expect("stored");
     newer.stored().await.expect("stored");
     first.flush();
@@ -429,18 +432,18 @@ async fn registered_definitions_are_versioned_stored_and_runs_keep_their_version
     // Reopened: the definitions and each run's version are back, and versions number on.
     let second =
         RunRegistry::open_with(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire(), compiler()).unwrap();
-    assert_eq!(second.get("on-v1").await.expect("served").view().state.result, Some(json!(1)));
-    assert_eq!(second.definition(RunKind::Workflow, "mine", 0).expect("latest").version, 2);
-    let v3 = second.register_definition(RunKind::Workflow, json!({ "id": "mine", "value": 3 })).expect("v3");
+    assert_eq!(second.get("", "on-v1").await.expect("served").view().state.result, Some(json!(1)));
+    assert_eq!(second.definition("", RunKind::Workflow, "mine", 0).expect("latest").version, 2);
+    let v3 = second.register_definition("", RunKind::Workflow, json!({ "id": "mine", "value": 3 })).expect("v3");
     assert_eq!(v3.version, 3);
     let records: Vec<u32> = store.load().unwrap().iter().map(|r| r.record.workflow_version).collect();
     assert_eq!(records, [1, 2]);
 
     // A registry that takes no definitions does not serve their runs, and says so when asked to register.
     let third = RunRegistry::open(builtin::catalog(), Arc::new(SystemClock), store.clone(), wire()).unwrap();
-    assert!(matches!(third.get("on-v1").await, Err(RegistryError::RunNotFound { .. })));
+    assert!(matches!(third.get("", "on-v1").await, Err(RegistryError::RunNotFound { .. })));
     assert!(matches!(
-        third.register_definition(RunKind::Workflow, json!({ "id": "mine" })),
+        third.register_definition("", RunKind::Workflow, json!({ "id": "mine" })),
         Err(RegistryError::DefinitionsUnsupported)
     ));
 }

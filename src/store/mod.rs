@@ -49,6 +49,8 @@ pub struct RunRecord {
     pub request_context: Map<String, Value>,
     /// Owner of the run (a user, thread or tenant id), as given at start.
     pub resource_id: String,
+    /// The tenant that started it (`""` on a server without authentication); no other tenant reaches it.
+    pub tenant: String,
     /// When it was started.
     pub created_at: SystemTime,
     /// The registry's creation order (1, 2, ...: later runs have higher ones), stored so that ListRuns page tokens
@@ -58,9 +60,13 @@ pub struct RunRecord {
     pub state: StateRecord,
 }
 
-/// Which runs [`RunStore::list_runs`] returns: each filter set must match (ANDed); `None` matches any.
+/// Which runs [`RunStore::list_runs`] returns: runs of one tenant, and each filter set must match (ANDed); `None`
+/// matches any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RunQuery {
+    /// Runs of this tenant only (`""`: the tenant of a server without authentication): a list never crosses
+    /// tenants.
+    pub tenant: String,
     /// Runs of this workflow (or agent, network).
     pub workflow_id: Option<String>,
     /// Runs whose stored state has this status.
@@ -72,7 +78,8 @@ pub struct RunQuery {
 impl RunQuery {
     /// Whether `record` matches.
     pub fn matches(&self, record: &RunRecord) -> bool {
-        self.workflow_id.as_deref().is_none_or(|id| record.workflow_id == id)
+        record.tenant == self.tenant
+            && self.workflow_id.as_deref().is_none_or(|id| record.workflow_id == id)
             && self.status.is_none_or(|status| record.state.status == status)
             && self.resource_id.as_deref().is_none_or(|id| record.resource_id == id)
     }
@@ -152,6 +159,8 @@ pub struct StepCheckpoint {
 /// A workflow (or agent) registered as data, one record per version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DefinitionRecord {
+    /// The tenant that registered it (`""` on a server without authentication): its alone.
+    pub tenant: String,
     /// What it defines: "workflow" or "agent".
     pub kind: String,
     /// Its id.

@@ -58,7 +58,7 @@ use crate::engine::{RunStatus, StepRecord};
 pub const FILE_NAME: &str = "runstream.db";
 
 /// Bumped when the tables change; a store of another version is refused, not migrated silently.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS runs (
     state TEXT NOT NULL,
     events_from INTEGER NOT NULL DEFAULT 1,
     created_order INTEGER,
-    status TEXT
+    status TEXT,
+    tenant TEXT NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS events (
     run_id TEXT NOT NULL,
@@ -95,7 +96,8 @@ CREATE TABLE IF NOT EXISTS definitions (
     version INTEGER NOT NULL,
     body TEXT NOT NULL,
     registered_at_ms INTEGER NOT NULL,
-    PRIMARY KEY (kind, id, version)
+    tenant TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (tenant, kind, id, version)
 );
 ";
 
@@ -117,13 +119,35 @@ UPDATE runs SET created_order = rowid, status = json_extract(state, '$.status');
 UPDATE meta SET value = '4' WHERE key = 'schema_version';
 ";
 
+/// Brings a store of schema version 4 to 5 (issue 13: tenants): each run and each registered definition keeps the
+/// tenant that made it; what was stored before belongs to the default tenant (`''`), that of a server without
+/// authentication. The definitions' key gains the tenant, so their table is copied (in registration order).
+const MIGRATE_4_TO_5: &str = "
+ALTER TABLE runs ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+CREATE TABLE definitions_5 (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    registered_at_ms INTEGER NOT NULL,
+    tenant TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (tenant, kind, id, version)
+);
+INSERT INTO definitions_5 (kind, id, version, body, registered_at_ms)
+    SELECT kind, id, version, body, registered_at_ms FROM definitions ORDER BY rowid;
+DROP TABLE definitions;
+ALTER TABLE definitions_5 RENAME TO definitions;
+UPDATE meta SET value = '5' WHERE key = 'schema_version';
+";
+
 /// Newest-first listing by creation order (SQLite walks an index backwards), and the in-flight lookup by status
-/// (its runs oldest first; a status filter of ListRuns newest first). Created by the migration to 4 and with a
-/// new store.
+/// (its runs oldest first; a status filter of ListRuns newest first), and a tenant's runs newest first (ListRuns).
+/// Created by the migrations and with a new store.
 const INDEXES: &str = "
 CREATE INDEX IF NOT EXISTS runs_by_order ON runs (created_order);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status, created_order);
 CREATE INDEX IF NOT EXISTS runs_by_created_at ON runs (created_at_ms);
+CREATE INDEX IF NOT EXISTS runs_by_tenant ON runs (tenant, created_order);
 ";
 
 /// The runs `Write::ExpireRuns` removes: finished (?1..?4: the terminal statuses) before ?5 (UNIX seconds), hence
@@ -133,7 +157,7 @@ const EXPIRED_RUNS: &str = "SELECT run_id FROM runs WHERE created_at_ms < ?6 AND
 
 /// The columns a [`RunRecord`] is read from, in the order [`SqliteStore::read_records`] reads them.
 const RECORD_COLUMNS: &str = "run_id, workflow_id, input, request_context, resource_id, created_at_ms, state, \
-                              events_from, workflow_version, created_order";
+                              events_from, workflow_version, created_order, tenant";
 
 /// How hard a commit is pushed to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -454,12 +478,17 @@ fn prepare(conn: &Connection, location: &str, sync: Sync) -> Result<(), StoreErr
         }
         Some(v) if v == SCHEMA_VERSION.to_string() => {}
         Some(v) if v == "2" => {
-            conn.execute_batch(&format!("BEGIN;{MIGRATE_2_TO_3}{MIGRATE_3_TO_4}{INDEXES}COMMIT;")).map_err(corrupt)?;
-            tracing::info!(store = %location, "migrated the store from schema version 2 to 4");
+            conn.execute_batch(&format!("BEGIN;{MIGRATE_2_TO_3}{MIGRATE_3_TO_4}{MIGRATE_4_TO_5}{INDEXES}COMMIT;"))
+                .map_err(corrupt)?;
+            tracing::info!(store = %location, "migrated the store from schema version 2 to 5");
         }
         Some(v) if v == "3" => {
-            conn.execute_batch(&format!("BEGIN;{MIGRATE_3_TO_4}{INDEXES}COMMIT;")).map_err(corrupt)?;
-            tracing::info!(store = %location, "migrated the store from schema version 3 to 4");
+            conn.execute_batch(&format!("BEGIN;{MIGRATE_3_TO_4}{MIGRATE_4_TO_5}{INDEXES}COMMIT;")).map_err(corrupt)?;
+            tracing::info!(store = %location, "migrated the store from schema version 3 to 5");
+        }
+        Some(v) if v == "4" => {
+            conn.execute_batch(&format!("BEGIN;{MIGRATE_4_TO_5}{INDEXES}COMMIT;")).map_err(corrupt)?;
+            tracing::info!(store = %location, "migrated the store from schema version 4 to 5");
         }
         Some(v) => {
             return Err(StoreError::Open {
@@ -719,6 +748,7 @@ impl SqliteStore {
                     row.get::<_, i64>(7)?,
                     row.get::<_, i64>(8)?,
                     row.get::<_, Option<i64>>(9)?,
+                    row.get::<_, String>(10)?,
                 ))
             })
             .map_err(err)?;
@@ -734,6 +764,7 @@ impl SqliteStore {
                 events_from,
                 version,
                 order,
+                tenant,
             ) = row.map_err(err)?;
             let workflow_version = u32::try_from(version)
                 .map_err(|_| self.corrupt(format!("run '{run_id}': its workflow version {version} is out of range")))?;
@@ -750,6 +781,7 @@ impl SqliteStore {
                 input,
                 request_context,
                 resource_id,
+                tenant,
                 created_at: time_of_millis(created_ms),
                 created_order,
                 state,
@@ -876,7 +908,8 @@ impl SqliteStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut tail = String::from("WHERE 1");
         let mut params: Vec<&dyn rusqlite::ToSql> = Vec::new();
-        let conditions: [(&str, Option<&dyn rusqlite::ToSql>); 4] = [
+        let conditions: [(&str, Option<&dyn rusqlite::ToSql>); 5] = [
+            (" AND tenant = ?", Some(&query.tenant as &dyn rusqlite::ToSql)),
             (" AND workflow_id = ?", query.workflow_id.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
             (" AND status = ?", status.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
             (" AND resource_id = ?", query.resource_id.as_ref().map(|v| v as &dyn rusqlite::ToSql)),
@@ -910,7 +943,7 @@ impl SqliteStore {
         let err = |e: rusqlite::Error| self.classify(e);
         let mut stmt = conn
             // rowid: registration order.
-            .prepare("SELECT kind, id, version, body, registered_at_ms FROM definitions ORDER BY rowid")
+            .prepare("SELECT kind, id, version, body, registered_at_ms, tenant FROM definitions ORDER BY rowid")
             .map_err(err)?;
         let rows = stmt
             .query_map([], |row| {
@@ -920,15 +953,16 @@ impl SqliteStore {
                     row.get::<_, u32>(2)?,
                     row.get::<_, String>(3)?,
                     row.get::<_, i64>(4)?,
+                    row.get::<_, String>(5)?,
                 ))
             })
             .map_err(err)?;
         rows.map(|row| {
-            let (kind, id, version, body, registered_ms) = row.map_err(err)?;
+            let (kind, id, version, body, registered_ms, tenant) = row.map_err(err)?;
             let body = serde_json::from_str(&body)
                 .map_err(|e| self.corrupt(format!("{kind} definition '{id}' version {version}: {e}")))?;
             let registered_at = time_of_millis(registered_ms);
-            Ok(DefinitionRecord { kind, id, version, body, registered_at })
+            Ok(DefinitionRecord { tenant, kind, id, version, body, registered_at })
         })
         .collect()
     }
@@ -1039,8 +1073,8 @@ impl RunStore for SqliteStore {
                         exec(
                             &tx,
                             "INSERT INTO runs (run_id, workflow_id, input, request_context, resource_id, created_at_ms, \
-                             state, workflow_version, created_order, status) \
-                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                             state, workflow_version, created_order, status, tenant) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                             params![
                                 run.run_id,
                                 run.workflow_id,
@@ -1052,6 +1086,7 @@ impl RunStore for SqliteStore {
                                 run.workflow_version,
                                 seq_i64(run.created_order),
                                 status_text(run.state.status),
+                                run.tenant,
                             ],
                         )
                         .map_err(err)?;
@@ -1124,9 +1159,16 @@ impl RunStore for SqliteStore {
                     Write::Definition(def) => {
                         exec(
                             &tx,
-                            "INSERT INTO definitions (kind, id, version, body, registered_at_ms) \
-                             VALUES (?1, ?2, ?3, ?4, ?5)",
-                            params![def.kind, def.id, def.version, json(&def.body)?, millis(def.registered_at)],
+                            "INSERT INTO definitions (kind, id, version, body, registered_at_ms, tenant) \
+                             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                            params![
+                                def.kind,
+                                def.id,
+                                def.version,
+                                json(&def.body)?,
+                                millis(def.registered_at),
+                                def.tenant
+                            ],
                         )
                         .map_err(err)?;
                     }
@@ -1235,6 +1277,7 @@ mod tests {
         let definition = |id: usize| {
             let body = serde_json::json!({ "padding": "x".repeat(3000) });
             Write::Definition(Box::new(DefinitionRecord {
+                tenant: String::new(),
                 kind: "workflow".into(),
                 id: format!("wf-{id}"),
                 version: 1,

@@ -53,6 +53,7 @@ fn record(run_id: &str) -> RunRecord {
         input: json!({ "value": 1 }),
         request_context: json!({ "tenant": "t" }).as_object().cloned().unwrap_or_default(),
         resource_id: "user-1".into(),
+        tenant: String::new(),
         created_at: at(1),
         created_order: 1,
         state: state(RunStatus::Running, 1),
@@ -132,6 +133,7 @@ fn contract(store: &dyn RunStore) {
 
 fn definition(id: &str, version: u32) -> DefinitionRecord {
     DefinitionRecord {
+        tenant: String::new(),
         kind: "workflow".into(),
         id: id.into(),
         version,
@@ -239,6 +241,7 @@ fn lazy_reads(store: &dyn RunStore) {
         workflow_id: workflow.map(Into::into),
         status,
         resource_id: owner.map(Into::into),
+        ..RunQuery::default()
     };
     let list = |q: &RunQuery, before: u64, limit: usize| {
         let runs = store.list_runs(q, before, limit).unwrap();
@@ -281,6 +284,40 @@ fn lazy_reads(store: &dyn RunStore) {
     assert_eq!(store.load_run("a", Tail::ALL).unwrap(), None);
     store.commit(&[Write::ExpireRuns { ended_before: at(100_000) }]).unwrap();
     assert_eq!(ids_of_loaded(&store.load().unwrap()), ["b", "c", "e"], "then d");
+}
+
+/// A list never crosses tenants, with or without other filters, and a run keeps its tenant (issue 13).
+fn tenants_apart(store: &dyn RunStore) {
+    let runs = [("a", ""), ("b", "acme"), ("c", "globex"), ("d", "acme")];
+    let writes: Vec<Write> = runs
+        .iter()
+        .zip(1..)
+        .map(|((id, tenant), order)| {
+            Write::CreateRun(Box::new(RunRecord { tenant: (*tenant).into(), created_order: order, ..record(id) }))
+        })
+        .collect();
+    store.commit(&writes).unwrap();
+    let of = |tenant: &str, status: Option<RunStatus>| {
+        let query = RunQuery { tenant: tenant.into(), status, ..RunQuery::default() };
+        ids_of(&store.list_runs(&query, 0, 10).unwrap()).into_iter().map(str::to_owned).collect::<Vec<_>>()
+    };
+    assert_eq!(of("acme", None), ["d", "b"]);
+    assert_eq!(of("acme", Some(RunStatus::Running)), ["d", "b"]);
+    assert_eq!(of("globex", None), ["c"]);
+    assert_eq!(of("", None), ["a"], "the default tenant is a tenant too");
+    assert_eq!(of("initech", None), Vec::<String>::new());
+    assert_eq!(store.load_run("b", Tail::ALL).unwrap().map(|run| run.record.tenant), Some("acme".to_owned()));
+}
+
+#[test]
+fn memory_store_keeps_tenants_apart() {
+    tenants_apart(&MemoryStore::new());
+}
+
+#[test]
+fn sqlite_store_keeps_tenants_apart() {
+    let dir = TempDir::new();
+    tenants_apart(&SqliteStore::open(&dir.0, Sync::Normal).unwrap());
 }
 
 #[test]
@@ -342,12 +379,13 @@ fn sqlite_store_reads_the_tail_of_a_log() {
     tail_reads(&SqliteStore::open(&dir.0, Sync::Normal).unwrap());
 }
 
-/// SQL that takes a schema 4 store back to schema 3 (indexes first: SQLite drops no indexed column).
-const TO_VERSION_3: &str = "DROP INDEX runs_by_order; DROP INDEX runs_by_status; \
+/// SQL that takes a schema 5 store back to schema 3 (indexes first: SQLite drops no indexed column).
+const TO_VERSION_3: &str = "DROP INDEX runs_by_order; DROP INDEX runs_by_status; DROP INDEX runs_by_tenant; \
      ALTER TABLE runs DROP COLUMN created_order; ALTER TABLE runs DROP COLUMN status; \
+     ALTER TABLE runs DROP COLUMN tenant; \
      UPDATE meta SET value = '3' WHERE key = 'schema_version';";
 
-/// A store of schema version 3 (built here from a version 4 one) is migrated: creation orders from the rowid
+/// A store of schema version 3 (built here from a version 5 one) is migrated: creation orders from the rowid
 /// (the order runs were stored in), statuses from the state JSON, so that the lazy reads work on it.
 #[test]
 fn a_version_3_store_is_migrated() {
@@ -393,13 +431,13 @@ fn a_version_3_store_is_migrated() {
     let conn = rusqlite::Connection::open(dir.0.join(sqlite::FILE_NAME)).unwrap();
     let version: String =
         conn.query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
-    assert_eq!(version, "4");
+    assert_eq!(version, "5");
     let indexes: i64 = conn
         .query_row("SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name LIKE 'runs_by_%'", [], |r| {
             r.get(0)
         })
         .unwrap();
-    assert_eq!(indexes, 3, "by order, by status, by creation time");
+    assert_eq!(indexes, 4, "by order, by status, by creation time, by tenant");
 }
 
 #[test]

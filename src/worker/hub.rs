@@ -186,6 +186,8 @@ pub(crate) enum TaskEvent {
 /// A task handed to the hub by a remote step.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct NewTask {
+    /// The tenant of the run: only that tenant's workers get the task.
+    pub tenant: Arc<str>,
     pub task_type: String,
     pub run_id: String,
     pub workflow_id: String,
@@ -218,6 +220,8 @@ struct Holder {
 }
 
 struct Session {
+    /// The tenant the worker connected as: it gets that tenant's tasks only.
+    tenant: Arc<str>,
     info: WorkerInfo,
     in_flight: HashSet<String>,
     outbox: mpsc::UnboundedSender<ToWorker>,
@@ -227,13 +231,36 @@ impl Session {
     fn free_slots(&self) -> usize {
         (self.info.max_in_flight as usize).saturating_sub(self.in_flight.len())
     }
+
+    fn serves(&self, lane: &Lane) -> bool {
+        self.tenant == lane.tenant && self.info.task_types.contains(&lane.task_type)
+    }
+
+    /// The lanes whose tasks it may take.
+    fn lanes(&self) -> Vec<Lane> {
+        let tenant = &self.tenant;
+        self.info.task_types.iter().map(|t| Lane { tenant: Arc::clone(tenant), task_type: t.clone() }).collect()
+    }
+}
+
+/// A queue of tasks: one task type of one tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Lane {
+    tenant: Arc<str>,
+    task_type: String,
+}
+
+impl Lane {
+    fn of(task: &NewTask) -> Self {
+        Self { tenant: Arc::clone(&task.tenant), task_type: task.task_type.clone() }
+    }
 }
 
 #[derive(Default)]
 struct State {
     sessions: HashMap<String, Session>,
     tasks: HashMap<String, Task>,
-    queues: HashMap<String, VecDeque<String>>,
+    queues: HashMap<Lane, VecDeque<String>>,
 }
 
 /// The worker hub: see the module docs. Create one with [`WorkerHub::new`], define remote steps with
@@ -288,7 +315,8 @@ impl WorkerHub {
     }
 
     /// A new session for a worker that said `hello`, or why its Hello is refused.
-    pub(crate) fn connect(self: &Arc<Self>, hello: Hello) -> Result<Connected, WorkerError> {
+    /// A worker of `tenant` says hello: it gets that tenant's tasks of its task types.
+    pub(crate) fn connect(self: &Arc<Self>, tenant: Arc<str>, hello: Hello) -> Result<Connected, WorkerError> {
         if hello.worker_id.trim().is_empty() {
             return Err(WorkerError::InvalidHello { field: "worker_id", problem: "required".into() });
         }
@@ -326,6 +354,7 @@ impl WorkerHub {
                 (current.attempt == held.attempt
                     && current.lease_token == held.lease_token
                     && holder.worker_id == hello.worker_id
+                    && task.assignment.spec.tenant == tenant
                     && !task.abandoned)
                     .then(|| std::mem::replace(&mut holder.session_id, session_id.clone()))
             });
@@ -357,10 +386,11 @@ impl WorkerHub {
             connected_at: now,
             last_heartbeat_at: now,
         };
-        let types = info.task_types.clone();
-        state.sessions.insert(session_id.clone(), Session { info, in_flight, outbox: tx });
-        for task_type in &types {
-            dispatch(&mut state, task_type, &self.settings);
+        let session = Session { tenant, info, in_flight, outbox: tx };
+        let lanes = session.lanes();
+        state.sessions.insert(session_id.clone(), session);
+        for lane in &lanes {
+            dispatch(&mut state, lane, &self.settings);
         }
         drop(state);
         Ok(Connected {
@@ -459,10 +489,10 @@ impl WorkerHub {
                 self.finish(state, session_id, &r, &outbox, || Err(StepError::new("the worker canceled the task")));
             }
             FromWorker::SetCapacity(n) => {
-                let types = session.info.task_types.clone();
+                let lanes = session.lanes();
                 session.info.max_in_flight = n;
-                for task_type in &types {
-                    dispatch(state, task_type, &self.settings);
+                for lane in &lanes {
+                    dispatch(state, lane, &self.settings);
                 }
             }
         }
@@ -514,7 +544,7 @@ impl WorkerHub {
         if let Some(session) = state.sessions.get_mut(session_id) {
             session.in_flight.remove(&r.task_id);
         }
-        dispatch(state, &task.assignment.spec.task_type, &self.settings);
+        dispatch(state, &Lane::of(&task.assignment.spec), &self.settings);
     }
 
     /// Hands every task whose lease ran out to another worker (next attempt, new lease token).
@@ -527,7 +557,7 @@ impl WorkerHub {
             .filter(|(_, t)| t.holder.as_ref().is_some_and(|h| h.lease_until <= now))
             .map(|(id, _)| id.clone())
             .collect();
-        let mut types = HashSet::new();
+        let mut lanes = HashSet::new();
         for task_id in expired {
             let Some(task) = state.tasks.get_mut(&task_id) else { continue };
             let Some(holder) = task.holder.take() else { continue };
@@ -545,18 +575,19 @@ impl WorkerHub {
             task.assignment.task.lease_token = new_token();
             task.last_chunk_seq = 0;
             let _ = task.events.send(TaskEvent::Redelivered(task.assignment.task.attempt));
-            types.insert(task.assignment.spec.task_type.clone());
+            let lane = Lane::of(&task.assignment.spec);
+            lanes.insert(lane.clone());
             // A redelivery goes first: it has waited longest.
-            state.queues.entry(task.assignment.spec.task_type.clone()).or_default().push_front(task_id.clone());
-            if let Some(reason) = wait_reason(state, &task_type_of(state, &task_id))
+            state.queues.entry(lane.clone()).or_default().push_front(task_id.clone());
+            if let Some(reason) = wait_reason(state, &lane)
                 && let Some(task) = state.tasks.get_mut(&task_id)
             {
                 task.waited = true;
                 let _ = task.events.send(TaskEvent::Waiting(reason));
             }
         }
-        for task_type in types {
-            dispatch(state, &task_type, &self.settings);
+        for lane in lanes {
+            dispatch(state, &lane, &self.settings);
         }
     }
 
@@ -570,7 +601,7 @@ impl WorkerHub {
         self.ensure_reaper();
         let (tx, rx) = mpsc::unbounded_channel();
         let task_id = uuid::Uuid::now_v7().to_string();
-        let task_type = new.task_type.clone();
+        let lane = Lane::of(&new);
         let assignment = Assignment {
             task: TaskRef { task_id: task_id.clone(), attempt: attempt.max(1), lease_token: new_token() },
             spec: new,
@@ -578,7 +609,7 @@ impl WorkerHub {
         let mut guard = self.state();
         let state = &mut *guard;
         // Whether it must wait depends on the workers only, not on this task: known before it is queued.
-        let waiting = wait_reason(state, &task_type);
+        let waiting = wait_reason(state, &lane);
         if let Some(reason) = waiting {
             let _ = tx.send(TaskEvent::Waiting(reason));
         }
@@ -594,8 +625,8 @@ impl WorkerHub {
                 events: tx,
             },
         );
-        state.queues.entry(task_type.clone()).or_default().push_back(task_id.clone());
-        dispatch(state, &task_type, &self.settings);
+        state.queues.entry(lane.clone()).or_default().push_back(task_id.clone());
+        dispatch(state, &lane, &self.settings);
         (task_id, rx)
     }
 
@@ -607,9 +638,9 @@ impl WorkerHub {
         let Some(task) = state.tasks.get_mut(task_id) else { return };
         match &task.holder {
             None => {
-                let task_type = task.assignment.spec.task_type.clone();
+                let lane = Lane::of(&task.assignment.spec);
                 state.tasks.remove(task_id);
-                if let Some(queue) = state.queues.get_mut(&task_type) {
+                if let Some(queue) = state.queues.get_mut(&lane) {
                     queue.retain(|id| id != task_id);
                 }
             }
@@ -625,12 +656,13 @@ impl WorkerHub {
         }
     }
 
-    /// The connected workers, optionally only those serving `task_type`.
-    pub fn list(&self, task_type: Option<&str>) -> Vec<WorkerInfo> {
+    /// The connected workers of `tenant`, optionally only those serving `task_type`.
+    pub fn list(&self, tenant: &str, task_type: Option<&str>) -> Vec<WorkerInfo> {
         let state = self.state();
         let mut workers: Vec<WorkerInfo> = state
             .sessions
             .values()
+            .filter(|s| &*s.tenant == tenant)
             .filter(|s| task_type.is_none_or(|t| s.info.task_types.iter().any(|own| own == t)))
             .map(|s| WorkerInfo { in_flight: s.in_flight.len() as u32, ..s.info.clone() })
             .collect();
@@ -639,29 +671,25 @@ impl WorkerHub {
     }
 }
 
-fn task_type_of(state: &State, task_id: &str) -> String {
-    state.tasks.get(task_id).map(|t| t.assignment.spec.task_type.clone()).unwrap_or_default()
-}
-
 fn renew(tasks: &mut HashMap<String, Task>, task_id: &str, until: Instant) {
     if let Some(holder) = tasks.get_mut(task_id).and_then(|t| t.holder.as_mut()) {
         holder.lease_until = until;
     }
 }
 
-/// Why a task of `task_type` would wait now, or `None` if a worker has a free slot.
-fn wait_reason(state: &State, task_type: &str) -> Option<WaitReason> {
-    let mut serving = state.sessions.values().filter(|s| s.info.task_types.iter().any(|t| t == task_type)).peekable();
+/// Why a task of `lane` would wait now, or `None` if a worker has a free slot.
+fn wait_reason(state: &State, lane: &Lane) -> Option<WaitReason> {
+    let mut serving = state.sessions.values().filter(|s| s.serves(lane)).peekable();
     if serving.peek().is_none() {
         return Some(WaitReason::NoWorker);
     }
     if serving.any(|s| s.free_slots() > 0) { None } else { Some(WaitReason::WorkersBusy) }
 }
 
-/// Hands queued tasks of `task_type` to workers with free slots, the least busy first.
-fn dispatch(state: &mut State, task_type: &str, settings: &WorkerSettings) {
+/// Hands queued tasks of `lane` to workers of its tenant with free slots, the least busy first.
+fn dispatch(state: &mut State, lane: &Lane, settings: &WorkerSettings) {
     loop {
-        let Some(queue) = state.queues.get_mut(task_type) else { return };
+        let Some(queue) = state.queues.get_mut(lane) else { return };
         if queue.is_empty() {
             return;
         }
@@ -674,7 +702,7 @@ fn dispatch(state: &mut State, task_type: &str, settings: &WorkerSettings) {
         let best = state
             .sessions
             .iter()
-            .filter(|(_, s)| s.free_slots() > 0 && s.info.task_types.iter().any(|t| t == task_type))
+            .filter(|(_, s)| s.free_slots() > 0 && s.serves(lane))
             .max_by_key(|(id, s)| (!task.lost_by.contains(*id), s.free_slots(), std::cmp::Reverse((*id).clone())))
             .map(|(id, _)| id.clone());
         let Some(session_id) = best else { return };

@@ -80,6 +80,7 @@ impl WorkerHub {
         }
         let (task_id, mut events) = self.enqueue(
             NewTask {
+                tenant: Arc::clone(ctx.tenant()),
                 task_type: task_type.to_string(),
                 run_id: ctx.run_id().to_owned(),
                 workflow_id: ctx.workflow_id().to_owned(),

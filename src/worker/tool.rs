@@ -48,6 +48,7 @@ impl WorkerHub {
         };
         let (task_id, mut events) = self.enqueue(
             NewTask {
+                tenant: Arc::clone(&ctx.tenant),
                 task_type: task_type.to_string(),
                 run_id: run_id.to_owned(),
                 workflow_id: ctx.agent_id.to_string(),

@@ -42,9 +42,19 @@ pub struct Session {
 
 /// Opens a Connect stream on `channel` with `hello` and waits for the Welcome; the server's refusal is the error.
 pub async fn connect(channel: Channel, hello: pb::Hello) -> Result<Session, tonic::Status> {
+    connect_as(channel, None, hello).await
+}
+
+/// [`connect`] with `authorization: Bearer <token>`, if given.
+pub async fn connect_as(channel: Channel, token: Option<&str>, hello: pb::Hello) -> Result<Session, tonic::Status> {
     let (tx, rx) = mpsc::unbounded_channel();
     tx.send(pb::WorkerMessage { msg: Some(In::Hello(hello)) }).expect("queue hello");
-    let mut stream = WorkerServiceClient::new(channel).connect(UnboundedReceiverStream::new(rx)).await?.into_inner();
+    let mut request = tonic::Request::new(UnboundedReceiverStream::new(rx));
+    if let Some(token) = token {
+        let value = format!("Bearer {token}").parse().expect("a metadata value");
+        request.metadata_mut().insert("authorization", value);
+    }
+    let mut stream = WorkerServiceClient::new(channel).connect(request).await?.into_inner();
     let first = tokio::time::timeout(WELCOME_DEADLINE, stream.message()).await.expect("a welcome in time")?;
     let Some(pb::ServerMessage { msg: Some(Out::Welcome(welcome)) }) = first else {
         panic!("expected a welcome, got {first:?}")
@@ -92,9 +102,21 @@ impl AutoWorker {
         max_in_flight: u32,
         handler: impl Fn(&Task) -> Reply + Send + Sync + 'static,
     ) -> Self {
+        Self::start_as(addr, None, worker_id, task_types, max_in_flight, handler).await
+    }
+
+    /// [`start`](Self::start) as the holder of `token`.
+    pub async fn start_as(
+        addr: &str,
+        token: Option<&str>,
+        worker_id: &str,
+        task_types: &[&str],
+        max_in_flight: u32,
+        handler: impl Fn(&Task) -> Reply + Send + Sync + 'static,
+    ) -> Self {
         let channel = Channel::from_shared(format!("http://{addr}")).expect("uri").connect().await.expect("connect");
         let Session { tx, rx: mut stream, welcome } =
-            connect(channel, hello(worker_id, task_types, max_in_flight)).await.expect("Connect");
+            connect_as(channel, token, hello(worker_id, task_types, max_in_flight)).await.expect("Connect");
         let every = welcome
             .heartbeat_interval
             .and_then(|d| Duration::try_from(d).ok())

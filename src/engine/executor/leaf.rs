@@ -136,6 +136,7 @@ impl Exec {
         };
         let shared = Arc::new(ContextShared {
             run_id: Arc::clone(&self.run_id),
+            tenant: Arc::clone(&self.tenant),
             workflow_id: Arc::clone(&self.workflow_id),
             step_id: Arc::clone(&path),
             step_call_id: call_id.clone(),

@@ -49,6 +49,9 @@ pub const CANCEL_REASON: &str = "canceled by CancelRun";
 /// Everything one phase needs.
 pub struct Phase {
     pub run_id: Arc<str>,
+    /// Who the run belongs to, opaque to the engine: steps that hand work elsewhere (a worker's task) keep it with
+    /// the work ([`crate::engine::StepContext::tenant`]).
+    pub tenant: Arc<str>,
     pub workflow: Arc<Workflow>,
     /// The run input (already schema-checked).
     pub input: Value,
@@ -84,8 +87,20 @@ pub struct PhaseOutcome {
 /// `WorkflowFinish`, which the registry emits from the returned outcome). Step errors and panics fail the run;
 /// they never escape.
 pub async fn execute_phase(phase: Phase) -> PhaseOutcome {
-    let Phase { run_id, workflow, input, request_context, phase, snapshot, resume, recovering, sink, clock, cancel } =
-        phase;
+    let Phase {
+        run_id,
+        tenant,
+        workflow,
+        input,
+        request_context,
+        phase,
+        snapshot,
+        resume,
+        recovering,
+        sink,
+        clock,
+        cancel,
+    } = phase;
     let mut state = State {
         steps: snapshot.steps.clone(),
         suspended: snapshot.suspended.clone(),
@@ -96,6 +111,7 @@ pub async fn execute_phase(phase: Phase) -> PhaseOutcome {
     }
     let exec = Exec {
         run_id,
+        tenant,
         workflow_id: Arc::clone(workflow.id()),
         run_input: Arc::new(input),
         request_context,
@@ -244,6 +260,7 @@ type BoxFlow<'a> = Pin<Box<dyn Future<Output = Flow> + Send + 'a>>;
 
 struct Exec {
     run_id: Arc<str>,
+    tenant: Arc<str>,
     /// The run's (top-level) workflow.
     workflow_id: Arc<str>,
     run_input: Arc<Value>,

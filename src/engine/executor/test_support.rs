@@ -60,6 +60,7 @@ pub(crate) fn phase(
     let cancel = CancellationToken::new();
     let phase = Phase {
         run_id: Arc::from("run-1"),
+        tenant: Arc::default(),
         workflow: Arc::clone(workflow),
         input,
         request_context: Arc::new(Map::new()),

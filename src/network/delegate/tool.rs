@@ -134,5 +134,8 @@ impl NetworkRun<'_> {
 
 /// The context a tool delegated to by the network runs with (the network is its caller).
 fn tool_context(network_id: &Arc<str>, tool_call_id: &Arc<str>, env: &NetworkEnv) -> ToolContext {
-    ToolContext::new(Arc::clone(network_id), Arc::clone(tool_call_id), env.cancel.clone())
+    ToolContext {
+        tenant: Arc::clone(&env.tenant),
+        ..ToolContext::new(Arc::clone(network_id), Arc::clone(tool_call_id), env.cancel.clone())
+    }
 }

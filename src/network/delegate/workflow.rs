@@ -81,6 +81,7 @@ impl NetworkRun<'_> {
         let sink = NestedSink { workflow_id: Arc::clone(&workflow_id), emit: Arc::clone(&self.emit) };
         let outcome = execute_phase(Phase {
             run_id: Arc::clone(&workflow_run_id),
+            tenant: Arc::clone(&self.env.tenant),
             workflow: Arc::clone(workflow),
             input: input.clone(),
             request_context: Arc::clone(&self.env.request_context),
