@@ -634,8 +634,8 @@ impl LogReader {
             self.done = true;
             return None;
         };
-        let (store, id, after) = (persister.store().clone(), run_id.clone(), self.after_seq);
-        let read = tokio::task::spawn_blocking(move || store.read_events(&id, after, READ_BATCH)).await;
+        let (id, after) = (run_id.clone(), self.after_seq);
+        let read = persister.read(move |store| store.read_events(&id, after, READ_BATCH)).await;
         let store_ref = persister.store().as_ref();
         let events = match super::read_result(store_ref, read) {
             Ok(events) => events,

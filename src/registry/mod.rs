@@ -512,8 +512,8 @@ impl RunRegistry {
             let (Some(store), Some(persister)) = (&self.store, &self.persist) else { return Ok(Found::Missing) };
             let evictions = self.evictions.load(Ordering::Acquire);
             let read = {
-                let (store, run_id) = (store.clone(), run_id.to_owned());
-                tokio::task::spawn_blocking(move || store.load_run(&run_id, log::WINDOW))
+                let run_id = run_id.to_owned();
+                persister.read(move |store| store.load_run(&run_id, log::WINDOW))
             };
             let loaded = read_result(store.as_ref(), read.await)?;
             let Some(loaded) = loaded else {
@@ -606,13 +606,10 @@ impl RunRegistry {
             resident.values().filter(|run| live(run)).map(|run| (run.created_order, run.view())).collect();
         // The store's page is one more than asked for: whether there is more.
         let mut stored_more = None;
-        if let Some(store) = &self.store {
+        if let (Some(store), Some(persister)) = (&self.store, &self.persist) {
             let query = filter.clone();
             let want = limit.saturating_add(1);
-            let read = {
-                let store = store.clone();
-                tokio::task::spawn_blocking(move || store.list_runs(&query, after_order, want))
-            };
+            let read = persister.read(move |store| store.list_runs(&query, after_order, want));
             let unavailable = |cause: String| RegistryError::StoreUnavailable { store: store.describe(), cause };
             let stored = read
                 .await
