@@ -235,6 +235,10 @@ struct Limits {
     /// would be larger is refused and fails the step with a message that says so; it is never streamed.
     #[arg(long, value_parser = parse_size)]
     max_event_bytes: Option<usize>,
+    /// The most calls (streams) one connection may have open at once; a gRPC client over it waits for one to end.
+    #[arg(long, default_value_t = runstream::ServiceConfig::DEFAULT_MAX_STREAMS_PER_CONNECTION,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    max_streams_per_connection: u32,
 }
 
 /// A byte count: digits, optionally followed by `KiB`, `MiB`, `GiB` (powers of 1024) or `KB`, `MB`, `GB`.
@@ -466,6 +470,7 @@ fn main() -> ExitCode {
         .model(model)
         .max_request_bytes(limits.max_request_bytes)
         .max_response_bytes(limits.max_response_bytes)
+        .max_streams_per_connection(limits.max_streams_per_connection)
         .worker_settings(workers.settings());
     let builder = match limits.max_event_bytes {
         Some(bytes) => builder.max_event_bytes(bytes),

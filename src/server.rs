@@ -216,6 +216,12 @@ impl ServerBuilder {
         self
     }
 
+    /// The most streams one connection may have open at once (default 1,000).
+    pub fn max_streams_per_connection(mut self, streams: u32) -> Self {
+        self.config.max_streams_per_connection = streams;
+        self
+    }
+
     /// The largest event streamed (default: the response limit); a step's write or output that would be larger is
     /// refused and fails the step.
     pub fn max_event_bytes(mut self, bytes: usize) -> Self {

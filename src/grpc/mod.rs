@@ -51,11 +51,18 @@ pub struct ServiceConfig {
     /// The largest response sent (what clients decode by default is 4 MiB); a GetResult answer that would be
     /// larger is RESOURCE_EXHAUSTED naming its size. Events are held to the registry's event limit.
     pub max_response_bytes: usize,
+    /// The most streams (calls) one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): a
+    /// client over it waits for a stream to end (gRPC clients do) or has the extra ones refused.
+    pub max_streams_per_connection: u32,
 }
 
 impl ServiceConfig {
     /// gRPC's customary message limit, the default of most clients (grpcurl, grpcio, tonic, grpc-go).
     pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+    /// Streams a connection may have open at once, by default: more than a client multiplexes in practice (the
+    /// benchmark's 10,000 concurrent runs use 150 a connection), far fewer than a connection could make the server
+    /// hold.
+    pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 1000;
 }
 
 impl Default for ServiceConfig {
@@ -66,6 +73,7 @@ impl Default for ServiceConfig {
             shutdown_grace: Duration::from_secs(5),
             max_request_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
             max_response_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
+            max_streams_per_connection: Self::DEFAULT_MAX_STREAMS_PER_CONNECTION,
         }
     }
 }
@@ -155,8 +163,25 @@ impl RunService {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<EncodedRunEvent, Status>> + Send>>;
 
+/// The longest workflow (agent, network) id a request may name: registered ids are at most this long too.
+const MAX_WORKFLOW_ID_LEN: usize = 128;
+
+/// The longest `resource_id`: it is stored with the run and shown by every ListRuns page.
+const MAX_RESOURCE_ID_LEN: usize = 256;
+
+/// INVALID_ARGUMENT if `value` of `field` is longer than `max` bytes (the message gives its length, never the value).
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), Status> {
+    if value.len() > max {
+        return Err(invalid_field(field, format!("{} bytes long; at most {max} are allowed", value.len())));
+    }
+    Ok(())
+}
+
 /// What a start request runs: exactly one of its `workflow_id`, `agent_id` and `network_id`.
 fn target(workflow_id: String, agent_id: String, network_id: String) -> Result<(String, RunKind), Status> {
+    check_len("workflow_id", &workflow_id, MAX_WORKFLOW_ID_LEN)?;
+    check_len("agent_id", &agent_id, MAX_WORKFLOW_ID_LEN)?;
+    check_len("network_id", &network_id, MAX_WORKFLOW_ID_LEN)?;
     let mut set: Vec<(&str, String, RunKind)> = [
         ("workflow_id", workflow_id, RunKind::Workflow),
         ("agent_id", agent_id, RunKind::Agent),
@@ -190,6 +215,7 @@ fn start_request(
     tracing: Option<pb::TracingOptions>,
     resource_id: String,
 ) -> Result<StartRequest, Status> {
+    check_len("resource_id", &resource_id, MAX_RESOURCE_ID_LEN)?;
     Ok(StartRequest {
         workflow_id,
         kind,
@@ -436,6 +462,8 @@ impl server::run_service_server::RunService for RunService {
                 invalid_field("page_token", "not a token this server issued; pass next_page_token unchanged")
             })?
         };
+        check_len("workflow_id", &r.workflow_id, MAX_WORKFLOW_ID_LEN)?;
+        check_len("resource_id", &r.resource_id, MAX_RESOURCE_ID_LEN)?;
         let status = pb::RunStatus::try_from(r.status)
             .map_err(|_| invalid_field("status", format!("{} is not a RunStatus value", r.status)))?;
         let filter = RunFilter {
@@ -531,6 +559,7 @@ impl RunService {
         if request.id.is_empty() {
             return Err(invalid_field("id", format!("required: the id of a registered {}", kind.as_str())));
         }
+        check_len("id", &request.id, MAX_WORKFLOW_ID_LEN)?;
         Ok(self.registry.definition(caller.tenant(), kind, &request.id, request.version)?)
     }
 }

@@ -20,7 +20,7 @@ use super::{
     RunService, ServiceConfig,
     auth::AuthLayer,
     server::{run_service_server::RunServiceServer, worker_service_server::WorkerServiceServer},
-    status::LimitStatusLayer,
+    status::RequestStatusLayer,
     worker::WorkerService,
 };
 use crate::{
@@ -123,11 +123,13 @@ pub async fn serve_with_workers(
         builder = builder.tls_config(tls)?;
     }
     let server = builder
+        .max_concurrent_streams(Some(config.max_streams_per_connection))
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
-        // A request over the limit is RESOURCE_EXHAUSTED naming the limit, not tonic's OUT_OF_RANGE.
-        .layer(LimitStatusLayer)
+        // A request over the limit is RESOURCE_EXHAUSTED naming the limit, not tonic's OUT_OF_RANGE; one that does
+        // not decode is INVALID_ARGUMENT, not INTERNAL.
+        .layer(RequestStatusLayer)
         // Every call but health and reflection: who calls, or UNAUTHENTICATED before any handler runs.
         .layer(AuthLayer::new(access.auth))
         .add_service(health_service)

@@ -70,32 +70,38 @@ pub fn invalid_field(field: &str, problem: impl std::fmt::Display) -> Status {
 }
 
 /// Start of the message tonic gives a request over the decoding limit, with code OUT_OF_RANGE (which in this API
-/// means a cursor past the log); [`LimitStatusLayer`] turns it into RESOURCE_EXHAUSTED.
+/// means a cursor past the log); [`RequestStatusLayer`] turns it into RESOURCE_EXHAUSTED.
 const DECODE_LIMIT_MESSAGE: &str = "Error, decoded message length too large";
 
-/// A tower layer over the gRPC routes that reports a request larger than the server's limit as RESOURCE_EXHAUSTED
-/// naming its size, the limit and the option that raises it. tonic refuses such a request (from its length
-/// prefix, before reading it) in its codec, before any handler runs, so only the response can be mended.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LimitStatusLayer;
+/// Start of the message of a request that is not protobuf of its type (bad wire format, invalid UTF-8 in a string,
+/// nesting past prost's limit), with code INTERNAL; [`RequestStatusLayer`] turns it into INVALID_ARGUMENT: the
+/// caller sent it, the server did not fail.
+const DECODE_ERROR_MESSAGE: &str = "failed to decode Protobuf message";
 
-impl<S> tower_layer::Layer<S> for LimitStatusLayer {
-    type Service = LimitStatus<S>;
+/// A tower layer over the gRPC routes that mends the statuses tonic's codec gives requests it cannot take, before
+/// any handler runs (so only the response can be mended): a request larger than the server's limit is
+/// RESOURCE_EXHAUSTED naming its size, the limit and the option that raises it; a request that does not decode is
+/// INVALID_ARGUMENT naming the method and what is wrong.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestStatusLayer;
+
+impl<S> tower_layer::Layer<S> for RequestStatusLayer {
+    type Service = RequestStatus<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        LimitStatus { inner }
+        RequestStatus { inner }
     }
 }
 
-/// The service of [`LimitStatusLayer`].
+/// The service of [`RequestStatusLayer`].
 #[derive(Debug, Clone)]
-pub struct LimitStatus<S> {
+pub struct RequestStatus<S> {
     inner: S,
 }
 
-impl<S, Req, B> tower_service::Service<Req> for LimitStatus<S>
+impl<S, ReqBody, B> tower_service::Service<http::Request<ReqBody>> for RequestStatus<S>
 where
-    S: tower_service::Service<Req, Response = http::Response<B>>,
+    S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<B>>,
     S::Future: Send + 'static,
 {
     type Response = http::Response<B>;
@@ -106,16 +112,28 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Req) -> Self::Future {
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        let method = request.uri().path().to_owned();
         let response = self.inner.call(request);
         Box::pin(async move {
             let mut response = response.await?;
             let headers = response.headers_mut();
-            if let Some(status) = Status::from_header_map(headers)
-                && status.code() == Code::OutOfRange
-                && status.message().starts_with(DECODE_LIMIT_MESSAGE)
-            {
-                let _ = request_too_large(status.message()).add_header(headers);
+            let Some(status) = Status::from_header_map(headers) else { return Ok(response) };
+            let mended = match status.code() {
+                Code::OutOfRange if status.message().starts_with(DECODE_LIMIT_MESSAGE) => {
+                    Some(request_too_large(status.message()))
+                }
+                Code::Internal if status.message().starts_with(DECODE_ERROR_MESSAGE) => {
+                    Some(Status::invalid_argument(format!(
+                        "the request to {method} is not a valid message of its type ({}); send one of the \
+                         runstream.v1 contract (proto/runstream/v1), e.g. from generated stubs",
+                        status.message()
+                    )))
+                }
+                _ => None,
+            };
+            if let Some(mended) = mended {
+                let _ = mended.add_header(headers);
             }
             Ok(response)
         })
