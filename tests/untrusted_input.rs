@@ -125,3 +125,36 @@ async fn a_connection_is_told_how_many_streams_it_may_open() {
     }
     assert_eq!(runstream::ServiceConfig::default().max_streams_per_connection, 1000, "the default");
 }
+
+#[tokio::test]
+async fn connections_that_never_speak_are_closed() {
+    use tokio::io::AsyncReadExt;
+    let config = runstream::grpc::ServiceConfig {
+        first_bytes_timeout: std::time::Duration::from_millis(300),
+        ..Default::default()
+    };
+    let server = TestServer::start_with(config).await;
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(tokio::net::TcpStream::connect(server.addr).await.expect("connect"));
+    }
+    // Each is closed by the server: its SETTINGS may arrive first, then the end of the stream.
+    for mut socket in silent {
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            let mut buf = [0u8; 1024];
+            loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a silent connection was closed within 10 s");
+    }
+    // A client that speaks is served as ever, also when it is slower than the deadline to make its first call.
+    let mut client = server.client().await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let events = stream_run(&mut client, stream_request("chain", "", json!({"value": 1}))).await;
+    assert_eq!(events.last().and_then(finish_status), Some(pb::RunStatus::Success));
+}

@@ -4,6 +4,7 @@
 //! lives here; errors become status codes in one place (`status.rs`).
 
 pub mod auth;
+pub mod conn;
 pub mod convert;
 pub mod convert_agent;
 pub mod convert_definition;
@@ -54,6 +55,9 @@ pub struct ServiceConfig {
     /// The most streams (calls) one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS): a
     /// client over it waits for a stream to end (gRPC clients do) or has the extra ones refused.
     pub max_streams_per_connection: u32,
+    /// How long a new connection may stay silent before its first bytes (the HTTP/2 preface, or a TLS hello);
+    /// then it is closed, so that silent sockets cannot pile up.
+    pub first_bytes_timeout: Duration,
 }
 
 impl ServiceConfig {
@@ -74,6 +78,7 @@ impl Default for ServiceConfig {
             max_request_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
             max_response_bytes: Self::DEFAULT_MAX_MESSAGE_BYTES,
             max_streams_per_connection: Self::DEFAULT_MAX_STREAMS_PER_CONNECTION,
+            first_bytes_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use futures_util::StreamExt;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{
@@ -19,6 +20,7 @@ use tonic_health::ServingStatus;
 use super::{
     RunService, ServiceConfig,
     auth::AuthLayer,
+    conn::FirstBytes,
     server::{run_service_server::RunServiceServer, worker_service_server::WorkerServiceServer},
     status::RequestStatusLayer,
     worker::WorkerService,
@@ -118,6 +120,14 @@ pub async fn serve_with_workers(
     let worker_service = WorkerServiceServer::new(WorkerService::new(workers, shutdown.clone()))
         .max_decoding_message_size(max_worker_message)
         .max_encoding_message_size(config.max_response_bytes);
+    let first_bytes = config.first_bytes_timeout;
+    // A connection that sends nothing is closed after `first_bytes` (conn.rs). TCP_NODELAY: tonic applies its
+    // `tcp_nodelay` setting only to listeners it binds itself, so without this every accepted socket keeps Nagle's
+    // algorithm, and a small response waits for the client's delayed ACK (~40 ms per run of a short workflow;
+    // docs/performance.md).
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map(move |accepted| accepted.map(|io| FirstBytes::new(io, first_bytes)));
     let mut builder = Server::builder();
     if let Some(tls) = access.tls {
         builder = builder.tls_config(tls)?;
@@ -137,13 +147,7 @@ pub async fn serve_with_workers(
         .add_service(reflection_v1alpha)
         .add_service(run_service)
         .add_service(worker_service)
-        // TCP_NODELAY: tonic applies its `tcp_nodelay` setting only to listeners it binds itself, so without this
-        // every accepted socket keeps Nagle's algorithm, and a small response waits for the client's delayed ACK
-        // (~40 ms per run of a short workflow; docs/performance.md).
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
     let forced = async {
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;
