@@ -121,3 +121,38 @@ async fn binary_drains_on_sigterm() {
         assert!(call.is_err(), "the server must not answer after shutdown");
     }
 }
+
+/// `--log-format json`: every line on stderr is a JSON object, and a run's lines carry its run id and the trace id
+/// its caller sent (`tracing_options`), for a log pipeline to join them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_the_run_and_trace_ids() {
+    let dir = process::fresh_tmp("server", "json-logs");
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let server = process::ServerProcess::start_with_env(
+        &["--store".as_ref(), "memory".as_ref(), "--log-format".as_ref(), "json".as_ref()],
+        &[("RUST_LOG", "info,runstream::engine=debug")],
+        None,
+        dir.join("server.log"),
+        Duration::from_secs(30),
+    );
+    let mut client = RunServiceClient::connect(format!("http://{}", server.addr)).await.expect("connect");
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let mut traced = stream_request("chain", "json-logged", json!({"value": 1}));
+    traced.tracing_options = Some(pb::TracingOptions { trace_id: trace_id.into(), ..Default::default() });
+    assert_eq!(stream_run(&mut client, traced).await.len(), 8);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&server.log).unwrap_or_default();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+            .collect();
+        let about_the_run =
+            lines.iter().find(|line| line["span"]["run_id"] == "json-logged" && line["span"]["trace_id"] == trace_id);
+        if about_the_run.is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no line with the run and trace ids:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
