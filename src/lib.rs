@@ -84,6 +84,7 @@ pub mod registry;
 mod server;
 
 pub use grpc::{ServiceConfig, tls::Tls};
+pub use registry::RunLimits;
 pub use server::{Listening, ServeError, Server, ServerBuilder, Store};
 
 // Shared by the offline model and the built-in tools; not part of the API.

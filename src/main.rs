@@ -260,6 +260,13 @@ struct Limits {
     #[arg(long, default_value_t = runstream::ServiceConfig::DEFAULT_MAX_STREAMS_PER_CONNECTION,
           value_parser = clap::value_parser!(u32).range(1..))]
     max_streams_per_connection: u32,
+    /// The most runs executing at once (suspended ones do not count); over it a start or resume is UNAVAILABLE,
+    /// telling the client to retry later or elsewhere.
+    #[arg(long, default_value_t = runstream::RunLimits::default().max_running, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_running_runs: usize,
+    /// The most runs of one tenant executing at once; over it that tenant's start or resume is RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = runstream::RunLimits::default().max_running_per_tenant, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    max_running_runs_per_tenant: usize,
 }
 
 /// A byte count: digits, optionally followed by `KiB`, `MiB`, `GiB` (powers of 1024) or `KB`, `MB`, `GB`.
@@ -486,6 +493,10 @@ fn main() -> ExitCode {
         .max_request_bytes(limits.max_request_bytes)
         .max_response_bytes(limits.max_response_bytes)
         .max_streams_per_connection(limits.max_streams_per_connection)
+        .run_limits(runstream::RunLimits {
+            max_running: limits.max_running_runs,
+            max_running_per_tenant: limits.max_running_runs_per_tenant,
+        })
         .worker_settings(workers.settings());
     let builder = match limits.max_event_bytes {
         Some(bytes) => builder.max_event_bytes(bytes),

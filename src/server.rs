@@ -22,7 +22,7 @@ use crate::{
     },
     model::{ModelProvider, OfflineModel},
     network::{self, Network},
-    registry::{DefinitionCompiler, RunRegistry},
+    registry::{DefinitionCompiler, RunLimits, RunRegistry},
     store::{RunStore, SqliteStore, StoreError, sqlite::Sync},
     worker::{WorkerHub, WorkerSettings},
 };
@@ -115,6 +115,7 @@ pub struct ServerBuilder {
     worker_settings: Option<WorkerSettings>,
     tls: Option<Tls>,
     auth: Auth,
+    run_limits: RunLimits,
 }
 
 impl Default for ServerBuilder {
@@ -134,6 +135,7 @@ impl Default for ServerBuilder {
             worker_settings: None,
             tls: None,
             auth: Auth::none(),
+            run_limits: RunLimits::default(),
         }
     }
 }
@@ -213,6 +215,13 @@ impl ServerBuilder {
     /// The largest response sent (default 4 MiB, what gRPC clients accept unless told otherwise).
     pub fn max_response_bytes(mut self, bytes: usize) -> Self {
         self.config.max_response_bytes = bytes;
+        self
+    }
+
+    /// How many runs may execute at once, in all (over it a start or resume is UNAVAILABLE: retry later or
+    /// elsewhere) and per tenant (over it RESOURCE_EXHAUSTED for that tenant); suspended runs do not count.
+    pub fn run_limits(mut self, limits: RunLimits) -> Self {
+        self.run_limits = limits;
         self
     }
 
@@ -337,6 +346,7 @@ impl ServerBuilder {
             }
             Store::Custom(store) => RunRegistry::open_with(catalog, self.clock, store, encoder, Some(compiler))?,
         };
+        registry.set_run_limits(self.run_limits);
         Ok(Server {
             registry,
             workers,

@@ -45,10 +45,15 @@ impl Setup {
     }
 
     fn start(&self, durable: bool) -> ServerProcess {
+        self.start_with(durable, &[])
+    }
+
+    fn start_with(&self, durable: bool, extra: &[&str]) -> ServerProcess {
         let tokens = self.dir.join("tokens");
         let data = self.dir.join("data");
         let mut args: Vec<&OsStr> =
             vec!["--auth".as_ref(), "tokens".as_ref(), "--tokens-file".as_ref(), tokens.as_os_str()];
+        args.extend(extra.iter().map(OsStr::new));
         if durable {
             args.extend(["--data-dir".as_ref(), data.as_os_str()]);
         } else {
@@ -451,4 +456,40 @@ async fn registered_definitions_and_workers_belong_to_their_tenant() {
     assert_eq!(common::json(&result.result), json!({"by": "acme"}));
     assert_eq!(acme_worker.tasks().len(), 1);
     assert!(globex_worker.tasks().is_empty());
+}
+
+#[tokio::test]
+async fn runs_executing_at_once_are_limited_in_all_and_per_tenant() {
+    let setup = Setup::new("run-limits");
+    let server = setup.start_with(false, &["--max-running-runs", "3", "--max-running-runs-per-tenant", "2"]);
+    let mut c = RunServiceClient::new(channel(&server).await);
+    let sleeper = || pb::StartRunRequest {
+        workflow_id: "timer".into(),
+        input: Some(common::pb_value(json!({"ms": 600_000}))),
+        ..Default::default()
+    };
+    // A suspended run executes nothing and holds no place.
+    let (suspended, _) = two_runs(&channel(&server).await, ACME).await;
+    let a1 = c.start_run(with(Some(ACME), sleeper())).await.expect("acme 1").into_inner().run_id;
+    c.start_run(with(Some(ACME), sleeper())).await.expect("acme 2");
+    let status = refused(c.start_run(with(Some(ACME), sleeper())).await, "acme's third");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{}", status.message());
+    assert!(status.message().contains("tenant 'acme' has 2 runs running, its limit (2"), "{}", status.message());
+    let resume = resume_request(&suspended, json!({"approved": true}));
+    let status = refused(c.resume_stream(with(Some(ACME), resume)).await.map(drop), "a resume over the limit");
+    assert_eq!(status.code(), Code::ResourceExhausted, "a resume is a phase too");
+
+    c.start_run(with(Some(GLOBEX), sleeper())).await.expect("globex is not held back by acme's limit");
+    let status = refused(c.start_run(with(Some(GLOBEX), sleeper())).await, "over the server's limit");
+    assert_eq!(status.code(), Code::Unavailable, "{}", status.message());
+    assert!(status.message().contains("retry"), "says to retry: {}", status.message());
+
+    // A run that ends gives its place back.
+    c.cancel_run(with(Some(ACME), pb::CancelRunRequest { run_id: a1 })).await.expect("cancel");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while let Err(status) = c.start_run(with(Some(ACME), sleeper())).await {
+        assert_eq!(status.code(), Code::ResourceExhausted);
+        assert!(tokio::time::Instant::now() < deadline, "acme's place came back after the cancel");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -24,7 +24,9 @@ impl From<RegistryError> for Status {
                 }
             },
             RegistryError::CursorAhead { .. } | RegistryError::CursorExpired { .. } => Code::OutOfRange,
+            RegistryError::TenantBusy { .. } => Code::ResourceExhausted,
             RegistryError::ShuttingDown
+            | RegistryError::ServerBusy { .. }
             | RegistryError::StoreUnavailable { .. }
             | RegistryError::StoreRead { damaged: false, .. } => Code::Unavailable,
             RegistryError::StoreRead { damaged: true, .. } => Code::DataLoss,

@@ -25,6 +25,20 @@ pub enum RegistryError {
     #[error("run '{run_id}' already exists for workflow '{existing}', not '{requested}'; pick another run_id")]
     RunIdTaken { run_id: String, existing: String, requested: String },
 
+    /// As many runs execute as the server takes: a start or resume is shed.
+    #[error(
+        "this server is running {running} runs, its limit ({limit}, --max-running-runs); retry in a few seconds, or \
+         against another replica"
+    )]
+    ServerBusy { running: usize, limit: usize },
+
+    /// As many of the tenant's runs execute as it may have.
+    #[error(
+        "tenant '{tenant}' has {running} runs running, its limit ({limit}, --max-running-runs-per-tenant); retry once \
+         some end, or cancel some"
+    )]
+    TenantBusy { tenant: String, running: usize, limit: usize },
+
     /// StreamRun/StartRun with the id of another tenant's run: taken, and nothing more is said of it.
     #[error(
         "run_id '{run_id}' is taken; pick another run_id, or leave run_id empty for a generated one (run ids are \

@@ -3,6 +3,7 @@
 //! The registry creates runs, hands out readers of their logs, claims resumes and cancels. It knows workflows and
 //! runs, not gRPC: the gRPC layer translates requests into these calls and their errors into status codes.
 
+mod admission;
 mod definitions;
 mod error;
 mod log;
@@ -18,6 +19,7 @@ use std::{
     time::Duration,
 };
 
+pub use admission::RunLimits;
 pub use definitions::{Definition, DefinitionCompiler, InvalidDefinition};
 pub use error::RegistryError;
 pub use log::{EventEncoder, EventLog, LogReader, LoggedEvent, ReadUntil};
@@ -88,6 +90,8 @@ pub struct RunRegistry {
     /// Bumped by each sweep that evicts runs: a load from the store that overlapped one may have read a run that
     /// was resident and changed meanwhile, and reads it again (see [`Self::find`]).
     evictions: AtomicU64,
+    /// How many runs execute at once, in all and per tenant.
+    admission: Arc<admission::Admission>,
 }
 
 /// What looking a run up by id finds.
@@ -133,6 +137,7 @@ impl RunRegistry {
             encoder,
             persist: None,
             evictions: AtomicU64::new(0),
+            admission: Arc::default(),
         })
     }
 
@@ -214,10 +219,12 @@ impl RunRegistry {
             encoder,
             persist: Some(persister),
             evictions: AtomicU64::new(0),
+            admission: Arc::default(),
         });
         for (run, checkpoints) in recover {
             tracing::info!(run_id = %run.id(), "recovering a run that was in flight");
-            run.recover(checkpoints);
+            let tenant: Arc<str> = run.tenant().into();
+            run.recover(checkpoints, registry.admission.force(&tenant));
         }
         Ok(registry)
     }
@@ -391,6 +398,12 @@ impl RunRegistry {
         self.persist.as_ref().map(|p| p.watch_failing())
     }
 
+    /// Limits on the runs executing at once (default [`RunLimits::default`]); they apply to starts and resumes
+    /// from now on.
+    pub fn set_run_limits(&self, limits: RunLimits) {
+        self.admission.set_limits(limits);
+    }
+
     /// The workflows `tenant` can start runs of, sorted by id, each with its version (0: built into the server; a
     /// registered one's latest otherwise).
     pub fn workflows(&self, tenant: &str) -> Vec<(Arc<Workflow>, u32)> {
@@ -431,6 +444,8 @@ impl RunRegistry {
             }
         };
         workflow.validate_input(&request.input).map_err(RegistryError::InvalidInput)?;
+        // Its place among the runs executing; given back if the run is not created after all (the id was taken).
+        let permit = self.admission.admit(&request.tenant)?;
 
         let spec = RunSpec {
             run_id: run_id.clone(),
@@ -454,7 +469,7 @@ impl RunRegistry {
             }
             runs.insert(run_id, run.clone());
         }
-        run.start();
+        run.start(permit);
         Ok((run, Started::Created))
     }
 
@@ -559,7 +574,8 @@ impl RunRegistry {
     ) -> Result<(Arc<Run>, u64), RegistryError> {
         let run = self.get(tenant, run_id).await?;
         self.check_store()?;
-        let start_seq = run.resume(request)?;
+        let tenant: Arc<str> = run.tenant().into();
+        let start_seq = run.resume(request, self.admission.admit(&tenant)?)?;
         Ok((run, start_seq))
     }
 

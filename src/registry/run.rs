@@ -20,6 +20,7 @@ use tracing::{Instrument, debug, warn};
 
 use super::{
     TraceContext,
+    admission::Permit,
     error::RegistryError,
     log::{EventEncoder, EventLog, LogReader, ReadUntil},
     persist::{Persister, WithEvent},
@@ -296,7 +297,7 @@ impl Run {
     }
 
     /// Starts the first phase. Called once, right after the run is registered.
-    pub(super) fn start(self: &Arc<Self>) {
+    pub(super) fn start(self: &Arc<Self>, permit: Permit) {
         {
             let mut state = self.lock_state();
             state.status = RunStatus::Running;
@@ -319,13 +320,13 @@ impl Run {
             }
         }
         self.status_tx.send_replace(RunStatus::Running);
-        self.spawn_phase(None, false);
+        self.spawn_phase(None, false, permit);
     }
 
     /// Continues a run that was in flight when the process stopped: the steps its interrupted phase completed
     /// (`checkpoints`) are kept, a `RunRecovered` event (source `System`) says so, and the next phase replays the
     /// snapshot, running again the step that was running (and a resume that had not finished).
-    pub(super) fn recover(self: &Arc<Self>, checkpoints: Vec<StepCheckpoint>) {
+    pub(super) fn recover(self: &Arc<Self>, checkpoints: Vec<StepCheckpoint>, permit: Permit) {
         let resume = {
             let mut state = self.lock_state();
             let interrupted_phase = state.phase;
@@ -354,13 +355,13 @@ impl Run {
             resume
         };
         self.status_tx.send_replace(RunStatus::Running);
-        self.spawn_phase(resume, true);
+        self.spawn_phase(resume, true, permit);
     }
 
     /// Claims a suspended run for a resume and starts the resume phase. Exactly one of several concurrent callers
     /// wins: the claim (suspended -> running) happens under the state lock. Returns the seq after which the new
     /// phase's events will appear.
-    pub(super) fn resume(self: &Arc<Self>, request: ResumeRequest) -> Result<u64, RegistryError> {
+    pub(super) fn resume(self: &Arc<Self>, request: ResumeRequest, permit: Permit) -> Result<u64, RegistryError> {
         let (target, start_seq) = {
             let mut state = self.lock_state();
             if state.status != RunStatus::Suspended {
@@ -381,13 +382,13 @@ impl Run {
             (target, self.log.appended_seq())
         };
         self.status_tx.send_replace(RunStatus::Running);
-        self.spawn_phase(Some(target), false);
+        self.spawn_phase(Some(target), false, permit);
         Ok(start_seq)
     }
 
     /// Runs one phase on its own task and records its outcome. Step code that panics fails the run instead of
-    /// leaving it "running" forever.
-    fn spawn_phase(self: &Arc<Self>, resume: Option<ResumeTarget>, recovering: bool) {
+    /// leaving it "running" forever. The phase holds `permit` (its place among the runs executing) until it ends.
+    fn spawn_phase(self: &Arc<Self>, resume: Option<ResumeTarget>, recovering: bool, permit: Permit) {
         let (snapshot, phase) = {
             let state = self.lock_state();
             (state.snapshot.clone(), state.phase)
@@ -437,6 +438,7 @@ impl Run {
                     }
                 };
                 run.finish_phase(outcome);
+                drop(permit);
             }
             .instrument(span),
         );
