@@ -127,7 +127,7 @@ async fn a_connection_is_told_how_many_streams_it_may_open() {
 }
 
 #[tokio::test]
-async fn connections_that_never_speak_are_closed() {
+async fn connections_that_never_speak_or_stop_mid_preface_are_closed() {
     use tokio::io::AsyncReadExt;
     let config = runstream::grpc::ServiceConfig {
         first_bytes_timeout: std::time::Duration::from_millis(300),
@@ -135,8 +135,13 @@ async fn connections_that_never_speak_are_closed() {
     };
     let server = TestServer::start_with(config).await;
     let mut silent = Vec::new();
-    for _ in 0..50 {
-        silent.push(tokio::net::TcpStream::connect(server.addr).await.expect("connect"));
+    for i in 0..50 {
+        let mut socket = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+        if i % 2 == 1 {
+            // A byte of the preface, then nothing: as silent as nothing at all.
+            tokio::io::AsyncWriteExt::write_all(&mut socket, b"P").await.expect("a byte");
+        }
+        silent.push(socket);
     }
     // Each is closed by the server: its SETTINGS may arrive first, then the end of the stream.
     for mut socket in silent {

@@ -1,7 +1,8 @@
-//! Accepted connections that never speak are closed: a connection must send its first bytes (the HTTP/2 preface,
-//! or a TLS hello) within a deadline. Without it, sockets opened and left silent piled up until the process ran out
-//! of file descriptors and no new client could connect (about 1,010 did it; issue 13). After the first bytes,
-//! HTTP/2 keepalive pings look after the connection.
+//! Accepted connections that stop speaking are closed. A connection must send its first bytes (the 24 bytes of the
+//! HTTP/2 preface, or a TLS hello) within a deadline, and then never stay silent longer than [`IDLE`]: the server's
+//! HTTP/2 keepalive pings (every 20 s) make every live client answer well within it. Without this, sockets opened
+//! and left silent, or sent a byte and then left, piled up until the process ran out of file descriptors and no new
+//! client could connect (about 1,010 did it; issue 13).
 
 use std::{
     future::Future,
@@ -13,22 +14,30 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    time::Sleep,
+    time::{Instant, Sleep},
 };
 use tonic::transport::server::Connected;
 
-/// A connection whose reads fail with `TimedOut` if nothing arrives before its deadline; the deadline is gone once
-/// the first bytes are in.
+/// The HTTP/2 client preface's length: until that much has arrived, the first deadline holds.
+const PREFACE: usize = 24;
+
+/// The longest a connection may send nothing once it has begun: twice the keepalive ping interval plus its
+/// timeout (`serve.rs`), so that an idle but live client, answering pings, never reaches it.
+pub const IDLE: Duration = Duration::from_secs(80);
+
+/// A connection whose reads fail with `TimedOut` when its deadline passes with nothing read: the first deadline
+/// until the first [`PREFACE`] bytes are in, then [`IDLE`] after the last bytes read.
 #[derive(Debug)]
 pub struct FirstBytes<IO> {
     io: IO,
-    deadline: Option<Pin<Box<Sleep>>>,
+    received: usize,
+    deadline: Pin<Box<Sleep>>,
 }
 
 impl<IO> FirstBytes<IO> {
-    /// `io`, which must send something within `within`.
+    /// `io`, which must send its first bytes within `within`.
     pub fn new(io: IO, within: Duration) -> Self {
-        Self { io, deadline: Some(Box::pin(tokio::time::sleep(within))) }
+        Self { io, received: 0, deadline: Box::pin(tokio::time::sleep(within)) }
     }
 }
 
@@ -38,14 +47,15 @@ impl<IO: AsyncRead + Unpin> AsyncRead for FirstBytes<IO> {
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before {
-                    this.deadline = None;
+                let read = buf.filled().len() - before;
+                this.received = this.received.saturating_add(read);
+                if read > 0 && this.received >= PREFACE {
+                    this.deadline.as_mut().reset(Instant::now() + IDLE);
                 }
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                let expired = this.deadline.as_mut().is_some_and(|deadline| deadline.as_mut().poll(cx).is_ready());
-                if expired {
+                if this.deadline.as_mut().poll(cx).is_ready() {
                     return Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "the connection sent nothing before its deadline",

@@ -27,8 +27,8 @@ pub enum RegistryError {
 
     /// As many runs execute as the server takes: a start or resume is shed.
     #[error(
-        "this server is running {running} runs, its limit ({limit}, --max-running-runs); retry in a few seconds, or \
-         against another replica"
+        "this server is running as many runs as it takes (--max-running-runs); retry in a few seconds, or against \
+         another replica"
     )]
     ServerBusy { running: usize, limit: usize },
 

@@ -91,7 +91,7 @@ pub struct Persister {
     /// succeeds. Callers that need a write fail fast on it instead of waiting behind the retries.
     failing: tokio::sync::watch::Receiver<Option<String>>,
     /// Permits for reads of the store ([`MAX_READS`]).
-    reads: tokio::sync::Semaphore,
+    reads: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Persister {
@@ -115,7 +115,8 @@ impl Persister {
                 location: describe.clone(),
                 reason: format!("cannot start its writer thread: {e}"),
             })?;
-        Ok(Arc::new(Self { tx, store, describe, failing, reads: tokio::sync::Semaphore::new(MAX_READS) }))
+        let reads = Arc::new(tokio::sync::Semaphore::new(MAX_READS));
+        Ok(Arc::new(Self { tx, store, describe, failing, reads }))
     }
 
     /// The store, for what it says of itself (reads go through [`read`](Self::read)).
@@ -128,10 +129,16 @@ impl Persister {
         &self,
         read: impl FnOnce(&dyn RunStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<Result<T, StoreError>, tokio::task::JoinError> {
-        // Never closed, so acquiring fails only if it were; reading without a permit is still correct.
-        let _permit = self.reads.acquire().await.ok();
+        // Never closed, so acquiring fails only if it were; reading without a permit is still correct. The permit
+        // goes with the read, not with this future: a caller that gives up (its client went away) leaves the read
+        // running on its thread, and its place taken until it ends.
+        let permit = Arc::clone(&self.reads).acquire_owned().await.ok();
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || read(&*store)).await
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            read(&*store)
+        })
+        .await
     }
 
     /// What the store is (for messages).

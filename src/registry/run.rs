@@ -437,8 +437,10 @@ impl Run {
                         }
                     }
                 };
-                run.finish_phase(outcome);
+                // Its place is given back before the end is shown: a client that resumes the moment it sees the
+                // run suspended must not find it still counted.
                 drop(permit);
+                run.finish_phase(outcome);
             }
             .instrument(span),
         );

@@ -121,24 +121,19 @@ UPDATE meta SET value = '4' WHERE key = 'schema_version';
 
 /// Brings a store of schema version 4 to 5 (issue 13: tenants): each run and each registered definition keeps the
 /// tenant that made it; what was stored before belongs to the default tenant (`''`), that of a server without
-/// authentication. The definitions' key gains the tenant, so their table is copied (in registration order).
-const MIGRATE_4_TO_5: &str = "
-ALTER TABLE runs ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
-CREATE TABLE definitions_5 (
-    kind TEXT NOT NULL,
-    id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    body TEXT NOT NULL,
-    registered_at_ms INTEGER NOT NULL,
-    tenant TEXT NOT NULL DEFAULT '',
-    PRIMARY KEY (tenant, kind, id, version)
-);
-INSERT INTO definitions_5 (kind, id, version, body, registered_at_ms)
-    SELECT kind, id, version, body, registered_at_ms FROM definitions ORDER BY rowid;
-DROP TABLE definitions;
-ALTER TABLE definitions_5 RENAME TO definitions;
-UPDATE meta SET value = '5' WHERE key = 'schema_version';
-";
+/// authentication. The definitions' key gains the tenant, so their table is made anew by [`SCHEMA`] and filled
+/// from the old one, in registration order.
+fn migrate_4_to_5() -> String {
+    format!(
+        "ALTER TABLE runs ADD COLUMN tenant TEXT NOT NULL DEFAULT '';
+        ALTER TABLE definitions RENAME TO definitions_4;
+        {SCHEMA}
+        INSERT INTO definitions (kind, id, version, body, registered_at_ms)
+            SELECT kind, id, version, body, registered_at_ms FROM definitions_4 ORDER BY rowid;
+        DROP TABLE definitions_4;
+        UPDATE meta SET value = '5' WHERE key = 'schema_version';"
+    )
+}
 
 /// Newest-first listing by creation order (SQLite walks an index backwards), and the in-flight lookup by status
 /// (its runs oldest first; a status filter of ListRuns newest first), and a tenant's runs newest first (ListRuns).
@@ -478,16 +473,17 @@ fn prepare(conn: &Connection, location: &str, sync: Sync) -> Result<(), StoreErr
         }
         Some(v) if v == SCHEMA_VERSION.to_string() => {}
         Some(v) if v == "2" => {
-            conn.execute_batch(&format!("BEGIN;{MIGRATE_2_TO_3}{MIGRATE_3_TO_4}{MIGRATE_4_TO_5}{INDEXES}COMMIT;"))
+            conn.execute_batch(&format!("BEGIN;{MIGRATE_2_TO_3}{MIGRATE_3_TO_4}{}{INDEXES}COMMIT;", migrate_4_to_5()))
                 .map_err(corrupt)?;
             tracing::info!(store = %location, "migrated the store from schema version 2 to 5");
         }
         Some(v) if v == "3" => {
-            conn.execute_batch(&format!("BEGIN;{MIGRATE_3_TO_4}{MIGRATE_4_TO_5}{INDEXES}COMMIT;")).map_err(corrupt)?;
+            conn.execute_batch(&format!("BEGIN;{MIGRATE_3_TO_4}{}{INDEXES}COMMIT;", migrate_4_to_5()))
+                .map_err(corrupt)?;
             tracing::info!(store = %location, "migrated the store from schema version 3 to 5");
         }
         Some(v) if v == "4" => {
-            conn.execute_batch(&format!("BEGIN;{MIGRATE_4_TO_5}{INDEXES}COMMIT;")).map_err(corrupt)?;
+            conn.execute_batch(&format!("BEGIN;{}{INDEXES}COMMIT;", migrate_4_to_5())).map_err(corrupt)?;
             tracing::info!(store = %location, "migrated the store from schema version 4 to 5");
         }
         Some(v) => {

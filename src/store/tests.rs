@@ -383,6 +383,10 @@ fn sqlite_store_reads_the_tail_of_a_log() {
 const TO_VERSION_3: &str = "DROP INDEX runs_by_order; DROP INDEX runs_by_status; DROP INDEX runs_by_tenant; \
      ALTER TABLE runs DROP COLUMN created_order; ALTER TABLE runs DROP COLUMN status; \
      ALTER TABLE runs DROP COLUMN tenant; \
+     CREATE TABLE definitions_3 (kind TEXT NOT NULL, id TEXT NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL, \
+     registered_at_ms INTEGER NOT NULL, PRIMARY KEY (kind, id, version)); \
+     INSERT INTO definitions_3 SELECT kind, id, version, body, registered_at_ms FROM definitions; \
+     DROP TABLE definitions; ALTER TABLE definitions_3 RENAME TO definitions; \
      UPDATE meta SET value = '3' WHERE key = 'schema_version';";
 
 /// A store of schema version 3 (built here from a version 5 one) is migrated: creation orders from the rowid
@@ -402,6 +406,9 @@ fn a_version_3_store_is_migrated() {
         .collect();
     store.commit(&writes).unwrap();
     store.commit(&[Write::Events { run_id: "x".into(), events: vec![event(1, None)] }]).unwrap();
+    let registered = [definition("d", 1), definition("d", 2), definition("c", 1)];
+    let writes: Vec<Write> = registered.iter().map(|d| Write::Definition(Box::new(d.clone()))).collect();
+    store.commit(&writes).unwrap();
     drop(store);
     {
         let conn = rusqlite::Connection::open(dir.0.join(sqlite::FILE_NAME)).unwrap();
@@ -421,6 +428,7 @@ fn a_version_3_store_is_migrated() {
     let expected: Vec<(String, u64)> = [("w", 1), ("x", 2), ("y", 3), ("z", 4)].map(|(id, n)| (id.into(), n)).into();
     assert_eq!(orders, expected);
     assert_eq!(store.max_order().unwrap(), 4);
+    assert_eq!(store.load_definitions().unwrap(), registered, "definitions kept, in registration order");
     let active = store.load_active(Tail::ALL).unwrap();
     assert_eq!(ids_of_loaded(&active), ["x", "z"]);
     assert_eq!(active[0].events, [event(1, None)]);

@@ -39,7 +39,13 @@ impl NetworkRun<'_> {
         let nested = move |chunk| {
             emit(NetworkEvent::AgentExecutionEvent { agent_id: Arc::clone(&agent_id), chunk: Box::new(chunk) })
         };
-        let outcome = run_agent_with(agent, input, &AgentOptions::default(), nested, self.env.cancel.clone()).await;
+        // The run's tenant and request context reach the agent's tools (a worker's tool task keeps the tenant).
+        let options = AgentOptions {
+            tenant: Arc::clone(&self.env.tenant),
+            request_context: Arc::clone(&self.env.request_context),
+            ..AgentOptions::default()
+        };
+        let outcome = run_agent_with(agent, input, &options, nested, self.env.cancel.clone()).await;
         let result = match outcome.end {
             AgentEnd::Finished(_) => Value::String(outcome.text),
             AgentEnd::Aborted => return Err(Stop::Aborted),
